@@ -1,0 +1,386 @@
+"""A PyTorch Dataset for image files listed in a CSV, checked row by row before any training.
+
+    data/
+      mnist_train.csv          File Name,Class Label        (column names are arguments)
+                               00000.png,7
+                               cats/00001.png,cat           (subfolders; class names or indices)
+      mnist_train/00000.png
+      mnist_train/cats/00001.png
+
+    ds = CsvImageDataset("data/mnist_train.csv", "data/mnist_train")
+    image, label = ds[0]            # uint8 tensor (C, H, W), int
+    images, labels = ds[[0, 1, 2]]  # a whole batch at once: (B, C, H, W) uint8, (B,) int64
+
+Check a dataset without training (exit status 0 when clean):
+
+    python dataset.py data/mnist_train.csv data/mnist_train [--label-column ... --mode RGB]
+
+Every row is checked when the dataset is built: the file column names a regular file inside
+img_dir (no absolute paths, no "..", no symlink out), the label is a whole number >= 0 (or a class
+name in a text column). One DatasetError lists every bad row with its 1-based CSV line. Images that
+are corrupt, or of a size that cannot be batched, raise ImageLoadError naming the file and line.
+
+Decoded images are kept in memory (one uint8 tensor) when they fit `cache_mb`, so only the first
+pass decodes PNGs; the pixels are exactly Pillow's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import warnings
+from collections import Counter
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+MAX_LISTED_PROBLEMS = 20
+
+
+class DatasetError(ValueError):
+    """A CSV or image folder that cannot be used as it is; the message names the rows."""
+
+
+class ImageLoadError(DatasetError):
+    """An image that cannot be decoded or batched; the message names the file and its CSV line."""
+
+
+def _read_csv(csv_path: Path, columns: Sequence[str]) -> pd.DataFrame:
+    """The CSV with the given columns as found; the index is each row's 1-based line number."""
+    if not csv_path.is_file():
+        raise DatasetError(f"CSV file not found: {csv_path}")
+    try:
+        header = pd.read_csv(csv_path, nrows=0).columns
+    except pd.errors.EmptyDataError:
+        raise DatasetError(f"{csv_path}: the file is empty; expected a header line with columns "
+                           f"{list(columns)}") from None
+    missing = [c for c in columns if c not in header]
+    if missing:
+        raise DatasetError(f"{csv_path}: no column(s) {missing}; the columns are {list(header)}. "
+                           "Pass file_column= / label_column= with the right names.")
+    # Only empty cells are missing values: a file called "NA" stays a file name.
+    df = pd.read_csv(csv_path, usecols=list(columns), dtype={columns[0]: str}, skip_blank_lines=False,
+                     keep_default_na=False, na_values=[""])
+    df.index = df.index + 2  # line 1 is the header; blank lines keep their numbers ...
+    df = df[~df.isna().all(axis=1)]  # ... and are then dropped: they hold no row
+    if len(df) == 0:
+        raise DatasetError(f"{csv_path}: no data rows below the header")
+    return df
+
+
+def _parse_labels(values: pd.Series, lines: list[int], classes: Sequence[str] | None,
+                  num_classes: int | None) -> tuple[list[int | None], list[str], list[tuple[int, str]]]:
+    """Label of each row (None where bad), the class names, and (line, problem) for each bad row."""
+    problems: list[tuple[int, str]] = []
+    texts = None
+    if not pd.api.types.is_numeric_dtype(values) or pd.api.types.is_bool_dtype(values):
+        as_numbers = pd.to_numeric(values, errors="coerce")
+        # A text column is class names, unless it mostly holds numbers with a few slips.
+        if as_numbers.notna().sum() == 0 or classes is not None:
+            texts = values
+        else:
+            values = as_numbers.where(as_numbers.notna(), values)
+    labels: list[int | None] = []
+    if texts is not None:
+        names = sorted({str(v) for v in texts.dropna()}) if classes is None else [str(c) for c in classes]
+        class_to_idx = {name: i for i, name in enumerate(names)}
+        for line, v in zip(lines, texts):
+            if pd.isna(v):
+                problems.append((line, "empty label"))
+                labels.append(None)
+            elif str(v) not in class_to_idx:
+                problems.append((line, f"label {str(v)!r} is not one of the classes {names}"))
+                labels.append(None)
+            else:
+                labels.append(class_to_idx[str(v)])
+    else:
+        for line, v in zip(lines, values):
+            number = v if isinstance(v, (int, float, np.number)) else None
+            if isinstance(v, float) and math.isnan(v):
+                problems.append((line, "empty label"))
+            elif number is None or not math.isfinite(number) or number != int(number):
+                problems.append((line, f"label {v!r} is not a whole number (expected a class index >= 0)"))
+            elif number < 0:
+                problems.append((line, f"label {int(number)} is negative (expected a class index >= 0)"))
+            elif num_classes is not None and number >= num_classes:
+                problems.append((line, f"label {int(number)} is out of range: expected 0 to {num_classes - 1}"))
+            else:
+                labels.append(int(number))
+                continue
+            labels.append(None)
+        top = max((lab for lab in labels if lab is not None), default=-1)
+        names = [str(i) for i in range(num_classes if num_classes is not None else top + 1)]
+    if texts is not None and num_classes is not None and len(names) > num_classes:
+        problems.append((lines[0], f"{len(names)} class names {names} but num_classes={num_classes}"))
+    return labels, names, problems
+
+
+def _check_file(name: object, root: Path) -> tuple[str | None, str | None]:
+    """(resolved path, None) for a good file name, else (None, what is wrong)."""
+    if not isinstance(name, str) or name == "":
+        return None, "empty file name"
+    parts = name.replace("\\", "/").split("/")
+    if os.path.isabs(name) or name.startswith(("/", "\\")) or (len(name) > 1 and name[1] == ":"):
+        return None, "absolute path; file names must be relative to img_dir"
+    if ".." in parts:
+        return None, "contains '..'; file names must stay inside img_dir"
+    path = (root / name).resolve()
+    if not path.is_relative_to(root):
+        return None, f"resolves outside img_dir (to {path}), through a symbolic link"
+    if not path.exists():
+        return None, f"file not found: {root / name}"
+    if not path.is_file():
+        return None, f"not a regular file: {root / name}"
+    return str(path), None
+
+
+def _format_problems(csv_path: Path, n_rows: int, problems: list[tuple[int, str, str]],
+                     limit: int | None = MAX_LISTED_PROBLEMS) -> str:
+    head = f"{csv_path}: {len(problems)} bad row(s) out of {n_rows}:"
+    shown = problems if limit is None else problems[:limit]
+    lines = [f"  line {line}: {file!r}: {what}" for line, file, what in shown]
+    if len(problems) > len(shown):
+        lines.append(f"  ... and {len(problems) - len(shown)} more; "
+                     f"`python dataset.py {csv_path} IMG_DIR` lists them all")
+    return "\n".join([head, *lines])
+
+
+def decode_image(path: str, mode: str) -> np.ndarray:
+    """Pixels of one image file converted to `mode`: (H, W) for "L", (H, W, C) otherwise; uint8."""
+    with Image.open(path) as im:  # closes the file even when decoding fails
+        if im.mode != mode:
+            im = im.convert(mode)
+        return np.array(im)  # a writable copy, so torch.from_numpy can share it
+
+
+class CsvImageDataset(Dataset):
+    """Images named in a CSV, with their class labels.
+
+    Args:
+        csv_path: CSV with a header line; one row per image.
+        img_dir: folder the file names are relative to (subfolders allowed).
+        transform: optional callable applied to each image, a uint8 tensor (C, H, W). With a
+            transform, images are decoded on every access (no cache) and may differ in size as
+            long as the transform makes them equal.
+        batch_transform: optional callable applied to what is returned, one image (C, H, W) or a
+            batch (B, C, H, W), after `transform`. Meant for deterministic steps such as
+            `v2.ToDtype(torch.float32, scale=True)`, done once per batch.
+        file_column, label_column: column names.
+        mode: Pillow mode every image is converted to ("L" gray, 1 channel; "RGB", 3 channels).
+        classes: class names in index order, for a text label column (so that train, valid and
+            test share one mapping); by default the sorted names found.
+        num_classes: labels must be below this, when given.
+        split_column, split: keep only the rows whose split_column equals split (one CSV for
+            all splits).
+        skip_bad_rows: drop bad rows with a warning that counts them, instead of raising.
+        cache_mb: keep decoded images in memory when they take at most this many MiB (0 = never).
+
+    Attributes: `classes`, `class_to_idx`, `targets` (list of int), `files`, `lines` (CSV line of
+    each sample), `cache_decision` (a sentence saying whether images are kept in memory and why).
+    """
+
+    def __init__(self, csv_path: str | Path, img_dir: str | Path,
+                 transform: Callable[[torch.Tensor], torch.Tensor] | None = None, *,
+                 batch_transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                 file_column: str = "File Name", label_column: str = "Class Label", mode: str = "L",
+                 classes: Sequence[str] | None = None, num_classes: int | None = None,
+                 split_column: str | None = None, split: str | None = None,
+                 skip_bad_rows: bool = False, cache_mb: float = 1024) -> None:
+        if mode not in ("L", "RGB"):
+            raise ValueError(f"mode must be 'L' or 'RGB', got {mode!r}")
+        if (split_column is None) != (split is None):
+            raise ValueError("split_column and split go together")
+        self.csv_path, self.img_dir = Path(csv_path), Path(img_dir)
+        self.transform, self.batch_transform, self.mode = transform, batch_transform, mode
+        if not self.img_dir.is_dir():
+            raise DatasetError(f"image folder not found: {self.img_dir} (it should hold the files named "
+                               f"in {self.csv_path})")
+        columns = [file_column, label_column] + ([split_column] if split_column else [])
+        df = _read_csv(self.csv_path, columns)
+        if split_column is not None:
+            found = sorted(df[split_column].dropna().astype(str).str.strip().unique())
+            df = df[df[split_column].astype(str).str.strip() == split]
+            if len(df) == 0:
+                raise DatasetError(f"{self.csv_path}: no rows with {split_column} == {split!r}; "
+                                   f"values found: {found}")
+        lines = df.index.tolist()
+        labels, self.classes, label_problems = _parse_labels(df[label_column], lines, classes, num_classes)
+        root = self.img_dir.resolve()
+        problems = [(line, str(df.at[line, file_column]), what) for line, what in label_problems]
+        paths = []
+        for line, name in zip(lines, df[file_column]):
+            path, what = _check_file(name, root)
+            paths.append(path)
+            if what is not None:
+                problems.append((line, str(name), what))
+        problems.sort(key=lambda p: p[0])
+        self.problems = problems
+        if problems:
+            message = _format_problems(self.csv_path, len(lines), problems)
+            if not skip_bad_rows:
+                raise DatasetError(message)
+            warnings.warn(f"skipping bad rows: {message}", stacklevel=2)
+        bad = {p[0] for p in problems}
+        keep = [i for i, line in enumerate(lines) if line not in bad]
+        if not keep:
+            raise DatasetError(f"{self.csv_path}: every row is bad; nothing left to load")
+        self.lines = [lines[i] for i in keep]
+        self.files = [str(df[file_column].iloc[i]) for i in keep]
+        self.paths = [paths[i] for i in keep]
+        self.targets = [labels[i] for i in keep]
+        self.class_to_idx = {name: i for i, name in enumerate(self.classes)}
+        self.channels = 3 if mode == "RGB" else 1
+        with Image.open(self.paths[0]) as first:  # header only: the size every image must share
+            self.image_size = first.size[::-1]  # (H, W)
+        self._cache: torch.Tensor | None = None
+        cache_bytes = len(self) * self.channels * self.image_size[0] * self.image_size[1]
+        self._use_cache = transform is None and 0 < cache_bytes <= cache_mb * 2**20
+        self.cache_decision = (
+            f"{'keeping' if self._use_cache else 'not keeping'} decoded images in memory: "
+            f"{len(self)} x {self.channels}x{self.image_size[0]}x{self.image_size[1]} uint8 = "
+            f"{cache_bytes / 2**20:.1f} MiB, budget {cache_mb:g} MiB"
+            + ("; a per-image transform is set" if transform is not None else "")
+        )
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def _where(self, i: int) -> str:
+        return f"{self.csv_path}, line {self.lines[i]}: {self.files[i]!r}"
+
+    def _decode(self, i: int) -> torch.Tensor:
+        """One image as a uint8 tensor (C, H, W), decoded by Pillow."""
+        try:
+            pixels = decode_image(self.paths[i], self.mode)
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+            raise ImageLoadError(f"{self._where(i)}: cannot decode the image: {e}") from e
+        image = torch.from_numpy(pixels)
+        return image.unsqueeze(0) if image.ndim == 2 else image.permute(2, 0, 1)
+
+    def _decode_same_size(self, i: int) -> torch.Tensor:
+        image = self._decode(i)
+        if tuple(image.shape[1:]) != tuple(self.image_size):
+            raise ImageLoadError(
+                f"{self._where(i)}: image is {image.shape[2]}x{image.shape[1]} (WxH) but the first image "
+                f"({self.files[0]!r}) is {self.image_size[1]}x{self.image_size[0]}; images of different "
+                "sizes cannot be batched: resize them, or pass a transform that does")
+        return image
+
+    def preload(self) -> None:
+        """Decode every image into the in-memory cache now (no-op when the cache is off or full).
+
+        Call it in the main process before DataLoader workers start, so that they share one copy.
+        """
+        if not self._use_cache or self._cache is not None:
+            return
+        cache = torch.empty((len(self), self.channels, *self.image_size), dtype=torch.uint8)
+        for i in range(len(self)):
+            cache[i] = self._decode_same_size(i)
+        self._cache = cache  # (N, C, H, W)
+
+    def _raw(self, indices: list[int]) -> torch.Tensor:
+        """(B, C, H, W) uint8 pixels of the given samples."""
+        if self._use_cache:
+            self.preload()
+            return self._cache[indices]
+        if self.transform is None:
+            return torch.stack([self._decode_same_size(i) for i in indices])
+        images = [self.transform(self._decode(i)) for i in indices]
+        for i, image in zip(indices, images):
+            if image.shape != images[0].shape:
+                raise ImageLoadError(f"{self._where(i)}: after the transform the image has shape "
+                                     f"{tuple(image.shape)}, the batch's first {tuple(images[0].shape)}; "
+                                     "make the transform produce one size")
+        return torch.stack(images)
+
+    def __getitem__(self, index):
+        """ds[i] -> (image (C, H, W), label int); ds[list of i] -> (images (B, C, H, W), labels (B,))."""
+        if isinstance(index, (int, np.integer)) or (torch.is_tensor(index) and index.ndim == 0):
+            i = int(index)
+            if not -len(self) <= i < len(self):
+                raise IndexError(f"index {i} out of range for {len(self)} samples")
+            i %= len(self)
+            image = self._raw([i])[0]
+            if self.batch_transform is not None:
+                image = self.batch_transform(image)
+            return image, self.targets[i]
+        indices = [int(i) for i in index]
+        images = self._raw(indices)
+        if self.batch_transform is not None:
+            images = self.batch_transform(images)
+        return images, torch.tensor([self.targets[i] for i in indices], dtype=torch.int64)
+
+
+def check_dataset(csv_path: str | Path, img_dir: str | Path, **kwargs) -> tuple[dict, list[tuple[int, str, str]]]:
+    """Validate every row and decode every image; returns (summary, problems) instead of raising."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds = CsvImageDataset(csv_path, img_dir, skip_bad_rows=True, cache_mb=0, **kwargs)
+    problems = list(ds.problems)
+    sizes: Counter = Counter()
+    modes: Counter = Counter()
+    first_size = None
+    for i in range(len(ds)):
+        try:
+            with Image.open(ds.paths[i]) as im:
+                size = f"{im.size[0]}x{im.size[1]}"
+                sizes[size] += 1
+                modes[im.mode] += 1
+                im.load()  # a truncated or corrupt file fails here
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+            problems.append((ds.lines[i], ds.files[i], f"cannot decode the image: {e}"))
+            continue
+        first_size = first_size or size
+        if size != first_size:
+            problems.append((ds.lines[i], ds.files[i], f"size {size} differs from the first image's "
+                             f"{first_size}; cannot be batched without a resize"))
+    problems.sort(key=lambda p: p[0])
+    counts = Counter(ds.targets)
+    summary = {
+        "rows": len(ds) + len({p[0] for p in ds.problems}),
+        "classes": {name: counts.get(i, 0) for i, name in enumerate(ds.classes)},
+        "sizes": dict(sizes), "modes": dict(modes),
+    }
+    return summary, problems
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description="Check a CSV + image folder without training: every row, "
+                                            "every image. Exit status 0 when clean, 1 otherwise.")
+    p.add_argument("csv_path")
+    p.add_argument("img_dir")
+    p.add_argument("--file-column", default="File Name", help="column with the file names (default: %(default)s)")
+    p.add_argument("--label-column", default="Class Label", help="column with the labels (default: %(default)s)")
+    p.add_argument("--mode", default="L", choices=["L", "RGB"], help="image mode (default: %(default)s)")
+    p.add_argument("--num-classes", type=int, default=None, help="labels must be below this")
+    p.add_argument("--split-column", default=None, help="column naming each row's split")
+    p.add_argument("--split", default=None, help="check only rows of this split")
+    args = p.parse_args(argv)
+    try:
+        summary, problems = check_dataset(
+            args.csv_path, args.img_dir, file_column=args.file_column, label_column=args.label_column,
+            mode=args.mode, num_classes=args.num_classes, split_column=args.split_column, split=args.split)
+    except DatasetError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(f"{args.csv_path}: {summary['rows']} rows, {len(summary['classes'])} classes")
+    print("classes: " + ", ".join(f"{name}: {n}" for name, n in summary["classes"].items()))
+    print("image sizes (WxH): " + ", ".join(f"{s}: {n}" for s, n in summary["sizes"].items()))
+    print("image modes: " + ", ".join(f"{m}: {n}" for m, n in summary["modes"].items())
+          + f" (converted to {args.mode})")
+    if problems:
+        print(_format_problems(Path(args.csv_path), summary["rows"], problems, limit=None))
+        return 1
+    print("OK: no problems found")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

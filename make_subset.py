@@ -1,0 +1,263 @@
+"""Build train / valid / test splits of PNG files plus CSVs from MNIST-style IDX files.
+
+    python make_subset.py                         # 256 digits per split from the bundled mnist-5k/
+    python make_subset.py --train-size 1000 --valid-size 500 --test-size 500 --out-dir data-1k
+    python make_subset.py --images X-idx3-ubyte.gz --labels y-idx1-ubyte.gz   # Fashion-MNIST, KMNIST, ...
+    python make_subset.py --download              # full MNIST via torchvision (needs the network)
+
+What it writes (default --out-dir data/):
+
+    data/
+      mnist_train.csv        File Name,Class Label     (one row per image)
+      mnist_train/00000.png  28x28 grayscale PNG
+      mnist_valid.csv, mnist_valid/, mnist_test.csv, mnist_test/
+      .make_subset.json      the arguments that made it
+
+Splits are disjoint and balanced by class, drawn with --seed (fixed by default), so the same
+arguments give byte-identical files on every machine. The whole folder is written next to its final
+place and swapped in at once: an interrupted run leaves the previous dataset, complete, or none.
+An existing dataset is only replaced with --force, and only if make_subset.py made it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import ctypes.util
+import gzip
+import json
+import os
+import shutil
+import struct
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+BUNDLED_DIR = Path(__file__).resolve().parent / "mnist-5k"
+BUNDLED_IMAGES = BUNDLED_DIR / "mnist-5k-images-idx3-ubyte.gz"
+BUNDLED_LABELS = BUNDLED_DIR / "mnist-5k-labels-idx1-ubyte.gz"
+DEFAULT_SEED = 1
+DEFAULT_SIZE = 256
+SPLITS = ("train", "valid", "test")
+MARKER = ".make_subset.json"
+
+
+class IdxError(ValueError):
+    """An IDX file that is not what its header promises."""
+
+
+def read_idx(path: str | Path, expected_ndim: int) -> np.ndarray:
+    """Read an IDX file of unsigned bytes (gzip or plain) into an array of the header's shape."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"IDX file not found: {path}")
+    raw = path.read_bytes()
+    if raw[:2] == b"\x1f\x8b":  # gzip magic
+        try:
+            raw = gzip.decompress(raw)
+        except (OSError, EOFError) as e:
+            raise IdxError(f"{path}: broken or truncated gzip data ({e})") from e
+    expected_magic = 0x0800 | expected_ndim
+    if len(raw) < 4 + 4 * expected_ndim:
+        raise IdxError(f"{path}: only {len(raw)} bytes, too short for an IDX header")
+    magic = struct.unpack(">I", raw[:4])[0]
+    if magic != expected_magic:
+        raise IdxError(
+            f"{path}: wrong magic number 0x{magic:08x}, expected 0x{expected_magic:08x} "
+            f"(unsigned bytes, {expected_ndim} dimension(s)); is this the right file?"
+        )
+    dims = struct.unpack(f">{expected_ndim}I", raw[4 : 4 + 4 * expected_ndim])
+    data = raw[4 + 4 * expected_ndim :]
+    expected_bytes = int(np.prod(dims))
+    if len(data) != expected_bytes:
+        raise IdxError(
+            f"{path}: header promises shape {dims} = {expected_bytes} bytes of data, "
+            f"found {len(data)} bytes (file truncated or corrupt)"
+        )
+    return np.frombuffer(data, dtype=np.uint8).reshape(dims)
+
+
+def load_idx_pair(images_path: str | Path, labels_path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """Images (N, H, W) uint8 and labels (N,) from an IDX3 / IDX1 pair, checked against each other."""
+    images = read_idx(images_path, expected_ndim=3)
+    labels = read_idx(labels_path, expected_ndim=1)
+    if len(images) != len(labels):
+        raise IdxError(
+            f"{images_path} holds {len(images)} images but {labels_path} holds {len(labels)} labels; "
+            "they must come in matching pairs"
+        )
+    return images, labels
+
+
+def choose_indices(labels: np.ndarray, sizes: list[int], seed: int) -> list[np.ndarray]:
+    """Disjoint index sets, one per size, each balanced by class, in a seeded shuffled order.
+
+    Each split takes size // C images of every class and one more of size % C classes picked at
+    random. Raises before anything is written when a class runs out.
+    """
+    rng = np.random.default_rng(seed)
+    classes = np.unique(labels)
+    pools = {int(c): rng.permutation(np.flatnonzero(labels == c)) for c in classes}
+    used = {c: 0 for c in pools}
+    chosen = []
+    for size in sizes:
+        quota = {c: size // len(classes) for c in pools}
+        for c in rng.permutation(classes)[: size % len(classes)]:
+            quota[int(c)] += 1
+        for c, q in quota.items():
+            if used[c] + q > len(pools[c]):
+                raise ValueError(
+                    f"the requested sizes {sizes} need at least {used[c] + q} images of class {c}, "
+                    f"but the source has only {len(pools[c])} ({len(labels)} images in all, "
+                    f"{len(classes)} classes); ask for smaller splits or use a bigger source"
+                )
+        picked = np.concatenate([pools[c][used[c] : used[c] + quota[c]] for c in pools])
+        for c in pools:
+            used[c] += quota[c]
+        chosen.append(rng.permutation(picked))
+    return chosen
+
+
+def _write_split(folder: Path, name: str, images: np.ndarray, labels: np.ndarray) -> None:
+    img_dir = folder / f"mnist_{name}"
+    img_dir.mkdir()
+    lines = ["File Name,Class Label"]
+    for i, (image, label) in enumerate(zip(images, labels)):
+        file_name = f"{i:05d}.png"
+        Image.fromarray(image).save(img_dir / file_name, format="PNG")  # (H, W) uint8 -> mode "L"
+        lines.append(f"{file_name},{int(label)}")
+    (folder / f"mnist_{name}.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically swap two directories (Linux renameat2 RENAME_EXCHANGE); False where unsupported."""
+    if not sys.platform.startswith("linux"):
+        return False
+    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    if not hasattr(libc, "renameat2"):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    rc = libc.renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange)
+    return rc == 0
+
+
+def _recover(out_dir: Path) -> None:
+    """Undo what a killed run left beside out_dir: drop temporaries, restore a moved-away dataset."""
+    parent = out_dir.parent
+    if not parent.is_dir():
+        return
+    for leftover in parent.glob(f".{out_dir.name}.tmp-*"):
+        shutil.rmtree(leftover, ignore_errors=True)
+    for old in sorted(parent.glob(f".{out_dir.name}.old-*")):
+        if not out_dir.exists():
+            os.rename(old, out_dir)  # killed between the two renames of the fallback swap
+        else:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def write_dataset(out_dir: str | Path, splits: dict[str, tuple[np.ndarray, np.ndarray]], *,
+                  force: bool, meta: dict) -> Path:
+    """Write all splits into a temporary sibling folder, then swap it into place as a whole."""
+    out_dir = Path(out_dir)
+    _recover(out_dir)
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        if not force:
+            raise FileExistsError(f"{out_dir} already exists and is not empty; pass --force to replace it")
+        if not (out_dir / MARKER).is_file():
+            raise FileExistsError(
+                f"refusing to replace {out_dir}: it has no {MARKER}, so make_subset.py did not make it; "
+                "choose another --out-dir"
+            )
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    tmp.chmod(0o777 & ~umask)  # mkdtemp makes it 0700; the dataset gets a normal folder's mode
+    try:
+        for name, (images, labels) in splits.items():
+            _write_split(tmp, name, images, labels)
+        (tmp / MARKER).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        if not out_dir.exists():
+            os.rename(tmp, out_dir)
+        elif not any(out_dir.iterdir()):
+            os.rmdir(out_dir)
+            os.rename(tmp, out_dir)
+        elif not _exchange(tmp, out_dir):
+            old = tmp.with_name(tmp.name.replace(".tmp-", ".old-"))
+            os.rename(out_dir, old)
+            os.rename(tmp, out_dir)  # a kill between these two renames is undone by _recover
+            tmp = old
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # after a swap, tmp holds the previous dataset
+    return out_dir
+
+
+def _download_mnist(root: str | Path) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    from torchvision import datasets  # only this path needs torchvision and the network
+
+    train = datasets.MNIST(str(root), train=True, download=True)
+    test = datasets.MNIST(str(root), train=False, download=True)
+    return _as_arrays(train), _as_arrays(test)
+
+
+def _as_arrays(mnist) -> tuple[np.ndarray, np.ndarray]:
+    return np.asarray(mnist.data, dtype=np.uint8), np.asarray(mnist.targets, dtype=np.int64)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--out-dir", default="data", help="folder to write the CSVs and PNG folders into")
+    p.add_argument("--seed", type=int, default=DEFAULT_SEED, help="seed that picks and orders the images")
+    for split in SPLITS:
+        p.add_argument(f"--{split}-size", type=int, default=DEFAULT_SIZE, help=f"images in the {split} split")
+    p.add_argument("--images", help="IDX3 images file (gzip or plain); default: the bundled mnist-5k digits")
+    p.add_argument("--labels", help="IDX1 labels file that pairs with --images")
+    p.add_argument("--download", action="store_true",
+                   help="fetch full MNIST with torchvision; train and valid come from its training set, "
+                        "test from its test set")
+    p.add_argument("--download-root", default="downloads", help="where --download keeps the raw files")
+    p.add_argument("--force", action="store_true", help="replace an existing dataset made by this script")
+    args = p.parse_args(argv)
+    if (args.images is None) != (args.labels is None):
+        p.error("--images and --labels go together")
+    if args.download and args.images:
+        p.error("choose either --download or --images/--labels")
+    for split in SPLITS:
+        if getattr(args, f"{split}_size") < 1:
+            p.error(f"--{split}-size must be at least 1")
+    if args.seed < 0:
+        p.error("--seed must be >= 0")
+    return args
+
+
+def main(argv: list[str] | None = None) -> Path:
+    args = parse_args(argv)
+    sizes = [args.train_size, args.valid_size, args.test_size]
+    if args.download:
+        (train_x, train_y), (test_x, test_y) = _download_mnist(args.download_root)
+        train_idx, valid_idx = choose_indices(train_y, sizes[:2], args.seed)
+        (test_idx,) = choose_indices(test_y, sizes[2:], args.seed)
+        pools = [(train_x, train_y, train_idx), (train_x, train_y, valid_idx), (test_x, test_y, test_idx)]
+        source = "torchvision.datasets.MNIST (train/valid from train, test from test)"
+    else:
+        images_path = Path(args.images) if args.images else BUNDLED_IMAGES
+        labels_path = Path(args.labels) if args.labels else BUNDLED_LABELS
+        images, labels = load_idx_pair(images_path, labels_path)
+        pools = [(images, labels, idx) for idx in choose_indices(labels, sizes, args.seed)]
+        source = f"{images_path.name} + {labels_path.name}"
+    splits = {name: (x[idx], y[idx]) for name, (x, y, idx) in zip(SPLITS, pools)}
+    meta = {"source": source, "seed": args.seed, "sizes": dict(zip(SPLITS, sizes))}
+    out = write_dataset(args.out_dir, splits, force=args.force, meta=meta)
+    print(f"Wrote {sum(sizes)} images ({', '.join(f'{n} {s}' for s, n in zip(SPLITS, sizes))}) to {out}/")
+    return out
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except (FileExistsError, FileNotFoundError, ValueError) as e:
+        sys.exit(f"make_subset.py: error: {e}")

@@ -1,0 +1,101 @@
+"""Figures from a training history: loss per minibatch, accuracy per epoch, and example predictions.
+
+Each function writes one image file and returns its path; nothing opens a window, so they work
+on a server with no display.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display needed
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+from torchvision.transforms.v2 import functional as TF  # noqa: E402
+
+
+def _save(fig, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def plot_training_loss(minibatch_losses: Sequence[float], num_epochs: int, path: str | Path,
+                       averaging_iterations: int = 20) -> Path:
+    """Loss of every minibatch, its running average, and a second x-axis in epochs."""
+    losses = torch.tensor(minibatch_losses, dtype=torch.float64)
+    fig, ax1 = plt.subplots(figsize=(7, 4))
+    ax1.plot(range(1, len(losses) + 1), losses.tolist(), label="Minibatch loss", alpha=0.5)
+    if len(losses) >= averaging_iterations:
+        kernel = torch.full((1, 1, averaging_iterations), 1.0 / averaging_iterations, dtype=torch.float64)
+        running = torch.nn.functional.conv1d(losses.view(1, 1, -1), kernel).flatten()  # valid part only
+        ax1.plot(range(averaging_iterations, len(losses) + 1), running.tolist(),
+                 label=f"Running average ({averaging_iterations} iterations)")
+    ax1.set_xlabel("Iterations")
+    ax1.set_ylabel("Cross-entropy loss")
+    if len(losses):
+        ax1.set_ylim(0, float(losses.max()) * 1.05)
+    ax1.legend()
+    # Second x-axis below the first, in epochs.
+    ax2 = ax1.twiny()
+    iters_per_epoch = max(len(losses) // max(num_epochs, 1), 1)
+    ax2.set_xlim(ax1.get_xlim())
+    ticks = [e * iters_per_epoch for e in range(0, num_epochs + 1, max(num_epochs // 5, 1))]
+    ax2.set_xticks(ticks)
+    ax2.set_xticklabels([str(t // iters_per_epoch) for t in ticks])
+    ax2.xaxis.set_ticks_position("bottom")
+    ax2.xaxis.set_label_position("bottom")
+    ax2.spines["bottom"].set_position(("outward", 45))
+    ax2.set_xlabel("Epochs")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_accuracy(train_acc: Sequence[float], valid_acc: Sequence[float], path: str | Path) -> Path:
+    """Train and validation accuracy (in %) per epoch."""
+    epochs = range(1, len(train_acc) + 1)
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot(epochs, list(train_acc), label="Training")
+    ax.plot(epochs, list(valid_acc), label="Validation")
+    ax.set_xlabel("Epoch")
+    ax.set_ylabel("Accuracy (%)")
+    ax.legend()
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+@torch.no_grad()
+def show_examples(model: torch.nn.Module, data_loader, path: str | Path, *, device: str | torch.device = "cpu",
+                  class_names: Sequence[str] | None = None, num_examples: int = 15) -> Path:
+    """A grid of the first images of `data_loader`, each titled "P: <predicted> | T: <true>".
+
+    uint8 batches are scaled to [0, 1] before the model sees them, as train.py does.
+    """
+    model.eval()
+    images, labels = next(iter(data_loader))  # (B, C, H, W), (B,)
+    images, labels = images[:num_examples], labels[:num_examples]
+    inputs = images.to(device)
+    if not inputs.is_floating_point():
+        inputs = TF.to_dtype(inputs, torch.float32, scale=True)
+    predictions = model(inputs).argmax(dim=1).cpu()
+    names = list(class_names) if class_names is not None else None
+    cols = 5
+    rows = (len(images) + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.8, rows * 2.0), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, image, pred, true in zip(axes.flat, images, predictions.tolist(), labels.tolist()):
+        pixels = image.float().permute(1, 2, 0)  # (H, W, C)
+        if pixels.shape[2] == 1:
+            ax.imshow(pixels[:, :, 0].numpy(), cmap="binary")
+        else:
+            ax.imshow((pixels / pixels.max().clamp(min=1e-12)).numpy())
+        predicted, target = (names[pred], names[true]) if names else (pred, true)
+        ax.set_title(f"P: {predicted} | T: {target}", fontsize=9)
+    fig.tight_layout()
+    return _save(fig, path)

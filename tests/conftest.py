@@ -1,0 +1,43 @@
+"""Fixtures: tiny datasets built in tmp_path, fast enough for every test to make its own."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import make_subset  # noqa: E402
+
+
+def write_png(path: Path, pixels: np.ndarray) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels).save(path)
+    return path
+
+
+def write_csv(path: Path, text: str) -> Path:
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def tiny_data(tmp_path: Path) -> Path:
+    """make_subset.py output with 40 train, 20 valid, 20 test real digits."""
+    out = tmp_path / "data"
+    make_subset.main(["--out-dir", str(out), "--train-size", "40", "--valid-size", "20", "--test-size", "20"])
+    return out
+
+
+@pytest.fixture
+def small_folder(tmp_path: Path) -> Path:
+    """img/ with 6 gray 8x8 PNGs (a.png ... f.png) whose pixel values are known; no CSV yet."""
+    rng = np.random.default_rng(0)
+    for i, name in enumerate("abcdef"):
+        write_png(tmp_path / "img" / f"{name}.png", rng.integers(0, 200 + i * 10, (8, 8), dtype=np.uint8))
+    return tmp_path

@@ -1,0 +1,118 @@
+"""Batches: shapes, dtypes, value range, drop_last, and an order fixed by (seed, epoch)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from dataset import CsvImageDataset
+from loaders import EpochBatchSampler, get_dataloaders
+from model import MLP
+
+
+def epoch_images(loader) -> torch.Tensor:
+    return torch.cat([images for images, _ in loader])
+
+
+def test_batch_shapes_and_dtypes(tiny_data):
+    train, valid, test = get_dataloaders(batch_size=8, data_dir=tiny_data, seed=1)
+    images, labels = next(iter(train))
+    assert images.shape == (8, 1, 28, 28)
+    assert images.dtype == torch.float32
+    assert labels.shape == (8,) and labels.dtype == torch.int64
+    assert MLP().layers[0](images).shape == (8, 784)  # after the model's flatten
+    assert MLP()(images).shape == (8, 10)
+
+
+def test_values_are_scaled_to_unit_range_matching_the_png(tiny_data):
+    train, _, _ = get_dataloaders(batch_size=40, data_dir=tiny_data, seed=1)
+    train.sampler.shuffle = False  # sample i of the batch is row i of the CSV
+    images, _ = next(iter(train))
+    ds = train.dataset
+    for i in range(3):
+        with Image.open(ds.paths[i]) as im:
+            png = np.array(im)
+        assert 0.0 <= images[i].min() and images[i].max() <= 1.0
+        assert images[i].max().item() == pytest.approx(png.max() / 255, abs=1e-7)
+        assert torch.equal(images[i, 0], torch.from_numpy(png).float() * (1 / 255))
+
+
+def test_unscaled_option_gives_0_to_255(tiny_data):
+    scaled, _, _ = get_dataloaders(batch_size=40, data_dir=tiny_data, seed=1)
+    raw, _, _ = get_dataloaders(batch_size=40, data_dir=tiny_data, seed=1, pixels="float255")
+    a, b = next(iter(scaled))[0], next(iter(raw))[0]
+    assert b.dtype == torch.float32 and b.max() > 1.0 and b.max() <= 255.0
+    assert torch.equal(b, b.round())  # whole pixel values, not scaled
+    assert torch.allclose(a * 255, b, atol=1e-4)
+    u8, _, _ = get_dataloaders(batch_size=40, data_dir=tiny_data, seed=1, pixels="uint8")
+    assert next(iter(u8))[0].dtype == torch.uint8
+
+
+def test_train_loader_drops_last_partial_batch_and_eval_loaders_keep_it(tiny_data):
+    train, valid, test = get_dataloaders(batch_size=16, data_dir=tiny_data, seed=1, eval_batch_size=16)
+    assert len(train) == 40 // 16 == 2
+    assert [len(labels) for _, labels in train] == [16, 16]
+    for loader in (valid, test):
+        assert len(loader) == 2
+        assert [len(labels) for _, labels in loader] == [16, 4]
+
+
+def test_same_seed_same_order_different_seed_different_order(tiny_data):
+    a, _, _ = get_dataloaders(batch_size=8, data_dir=tiny_data, seed=7)
+    b, _, _ = get_dataloaders(batch_size=8, data_dir=tiny_data, seed=7)
+    c, _, _ = get_dataloaders(batch_size=8, data_dir=tiny_data, seed=8)
+    first_a, first_b, first_c = epoch_images(a), epoch_images(b), epoch_images(c)
+    assert torch.equal(first_a, first_b)
+    assert not torch.equal(first_a, first_c)
+
+
+def test_consecutive_epochs_differ_and_set_epoch_replays_one(tiny_data):
+    train, _, _ = get_dataloaders(batch_size=8, data_dir=tiny_data, seed=7)
+    epoch0, epoch1 = epoch_images(train), epoch_images(train)
+    assert not torch.equal(epoch0, epoch1)
+    train.sampler.set_epoch(0)
+    assert torch.equal(epoch_images(train), epoch0)
+
+
+def test_same_order_with_0_and_2_workers(tiny_data):
+    zero, _, _ = get_dataloaders(batch_size=8, data_dir=tiny_data, seed=3, num_workers=0)
+    two, _, _ = get_dataloaders(batch_size=8, data_dir=tiny_data, seed=3, num_workers=2)
+    for _ in range(2):  # two epochs each
+        assert torch.equal(epoch_images(zero), epoch_images(two))
+
+
+def test_iterating_valid_and_test_does_not_change_the_training_order(tiny_data):
+    plain, _, _ = get_dataloaders(batch_size=8, data_dir=tiny_data, seed=5)
+    busy, valid, test = get_dataloaders(batch_size=8, data_dir=tiny_data, seed=5)
+    expected = [epoch_images(plain) for _ in range(2)]
+    for e in range(2):
+        epoch_images(valid)
+        torch.rand(3)  # global RNG use must not matter either
+        assert torch.equal(epoch_images(busy), expected[e])
+        epoch_images(test)
+
+
+def test_fast_path_pixels_equal_pillow_and_uncached_path(tiny_data):
+    cached = CsvImageDataset(tiny_data / "mnist_train.csv", tiny_data / "mnist_train")
+    uncached = CsvImageDataset(tiny_data / "mnist_train.csv", tiny_data / "mnist_train", cache_mb=0)
+    assert "keeping decoded" in cached.cache_decision and "not keeping" in uncached.cache_decision
+    indices = list(range(len(cached)))
+    a, b = cached[indices][0], uncached[indices][0]
+    assert a.dtype == torch.uint8 and torch.equal(a, b)
+    for i in (0, 17, 39):
+        with Image.open(cached.paths[i]) as im:
+            assert torch.equal(a[i, 0], torch.from_numpy(np.array(im)))
+        image, label = cached[i]
+        assert torch.equal(image, a[i]) and label == cached.targets[i]
+
+
+def test_sampler_splits_each_global_batch_between_ranks():
+    shards = [list(EpochBatchSampler(20, 8, shuffle=True, drop_last=True, seed=1, rank=r, world_size=2))
+              for r in range(2)]
+    whole = list(EpochBatchSampler(20, 8, shuffle=True, drop_last=True, seed=1))
+    for batch, part0, part1 in zip(whole, *shards):
+        assert sorted(part0 + part1) == sorted(batch) and not set(part0) & set(part1)
+    with pytest.raises(ValueError, match="divisible"):
+        EpochBatchSampler(20, 7, shuffle=True, drop_last=True, world_size=2)

@@ -1,0 +1,186 @@
+"""make_subset.py: balanced, disjoint, reproducible splits; bad IDX input; never a half-written dataset."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import os
+import signal
+import struct
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torchvision
+
+import make_subset
+from conftest import ROOT
+
+SIZES = ["--train-size", "30", "--valid-size", "20", "--test-size", "10"]
+
+
+def file_hashes(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def complete_state(out: Path) -> int | None:
+    """The seed of a complete dataset in `out`, None if there is none; fails on a mixed or partial one."""
+    if not out.exists():
+        return None
+    meta = json.loads((out / make_subset.MARKER).read_text())
+    for split in make_subset.SPLITS:
+        df = pd.read_csv(out / f"mnist_{split}.csv")
+        assert len(df) == meta["sizes"][split]
+        assert sorted(p.name for p in (out / f"mnist_{split}").iterdir()) == sorted(df["File Name"])
+    return meta["seed"]
+
+
+def write_idx(path: Path, array: np.ndarray, magic: int | None = None, compress: bool = True) -> Path:
+    magic = (0x0800 | array.ndim) if magic is None else magic
+    raw = struct.pack(">I", magic) + struct.pack(f">{array.ndim}I", *array.shape) + array.astype(np.uint8).tobytes()
+    path.write_bytes(gzip.compress(raw) if compress else raw)
+    return path
+
+
+def test_splits_are_balanced_and_disjoint(tmp_path):
+    out = make_subset.main(["--out-dir", str(tmp_path / "d"), *SIZES])
+    hashes = {}
+    for split, size in zip(make_subset.SPLITS, (30, 20, 10)):
+        df = pd.read_csv(out / f"mnist_{split}.csv")
+        assert list(df.columns) == ["File Name", "Class Label"] and len(df) == size
+        counts = Counter(df["Class Label"])
+        assert len(counts) == 10 and max(counts.values()) - min(counts.values()) <= 1
+        hashes[split] = set(file_hashes(out / f"mnist_{split}").values())
+        assert len(hashes[split]) == size  # no image twice within a split
+    assert not hashes["train"] & hashes["valid"] and not hashes["train"] & hashes["test"]
+    assert not hashes["valid"] & hashes["test"]
+    labels = np.repeat(np.arange(10), 50)
+    picked = make_subset.choose_indices(labels, [256, 128, 100], seed=3)
+    assert sum(len(p) for p in picked) == len(set(np.concatenate(picked).tolist()))
+
+
+def test_same_arguments_give_byte_identical_files_and_seed_changes_them(tmp_path):
+    a = make_subset.main(["--out-dir", str(tmp_path / "a"), *SIZES])
+    b = make_subset.main(["--out-dir", str(tmp_path / "b"), *SIZES])
+    c = make_subset.main(["--out-dir", str(tmp_path / "c"), *SIZES, "--seed", "2"])
+    assert file_hashes(a) == file_hashes(b)
+    assert file_hashes(a) != file_hashes(c)
+
+
+def test_refuses_to_overwrite_without_force_and_foreign_folders_even_with_force(tmp_path):
+    out = make_subset.main(["--out-dir", str(tmp_path / "d"), *SIZES])
+    before = file_hashes(out)
+    with pytest.raises(FileExistsError, match="--force"):
+        make_subset.main(["--out-dir", str(out), *SIZES, "--seed", "2"])
+    assert file_hashes(out) == before
+    make_subset.main(["--out-dir", str(out), *SIZES, "--seed", "2", "--force"])
+    assert complete_state(out) == 2
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("keep me")
+    with pytest.raises(FileExistsError, match="did not make it"):
+        make_subset.main(["--out-dir", str(foreign), *SIZES, "--force"])
+    assert (foreign / "notes.txt").read_text() == "keep me"
+
+
+def test_sizes_beyond_the_source_fail_before_anything_is_written(tmp_path):
+    with pytest.raises(ValueError, match="class"):
+        make_subset.main(["--out-dir", str(tmp_path / "d"), "--train-size", "4000", "--valid-size", "900"])
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("magic", "wrong magic number"),
+    ("short", "truncated"),
+    ("count", "matching pairs"),
+    ("gzip", "gzip"),
+])
+def test_bad_idx_files_get_a_clear_error_and_nothing_is_written(tmp_path, damage, message):
+    images = np.zeros((20, 4, 4), dtype=np.uint8)
+    labels = np.arange(20) % 2
+    img_path = write_idx(tmp_path / "x.gz", images, magic=0x0801 if damage == "magic" else None)
+    lab_path = write_idx(tmp_path / "y.gz", labels[:19] if damage == "count" else labels)
+    if damage == "short":
+        raw = gzip.decompress(img_path.read_bytes())
+        img_path.write_bytes(gzip.compress(raw[:-5]))
+    if damage == "gzip":
+        img_path.write_bytes(img_path.read_bytes()[:30])
+    with pytest.raises(make_subset.IdxError, match=message) as info:
+        make_subset.main(["--out-dir", str(tmp_path / "out"), "--images", str(img_path), "--labels", str(lab_path),
+                          "--train-size", "4", "--valid-size", "2", "--test-size", "2"])
+    assert "x.gz" in str(info.value) or "y.gz" in str(info.value)
+    assert not (tmp_path / "out").exists()
+
+
+def test_any_idx_pair_works(tmp_path):
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (30, 5, 6), dtype=np.uint8)
+    img_path = write_idx(tmp_path / "x", images, compress=False)
+    lab_path = write_idx(tmp_path / "y.gz", np.arange(30) % 3)
+    out = make_subset.main(["--out-dir", str(tmp_path / "out"), "--images", str(img_path), "--labels", str(lab_path),
+                            "--train-size", "6", "--valid-size", "3", "--test-size", "3"])
+    assert complete_state(out) == make_subset.DEFAULT_SEED
+    from PIL import Image
+    with Image.open(next((out / "mnist_train").iterdir())) as im:
+        assert im.size == (6, 5) and im.mode == "L"
+
+
+def test_download_path_uses_torchvision_mnist(tmp_path, monkeypatch):
+    calls = []
+
+    class FakeMNIST:
+        def __init__(self, root, train, download):
+            calls.append((train, download))
+            n = 60 if train else 30
+            self.data = np.full((n, 28, 28), 200 if train else 100, dtype=np.uint8)
+            self.targets = np.arange(n) % 10
+
+    monkeypatch.setattr(torchvision.datasets, "MNIST", FakeMNIST)
+    out = make_subset.main(["--download", "--download-root", str(tmp_path / "raw"), "--out-dir", str(tmp_path / "d"),
+                            "--train-size", "20", "--valid-size", "20", "--test-size", "20"])
+    assert sorted(calls) == [(False, True), (True, True)]
+    from PIL import Image
+    for split, value in (("train", 200), ("valid", 200), ("test", 100)):  # test comes from MNIST's test set
+        with Image.open(out / f"mnist_{split}" / "00000.png") as im:
+            assert np.array(im).max() == value
+
+
+def test_a_crash_while_writing_keeps_the_previous_dataset(tmp_path, monkeypatch):
+    out = make_subset.main(["--out-dir", str(tmp_path / "d"), *SIZES])
+    before = file_hashes(out)
+    real = make_subset._write_split
+
+    def crash_on_valid(folder, name, images, labels):
+        if name == "valid":
+            raise KeyboardInterrupt  # as if interrupted half-way
+        real(folder, name, images, labels)
+
+    monkeypatch.setattr(make_subset, "_write_split", crash_on_valid)
+    with pytest.raises(KeyboardInterrupt):
+        make_subset.main(["--out-dir", str(out), *SIZES, "--seed", "9", "--force"])
+    assert file_hashes(out) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d"]  # no temporary left behind
+
+
+def test_sigkill_at_any_moment_leaves_old_or_new_dataset(tmp_path):
+    out = tmp_path / "d"
+    make_subset.main(["--out-dir", str(out), "--train-size", "1500", "--valid-size", "10", "--test-size", "10"])
+    seen = set()
+    for delay in (0.3, 0.6, 0.9, 1.2, 1.6):
+        proc = subprocess.Popen([sys.executable, str(ROOT / "make_subset.py"), "--out-dir", str(out), "--force",
+                                 "--train-size", "1500", "--valid-size", "10", "--test-size", "10", "--seed",
+                                 str(int(delay * 10))], stdout=subprocess.DEVNULL)
+        time.sleep(delay)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        make_subset._recover(out)  # what the next run does first
+        seen.add(complete_state(out))
+    assert None not in seen
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d"]
