@@ -13,12 +13,15 @@ Same seed, same data, same machine and library versions: bit-identical weights, 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import io
 import os
 import random
 import shlex
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -72,6 +75,22 @@ def to_input(images: torch.Tensor, device: torch.device) -> torch.Tensor:
     return images
 
 
+@contextlib.contextmanager
+def ctrl_c_deferred():
+    """Hold a Ctrl-C (SIGINT) back while the block runs, then raise KeyboardInterrupt after it."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # only the main thread may set signal handlers
+        return
+    received = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if received:
+        raise KeyboardInterrupt
+
+
 @torch.no_grad()
 def compute_accuracy(model: torch.nn.Module, data_loader, device: torch.device) -> float:
     """Accuracy in % over every batch of data_loader (over all ranks' shares under torchrun)."""
@@ -117,14 +136,15 @@ def train_model(model: torch.nn.Module, optimizer: torch.optim.Optimizer, train_
             if batch_idx % logging_interval == 0:
                 log(f"Epoch: {epoch + 1:03d}/{num_epochs:03d} | Batch {batch_idx:04d}/{len(train_loader):04d} "
                     f"| Loss: {loss_value:.4f}")
-        history["train_acc"].append(compute_accuracy(model, train_eval_loader or train_loader, device))
-        history["valid_acc"].append(compute_accuracy(model, valid_loader, device))
-        history["epoch_seconds"].append(time.perf_counter() - start)
-        log(f"Epoch: {epoch + 1:03d}/{num_epochs:03d} | Train: {history['train_acc'][-1]:.2f}% "
-            f"| Validation: {history['valid_acc'][-1]:.2f}%")
-        log(f"Time elapsed: {sum(history['epoch_seconds']) / 60:.2f} min")
-        if on_epoch_end is not None:
-            on_epoch_end(epoch + 1, history)
+        with ctrl_c_deferred():  # the epoch's weights are final: a Ctrl-C now waits until it is recorded
+            history["train_acc"].append(compute_accuracy(model, train_eval_loader or train_loader, device))
+            history["valid_acc"].append(compute_accuracy(model, valid_loader, device))
+            history["epoch_seconds"].append(time.perf_counter() - start)
+            log(f"Epoch: {epoch + 1:03d}/{num_epochs:03d} | Train: {history['train_acc'][-1]:.2f}% "
+                f"| Validation: {history['valid_acc'][-1]:.2f}%")
+            log(f"Time elapsed: {sum(history['epoch_seconds']) / 60:.2f} min")
+            if on_epoch_end is not None:
+                on_epoch_end(epoch + 1, history)
     return history
 
 

@@ -1,0 +1,155 @@
+"""Same seed, same bits: across runs, worker counts, interruptions and --resume."""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import train
+from conftest import ROOT
+
+
+def run(data, results, *extra: str, epochs: int = 3) -> dict:
+    return train.main(["--epochs", str(epochs), "--seed", "11", "--batch-size", "8", "--eval-batch-size", "16",
+                       "--data-dir", str(data), "--results-dir", str(results), *extra])
+
+
+def metrics(results) -> list[tuple[str, str, str]]:
+    with open(results / "metrics.csv") as f:
+        return [(row["epoch"], row["train_acc"], row["valid_acc"]) for row in csv.DictReader(f)]  # no times
+
+
+def assert_same_run(a, b) -> None:
+    ca = torch.load(a / "checkpoint.pt", weights_only=True)
+    cb = torch.load(b / "checkpoint.pt", weights_only=True)
+    assert ca["epoch"] == cb["epoch"]
+    for key in ca["model"]:
+        assert torch.equal(ca["model"][key], cb["model"][key]), key
+    for sa, sb in zip(ca["optimizer"]["state"].values(), cb["optimizer"]["state"].values()):
+        for key in sa:
+            assert torch.equal(sa[key], sb[key])
+    assert ca["optimizer"]["param_groups"] == cb["optimizer"]["param_groups"]
+    for key in ("minibatch_loss", "train_acc", "valid_acc"):
+        assert ca["history"][key] == cb["history"][key], key
+    assert metrics(a) == metrics(b)
+
+
+def test_two_runs_are_bit_identical(tiny_data, tmp_path):
+    first, second = run(tiny_data, tmp_path / "a"), run(tiny_data, tmp_path / "b")
+    assert first["minibatch_loss"] == second["minibatch_loss"] and first["test_acc"] == second["test_acc"]
+    assert_same_run(tmp_path / "a", tmp_path / "b")
+    run(tiny_data, tmp_path / "c", "--hidden", "101")  # a check that can fail: a different run differs
+    c = torch.load(tmp_path / "c" / "checkpoint.pt", weights_only=True)
+    assert c["history"]["minibatch_loss"] != first["minibatch_loss"]
+
+
+@pytest.mark.parametrize("flags", [["--num-workers", "2"], ["--num-workers", "2", "--persistent-workers"],
+                                   ["--cache-mb", "0"]])
+def test_workers_persistent_workers_and_cache_do_not_change_the_bits(tiny_data, tmp_path, flags):
+    run(tiny_data, tmp_path / "plain")
+    run(tiny_data, tmp_path / "other", *flags)
+    assert_same_run(tmp_path / "plain", tmp_path / "other")
+
+
+def test_uint8_batches_scaled_in_the_loop_match_scaled_loaders(tiny_data):
+    from loaders import get_dataloaders
+    from model import MLP
+
+    weights = []
+    for pixels in ("float01", "uint8"):
+        torch.manual_seed(0)
+        model = MLP()
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        train_loader, valid_loader, _ = get_dataloaders(8, tiny_data, seed=2, pixels=pixels)
+        train.train_model(model, optimizer, train_loader, valid_loader, num_epochs=2, device=torch.device("cpu"),
+                          log=lambda _: None)
+        weights.append(model.state_dict())
+    for key in weights[0]:
+        assert torch.equal(weights[0][key], weights[1][key])
+
+
+def test_resume_ends_bit_identical_to_an_uninterrupted_run(tiny_data, tmp_path):
+    full = run(tiny_data, tmp_path / "full", epochs=4)
+    run(tiny_data, tmp_path / "split", epochs=2)
+    torch.manual_seed(999)  # whatever happened in between must not matter
+    resumed = run(tiny_data, tmp_path / "split", "--resume", epochs=4)
+    assert resumed["minibatch_loss"] == full["minibatch_loss"] and len(resumed["train_acc"]) == 4
+    assert_same_run(tmp_path / "full", tmp_path / "split")
+    assert [row[0] for row in metrics(tmp_path / "split")] == ["1", "2", "3", "4"]
+
+
+@pytest.mark.parametrize("change, message", [
+    (["--seed", "12"], "seed: checkpoint has 11, this run has 12"),
+    (["--batch-size", "4"], "batch_size: checkpoint has 8"),
+    (["--hidden", "50"], "hidden: checkpoint has 100"),
+    (["--lr", "0.05"], "lr: checkpoint has 0.1"),
+    ("data", "data: checkpoint has"),
+])
+def test_resume_refuses_a_checkpoint_from_a_different_run(tiny_data, tmp_path, change, message):
+    run(tiny_data, tmp_path / "r", epochs=1)
+    if change == "data":
+        csv_path = tiny_data / "mnist_train.csv"
+        lines = csv_path.read_text().splitlines()
+        csv_path.write_text("\n".join(lines[:-1]) + "\n")  # one row fewer
+        change = []
+    args = ["--epochs", "2", "--seed", "11", "--batch-size", "8", "--data-dir", str(tiny_data),
+            "--results-dir", str(tmp_path / "r"), "--resume"]
+    with pytest.raises(SystemExit) as info:
+        train.main(args + change)
+    assert message in str(info.value) and "cannot --resume" in str(info.value)
+
+
+def test_checkpoint_holds_every_rng_state_in_weights_only_form(tiny_data, tmp_path):
+    run(tiny_data, tmp_path / "r", epochs=1)
+    checkpoint = torch.load(tmp_path / "r" / "checkpoint.pt", weights_only=True)
+    rng = checkpoint["rng"]
+    assert set(rng) == {"torch", "cuda", "numpy", "python"}
+    assert isinstance(rng["numpy"][1], list) and len(rng["numpy"][1]) == 624
+    import numpy as np
+    import random
+    np.random.seed(0)
+    random.seed(0)
+    train.set_rng_states(rng)
+    assert torch.equal(torch.get_rng_state(), rng["torch"])
+    assert np.random.get_state()[1].tolist() == rng["numpy"][1]
+
+
+def test_a_crash_during_a_checkpoint_save_keeps_the_previous_one(tmp_path, monkeypatch):
+    path = tmp_path / "checkpoint.pt"
+    train.save_checkpoint(path, {"model": {"w": torch.ones(3)}, "epoch": 1})
+
+    def killed(fd):
+        raise KeyboardInterrupt  # as if stopped between write and rename
+
+    monkeypatch.setattr(os, "fsync", killed)
+    with pytest.raises(KeyboardInterrupt):
+        train.save_checkpoint(path, {"model": {"w": torch.zeros(3)}, "epoch": 2})
+    assert torch.load(path, weights_only=True)["epoch"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]
+
+
+def test_ctrl_c_saves_exits_130_and_resume_matches_an_uninterrupted_run(tiny_data, tmp_path):
+    epochs = "100"
+    args = ["--epochs", epochs, "--seed", "11", "--batch-size", "8", "--eval-batch-size", "16",
+            "--data-dir", str(tiny_data), "--logging-interval", "1000"]
+    with subprocess.Popen([sys.executable, "-u", str(ROOT / "train.py"), *args, "--results-dir",
+                           str(tmp_path / "cut")], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as proc:
+        for line in proc.stdout:
+            if "Train:" in line:  # first epoch done
+                proc.send_signal(signal.SIGINT)
+                break
+        out = proc.stdout.read()
+        assert proc.wait(timeout=60) == 130, out
+    assert "Interrupted. The checkpoint of epoch" in out and "--resume" in out
+    stopped_at = torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=True)["epoch"]
+    print("stopped after epoch", stopped_at)
+    assert 1 <= stopped_at < int(epochs)
+    train.main(args + ["--results-dir", str(tmp_path / "cut"), "--resume"])
+    train.main(args + ["--results-dir", str(tmp_path / "full")])
+    assert_same_run(tmp_path / "full", tmp_path / "cut")
