@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import stat
 import sys
 import warnings
 from collections import Counter
@@ -122,8 +123,12 @@ def _parse_labels(values: pd.Series, lines: list[int], classes: Sequence[str] | 
     return labels, names, problems
 
 
-def _check_file(name: object, root: Path) -> tuple[str | None, str | None]:
-    """(resolved path, None) for a good file name, else (None, what is wrong)."""
+def _check_file(name: object, root: Path, symlinked_dirs: dict[str, bool]) -> tuple[str | None, str | None]:
+    """(path, None) for a good file name, else (None, what is wrong).
+
+    One lstat per file: only names that pass through a symbolic link (file or folder, remembered
+    in symlinked_dirs) pay for a full realpath, which must stay inside root.
+    """
     if not isinstance(name, str) or name == "":
         return None, "empty file name"
     parts = name.replace("\\", "/").split("/")
@@ -131,14 +136,28 @@ def _check_file(name: object, root: Path) -> tuple[str | None, str | None]:
         return None, "absolute path; file names must be relative to img_dir"
     if ".." in parts:
         return None, "contains '..'; file names must stay inside img_dir"
-    path = (root / name).resolve()
-    if not path.is_relative_to(root):
-        return None, f"resolves outside img_dir (to {path}), through a symbolic link"
-    if not path.exists():
-        return None, f"file not found: {root / name}"
-    if not path.is_file():
-        return None, f"not a regular file: {root / name}"
-    return str(path), None
+    path = os.path.join(root, name)
+    try:
+        st = os.lstat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return None, f"file not found: {path}"
+    through_link = stat.S_ISLNK(st.st_mode)
+    folder = os.path.dirname(path)
+    while not through_link and len(folder) > len(str(root)):
+        if folder not in symlinked_dirs:
+            symlinked_dirs[folder] = os.path.islink(folder)
+        through_link = symlinked_dirs[folder]
+        folder = os.path.dirname(folder)
+    if through_link:
+        real = Path(os.path.realpath(path))
+        if not real.is_relative_to(root):
+            return None, f"resolves outside img_dir (to {real}), through a symbolic link"
+        if not real.exists():
+            return None, f"file not found: {path} (a broken symbolic link)"
+        st = os.stat(real)
+    if not stat.S_ISREG(st.st_mode):
+        return None, f"not a regular file: {path}"
+    return path, None
 
 
 def _format_problems(csv_path: Path, n_rows: int, problems: list[tuple[int, str, str]],
@@ -215,8 +234,10 @@ class CsvImageDataset(Dataset):
         root = self.img_dir.resolve()
         problems = [(line, str(df.at[line, file_column]), what) for line, what in label_problems]
         paths = []
-        for line, name in zip(lines, df[file_column]):
-            path, what = _check_file(name, root)
+        names = df[file_column].tolist()
+        symlinked_dirs: dict[str, bool] = {}
+        for line, name in zip(lines, names):
+            path, what = _check_file(name, root, symlinked_dirs)
             paths.append(path)
             if what is not None:
                 problems.append((line, str(name), what))
@@ -232,7 +253,7 @@ class CsvImageDataset(Dataset):
         if not keep:
             raise DatasetError(f"{self.csv_path}: every row is bad; nothing left to load")
         self.lines = [lines[i] for i in keep]
-        self.files = [str(df[file_column].iloc[i]) for i in keep]
+        self.files = [str(names[i]) for i in keep]
         self.paths = [paths[i] for i in keep]
         self.targets = [labels[i] for i in keep]
         self.class_to_idx = {name: i for i, name in enumerate(self.classes)}
@@ -255,23 +276,21 @@ class CsvImageDataset(Dataset):
     def _where(self, i: int) -> str:
         return f"{self.csv_path}, line {self.lines[i]}: {self.files[i]!r}"
 
-    def _decode(self, i: int) -> torch.Tensor:
-        """One image as a uint8 tensor (C, H, W), decoded by Pillow."""
+    def _pixels(self, i: int, same_size: bool) -> np.ndarray:
+        """One image decoded by Pillow, channels first: (C, H, W) uint8."""
         try:
             pixels = decode_image(self.paths[i], self.mode)
         except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
             raise ImageLoadError(f"{self._where(i)}: cannot decode the image: {e}") from e
-        image = torch.from_numpy(pixels)
-        return image.unsqueeze(0) if image.ndim == 2 else image.permute(2, 0, 1)
-
-    def _decode_same_size(self, i: int) -> torch.Tensor:
-        image = self._decode(i)
-        if tuple(image.shape[1:]) != tuple(self.image_size):
+        if same_size and pixels.shape[:2] != self.image_size:
             raise ImageLoadError(
-                f"{self._where(i)}: image is {image.shape[2]}x{image.shape[1]} (WxH) but the first image "
+                f"{self._where(i)}: image is {pixels.shape[1]}x{pixels.shape[0]} (WxH) but the first image "
                 f"({self.files[0]!r}) is {self.image_size[1]}x{self.image_size[0]}; images of different "
                 "sizes cannot be batched: resize them, or pass a transform that does")
-        return image
+        return pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)
+
+    def _decode(self, i: int, same_size: bool = True) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(self._pixels(i, same_size)))
 
     def preload(self) -> None:
         """Decode every image into the in-memory cache now (no-op when the cache is off or full).
@@ -281,8 +300,9 @@ class CsvImageDataset(Dataset):
         if not self._use_cache or self._cache is not None:
             return
         cache = torch.empty((len(self), self.channels, *self.image_size), dtype=torch.uint8)
+        view = cache.numpy()  # numpy assignment: a fraction of torch's per-call indexing cost
         for i in range(len(self)):
-            cache[i] = self._decode_same_size(i)
+            view[i] = self._pixels(i, same_size=True)
         self._cache = cache  # (N, C, H, W)
 
     def _raw(self, indices: list[int]) -> torch.Tensor:
@@ -291,8 +311,11 @@ class CsvImageDataset(Dataset):
             self.preload()
             return self._cache[indices]
         if self.transform is None:
-            return torch.stack([self._decode_same_size(i) for i in indices])
-        images = [self.transform(self._decode(i)) for i in indices]
+            batch = np.empty((len(indices), self.channels, *self.image_size), dtype=np.uint8)
+            for j, i in enumerate(indices):
+                batch[j] = self._pixels(i, same_size=True)
+            return torch.from_numpy(batch)
+        images = [self.transform(self._decode(i, same_size=False)) for i in indices]
         for i, image in zip(indices, images):
             if image.shape != images[0].shape:
                 raise ImageLoadError(f"{self._where(i)}: after the transform the image has shape "

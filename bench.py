@@ -1,0 +1,292 @@
+"""Measure data loading and end-to-end training against the usual ways, side by side in one process.
+
+    python bench.py                       # the README's table (a few minutes on 2 cores)
+    python bench.py --size 5000 --batch-size 64 --repeats 3 --json bench.json
+    python bench.py --smoke               # seconds; what the test suite runs
+
+Loaders compared on the same PNG files and batch size, one process, no workers:
+    lecture      pandas Dataset, PIL Image.open + ToTensor per item (the lecture's helper_dataset.py)
+    ImageFolder  torchvision.datasets.ImageFolder + ToTensor
+    Tensor       TensorDataset of decoded float images in memory, default DataLoader
+    limit        whole batches indexed out of one uint8 tensor in memory (the practical ceiling)
+    ours         CsvImageDataset + loaders.make_loader, with the in-memory cache (default) and without
+Cold = building the dataset plus the first full pass; warm = a later pass. Each figure is the median
+of --repeats runs. Data comes from make_subset.py (bundled digits); sizes above 4,980 repeat them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import pandas as pd
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset, TensorDataset
+from torchvision import datasets, transforms
+
+import make_subset
+from dataset import CsvImageDataset
+from loaders import make_loader, pixel_transform
+
+ROOT = Path(__file__).resolve().parent
+BUNDLED = 4980  # make_subset.py keeps 10 valid + 10 test digits aside, so 498 per class fit
+
+
+def rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+class LectureDataset(Dataset):
+    """The lecture's dataset: decode and convert one image per item."""
+
+    def __init__(self, csv_path, img_dir, transform=None):
+        df = pd.read_csv(csv_path)
+        self.img_dir, self.transform = img_dir, transform
+        self.img_names, self.y = df["File Name"], df["Class Label"]
+
+    def __getitem__(self, index):
+        with Image.open(os.path.join(self.img_dir, self.img_names[index])) as img:
+            img = self.transform(img) if self.transform else img
+        return img, self.y[index]
+
+    def __len__(self):
+        return self.y.shape[0]
+
+
+def make_data(folder: Path, size: int) -> tuple[Path, Path, Path]:
+    """(csv, img_dir, imagefolder_root) with `size` rows; the bundled digits repeated past 4,980."""
+    base = folder / "base"
+    if not base.exists():
+        make_subset.main(["--out-dir", str(base), "--train-size", str(BUNDLED), "--valid-size", "10",
+                          "--test-size", "10"])
+    rows = pd.read_csv(base / "mnist_train.csv")
+    out = folder / f"n{size}"
+    if out.exists():
+        return out / "train.csv", out / "img", out / "classes"
+    (out / "img").mkdir(parents=True)
+    names, labels = [], []
+    for i in range(size):
+        src = rows.iloc[i % len(rows)]
+        name = f"{i:06d}.png"
+        os.link(base / "mnist_train" / src["File Name"], out / "img" / name)  # a copy per row, as on disk
+        (out / "classes" / str(src["Class Label"])).mkdir(parents=True, exist_ok=True)
+        os.link(base / "mnist_train" / src["File Name"], out / "classes" / str(src["Class Label"]) / name)
+        names.append(name)
+        labels.append(int(src["Class Label"]))
+    pd.DataFrame({"File Name": names, "Class Label": labels}).to_csv(out / "train.csv", index=False)
+    return out / "train.csv", out / "img", out / "classes"
+
+
+def timed_passes(build, passes: int = 2) -> tuple[list[float], int]:
+    """Seconds for build + pass 1 (cold), then each later pass; and peak RSS growth in bytes."""
+    before = rss_bytes()
+    peak = before
+    start = time.perf_counter()
+    loader = build()
+    times = []
+    for _ in range(passes):
+        n = 0
+        for images, labels in loader:
+            n += len(labels)
+            peak = max(peak, rss_bytes())
+        times.append(time.perf_counter() - start)
+        start = time.perf_counter()
+    return times, peak - before
+
+
+def limit_loader(csv: Path, img_dir: Path, batch_size: int):
+    ds = CsvImageDataset(csv, img_dir)
+    ds.preload()
+    data, targets = ds._cache, torch.tensor(ds.targets)
+
+    def batches():
+        for idx in torch.randperm(len(data)).split(batch_size):
+            yield data[idx].float().div_(255), targets[idx]
+
+    class Loader:
+        def __iter__(self):
+            return batches()
+    return Loader()
+
+
+def tensor_loader(csv: Path, img_dir: Path, batch_size: int):
+    ds = CsvImageDataset(csv, img_dir)
+    ds.preload()
+    return DataLoader(TensorDataset(ds._cache.float().div_(255), torch.tensor(ds.targets)),
+                      batch_size=batch_size, shuffle=True)
+
+
+def loaders_to_compare(csv: Path, img_dir: Path, classes_dir: Path, batch_size: int) -> dict:
+    to_tensor = transforms.ToTensor()
+    return {
+        "lecture (PIL + ToTensor)": lambda: DataLoader(LectureDataset(csv, img_dir, to_tensor),
+                                                       batch_size=batch_size, shuffle=True),
+        "ImageFolder + ToTensor": lambda: DataLoader(datasets.ImageFolder(str(classes_dir), to_tensor),
+                                                     batch_size=batch_size, shuffle=True),
+        "TensorDataset in memory": lambda: tensor_loader(csv, img_dir, batch_size),
+        "limit: batch index, uint8 in memory": lambda: limit_loader(csv, img_dir, batch_size),
+        "ours (cache on)": lambda: make_loader(
+            CsvImageDataset(csv, img_dir, batch_transform=pixel_transform("float01")), batch_size,
+            shuffle=True, drop_last=False, seed=0),
+        "ours (cache off)": lambda: make_loader(
+            CsvImageDataset(csv, img_dir, batch_transform=pixel_transform("float01"), cache_mb=0), batch_size,
+            shuffle=True, drop_last=False, seed=0),
+    }
+
+
+def bench_loaders(folder: Path, size: int, batch_size: int, repeats: int) -> dict:
+    csv, img_dir, classes_dir = make_data(folder, size)
+    results = {}
+    candidates = loaders_to_compare(csv, img_dir, classes_dir, batch_size)
+    runs = {name: [] for name in candidates}
+    for _ in range(repeats):  # interleaved, so that machine noise hits every loader alike
+        for name, build in candidates.items():
+            runs[name].append(timed_passes(build))
+    for name, measured in runs.items():
+        cold = statistics.median(t[0] for t, _ in measured)
+        warm = statistics.median(t[1] for t, _ in measured)
+        results[name] = {"cold_img_s": size / cold, "warm_img_s": size / warm,
+                         "peak_rss_mib": statistics.median(m for _, m in measured) / 2**20}
+    return results
+
+
+def rss_across_epochs(folder: Path, size: int, batch_size: int, cache_mb: float, epochs: int = 4) -> list[float]:
+    csv, img_dir, _ = make_data(folder, size)
+    before = rss_bytes()
+    loader = make_loader(CsvImageDataset(csv, img_dir, batch_transform=pixel_transform("float01"), cache_mb=cache_mb),
+                         batch_size, shuffle=True, drop_last=False, seed=0)
+    growth = []
+    for _ in range(epochs):
+        for _ in loader:
+            pass
+        growth.append((rss_bytes() - before) / 2**20)
+    return growth
+
+
+LECTURE_TRAIN = """
+import sys, time, torch, pandas as pd
+sys.path.insert(0, {root!r})
+from torch.utils.data import DataLoader
+from torchvision import transforms
+from bench import LectureDataset
+from model import MLP
+torch.manual_seed(123)
+d = {data!r}
+tf = transforms.ToTensor()
+train = DataLoader(LectureDataset(d + "/mnist_train.csv", d + "/mnist_train", tf), batch_size=64, shuffle=True, drop_last=True)
+valid = DataLoader(LectureDataset(d + "/mnist_valid.csv", d + "/mnist_valid", tf), batch_size=64)
+test = DataLoader(LectureDataset(d + "/mnist_test.csv", d + "/mnist_test", tf), batch_size=64)
+model = MLP()
+opt = torch.optim.SGD(model.parameters(), lr=0.1)
+def acc(loader):
+    model.eval(); c = n = 0
+    with torch.no_grad():
+        for x, y in loader:
+            c += (model(x).argmax(1) == y).sum().item(); n += len(y)
+    return 100 * c / n
+for epoch in range({epochs}):
+    model.train()
+    for x, y in train:
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        opt.zero_grad(); loss.backward(); opt.step()
+    print(f"Epoch {{epoch + 1}} | Train: {{acc(train):.2f}}% | Validation: {{acc(valid):.2f}}%")
+print(f"Test accuracy: {{acc(test):.2f}}%")
+"""
+
+
+def bench_end_to_end(folder: Path, epochs: int, repeats: int) -> dict:
+    """Whole-process wall time of train.py against the lecture's loop, same data and settings."""
+    data = folder / "e2e-data"
+    if not data.exists():
+        make_subset.main(["--out-dir", str(data)])
+    commands = {
+        "train.py": [sys.executable, str(ROOT / "train.py"), "--epochs", str(epochs), "--seed", "123",
+                     "--data-dir", str(data), "--results-dir", str(folder / "e2e-results")],
+        "lecture loop": [sys.executable, "-c", LECTURE_TRAIN.format(root=str(ROOT), data=str(data), epochs=epochs)],
+    }
+    times = {name: [] for name in commands}
+    for _ in range(repeats):
+        for name, command in commands.items():
+            start = time.perf_counter()
+            subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description="Data loading and training benchmarks.",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--size", type=int, default=5000, help="images in the main comparison")
+    p.add_argument("--scaling", default="1000,5000,50000", help="sizes for the scaling rows (comma separated)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--repeats", type=int, default=3, help="runs per figure; the median is shown")
+    p.add_argument("--epochs", type=int, default=100, help="epochs for the end-to-end comparison")
+    p.add_argument("--json", type=Path, default=None, help="also write the results here")
+    p.add_argument("--smoke", action="store_true", help="tiny sizes, one repeat, 2 epochs: checks it runs")
+    args = p.parse_args(argv)
+    if args.smoke:
+        args.size, args.scaling, args.repeats, args.epochs = 200, "100,200", 1, 2
+    warnings.filterwarnings("ignore")  # ToTensor's deprecation notice, for the peers
+    torch.set_num_threads(max(torch.get_num_threads(), 1))
+    folder = Path(tempfile.mkdtemp(prefix="bench-"))
+    try:
+        report = {"machine": f"{os.cpu_count()} cores, torch {torch.__version__}", "size": args.size, "epochs": args.epochs,
+                  "batch_size": args.batch_size, "repeats": args.repeats}
+        report["loaders"] = bench_loaders(folder, args.size, args.batch_size, args.repeats)
+        scaling = {}
+        for n in (int(s) for s in args.scaling.split(",")):
+            rows = bench_loaders(folder, n, args.batch_size, args.repeats) if n != args.size else report["loaders"]
+            scaling[n] = {k: v for k, v in rows.items() if k.startswith("ours")}
+        report["scaling"] = scaling
+        report["rss_mib_per_epoch"] = {
+            "cache on": rss_across_epochs(folder, args.size, args.batch_size, cache_mb=1024),
+            "cache off": rss_across_epochs(folder, args.size, args.batch_size, cache_mb=0)}
+        report["decoded_mib"] = args.size * 28 * 28 / 2**20
+        report["end_to_end_s"] = bench_end_to_end(folder, args.epochs, args.repeats)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    print(format_report(report))
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2))
+    return report
+
+
+def format_report(r: dict) -> str:
+    L = r["loaders"]
+    ours = L["ours (cache on)"]
+    lines = [f"{r['size']} MNIST PNGs, batch {r['batch_size']}, one process, median of {r['repeats']}; {r['machine']}",
+             "", "| loader | cold img/s | warm img/s | peak RSS growth MiB | ours (cache on) cold / this | warm / this |",
+             "| --- | ---: | ---: | ---: | ---: | ---: |"]
+    for name, m in L.items():
+        lines.append(f"| {name} | {m['cold_img_s']:,.0f} | {m['warm_img_s']:,.0f} | {m['peak_rss_mib']:.1f} | "
+                     f"{ours['cold_img_s'] / m['cold_img_s']:.2f}x | {ours['warm_img_s'] / m['warm_img_s']:.2f}x |")
+    lines += ["", "| images | ours cache on: cold img/s | warm img/s | ours cache off: cold img/s | warm img/s |",
+              "| ---: | ---: | ---: | ---: | ---: |"]
+    for n, rows in r["scaling"].items():
+        on, off = rows["ours (cache on)"], rows["ours (cache off)"]
+        label = f"{int(n):,}" + (" (bundled digits repeated)" if int(n) > BUNDLED else "")
+        lines.append(f"| {label} | {on['cold_img_s']:,.0f} | {on['warm_img_s']:,.0f} | {off['cold_img_s']:,.0f} | "
+                     f"{off['warm_img_s']:,.0f} |")
+    rss = r["rss_mib_per_epoch"]
+    lines += ["", f"RSS growth after epochs 1..{len(rss['cache on'])} (decoded data {r['decoded_mib']:.1f} MiB): "
+              f"cache on {', '.join(f'{x:.1f}' for x in rss['cache on'])} MiB; "
+              f"cache off {', '.join(f'{x:.1f}' for x in rss['cache off'])} MiB"]
+    e = r["end_to_end_s"]
+    lines += [f"End to end, whole processes, {r['epochs']} epochs on the default data: train.py {e['train.py']:.1f} s, "
+              f"lecture loop {e['lecture loop']:.1f} s, ratio {e['train.py'] / e['lecture loop']:.2f}x"]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
