@@ -43,6 +43,8 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 MAX_LISTED_PROBLEMS = 20
+# What Pillow raises for a file it cannot decode: truncated, corrupt, unknown format, too large.
+DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 
 
 class DatasetError(ValueError):
@@ -280,7 +282,7 @@ class CsvImageDataset(Dataset):
         """One image decoded by Pillow, channels first: (C, H, W) uint8."""
         try:
             pixels = decode_image(self.paths[i], self.mode)
-        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+        except DECODE_ERRORS as e:
             raise ImageLoadError(f"{self._where(i)}: cannot decode the image: {e}") from e
         if same_size and pixels.shape[:2] != self.image_size:
             raise ImageLoadError(
@@ -299,11 +301,14 @@ class CsvImageDataset(Dataset):
         """
         if not self._use_cache or self._cache is not None:
             return
-        cache = torch.empty((len(self), self.channels, *self.image_size), dtype=torch.uint8)
-        view = cache.numpy()  # numpy assignment: a fraction of torch's per-call indexing cost
-        for i in range(len(self)):
-            view[i] = self._pixels(i, same_size=True)
-        self._cache = cache  # (N, C, H, W)
+        self._cache = self._decode_batch(range(len(self)))  # (N, C, H, W)
+
+    def _decode_batch(self, indices: Sequence[int]) -> torch.Tensor:
+        """(B, C, H, W) uint8 pixels of same-sized images, decoded straight into one array."""
+        batch = np.empty((len(indices), self.channels, *self.image_size), dtype=np.uint8)
+        for j, i in enumerate(indices):  # numpy assignment: a fraction of torch's per-call indexing cost
+            batch[j] = self._pixels(i, same_size=True)
+        return torch.from_numpy(batch)
 
     def _raw(self, indices: list[int]) -> torch.Tensor:
         """(B, C, H, W) uint8 pixels of the given samples."""
@@ -311,10 +316,7 @@ class CsvImageDataset(Dataset):
             self.preload()
             return self._cache[indices]
         if self.transform is None:
-            batch = np.empty((len(indices), self.channels, *self.image_size), dtype=np.uint8)
-            for j, i in enumerate(indices):
-                batch[j] = self._pixels(i, same_size=True)
-            return torch.from_numpy(batch)
+            return self._decode_batch(indices)
         images = [self.transform(self._decode(i, same_size=False)) for i in indices]
         for i, image in zip(indices, images):
             if image.shape != images[0].shape:
@@ -357,7 +359,7 @@ def check_dataset(csv_path: str | Path, img_dir: str | Path, **kwargs) -> tuple[
                 sizes[size] += 1
                 modes[im.mode] += 1
                 im.load()  # a truncated or corrupt file fails here
-        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+        except DECODE_ERRORS as e:
             problems.append((ds.lines[i], ds.files[i], f"cannot decode the image: {e}"))
             continue
         first_size = first_size or size

@@ -383,8 +383,7 @@ def _run(args: argparse.Namespace, device: torch.device, rank: int, world_size: 
     log(f"Total Training Time: {(time.perf_counter() - start) / 60:.2f} min")
     history["test_acc"] = compute_accuracy(net, test_loader, device)
     log(f"Test accuracy: {history['test_acc']:.2f}%")
-    if rank == 0:
-        write_atomic(results_dir / "metrics.csv", metrics_csv(history))
+    if rank == 0:  # metrics.csv and checkpoint.pt were written after the last epoch
         plot_training_loss(history["minibatch_loss"], args.epochs, results_dir / "loss.png")
         plot_accuracy(history["train_acc"], history["valid_acc"], results_dir / "accuracy.png")
         show_examples(model, test_loader, results_dir / "examples.png", device=device,
