@@ -8,10 +8,13 @@ Loaders compared on the same PNG files and batch size, one process, no workers:
     lecture      pandas Dataset, PIL Image.open + ToTensor per item (the lecture's helper_dataset.py)
     ImageFolder  torchvision.datasets.ImageFolder + ToTensor
     Tensor       TensorDataset of decoded float images in memory, default DataLoader
-    limit        whole batches indexed out of one uint8 tensor in memory (the practical ceiling)
+    limit        whole batches out of one uint8 tensor in memory, no DataLoader: data[idx] as issue 5
+                 measured it, and index_select (the practical ceiling here)
     ours         CsvImageDataset + loaders.make_loader, with the in-memory cache (default) and without
 Cold = building the dataset plus the first full pass; warm = a later pass. Each figure is the median
-of --repeats runs. Data comes from make_subset.py (bundled digits); sizes above 4,980 repeat them.
+of --repeats runs, interleaved in one process. Memory is measured once per loader, each in a fresh
+process. The TensorDataset and limit rows decode with CsvImageDataset, so only their warm figures
+are theirs. Data comes from make_subset.py (bundled digits); sizes above 4,980 repeat them.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -88,31 +92,54 @@ def make_data(folder: Path, size: int) -> tuple[Path, Path, Path]:
     return out / "train.csv", out / "img", out / "classes"
 
 
-def timed_passes(build, passes: int = 2) -> tuple[list[float], int]:
-    """Seconds for build + pass 1 (cold), then each later pass; and peak RSS growth in bytes."""
-    before = rss_bytes()
-    peak = before
+def timed_passes(build, passes: int = 2) -> list[float]:
+    """Seconds for build + pass 1 (cold), then for each later pass (warm)."""
     start = time.perf_counter()
     loader = build()
     times = []
     for _ in range(passes):
-        n = 0
-        for images, labels in loader:
-            n += len(labels)
-            peak = max(peak, rss_bytes())
+        for _ in loader:
+            pass
         times.append(time.perf_counter() - start)
         start = time.perf_counter()
-    return times, peak - before
+    return times
 
 
-def limit_loader(csv: Path, img_dir: Path, batch_size: int):
+def memory_in_fresh_process(build, passes: int = 3) -> dict:
+    """Run in a process of its own (see measure_memory): RSS growth after each pass, and the peak."""
+    before = rss_bytes()
+    loader = build()
+    after_pass = []
+    for _ in range(passes):
+        for _ in loader:
+            pass
+        after_pass.append((rss_bytes() - before) / 2**20)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+    return {"rss_after_pass_mib": after_pass, "peak_growth_mib": (peak - before) / 2**20}
+
+
+def measure_memory(name: str, csv: Path, img_dir: Path, classes_dir: Path, batch_size: int) -> dict:
+    """Memory of one loader, measured in a new Python process: in one shared process, memory freed
+    by an earlier loader is reused by the next, so its peak would hide theirs."""
+    result = subprocess.run([sys.executable, str(ROOT / "bench.py"), "--memory-of", name, "--memory-data",
+                             str(csv), str(img_dir), str(classes_dir), "--batch-size", str(batch_size)],
+                            capture_output=True, text=True, check=True)
+    return json.loads(result.stdout.splitlines()[-1])
+
+
+def limit_loader(csv: Path, img_dir: Path, batch_size: int, gather: str):
+    """Whole batches out of one uint8 tensor, no DataLoader: data[idx] (as issue 5 measured the
+    limit) or data.index_select(0, idx) (what CsvImageDataset does, several times cheaper here)."""
     ds = CsvImageDataset(csv, img_dir)
     ds.preload()
     data, targets = ds._cache, torch.tensor(ds.targets)
 
     def batches():
         for idx in torch.randperm(len(data)).split(batch_size):
-            yield data[idx].float().div_(255), targets[idx]
+            if gather == "index_select":
+                yield data.index_select(0, idx).float().div_(255), targets.index_select(0, idx)
+            else:
+                yield data[idx].float().div_(255), targets[idx]
 
     class Loader:
         def __iter__(self):
@@ -135,7 +162,8 @@ def loaders_to_compare(csv: Path, img_dir: Path, classes_dir: Path, batch_size: 
         "ImageFolder + ToTensor": lambda: DataLoader(datasets.ImageFolder(str(classes_dir), to_tensor),
                                                      batch_size=batch_size, shuffle=True),
         "TensorDataset in memory": lambda: tensor_loader(csv, img_dir, batch_size),
-        "limit: batch index, uint8 in memory": lambda: limit_loader(csv, img_dir, batch_size),
+        "limit: data[idx], uint8 in memory": lambda: limit_loader(csv, img_dir, batch_size, "index"),
+        "limit: index_select, uint8 in memory": lambda: limit_loader(csv, img_dir, batch_size, "index_select"),
         "ours (cache on)": lambda: make_loader(
             CsvImageDataset(csv, img_dir, batch_transform=pixel_transform("float01")), batch_size,
             shuffle=True, drop_last=False, seed=0),
@@ -145,33 +173,21 @@ def loaders_to_compare(csv: Path, img_dir: Path, classes_dir: Path, batch_size: 
     }
 
 
-def bench_loaders(folder: Path, size: int, batch_size: int, repeats: int) -> dict:
+def bench_loaders(folder: Path, size: int, batch_size: int, repeats: int, memory: str) -> dict:
+    """Throughput of every loader; memory (each in a fresh process) for "all", "ours" or "none"."""
     csv, img_dir, classes_dir = make_data(folder, size)
-    results = {}
     candidates = loaders_to_compare(csv, img_dir, classes_dir, batch_size)
     runs = {name: [] for name in candidates}
     for _ in range(repeats):  # interleaved, so that machine noise hits every loader alike
         for name, build in candidates.items():
             runs[name].append(timed_passes(build))
+    results = {}
     for name, measured in runs.items():
-        cold = statistics.median(t[0] for t, _ in measured)
-        warm = statistics.median(t[1] for t, _ in measured)
-        results[name] = {"cold_img_s": size / cold, "warm_img_s": size / warm,
-                         "peak_rss_mib": statistics.median(m for _, m in measured) / 2**20}
+        results[name] = {"cold_img_s": size / statistics.median(t[0] for t in measured),
+                         "warm_img_s": size / statistics.median(t[1] for t in measured)}
+        if memory == "all" or (memory == "ours" and name.startswith("ours")):
+            results[name].update(measure_memory(name, csv, img_dir, classes_dir, batch_size))
     return results
-
-
-def rss_across_epochs(folder: Path, size: int, batch_size: int, cache_mb: float, epochs: int = 4) -> list[float]:
-    csv, img_dir, _ = make_data(folder, size)
-    before = rss_bytes()
-    loader = make_loader(CsvImageDataset(csv, img_dir, batch_transform=pixel_transform("float01"), cache_mb=cache_mb),
-                         batch_size, shuffle=True, drop_last=False, seed=0)
-    growth = []
-    for _ in range(epochs):
-        for _ in loader:
-            pass
-        growth.append((rss_bytes() - before) / 2**20)
-    return growth
 
 
 LECTURE_TRAIN = """
@@ -234,7 +250,15 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--epochs", type=int, default=100, help="epochs for the end-to-end comparison")
     p.add_argument("--json", type=Path, default=None, help="also write the results here")
     p.add_argument("--smoke", action="store_true", help="tiny sizes, one repeat, 2 epochs: checks it runs")
+    p.add_argument("--memory-of", help=argparse.SUPPRESS)  # internal: measure one loader in this process
+    p.add_argument("--memory-data", nargs=3, type=Path, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.memory_of:
+        warnings.filterwarnings("ignore")
+        build = loaders_to_compare(*args.memory_data, args.batch_size)[args.memory_of]
+        report = memory_in_fresh_process(build)
+        print(json.dumps(report))
+        return report
     if args.smoke:
         args.size, args.scaling, args.repeats, args.epochs = 200, "100,200", 1, 2
     warnings.filterwarnings("ignore")  # ToTensor's deprecation notice, for the peers
@@ -243,15 +267,14 @@ def main(argv: list[str] | None = None) -> dict:
     try:
         report = {"machine": f"{os.cpu_count()} cores, torch {torch.__version__}", "size": args.size, "epochs": args.epochs,
                   "batch_size": args.batch_size, "repeats": args.repeats}
-        report["loaders"] = bench_loaders(folder, args.size, args.batch_size, args.repeats)
+        report["loaders"] = bench_loaders(folder, args.size, args.batch_size, args.repeats,
+                                          memory="ours" if args.smoke else "all")
         scaling = {}
         for n in (int(s) for s in args.scaling.split(",")):
-            rows = bench_loaders(folder, n, args.batch_size, args.repeats) if n != args.size else report["loaders"]
+            rows = report["loaders"] if n == args.size else bench_loaders(folder, n, args.batch_size, args.repeats,
+                                                                           memory="none")
             scaling[n] = {k: v for k, v in rows.items() if k.startswith("ours")}
         report["scaling"] = scaling
-        report["rss_mib_per_epoch"] = {
-            "cache on": rss_across_epochs(folder, args.size, args.batch_size, cache_mb=1024),
-            "cache off": rss_across_epochs(folder, args.size, args.batch_size, cache_mb=0)}
         report["decoded_mib"] = args.size * 28 * 28 / 2**20
         report["end_to_end_s"] = bench_end_to_end(folder, args.epochs, args.repeats)
     finally:
@@ -269,7 +292,8 @@ def format_report(r: dict) -> str:
              "", "| loader | cold img/s | warm img/s | peak RSS growth MiB | ours (cache on) cold / this | warm / this |",
              "| --- | ---: | ---: | ---: | ---: | ---: |"]
     for name, m in L.items():
-        lines.append(f"| {name} | {m['cold_img_s']:,.0f} | {m['warm_img_s']:,.0f} | {m['peak_rss_mib']:.1f} | "
+        peak = f"{m['peak_growth_mib']:.1f}" if "peak_growth_mib" in m else "not measured"
+        lines.append(f"| {name} | {m['cold_img_s']:,.0f} | {m['warm_img_s']:,.0f} | {peak} | "
                      f"{ours['cold_img_s'] / m['cold_img_s']:.2f}x | {ours['warm_img_s'] / m['warm_img_s']:.2f}x |")
     lines += ["", "| images | ours cache on: cold img/s | warm img/s | ours cache off: cold img/s | warm img/s |",
               "| ---: | ---: | ---: | ---: | ---: |"]
@@ -278,10 +302,11 @@ def format_report(r: dict) -> str:
         label = f"{int(n):,}" + (" (bundled digits repeated)" if int(n) > BUNDLED else "")
         lines.append(f"| {label} | {on['cold_img_s']:,.0f} | {on['warm_img_s']:,.0f} | {off['cold_img_s']:,.0f} | "
                      f"{off['warm_img_s']:,.0f} |")
-    rss = r["rss_mib_per_epoch"]
-    lines += ["", f"RSS growth after epochs 1..{len(rss['cache on'])} (decoded data {r['decoded_mib']:.1f} MiB): "
-              f"cache on {', '.join(f'{x:.1f}' for x in rss['cache on'])} MiB; "
-              f"cache off {', '.join(f'{x:.1f}' for x in rss['cache off'])} MiB"]
+    on, off = L["ours (cache on)"], L["ours (cache off)"]
+    lines += ["", f"Memory, each loader in a fresh process (decoded data: {r['decoded_mib']:.1f} MiB): RSS growth after "
+              f"passes 1..{len(on['rss_after_pass_mib'])}: cache on "
+              f"{', '.join(f'{x:.1f}' for x in on['rss_after_pass_mib'])} MiB, cache off "
+              f"{', '.join(f'{x:.1f}' for x in off['rss_after_pass_mib'])} MiB"]
     e = r["end_to_end_s"]
     lines += [f"End to end, whole processes, {r['epochs']} epochs on the default data: train.py {e['train.py']:.1f} s, "
               f"lecture loop {e['lecture loop']:.1f} s, ratio {e['train.py'] / e['lecture loop']:.2f}x"]

@@ -15,4 +15,7 @@ def test_bench_smoke_writes_a_complete_report(tmp_path, capsys):
     for figures in report["loaders"].values():
         assert figures["cold_img_s"] > 0 and figures["warm_img_s"] > 0
     assert set(report["end_to_end_s"]) == {"train.py", "lecture loop"}
+    for name in ("ours (cache on)", "ours (cache off)"):  # memory, each measured in a fresh process
+        assert len(report["loaders"][name]["rss_after_pass_mib"]) == 3
+        assert report["loaders"][name]["peak_growth_mib"] >= 0
     assert "| ours (cache on) |" in capsys.readouterr().out
