@@ -119,7 +119,10 @@ def _parse_labels(values: pd.Series, lines: list[int], classes: Sequence[str] | 
                 continue
             labels.append(None)
         top = max((lab for lab in labels if lab is not None), default=-1)
-        names = [str(i) for i in range(num_classes if num_classes is not None else top + 1)]
+        if classes is not None:  # e.g. train's classes, handed to valid / test by the loaders
+            names = [str(c) for c in classes]
+        else:
+            names = [str(i) for i in range(num_classes if num_classes is not None else top + 1)]
     if texts is not None and num_classes is not None and len(names) > num_classes:
         problems.append((lines[0], f"{len(names)} class names {names} but num_classes={num_classes}"))
     return labels, names, problems
@@ -338,13 +341,17 @@ class CsvImageDataset(Dataset):
             if self.batch_transform is not None:
                 image = self.batch_transform(image)
             return image, self.targets[i]
-        rows = torch.as_tensor(index, dtype=torch.int64)  # (B,)
-        if rows.ndim != 1 or (len(rows) and not (0 <= int(rows.min()) and int(rows.max()) < len(self))):
-            raise IndexError(f"a batch index must be a flat list of ints in [0, {len(self)}), got {index!r}")
+        rows = torch.as_tensor(index, dtype=torch.int64)  # (B,); no copy for an int64 NumPy array
+        try:
+            if rows.ndim != 1:
+                raise IndexError(f"{rows.ndim} dimensions")
+            labels = self._labels.index_select(0, rows)  # also checks every index is in range
+        except (IndexError, RuntimeError) as e:
+            raise IndexError(f"a batch index must be a flat list of ints in [0, {len(self)}), got {index!r}") from e
         images = self._raw(rows)
         if self.batch_transform is not None:
             images = self.batch_transform(images)
-        return images, self._labels.index_select(0, rows)
+        return images, labels
 
 
 def check_dataset(csv_path: str | Path, img_dir: str | Path, **kwargs) -> tuple[dict, list[tuple[int, str, str]]]:

@@ -31,17 +31,20 @@ from dataset import CsvImageDataset
 SPLITS = ("train", "valid", "test")
 
 
-def epoch_order(num_samples: int, seed: int, epoch: int) -> torch.Tensor:
+def epoch_order(num_samples: int, seed: int, epoch: int) -> np.ndarray:
     """A permutation of range(num_samples) that depends on (seed, epoch) and nothing else.
 
     NumPy's SeedSequence mixes both numbers into PCG64's 128-bit state. (torch.manual_seed would keep
     only the low 32 bits of a combined seed, so nearby seeds could share their orders.)
     """
-    return torch.from_numpy(np.random.default_rng([seed, epoch]).permutation(num_samples))
+    return np.random.default_rng([seed, epoch]).permutation(num_samples)
 
 
-class EpochBatchSampler(Sampler[list[int]]):
-    """Yields lists of indices, one list per batch; epoch e's order is a function of (seed, e).
+class EpochBatchSampler(Sampler[np.ndarray]):
+    """Yields one int64 NumPy array of indices per batch; epoch e's order is a function of (seed, e).
+
+    Arrays rather than lists: the dataset turns one into a tensor without copying, and it pickles
+    cheaply to worker processes.
 
     Each call to iter() plays the next epoch, unless set_epoch() chose one. With world_size > 1,
     every global batch of `batch_size` is split between the ranks (rank r takes every
@@ -74,14 +77,14 @@ class EpochBatchSampler(Sampler[list[int]]):
 
     def __iter__(self):
         epoch, self.epoch = self.epoch, self.epoch + 1
-        order = epoch_order(self.num_samples, self.seed, epoch) if self.shuffle else torch.arange(self.num_samples)
+        order = epoch_order(self.num_samples, self.seed, epoch) if self.shuffle else np.arange(self.num_samples)
         for start in range(0, self.num_samples, self.batch_size):
             batch = order[start:start + self.batch_size]
             if self.drop_last and len(batch) < self.batch_size:
                 break
             mine = batch[self.rank::self.world_size]
             if len(mine):
-                yield mine.tolist()
+                yield mine
 
 
 def pixel_transform(pixels: str) -> v2.ToDtype | None:

@@ -356,7 +356,7 @@ def _run(args: argparse.Namespace, device: torch.device, rank: int, world_size: 
         if world_size > 1 else model
     if rank == 0:
         results_dir.mkdir(parents=True, exist_ok=True)
-    saved = {"epoch": None}
+    saved = {"epoch": start_epoch if args.resume else None}  # the epoch checkpoint.pt holds for this run
 
     def save(epochs_done: int, history: dict) -> None:
         if rank == 0:

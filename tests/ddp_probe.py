@@ -26,7 +26,7 @@ def spying_iter(self):
         if self.shuffle:  # the training loader
             if os.environ.get("PROBE_FAIL_RANK") == str(rank):
                 raise RuntimeError(f"probe: rank {rank} fails on purpose")
-            seen.setdefault(epoch, []).extend(batch)
+            seen.setdefault(epoch, []).extend(batch.tolist())
         yield batch
 
 

@@ -225,3 +225,22 @@ def test_workers_under_a_low_open_file_limit(tiny_data):
                             input=script, capture_output=True, text=True, timeout=240)
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-3000:]
     assert "Too many open files" not in result.stderr
+
+
+def test_valid_and_test_share_the_training_classes_with_integer_labels(tmp_path):
+    for i in range(4):
+        write_png(tmp_path / "img" / f"{i}.png", np.full((4, 4), i, dtype=np.uint8))
+    rows = "0.png,0,train\n1.png,1,train\n2.png,2,train\n3.png,1,valid\n"  # valid alone would give classes 0-1
+    csv = write_csv(tmp_path / "all.csv", "File Name,Class Label,split\n" + rows)
+    train, valid, _ = get_dataloaders_from_split_csv(csv, tmp_path / "img", batch_size=1, split_names=("train", "valid", "valid"))
+    assert train.dataset.classes == ["0", "1", "2"] and valid.dataset.classes == ["0", "1", "2"]
+
+
+@pytest.mark.parametrize("cache_mb", [1024, 0])
+def test_batch_index_out_of_range_is_an_index_error(small_folder, cache_mb):
+    ds = CsvImageDataset(good_csv(small_folder), small_folder / "img", cache_mb=cache_mb)
+    for bad in ([0, 6], [-1], [[0, 1]]):
+        with pytest.raises(IndexError, match=r"flat list of ints in \[0, 6\)"):
+            ds[bad]
+    images, labels = ds[np.array([5, 0])]
+    assert images.shape == (2, 1, 8, 8) and labels.tolist() == [2, 0]

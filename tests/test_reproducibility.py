@@ -153,3 +153,17 @@ def test_ctrl_c_saves_exits_130_and_resume_matches_an_uninterrupted_run(tiny_dat
     train.main(args + ["--results-dir", str(tmp_path / "cut"), "--resume"])
     train.main(args + ["--results-dir", str(tmp_path / "full")])
     assert_same_run(tmp_path / "full", tmp_path / "cut")
+
+
+def test_ctrl_c_right_after_a_resume_points_back_to_the_resumed_checkpoint(tiny_data, tmp_path, monkeypatch, capsys):
+    run(tiny_data, tmp_path / "r", epochs=1)
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train, "train_model", interrupted)
+    with pytest.raises(SystemExit) as info:
+        run(tiny_data, tmp_path / "r", "--resume", epochs=3)
+    assert info.value.code == 130
+    out = capsys.readouterr().out
+    assert "The checkpoint of epoch 1 is in" in out and "nothing was saved" not in out
