@@ -177,11 +177,14 @@ def _format_problems(csv_path: Path, n_rows: int, problems: list[tuple[int, str,
 
 
 def decode_image(path: str, mode: str) -> np.ndarray:
-    """Pixels of one image file converted to `mode`: (H, W) for "L", (H, W, C) otherwise; uint8."""
+    """Pixels of one image file converted to `mode`: (H, W) for "L", (H, W, C) otherwise; uint8.
+
+    A read-only view of Pillow's own bytes (what np.array(im) would copy once more).
+    """
     with Image.open(path) as im:  # closes the file even when decoding fails
-        if im.mode != mode:
-            im = im.convert(mode)
-        return np.array(im)  # a writable copy, so torch.from_numpy can share it
+        im = im.convert(mode) if im.mode != mode else im
+        shape = (im.height, im.width) if mode == "L" else (im.height, im.width, len(im.getbands()))
+        return np.frombuffer(im.tobytes(), dtype=np.uint8).reshape(shape)
 
 
 class CsvImageDataset(Dataset):
@@ -296,7 +299,7 @@ class CsvImageDataset(Dataset):
         return pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)
 
     def _decode(self, i: int, same_size: bool = True) -> torch.Tensor:
-        return torch.from_numpy(np.ascontiguousarray(self._pixels(i, same_size)))
+        return torch.from_numpy(np.array(self._pixels(i, same_size)))  # a writable, contiguous copy
 
     def preload(self) -> None:
         """Decode every image into the in-memory cache now (no-op when the cache is off or full).
