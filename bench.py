@@ -40,7 +40,7 @@ from torchvision import datasets, transforms
 
 import make_subset
 from dataset import CsvImageDataset
-from loaders import make_loader, pixel_transform
+from loaders import make_loader
 
 ROOT = Path(__file__).resolve().parent
 BUNDLED = 4980  # make_subset.py keeps 10 valid + 10 test digits aside, so 498 per class fit
@@ -131,8 +131,7 @@ def limit_loader(csv: Path, img_dir: Path, batch_size: int, gather: str):
     """Whole batches out of one uint8 tensor, no DataLoader: data[idx] (as issue 5 measured the
     limit) or data.index_select(0, idx) (what CsvImageDataset does, several times cheaper here)."""
     ds = CsvImageDataset(csv, img_dir)
-    ds.preload()
-    data, targets = ds._cache, torch.tensor(ds.targets)
+    data, targets = ds.preload(), torch.tensor(ds.targets)
 
     def batches():
         for idx in torch.randperm(len(data)).split(batch_size):
@@ -149,8 +148,7 @@ def limit_loader(csv: Path, img_dir: Path, batch_size: int, gather: str):
 
 def tensor_loader(csv: Path, img_dir: Path, batch_size: int):
     ds = CsvImageDataset(csv, img_dir)
-    ds.preload()
-    return DataLoader(TensorDataset(ds._cache.float().div_(255), torch.tensor(ds.targets)),
+    return DataLoader(TensorDataset(ds.preload().float().div_(255), torch.tensor(ds.targets)),
                       batch_size=batch_size, shuffle=True)
 
 
@@ -165,10 +163,10 @@ def loaders_to_compare(csv: Path, img_dir: Path, classes_dir: Path, batch_size: 
         "limit: data[idx], uint8 in memory": lambda: limit_loader(csv, img_dir, batch_size, "index"),
         "limit: index_select, uint8 in memory": lambda: limit_loader(csv, img_dir, batch_size, "index_select"),
         "ours (cache on)": lambda: make_loader(
-            CsvImageDataset(csv, img_dir, batch_transform=pixel_transform("float01")), batch_size,
+            CsvImageDataset(csv, img_dir), batch_size,
             shuffle=True, drop_last=False, seed=0),
         "ours (cache off)": lambda: make_loader(
-            CsvImageDataset(csv, img_dir, batch_transform=pixel_transform("float01"), cache_mb=0), batch_size,
+            CsvImageDataset(csv, img_dir, cache_mb=0), batch_size,
             shuffle=True, drop_last=False, seed=0),
     }
 

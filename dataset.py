@@ -8,20 +8,21 @@
       mnist_train/cats/00001.png
 
     ds = CsvImageDataset("data/mnist_train.csv", "data/mnist_train")
-    image, label = ds[0]            # uint8 tensor (C, H, W), int
-    images, labels = ds[[0, 1, 2]]  # a whole batch at once: (B, C, H, W) uint8, (B,) int64
+    image, label = ds[0]            # float32 tensor (C, H, W) in [0, 1], int: what MLP() takes
+    images, labels = ds[[0, 1, 2]]  # a whole batch at once: (B, C, H, W), (B,) int64
+
+Works alone (copy this file) and with a plain `DataLoader(ds, batch_size=64, shuffle=True)`.
 
 Check a dataset without training (exit status 0 when clean):
 
     python dataset.py data/mnist_train.csv data/mnist_train [--label-column ... --mode RGB]
 
-Every row is checked when the dataset is built: the file column names a regular file inside
-img_dir (no absolute paths, no "..", no symlink out), the label is a whole number >= 0 (or a class
-name in a text column). One DatasetError lists every bad row with its 1-based CSV line. Images that
-are corrupt, or of a size that cannot be batched, raise ImageLoadError naming the file and line.
-
-Decoded images are kept in memory (one uint8 tensor) when they fit `cache_mb`, so only the first
-pass decodes PNGs; the pixels are exactly Pillow's.
+Every row is checked when the dataset is built (`make_dataset`): the file column names a regular
+file inside img_dir (no absolute paths, no "..", no symlink out), the label is a whole number >= 0
+(or a class name in a text column). One DatasetError lists every bad row with its 1-based CSV line.
+Images that are corrupt, or of a size that cannot be batched, raise ImageLoadError naming the file
+and line. Decoded images are kept in memory (one uint8 tensor) when they fit `cache_mb`, so only
+the first pass decodes; the pixels are exactly Pillow's.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ import warnings
 from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -42,9 +44,158 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-MAX_LISTED_PROBLEMS = 20
-# What Pillow raises for a file it cannot decode: truncated, corrupt, unknown format, too large.
-DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
+
+class CsvImageDataset(Dataset):
+    """Images named in a CSV, with their class labels.
+
+    Args:
+        csv_path: CSV with a header line; one row per image.
+        img_dir: folder the file names are relative to (subfolders allowed).
+        transform: optional callable on one image, a uint8 tensor (C, H, W), such as a torchvision
+            v2 transform. With a transform, images are decoded on every access (no cache) and may
+            differ in size as long as the transform makes them equal.
+        file_column, label_column: column names.
+        mode: Pillow mode every image is converted to ("L" gray, 1 channel; "RGB", 3 channels).
+        pixels: what images come out as: "float01" (float32 in [0, 1], the default, what
+            v2.ToDtype(torch.float32, scale=True) gives), "float255" (float32, 0-255) or "uint8"
+            (to be scaled later, e.g. on the GPU after the copy).
+        classes: class names in index order, for a text label column (so that train, valid and
+            test share one mapping); by default the sorted names found.
+        num_classes: labels must be below this, when given.
+        split: (column, value): keep only the rows whose column holds value (one CSV, all splits).
+        skip_bad_rows: drop bad rows with a warning that counts them, instead of raising.
+        cache_mb: keep decoded images in memory when they take at most this many MiB (0 = never).
+
+    Attributes: `samples` (one Sample(path, label, line, file) per image), `classes`,
+    `class_to_idx`, `targets` (list of int), `image_size` (H, W), `channels`, `problems` (the bad
+    rows, as (line, file, what)), `cache_decision` (a sentence: are images kept in memory, and why).
+    """
+
+    def __init__(self, csv_path: str | Path, img_dir: str | Path,
+                 transform: Callable[[torch.Tensor], torch.Tensor] | None = None, *,
+                 file_column: str = "File Name", label_column: str = "Class Label", mode: str = "L",
+                 pixels: str = "float01", classes: Sequence[str] | None = None, num_classes: int | None = None,
+                 split: tuple[str, str] | None = None, skip_bad_rows: bool = False,
+                 cache_mb: float = 1024) -> None:
+        if mode not in ("L", "RGB"):
+            raise ValueError(f"mode must be 'L' or 'RGB', got {mode!r}")
+        if pixels not in PIXELS:
+            raise ValueError(f"pixels must be one of {PIXELS}, got {pixels!r}")
+        self.csv_path, self.img_dir = Path(csv_path), Path(img_dir)
+        self.transform, self.mode, self.pixels = transform, mode, pixels
+        self.samples, self.classes, self.problems = make_dataset(
+            self.csv_path, self.img_dir, file_column=file_column, label_column=label_column, split=split,
+            classes=classes, num_classes=num_classes)
+        if self.problems:
+            rows = len(self.samples) + len({line for line, _, _ in self.problems})
+            message = format_problems(self.csv_path, self.problems, rows)
+            if not skip_bad_rows:
+                raise DatasetError(message)
+            warnings.warn(f"skipping bad rows: {message}", stacklevel=2)
+        if not self.samples:
+            raise DatasetError(f"{self.csv_path}: every row is bad; nothing left to load")
+        self.targets = [s.label for s in self.samples]
+        self.class_to_idx = {name: i for i, name in enumerate(self.classes)}
+        self.channels = 3 if mode == "RGB" else 1
+        with Image.open(self.samples[0].path) as first:  # header only: the size every image must share
+            self.image_size = first.size[::-1]  # (H, W)
+        self._labels = torch.tensor(self.targets, dtype=torch.int64)  # (N,): a batch's labels in one call
+        self._cache: torch.Tensor | None = None  # (N, C, H, W) uint8, filled by preload()
+        self._use_cache, self.cache_decision = self._plan_cache(cache_mb)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index):
+        """ds[i] -> (image (C, H, W), label int); ds[list or array of i] -> a whole batch (get_batch)."""
+        if np.ndim(index) != 0:
+            return self.get_batch(index)
+        image = self.load_image(index)  # (C, H, W) uint8
+        if self.transform is not None:
+            image = self.transform(image)
+        return to_pixels(image, self.pixels), self.samples[index].label
+
+    # ---- below: the cache and the batch path, which make the loaders fast -------------------------------
+
+    def load_image(self, i: int) -> torch.Tensor:
+        """Pixels of sample i, (C, H, W) uint8: from the in-memory cache, or decoded now."""
+        if self._use_cache:
+            return self.preload()[i]
+        return torch.from_numpy(self._read(i, same_size=self.transform is None).copy())
+
+    def get_batch(self, indices) -> tuple[torch.Tensor, torch.Tensor]:
+        """Images (B, C, H, W) and labels (B,) int64 of the samples at `indices` (a list, NumPy array
+        or tensor of ints): one index_select from the cache instead of B __getitem__ calls and a
+        collate. The loaders fetch every batch this way."""
+        rows = torch.as_tensor(indices, dtype=torch.int64)  # (B,); no copy for an int64 NumPy array
+        try:
+            if rows.ndim != 1:
+                raise IndexError(f"{rows.ndim} dimensions")
+            labels = self._labels.index_select(0, rows)  # also checks every index is in range
+        except (IndexError, RuntimeError, TypeError) as e:
+            raise IndexError(f"a batch index must be a flat list of ints in [0, {len(self)}), got {indices!r}") from e
+        if self._use_cache:
+            images = self.preload().index_select(0, rows)  # several times faster than cache[rows] here
+        elif self.transform is None:
+            images = self._read_batch(rows.tolist())
+        else:
+            images = self._transformed_batch(rows.tolist())
+        return to_pixels(images, self.pixels), labels
+
+    def preload(self) -> torch.Tensor | None:
+        """Decode every image into the in-memory cache now, once; returns it, (N, C, H, W) uint8, or
+        None when the cache is off. Call it in the main process before DataLoader workers start, so
+        that they share one copy (the loaders do)."""
+        if self._use_cache and self._cache is None:
+            self._cache = self._read_batch(range(len(self)))
+        return self._cache
+
+    def _plan_cache(self, cache_mb: float) -> tuple[bool, str]:
+        cache_bytes = len(self) * self.channels * self.image_size[0] * self.image_size[1]
+        use = self.transform is None and 0 < cache_bytes <= cache_mb * 2**20
+        return use, (f"{'keeping' if use else 'not keeping'} decoded images in memory: {len(self)} x "
+                     f"{self.channels}x{self.image_size[0]}x{self.image_size[1]} uint8 = "
+                     f"{cache_bytes / 2**20:.1f} MiB, budget {cache_mb:g} MiB"
+                     + ("; a per-image transform is set" if self.transform is not None else ""))
+
+    def _where(self, i: int) -> str:
+        return f"{self.csv_path}, line {self.samples[i].line}: {self.samples[i].file!r}"
+
+    def _read(self, i: int, same_size: bool) -> np.ndarray:
+        """Sample i decoded by Pillow, (C, H, W) uint8; errors name the file and its CSV line."""
+        try:
+            pixels = decode_image(self.samples[i].path, self.mode)
+        except DECODE_ERRORS as e:
+            raise ImageLoadError(f"{self._where(i)}: cannot decode the image: {e}") from e
+        if same_size and pixels.shape[1:] != self.image_size:
+            raise ImageLoadError(
+                f"{self._where(i)}: image is {pixels.shape[2]}x{pixels.shape[1]} (WxH) but the first image "
+                f"({self.samples[0].file!r}) is {self.image_size[1]}x{self.image_size[0]}; images of different "
+                "sizes cannot be batched: resize them, or pass a transform that does")
+        return pixels
+
+    def _read_batch(self, indices: Sequence[int]) -> torch.Tensor:
+        """(B, C, H, W) uint8 pixels of same-sized images, decoded straight into one array."""
+        batch = np.empty((len(indices), self.channels, *self.image_size), dtype=np.uint8)
+        for j, i in enumerate(indices):  # numpy assignment: a fraction of torch's per-call indexing cost
+            batch[j] = self._read(i, same_size=True)
+        return torch.from_numpy(batch)
+
+    def _transformed_batch(self, indices: Sequence[int]) -> torch.Tensor:
+        images = [self.transform(self.load_image(i)) for i in indices]
+        for i, image in zip(indices, images):
+            if image.shape != images[0].shape:
+                raise ImageLoadError(f"{self._where(i)}: after the transform the image has shape "
+                                     f"{tuple(image.shape)}, the batch's first {tuple(images[0].shape)}; "
+                                     "make the transform produce one size")
+        return torch.stack(images)
+
+
+class Sample(NamedTuple):
+    path: str  # img_dir joined with the file name
+    label: int  # class index
+    line: int  # 1-based line of the row in the CSV, for messages
+    file: str  # the file name as the CSV gives it
 
 
 class DatasetError(ValueError):
@@ -53,6 +204,81 @@ class DatasetError(ValueError):
 
 class ImageLoadError(DatasetError):
     """An image that cannot be decoded or batched; the message names the file and its CSV line."""
+
+
+PIXELS = ("float01", "float255", "uint8")
+MAX_LISTED_PROBLEMS = 20
+# What Pillow raises for a file it cannot decode: truncated, corrupt, unknown format, too large.
+DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
+
+
+def to_float01(images: torch.Tensor) -> torch.Tensor:
+    """uint8 images -> float32 in [0, 1]: bit for bit what v2.ToDtype(torch.float32, scale=True) gives
+    (a test pins it), without importing torchvision. One multiply for a whole batch."""
+    return images.to(torch.float32).mul_(1.0 / 255)
+
+
+def to_pixels(images: torch.Tensor, pixels: str) -> torch.Tensor:
+    """uint8 images as `pixels` asks (see CsvImageDataset); anything else, e.g. the float output of
+    a user's transform, is returned as it is."""
+    if images.dtype != torch.uint8 or pixels == "uint8":
+        return images
+    return to_float01(images) if pixels == "float01" else images.to(torch.float32)
+
+
+def decode_image(path: str, mode: str) -> np.ndarray:
+    """Pixels of one image file converted to `mode`, channels first: (C, H, W) uint8.
+
+    A read-only view of Pillow's own bytes (what np.array(im) would copy once more).
+    """
+    with Image.open(path) as im:  # closes the file even when decoding fails
+        im = im.convert(mode) if im.mode != mode else im
+        pixels = np.frombuffer(im.tobytes(), dtype=np.uint8).reshape(im.height, im.width, len(im.getbands()))
+        return pixels.transpose(2, 0, 1)
+
+
+# ---- checking every row: the CSV -> samples ----------------------------------------------------------------
+
+def make_dataset(csv_path: Path, img_dir: Path, *, file_column: str, label_column: str,
+                 split: tuple[str, str] | None = None, classes: Sequence[str] | None = None,
+                 num_classes: int | None = None) -> tuple[list[Sample], list[str], list[tuple[int, str, str]]]:
+    """Check every row of the CSV. Returns the good rows as samples, the class names, and the bad
+    rows as (line, file, what is wrong), sorted by line. Raises DatasetError only when the CSV or
+    the folder cannot be read at all."""
+    if not img_dir.is_dir():
+        raise DatasetError(f"image folder not found: {img_dir} (it should hold the files named in {csv_path})")
+    df = _read_csv(csv_path, [file_column, label_column] + ([split[0]] if split else []))
+    if split is not None:
+        column, value = split
+        found = sorted(df[column].dropna().astype(str).str.strip().unique())
+        df = df[df[column].astype(str).str.strip() == value]
+        if len(df) == 0:
+            raise DatasetError(f"{csv_path}: no rows with {column} == {value!r}; values found: {found}")
+    lines, names = df.index.tolist(), df[file_column].tolist()
+    labels, class_names, label_problems = _parse_labels(df[label_column], lines, classes, num_classes)
+    problems = [(line, str(df.at[line, file_column]), what) for line, what in label_problems]
+    root, symlinked_dirs = img_dir.resolve(), {}
+    samples = []
+    for line, name, label in zip(lines, names, labels):
+        path, what = _check_file(name, root, symlinked_dirs)
+        if what is not None:
+            problems.append((line, str(name), what))
+        elif label is not None:
+            samples.append(Sample(path, label, line, str(name)))
+    problems.sort(key=lambda p: p[0])
+    return samples, class_names, problems
+
+
+def format_problems(csv_path: Path, problems: list[tuple[int, str, str]], n_rows: int,
+                    limit: int | None = MAX_LISTED_PROBLEMS) -> str:
+    """The bad rows as one message, a line each; `limit` of them at most."""
+    head = f"{csv_path}: {len(problems)} bad row(s) out of {n_rows}:"
+    shown = problems if limit is None else problems[:limit]
+    lines = [f"  line {line}: {file!r}: {what}" for line, file, what in shown]
+    if len(problems) > len(shown):
+        lines.append(f"  ... and {len(problems) - len(shown)} more; "
+                     f"`python dataset.py {csv_path} IMG_DIR` lists them all")
+    return "\n".join([head, *lines])
 
 
 def _read_csv(csv_path: Path, columns: Sequence[str]) -> pd.DataFrame:
@@ -97,12 +323,9 @@ def _parse_labels(values: pd.Series, lines: list[int], classes: Sequence[str] | 
         for line, v in zip(lines, texts):
             if pd.isna(v):
                 problems.append((line, "empty label"))
-                labels.append(None)
             elif str(v) not in class_to_idx:
                 problems.append((line, f"label {str(v)!r} is not one of the classes {names}"))
-                labels.append(None)
-            else:
-                labels.append(class_to_idx[str(v)])
+            labels.append(None if pd.isna(v) else class_to_idx.get(str(v)))
     else:
         for line, v in zip(lines, values):
             number = v if isinstance(v, (int, float, np.number)) else None
@@ -165,220 +388,31 @@ def _check_file(name: object, root: Path, symlinked_dirs: dict[str, bool]) -> tu
     return path, None
 
 
-def _format_problems(csv_path: Path, n_rows: int, problems: list[tuple[int, str, str]],
-                     limit: int | None = MAX_LISTED_PROBLEMS) -> str:
-    head = f"{csv_path}: {len(problems)} bad row(s) out of {n_rows}:"
-    shown = problems if limit is None else problems[:limit]
-    lines = [f"  line {line}: {file!r}: {what}" for line, file, what in shown]
-    if len(problems) > len(shown):
-        lines.append(f"  ... and {len(problems) - len(shown)} more; "
-                     f"`python dataset.py {csv_path} IMG_DIR` lists them all")
-    return "\n".join([head, *lines])
+# ---- the check command ---------------------------------------------------------------------------------------
 
-
-def decode_image(path: str, mode: str) -> np.ndarray:
-    """Pixels of one image file converted to `mode`: (H, W) for "L", (H, W, C) otherwise; uint8.
-
-    A read-only view of Pillow's own bytes (what np.array(im) would copy once more).
-    """
-    with Image.open(path) as im:  # closes the file even when decoding fails
-        im = im.convert(mode) if im.mode != mode else im
-        shape = (im.height, im.width) if mode == "L" else (im.height, im.width, len(im.getbands()))
-        return np.frombuffer(im.tobytes(), dtype=np.uint8).reshape(shape)
-
-
-class CsvImageDataset(Dataset):
-    """Images named in a CSV, with their class labels.
-
-    Args:
-        csv_path: CSV with a header line; one row per image.
-        img_dir: folder the file names are relative to (subfolders allowed).
-        transform: optional callable applied to each image, a uint8 tensor (C, H, W). With a
-            transform, images are decoded on every access (no cache) and may differ in size as
-            long as the transform makes them equal.
-        batch_transform: optional callable applied to what is returned, one image (C, H, W) or a
-            batch (B, C, H, W), after `transform`. Meant for deterministic steps such as
-            `v2.ToDtype(torch.float32, scale=True)`, done once per batch.
-        file_column, label_column: column names.
-        mode: Pillow mode every image is converted to ("L" gray, 1 channel; "RGB", 3 channels).
-        classes: class names in index order, for a text label column (so that train, valid and
-            test share one mapping); by default the sorted names found.
-        num_classes: labels must be below this, when given.
-        split_column, split: keep only the rows whose split_column equals split (one CSV for
-            all splits).
-        skip_bad_rows: drop bad rows with a warning that counts them, instead of raising.
-        cache_mb: keep decoded images in memory when they take at most this many MiB (0 = never).
-
-    Attributes: `classes`, `class_to_idx`, `targets` (list of int), `files`, `lines` (CSV line of
-    each sample), `cache_decision` (a sentence saying whether images are kept in memory and why).
-    """
-
-    def __init__(self, csv_path: str | Path, img_dir: str | Path,
-                 transform: Callable[[torch.Tensor], torch.Tensor] | None = None, *,
-                 batch_transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
-                 file_column: str = "File Name", label_column: str = "Class Label", mode: str = "L",
-                 classes: Sequence[str] | None = None, num_classes: int | None = None,
-                 split_column: str | None = None, split: str | None = None,
-                 skip_bad_rows: bool = False, cache_mb: float = 1024) -> None:
-        if mode not in ("L", "RGB"):
-            raise ValueError(f"mode must be 'L' or 'RGB', got {mode!r}")
-        if (split_column is None) != (split is None):
-            raise ValueError("split_column and split go together")
-        self.csv_path, self.img_dir = Path(csv_path), Path(img_dir)
-        self.transform, self.batch_transform, self.mode = transform, batch_transform, mode
-        if not self.img_dir.is_dir():
-            raise DatasetError(f"image folder not found: {self.img_dir} (it should hold the files named "
-                               f"in {self.csv_path})")
-        columns = [file_column, label_column] + ([split_column] if split_column else [])
-        df = _read_csv(self.csv_path, columns)
-        if split_column is not None:
-            found = sorted(df[split_column].dropna().astype(str).str.strip().unique())
-            df = df[df[split_column].astype(str).str.strip() == split]
-            if len(df) == 0:
-                raise DatasetError(f"{self.csv_path}: no rows with {split_column} == {split!r}; "
-                                   f"values found: {found}")
-        lines = df.index.tolist()
-        labels, self.classes, label_problems = _parse_labels(df[label_column], lines, classes, num_classes)
-        root = self.img_dir.resolve()
-        problems = [(line, str(df.at[line, file_column]), what) for line, what in label_problems]
-        paths = []
-        names = df[file_column].tolist()
-        symlinked_dirs: dict[str, bool] = {}
-        for line, name in zip(lines, names):
-            path, what = _check_file(name, root, symlinked_dirs)
-            paths.append(path)
-            if what is not None:
-                problems.append((line, str(name), what))
-        problems.sort(key=lambda p: p[0])
-        self.problems = problems
-        if problems:
-            message = _format_problems(self.csv_path, len(lines), problems)
-            if not skip_bad_rows:
-                raise DatasetError(message)
-            warnings.warn(f"skipping bad rows: {message}", stacklevel=2)
-        bad = {p[0] for p in problems}
-        keep = [i for i, line in enumerate(lines) if line not in bad]
-        if not keep:
-            raise DatasetError(f"{self.csv_path}: every row is bad; nothing left to load")
-        self.lines = [lines[i] for i in keep]
-        self.files = [str(names[i]) for i in keep]
-        self.paths = [paths[i] for i in keep]
-        self.targets = [labels[i] for i in keep]
-        self._labels = torch.tensor(self.targets, dtype=torch.int64)  # (N,), for whole batches
-        self.class_to_idx = {name: i for i, name in enumerate(self.classes)}
-        self.channels = 3 if mode == "RGB" else 1
-        with Image.open(self.paths[0]) as first:  # header only: the size every image must share
-            self.image_size = first.size[::-1]  # (H, W)
-        self._cache: torch.Tensor | None = None
-        cache_bytes = len(self) * self.channels * self.image_size[0] * self.image_size[1]
-        self._use_cache = transform is None and 0 < cache_bytes <= cache_mb * 2**20
-        self.cache_decision = (
-            f"{'keeping' if self._use_cache else 'not keeping'} decoded images in memory: "
-            f"{len(self)} x {self.channels}x{self.image_size[0]}x{self.image_size[1]} uint8 = "
-            f"{cache_bytes / 2**20:.1f} MiB, budget {cache_mb:g} MiB"
-            + ("; a per-image transform is set" if transform is not None else "")
-        )
-
-    def __len__(self) -> int:
-        return len(self.targets)
-
-    def _where(self, i: int) -> str:
-        return f"{self.csv_path}, line {self.lines[i]}: {self.files[i]!r}"
-
-    def _pixels(self, i: int, same_size: bool) -> np.ndarray:
-        """One image decoded by Pillow, channels first: (C, H, W) uint8."""
-        try:
-            pixels = decode_image(self.paths[i], self.mode)
-        except DECODE_ERRORS as e:
-            raise ImageLoadError(f"{self._where(i)}: cannot decode the image: {e}") from e
-        if same_size and pixels.shape[:2] != self.image_size:
-            raise ImageLoadError(
-                f"{self._where(i)}: image is {pixels.shape[1]}x{pixels.shape[0]} (WxH) but the first image "
-                f"({self.files[0]!r}) is {self.image_size[1]}x{self.image_size[0]}; images of different "
-                "sizes cannot be batched: resize them, or pass a transform that does")
-        return pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)
-
-    def _decode(self, i: int, same_size: bool = True) -> torch.Tensor:
-        return torch.from_numpy(np.array(self._pixels(i, same_size)))  # a writable, contiguous copy
-
-    def preload(self) -> None:
-        """Decode every image into the in-memory cache now (no-op when the cache is off or full).
-
-        Call it in the main process before DataLoader workers start, so that they share one copy.
-        """
-        if not self._use_cache or self._cache is not None:
-            return
-        self._cache = self._decode_batch(range(len(self)))  # (N, C, H, W)
-
-    def _decode_batch(self, indices: Sequence[int]) -> torch.Tensor:
-        """(B, C, H, W) uint8 pixels of same-sized images, decoded straight into one array."""
-        batch = np.empty((len(indices), self.channels, *self.image_size), dtype=np.uint8)
-        for j, i in enumerate(indices):  # numpy assignment: a fraction of torch's per-call indexing cost
-            batch[j] = self._pixels(i, same_size=True)
-        return torch.from_numpy(batch)
-
-    def _raw(self, rows: torch.Tensor) -> torch.Tensor:
-        """(B, C, H, W) uint8 pixels of the samples at `rows`, a (B,) int64 tensor."""
-        if self._use_cache:
-            self.preload()
-            return self._cache.index_select(0, rows)  # several times faster than cache[rows] here
-        indices = rows.tolist()
-        if self.transform is None:
-            return self._decode_batch(indices)
-        images = [self.transform(self._decode(i, same_size=False)) for i in indices]
-        for i, image in zip(indices, images):
-            if image.shape != images[0].shape:
-                raise ImageLoadError(f"{self._where(i)}: after the transform the image has shape "
-                                     f"{tuple(image.shape)}, the batch's first {tuple(images[0].shape)}; "
-                                     "make the transform produce one size")
-        return torch.stack(images)
-
-    def __getitem__(self, index):
-        """ds[i] -> (image (C, H, W), label int); ds[list of i] -> (images (B, C, H, W), labels (B,))."""
-        if isinstance(index, (int, np.integer)) or (torch.is_tensor(index) and index.ndim == 0):
-            i = int(index)
-            if not -len(self) <= i < len(self):
-                raise IndexError(f"index {i} out of range for {len(self)} samples")
-            i %= len(self)
-            image = self._raw(torch.tensor([i]))[0]
-            if self.batch_transform is not None:
-                image = self.batch_transform(image)
-            return image, self.targets[i]
-        rows = torch.as_tensor(index, dtype=torch.int64)  # (B,); no copy for an int64 NumPy array
-        try:
-            if rows.ndim != 1:
-                raise IndexError(f"{rows.ndim} dimensions")
-            labels = self._labels.index_select(0, rows)  # also checks every index is in range
-        except (IndexError, RuntimeError) as e:
-            raise IndexError(f"a batch index must be a flat list of ints in [0, {len(self)}), got {index!r}") from e
-        images = self._raw(rows)
-        if self.batch_transform is not None:
-            images = self.batch_transform(images)
-        return images, labels
-
-
-def check_dataset(csv_path: str | Path, img_dir: str | Path, **kwargs) -> tuple[dict, list[tuple[int, str, str]]]:
-    """Validate every row and decode every image; returns (summary, problems) instead of raising."""
+def check_dataset(csv_path: str | Path, img_dir: str | Path, **dataset_kwargs) -> tuple[dict, list[tuple[int, str, str]]]:
+    """Validate every row and decode every image; returns (summary, problems) instead of raising.
+    dataset_kwargs: CsvImageDataset's file_column, label_column, mode, num_classes, split."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        ds = CsvImageDataset(csv_path, img_dir, skip_bad_rows=True, cache_mb=0, **kwargs)
+        ds = CsvImageDataset(csv_path, img_dir, skip_bad_rows=True, cache_mb=0, **dataset_kwargs)
     problems = list(ds.problems)
     sizes: Counter = Counter()
     modes: Counter = Counter()
     first_size = None
-    for i in range(len(ds)):
+    for sample in ds.samples:
         try:
-            with Image.open(ds.paths[i]) as im:
+            with Image.open(sample.path) as im:
                 size = f"{im.size[0]}x{im.size[1]}"
                 sizes[size] += 1
                 modes[im.mode] += 1
                 im.load()  # a truncated or corrupt file fails here
         except DECODE_ERRORS as e:
-            problems.append((ds.lines[i], ds.files[i], f"cannot decode the image: {e}"))
+            problems.append((sample.line, sample.file, f"cannot decode the image: {e}"))
             continue
         first_size = first_size or size
         if size != first_size:
-            problems.append((ds.lines[i], ds.files[i], f"size {size} differs from the first image's "
+            problems.append((sample.line, sample.file, f"size {size} differs from the first image's "
                              f"{first_size}; cannot be batched without a resize"))
     problems.sort(key=lambda p: p[0])
     counts = Counter(ds.targets)
@@ -402,10 +436,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--split-column", default=None, help="column naming each row's split")
     p.add_argument("--split", default=None, help="check only rows of this split")
     args = p.parse_args(argv)
+    if (args.split_column is None) != (args.split is None):
+        p.error("--split-column and --split go together")
+    split = (args.split_column, args.split) if args.split_column else None
     try:
-        summary, problems = check_dataset(
-            args.csv_path, args.img_dir, file_column=args.file_column, label_column=args.label_column,
-            mode=args.mode, num_classes=args.num_classes, split_column=args.split_column, split=args.split)
+        summary, problems = check_dataset(args.csv_path, args.img_dir, file_column=args.file_column,
+                                          label_column=args.label_column, mode=args.mode,
+                                          num_classes=args.num_classes, split=split)
     except DatasetError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
@@ -415,7 +452,7 @@ def main(argv: list[str] | None = None) -> int:
     print("image modes: " + ", ".join(f"{m}: {n}" for m, n in summary["modes"].items())
           + f" (converted to {args.mode})")
     if problems:
-        print(_format_problems(Path(args.csv_path), summary["rows"], problems, limit=None))
+        print(format_problems(Path(args.csv_path), problems, summary["rows"], limit=None))
         return 1
     print("OK: no problems found")
     return 0

@@ -121,7 +121,8 @@ def choose_indices(labels: np.ndarray, sizes: list[int], seed: int) -> list[np.n
     return chosen
 
 
-def _write_split(folder: Path, name: str, images: np.ndarray, labels: np.ndarray) -> None:
+def write_split(folder: Path, name: str, images: np.ndarray, labels: np.ndarray) -> None:
+    """folder/mnist_<name>.csv and folder/mnist_<name>/00000.png, ... (loaders.folder_layout reads them)."""
     img_dir = folder / f"mnist_{name}"
     img_dir.mkdir()
     lines = ["File Name,Class Label"]
@@ -144,8 +145,9 @@ def _exchange(a: Path, b: Path) -> bool:
     return rc == 0
 
 
-def _recover(out_dir: Path) -> None:
-    """Undo what a killed run left beside out_dir: drop temporaries, restore a moved-away dataset."""
+def recover(out_dir: Path) -> None:
+    """Undo what a killed run left beside out_dir: drop temporaries, restore a moved-away dataset.
+    write_dataset runs it first."""
     parent = out_dir.parent
     if not parent.is_dir():
         return
@@ -162,7 +164,7 @@ def write_dataset(out_dir: str | Path, splits: dict[str, tuple[np.ndarray, np.nd
                   force: bool, meta: dict) -> Path:
     """Write all splits into a temporary sibling folder, then swap it into place as a whole."""
     out_dir = Path(out_dir)
-    _recover(out_dir)
+    recover(out_dir)
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         if not force:
             raise FileExistsError(f"{out_dir} already exists and is not empty; pass --force to replace it")
@@ -178,7 +180,7 @@ def write_dataset(out_dir: str | Path, splits: dict[str, tuple[np.ndarray, np.nd
     tmp.chmod(0o777 & ~umask)  # mkdtemp makes it 0700; the dataset gets a normal folder's mode
     try:
         for name, (images, labels) in splits.items():
-            _write_split(tmp, name, images, labels)
+            write_split(tmp, name, images, labels)
         (tmp / MARKER).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n", encoding="utf-8")
         if not out_dir.exists():
             os.rename(tmp, out_dir)
@@ -188,7 +190,7 @@ def write_dataset(out_dir: str | Path, splits: dict[str, tuple[np.ndarray, np.nd
         elif not _exchange(tmp, out_dir):
             old = tmp.with_name(tmp.name.replace(".tmp-", ".old-"))
             os.rename(out_dir, old)
-            os.rename(tmp, out_dir)  # a kill between these two renames is undone by _recover
+            os.rename(tmp, out_dir)  # a kill between these two renames is undone by recover
             tmp = old
     finally:
         shutil.rmtree(tmp, ignore_errors=True)  # after a swap, tmp holds the previous dataset

@@ -1,7 +1,15 @@
-"""Figures from a training history: loss per minibatch, accuracy per epoch, and example predictions.
+"""Figures of a training run, as the lecture's helper_plotting.py draws them: the loss of every
+minibatch, the accuracy per epoch, and example predictions.
 
-Each function writes one image file and returns its path; nothing opens a window, so they work
-on a server with no display.
+In a notebook, call them and then plt.show(), as the lecture does:
+
+    plot_training_loss(minibatch_loss_list=minibatch_loss_list, num_epochs=NUM_EPOCHS,
+                       iter_per_epoch=len(train_loader), results_dir=None, averaging_iterations=20)
+    plt.show()
+
+Each function draws one new figure and returns it; with results_dir it also writes the figure there
+as a PNG file (loss.png, accuracy.png, examples.png). Importing this file leaves matplotlib's backend
+alone, so figures show inline in a notebook; train.py picks the file-only Agg backend itself.
 """
 
 from __future__ import annotations
@@ -9,26 +17,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")  # files only, no display needed
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
-from torchvision.transforms.v2 import functional as TF  # noqa: E402
+import matplotlib.pyplot as plt
+import torch
 
 
-def _save(fig, path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
-
-
-def plot_training_loss(minibatch_losses: Sequence[float], num_epochs: int, path: str | Path,
-                       averaging_iterations: int = 20) -> Path:
+def plot_training_loss(minibatch_loss_list: Sequence[float], num_epochs: int, iter_per_epoch: int | None = None,
+                       results_dir: str | Path | None = None, averaging_iterations: int = 20) -> plt.Figure:
     """Loss of every minibatch, its running average, and a second x-axis in epochs."""
-    losses = torch.tensor(minibatch_losses, dtype=torch.float64)
+    losses = torch.tensor(minibatch_loss_list, dtype=torch.float64)
     fig, ax1 = plt.subplots(figsize=(7, 4))
     ax1.plot(range(1, len(losses) + 1), losses.tolist(), label="Minibatch loss", alpha=0.5)
     if len(losses) >= averaging_iterations:
@@ -43,45 +39,47 @@ def plot_training_loss(minibatch_losses: Sequence[float], num_epochs: int, path:
     ax1.legend()
     # Second x-axis below the first, in epochs.
     ax2 = ax1.twiny()
-    iters_per_epoch = max(len(losses) // max(num_epochs, 1), 1)
+    iter_per_epoch = iter_per_epoch or max(len(losses) // max(num_epochs, 1), 1)
     ax2.set_xlim(ax1.get_xlim())
-    ticks = [e * iters_per_epoch for e in range(0, num_epochs + 1, max(num_epochs // 5, 1))]
+    ticks = [e * iter_per_epoch for e in range(0, num_epochs + 1, max(num_epochs // 5, 1))]
     ax2.set_xticks(ticks)
-    ax2.set_xticklabels([str(t // iters_per_epoch) for t in ticks])
+    ax2.set_xticklabels([str(t // iter_per_epoch) for t in ticks])
     ax2.xaxis.set_ticks_position("bottom")
     ax2.xaxis.set_label_position("bottom")
     ax2.spines["bottom"].set_position(("outward", 45))
     ax2.set_xlabel("Epochs")
     fig.tight_layout()
-    return _save(fig, path)
+    return _maybe_save(fig, results_dir, "loss.png")
 
 
-def plot_accuracy(train_acc: Sequence[float], valid_acc: Sequence[float], path: str | Path) -> Path:
+def plot_accuracy(train_acc_list: Sequence[float], valid_acc_list: Sequence[float],
+                  results_dir: str | Path | None = None) -> plt.Figure:
     """Train and validation accuracy (in %) per epoch."""
-    epochs = range(1, len(train_acc) + 1)
+    epochs = range(1, len(train_acc_list) + 1)
     fig, ax = plt.subplots(figsize=(7, 4))
-    ax.plot(epochs, list(train_acc), label="Training")
-    ax.plot(epochs, list(valid_acc), label="Validation")
+    ax.plot(epochs, list(train_acc_list), label="Training")
+    ax.plot(epochs, list(valid_acc_list), label="Validation")
     ax.set_xlabel("Epoch")
     ax.set_ylabel("Accuracy (%)")
     ax.legend()
     fig.tight_layout()
-    return _save(fig, path)
+    return _maybe_save(fig, results_dir, "accuracy.png")
 
 
 @torch.no_grad()
-def show_examples(model: torch.nn.Module, data_loader, path: str | Path, *, device: str | torch.device = "cpu",
-                  class_names: Sequence[str] | None = None, num_examples: int = 15) -> Path:
+def show_examples(model: torch.nn.Module, data_loader, results_dir: str | Path | None = None, *,
+                  class_names: Sequence[str] | None = None, num_examples: int = 15) -> plt.Figure:
     """A grid of the first images of `data_loader`, each titled "P: <predicted> | T: <true>".
 
-    uint8 batches are scaled to [0, 1] before the model sees them, as train.py does.
+    The batch goes to the model's device; uint8 batches are scaled to [0, 1] first, as train.py does.
     """
     model.eval()
     images, labels = next(iter(data_loader))  # (B, C, H, W), (B,)
     images, labels = images[:num_examples], labels[:num_examples]
+    device = next(model.parameters(), torch.empty(0)).device
     inputs = images.to(device)
     if not inputs.is_floating_point():
-        inputs = TF.to_dtype(inputs, torch.float32, scale=True)
+        inputs = inputs.to(torch.float32).mul_(1.0 / 255)  # dataset.to_float01, copied so this file stands alone
     predictions = model(inputs).argmax(dim=1).cpu()
     names = list(class_names) if class_names is not None else None
     cols = 5
@@ -99,4 +97,11 @@ def show_examples(model: torch.nn.Module, data_loader, path: str | Path, *, devi
         # A fixed y skips matplotlib's title placement, which measures every axis (most of the time here).
         ax.set_title(f"P: {predicted} | T: {target}", fontsize=9, y=1.02)
     fig.subplots_adjust(left=0.02, right=0.98, bottom=0.02, top=0.92, wspace=0.1, hspace=0.35)
-    return _save(fig, path)
+    return _maybe_save(fig, results_dir, "examples.png")
+
+
+def _maybe_save(fig: plt.Figure, results_dir: str | Path | None, name: str) -> plt.Figure:
+    if results_dir is not None:
+        Path(results_dir).mkdir(parents=True, exist_ok=True)
+        fig.savefig(Path(results_dir) / name, dpi=100)
+    return fig

@@ -8,12 +8,21 @@ Writes into --results-dir: metrics.csv (one row per epoch), checkpoint.pt (model
 and every RNG state, after each epoch, atomically), loss.png, accuracy.png and examples.png.
 Same seed, same data, same machine and library versions: bit-identical weights, whatever
 --num-workers, and after any number of interruptions and --resume.
+
+In a notebook, the lecture's helpers are here: set_all_seeds, set_deterministic, compute_accuracy
+and train_model, whose result unpacks as the lecture's does:
+
+    minibatch_loss_list, train_acc_list, valid_acc_list = train_model(
+        model=model, num_epochs=10, train_loader=train_loader, valid_loader=valid_loader,
+        test_loader=test_loader, optimizer=optimizer, device=device)
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
+import functools
 import hashlib
 import io
 import os
@@ -31,16 +40,17 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
-from torchvision.transforms.v2 import functional as TF
 
-from loaders import get_dataloaders, make_loader
+from dataset import to_float01
+from loaders import folder_layout, loaders_from_datasets, make_datasets, make_loader
 from model import MLP
 from plot import plot_accuracy, plot_training_loss, show_examples
 
 DEFAULT_DATA_DIR = "data"
-CSV_NAMES = ("mnist_train.csv", "mnist_valid.csv", "mnist_test.csv")
 CHECKED_CONFIG = ("data", "num_features", "hidden", "num_classes", "batch_size", "seed", "lr")
 
+
+# ---- the lecture's helpers: seeds, accuracy, the training loop --------------------------------------------
 
 def set_all_seeds(seed: int) -> None:
     """Seed Python's, NumPy's and PyTorch's (CPU and every GPU) global generators."""
@@ -57,22 +67,85 @@ def set_deterministic() -> None:
     torch.use_deterministic_algorithms(True)
 
 
-def _distributed() -> bool:
-    return dist.is_available() and dist.is_initialized()
+@torch.no_grad()
+def compute_accuracy(model: torch.nn.Module, data_loader, device: torch.device | str) -> float:
+    """Accuracy in % over every batch of data_loader (over all ranks' shares under torchrun)."""
+    model.eval()
+    counts = torch.zeros(2, dtype=torch.int64, device=device)  # correct, total
+    for images, labels in data_loader:
+        labels = labels.to(device, non_blocking=True)
+        predictions = model(to_input(images, device)).argmax(dim=1)
+        counts[0] += (predictions == labels).sum()
+        counts[1] += labels.numel()
+    correct, total = _sum_over_ranks(counts).tolist()
+    return 100.0 * correct / total
 
 
-def _sum_over_ranks(t: torch.Tensor) -> torch.Tensor:
-    if _distributed():
-        dist.all_reduce(t, op=dist.ReduceOp.SUM)
-    return t
+@dataclasses.dataclass
+class History:
+    """What a run measured; accuracies in %. Unpacks as the lecture's result:
+    `minibatch_loss_list, train_acc_list, valid_acc_list = train_model(...)`."""
+    minibatch_loss: list[float] = dataclasses.field(default_factory=list)
+    train_acc: list[float] = dataclasses.field(default_factory=list)  # one per epoch, like the two below
+    valid_acc: list[float] = dataclasses.field(default_factory=list)
+    epoch_seconds: list[float] = dataclasses.field(default_factory=list)
+    test_acc: float | None = None  # after the last epoch, when a test loader was given
+
+    def __iter__(self):
+        return iter((self.minibatch_loss, self.train_acc, self.valid_acc))
 
 
-def to_input(images: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """Move a batch to the device; uint8 batches are scaled to float32 [0, 1] there, as the loaders would."""
+def train_model(model: torch.nn.Module, num_epochs: int, train_loader, valid_loader, test_loader=None, *,
+                optimizer: torch.optim.Optimizer, device: torch.device | str, history: History | None = None,
+                train_eval_loader=None, logging_interval: int = 50,
+                on_epoch_end: Callable[[History], None] | None = None) -> History:
+    """The lecture's loop: train for num_epochs, printing the loss every logging_interval batches and
+    the train / validation accuracy after each epoch, then the test accuracy if test_loader is given.
+
+    history: a History to continue (resume), which is extended in place; epochs it already holds are
+    skipped. Epoch e's training order is set with train_loader.sampler.set_epoch(e), so it does not
+    depend on how the loaders were used before. train_eval_loader (default: train_loader) is what
+    train accuracy is measured on. on_epoch_end(history) runs after each epoch (train.py saves the
+    checkpoint there); a Ctrl-C during that step waits until it is done.
+    """
+    history = history if history is not None else History()
+    start = time.perf_counter()
+    for epoch in range(len(history.train_acc), num_epochs):
+        epoch_start = time.perf_counter()
+        model.train()
+        if hasattr(train_loader.sampler, "set_epoch"):
+            train_loader.sampler.set_epoch(epoch)
+        for batch_idx, (images, labels) in enumerate(train_loader):
+            images, labels = to_input(images, device), labels.to(device, non_blocking=True)
+            logits = model(images)  # (B, num_classes)
+            loss = F.cross_entropy(logits, labels)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            history.minibatch_loss.append(_mean_over_ranks(loss))
+            if batch_idx % logging_interval == 0:
+                print(f"Epoch: {epoch + 1:03d}/{num_epochs:03d} | Batch {batch_idx:04d}/{len(train_loader):04d} "
+                      f"| Loss: {history.minibatch_loss[-1]:.4f}")
+        with ctrl_c_deferred():  # the epoch's weights are final: a Ctrl-C now waits until it is recorded
+            history.train_acc.append(compute_accuracy(model, train_eval_loader or train_loader, device))
+            history.valid_acc.append(compute_accuracy(model, valid_loader, device))
+            history.epoch_seconds.append(time.perf_counter() - epoch_start)
+            print(f"Epoch: {epoch + 1:03d}/{num_epochs:03d} | Train: {history.train_acc[-1]:.2f}% "
+                  f"| Validation: {history.valid_acc[-1]:.2f}%")
+            print(f"Time elapsed: {sum(history.epoch_seconds) / 60:.2f} min")
+            if on_epoch_end is not None:
+                on_epoch_end(history)
+    print(f"Total Training Time: {(time.perf_counter() - start) / 60:.2f} min")
+    if test_loader is not None:
+        history.test_acc = compute_accuracy(model, test_loader, device)
+        print(f"Test accuracy: {history.test_acc:.2f}%")
+    return history
+
+
+def to_input(images: torch.Tensor, device: torch.device | str) -> torch.Tensor:
+    """Move a batch to the device; uint8 batches are scaled to float32 [0, 1] there, as the dataset would."""
     images = images.to(device, non_blocking=True)
-    if not images.is_floating_point():
-        images = TF.to_dtype(images, torch.float32, scale=True)
-    return images
+    return images if images.is_floating_point() else to_float01(images)
 
 
 @contextlib.contextmanager
@@ -91,61 +164,20 @@ def ctrl_c_deferred():
         raise KeyboardInterrupt
 
 
-@torch.no_grad()
-def compute_accuracy(model: torch.nn.Module, data_loader, device: torch.device) -> float:
-    """Accuracy in % over every batch of data_loader (over all ranks' shares under torchrun)."""
-    model.eval()
-    counts = torch.zeros(2, dtype=torch.int64, device=device)  # correct, total
-    for images, labels in data_loader:
-        labels = labels.to(device, non_blocking=True)
-        predictions = model(to_input(images, device)).argmax(dim=1)
-        counts[0] += (predictions == labels).sum()
-        counts[1] += labels.numel()
-    correct, total = _sum_over_ranks(counts).tolist()
-    return 100.0 * correct / total
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized()
 
 
-def train_model(model: torch.nn.Module, optimizer: torch.optim.Optimizer, train_loader, valid_loader, *,
-                num_epochs: int, device: torch.device, train_eval_loader=None, start_epoch: int = 0,
-                history: dict | None = None, logging_interval: int = 50,
-                on_epoch_end: Callable[[int, dict], None] | None = None,
-                log: Callable[[str], None] = print) -> dict:
-    """Run epochs start_epoch+1 .. num_epochs; returns the history with what this call added.
+def _sum_over_ranks(t: torch.Tensor) -> torch.Tensor:
+    if _distributed():
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t
 
-    history: {"minibatch_loss": [...], "train_acc": [...], "valid_acc": [...], "epoch_seconds": [...]},
-    accuracies in %. Epoch e's training order is set with train_loader.sampler.set_epoch(e), so it
-    does not depend on how the loaders were used before. train_eval_loader (default: train_loader)
-    is what train accuracy is measured on. on_epoch_end(epochs_done, history) runs after each epoch.
-    """
-    history = history or {"minibatch_loss": [], "train_acc": [], "valid_acc": [], "epoch_seconds": []}
+
+def _mean_over_ranks(loss: torch.Tensor) -> float:
+    """The batch's loss as one float; under torchrun, the mean of the ranks' equal shares."""
     world_size = dist.get_world_size() if _distributed() else 1
-    for epoch in range(start_epoch, num_epochs):
-        start = time.perf_counter()
-        model.train()
-        if hasattr(train_loader.sampler, "set_epoch"):
-            train_loader.sampler.set_epoch(epoch)
-        for batch_idx, (images, labels) in enumerate(train_loader):
-            images, labels = to_input(images, device), labels.to(device, non_blocking=True)
-            logits = model(images)  # (B, num_classes)
-            loss = F.cross_entropy(logits, labels)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            loss_value = _sum_over_ranks(loss.detach().clone()).item() / world_size  # mean over equal shares
-            history["minibatch_loss"].append(loss_value)
-            if batch_idx % logging_interval == 0:
-                log(f"Epoch: {epoch + 1:03d}/{num_epochs:03d} | Batch {batch_idx:04d}/{len(train_loader):04d} "
-                    f"| Loss: {loss_value:.4f}")
-        with ctrl_c_deferred():  # the epoch's weights are final: a Ctrl-C now waits until it is recorded
-            history["train_acc"].append(compute_accuracy(model, train_eval_loader or train_loader, device))
-            history["valid_acc"].append(compute_accuracy(model, valid_loader, device))
-            history["epoch_seconds"].append(time.perf_counter() - start)
-            log(f"Epoch: {epoch + 1:03d}/{num_epochs:03d} | Train: {history['train_acc'][-1]:.2f}% "
-                f"| Validation: {history['valid_acc'][-1]:.2f}%")
-            log(f"Time elapsed: {sum(history['epoch_seconds']) / 60:.2f} min")
-            if on_epoch_end is not None:
-                on_epoch_end(epoch + 1, history)
-    return history
+    return _sum_over_ranks(loss.detach().clone()).item() / world_size
 
 
 # ---- checkpoints: atomic files that torch.load(weights_only=True) reads -------------------------------
@@ -167,6 +199,38 @@ def save_checkpoint(path: Path, checkpoint: dict) -> None:
     buffer = io.BytesIO()
     torch.save(checkpoint, buffer)
     write_atomic(path, buffer.getvalue())
+
+
+def save_run(results_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, config: dict,
+             history: History) -> None:
+    """checkpoint.pt and metrics.csv after an epoch: everything --resume needs."""
+    save_checkpoint(results_dir / "checkpoint.pt", {
+        "model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": len(history.train_acc),
+        "history": dataclasses.asdict(history), "config": config, "rng": rng_states(),
+        "versions": {"torch": str(torch.__version__)}})
+    write_atomic(results_dir / "metrics.csv", metrics_csv(history))
+
+
+def load_run(path: Path, config: dict, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+             device: torch.device) -> History:
+    """Restore model, optimizer and every RNG state from a checkpoint of the same run; its history."""
+    checkpoint = torch.load(path, map_location=device, weights_only=True)
+    check_resume(checkpoint, config, path)
+    model.load_state_dict(checkpoint["model"])
+    optimizer.load_state_dict(checkpoint["optimizer"])
+    set_rng_states(checkpoint["rng"])
+    print(f"Resuming from {path} after epoch {checkpoint['epoch']}")
+    return History(**checkpoint["history"])
+
+
+def check_resume(checkpoint: dict, config: dict, path: Path) -> None:
+    saved = checkpoint.get("config", {})
+    differences = [f"{key}: checkpoint has {saved.get(key)!r}, this run has {config[key]!r}"
+                   for key in CHECKED_CONFIG if saved.get(key) != config[key]]
+    if differences:
+        raise SystemExit(f"train.py: error: cannot --resume from {path}: it was made by a different run:\n  "
+                         + "\n  ".join(differences)
+                         + "\nUse the original flags and data, or start afresh without --resume.")
 
 
 def rng_states() -> dict:
@@ -191,17 +255,17 @@ def set_rng_states(states: dict) -> None:
     random.setstate((version, tuple(mt_state), gauss_next))
 
 
-def data_fingerprint(data_dir: Path) -> str:
-    """sha256 of the three CSVs: a resumed run must see the same rows and labels."""
+def data_fingerprint(csv_paths: list[Path]) -> str:
+    """sha256 of the CSVs the datasets were read from: a resumed run must see the same rows and labels."""
     digest = hashlib.sha256()
-    for name in CSV_NAMES:
-        digest.update(name.encode() + b"\0" + (data_dir / name).read_bytes() + b"\0")
+    for path in csv_paths:
+        digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
     return digest.hexdigest()
 
 
-def metrics_csv(history: dict) -> bytes:
+def metrics_csv(history: History) -> bytes:
     rows = ["epoch,train_acc,valid_acc,epoch_seconds"]
-    for i, (tr, va, sec) in enumerate(zip(history["train_acc"], history["valid_acc"], history["epoch_seconds"])):
+    for i, (tr, va, sec) in enumerate(zip(history.train_acc, history.valid_acc, history.epoch_seconds)):
         rows.append(f"{i + 1},{tr!r},{va!r},{sec:.4f}")  # repr: exact floats, comparable across runs
     return ("\n".join(rows) + "\n").encode()
 
@@ -273,123 +337,108 @@ def pick_device(name: str, local_rank: int) -> torch.device:
     return torch.device("cpu")
 
 
-def ensure_default_data(data_dir: Path, log: Callable[[str], None]) -> None:
-    if all((data_dir / name).is_file() for name in CSV_NAMES):
+def ensure_default_data(data_dir: Path) -> None:
+    if all(csv.is_file() for csv, _, _ in folder_layout(data_dir)):
         return
     import make_subset  # only needed the first time
 
-    log(f"No dataset in {data_dir}/: building it with make_subset.py's defaults (bundled MNIST digits)")
+    print(f"No dataset in {data_dir}/: building it with make_subset.py's defaults (bundled MNIST digits)")
     make_subset.main(["--out-dir", str(data_dir)])
 
 
-def check_resume(checkpoint: dict, config: dict, path: Path) -> None:
-    saved = checkpoint.get("config", {})
-    differences = [f"{key}: checkpoint has {saved.get(key)!r}, this run has {config[key]!r}"
-                   for key in CHECKED_CONFIG if saved.get(key) != config[key]]
-    if differences:
-        raise SystemExit(f"train.py: error: cannot --resume from {path}: it was made by a different run:\n  "
-                         + "\n  ".join(differences)
-                         + "\nUse the original flags and data, or start afresh without --resume.")
+def write_figures(history: History, model: torch.nn.Module, test_loader, results_dir: Path,
+                  class_names: list[str]) -> None:
+    """loss.png, accuracy.png and examples.png in results_dir; each figure is closed once written."""
+    import matplotlib.pyplot as plt
+
+    iter_per_epoch = len(history.minibatch_loss) // len(history.train_acc)
+    for figure in (plot_training_loss(history.minibatch_loss, len(history.train_acc), iter_per_epoch, results_dir),
+                   plot_accuracy(history.train_acc, history.valid_acc, results_dir),
+                   show_examples(model, test_loader, results_dir, class_names=class_names)):
+        plt.close(figure)
 
 
-def main(argv: list[str] | None = None) -> dict:
+def main(argv: list[str] | None = None) -> History:
     args = parse_args(argv)
-    args.argv = list(sys.argv[1:] if argv is None else argv)  # for the resume hint
+    resume_command = shlex.join(["python", "train.py", *(sys.argv[1:] if argv is None else argv)]
+                                + ([] if args.resume else ["--resume"]))
+
     # ---- torchrun: one process per device; nothing happens here under plain `python train.py` ----------
     ddp = "RANK" in os.environ and "WORLD_SIZE" in os.environ
-    rank, local_rank, world_size = 0, 0, 1
-    if ddp:
-        rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-        local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    rank, local_rank, world_size = (int(os.environ.get(name, default)) for name, default in
+                                    (("RANK", 0), ("LOCAL_RANK", 0), ("WORLD_SIZE", 1)))
     device = pick_device(args.device, local_rank)
     if ddp:
         if device.type == "cuda":
             torch.cuda.set_device(device)
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-    log = print if rank == 0 else (lambda message: None)
+        if rank != 0:
+            sys.stdout = open(os.devnull, "w")  # only rank 0 prints (its errors still go to stderr)
     # ------------------------------------------------------------------------------------------------------
-    try:
-        return _run(args, device, rank, world_size, log)
-    finally:
-        if ddp:
-            dist.destroy_process_group()
 
-
-def _run(args: argparse.Namespace, device: torch.device, rank: int, world_size: int,
-         log: Callable[[str], None]) -> dict:
+    # ---- data --------------------------------------------------------------------------------------------
     data_dir, results_dir = Path(args.data_dir), Path(args.results_dir)
     if rank == 0 and args.data_dir == DEFAULT_DATA_DIR:
-        ensure_default_data(data_dir, log)
-    if world_size > 1:
+        ensure_default_data(data_dir)
+    if ddp:
         dist.barrier()  # the others wait for rank 0's data
     set_deterministic()
     set_all_seeds(args.seed)
-    pixels = "uint8" if device.type == "cuda" else "float01"  # on a GPU, scale after the copy
-    loader_kwargs = dict(num_workers=args.num_workers, persistent_workers=args.persistent_workers,
-                         pin_memory=device.type == "cuda", rank=rank, world_size=world_size)
-    train_loader, valid_loader, test_loader = get_dataloaders(
-        args.batch_size, data_dir, seed=args.seed, eval_batch_size=args.eval_batch_size, pixels=pixels,
-        cache_mb=args.cache_mb, **loader_kwargs)
-    train_ds = train_loader.dataset
-    log(f"Data: {len(train_ds)} train, {len(valid_loader.dataset)} valid, {len(test_loader.dataset)} test images "
-        f"from {data_dir}/; {train_ds.cache_decision}; device {device}"
-        + (f"; {world_size} processes" if world_size > 1 else ""))
-    train_eval_loader = make_loader(train_ds, args.eval_batch_size, shuffle=False, drop_last=False,
-                                    seed=args.seed, **loader_kwargs)
+    # On a GPU, batches travel as uint8 and are scaled there (to_input): a quarter of the bytes to copy.
+    dataset_kwargs = {"pixels": "uint8" if device.type == "cuda" else "float01", "cache_mb": args.cache_mb}
+    loader_kwargs = {"num_workers": args.num_workers, "pin_memory": device.type == "cuda",
+                     "persistent_workers": args.persistent_workers and args.num_workers > 0}
+    datasets = make_datasets(folder_layout(data_dir), dataset_kwargs)
+    train_loader, valid_loader, test_loader = loaders_from_datasets(
+        *datasets, batch_size=args.batch_size, eval_batch_size=args.eval_batch_size, seed=args.seed,
+        loader_kwargs=loader_kwargs)
+    train_eval_loader = make_loader(datasets[0], args.eval_batch_size, shuffle=False, drop_last=False,
+                                    seed=args.seed, loader_kwargs=loader_kwargs)
+    train_ds = datasets[0]
+    print(f"Data: {len(train_ds)} train, {len(datasets[1])} valid, {len(datasets[2])} test images from "
+          f"{data_dir}/; {train_ds.cache_decision}; device {device}"
+          + (f"; {world_size} processes" if world_size > 1 else ""))
+
+    # ---- model -------------------------------------------------------------------------------------------
     num_features = train_ds.channels * train_ds.image_size[0] * train_ds.image_size[1]
-    config = {"data": data_fingerprint(data_dir), "num_features": num_features, "hidden": args.hidden,
-              "num_classes": len(train_ds.classes), "batch_size": args.batch_size, "seed": args.seed,
-              "lr": args.lr}
-    model = MLP(num_features=num_features, num_hidden=args.hidden, num_classes=config["num_classes"]).to(device)
+    model = MLP(num_features=num_features, num_hidden=args.hidden, num_classes=len(train_ds.classes)).to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=args.lr)
+    config = {"data": data_fingerprint([ds.csv_path for ds in datasets]), "num_features": num_features,
+              "hidden": args.hidden, "num_classes": len(train_ds.classes), "batch_size": args.batch_size,
+              "seed": args.seed, "lr": args.lr}
+
+    # ---- resume ------------------------------------------------------------------------------------------
     checkpoint_path = results_dir / "checkpoint.pt"
-    start_epoch, history = 0, None
-    if args.resume:
-        checkpoint = torch.load(checkpoint_path, map_location=device, weights_only=True)
-        check_resume(checkpoint, config, checkpoint_path)
-        model.load_state_dict(checkpoint["model"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        start_epoch, history = checkpoint["epoch"], checkpoint["history"]
-        set_rng_states(checkpoint["rng"])
-        log(f"Resuming from {checkpoint_path} after epoch {start_epoch}")
+    history = load_run(checkpoint_path, config, model, optimizer, device) if args.resume else History()
     net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) \
-        if world_size > 1 else model
+        if ddp else model
+
+    # ---- train and test ----------------------------------------------------------------------------------
+    save = None
     if rank == 0:
         results_dir.mkdir(parents=True, exist_ok=True)
-    saved = {"epoch": start_epoch if args.resume else None}  # the epoch checkpoint.pt holds for this run
-
-    def save(epochs_done: int, history: dict) -> None:
-        if rank == 0:
-            save_checkpoint(checkpoint_path, {
-                "model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epochs_done,
-                "history": history, "config": config, "rng": rng_states(),
-                "versions": {"torch": str(torch.__version__)}})
-            write_atomic(results_dir / "metrics.csv", metrics_csv(history))
-        saved["epoch"] = epochs_done
-
-    start = time.perf_counter()
+        save = functools.partial(save_run, results_dir, model, optimizer, config)
     try:
-        history = train_model(net, optimizer, train_loader, valid_loader, num_epochs=args.epochs, device=device,
-                              train_eval_loader=train_eval_loader, start_epoch=start_epoch, history=history,
-                              logging_interval=args.logging_interval, on_epoch_end=save, log=log)
+        train_model(net, args.epochs, train_loader, valid_loader, test_loader, optimizer=optimizer, device=device,
+                    history=history, train_eval_loader=train_eval_loader, logging_interval=args.logging_interval,
+                    on_epoch_end=save)
     except KeyboardInterrupt:
-        if saved["epoch"] is None:
-            log("\nInterrupted before the first epoch ended; nothing was saved.")
-        else:
-            command = shlex.join(["python", "train.py", *args.argv] + ([] if args.resume else ["--resume"]))
-            log(f"\nInterrupted. The checkpoint of epoch {saved['epoch']} is in {checkpoint_path}.\n"
-                f"Resume with: {command}")
+        saved = len(history.train_acc)  # train_model extends history in place, and saves every epoch it adds
+        print("\nInterrupted before the first epoch ended; nothing was saved." if saved == 0 else
+              f"\nInterrupted. The checkpoint of epoch {saved} is in {checkpoint_path}.\n"
+              f"Resume with: {resume_command}")
         raise SystemExit(130) from None
-    log(f"Total Training Time: {(time.perf_counter() - start) / 60:.2f} min")
-    history["test_acc"] = compute_accuracy(net, test_loader, device)
-    log(f"Test accuracy: {history['test_acc']:.2f}%")
-    if rank == 0:  # metrics.csv and checkpoint.pt were written after the last epoch
-        plot_training_loss(history["minibatch_loss"], args.epochs, results_dir / "loss.png")
-        plot_accuracy(history["train_acc"], history["valid_acc"], results_dir / "accuracy.png")
-        show_examples(model, test_loader, results_dir / "examples.png", device=device,
-                      class_names=train_ds.classes)
+
+    # ---- figures -----------------------------------------------------------------------------------------
+    if rank == 0:
+        write_figures(history, model, test_loader, results_dir, train_ds.classes)
+    if ddp:
+        dist.destroy_process_group()
     return history
 
 
 if __name__ == "__main__":
+    import matplotlib
+
+    matplotlib.use("Agg")  # a script writes figure files and opens no window
     main()

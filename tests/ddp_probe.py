@@ -1,10 +1,11 @@
-"""Run train.main under torchrun, recording which training indices each rank was given.
+"""Run under torchrun by test_distributed.py; uses the public API only.
 
-Used by test_distributed.py: PROBE_DIR gets one JSON file per rank; PROBE_FAIL_RANK makes that
-rank raise on its first batch, to check that the whole job stops.
+    ddp_probe.py shards DATA_DIR OUT_DIR   each rank writes OUT_DIR/rank<r>.json: the training indices
+                                           its loader's sampler gives in epochs 0 and 1
+    ddp_probe.py train [train.py flags]    train.main, with rank 1 reading the --data-dir named by
+                                           PROBE_RANK1_DATA_DIR (a damaged copy: one rank fails)
 """
 
-import atexit
 import json
 import os
 import sys
@@ -12,24 +13,21 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import loaders  # noqa: E402
+import torch.distributed as dist  # noqa: E402
+
 import train  # noqa: E402
+from loaders import get_dataloaders  # noqa: E402
 
 rank = int(os.environ["RANK"])
-seen: dict[int, list[int]] = {}
-real_iter = loaders.EpochBatchSampler.__iter__
-
-
-def spying_iter(self):
-    epoch = self.epoch
-    for batch in real_iter(self):
-        if self.shuffle:  # the training loader
-            if os.environ.get("PROBE_FAIL_RANK") == str(rank):
-                raise RuntimeError(f"probe: rank {rank} fails on purpose")
-            seen.setdefault(epoch, []).extend(batch.tolist())
-        yield batch
-
-
-loaders.EpochBatchSampler.__iter__ = spying_iter
-atexit.register(lambda: (Path(os.environ["PROBE_DIR"]) / f"rank{rank}.json").write_text(json.dumps(seen)))
-train.main()
+if sys.argv[1] == "shards":
+    data_dir, out_dir = sys.argv[2:4]
+    dist.init_process_group("gloo")
+    train_loader, _, _ = get_dataloaders(batch_size=8, data_dir=data_dir, seed=5)
+    seen = {epoch: [int(i) for batch in train_loader.sampler for i in batch] for epoch in (0, 1)}
+    (Path(out_dir) / f"rank{rank}.json").write_text(json.dumps(seen))
+    dist.destroy_process_group()
+else:
+    argv = sys.argv[2:]
+    if rank == 1 and "PROBE_RANK1_DATA_DIR" in os.environ:
+        argv[argv.index("--data-dir") + 1] = os.environ["PROBE_RANK1_DATA_DIR"]
+    train.main(argv)

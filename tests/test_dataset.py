@@ -104,7 +104,8 @@ def test_skip_bad_rows_warns_with_a_count_and_keeps_the_rest(small_folder):
     csv = good_csv(small_folder, "a.png,1\nzzz.png,1\nb.png,-3\nc.png,2\n")
     with pytest.warns(UserWarning, match="2 bad row"):
         ds = CsvImageDataset(csv, small_folder / "img", skip_bad_rows=True)
-    assert ds.files == ["a.png", "c.png"] and ds.lines == [2, 5] and ds.targets == [1, 2]
+    assert [(s.file, s.line, s.label) for s in ds.samples] == [("a.png", 2, 1), ("c.png", 5, 2)]
+    assert ds.targets == [1, 2]
 
 
 def test_class_names_map_to_sorted_indices_and_other_columns_work(small_folder):
@@ -120,7 +121,7 @@ def test_rgb_mode_and_subfolders(tmp_path):
     write_png(tmp_path / "img" / "cats" / "1.png", np.full((5, 4, 3), 9, dtype=np.uint8))
     write_png(tmp_path / "img" / "dogs" / "2.png", np.full((5, 4), 200, dtype=np.uint8))  # gray, converted
     csv = write_csv(tmp_path / "x.csv", "File Name,Class Label\ncats/1.png,cat\ndogs/2.png,dog\n")
-    ds = CsvImageDataset(csv, tmp_path / "img", mode="RGB")
+    ds = CsvImageDataset(csv, tmp_path / "img", mode="RGB", pixels="uint8")
     images, labels = ds[[0, 1]]
     assert images.shape == (2, 3, 5, 4) and labels.tolist() == [0, 1]
     assert images[0].unique().tolist() == [9] and images[1].unique().tolist() == [200]
@@ -133,12 +134,12 @@ def test_one_csv_with_a_split_column(tmp_path):
     csv = write_csv(tmp_path / "all.csv", "File Name,Class Label,split\n" + rows)
     train, valid, test = get_dataloaders_from_split_csv(csv, tmp_path / "img", batch_size=2, seed=1)
     assert [len(loader.dataset) for loader in (train, valid, test)] == [4, 4, 4]
-    assert train.dataset.lines == [2, 5, 8, 11]  # lines of the whole CSV
+    assert [s.line for s in train.dataset.samples] == [2, 5, 8, 11]  # lines of the whole CSV
     assert valid.dataset.classes == ["cat", "dog"]
     values = sorted(int(images[j, 0, 0, 0] * 255 + 0.5) for images, _ in train for j in range(len(images)))
     assert values == [0, 3, 6, 9]
     with pytest.raises(DatasetError, match="no rows with split == 'tset'"):
-        CsvImageDataset(csv, tmp_path / "img", split_column="split", split="tset")
+        CsvImageDataset(csv, tmp_path / "img", split=("split", "tset"))
 
 
 def make_broken(tmp_path, damage: str):
@@ -169,7 +170,7 @@ def test_bad_image_is_named_when_the_cache_is_filled(tmp_path, damage):
 def test_bad_image_is_named_from_a_worker_process(tmp_path, damage):
     csv = make_broken(tmp_path, damage)
     ds = CsvImageDataset(csv, tmp_path / "img", cache_mb=0)
-    loader = make_loader(ds, 3, shuffle=False, drop_last=False, seed=0, num_workers=2)
+    loader = make_loader(ds, 3, shuffle=False, drop_last=False, seed=0, loader_kwargs={"num_workers": 2})
     with pytest.raises(ImageLoadError, match=r"x.csv, line 7: 'bad.png'"):
         for _ in loader:
             pass
@@ -201,7 +202,7 @@ def test_check_command_missing_column_exits_non_zero(small_folder, capsys):
 def test_workers_with_spawn_start_method(tiny_data):
     ctx = multiprocessing.get_context("spawn")
     spawned, _, _ = get_dataloaders(batch_size=8, data_dir=tiny_data, seed=4, num_workers=1,
-                                    multiprocessing_context=ctx, cache_mb=0)
+                                    dataset_kwargs={"cache_mb": 0}, loader_kwargs={"multiprocessing_context": ctx})
     plain, _, _ = get_dataloaders(batch_size=8, data_dir=tiny_data, seed=4)
     assert torch.equal(torch.cat([x for x, _ in spawned]), torch.cat([x for x, _ in plain]))
 
@@ -214,8 +215,9 @@ def test_workers_under_a_low_open_file_limit(tiny_data):
         from loaders import get_dataloaders
         for workers in (2, 4):
             for cache_mb in (0, 1024):
-                train, valid, _ = get_dataloaders(8, {str(tiny_data)!r}, num_workers=workers, cache_mb=cache_mb,
-                                                  persistent_workers=cache_mb > 0)
+                train, valid, _ = get_dataloaders(8, {str(tiny_data)!r}, num_workers=workers,
+                                                  dataset_kwargs={{"cache_mb": cache_mb}},
+                                                  loader_kwargs={{"persistent_workers": cache_mb > 0}})
                 for epoch in range(3):
                     n = sum(len(y) for _, y in train) + sum(len(y) for _, y in valid)
                     assert n == 40 + 20, n
@@ -230,10 +232,10 @@ def test_workers_under_a_low_open_file_limit(tiny_data):
 def test_valid_and_test_share_the_training_classes_with_integer_labels(tmp_path):
     for i in range(4):
         write_png(tmp_path / "img" / f"{i}.png", np.full((4, 4), i, dtype=np.uint8))
-    rows = "0.png,0,train\n1.png,1,train\n2.png,2,train\n3.png,1,valid\n"  # valid alone would give classes 0-1
+    rows = "0.png,0,train\n1.png,1,train\n2.png,2,train\n3.png,1,valid\n3.png,0,test\n"  # alone: 0-1, 0
     csv = write_csv(tmp_path / "all.csv", "File Name,Class Label,split\n" + rows)
-    train, valid, _ = get_dataloaders_from_split_csv(csv, tmp_path / "img", batch_size=1, split_names=("train", "valid", "valid"))
-    assert train.dataset.classes == ["0", "1", "2"] and valid.dataset.classes == ["0", "1", "2"]
+    loaders = get_dataloaders_from_split_csv(csv, tmp_path / "img", batch_size=1)
+    assert [loader.dataset.classes for loader in loaders] == [["0", "1", "2"]] * 3
 
 
 @pytest.mark.parametrize("cache_mb", [1024, 0])

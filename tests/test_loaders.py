@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from dataset import CsvImageDataset
-from loaders import EpochBatchSampler, get_dataloaders
+from loaders import EpochBatchSampler, folder_layout, get_dataloaders
 from model import MLP
 
 
@@ -28,11 +28,11 @@ def test_batch_shapes_and_dtypes(tiny_data):
 
 def test_values_are_scaled_to_unit_range_matching_the_png(tiny_data):
     train, _, _ = get_dataloaders(batch_size=40, data_dir=tiny_data, seed=1)
-    train.sampler.shuffle = False  # sample i of the batch is row i of the CSV
-    images, _ = next(iter(train))
     ds = train.dataset
+    images, _ = ds[np.arange(40)]  # what the loader fetches for a batch: sample i is row i of the CSV
+    assert torch.equal(torch.sort(epoch_images(train).flatten())[0], torch.sort(images.flatten())[0])
     for i in range(3):
-        with Image.open(ds.paths[i]) as im:
+        with Image.open(ds.samples[i].path) as im:
             png = np.array(im)
         assert 0.0 <= images[i].min() and images[i].max() <= 1.0
         assert images[i].max().item() == pytest.approx(png.max() / 255, abs=1e-7)
@@ -41,17 +41,17 @@ def test_values_are_scaled_to_unit_range_matching_the_png(tiny_data):
 
 def test_unscaled_option_gives_0_to_255(tiny_data):
     scaled, _, _ = get_dataloaders(batch_size=40, data_dir=tiny_data, seed=1)
-    raw, _, _ = get_dataloaders(batch_size=40, data_dir=tiny_data, seed=1, pixels="float255")
+    raw, _, _ = get_dataloaders(batch_size=40, data_dir=tiny_data, seed=1, dataset_kwargs={"pixels": "float255"})
     a, b = next(iter(scaled))[0], next(iter(raw))[0]
     assert b.dtype == torch.float32 and b.max() > 1.0 and b.max() <= 255.0
     assert torch.equal(b, b.round())  # whole pixel values, not scaled
     assert torch.allclose(a * 255, b, atol=1e-4)
-    u8, _, _ = get_dataloaders(batch_size=40, data_dir=tiny_data, seed=1, pixels="uint8")
+    u8, _, _ = get_dataloaders(batch_size=40, data_dir=tiny_data, seed=1, dataset_kwargs={"pixels": "uint8"})
     assert next(iter(u8))[0].dtype == torch.uint8
 
 
 def test_train_loader_drops_last_partial_batch_and_eval_loaders_keep_it(tiny_data):
-    train, valid, test = get_dataloaders(batch_size=16, data_dir=tiny_data, seed=1, eval_batch_size=16)
+    train, valid, test = get_dataloaders(batch_size=16, data_dir=tiny_data, seed=1)
     assert len(train) == 40 // 16 == 2
     assert [len(labels) for _, labels in train] == [16, 16]
     for loader in (valid, test):
@@ -95,17 +95,18 @@ def test_iterating_valid_and_test_does_not_change_the_training_order(tiny_data):
 
 
 def test_fast_path_pixels_equal_pillow_and_uncached_path(tiny_data):
-    cached = CsvImageDataset(tiny_data / "mnist_train.csv", tiny_data / "mnist_train")
-    uncached = CsvImageDataset(tiny_data / "mnist_train.csv", tiny_data / "mnist_train", cache_mb=0)
+    cached = CsvImageDataset(tiny_data / "mnist_train.csv", tiny_data / "mnist_train", pixels="uint8")
+    uncached = CsvImageDataset(tiny_data / "mnist_train.csv", tiny_data / "mnist_train", pixels="uint8", cache_mb=0)
     assert "keeping decoded" in cached.cache_decision and "not keeping" in uncached.cache_decision
     indices = list(range(len(cached)))
     a, b = cached[indices][0], uncached[indices][0]
     assert a.dtype == torch.uint8 and torch.equal(a, b)
     for i in (0, 17, 39):
-        with Image.open(cached.paths[i]) as im:
+        with Image.open(cached.samples[i].path) as im:
             assert torch.equal(a[i, 0], torch.from_numpy(np.array(im)))
-        image, label = cached[i]
-        assert torch.equal(image, a[i]) and label == cached.targets[i]
+        for ds in (cached, uncached):
+            image, label = ds[i]
+            assert torch.equal(image, a[i]) and label == ds.targets[i]
 
 
 def test_sampler_splits_each_global_batch_between_ranks():
@@ -116,3 +117,31 @@ def test_sampler_splits_each_global_batch_between_ranks():
         assert sorted(part0 + part1) == sorted(batch) and not set(part0) & set(part1)
     with pytest.raises(ValueError, match="divisible"):
         EpochBatchSampler(20, 7, shuffle=True, drop_last=True, world_size=2)
+
+
+def test_lecture_keywords_num_workers_and_batch_size_factor_eval(tiny_data):
+    train, valid, test = get_dataloaders(batch_size=4, data_dir=tiny_data, num_workers=1, batch_size_factor_eval=3)
+    assert train.num_workers == valid.num_workers == 1
+    assert [len(y) for _, y in valid] == [12, 8] and [len(y) for _, y in train] == [4] * 10
+
+
+def test_sampler_takes_rank_and_world_size_from_the_process_group(tmp_path):
+    torch.distributed.init_process_group("gloo", init_method=f"file://{tmp_path / 'rendezvous'}", rank=0,
+                                         world_size=1)
+    try:
+        sampler = EpochBatchSampler(10, 4, shuffle=False, drop_last=True)
+        assert (sampler.rank, sampler.world_size) == (0, 1)
+    finally:
+        torch.distributed.destroy_process_group()
+    assert EpochBatchSampler(10, 4, shuffle=False, drop_last=True, rank=1, world_size=2).rank == 1
+
+
+def test_folder_layout_is_what_make_subset_writes(tiny_data):
+    import loaders
+    import make_subset
+
+    assert make_subset.SPLITS == loaders.SPLITS  # make_subset.py imports no sibling: a pinned copy
+    for csv, img_dir, split in folder_layout(tiny_data):
+        assert csv.is_file() and img_dir.is_dir() and split is None
+    assert sorted(p.name for p in tiny_data.iterdir() if not p.name.startswith(".")) == sorted(
+        name for csv, img_dir, _ in folder_layout(tiny_data) for name in (csv.name, img_dir.name))

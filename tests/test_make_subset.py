@@ -155,14 +155,14 @@ def test_download_path_uses_torchvision_mnist(tmp_path, monkeypatch):
 def test_a_crash_while_writing_keeps_the_previous_dataset(tmp_path, monkeypatch):
     out = make_subset.main(["--out-dir", str(tmp_path / "d"), *SIZES])
     before = file_hashes(out)
-    real = make_subset._write_split
+    real = make_subset.write_split
 
     def crash_on_valid(folder, name, images, labels):
         if name == "valid":
             raise KeyboardInterrupt  # as if interrupted half-way
         real(folder, name, images, labels)
 
-    monkeypatch.setattr(make_subset, "_write_split", crash_on_valid)
+    monkeypatch.setattr(make_subset, "write_split", crash_on_valid)
     with pytest.raises(KeyboardInterrupt):
         make_subset.main(["--out-dir", str(out), *SIZES, "--seed", "9", "--force"])
     assert file_hashes(out) == before
@@ -180,7 +180,7 @@ def test_sigkill_at_any_moment_leaves_old_or_new_dataset(tmp_path):
         time.sleep(delay)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-        make_subset._recover(out)  # what the next run does first
+        make_subset.recover(out)  # what the next run does first
         seen.add(complete_state(out))
     assert None not in seen
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d"]

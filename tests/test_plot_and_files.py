@@ -1,4 +1,4 @@
-"""plot.py writes files headless with the right titles; each module can be copied alone."""
+"""plot.py draws figures a notebook can show and writes files only when asked; files copy alone."""
 
 from __future__ import annotations
 
@@ -6,38 +6,68 @@ import shutil
 import subprocess
 import sys
 
+import matplotlib.pyplot as plt
 import torch
 
 import plot
 from conftest import ROOT
+from dataset import to_float01
 
 
 class Always7(torch.nn.Module):
     def forward(self, x):
         assert not self.training  # show_examples puts the model in eval mode
+        self.seen = x
         return torch.nn.functional.one_hot(torch.full((len(x),), 7), 10).float()
 
 
-def test_show_examples_titles_prediction_then_truth(tmp_path, monkeypatch):
-    titles = []
-    real_save = plot._save
+def test_show_examples_titles_prediction_then_truth_and_scales_uint8_as_the_dataset(tmp_path):
+    images = torch.randint(0, 256, (4, 1, 28, 28), dtype=torch.uint8)
+    model = Always7().train()
+    fig = plot.show_examples(model, [(images, torch.tensor([3, 3, 1, 0]))])
+    assert [ax.get_title() for ax in fig.axes if ax.get_title()] == [
+        "P: 7 | T: 3", "P: 7 | T: 3", "P: 7 | T: 1", "P: 7 | T: 0"]
+    assert torch.equal(model.seen, to_float01(images))  # plot.py's copy of the scaling, pinned equal
+    assert list(tmp_path.iterdir()) == []  # no results_dir: no file
+    plt.close(fig)
+    named = plot.show_examples(model, [(images, torch.tensor([1, 0, 1, 0]))], tmp_path, class_names=list("abcdefghij"))
+    assert named.axes[0].get_title() == "P: h | T: b" and (tmp_path / "examples.png").stat().st_size > 0
+    plt.close(named)
 
-    def record(fig, path):
-        titles.extend(ax.get_title() for ax in fig.axes if ax.get_title())
-        return real_save(fig, path)
 
-    monkeypatch.setattr(plot, "_save", record)
-    loader = [(torch.zeros(4, 1, 28, 28, dtype=torch.uint8), torch.tensor([3, 3, 1, 0]))]
-    path = plot.show_examples(Always7().train(), loader, tmp_path / "ex.png")
-    assert path.stat().st_size > 0
-    assert titles == ["P: 7 | T: 3", "P: 7 | T: 3", "P: 7 | T: 1", "P: 7 | T: 0"]
-
-
-def test_loss_and_accuracy_plots_are_written(tmp_path):
+def test_loss_and_accuracy_figures_are_written_only_with_a_results_dir(tmp_path):
     losses = torch.linspace(2.3, 0.5, 40).tolist()
-    assert plot.plot_training_loss(losses, 4, tmp_path / "loss.png").stat().st_size > 0
-    assert plot.plot_accuracy([10, 20, 30, 40], [9, 18, 27, 36], tmp_path / "acc.png").stat().st_size > 0
-    assert "plt.show" not in (ROOT / "plot.py").read_text()
+    figures = [plot.plot_training_loss(losses, 4), plot.plot_accuracy([10, 20, 30, 40], [9, 18, 27, 36])]
+    assert list(tmp_path.iterdir()) == [] and all(f.axes for f in figures)
+    figures += [plot.plot_training_loss(losses, 4, 10, tmp_path), plot.plot_accuracy([10, 20], [9, 18], tmp_path)]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["accuracy.png", "loss.png"]
+    assert figures[2].axes[1].get_xticklabels()[-1].get_text() == "4"  # the epoch axis
+    for fig in figures:
+        plt.close(fig)
+
+
+def test_dataset_and_model_copied_alone_train_one_epoch_with_a_plain_dataloader(tiny_data, tmp_path):
+    for name in ("dataset.py", "model.py"):
+        shutil.copy(ROOT / name, tmp_path / name)
+    script = f"""
+import torch
+from torch.utils.data import DataLoader
+from dataset import CsvImageDataset
+from model import MLP
+torch.manual_seed(0)
+ds = CsvImageDataset({str(tiny_data / "mnist_train.csv")!r}, {str(tiny_data / "mnist_train")!r})
+loader = DataLoader(ds, batch_size=8, shuffle=True)
+model = MLP()
+optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+for images, labels in loader:
+    assert images.dtype == torch.float32 and 0 <= images.min() and images.max() <= 1, images.dtype
+    loss = torch.nn.functional.cross_entropy(model(images), labels)
+    optimizer.zero_grad(); loss.backward(); optimizer.step()
+print("batches", len(loader), "shape", tuple(images.shape), "loss", round(loss.item(), 3))
+"""
+    result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.startswith("batches 5 shape (8, 1, 28, 28) loss ")
 
 
 def test_each_module_imports_alone_from_an_empty_folder(tmp_path):
@@ -54,3 +84,10 @@ def test_each_module_imports_alone_from_an_empty_folder(tmp_path):
     for module, proc in zip(groups, procs):
         _, err = proc.communicate(timeout=120)
         assert proc.returncode == 0, f"{module}: {err}"
+
+
+def test_to_float01_is_v2_to_dtype_bit_for_bit():
+    from torchvision.transforms import v2
+
+    every_value = torch.arange(256, dtype=torch.uint8).view(1, 16, 16)
+    assert torch.equal(to_float01(every_value), v2.ToDtype(torch.float32, scale=True)(every_value))

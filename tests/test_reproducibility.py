@@ -42,11 +42,11 @@ def assert_same_run(a, b) -> None:
 
 def test_two_runs_are_bit_identical(tiny_data, tmp_path):
     first, second = run(tiny_data, tmp_path / "a"), run(tiny_data, tmp_path / "b")
-    assert first["minibatch_loss"] == second["minibatch_loss"] and first["test_acc"] == second["test_acc"]
+    assert first.minibatch_loss == second.minibatch_loss and first.test_acc == second.test_acc
     assert_same_run(tmp_path / "a", tmp_path / "b")
     run(tiny_data, tmp_path / "c", "--hidden", "101")  # a check that can fail: a different run differs
     c = torch.load(tmp_path / "c" / "checkpoint.pt", weights_only=True)
-    assert c["history"]["minibatch_loss"] != first["minibatch_loss"]
+    assert c["history"]["minibatch_loss"] != first.minibatch_loss
 
 
 @pytest.mark.parametrize("flags", [["--num-workers", "2"], ["--num-workers", "2", "--persistent-workers"],
@@ -66,9 +66,8 @@ def test_uint8_batches_scaled_in_the_loop_match_scaled_loaders(tiny_data):
         torch.manual_seed(0)
         model = MLP()
         optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-        train_loader, valid_loader, _ = get_dataloaders(8, tiny_data, seed=2, pixels=pixels)
-        train.train_model(model, optimizer, train_loader, valid_loader, num_epochs=2, device=torch.device("cpu"),
-                          log=lambda _: None)
+        train_loader, valid_loader, _ = get_dataloaders(8, tiny_data, seed=2, dataset_kwargs={"pixels": pixels})
+        train.train_model(model, 2, train_loader, valid_loader, optimizer=optimizer, device=torch.device("cpu"))
         weights.append(model.state_dict())
     for key in weights[0]:
         assert torch.equal(weights[0][key], weights[1][key])
@@ -79,7 +78,7 @@ def test_resume_ends_bit_identical_to_an_uninterrupted_run(tiny_data, tmp_path):
     run(tiny_data, tmp_path / "split", epochs=2)
     torch.manual_seed(999)  # whatever happened in between must not matter
     resumed = run(tiny_data, tmp_path / "split", "--resume", epochs=4)
-    assert resumed["minibatch_loss"] == full["minibatch_loss"] and len(resumed["train_acc"]) == 4
+    assert resumed.minibatch_loss == full.minibatch_loss and len(resumed.train_acc) == 4
     assert_same_run(tmp_path / "full", tmp_path / "split")
     assert [row[0] for row in metrics(tmp_path / "split")] == ["1", "2", "3", "4"]
 

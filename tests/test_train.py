@@ -16,12 +16,12 @@ def run(tiny_data, results, *extra: str) -> dict:
 
 def test_main_two_epochs_returns_history_and_writes_every_output(tiny_data, tmp_path, capsys):
     history = run(tiny_data, tmp_path / "results")
-    assert len(history["train_acc"]) == len(history["valid_acc"]) == 2
-    assert len(history["minibatch_loss"]) == 2 * (40 // 8)
-    assert all(0 <= a <= 100 for a in history["train_acc"] + history["valid_acc"] + [history["test_acc"]])
+    assert len(history.train_acc) == len(history.valid_acc) == 2
+    assert len(history.minibatch_loss) == 2 * (40 // 8)
+    assert all(0 <= a <= 100 for a in history.train_acc + history.valid_acc + [history.test_acc])
     out = capsys.readouterr().out
     assert "Epoch: 001/002 | Batch 0000/0005 | Loss: " in out
-    assert f"Test accuracy: {history['test_acc']:.2f}%" in out
+    assert f"Test accuracy: {history.test_acc:.2f}%" in out
     results = tmp_path / "results"
     for name in ("metrics.csv", "checkpoint.pt", "loss.png", "accuracy.png", "examples.png"):
         assert (results / name).stat().st_size > 0
@@ -61,7 +61,7 @@ def test_help_states_every_default(capsys):
 def test_accuracy_counts_every_sample(tiny_data):
     from loaders import get_dataloaders
 
-    _, valid, _ = get_dataloaders(batch_size=8, data_dir=tiny_data, eval_batch_size=6)
+    _, valid, _ = get_dataloaders(batch_size=6, data_dir=tiny_data)
     model = MLP()
     predictions = torch.cat([model(x).argmax(1) for x, _ in valid])
     labels = torch.cat([y for _, y in valid])
