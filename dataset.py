@@ -73,10 +73,10 @@ class CsvImageDataset(Dataset):
 
     def __init__(self, csv_path: str | Path, img_dir: str | Path,
                  transform: Callable[[torch.Tensor], torch.Tensor] | None = None, *,
-                 file_column: str = "File Name", label_column: str = "Class Label", mode: str = "L",
-                 pixels: str = "float01", classes: Sequence[str] | None = None, num_classes: int | None = None,
-                 split: tuple[str, str] | None = None, skip_bad_rows: bool = False,
-                 cache_mb: float = 1024) -> None:
+                 file_column: str = "File Name", label_column: str = "Class Label",
+                 mode: str = "L", pixels: str = "float01", classes: Sequence[str] | None = None,
+                 num_classes: int | None = None, split: tuple[str, str] | None = None,
+                 skip_bad_rows: bool = False, cache_mb: float = 1024) -> None:
         if mode not in ("L", "RGB"):
             raise ValueError(f"mode must be 'L' or 'RGB', got {mode!r}")
         if pixels not in PIXELS:
@@ -84,8 +84,8 @@ class CsvImageDataset(Dataset):
         self.csv_path, self.img_dir = Path(csv_path), Path(img_dir)
         self.transform, self.mode, self.pixels = transform, mode, pixels
         self.samples, self.classes, self.problems = make_dataset(
-            self.csv_path, self.img_dir, file_column=file_column, label_column=label_column, split=split,
-            classes=classes, num_classes=num_classes)
+            self.csv_path, self.img_dir, file_column=file_column, label_column=label_column,
+            split=split, classes=classes, num_classes=num_classes)
         if self.problems:
             rows = len(self.samples) + len({line for line, _, _ in self.problems})
             message = format_problems(self.csv_path, self.problems, rows)
@@ -97,9 +97,9 @@ class CsvImageDataset(Dataset):
         self.targets = [s.label for s in self.samples]
         self.class_to_idx = {name: i for i, name in enumerate(self.classes)}
         self.channels = 3 if mode == "RGB" else 1
-        with Image.open(self.samples[0].path) as first:  # header only: the size every image must share
+        with Image.open(self.samples[0].path) as first:  # the header: the size all images must have
             self.image_size = first.size[::-1]  # (H, W)
-        self._labels = torch.tensor(self.targets, dtype=torch.int64)  # (N,): a batch's labels in one call
+        self._labels = torch.tensor(self.targets, dtype=torch.int64)  # (N,): for a batch's labels
         self._cache: torch.Tensor | None = None  # (N, C, H, W) uint8, filled by preload()
         self._use_cache, self.cache_decision = self._plan_cache(cache_mb)
 
@@ -107,7 +107,7 @@ class CsvImageDataset(Dataset):
         return len(self.samples)
 
     def __getitem__(self, index):
-        """ds[i] -> (image (C, H, W), label int); ds[list or array of i] -> a whole batch (get_batch)."""
+        """ds[i] -> (image (C, H, W), label int); ds[list or array of i] -> a batch (get_batch)."""
         if np.ndim(index) != 0:
             return self.get_batch(index)
         image = self.load_image(index)  # (C, H, W) uint8
@@ -115,7 +115,7 @@ class CsvImageDataset(Dataset):
             image = self.transform(image)
         return to_pixels(image, self.pixels), self.samples[index].label
 
-    # ---- below: the cache and the batch path, which make the loaders fast -------------------------------
+    # ---- below: the cache and the batch path, which make the loaders fast ------------------------
 
     def load_image(self, i: int) -> torch.Tensor:
         """Pixels of sample i, (C, H, W) uint8: from the in-memory cache, or decoded now."""
@@ -124,18 +124,19 @@ class CsvImageDataset(Dataset):
         return torch.from_numpy(self._read(i, same_size=self.transform is None).copy())
 
     def get_batch(self, indices) -> tuple[torch.Tensor, torch.Tensor]:
-        """Images (B, C, H, W) and labels (B,) int64 of the samples at `indices` (a list, NumPy array
-        or tensor of ints): one index_select from the cache instead of B __getitem__ calls and a
-        collate. The loaders fetch every batch this way."""
+        """Images (B, C, H, W) and labels (B,) int64 of the samples at `indices` (a list, NumPy
+        array or tensor of ints): one index_select from the cache instead of B __getitem__ calls
+        and a collate. The loaders fetch every batch this way."""
         rows = torch.as_tensor(indices, dtype=torch.int64)  # (B,); no copy for an int64 NumPy array
         try:
             if rows.ndim != 1:
                 raise IndexError(f"{rows.ndim} dimensions")
             labels = self._labels.index_select(0, rows)  # also checks every index is in range
         except (IndexError, RuntimeError, TypeError) as e:
-            raise IndexError(f"a batch index must be a flat list of ints in [0, {len(self)}), got {indices!r}") from e
+            raise IndexError("a batch index must be a flat list of ints in "
+                             f"[0, {len(self)}), got {indices!r}") from e
         if self._use_cache:
-            images = self.preload().index_select(0, rows)  # several times faster than cache[rows] here
+            images = self.preload().index_select(0, rows)  # several times faster than cache[rows]
         elif self.transform is None:
             images = self._read_batch(rows.tolist())
         else:
@@ -153,8 +154,9 @@ class CsvImageDataset(Dataset):
     def _plan_cache(self, cache_mb: float) -> tuple[bool, str]:
         cache_bytes = len(self) * self.channels * self.image_size[0] * self.image_size[1]
         use = self.transform is None and 0 < cache_bytes <= cache_mb * 2**20
-        return use, (f"{'keeping' if use else 'not keeping'} decoded images in memory: {len(self)} x "
-                     f"{self.channels}x{self.image_size[0]}x{self.image_size[1]} uint8 = "
+        height, width = self.image_size
+        return use, (f"{'keeping' if use else 'not keeping'} decoded images in memory: "
+                     f"{len(self)} x {self.channels}x{height}x{width} uint8 = "
                      f"{cache_bytes / 2**20:.1f} MiB, budget {cache_mb:g} MiB"
                      + ("; a per-image transform is set" if self.transform is not None else ""))
 
@@ -168,16 +170,18 @@ class CsvImageDataset(Dataset):
         except DECODE_ERRORS as e:
             raise ImageLoadError(f"{self._where(i)}: cannot decode the image: {e}") from e
         if same_size and pixels.shape[1:] != self.image_size:
+            (height, width), first = self.image_size, self.samples[0].file
             raise ImageLoadError(
-                f"{self._where(i)}: image is {pixels.shape[2]}x{pixels.shape[1]} (WxH) but the first image "
-                f"({self.samples[0].file!r}) is {self.image_size[1]}x{self.image_size[0]}; images of different "
-                "sizes cannot be batched: resize them, or pass a transform that does")
+                f"{self._where(i)}: image is {pixels.shape[2]}x{pixels.shape[1]} (WxH) but the "
+                f"first image ({first!r}) is {width}x{height}; "
+                "images of different sizes cannot be batched: resize them, or pass a transform "
+                "that does")
         return pixels
 
     def _read_batch(self, indices: Sequence[int]) -> torch.Tensor:
         """(B, C, H, W) uint8 pixels of same-sized images, decoded straight into one array."""
         batch = np.empty((len(indices), self.channels, *self.image_size), dtype=np.uint8)
-        for j, i in enumerate(indices):  # numpy assignment: a fraction of torch's per-call indexing cost
+        for j, i in enumerate(indices):  # numpy assignment: a fraction of torch's per-call cost
             batch[j] = self._read(i, same_size=True)
         return torch.from_numpy(batch)
 
@@ -185,9 +189,9 @@ class CsvImageDataset(Dataset):
         images = [self.transform(self.load_image(i)) for i in indices]
         for i, image in zip(indices, images):
             if image.shape != images[0].shape:
-                raise ImageLoadError(f"{self._where(i)}: after the transform the image has shape "
-                                     f"{tuple(image.shape)}, the batch's first {tuple(images[0].shape)}; "
-                                     "make the transform produce one size")
+                raise ImageLoadError(f"{self._where(i)}: after the transform the image has "
+                                     f"shape {tuple(image.shape)}, the batch's first "
+                                     f"{tuple(images[0].shape)}; make the transform give one size")
         return torch.stack(images)
 
 
@@ -206,15 +210,17 @@ class ImageLoadError(DatasetError):
     """An image that cannot be decoded or batched; the message names the file and its CSV line."""
 
 
+Problem = tuple[int, str, str]  # a bad row: (CSV line, file name, what is wrong)
 PIXELS = ("float01", "float255", "uint8")
+EXPECTED_INDEX = "(expected a class index >= 0)"
 MAX_LISTED_PROBLEMS = 20
 # What Pillow raises for a file it cannot decode: truncated, corrupt, unknown format, too large.
 DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 
 
 def to_float01(images: torch.Tensor) -> torch.Tensor:
-    """uint8 images -> float32 in [0, 1]: bit for bit what v2.ToDtype(torch.float32, scale=True) gives
-    (a test pins it), without importing torchvision. One multiply for a whole batch."""
+    """uint8 images -> float32 in [0, 1]: bit for bit what v2.ToDtype(torch.float32, scale=True)
+    gives (a test pins it), without importing torchvision. One multiply for a whole batch."""
     return images.to(torch.float32).mul_(1.0 / 255)
 
 
@@ -233,29 +239,32 @@ def decode_image(path: str, mode: str) -> np.ndarray:
     """
     with Image.open(path) as im:  # closes the file even when decoding fails
         im = im.convert(mode) if im.mode != mode else im
-        pixels = np.frombuffer(im.tobytes(), dtype=np.uint8).reshape(im.height, im.width, len(im.getbands()))
-        return pixels.transpose(2, 0, 1)
+        pixels = np.frombuffer(im.tobytes(), dtype=np.uint8)
+        return pixels.reshape(im.height, im.width, len(im.getbands())).transpose(2, 0, 1)
 
 
-# ---- checking every row: the CSV -> samples ----------------------------------------------------------------
+# ---- checking every row: the CSV -> samples ------------------------------------------------------
 
 def make_dataset(csv_path: Path, img_dir: Path, *, file_column: str, label_column: str,
                  split: tuple[str, str] | None = None, classes: Sequence[str] | None = None,
-                 num_classes: int | None = None) -> tuple[list[Sample], list[str], list[tuple[int, str, str]]]:
+                 num_classes: int | None = None) -> tuple[list[Sample], list[str], list[Problem]]:
     """Check every row of the CSV. Returns the good rows as samples, the class names, and the bad
     rows as (line, file, what is wrong), sorted by line. Raises DatasetError only when the CSV or
     the folder cannot be read at all."""
     if not img_dir.is_dir():
-        raise DatasetError(f"image folder not found: {img_dir} (it should hold the files named in {csv_path})")
+        raise DatasetError(f"image folder not found: {img_dir} "
+                           f"(it should hold the files named in {csv_path})")
     df = _read_csv(csv_path, [file_column, label_column] + ([split[0]] if split else []))
     if split is not None:
         column, value = split
         found = sorted(df[column].dropna().astype(str).str.strip().unique())
         df = df[df[column].astype(str).str.strip() == value]
         if len(df) == 0:
-            raise DatasetError(f"{csv_path}: no rows with {column} == {value!r}; values found: {found}")
+            raise DatasetError(f"{csv_path}: no rows with {column} == {value!r}; "
+                               f"values found: {found}")
     lines, names = df.index.tolist(), df[file_column].tolist()
-    labels, class_names, label_problems = _parse_labels(df[label_column], lines, classes, num_classes)
+    labels, class_names, label_problems = _parse_labels(df[label_column], lines, classes,
+                                                        num_classes)
     problems = [(line, str(df.at[line, file_column]), what) for line, what in label_problems]
     root, symlinked_dirs = img_dir.resolve(), {}
     samples = []
@@ -269,7 +278,7 @@ def make_dataset(csv_path: Path, img_dir: Path, *, file_column: str, label_colum
     return samples, class_names, problems
 
 
-def format_problems(csv_path: Path, problems: list[tuple[int, str, str]], n_rows: int,
+def format_problems(csv_path: Path, problems: list[Problem], n_rows: int,
                     limit: int | None = MAX_LISTED_PROBLEMS) -> str:
     """The bad rows as one message, a line each; `limit` of them at most."""
     head = f"{csv_path}: {len(problems)} bad row(s) out of {n_rows}:"
@@ -295,8 +304,8 @@ def _read_csv(csv_path: Path, columns: Sequence[str]) -> pd.DataFrame:
         raise DatasetError(f"{csv_path}: no column(s) {missing}; the columns are {list(header)}. "
                            "Pass file_column= / label_column= with the right names.")
     # Only empty cells are missing values: a file called "NA" stays a file name.
-    df = pd.read_csv(csv_path, usecols=list(columns), dtype={columns[0]: str}, skip_blank_lines=False,
-                     keep_default_na=False, na_values=[""])
+    df = pd.read_csv(csv_path, usecols=list(columns), dtype={columns[0]: str},
+                     skip_blank_lines=False, keep_default_na=False, na_values=[""])
     df.index = df.index + 2  # line 1 is the header; blank lines keep their numbers ...
     df = df[~df.isna().all(axis=1)]  # ... and are then dropped: they hold no row
     if len(df) == 0:
@@ -305,7 +314,7 @@ def _read_csv(csv_path: Path, columns: Sequence[str]) -> pd.DataFrame:
 
 
 def _parse_labels(values: pd.Series, lines: list[int], classes: Sequence[str] | None,
-                  num_classes: int | None) -> tuple[list[int | None], list[str], list[tuple[int, str]]]:
+                  num_classes: int | None) -> tuple[list, list[str], list[tuple[int, str]]]:
     """Label of each row (None where bad), the class names, and (line, problem) for each bad row."""
     problems: list[tuple[int, str]] = []
     texts = None
@@ -318,7 +327,8 @@ def _parse_labels(values: pd.Series, lines: list[int], classes: Sequence[str] | 
             values = as_numbers.where(as_numbers.notna(), values)
     labels: list[int | None] = []
     if texts is not None:
-        names = sorted({str(v) for v in texts.dropna()}) if classes is None else [str(c) for c in classes]
+        names = [str(c) for c in classes] if classes is not None else \
+            sorted({str(v) for v in texts.dropna()})
         class_to_idx = {name: i for i, name in enumerate(names)}
         for line, v in zip(lines, texts):
             if pd.isna(v):
@@ -332,11 +342,12 @@ def _parse_labels(values: pd.Series, lines: list[int], classes: Sequence[str] | 
             if isinstance(v, float) and math.isnan(v):
                 problems.append((line, "empty label"))
             elif number is None or not math.isfinite(number) or number != int(number):
-                problems.append((line, f"label {v!r} is not a whole number (expected a class index >= 0)"))
+                problems.append((line, f"label {v!r} is not a whole number {EXPECTED_INDEX}"))
             elif number < 0:
-                problems.append((line, f"label {int(number)} is negative (expected a class index >= 0)"))
+                problems.append((line, f"label {int(number)} is negative {EXPECTED_INDEX}"))
             elif num_classes is not None and number >= num_classes:
-                problems.append((line, f"label {int(number)} is out of range: expected 0 to {num_classes - 1}"))
+                problems.append((line, f"label {int(number)} is out of range: "
+                                       f"expected 0 to {num_classes - 1}"))
             else:
                 labels.append(int(number))
                 continue
@@ -347,11 +358,13 @@ def _parse_labels(values: pd.Series, lines: list[int], classes: Sequence[str] | 
         else:
             names = [str(i) for i in range(num_classes if num_classes is not None else top + 1)]
     if texts is not None and num_classes is not None and len(names) > num_classes:
-        problems.append((lines[0], f"{len(names)} class names {names} but num_classes={num_classes}"))
+        problems.append((lines[0], f"{len(names)} class names {names} "
+                                   f"but num_classes={num_classes}"))
     return labels, names, problems
 
 
-def _check_file(name: object, root: Path, symlinked_dirs: dict[str, bool]) -> tuple[str | None, str | None]:
+def _check_file(name: object, root: Path,
+                symlinked_dirs: dict[str, bool]) -> tuple[str | None, str | None]:
     """(path, None) for a good file name, else (None, what is wrong).
 
     One lstat per file: only names that pass through a symbolic link (file or folder, remembered
@@ -388,9 +401,10 @@ def _check_file(name: object, root: Path, symlinked_dirs: dict[str, bool]) -> tu
     return path, None
 
 
-# ---- the check command ---------------------------------------------------------------------------------------
+# ---- the check command ---------------------------------------------------------------------------
 
-def check_dataset(csv_path: str | Path, img_dir: str | Path, **dataset_kwargs) -> tuple[dict, list[tuple[int, str, str]]]:
+def check_dataset(csv_path: str | Path, img_dir: str | Path,
+                  **dataset_kwargs) -> tuple[dict, list[Problem]]:
     """Validate every row and decode every image; returns (summary, problems) instead of raising.
     dataset_kwargs: CsvImageDataset's file_column, label_column, mode, num_classes, split."""
     with warnings.catch_warnings():
@@ -412,8 +426,8 @@ def check_dataset(csv_path: str | Path, img_dir: str | Path, **dataset_kwargs) -
             continue
         first_size = first_size or size
         if size != first_size:
-            problems.append((sample.line, sample.file, f"size {size} differs from the first image's "
-                             f"{first_size}; cannot be batched without a resize"))
+            problems.append((sample.line, sample.file, f"size {size} differs from the first "
+                             f"image's {first_size}; cannot be batched without a resize"))
     problems.sort(key=lambda p: p[0])
     counts = Counter(ds.targets)
     summary = {
@@ -425,13 +439,16 @@ def check_dataset(csv_path: str | Path, img_dir: str | Path, **dataset_kwargs) -
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description="Check a CSV + image folder without training: every row, "
-                                            "every image. Exit status 0 when clean, 1 otherwise.")
+    p = argparse.ArgumentParser(description="Check a CSV + image folder without training: every "
+                                            "row, every image. Exit status 0 when clean, else 1.")
     p.add_argument("csv_path")
     p.add_argument("img_dir")
-    p.add_argument("--file-column", default="File Name", help="column with the file names (default: %(default)s)")
-    p.add_argument("--label-column", default="Class Label", help="column with the labels (default: %(default)s)")
-    p.add_argument("--mode", default="L", choices=["L", "RGB"], help="image mode (default: %(default)s)")
+    p.add_argument("--file-column", default="File Name",
+                   help="column with the file names (default: %(default)s)")
+    p.add_argument("--label-column", default="Class Label",
+                   help="column with the labels (default: %(default)s)")
+    p.add_argument("--mode", default="L", choices=["L", "RGB"],
+                   help="image mode (default: %(default)s)")
     p.add_argument("--num-classes", type=int, default=None, help="labels must be below this")
     p.add_argument("--split-column", default=None, help="column naming each row's split")
     p.add_argument("--split", default=None, help="check only rows of this split")

@@ -1,11 +1,11 @@
 """Train / valid / test DataLoaders for images listed in CSVs, in an order fixed by (seed, epoch).
 
-    train_loader, valid_loader, test_loader = get_dataloaders(batch_size=64, data_dir="data", seed=123)
+    train_loader, valid_loader, test_loader = get_dataloaders(batch_size=64, data_dir="data")
     for images, labels in train_loader:   # (64, 1, 28, 28) float32 in [0, 1], (64,) int64
         ...
 
 Layouts:
-    get_dataloaders(...)                 data/mnist_{train,valid,test}.csv + data/mnist_{train,valid,test}/
+    get_dataloaders(...)                 data/mnist_{split}.csv + data/mnist_{split}/ for each split
     get_dataloaders_from_split_csv(...)  one CSV with a split column + one image folder
     loaders_from_datasets(...)           any three CsvImageDatasets you built
 
@@ -38,26 +38,35 @@ from dataset import CsvImageDataset
 SPLITS = ("train", "valid", "test")
 
 
-def get_dataloaders(batch_size: int, data_dir: str | Path = "data", num_workers: int = 0, seed: int = 123, *,
-                    batch_size_factor_eval: int = 1, dataset_kwargs: dict | None = None,
+def get_dataloaders(batch_size: int, data_dir: str | Path = "data", num_workers: int = 0,
+                    seed: int = 123, *, batch_size_factor_eval: int = 1,
+                    dataset_kwargs: dict | None = None,
                     loader_kwargs: dict | None = None) -> tuple[DataLoader, DataLoader, DataLoader]:
     """The lecture's loaders: data_dir/mnist_{train,valid,test}.csv listing the images in
     data_dir/mnist_{train,valid,test}/, as make_subset.py writes them. Valid and test batches hold
     batch_size * batch_size_factor_eval images (they only measure accuracy)."""
-    datasets = make_datasets(folder_layout(data_dir), dataset_kwargs)
-    return loaders_from_datasets(*datasets, batch_size=batch_size, eval_batch_size=batch_size * batch_size_factor_eval,
-                                 seed=seed, loader_kwargs={"num_workers": num_workers, **(loader_kwargs or {})})
+    return _three_loaders(folder_layout(data_dir), batch_size, batch_size * batch_size_factor_eval,
+                          seed, dataset_kwargs,
+                          {"num_workers": num_workers, **(loader_kwargs or {})})
 
 
-def get_dataloaders_from_split_csv(csv_path: str | Path, img_dir: str | Path, batch_size: int,
-                                   num_workers: int = 0, seed: int = 123, *, split_column: str = "split",
-                                   batch_size_factor_eval: int = 1, dataset_kwargs: dict | None = None,
-                                   loader_kwargs: dict | None = None) -> tuple[DataLoader, DataLoader, DataLoader]:
+def get_dataloaders_from_split_csv(
+        csv_path: str | Path, img_dir: str | Path, batch_size: int, num_workers: int = 0,
+        seed: int = 123, *, split_column: str = "split", batch_size_factor_eval: int = 1,
+        dataset_kwargs: dict | None = None,
+        loader_kwargs: dict | None = None) -> tuple[DataLoader, DataLoader, DataLoader]:
     """Loaders for one CSV whose `split_column` says train / valid / test, and one image folder."""
     sources = [(csv_path, img_dir, (split_column, split)) for split in SPLITS]
-    datasets = make_datasets(sources, dataset_kwargs)
-    return loaders_from_datasets(*datasets, batch_size=batch_size, eval_batch_size=batch_size * batch_size_factor_eval,
-                                 seed=seed, loader_kwargs={"num_workers": num_workers, **(loader_kwargs or {})})
+    return _three_loaders(sources, batch_size, batch_size * batch_size_factor_eval, seed,
+                          dataset_kwargs, {"num_workers": num_workers, **(loader_kwargs or {})})
+
+
+def _three_loaders(sources: Sequence[tuple], batch_size: int, eval_batch_size: int, seed: int,
+                   dataset_kwargs: dict | None, loader_kwargs: dict) -> tuple[DataLoader, ...]:
+    train, valid, test = make_datasets(sources, dataset_kwargs)
+    return loaders_from_datasets(train, valid, test, batch_size=batch_size,
+                                 eval_batch_size=eval_batch_size, seed=seed,
+                                 loader_kwargs=loader_kwargs)
 
 
 def folder_layout(data_dir: str | Path) -> list[tuple[Path, Path, None]]:
@@ -65,10 +74,11 @@ def folder_layout(data_dir: str | Path) -> list[tuple[Path, Path, None]]:
     data_dir/mnist_<split>/. The one definition of those names here (make_subset.py's copy is pinned
     equal by a test)."""
     data_dir = Path(data_dir)
-    return [(data_dir / f"mnist_{split}.csv", data_dir / f"mnist_{split}", None) for split in SPLITS]
+    return [(data_dir / f"mnist_{s}.csv", data_dir / f"mnist_{s}", None) for s in SPLITS]
 
 
-def make_datasets(sources: Sequence[tuple], dataset_kwargs: dict | None = None) -> list[CsvImageDataset]:
+def make_datasets(sources: Sequence[tuple],
+                  dataset_kwargs: dict | None = None) -> list[CsvImageDataset]:
     """Train, valid and test datasets from three (csv_path, img_dir, split) sources, split being
     None or (column, value); valid and test share train's classes."""
     kwargs = dataset_kwargs or {}
@@ -78,25 +88,28 @@ def make_datasets(sources: Sequence[tuple], dataset_kwargs: dict | None = None) 
                       for csv, folder, split in others]
 
 
-def loaders_from_datasets(train: CsvImageDataset, valid: CsvImageDataset, test: CsvImageDataset, *,
-                          batch_size: int, eval_batch_size: int | None = None, seed: int = 123,
-                          loader_kwargs: dict | None = None) -> tuple[DataLoader, DataLoader, DataLoader]:
+def loaders_from_datasets(
+        train: CsvImageDataset, valid: CsvImageDataset, test: CsvImageDataset, *, batch_size: int,
+        eval_batch_size: int | None = None, seed: int = 123,
+        loader_kwargs: dict | None = None) -> tuple[DataLoader, DataLoader, DataLoader]:
     """Train loader (reshuffled, drop_last) and valid / test loaders (fixed order, every sample)."""
     for ds in (train, valid, test):
         ds.preload()  # decode once, in this process, before any worker starts
     eval_batch_size = eval_batch_size or batch_size
+    options = {"seed": seed, "loader_kwargs": loader_kwargs}
     return (
-        make_loader(train, batch_size, shuffle=True, drop_last=True, seed=seed, loader_kwargs=loader_kwargs),
-        make_loader(valid, eval_batch_size, shuffle=False, drop_last=False, seed=seed, loader_kwargs=loader_kwargs),
-        make_loader(test, eval_batch_size, shuffle=False, drop_last=False, seed=seed, loader_kwargs=loader_kwargs),
+        make_loader(train, batch_size, shuffle=True, drop_last=True, **options),
+        make_loader(valid, eval_batch_size, shuffle=False, drop_last=False, **options),
+        make_loader(test, eval_batch_size, shuffle=False, drop_last=False, **options),
     )
 
 
-def make_loader(dataset: CsvImageDataset, batch_size: int, *, shuffle: bool, drop_last: bool, seed: int,
-                loader_kwargs: dict | None = None) -> DataLoader:
+def make_loader(dataset: CsvImageDataset, batch_size: int, *, shuffle: bool, drop_last: bool,
+                seed: int, loader_kwargs: dict | None = None) -> DataLoader:
     """A DataLoader that fetches whole batches with dataset[array_of_indices]; loader_kwargs go to
     torch's DataLoader as they are (num_workers, persistent_workers, pin_memory, ...)."""
-    sampler = EpochBatchSampler(len(dataset), batch_size, shuffle=shuffle, drop_last=drop_last, seed=seed)
+    sampler = EpochBatchSampler(len(dataset), batch_size, shuffle=shuffle, drop_last=drop_last,
+                                seed=seed)
     return DataLoader(
         dataset, batch_size=None, sampler=sampler,  # batch_size=None: the sampler yields batches
         # Its own generator, so that starting an iterator never draws from the global RNG.
@@ -107,14 +120,14 @@ def make_loader(dataset: CsvImageDataset, batch_size: int, *, shuffle: bool, dro
 def epoch_order(num_samples: int, seed: int, epoch: int) -> np.ndarray:
     """A permutation of range(num_samples) that depends on (seed, epoch) and nothing else.
 
-    NumPy's SeedSequence mixes both numbers into PCG64's 128-bit state. (torch.manual_seed would keep
-    only the low 32 bits of a combined seed, so nearby seeds could share their orders.)
+    NumPy's SeedSequence mixes both numbers into PCG64's 128-bit state. (torch.manual_seed would
+    keep only the low 32 bits of a combined seed, so nearby seeds could share their orders.)
     """
     return np.random.default_rng([seed, epoch]).permutation(num_samples)
 
 
 class EpochBatchSampler(Sampler[np.ndarray]):
-    """Yields one int64 NumPy array of indices per batch; epoch e's order is a function of (seed, e).
+    """Yields one int64 NumPy array of indices per batch; epoch e's order depends on (seed, e) only.
 
     Arrays rather than lists: the dataset turns one into a tensor without copying, and it pickles
     cheaply to worker processes.
@@ -127,14 +140,15 @@ class EpochBatchSampler(Sampler[np.ndarray]):
 
     def __init__(self, num_samples: int, batch_size: int, *, shuffle: bool, drop_last: bool,
                  seed: int = 0, rank: int | None = None, world_size: int | None = None) -> None:
-        distributed = dist.is_available() and dist.is_initialized()
-        world_size = world_size if world_size is not None else dist.get_world_size() if distributed else 1
-        rank = rank if rank is not None else dist.get_rank() if distributed else 0
+        if dist.is_available() and dist.is_initialized():
+            rank = dist.get_rank() if rank is None else rank
+            world_size = dist.get_world_size() if world_size is None else world_size
+        rank, world_size = rank or 0, world_size or 1
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         if drop_last and batch_size % world_size:
-            raise ValueError(f"batch_size {batch_size} must be divisible by the {world_size} processes, "
-                             "so every process gets an equal share of each batch")
+            raise ValueError(f"batch_size {batch_size} must be divisible by the {world_size} "
+                             "processes, so every process gets an equal share of each batch")
         if drop_last and num_samples < batch_size:
             raise ValueError(f"only {num_samples} samples: not one full batch of {batch_size} "
                              "(drop_last=True); use a smaller batch size")
@@ -154,7 +168,10 @@ class EpochBatchSampler(Sampler[np.ndarray]):
 
     def __iter__(self):
         epoch, self.epoch = self.epoch, self.epoch + 1
-        order = epoch_order(self.num_samples, self.seed, epoch) if self.shuffle else np.arange(self.num_samples)
+        if self.shuffle:
+            order = epoch_order(self.num_samples, self.seed, epoch)
+        else:
+            order = np.arange(self.num_samples)
         for start in range(0, self.num_samples, self.batch_size):
             batch = order[start:start + self.batch_size]
             if self.drop_last and len(batch) < self.batch_size:

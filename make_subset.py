@@ -2,7 +2,7 @@
 
     python make_subset.py                         # 256 digits per split from the bundled mnist-5k/
     python make_subset.py --train-size 1000 --valid-size 500 --test-size 500 --out-dir data-1k
-    python make_subset.py --images X-idx3-ubyte.gz --labels y-idx1-ubyte.gz   # Fashion-MNIST, KMNIST, ...
+    python make_subset.py --images X-idx3-ubyte.gz --labels y-idx1-ubyte.gz   # Fashion-MNIST, ...
     python make_subset.py --download              # full MNIST via torchvision (needs the network)
 
 What it writes (default --out-dir data/):
@@ -80,14 +80,16 @@ def read_idx(path: str | Path, expected_ndim: int) -> np.ndarray:
     return np.frombuffer(data, dtype=np.uint8).reshape(dims)
 
 
-def load_idx_pair(images_path: str | Path, labels_path: str | Path) -> tuple[np.ndarray, np.ndarray]:
-    """Images (N, H, W) uint8 and labels (N,) from an IDX3 / IDX1 pair, checked against each other."""
+def load_idx_pair(images_path: str | Path,
+                  labels_path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """Images (N, H, W) uint8 and labels (N,) from an IDX3 / IDX1 pair, checked against each
+    other."""
     images = read_idx(images_path, expected_ndim=3)
     labels = read_idx(labels_path, expected_ndim=1)
     if len(images) != len(labels):
         raise IdxError(
-            f"{images_path} holds {len(images)} images but {labels_path} holds {len(labels)} labels; "
-            "they must come in matching pairs"
+            f"{images_path} holds {len(images)} images but {labels_path} holds {len(labels)} "
+            "labels; they must come in matching pairs"
         )
     return images, labels
 
@@ -122,7 +124,8 @@ def choose_indices(labels: np.ndarray, sizes: list[int], seed: int) -> list[np.n
 
 
 def write_split(folder: Path, name: str, images: np.ndarray, labels: np.ndarray) -> None:
-    """folder/mnist_<name>.csv and folder/mnist_<name>/00000.png, ... (loaders.folder_layout reads them)."""
+    """folder/mnist_<name>.csv and folder/mnist_<name>/00000.png, ... (as loaders.folder_layout
+    expects them)."""
     img_dir = folder / f"mnist_{name}"
     img_dir.mkdir()
     lines = ["File Name,Class Label"]
@@ -134,7 +137,7 @@ def write_split(folder: Path, name: str, images: np.ndarray, labels: np.ndarray)
 
 
 def _exchange(a: Path, b: Path) -> bool:
-    """Atomically swap two directories (Linux renameat2 RENAME_EXCHANGE); False where unsupported."""
+    """Atomically swap two directories (Linux renameat2 RENAME_EXCHANGE); False if unsupported."""
     if not sys.platform.startswith("linux"):
         return False
     libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
@@ -167,11 +170,12 @@ def write_dataset(out_dir: str | Path, splits: dict[str, tuple[np.ndarray, np.nd
     recover(out_dir)
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         if not force:
-            raise FileExistsError(f"{out_dir} already exists and is not empty; pass --force to replace it")
+            raise FileExistsError(f"{out_dir} already exists and is not empty; "
+                                  "pass --force to replace it")
         if not (out_dir / MARKER).is_file():
             raise FileExistsError(
-                f"refusing to replace {out_dir}: it has no {MARKER}, so make_subset.py did not make it; "
-                "choose another --out-dir"
+                f"refusing to replace {out_dir}: it has no {MARKER}, so make_subset.py did not "
+                "make it; choose another --out-dir"
             )
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
@@ -181,7 +185,8 @@ def write_dataset(out_dir: str | Path, splits: dict[str, tuple[np.ndarray, np.nd
     try:
         for name, (images, labels) in splits.items():
             write_split(tmp, name, images, labels)
-        (tmp / MARKER).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        marker = json.dumps(meta, indent=2, sort_keys=True) + "\n"
+        (tmp / MARKER).write_text(marker, encoding="utf-8")
         if not out_dir.exists():
             os.rename(tmp, out_dir)
         elif not any(out_dir.iterdir()):
@@ -197,7 +202,7 @@ def write_dataset(out_dir: str | Path, splits: dict[str, tuple[np.ndarray, np.nd
     return out_dir
 
 
-def _download_mnist(root: str | Path) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+def _download_mnist(root: str | Path) -> tuple[tuple[np.ndarray, np.ndarray], ...]:
     from torchvision import datasets  # only this path needs torchvision and the network
 
     train = datasets.MNIST(str(root), train=True, download=True)
@@ -212,17 +217,23 @@ def _as_arrays(mnist) -> tuple[np.ndarray, np.ndarray]:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--out-dir", default="data", help="folder to write the CSVs and PNG folders into")
-    p.add_argument("--seed", type=int, default=DEFAULT_SEED, help="seed that picks and orders the images")
+    p.add_argument("--out-dir", default="data",
+                   help="folder to write the CSVs and PNG folders into")
+    p.add_argument("--seed", type=int, default=DEFAULT_SEED,
+                   help="seed that picks and orders the images")
     for split in SPLITS:
-        p.add_argument(f"--{split}-size", type=int, default=DEFAULT_SIZE, help=f"images in the {split} split")
-    p.add_argument("--images", help="IDX3 images file (gzip or plain); default: the bundled mnist-5k digits")
+        p.add_argument(f"--{split}-size", type=int, default=DEFAULT_SIZE,
+                       help=f"images in the {split} split")
+    p.add_argument("--images",
+                   help="IDX3 images file (gzip or plain); default: the bundled mnist-5k digits")
     p.add_argument("--labels", help="IDX1 labels file that pairs with --images")
     p.add_argument("--download", action="store_true",
-                   help="fetch full MNIST with torchvision; train and valid come from its training set, "
-                        "test from its test set")
-    p.add_argument("--download-root", default="downloads", help="where --download keeps the raw files")
-    p.add_argument("--force", action="store_true", help="replace an existing dataset made by this script")
+                   help="fetch full MNIST with torchvision; train and valid come from its "
+                        "training set, test from its test set")
+    p.add_argument("--download-root", default="downloads",
+                   help="where --download keeps the raw files")
+    p.add_argument("--force", action="store_true",
+                   help="replace an existing dataset made by this script")
     args = p.parse_args(argv)
     if (args.images is None) != (args.labels is None):
         p.error("--images and --labels go together")
@@ -243,7 +254,8 @@ def main(argv: list[str] | None = None) -> Path:
         (train_x, train_y), (test_x, test_y) = _download_mnist(args.download_root)
         train_idx, valid_idx = choose_indices(train_y, sizes[:2], args.seed)
         (test_idx,) = choose_indices(test_y, sizes[2:], args.seed)
-        pools = [(train_x, train_y, train_idx), (train_x, train_y, valid_idx), (test_x, test_y, test_idx)]
+        pools = [(train_x, train_y, train_idx), (train_x, train_y, valid_idx),
+                 (test_x, test_y, test_idx)]
         source = "torchvision.datasets.MNIST (train/valid from train, test from test)"
     else:
         images_path = Path(args.images) if args.images else BUNDLED_IMAGES
@@ -254,7 +266,8 @@ def main(argv: list[str] | None = None) -> Path:
     splits = {name: (x[idx], y[idx]) for name, (x, y, idx) in zip(SPLITS, pools)}
     meta = {"source": source, "seed": args.seed, "sizes": dict(zip(SPLITS, sizes))}
     out = write_dataset(args.out_dir, splits, force=args.force, meta=meta)
-    print(f"Wrote {sum(sizes)} images ({', '.join(f'{n} {s}' for s, n in zip(SPLITS, sizes))}) to {out}/")
+    counts = ", ".join(f"{n} {split}" for split, n in zip(SPLITS, sizes))
+    print(f"Wrote {sum(sizes)} images ({counts}) to {out}/")
     return out
 
 

@@ -7,9 +7,10 @@ from torch import nn
 
 
 class MLP(nn.Module):
-    """Flatten, Linear, Sigmoid, Linear. Returns logits (no softmax: CrossEntropyLoss applies it)."""
+    """Flatten, Linear, Sigmoid, Linear. Returns logits (no softmax: cross-entropy applies it)."""
 
-    def __init__(self, num_features: int = 784, num_hidden: int = 100, num_classes: int = 10) -> None:
+    def __init__(self, num_features: int = 784, num_hidden: int = 100,
+                 num_classes: int = 10) -> None:
         super().__init__()
         self.layers = nn.Sequential(
             nn.Flatten(),  # (B, C, H, W) -> (B, C*H*W)

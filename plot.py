@@ -7,9 +7,9 @@ In a notebook, call them and then plt.show(), as the lecture does:
                        iter_per_epoch=len(train_loader), results_dir=None, averaging_iterations=20)
     plt.show()
 
-Each function draws one new figure and returns it; with results_dir it also writes the figure there
-as a PNG file (loss.png, accuracy.png, examples.png). Importing this file leaves matplotlib's backend
-alone, so figures show inline in a notebook; train.py picks the file-only Agg backend itself.
+Each function draws one new figure and returns it; with results_dir it also writes the figure
+there as a PNG file (loss.png, accuracy.png, examples.png). Importing this file leaves matplotlib's
+backend alone, so figures show inline in a notebook; train.py picks the file-only Agg backend.
 """
 
 from __future__ import annotations
@@ -21,15 +21,17 @@ import matplotlib.pyplot as plt
 import torch
 
 
-def plot_training_loss(minibatch_loss_list: Sequence[float], num_epochs: int, iter_per_epoch: int | None = None,
-                       results_dir: str | Path | None = None, averaging_iterations: int = 20) -> plt.Figure:
+def plot_training_loss(minibatch_loss_list: Sequence[float], num_epochs: int,
+                       iter_per_epoch: int | None = None, results_dir: str | Path | None = None,
+                       averaging_iterations: int = 20) -> plt.Figure:
     """Loss of every minibatch, its running average, and a second x-axis in epochs."""
     losses = torch.tensor(minibatch_loss_list, dtype=torch.float64)
     fig, ax1 = plt.subplots(figsize=(7, 4))
     ax1.plot(range(1, len(losses) + 1), losses.tolist(), label="Minibatch loss", alpha=0.5)
     if len(losses) >= averaging_iterations:
-        kernel = torch.full((1, 1, averaging_iterations), 1.0 / averaging_iterations, dtype=torch.float64)
-        running = torch.nn.functional.conv1d(losses.view(1, 1, -1), kernel).flatten()  # valid part only
+        n = averaging_iterations
+        kernel = torch.full((1, 1, n), 1.0 / n, dtype=torch.float64)
+        running = torch.nn.functional.conv1d(losses.view(1, 1, -1), kernel).flatten()  # valid part
         ax1.plot(range(averaging_iterations, len(losses) + 1), running.tolist(),
                  label=f"Running average ({averaging_iterations} iterations)")
     ax1.set_xlabel("Iterations")
@@ -71,7 +73,7 @@ def show_examples(model: torch.nn.Module, data_loader, results_dir: str | Path |
                   class_names: Sequence[str] | None = None, num_examples: int = 15) -> plt.Figure:
     """A grid of the first images of `data_loader`, each titled "P: <predicted> | T: <true>".
 
-    The batch goes to the model's device; uint8 batches are scaled to [0, 1] first, as train.py does.
+    The batch goes to the model's device; uint8 batches are scaled to [0, 1] first, as in train.py.
     """
     model.eval()
     images, labels = next(iter(data_loader))  # (B, C, H, W), (B,)
@@ -79,7 +81,8 @@ def show_examples(model: torch.nn.Module, data_loader, results_dir: str | Path |
     device = next(model.parameters(), torch.empty(0)).device
     inputs = images.to(device)
     if not inputs.is_floating_point():
-        inputs = inputs.to(torch.float32).mul_(1.0 / 255)  # dataset.to_float01, copied so this file stands alone
+        # dataset.to_float01, copied so that this file stands alone (a test pins the two equal)
+        inputs = inputs.to(torch.float32).mul_(1.0 / 255)
     predictions = model(inputs).argmax(dim=1).cpu()
     names = list(class_names) if class_names is not None else None
     cols = 5
@@ -94,7 +97,7 @@ def show_examples(model: torch.nn.Module, data_loader, results_dir: str | Path |
         else:
             ax.imshow((pixels / pixels.max().clamp(min=1e-12)).numpy())
         predicted, target = (names[pred], names[true]) if names else (pred, true)
-        # A fixed y skips matplotlib's title placement, which measures every axis (most of the time here).
+        # A fixed y skips matplotlib's title placement, which measures every axis (slow).
         ax.set_title(f"P: {predicted} | T: {target}", fontsize=9, y=1.02)
     fig.subplots_adjust(left=0.02, right=0.98, bottom=0.02, top=0.92, wspace=0.1, hspace=0.35)
     return _maybe_save(fig, results_dir, "examples.png")

@@ -1,4 +1,4 @@
-"""Train the lecture's MLP on images listed in CSV files, with per-epoch accuracy, checkpoints and plots.
+"""Train the lecture's MLP on images listed in CSV files: accuracy per epoch, checkpoints, plots.
 
     python train.py --epochs 100 --seed 123                 # builds data/ first if it is missing
     python train.py --epochs 100 --seed 123 --resume        # continue from results/checkpoint.pt
@@ -50,7 +50,7 @@ DEFAULT_DATA_DIR = "data"
 CHECKED_CONFIG = ("data", "num_features", "hidden", "num_classes", "batch_size", "seed", "lr")
 
 
-# ---- the lecture's helpers: seeds, accuracy, the training loop --------------------------------------------
+# ---- the lecture's helpers: seeds, accuracy, the training loop -----------------------------------
 
 def set_all_seeds(seed: int) -> None:
     """Seed Python's, NumPy's and PyTorch's (CPU and every GPU) global generators."""
@@ -86,7 +86,7 @@ class History:
     """What a run measured; accuracies in %. Unpacks as the lecture's result:
     `minibatch_loss_list, train_acc_list, valid_acc_list = train_model(...)`."""
     minibatch_loss: list[float] = dataclasses.field(default_factory=list)
-    train_acc: list[float] = dataclasses.field(default_factory=list)  # one per epoch, like the two below
+    train_acc: list[float] = dataclasses.field(default_factory=list)  # one per epoch, as below
     valid_acc: list[float] = dataclasses.field(default_factory=list)
     epoch_seconds: list[float] = dataclasses.field(default_factory=list)
     test_acc: float | None = None  # after the last epoch, when a test loader was given
@@ -95,12 +95,13 @@ class History:
         return iter((self.minibatch_loss, self.train_acc, self.valid_acc))
 
 
-def train_model(model: torch.nn.Module, num_epochs: int, train_loader, valid_loader, test_loader=None, *,
-                optimizer: torch.optim.Optimizer, device: torch.device | str, history: History | None = None,
-                train_eval_loader=None, logging_interval: int = 50,
+def train_model(model: torch.nn.Module, num_epochs: int, train_loader, valid_loader,
+                test_loader=None, *, optimizer: torch.optim.Optimizer, device: torch.device | str,
+                history: History | None = None, train_eval_loader=None, logging_interval: int = 50,
                 on_epoch_end: Callable[[History], None] | None = None) -> History:
-    """The lecture's loop: train for num_epochs, printing the loss every logging_interval batches and
-    the train / validation accuracy after each epoch, then the test accuracy if test_loader is given.
+    """The lecture's loop: train for num_epochs, printing the loss every logging_interval batches
+    and the train / validation accuracy after each epoch, then the test accuracy if test_loader
+    is given.
 
     history: a History to continue (resume), which is extended in place; epochs it already holds are
     skipped. Epoch e's training order is set with train_loader.sampler.set_epoch(e), so it does not
@@ -124,10 +125,12 @@ def train_model(model: torch.nn.Module, num_epochs: int, train_loader, valid_loa
             optimizer.step()
             history.minibatch_loss.append(_mean_over_ranks(loss))
             if batch_idx % logging_interval == 0:
-                print(f"Epoch: {epoch + 1:03d}/{num_epochs:03d} | Batch {batch_idx:04d}/{len(train_loader):04d} "
+                print(f"Epoch: {epoch + 1:03d}/{num_epochs:03d} "
+                      f"| Batch {batch_idx:04d}/{len(train_loader):04d} "
                       f"| Loss: {history.minibatch_loss[-1]:.4f}")
-        with ctrl_c_deferred():  # the epoch's weights are final: a Ctrl-C now waits until it is recorded
-            history.train_acc.append(compute_accuracy(model, train_eval_loader or train_loader, device))
+        with ctrl_c_deferred():  # the epoch's weights are final: a Ctrl-C waits until they're saved
+            train_acc = compute_accuracy(model, train_eval_loader or train_loader, device)
+            history.train_acc.append(train_acc)
             history.valid_acc.append(compute_accuracy(model, valid_loader, device))
             history.epoch_seconds.append(time.perf_counter() - epoch_start)
             print(f"Epoch: {epoch + 1:03d}/{num_epochs:03d} | Train: {history.train_acc[-1]:.2f}% "
@@ -143,7 +146,8 @@ def train_model(model: torch.nn.Module, num_epochs: int, train_loader, valid_loa
 
 
 def to_input(images: torch.Tensor, device: torch.device | str) -> torch.Tensor:
-    """Move a batch to the device; uint8 batches are scaled to float32 [0, 1] there, as the dataset would."""
+    """Move a batch to the device; uint8 batches are scaled to float32 [0, 1] there, as the
+    dataset would."""
     images = images.to(device, non_blocking=True)
     return images if images.is_floating_point() else to_float01(images)
 
@@ -180,10 +184,10 @@ def _mean_over_ranks(loss: torch.Tensor) -> float:
     return _sum_over_ranks(loss.detach().clone()).item() / world_size
 
 
-# ---- checkpoints: atomic files that torch.load(weights_only=True) reads -------------------------------
+# ---- checkpoints: atomic files that torch.load(weights_only=True) reads --------------------------
 
 def write_atomic(path: Path, data: bytes) -> None:
-    """Write to a temporary file beside `path`, fsync, then rename over it: old or new, never half."""
+    """Write a temporary file beside `path`, fsync, then rename it over: old or new, never half."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         with open(tmp, "wb") as f:
@@ -201,19 +205,20 @@ def save_checkpoint(path: Path, checkpoint: dict) -> None:
     write_atomic(path, buffer.getvalue())
 
 
-def save_run(results_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, config: dict,
-             history: History) -> None:
+def save_run(results_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+             config: dict, history: History) -> None:
     """checkpoint.pt and metrics.csv after an epoch: everything --resume needs."""
     save_checkpoint(results_dir / "checkpoint.pt", {
-        "model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": len(history.train_acc),
-        "history": dataclasses.asdict(history), "config": config, "rng": rng_states(),
-        "versions": {"torch": str(torch.__version__)}})
+        "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+        "epoch": len(history.train_acc), "history": dataclasses.asdict(history), "config": config,
+        "rng": rng_states(), "versions": {"torch": str(torch.__version__)}})
     write_atomic(results_dir / "metrics.csv", metrics_csv(history))
 
 
 def load_run(path: Path, config: dict, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
              device: torch.device) -> History:
-    """Restore model, optimizer and every RNG state from a checkpoint of the same run; its history."""
+    """Restore model, optimizer and every RNG state from a checkpoint of the same run; returns
+    its history."""
     checkpoint = torch.load(path, map_location=device, weights_only=True)
     check_resume(checkpoint, config, path)
     model.load_state_dict(checkpoint["model"])
@@ -228,13 +233,14 @@ def check_resume(checkpoint: dict, config: dict, path: Path) -> None:
     differences = [f"{key}: checkpoint has {saved.get(key)!r}, this run has {config[key]!r}"
                    for key in CHECKED_CONFIG if saved.get(key) != config[key]]
     if differences:
-        raise SystemExit(f"train.py: error: cannot --resume from {path}: it was made by a different run:\n  "
+        raise SystemExit(f"train.py: error: cannot --resume from {path}: "
+                         "it was made by a different run:\n  "
                          + "\n  ".join(differences)
                          + "\nUse the original flags and data, or start afresh without --resume.")
 
 
 def rng_states() -> dict:
-    """Every global RNG state, as tensors and plain Python values (no ndarray: weights_only loads it)."""
+    """Every global RNG state as tensors and plain Python values (weights_only loads no ndarray)."""
     name, keys, pos, has_gauss, cached = np.random.get_state()
     version, mt_state, gauss_next = random.getstate()
     return {
@@ -256,7 +262,7 @@ def set_rng_states(states: dict) -> None:
 
 
 def data_fingerprint(csv_paths: list[Path]) -> str:
-    """sha256 of the CSVs the datasets were read from: a resumed run must see the same rows and labels."""
+    """sha256 of the CSVs the datasets were read from: a resumed run must see the same rows."""
     digest = hashlib.sha256()
     for path in csv_paths:
         digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
@@ -265,12 +271,13 @@ def data_fingerprint(csv_paths: list[Path]) -> str:
 
 def metrics_csv(history: History) -> bytes:
     rows = ["epoch,train_acc,valid_acc,epoch_seconds"]
-    for i, (tr, va, sec) in enumerate(zip(history.train_acc, history.valid_acc, history.epoch_seconds)):
-        rows.append(f"{i + 1},{tr!r},{va!r},{sec:.4f}")  # repr: exact floats, comparable across runs
+    epochs = zip(history.train_acc, history.valid_acc, history.epoch_seconds)
+    for i, (tr, va, sec) in enumerate(epochs):
+        rows.append(f"{i + 1},{tr!r},{va!r},{sec:.4f}")  # repr: exact floats, comparable
     return ("\n".join(rows) + "\n").encode()
 
 
-# ---- command line ---------------------------------------------------------------------------------------
+# ---- command line --------------------------------------------------------------------------------
 
 def _at_least(minimum: float, kind: type):
     def parse(text: str):
@@ -296,28 +303,35 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="Train an MLP on PNG images listed in CSV files.",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--epochs", type=_at_least(1, int), default=100, help="number of epochs")
-    p.add_argument("--seed", type=_at_least(0, int), default=123, help="seed for the weights and the data order")
+    p.add_argument("--seed", type=_at_least(0, int), default=123,
+                   help="seed for the weights and the data order")
     p.add_argument("--batch-size", type=_at_least(1, int), default=64,
-                   help="minibatch size (under torchrun: the global batch, split between processes)")
+                   help="minibatch size (under torchrun: the global batch, split between ranks)")
     p.add_argument("--eval-batch-size", type=_at_least(1, int), default=256,
                    help="batch size for measuring accuracy (does not change the results)")
     p.add_argument("--lr", type=_positive_float, default=0.1, help="SGD learning rate")
     p.add_argument("--hidden", type=_at_least(1, int), default=100, help="hidden units of the MLP")
-    p.add_argument("--num-workers", type=_at_least(0, int), default=0, help="DataLoader worker processes")
-    p.add_argument("--persistent-workers", action="store_true", help="keep workers alive between epochs")
+    p.add_argument("--num-workers", type=_at_least(0, int), default=0,
+                   help="DataLoader worker processes")
+    p.add_argument("--persistent-workers", action="store_true",
+                   help="keep workers alive between epochs")
     p.add_argument("--cache-mb", type=_at_least(0.0, float), default=1024.0,
-                   help="keep decoded images in memory up to this many MiB per split (0: decode every pass)")
+                   help="keep decoded images in memory up to this many MiB per split "
+                        "(0: decode every pass)")
     p.add_argument("--data-dir", default=DEFAULT_DATA_DIR,
                    help="folder with mnist_{train,valid,test}.csv and image folders; "
                         f"'{DEFAULT_DATA_DIR}' is built with make_subset.py when missing")
-    p.add_argument("--results-dir", default="results", help="where metrics, checkpoint and figures go")
-    p.add_argument("--device", default="auto", help="auto (cuda, then mps, else cpu), or any torch device")
+    p.add_argument("--results-dir", default="results",
+                   help="where metrics, checkpoint and figures go")
+    p.add_argument("--device", default="auto",
+                   help="auto (cuda, then mps, else cpu), or any torch device")
     p.add_argument("--resume", action="store_true", help="continue from RESULTS_DIR/checkpoint.pt")
-    p.add_argument("--logging-interval", type=_at_least(1, int), default=50, help="print the loss every N batches")
+    p.add_argument("--logging-interval", type=_at_least(1, int), default=50,
+                   help="print the loss every N batches")
     args = p.parse_args(argv)
     if args.data_dir != DEFAULT_DATA_DIR and not Path(args.data_dir).is_dir():
-        p.error(f"--data-dir {args.data_dir}: no such folder (make one with: python make_subset.py --out-dir "
-                f"{args.data_dir})")
+        p.error(f"--data-dir {args.data_dir}: no such folder (make one with: "
+                f"python make_subset.py --out-dir {args.data_dir})")
     if args.resume and not (Path(args.results_dir) / "checkpoint.pt").is_file():
         p.error(f"--resume: no checkpoint at {Path(args.results_dir) / 'checkpoint.pt'}")
     try:
@@ -342,19 +356,23 @@ def ensure_default_data(data_dir: Path) -> None:
         return
     import make_subset  # only needed the first time
 
-    print(f"No dataset in {data_dir}/: building it with make_subset.py's defaults (bundled MNIST digits)")
+    print(f"No dataset in {data_dir}/: building it with make_subset.py's defaults "
+          "(bundled MNIST digits)")
     make_subset.main(["--out-dir", str(data_dir)])
 
 
 def write_figures(history: History, model: torch.nn.Module, test_loader, results_dir: Path,
                   class_names: list[str]) -> None:
-    """loss.png, accuracy.png and examples.png in results_dir; each figure is closed once written."""
+    """loss.png, accuracy.png and examples.png in results_dir; each figure closed once written."""
     import matplotlib.pyplot as plt
 
-    iter_per_epoch = len(history.minibatch_loss) // len(history.train_acc)
-    for figure in (plot_training_loss(history.minibatch_loss, len(history.train_acc), iter_per_epoch, results_dir),
-                   plot_accuracy(history.train_acc, history.valid_acc, results_dir),
-                   show_examples(model, test_loader, results_dir, class_names=class_names)):
+    epochs = len(history.train_acc)
+    for figure in (
+        plot_training_loss(history.minibatch_loss, epochs, len(history.minibatch_loss) // epochs,
+                           results_dir),
+        plot_accuracy(history.train_acc, history.valid_acc, results_dir),
+        show_examples(model, test_loader, results_dir, class_names=class_names),
+    ):
         plt.close(figure)
 
 
@@ -363,10 +381,10 @@ def main(argv: list[str] | None = None) -> History:
     resume_command = shlex.join(["python", "train.py", *(sys.argv[1:] if argv is None else argv)]
                                 + ([] if args.resume else ["--resume"]))
 
-    # ---- torchrun: one process per device; nothing happens here under plain `python train.py` ----------
+    # ---- torchrun: one process per device; nothing happens here under plain `python train.py` ----
     ddp = "RANK" in os.environ and "WORLD_SIZE" in os.environ
-    rank, local_rank, world_size = (int(os.environ.get(name, default)) for name, default in
-                                    (("RANK", 0), ("LOCAL_RANK", 0), ("WORLD_SIZE", 1)))
+    rank, local_rank = int(os.environ.get("RANK", 0)), int(os.environ.get("LOCAL_RANK", 0))
+    world_size = int(os.environ.get("WORLD_SIZE", 1))
     device = pick_device(args.device, local_rank)
     if ddp:
         if device.type == "cuda":
@@ -374,9 +392,9 @@ def main(argv: list[str] | None = None) -> History:
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
         if rank != 0:
             sys.stdout = open(os.devnull, "w")  # only rank 0 prints (its errors still go to stderr)
-    # ------------------------------------------------------------------------------------------------------
+    # ----------------------------------------------------------------------------------------------
 
-    # ---- data --------------------------------------------------------------------------------------------
+    # ---- data ------------------------------------------------------------------------------------
     data_dir, results_dir = Path(args.data_dir), Path(args.results_dir)
     if rank == 0 and args.data_dir == DEFAULT_DATA_DIR:
         ensure_default_data(data_dir)
@@ -384,52 +402,59 @@ def main(argv: list[str] | None = None) -> History:
         dist.barrier()  # the others wait for rank 0's data
     set_deterministic()
     set_all_seeds(args.seed)
-    # On a GPU, batches travel as uint8 and are scaled there (to_input): a quarter of the bytes to copy.
-    dataset_kwargs = {"pixels": "uint8" if device.type == "cuda" else "float01", "cache_mb": args.cache_mb}
+    # On a GPU, batches travel as uint8 and are scaled there (to_input): a quarter of the bytes.
+    dataset_kwargs = {"pixels": "uint8" if device.type == "cuda" else "float01",
+                      "cache_mb": args.cache_mb}
     loader_kwargs = {"num_workers": args.num_workers, "pin_memory": device.type == "cuda",
                      "persistent_workers": args.persistent_workers and args.num_workers > 0}
     datasets = make_datasets(folder_layout(data_dir), dataset_kwargs)
     train_loader, valid_loader, test_loader = loaders_from_datasets(
         *datasets, batch_size=args.batch_size, eval_batch_size=args.eval_batch_size, seed=args.seed,
         loader_kwargs=loader_kwargs)
-    train_eval_loader = make_loader(datasets[0], args.eval_batch_size, shuffle=False, drop_last=False,
-                                    seed=args.seed, loader_kwargs=loader_kwargs)
     train_ds = datasets[0]
-    print(f"Data: {len(train_ds)} train, {len(datasets[1])} valid, {len(datasets[2])} test images from "
-          f"{data_dir}/; {train_ds.cache_decision}; device {device}"
+    train_eval_loader = make_loader(train_ds, args.eval_batch_size, shuffle=False, drop_last=False,
+                                    seed=args.seed, loader_kwargs=loader_kwargs)
+    print(f"Data: {len(train_ds)} train, {len(datasets[1])} valid, {len(datasets[2])} test images "
+          f"from {data_dir}/; {train_ds.cache_decision}; device {device}"
           + (f"; {world_size} processes" if world_size > 1 else ""))
 
-    # ---- model -------------------------------------------------------------------------------------------
+    # ---- model -----------------------------------------------------------------------------------
     num_features = train_ds.channels * train_ds.image_size[0] * train_ds.image_size[1]
-    model = MLP(num_features=num_features, num_hidden=args.hidden, num_classes=len(train_ds.classes)).to(device)
+    num_classes = len(train_ds.classes)
+    model = MLP(num_features=num_features, num_hidden=args.hidden, num_classes=num_classes)
+    model = model.to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=args.lr)
-    config = {"data": data_fingerprint([ds.csv_path for ds in datasets]), "num_features": num_features,
-              "hidden": args.hidden, "num_classes": len(train_ds.classes), "batch_size": args.batch_size,
-              "seed": args.seed, "lr": args.lr}
+    config = {"data": data_fingerprint([ds.csv_path for ds in datasets]),
+              "num_features": num_features, "hidden": args.hidden, "num_classes": num_classes,
+              "batch_size": args.batch_size, "seed": args.seed, "lr": args.lr}
 
-    # ---- resume ------------------------------------------------------------------------------------------
+    # ---- resume ----------------------------------------------------------------------------------
     checkpoint_path = results_dir / "checkpoint.pt"
-    history = load_run(checkpoint_path, config, model, optimizer, device) if args.resume else History()
-    net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) \
-        if ddp else model
+    history = History()
+    if args.resume:
+        history = load_run(checkpoint_path, config, model, optimizer, device)
+    net = model
+    if ddp:
+        device_ids = [device.index] if device.type == "cuda" else None
+        net = DistributedDataParallel(model, device_ids=device_ids)
 
-    # ---- train and test ----------------------------------------------------------------------------------
+    # ---- train and test --------------------------------------------------------------------------
     save = None
     if rank == 0:
         results_dir.mkdir(parents=True, exist_ok=True)
         save = functools.partial(save_run, results_dir, model, optimizer, config)
     try:
-        train_model(net, args.epochs, train_loader, valid_loader, test_loader, optimizer=optimizer, device=device,
-                    history=history, train_eval_loader=train_eval_loader, logging_interval=args.logging_interval,
-                    on_epoch_end=save)
+        train_model(net, args.epochs, train_loader, valid_loader, test_loader, optimizer=optimizer,
+                    device=device, history=history, train_eval_loader=train_eval_loader,
+                    logging_interval=args.logging_interval, on_epoch_end=save)
     except KeyboardInterrupt:
-        saved = len(history.train_acc)  # train_model extends history in place, and saves every epoch it adds
+        saved = len(history.train_acc)  # train_model extends history in place and saves each epoch
         print("\nInterrupted before the first epoch ended; nothing was saved." if saved == 0 else
               f"\nInterrupted. The checkpoint of epoch {saved} is in {checkpoint_path}.\n"
               f"Resume with: {resume_command}")
         raise SystemExit(130) from None
 
-    # ---- figures -----------------------------------------------------------------------------------------
+    # ---- figures ---------------------------------------------------------------------------------
     if rank == 0:
         write_figures(history, model, test_loader, results_dir, train_ds.classes)
     if ddp:
