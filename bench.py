@@ -11,6 +11,8 @@ Loaders compared on the same PNG files and batch size, one process, no workers:
     limit        whole batches out of one uint8 tensor in memory, no DataLoader: data[idx] as issue 5
                  measured it, and index_select (the practical ceiling here)
     ours         CsvImageDataset + loaders.make_loader, with the in-memory cache (default) and without
+    augment      v2.RandomAffine (train.py's --augment) after the cache: through our loaders, each
+                 sample keyed by (seed, epoch, index), and the usual way, a plain DataLoader
 Cold = building the dataset plus the first full pass; warm = a later pass. Each figure is the median
 of --repeats runs, interleaved in one process. Memory is measured once per loader, each in a fresh
 process. The TensorDataset and limit rows decode with CsvImageDataset, so only their warm figures
@@ -37,6 +39,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 from torchvision import datasets, transforms
+from torchvision.transforms import v2
 
 import make_subset
 from dataset import CsvImageDataset
@@ -168,7 +171,17 @@ def loaders_to_compare(csv: Path, img_dir: Path, classes_dir: Path, batch_size: 
         "ours (cache off)": lambda: make_loader(
             CsvImageDataset(csv, img_dir, cache_mb=0), batch_size,
             shuffle=True, drop_last=False, seed=0),
+        # What exact augmentation costs: per-sample seeding against the usual global-RNG way.
+        "augment, exact: ours, keyed by (seed, epoch, index)": lambda: make_loader(
+            CsvImageDataset(csv, img_dir, affine()), batch_size, shuffle=True, drop_last=False, seed=0),
+        "augment, usual: same dataset, plain DataLoader": lambda: DataLoader(
+            CsvImageDataset(csv, img_dir, affine()), batch_size=batch_size, shuffle=True),
     }
+
+
+def affine():
+    """train.py's --augment."""
+    return v2.RandomAffine(degrees=10, translate=(0.1, 0.1))
 
 
 def bench_loaders(folder: Path, size: int, batch_size: int, repeats: int, memory: str) -> dict:

@@ -10,6 +10,8 @@
     ds = CsvImageDataset("data/mnist_train.csv", "data/mnist_train")
     image, label = ds[0]            # float32 tensor (C, H, W) in [0, 1], int: what MLP() takes
     images, labels = ds[[0, 1, 2]]  # a whole batch at once: (B, C, H, W), (B,) int64
+    CsvImageDataset("photos/labels.csv", "photos", file_column="path", label_column="label",
+                    mode="RGB", image_size=64)   # any sizes and formats, resized to 64x64 at decode
 
 Works alone (copy this file) and with a plain `DataLoader(ds, batch_size=64, shuffle=True)`.
 
@@ -18,11 +20,13 @@ Check a dataset without training (exit status 0 when clean):
     python dataset.py data/mnist_train.csv data/mnist_train [--label-column ... --mode RGB]
 
 Every row is checked when the dataset is built (`make_dataset`): the file column names a regular
-file inside img_dir (no absolute paths, no "..", no symlink out), the label is a whole number >= 0
-(or a class name in a text column). One DatasetError lists every bad row with its 1-based CSV line.
-Images that are corrupt, or of a size that cannot be batched, raise ImageLoadError naming the file
-and line. Decoded images are kept in memory (one uint8 tensor) when they fit `cache_mb`, so only
-the first pass decodes; the pixels are exactly Pillow's.
+file inside img_dir (no absolute paths, no "..", no symlink out), listed once; the label is a whole
+number >= 0 (or a class name in a text column, surrounding spaces ignored). One DatasetError lists
+every bad row with its 1-based CSV line. Images that are corrupt, or of a size that cannot be
+batched, raise ImageLoadError naming the file and line. Images are read as a viewer shows them:
+EXIF orientation applied, 16-bit PNGs scaled (not clipped) to 8 bits. Decoded images are kept in
+memory (one uint8 tensor) when they fit `cache_mb`, so only the first pass decodes; a transform runs
+after the cache, on a copy.
 """
 
 from __future__ import annotations
@@ -41,7 +45,7 @@ from typing import NamedTuple
 import numpy as np
 import pandas as pd
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 from torch.utils.data import Dataset
 
 
@@ -52,10 +56,14 @@ class CsvImageDataset(Dataset):
         csv_path: CSV with a header line; one row per image.
         img_dir: folder the file names are relative to (subfolders allowed).
         transform: optional callable on one image, a uint8 tensor (C, H, W), such as a torchvision
-            v2 transform. With a transform, images are decoded on every access (no cache) and may
-            differ in size as long as the transform makes them equal.
+            v2 transform. It runs after the cache. Through the loaders, each sample's random
+            numbers come from (seed, epoch, index) (see Batch); images may differ in size if the
+            transform makes them equal (they are then not cached).
         file_column, label_column: column names.
         mode: Pillow mode every image is converted to ("L" gray, 1 channel; "RGB", 3 channels).
+        image_size: resize every image to this (H, W), or N x N for an int, when it is decoded
+            (antialiased; before the cache, so large photos are held at the small size). Without
+            it, images must share one size.
         pixels: what images come out as: "float01" (float32 in [0, 1], the default, what
             v2.ToDtype(torch.float32, scale=True) gives), "float255" (float32, 0-255) or "uint8"
             (to be scaled later, e.g. on the GPU after the copy).
@@ -65,6 +73,8 @@ class CsvImageDataset(Dataset):
         split: (column, value): keep only the rows whose column holds value (one CSV, all splits).
         skip_bad_rows: drop bad rows with a warning that counts them, instead of raising.
         cache_mb: keep decoded images in memory when they take at most this many MiB (0 = never).
+        encoding: the CSV's text encoding ("utf-8" also reads a byte order mark; spreadsheet
+            exports are often "latin-1" or "cp1252").
 
     Attributes: `samples` (one Sample(path, label, line, file) per image), `classes`,
     `class_to_idx`, `targets` (list of int), `image_size` (H, W), `channels`, `problems` (the bad
@@ -76,16 +86,18 @@ class CsvImageDataset(Dataset):
                  file_column: str = "File Name", label_column: str = "Class Label",
                  mode: str = "L", pixels: str = "float01", classes: Sequence[str] | None = None,
                  num_classes: int | None = None, split: tuple[str, str] | None = None,
-                 skip_bad_rows: bool = False, cache_mb: float = 1024) -> None:
+                 skip_bad_rows: bool = False, cache_mb: float = 1024,
+                 image_size: int | tuple[int, int] | None = None, encoding: str = "utf-8") -> None:
         if mode not in ("L", "RGB"):
             raise ValueError(f"mode must be 'L' or 'RGB', got {mode!r}")
         if pixels not in PIXELS:
             raise ValueError(f"pixels must be one of {PIXELS}, got {pixels!r}")
         self.csv_path, self.img_dir = Path(csv_path), Path(img_dir)
         self.transform, self.mode, self.pixels = transform, mode, pixels
+        self.resize = (image_size, image_size) if isinstance(image_size, int) else image_size
         self.samples, self.classes, self.problems = make_dataset(
             self.csv_path, self.img_dir, file_column=file_column, label_column=label_column,
-            split=split, classes=classes, num_classes=num_classes)
+            split=split, classes=classes, num_classes=num_classes, encoding=encoding)
         if self.problems:
             rows = len(self.samples) + len({line for line, _, _ in self.problems})
             message = format_problems(self.csv_path, self.problems, rows)
@@ -97,10 +109,10 @@ class CsvImageDataset(Dataset):
         self.targets = [s.label for s in self.samples]
         self.class_to_idx = {name: i for i, name in enumerate(self.classes)}
         self.channels = 3 if mode == "RGB" else 1
-        with Image.open(self.samples[0].path) as first:  # the header: the size all images must have
-            self.image_size = first.size[::-1]  # (H, W)
+        self.image_size = self.resize or self._first_size()  # (H, W) every image must have
         self._labels = torch.tensor(self.targets, dtype=torch.int64)  # (N,): for a batch's labels
         self._cache: torch.Tensor | None = None  # (N, C, H, W) uint8, filled by preload()
+        self._transformed_shape: torch.Size | None = None  # of image 0, to name an odd one
         self._use_cache, self.cache_decision = self._plan_cache(cache_mb)
 
     def __len__(self) -> int:
@@ -108,25 +120,42 @@ class CsvImageDataset(Dataset):
 
     def __getitem__(self, index):
         """ds[i] -> (image (C, H, W), label int); ds[list or array of i] -> a batch (get_batch)."""
-        if np.ndim(index) != 0:
+        if isinstance(index, Batch) or np.ndim(index) != 0:
             return self.get_batch(index)
         image = self.load_image(index)  # (C, H, W) uint8
         if self.transform is not None:
-            image = self.transform(image)
+            image = self.apply_transform(index, image)
         return to_pixels(image, self.pixels), self.samples[index].label
 
     # ---- below: the cache and the batch path, which make the loaders fast ------------------------
 
     def load_image(self, i: int) -> torch.Tensor:
-        """Pixels of sample i, (C, H, W) uint8: from the in-memory cache, or decoded now."""
-        if self._use_cache:
-            return self.preload()[i]
+        """Pixels of sample i, (C, H, W) uint8 (a copy): from the in-memory cache, or decoded now."""
+        if self._use_cache and self.preload() is not None:
+            return self._cache[i].clone()
         return torch.from_numpy(self._read(i, same_size=self.transform is None).copy())
+
+    def apply_transform(self, i: int, image: torch.Tensor) -> torch.Tensor:
+        """The transform on sample i's image; an output whose shape differs from image 0's (which
+        the batch could not be stacked with) raises ImageLoadError naming the file."""
+        out = self.transform(image)
+        if self._transformed_shape is None:
+            with torch.random.fork_rng(devices=[]):  # leaves the caller's random numbers as they were
+                self._transformed_shape = self.transform(self.load_image(0)).shape
+        if out.shape != self._transformed_shape:
+            raise ImageLoadError(f"{self._where(i)}: after the transform the image has shape "
+                                 f"{tuple(out.shape)}, but {tuple(self._transformed_shape)} for "
+                                 f"{self.samples[0].file!r}; a batch needs one size: pass "
+                                 "image_size=, or make the transform give one size")
+        return out
 
     def get_batch(self, indices) -> tuple[torch.Tensor, torch.Tensor]:
         """Images (B, C, H, W) and labels (B,) int64 of the samples at `indices` (a list, NumPy
-        array or tensor of ints): one index_select from the cache instead of B __getitem__ calls
-        and a collate. The loaders fetch every batch this way."""
+        array or tensor of ints, or a Batch): one index_select from the cache instead of B
+        __getitem__ calls and a collate. The loaders fetch every batch this way."""
+        key = None
+        if isinstance(indices, Batch):  # from the loaders: the transform's randomness is keyed
+            indices, key = indices.indices, (indices.seed, indices.epoch)
         rows = torch.as_tensor(indices, dtype=torch.int64)  # (B,); no copy for an int64 NumPy array
         try:
             if rows.ndim != 1:
@@ -135,12 +164,12 @@ class CsvImageDataset(Dataset):
         except (IndexError, RuntimeError, TypeError) as e:
             raise IndexError("a batch index must be a flat list of ints in "
                              f"[0, {len(self)}), got {indices!r}") from e
-        if self._use_cache:
+        if self.transform is not None:
+            images = self._transformed_batch(rows.tolist(), key)
+        elif self._use_cache:
             images = self.preload().index_select(0, rows)  # several times faster than cache[rows]
-        elif self.transform is None:
-            images = self._read_batch(rows.tolist())
         else:
-            images = self._transformed_batch(rows.tolist())
+            images = self._read_batch(rows.tolist())
         return to_pixels(images, self.pixels), labels
 
     def preload(self) -> torch.Tensor | None:
@@ -148,17 +177,36 @@ class CsvImageDataset(Dataset):
         None when the cache is off. Call it in the main process before DataLoader workers start, so
         that they share one copy (the loaders do)."""
         if self._use_cache and self._cache is None:
-            self._cache = self._read_batch(range(len(self)))
+            try:
+                self._cache = self._read_batch(range(len(self)))
+            except ImageSizeError as e:
+                if self.transform is None:
+                    raise
+                # The transform is to make the sizes equal: decode on every access instead.
+                self._use_cache = False
+                self.cache_decision = f"not keeping decoded images in memory: sizes differ ({e})"
         return self._cache
 
     def _plan_cache(self, cache_mb: float) -> tuple[bool, str]:
         cache_bytes = len(self) * self.channels * self.image_size[0] * self.image_size[1]
-        use = self.transform is None and 0 < cache_bytes <= cache_mb * 2**20
+        use = 0 < cache_bytes <= cache_mb * 2**20
         height, width = self.image_size
         return use, (f"{'keeping' if use else 'not keeping'} decoded images in memory: "
                      f"{len(self)} x {self.channels}x{height}x{width} uint8 = "
-                     f"{cache_bytes / 2**20:.1f} MiB, budget {cache_mb:g} MiB"
-                     + ("; a per-image transform is set" if self.transform is not None else ""))
+                     f"{cache_bytes / 2**20:.1f} MiB, budget {cache_mb:g} MiB")
+
+    def _first_size(self) -> tuple[int, int]:
+        """(H, W) of the first image whose header can be read, upright (EXIF orientation)."""
+        for sample in self.samples:
+            try:
+                with Image.open(sample.path) as im:
+                    width, height = im.size
+                    turned = "exif" in im.info and im.getexif().get(EXIF_ORIENTATION, 1) in (5, 6, 7, 8)
+            except DECODE_ERRORS:
+                continue  # named with its line when it is decoded
+            self._size_from = sample.file
+            return (width, height) if turned else (height, width)
+        raise DatasetError(f"{self.csv_path}: none of the {len(self)} files is an image Pillow can open")
 
     def _where(self, i: int) -> str:
         return f"{self.csv_path}, line {self.samples[i].line}: {self.samples[i].file!r}"
@@ -166,16 +214,16 @@ class CsvImageDataset(Dataset):
     def _read(self, i: int, same_size: bool) -> np.ndarray:
         """Sample i decoded by Pillow, (C, H, W) uint8; errors name the file and its CSV line."""
         try:
-            pixels = decode_image(self.samples[i].path, self.mode)
+            pixels = decode_image(self.samples[i].path, self.mode, self.resize)
         except DECODE_ERRORS as e:
             raise ImageLoadError(f"{self._where(i)}: cannot decode the image: {e}") from e
-        if same_size and pixels.shape[1:] != self.image_size:
-            (height, width), first = self.image_size, self.samples[0].file
-            raise ImageLoadError(
+        if same_size and pixels.shape[1:] != tuple(self.image_size):
+            (height, width), first = self.image_size, self._size_from
+            raise ImageSizeError(
                 f"{self._where(i)}: image is {pixels.shape[2]}x{pixels.shape[1]} (WxH) but the "
                 f"first image ({first!r}) is {width}x{height}; "
-                "images of different sizes cannot be batched: resize them, or pass a transform "
-                "that does")
+                "images of different sizes cannot be batched: pass image_size= (--image-size) "
+                "to resize them as they are read")
         return pixels
 
     def _read_batch(self, indices: Sequence[int]) -> torch.Tensor:
@@ -185,13 +233,15 @@ class CsvImageDataset(Dataset):
             batch[j] = self._read(i, same_size=True)
         return torch.from_numpy(batch)
 
-    def _transformed_batch(self, indices: Sequence[int]) -> torch.Tensor:
-        images = [self.transform(self.load_image(i)) for i in indices]
-        for i, image in zip(indices, images):
-            if image.shape != images[0].shape:
-                raise ImageLoadError(f"{self._where(i)}: after the transform the image has "
-                                     f"shape {tuple(image.shape)}, the batch's first "
-                                     f"{tuple(images[0].shape)}; make the transform give one size")
+    def _transformed_batch(self, indices: Sequence[int], key: tuple[int, int] | None) -> torch.Tensor:
+        """(B, C, H, W): the transform on each image; with key = (seed, epoch), sample i's random
+        numbers come from sample_seed(seed, epoch, i) alone, whichever process runs it."""
+        images = []
+        with torch.random.fork_rng(devices=[]):  # the global RNG is left as it was
+            for i in indices:
+                if key is not None:
+                    torch.random.default_generator.manual_seed(sample_seed(*key, i))  # CPU only
+                images.append(self.apply_transform(i, self.load_image(i)))
         return torch.stack(images)
 
 
@@ -208,6 +258,24 @@ class DatasetError(ValueError):
 
 class ImageLoadError(DatasetError):
     """An image that cannot be decoded or batched; the message names the file and its CSV line."""
+
+
+class ImageSizeError(ImageLoadError):
+    """An image whose size differs from the others', so that it cannot be batched."""
+
+
+class Batch(NamedTuple):
+    """A batch request, as the loaders' sampler sends it: the samples, and the (seed, epoch) that
+    key each sample's random transform, so that augmentation does not depend on which worker
+    process runs it, nor on what ran before (a resumed run sees the same images)."""
+    indices: np.ndarray  # (B,) int64
+    seed: int
+    epoch: int
+
+
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """The seed of sample `index`'s random transform in `epoch`: a function of the three alone."""
+    return int(np.random.SeedSequence([seed, epoch, index]).generate_state(1)[0])
 
 
 Problem = tuple[int, str, str]  # a bad row: (CSV line, file name, what is wrong)
@@ -232,29 +300,50 @@ def to_pixels(images: torch.Tensor, pixels: str) -> torch.Tensor:
     return to_float01(images) if pixels == "float01" else images.to(torch.float32)
 
 
-def decode_image(path: str, mode: str) -> np.ndarray:
-    """Pixels of one image file converted to `mode`, channels first: (C, H, W) uint8.
+def decode_image(path: str, mode: str, size: tuple[int, int] | None = None) -> np.ndarray:
+    """Pixels of one image file as a viewer shows it, channels first: (C, H, W) uint8.
 
-    A read-only view of Pillow's own bytes (what np.array(im) would copy once more).
+    EXIF orientation is applied (phone photos stand upright), 16-bit images are scaled to 8 bits
+    (never clipped), the image is converted to `mode` and, given a size (H, W), resized to it
+    (bilinear, antialiased). A read-only view of Pillow's own bytes (np.array(im) would copy).
     """
     with Image.open(path) as im:  # closes the file even when decoding fails
-        im = im.convert(mode) if im.mode != mode else im
+        if "exif" in im.info and im.getexif().get(EXIF_ORIENTATION, 1) != 1:
+            im = ImageOps.exif_transpose(im)
+        if im.mode in WIDE_GRAY_MODES:
+            im = _gray_16_to_8(im)
+        if im.mode != mode:
+            im = im.convert(mode)
+        if size is not None and im.size != (size[1], size[0]):
+            im = im.resize((size[1], size[0]), Image.Resampling.BILINEAR)
         pixels = np.frombuffer(im.tobytes(), dtype=np.uint8)
         return pixels.reshape(im.height, im.width, len(im.getbands())).transpose(2, 0, 1)
+
+
+EXIF_ORIENTATION = 0x0112
+WIDE_GRAY_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")  # 16-bit PNGs open as one of these
+
+
+def _gray_16_to_8(im: Image.Image) -> Image.Image:
+    """A 16-bit gray image as 8 bits, v * 255 / 65535 rounded (Pillow's convert("L") would clip
+    every value above 255 to white)."""
+    wide = np.clip(np.asarray(im).astype(np.int64), 0, 65535)
+    return Image.fromarray(((wide * 255 + 32767) // 65535).astype(np.uint8), "L")
 
 
 # ---- checking every row: the CSV -> samples ------------------------------------------------------
 
 def make_dataset(csv_path: Path, img_dir: Path, *, file_column: str, label_column: str,
                  split: tuple[str, str] | None = None, classes: Sequence[str] | None = None,
-                 num_classes: int | None = None) -> tuple[list[Sample], list[str], list[Problem]]:
+                 num_classes: int | None = None,
+                 encoding: str = "utf-8") -> tuple[list[Sample], list[str], list[Problem]]:
     """Check every row of the CSV. Returns the good rows as samples, the class names, and the bad
     rows as (line, file, what is wrong), sorted by line. Raises DatasetError only when the CSV or
     the folder cannot be read at all."""
     if not img_dir.is_dir():
         raise DatasetError(f"image folder not found: {img_dir} "
                            f"(it should hold the files named in {csv_path})")
-    df = _read_csv(csv_path, [file_column, label_column] + ([split[0]] if split else []))
+    df = read_csv(csv_path, [file_column, label_column] + ([split[0]] if split else []), encoding)
     if split is not None:
         column, value = split
         found = sorted(df[column].dropna().astype(str).str.strip().unique())
@@ -267,13 +356,23 @@ def make_dataset(csv_path: Path, img_dir: Path, *, file_column: str, label_colum
                                                         num_classes)
     problems = [(line, str(df.at[line, file_column]), what) for line, what in label_problems]
     root, symlinked_dirs = img_dir.resolve(), {}
-    samples = []
+    samples, first_listed, repeated = [], {}, 0
     for line, name, label in zip(lines, names, labels):
         path, what = _check_file(name, root, symlinked_dirs)
+        if what is None and os.path.normpath(path) in first_listed:  # one file, one label
+            first_line, first_label = first_listed[os.path.normpath(path)]
+            if label == first_label:
+                repeated += 1
+                continue
+            what = f"the same file as line {first_line}, with another label"
         if what is not None:
             problems.append((line, str(name), what))
         elif label is not None:
+            first_listed[os.path.normpath(path)] = (line, label)
             samples.append(Sample(path, label, line, str(name)))
+    if repeated:
+        warnings.warn(f"{csv_path}: {repeated} row(s) list a file already listed above with the "
+                      "same label; each file is used once", stacklevel=3)
     problems.sort(key=lambda p: p[0])
     return samples, class_names, problems
 
@@ -290,27 +389,42 @@ def format_problems(csv_path: Path, problems: list[Problem], n_rows: int,
     return "\n".join([head, *lines])
 
 
-def _read_csv(csv_path: Path, columns: Sequence[str]) -> pd.DataFrame:
+def read_csv(csv_path: Path, columns: Sequence[str], encoding: str = "utf-8") -> pd.DataFrame:
     """The CSV with the given columns as found; the index is each row's 1-based line number."""
     if not csv_path.is_file():
         raise DatasetError(f"CSV file not found: {csv_path}")
     try:
-        header = pd.read_csv(csv_path, nrows=0).columns
+        header = pd.read_csv(csv_path, nrows=0, encoding=encoding).columns
+        missing = [c for c in columns if c not in header]
+        if missing:
+            raise DatasetError(f"{csv_path}: no column(s) {missing}; the columns are "
+                               f"{list(header)}{_separator_hint(header)}. Pass file_column= / "
+                               "label_column= (--file-column / --label-column) with the right names.")
+        # Only empty cells are missing values: a file called "NA" stays a file name.
+        df = pd.read_csv(csv_path, usecols=list(columns), dtype={columns[0]: str}, encoding=encoding,
+                         skip_blank_lines=False, keep_default_na=False, na_values=[""])
     except pd.errors.EmptyDataError:
         raise DatasetError(f"{csv_path}: the file is empty; expected a header line with columns "
                            f"{list(columns)}") from None
-    missing = [c for c in columns if c not in header]
-    if missing:
-        raise DatasetError(f"{csv_path}: no column(s) {missing}; the columns are {list(header)}. "
-                           "Pass file_column= / label_column= with the right names.")
-    # Only empty cells are missing values: a file called "NA" stays a file name.
-    df = pd.read_csv(csv_path, usecols=list(columns), dtype={columns[0]: str},
-                     skip_blank_lines=False, keep_default_na=False, na_values=[""])
+    except UnicodeDecodeError as e:
+        raise DatasetError(f"{csv_path}: not {encoding} text ({e.reason} at byte {e.start}); pass "
+                           "its encoding, e.g. encoding='latin-1' (--encoding latin-1) for a "
+                           "spreadsheet export") from None
     df.index = df.index + 2  # line 1 is the header; blank lines keep their numbers ...
     df = df[~df.isna().all(axis=1)]  # ... and are then dropped: they hold no row
     if len(df) == 0:
         raise DatasetError(f"{csv_path}: no data rows below the header")
     return df
+
+
+def _separator_hint(header: Sequence[str]) -> str:
+    """For a header read as one column: the separator it seems to use instead of commas."""
+    if len(header) != 1:
+        return ""
+    for separator, name in ((";", "';'"), ("\t", "a tab"), ("|", "'|'")):
+        if separator in str(header[0]):
+            return f" (one column: the header seems to be separated by {name}, not commas)"
+    return ""
 
 
 def _parse_labels(values: pd.Series, lines: list[int], classes: Sequence[str] | None,
@@ -319,6 +433,8 @@ def _parse_labels(values: pd.Series, lines: list[int], classes: Sequence[str] | 
     problems: list[tuple[int, str]] = []
     texts = None
     if not pd.api.types.is_numeric_dtype(values) or pd.api.types.is_bool_dtype(values):
+        values = values.where(values.isna(), values.astype(str).str.strip())  # " cat" is "cat"
+        values = values.where(values != "", None)
         as_numbers = pd.to_numeric(values, errors="coerce")
         # A text column is class names, unless it mostly holds numbers with a few slips.
         if as_numbers.notna().sum() == 0 or classes is not None:
@@ -352,6 +468,8 @@ def _parse_labels(values: pd.Series, lines: list[int], classes: Sequence[str] | 
                 labels.append(int(number))
                 continue
             labels.append(None)
+        if classes is None and num_classes is None:
+            _reject_far_labels(labels, lines, problems)
         top = max((lab for lab in labels if lab is not None), default=-1)
         if classes is not None:  # e.g. train's classes, handed to valid / test by the loaders
             names = [str(c) for c in classes]
@@ -361,6 +479,20 @@ def _parse_labels(values: pd.Series, lines: list[int], classes: Sequence[str] | 
         problems.append((lines[0], f"{len(names)} class names {names} "
                                    f"but num_classes={num_classes}"))
     return labels, names, problems
+
+
+def _reject_far_labels(labels: list[int | None], lines: list[int], problems: list) -> None:
+    """Integer labels are class indices, so the largest one sets the number of classes: a typo
+    such as 1000000 among 0-9 would make a million classes. Without num_classes, a label of at
+    least max(10, 2 x the number of distinct labels) is an error (set to None, with its line)."""
+    distinct = {lab for lab in labels if lab is not None}
+    limit = max(10, 2 * len(distinct))
+    for j, (line, lab) in enumerate(zip(lines, labels)):
+        if lab is not None and lab >= limit:
+            problems.append((line, f"label {lab} is far above the others ({len(distinct)} distinct "
+                                   f"labels, the classes would be 0 to {lab}); a typo? If there are "
+                                   "that many classes, pass num_classes= (--num-classes)"))
+            labels[j] = None
 
 
 def _check_file(name: object, root: Path,
@@ -377,6 +509,8 @@ def _check_file(name: object, root: Path,
         return None, "absolute path; file names must be relative to img_dir"
     if ".." in parts:
         return None, "contains '..'; file names must stay inside img_dir"
+    if "\0" in name:
+        return None, "the file name contains a NUL byte"
     path = os.path.join(root, name)
     try:
         st = os.lstat(path)
@@ -406,36 +540,46 @@ def _check_file(name: object, root: Path,
 def check_dataset(csv_path: str | Path, img_dir: str | Path,
                   **dataset_kwargs) -> tuple[dict, list[Problem]]:
     """Validate every row and decode every image; returns (summary, problems) instead of raising.
-    dataset_kwargs: CsvImageDataset's file_column, label_column, mode, num_classes, split."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+    dataset_kwargs: CsvImageDataset's file_column, label_column, mode, num_classes, split,
+    image_size, encoding."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         ds = CsvImageDataset(csv_path, img_dir, skip_bad_rows=True, cache_mb=0, **dataset_kwargs)
     problems = list(ds.problems)
-    sizes: Counter = Counter()
-    modes: Counter = Counter()
-    first_size = None
-    for sample in ds.samples:
+    sizes, modes, notes = Counter(), Counter(), Counter()
+    for i, sample in enumerate(ds.samples):
         try:
             with Image.open(sample.path) as im:
-                size = f"{im.size[0]}x{im.size[1]}"
-                sizes[size] += 1
+                sizes[f"{im.size[0]}x{im.size[1]}"] += 1
                 modes[im.mode] += 1
-                im.load()  # a truncated or corrupt file fails here
+                notes["16-bit, scaled to 8 bits"] += im.mode in WIDE_GRAY_MODES
+                notes["turned upright by their EXIF orientation"] += (
+                    "exif" in im.info and im.getexif().get(EXIF_ORIENTATION, 1) != 1)
+            ds._read(i, same_size=True)  # decodes as training will: corrupt, truncated, odd size
+        except ImageLoadError as e:
+            problems.append((sample.line, sample.file, str(e).split(f"{sample.file!r}: ", 1)[-1]))
         except DECODE_ERRORS as e:
             problems.append((sample.line, sample.file, f"cannot decode the image: {e}"))
-            continue
-        first_size = first_size or size
-        if size != first_size:
-            problems.append((sample.line, sample.file, f"size {size} differs from the first "
-                             f"image's {first_size}; cannot be batched without a resize"))
     problems.sort(key=lambda p: p[0])
     counts = Counter(ds.targets)
     summary = {
         "rows": len(ds) + len({p[0] for p in ds.problems}),
         "classes": {name: counts.get(i, 0) for i, name in enumerate(ds.classes)},
-        "sizes": dict(sizes), "modes": dict(modes),
+        "sizes": dict(sizes), "modes": dict(modes), "notes": {k: n for k, n in notes.items() if n},
+        "warnings": [str(w.message) for w in caught if not str(w.message).startswith("skipping")],
     }
     return summary, problems
+
+
+def parse_image_size(text: str) -> tuple[int, int]:
+    """"64" -> (64, 64); "48x64" -> (48, 64) as (H, W): the --image-size flag of both commands."""
+    try:
+        sizes = tuple(int(part) for part in text.lower().split("x"))
+    except ValueError:
+        sizes = ()
+    if len(sizes) not in (1, 2) or min(sizes) < 1:
+        raise argparse.ArgumentTypeError(f"expected N or HxW with whole numbers >= 1, got {text!r}")
+    return (sizes[0], sizes[-1])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -452,14 +596,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--num-classes", type=int, default=None, help="labels must be below this")
     p.add_argument("--split-column", default=None, help="column naming each row's split")
     p.add_argument("--split", default=None, help="check only rows of this split")
+    p.add_argument("--image-size", type=parse_image_size, default=None,
+                   help="resize every image to N x N or HxW as it is read")
+    p.add_argument("--encoding", default="utf-8", help="the CSV's text encoding (default: utf-8)")
     args = p.parse_args(argv)
     if (args.split_column is None) != (args.split is None):
         p.error("--split-column and --split go together")
     split = (args.split_column, args.split) if args.split_column else None
     try:
-        summary, problems = check_dataset(args.csv_path, args.img_dir, file_column=args.file_column,
-                                          label_column=args.label_column, mode=args.mode,
-                                          num_classes=args.num_classes, split=split)
+        summary, problems = check_dataset(
+            args.csv_path, args.img_dir, file_column=args.file_column, label_column=args.label_column,
+            mode=args.mode, num_classes=args.num_classes, split=split, image_size=args.image_size,
+            encoding=args.encoding)
     except DatasetError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
@@ -467,7 +615,12 @@ def main(argv: list[str] | None = None) -> int:
     print("classes: " + ", ".join(f"{name}: {n}" for name, n in summary["classes"].items()))
     print("image sizes (WxH): " + ", ".join(f"{s}: {n}" for s, n in summary["sizes"].items()))
     print("image modes: " + ", ".join(f"{m}: {n}" for m, n in summary["modes"].items())
-          + f" (converted to {args.mode})")
+          + f" (converted to {args.mode})"
+          + (f", resized to {args.image_size[1]}x{args.image_size[0]}" if args.image_size else ""))
+    for note, n in summary["notes"].items():
+        print(f"{n} image(s) {note}")
+    for warning in summary["warnings"]:
+        print(f"warning: {warning}")
     if problems:
         print(format_problems(Path(args.csv_path), problems, summary["rows"], limit=None))
         return 1

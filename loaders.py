@@ -7,14 +7,21 @@
 Layouts:
     get_dataloaders(...)                 data/mnist_{split}.csv + data/mnist_{split}/ for each split
     get_dataloaders_from_split_csv(...)  one CSV with a split column + one image folder
+    split_csv(...)                       one CSV with no split column -> a copy with one, drawn
+                                         by class, for get_dataloaders_from_split_csv
     loaders_from_datasets(...)           any three CsvImageDatasets you built
+
+train_transforms (train only, e.g. augmentation) and test_transforms (valid and test) take one
+uint8 image (C, H, W), as torchvision's v2 transforms do, and run after the decoded-image cache.
+Each sample's random numbers come from (seed, epoch, index), so augmented runs are exact too:
+the same images whatever num_workers, and after a resume. image_size resizes at decode.
 
 Options go where they act: `dataset_kwargs` to every CsvImageDataset (mode, pixels, file_column,
 label_column, num_classes, cache_mb, ...) and `loader_kwargs` to every torch DataLoader
 (persistent_workers, pin_memory, multiprocessing_context, ...).
 
 The train loader reshuffles every epoch and drops the last partial batch; valid and test keep
-their order and every sample. The order of epoch e depends only on (seed, e), not on num_workers,
+their order and every sample; no file may be in two splits. The order of epoch e depends only on (seed, e), not on num_workers,
 on how often the loader was iterated before, or on any global random state: `set_epoch(e)` on
 `loader.sampler` picks an epoch, as with DistributedSampler. Whole batches are fetched with one
 `dataset[array_of_indices]` call, which is what makes the in-memory path fast. Under torchrun (a
@@ -25,48 +32,53 @@ Needs dataset.py beside it.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import os
+import tempfile
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, Sampler
 
-from dataset import CsvImageDataset
+from dataset import Batch, CsvImageDataset, DatasetError, read_csv
+
+Transform = Callable[[torch.Tensor], torch.Tensor]
 
 SPLITS = ("train", "valid", "test")
 
 
 def get_dataloaders(batch_size: int, data_dir: str | Path = "data", num_workers: int = 0,
                     seed: int = 123, *, batch_size_factor_eval: int = 1,
-                    dataset_kwargs: dict | None = None,
+                    train_transforms: Transform | None = None, test_transforms: Transform | None = None,
+                    image_size: int | tuple[int, int] | None = None, dataset_kwargs: dict | None = None,
                     loader_kwargs: dict | None = None) -> tuple[DataLoader, DataLoader, DataLoader]:
     """The lecture's loaders: data_dir/mnist_{train,valid,test}.csv listing the images in
     data_dir/mnist_{train,valid,test}/, as make_subset.py writes them. Valid and test batches hold
     batch_size * batch_size_factor_eval images (they only measure accuracy)."""
-    return _three_loaders(folder_layout(data_dir), batch_size, batch_size * batch_size_factor_eval,
-                          seed, dataset_kwargs,
-                          {"num_workers": num_workers, **(loader_kwargs or {})})
+    datasets = make_datasets(folder_layout(data_dir), {"image_size": image_size, **(dataset_kwargs or {})},
+                             train_transforms, test_transforms)
+    return loaders_from_datasets(*datasets, batch_size=batch_size,
+                                 eval_batch_size=batch_size * batch_size_factor_eval, seed=seed,
+                                 loader_kwargs={"num_workers": num_workers, **(loader_kwargs or {})})
 
 
 def get_dataloaders_from_split_csv(
         csv_path: str | Path, img_dir: str | Path, batch_size: int, num_workers: int = 0,
         seed: int = 123, *, split_column: str = "split", batch_size_factor_eval: int = 1,
-        dataset_kwargs: dict | None = None,
+        train_transforms: Transform | None = None, test_transforms: Transform | None = None,
+        image_size: int | tuple[int, int] | None = None, dataset_kwargs: dict | None = None,
         loader_kwargs: dict | None = None) -> tuple[DataLoader, DataLoader, DataLoader]:
-    """Loaders for one CSV whose `split_column` says train / valid / test, and one image folder."""
+    """Loaders for one CSV whose `split_column` says train / valid / test, and one image folder.
+    For a CSV without one, split_csv() writes a copy with one."""
     sources = [(csv_path, img_dir, (split_column, split)) for split in SPLITS]
-    return _three_loaders(sources, batch_size, batch_size * batch_size_factor_eval, seed,
-                          dataset_kwargs, {"num_workers": num_workers, **(loader_kwargs or {})})
-
-
-def _three_loaders(sources: Sequence[tuple], batch_size: int, eval_batch_size: int, seed: int,
-                   dataset_kwargs: dict | None, loader_kwargs: dict) -> tuple[DataLoader, ...]:
-    train, valid, test = make_datasets(sources, dataset_kwargs)
-    return loaders_from_datasets(train, valid, test, batch_size=batch_size,
-                                 eval_batch_size=eval_batch_size, seed=seed,
-                                 loader_kwargs=loader_kwargs)
+    datasets = make_datasets(sources, {"image_size": image_size, **(dataset_kwargs or {})},
+                             train_transforms, test_transforms)
+    return loaders_from_datasets(*datasets, batch_size=batch_size,
+                                 eval_batch_size=batch_size * batch_size_factor_eval, seed=seed,
+                                 loader_kwargs={"num_workers": num_workers, **(loader_kwargs or {})})
 
 
 def folder_layout(data_dir: str | Path) -> list[tuple[Path, Path, None]]:
@@ -77,15 +89,71 @@ def folder_layout(data_dir: str | Path) -> list[tuple[Path, Path, None]]:
     return [(data_dir / f"mnist_{s}.csv", data_dir / f"mnist_{s}", None) for s in SPLITS]
 
 
-def make_datasets(sources: Sequence[tuple],
-                  dataset_kwargs: dict | None = None) -> list[CsvImageDataset]:
+def make_datasets(sources: Sequence[tuple], dataset_kwargs: dict | None = None,
+                  train_transforms: Transform | None = None,
+                  test_transforms: Transform | None = None) -> list[CsvImageDataset]:
     """Train, valid and test datasets from three (csv_path, img_dir, split) sources, split being
-    None or (column, value); valid and test share train's classes."""
+    None or (column, value); valid and test share train's classes. A file in two splits is an
+    error: a test set that overlaps training fools you."""
     kwargs = dataset_kwargs or {}
     (train_csv, train_dir, train_split), *others = sources
-    train = CsvImageDataset(train_csv, train_dir, split=train_split, **kwargs)
-    return [train] + [CsvImageDataset(csv, folder, split=split, classes=train.classes, **kwargs)
-                      for csv, folder, split in others]
+    train = CsvImageDataset(train_csv, train_dir, train_transforms, split=train_split, **kwargs)
+    datasets = [train] + [CsvImageDataset(csv, folder, test_transforms, split=split,
+                                          classes=train.classes, **kwargs)
+                          for csv, folder, split in others]
+    _refuse_overlap(datasets)
+    return datasets
+
+
+def _refuse_overlap(datasets: Sequence[CsvImageDataset]) -> None:
+    first_seen: dict[str, tuple[str, CsvImageDataset, int]] = {}
+    overlaps = []
+    for split, ds in zip(SPLITS, datasets):
+        for sample in ds.samples:
+            key = os.path.normpath(sample.path)
+            seen = first_seen.setdefault(key, (split, ds, sample.line))
+            if seen[0] != split:
+                overlaps.append(f"  {sample.file!r}: in {seen[0]} ({seen[1].csv_path}, line {seen[2]})"
+                                f" and in {split} ({ds.csv_path}, line {sample.line})")
+    if overlaps:
+        raise DatasetError(f"{len(overlaps)} file(s) in two splits; each image may be in one only:\n"
+                           + "\n".join(overlaps[:20]) + ("\n  ..." if len(overlaps) > 20 else ""))
+
+
+def split_csv(csv_path: str | Path, out_path: str | Path, *, label_column: str = "Class Label",
+              valid_fraction: float = 0.1, test_fraction: float = 0.1, seed: int = 0,
+              encoding: str = "utf-8") -> Path:
+    """Write every row of csv_path to out_path with a `split` column added: of each class's rows,
+    round(n * test_fraction) go to test and round(n * valid_fraction) to valid, drawn with NumPy
+    from (seed, class); the rest to train. The same arguments give the same bytes (UTF-8); the
+    file is written whole or not at all, in the input's encoding. Then:
+    get_dataloaders_from_split_csv(out_path, ...)."""
+    csv_path, out_path = Path(csv_path), Path(out_path)
+    if not (0 <= valid_fraction < 1 and 0 <= test_fraction < 1 and valid_fraction + test_fraction < 1):
+        raise ValueError(f"valid_fraction {valid_fraction} and test_fraction {test_fraction} must be "
+                         "at least 0, with a sum below 1")
+    read_csv(csv_path, [label_column], encoding)  # named errors: no file, no column, encoding
+    rows = pd.read_csv(csv_path, dtype=str, keep_default_na=False, encoding=encoding)
+    if "split" in rows.columns:
+        raise DatasetError(f"{csv_path} already has a 'split' column: use it (split_column='split', "
+                           "--split-column split) instead of drawing a new split")
+    labels = rows[label_column].str.strip()
+    split = np.full(len(rows), "train", dtype=object)
+    for k, label in enumerate(sorted(labels.unique())):
+        members = np.flatnonzero((labels == label).to_numpy())
+        order = members[np.random.default_rng([seed, k]).permutation(len(members))]
+        n_test, n_valid = (int(len(members) * f + 0.5) for f in (test_fraction, valid_fraction))
+        split[order[:n_test]] = "test"
+        split[order[n_test:n_test + n_valid]] = "valid"
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=out_path.parent, prefix=f".{out_path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding=encoding, newline="") as f:
+            rows.assign(split=split).to_csv(f, index=False, lineterminator="\n")
+        os.replace(tmp, out_path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)  # left only when the write failed
+    return out_path
 
 
 def loaders_from_datasets(
@@ -126,8 +194,9 @@ def epoch_order(num_samples: int, seed: int, epoch: int) -> np.ndarray:
     return np.random.default_rng([seed, epoch]).permutation(num_samples)
 
 
-class EpochBatchSampler(Sampler[np.ndarray]):
-    """Yields one int64 NumPy array of indices per batch; epoch e's order depends on (seed, e) only.
+class EpochBatchSampler(Sampler[Batch]):
+    """Yields one Batch per batch: an int64 NumPy array of indices, with the seed and epoch that
+    key the samples' random transforms; epoch e's order depends on (seed, e) only.
 
     Arrays rather than lists: the dataset turns one into a tensor without copying, and it pickles
     cheaply to worker processes.
@@ -178,4 +247,4 @@ class EpochBatchSampler(Sampler[np.ndarray]):
                 break
             mine = batch[self.rank::self.world_size]
             if len(mine):
-                yield mine
+                yield Batch(mine, self.seed, epoch)

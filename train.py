@@ -2,10 +2,14 @@
 
     python train.py --epochs 100 --seed 123                 # builds data/ first if it is missing
     python train.py --epochs 100 --seed 123 --resume        # continue from results/checkpoint.pt
+    python train.py --csv photos/labels.csv --file-column path --label-column label \
+        --mode RGB --image-size 32 --augment                # your own images, any size and format
     torchrun --standalone --nproc_per_node=2 train.py --epochs 3 --seed 123
 
-Writes into --results-dir: metrics.csv (one row per epoch), checkpoint.pt (model, optimizer, history
-and every RNG state, after each epoch, atomically), loss.png, accuracy.png and examples.png.
+Writes into --results-dir: metrics.csv (one row per epoch), checkpoint.pt (model, optimizer, history,
+every RNG state, and the classes, mode and image size that say how to read new images; after each
+epoch, atomically), loss.png, accuracy.png and examples.png; with --csv and no --split-column,
+split.csv (every row of the CSV and the split it was drawn into, by class, from --split-seed).
 Same seed, same data, same machine and library versions: bit-identical weights, whatever
 --num-workers, and after any number of interruptions and --resume.
 
@@ -41,13 +45,14 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
-from dataset import to_float01
-from loaders import folder_layout, loaders_from_datasets, make_datasets, make_loader
+from dataset import parse_image_size, to_float01
+from loaders import SPLITS, folder_layout, loaders_from_datasets, make_datasets, make_loader, split_csv
 from model import MLP
 from plot import plot_accuracy, plot_training_loss, show_examples
 
 DEFAULT_DATA_DIR = "data"
-CHECKED_CONFIG = ("data", "num_features", "hidden", "num_classes", "batch_size", "seed", "lr")
+CHECKED_CONFIG = ("data", "num_features", "hidden", "num_classes", "batch_size", "seed", "lr",
+                  "mode", "image_size", "augment")
 
 
 # ---- the lecture's helpers: seeds, accuracy, the training loop -----------------------------------
@@ -114,8 +119,9 @@ def train_model(model: torch.nn.Module, num_epochs: int, train_loader, valid_loa
     for epoch in range(len(history.train_acc), num_epochs):
         epoch_start = time.perf_counter()
         model.train()
-        if hasattr(train_loader.sampler, "set_epoch"):
-            train_loader.sampler.set_epoch(epoch)
+        for loader in (train_loader, train_eval_loader, valid_loader):  # epoch: order, augmentation
+            if hasattr(getattr(loader, "sampler", None), "set_epoch"):
+                loader.sampler.set_epoch(epoch)
         for batch_idx, (images, labels) in enumerate(train_loader):
             images, labels = to_input(images, device), labels.to(device, non_blocking=True)
             logits = model(images)  # (B, num_classes)
@@ -206,11 +212,13 @@ def save_checkpoint(path: Path, checkpoint: dict) -> None:
 
 
 def save_run(results_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-             config: dict, history: History) -> None:
-    """checkpoint.pt and metrics.csv after an epoch: everything --resume needs."""
+             config: dict, classes: list[str], history: History) -> None:
+    """checkpoint.pt and metrics.csv after an epoch: everything --resume needs, and what a
+    checkpoint alone needs to read new images (classes, mode, image_size)."""
     save_checkpoint(results_dir / "checkpoint.pt", {
         "model": model.state_dict(), "optimizer": optimizer.state_dict(),
         "epoch": len(history.train_acc), "history": dataclasses.asdict(history), "config": config,
+        "classes": list(classes), "mode": config["mode"], "image_size": config["image_size"],
         "rng": rng_states(), "versions": {"torch": str(torch.__version__)}})
     write_atomic(results_dir / "metrics.csv", metrics_csv(history))
 
@@ -321,6 +329,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--data-dir", default=DEFAULT_DATA_DIR,
                    help="folder with mnist_{train,valid,test}.csv and image folders; "
                         f"'{DEFAULT_DATA_DIR}' is built with make_subset.py when missing")
+    own = p.add_argument_group("your own images: one CSV for all of them")
+    own.add_argument("--csv", help="CSV listing every image (instead of --data-dir)")
+    own.add_argument("--img-dir", help="folder the CSV's file names are relative to "
+                                       "(default: the CSV's folder)")
+    own.add_argument("--split-column", help="column saying train, valid or test for each row "
+                                            "(default: none; a split is drawn by class)")
+    own.add_argument("--valid-fraction", type=_fraction, default=0.1, help="share of each class for valid")
+    own.add_argument("--test-fraction", type=_fraction, default=0.1, help="share of each class for test")
+    own.add_argument("--split-seed", type=_at_least(0, int), default=0,
+                     help="seed of the drawn split (apart from --seed: a new seed keeps the split)")
+    read = p.add_argument_group("how rows and images are read (with --csv or --data-dir)")
+    read.add_argument("--file-column", default="File Name", help="column with the file names")
+    read.add_argument("--label-column", default="Class Label", help="column with the labels")
+    read.add_argument("--mode", default="L", choices=["L", "RGB"], help="gray (1 channel) or RGB (3)")
+    read.add_argument("--image-size", type=parse_image_size, default=None,
+                      help="resize every image to N x N or HxW as it is read (default: images "
+                           "must share one size)")
+    read.add_argument("--encoding", default="utf-8", help="the CSV's text encoding")
+    read.add_argument("--augment", action="store_true",
+                      help="train-only random rotation (up to 10 degrees) and shift (up to 10%%), "
+                           "the same for any --num-workers and after --resume")
     p.add_argument("--results-dir", default="results",
                    help="where metrics, checkpoint and figures go")
     p.add_argument("--device", default="auto",
@@ -329,6 +358,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--logging-interval", type=_at_least(1, int), default=50,
                    help="print the loss every N batches")
     args = p.parse_args(argv)
+    if args.csv is not None and args.data_dir != DEFAULT_DATA_DIR:
+        p.error("--csv and --data-dir: choose one (one CSV for all images, or the three-CSV folder)")
+    for flag in ("img_dir", "split_column"):
+        if getattr(args, flag) is not None and args.csv is None:
+            p.error(f"--{flag.replace('_', '-')} goes with --csv")
+    if args.valid_fraction + args.test_fraction >= 1:
+        p.error("--valid-fraction and --test-fraction must add up to less than 1")
+    if args.csv is not None and not Path(args.csv).is_file():
+        p.error(f"--csv {args.csv}: no such file")
     if args.data_dir != DEFAULT_DATA_DIR and not Path(args.data_dir).is_dir():
         p.error(f"--data-dir {args.data_dir}: no such folder (make one with: "
                 f"python make_subset.py --out-dir {args.data_dir})")
@@ -341,6 +379,31 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def _fraction(text: str) -> float:
+    value = _at_least(0.0, float)(text)
+    if value >= 1:
+        raise argparse.ArgumentTypeError(f"must be below 1, got {text}")
+    return value
+
+
+def data_sources(csv: str | None, data_dir: str | None, img_dir: str | None,
+                 split_column: str | None, split_path: Path, split_options: dict,
+                 main_process: bool) -> list[tuple]:
+    """(csv, image folder, split) of train, valid and test: the three-CSV folder, or one CSV with
+    a split column, or one without, whose split is drawn into split_path. Only the main process
+    (rank 0) builds the default data or writes split.csv."""
+    if csv is None:
+        if main_process and data_dir == DEFAULT_DATA_DIR:
+            ensure_default_data(Path(data_dir))
+        return folder_layout(data_dir)
+    folder = Path(img_dir) if img_dir is not None else Path(csv).parent
+    if split_column is None:  # draw one, kept with the results
+        if main_process:
+            split_csv(csv, split_path, **split_options)
+        csv, split_column = split_path, "split"
+    return [(Path(csv), folder, (split_column, split)) for split in SPLITS]
+
+
 def pick_device(name: str, local_rank: int) -> torch.device:
     if name != "auto":
         return torch.device(name)
@@ -349,6 +412,14 @@ def pick_device(name: str, local_rank: int) -> torch.device:
     if torch.backends.mps.is_available():
         return torch.device("mps")
     return torch.device("cpu")
+
+
+def augmentation():
+    """--augment: a small random rotation and shift, which suit small images of any class; no
+    flips, which would mirror digits and letters."""
+    from torchvision.transforms import v2  # imported only when asked for
+
+    return v2.RandomAffine(degrees=10, translate=(0.1, 0.1))
 
 
 def ensure_default_data(data_dir: Path) -> None:
@@ -395,19 +466,24 @@ def main(argv: list[str] | None = None) -> History:
     # ----------------------------------------------------------------------------------------------
 
     # ---- data ------------------------------------------------------------------------------------
-    data_dir, results_dir = Path(args.data_dir), Path(args.results_dir)
-    if rank == 0 and args.data_dir == DEFAULT_DATA_DIR:
-        ensure_default_data(data_dir)
+    results_dir = Path(args.results_dir)
+    split_options = {"label_column": args.label_column, "valid_fraction": args.valid_fraction,
+                     "test_fraction": args.test_fraction, "seed": args.split_seed,
+                     "encoding": args.encoding}
+    sources = data_sources(args.csv, args.data_dir, args.img_dir, args.split_column,
+                           results_dir / "split.csv", split_options, main_process=rank == 0)
     if ddp:
-        dist.barrier()  # the others wait for rank 0's data
+        dist.barrier()  # the others wait for rank 0's data (and split.csv)
     set_deterministic()
     set_all_seeds(args.seed)
     # On a GPU, batches travel as uint8 and are scaled there (to_input): a quarter of the bytes.
     dataset_kwargs = {"pixels": "uint8" if device.type == "cuda" else "float01",
-                      "cache_mb": args.cache_mb}
+                      "cache_mb": args.cache_mb, "file_column": args.file_column,
+                      "label_column": args.label_column, "mode": args.mode,
+                      "image_size": args.image_size, "encoding": args.encoding}
     loader_kwargs = {"num_workers": args.num_workers, "pin_memory": device.type == "cuda",
                      "persistent_workers": args.persistent_workers and args.num_workers > 0}
-    datasets = make_datasets(folder_layout(data_dir), dataset_kwargs)
+    datasets = make_datasets(sources, dataset_kwargs, augmentation() if args.augment else None)
     train_loader, valid_loader, test_loader = loaders_from_datasets(
         *datasets, batch_size=args.batch_size, eval_batch_size=args.eval_batch_size, seed=args.seed,
         loader_kwargs=loader_kwargs)
@@ -415,7 +491,7 @@ def main(argv: list[str] | None = None) -> History:
     train_eval_loader = make_loader(train_ds, args.eval_batch_size, shuffle=False, drop_last=False,
                                     seed=args.seed, loader_kwargs=loader_kwargs)
     print(f"Data: {len(train_ds)} train, {len(datasets[1])} valid, {len(datasets[2])} test images "
-          f"from {data_dir}/; {train_ds.cache_decision}; device {device}"
+          f"from {args.csv or args.data_dir + '/'}; {train_ds.cache_decision}; device {device}"
           + (f"; {world_size} processes" if world_size > 1 else ""))
 
     # ---- model -----------------------------------------------------------------------------------
@@ -426,7 +502,8 @@ def main(argv: list[str] | None = None) -> History:
     optimizer = torch.optim.SGD(model.parameters(), lr=args.lr)
     config = {"data": data_fingerprint([ds.csv_path for ds in datasets]),
               "num_features": num_features, "hidden": args.hidden, "num_classes": num_classes,
-              "batch_size": args.batch_size, "seed": args.seed, "lr": args.lr}
+              "batch_size": args.batch_size, "seed": args.seed, "lr": args.lr, "mode": args.mode,
+              "image_size": list(train_ds.image_size), "augment": args.augment}
 
     # ---- resume ----------------------------------------------------------------------------------
     checkpoint_path = results_dir / "checkpoint.pt"
@@ -442,7 +519,7 @@ def main(argv: list[str] | None = None) -> History:
     save = None
     if rank == 0:
         results_dir.mkdir(parents=True, exist_ok=True)
-        save = functools.partial(save_run, results_dir, model, optimizer, config)
+        save = functools.partial(save_run, results_dir, model, optimizer, config, train_ds.classes)
     try:
         train_model(net, args.epochs, train_loader, valid_loader, test_loader, optimizer=optimizer,
                     device=device, history=history, train_eval_loader=train_eval_loader,

@@ -23,7 +23,7 @@ if sys.argv[1] == "shards":
     data_dir, out_dir = sys.argv[2:4]
     dist.init_process_group("gloo")
     train_loader, _, _ = get_dataloaders(batch_size=8, data_dir=data_dir, seed=5)
-    seen = {epoch: [int(i) for batch in train_loader.sampler for i in batch] for epoch in (0, 1)}
+    seen = {epoch: [int(i) for batch in train_loader.sampler for i in batch.indices] for epoch in (0, 1)}
     (Path(out_dir) / f"rank{rank}.json").write_text(json.dumps(seen))
     dist.destroy_process_group()
 else:

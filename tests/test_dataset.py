@@ -230,9 +230,9 @@ def test_workers_under_a_low_open_file_limit(tiny_data):
 
 
 def test_valid_and_test_share_the_training_classes_with_integer_labels(tmp_path):
-    for i in range(4):
+    for i in range(5):
         write_png(tmp_path / "img" / f"{i}.png", np.full((4, 4), i, dtype=np.uint8))
-    rows = "0.png,0,train\n1.png,1,train\n2.png,2,train\n3.png,1,valid\n3.png,0,test\n"  # alone: 0-1, 0
+    rows = "0.png,0,train\n1.png,1,train\n2.png,2,train\n3.png,1,valid\n4.png,0,test\n"  # alone: 0-1, 0
     csv = write_csv(tmp_path / "all.csv", "File Name,Class Label,split\n" + rows)
     loaders = get_dataloaders_from_split_csv(csv, tmp_path / "img", batch_size=1)
     assert [loader.dataset.classes for loader in loaders] == [["0", "1", "2"]] * 3

@@ -110,9 +110,9 @@ def test_fast_path_pixels_equal_pillow_and_uncached_path(tiny_data):
 
 
 def test_sampler_splits_each_global_batch_between_ranks():
-    shards = [[b.tolist() for b in EpochBatchSampler(20, 8, shuffle=True, drop_last=True, seed=1, rank=r,
-                                                     world_size=2)] for r in range(2)]
-    whole = [b.tolist() for b in EpochBatchSampler(20, 8, shuffle=True, drop_last=True, seed=1)]
+    shards = [[b.indices.tolist() for b in EpochBatchSampler(20, 8, shuffle=True, drop_last=True, seed=1,
+                                                             rank=r, world_size=2)] for r in range(2)]
+    whole = [b.indices.tolist() for b in EpochBatchSampler(20, 8, shuffle=True, drop_last=True, seed=1)]
     for batch, part0, part1 in zip(whole, *shards):
         assert sorted(part0 + part1) == sorted(batch) and not set(part0) & set(part1)
     with pytest.raises(ValueError, match="divisible"):

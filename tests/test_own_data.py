@@ -1,0 +1,263 @@
+"""Your own images: any CSV layout, sizes and formats, exact augmentation, no silently wrong data."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import dataset as dataset_module
+import train
+from conftest import ROOT, write_csv, write_png
+from dataset import CsvImageDataset, DatasetError, ImageLoadError, decode_image
+from loaders import get_dataloaders, get_dataloaders_from_split_csv, make_datasets, split_csv
+from make_shapes import make_shapes
+
+
+def images_of(loader) -> torch.Tensor:
+    return torch.cat([x for x, _ in loader])
+
+
+# ---- pixels read right -------------------------------------------------------------------------------
+
+def test_16_bit_png_is_scaled_not_clipped(tmp_path):
+    values = np.array([[0, 257, 32768, 65535]], dtype=np.uint16)
+    Image.fromarray(values).save(tmp_path / "deep.png")
+    with Image.open(tmp_path / "deep.png") as im:
+        assert im.mode.startswith("I")  # Pillow's 16-bit gray mode
+    assert decode_image(str(tmp_path / "deep.png"), "L").tolist() == [[[0, 1, 128, 255]]]
+    assert decode_image(str(tmp_path / "deep.png"), "RGB")[:, 0, 2].tolist() == [128, 128, 128]
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    pixels = np.zeros((20, 40, 3), dtype=np.uint8)
+    pixels[:, :20] = 255  # left half white: landscape as stored
+    image = Image.fromarray(pixels)
+    exif = image.getexif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to view", as phones write it
+    image.save(tmp_path / "phone.jpg", exif=exif, quality=95)
+    upright = decode_image(str(tmp_path / "phone.jpg"), "L")
+    assert upright.shape == (1, 40, 20)  # portrait, as every viewer shows it
+    assert upright[0, :18].mean() > 200 and upright[0, 22:].mean() < 50  # white now on top
+    write_csv(tmp_path / "x.csv", "File Name,Class Label\nphone.jpg,0\n")
+    assert CsvImageDataset(tmp_path / "x.csv", tmp_path, pixels="uint8").image_size == (40, 20)
+
+
+def test_image_size_resizes_mixed_sizes_before_the_cache(tmp_path):
+    csv = make_shapes(tmp_path, per_class=4)
+    ds = CsvImageDataset(csv, tmp_path, file_column="path", label_column="label", mode="RGB",
+                         image_size=(12, 16), pixels="uint8")
+    assert ds.classes == ["circle", "square", "triangle"]
+    assert "12 x 3x12x16 uint8" in ds.cache_decision and ds.preload().shape == (12, 3, 12, 16)
+    images, labels = ds[np.arange(12)]
+    assert images.shape == (12, 3, 12, 16) and labels.tolist() == [0] * 4 + [1] * 4 + [2] * 4
+    with Image.open(ds.samples[0].path) as im:  # antialiased bilinear, as Pillow resizes
+        expected = np.array(im.convert("RGB").resize((16, 12), Image.Resampling.BILINEAR))
+    assert torch.equal(images[0], torch.from_numpy(expected).permute(2, 0, 1))
+
+
+def test_without_image_size_mixed_sizes_are_an_error_that_says_how_to_fix_it(tmp_path):
+    csv = make_shapes(tmp_path, per_class=2)
+    ds = CsvImageDataset(csv, tmp_path, file_column="path", label_column="label")
+    with pytest.raises(ImageLoadError, match=r"line 3: 'images/circle/001.jpg'.*image_size="):
+        ds.preload()
+
+
+# ---- labels and rows read right -------------------------------------------------------------------------
+
+def test_text_labels_with_surrounding_spaces_are_one_class(small_folder):
+    csv = write_csv(small_folder / "x.csv", "File Name,Class Label\na.png,cat\nb.png, cat\nc.png,cat \nd.png,dog\n")
+    ds = CsvImageDataset(csv, small_folder / "img")
+    assert ds.classes == ["cat", "dog"] and ds.targets == [0, 0, 0, 1]
+
+
+@pytest.mark.parametrize("typo", ["1000000", "99999999999"])
+def test_an_integer_label_far_above_the_rest_is_an_error_unless_num_classes_allows_it(small_folder, typo):
+    rows = f"a.png,0\nb.png,1\nc.png,2\nd.png,{typo}\ne.png,1\n"
+    csv = write_csv(small_folder / "x.csv", "File Name,Class Label\n" + rows)
+    with pytest.raises(DatasetError, match=rf"line 5: 'd.png': label {typo} is far above the others"):
+        CsvImageDataset(csv, small_folder / "img")
+    if typo == "1000000":
+        assert len(CsvImageDataset(csv, small_folder / "img", num_classes=1000001).classes) == 1000001
+    few = write_csv(small_folder / "y.csv", "File Name,Class Label\na.png,0\nb.png,7\n")
+    assert CsvImageDataset(few, small_folder / "img").classes == [str(i) for i in range(8)]  # 7 < 10
+
+
+def test_the_same_file_twice_is_an_error_with_two_labels_and_a_warning_with_one(small_folder):
+    csv = write_csv(small_folder / "x.csv", "File Name,Class Label\na.png,0\nb.png,1\n./a.png,1\n")
+    with pytest.raises(DatasetError, match=r"line 4: './a.png': the same file as line 2, with another label"):
+        CsvImageDataset(csv, small_folder / "img")
+    csv = write_csv(small_folder / "x.csv", "File Name,Class Label\na.png,0\nb.png,1\na.png,0\nb.png,1\n")
+    with pytest.warns(UserWarning, match="2 row"):
+        ds = CsvImageDataset(csv, small_folder / "img")
+    assert [s.file for s in ds.samples] == ["a.png", "b.png"]
+
+
+def test_the_same_file_in_two_splits_is_an_error(small_folder):
+    rows = "a.png,0,train\nb.png,1,train\nc.png,0,valid\nd.png,1,test\n./a.png,0,test\n"
+    csv = write_csv(small_folder / "all.csv", "File Name,Class Label,split\n" + rows)
+    with pytest.raises(DatasetError, match=r"'./a.png': in train \(.*all.csv, line 2\) and in test \(.*line 6\)"):
+        get_dataloaders_from_split_csv(csv, small_folder / "img", batch_size=1)
+    for split, text in (("train", "a.png,0\nb.png,1\n"), ("valid", "c.png,0\n"), ("test", "d.png,1\na.png,0\n")):
+        write_csv(small_folder / f"{split}.csv", "File Name,Class Label\n" + text)
+    sources = [(small_folder / f"{s}.csv", small_folder / "img", None) for s in ("train", "valid", "test")]
+    with pytest.raises(DatasetError, match=r"(?s)1 file\(s\) in two splits.*'a.png': in train \(.*train.csv, line 2\)"):
+        make_datasets(sources)
+
+
+def test_a_csv_that_is_not_utf8_says_which_encoding_to_pass_and_a_bom_still_works(small_folder):
+    (small_folder / "latin.csv").write_bytes("File Name,Class Label\na.png,caf\xe9\nb.png,th\xe9\n".encode("latin-1"))
+    with pytest.raises(DatasetError, match=r"latin.csv: not utf-8 text .*--encoding latin-1"):
+        CsvImageDataset(small_folder / "latin.csv", small_folder / "img")
+    ds = CsvImageDataset(small_folder / "latin.csv", small_folder / "img", encoding="latin-1")
+    assert ds.classes == ["café", "thé"]
+    (small_folder / "bom.csv").write_bytes("\ufeffFile Name,Class Label\na.png,1\n".encode("utf-8"))
+    assert CsvImageDataset(small_folder / "bom.csv", small_folder / "img").targets == [1]
+
+
+@pytest.mark.parametrize("separator, name", [(";", "';'"), ("\t", "a tab")])
+def test_another_separator_is_named_in_the_missing_column_error(small_folder, separator, name):
+    csv = write_csv(small_folder / "x.csv", f"File Name{separator}Class Label\na.png{separator}1\n")
+    with pytest.raises(DatasetError, match=f"separated by {name}, not commas"):
+        CsvImageDataset(csv, small_folder / "img")
+
+
+def test_a_nul_byte_in_a_file_name_is_a_named_row_error(small_folder):
+    csv = write_csv(small_folder / "x.csv", "File Name,Class Label\na.png,1\nb\0.png,1\n")
+    with pytest.raises(DatasetError, match=r"line 3: .*NUL byte"):
+        CsvImageDataset(csv, small_folder / "img")
+
+
+def test_a_transform_with_a_plain_dataloader_names_an_image_of_another_size(tmp_path):
+    for i, size in enumerate([(8, 8), (8, 8), (9, 8), (8, 8)]):
+        write_png(tmp_path / "img" / f"{i}.png", np.full(size, i, dtype=np.uint8))
+    csv = write_csv(tmp_path / "x.csv", "File Name,Class Label\n" + "".join(f"{i}.png,0\n" for i in range(4)))
+    ds = CsvImageDataset(csv, tmp_path / "img", transform=lambda image: image.flip(-1))
+    with pytest.raises(ImageLoadError, match=r"x.csv, line 4: '2.png': after the transform .*\(1, 9, 8\)"):
+        list(torch.utils.data.DataLoader(ds, batch_size=4))
+
+
+def test_check_command_reports_the_new_checks(tmp_path, capsys):
+    csv = make_shapes(tmp_path, per_class=3)
+    Image.fromarray(np.full((8, 8), 40000, dtype=np.uint16)).save(tmp_path / "images" / "deep.png")
+    with open(csv, "a", encoding="utf-8") as f:
+        f.write("images/deep.png,circle\nimages/circle/000.png,circle\n")
+    args = [str(csv), str(tmp_path), "--file-column", "path", "--label-column", "label"]
+    assert dataset_module.main(args + ["--image-size", "16"]) == 0
+    out = capsys.readouterr().out
+    assert "1 image(s) 16-bit, scaled to 8 bits" in out and "resized to 16x16" in out
+    assert "warning: " in out and "1 row(s) list a file already listed" in out and "OK: no problems" in out
+    assert dataset_module.main(args) == 1
+    assert "size 40x" not in out and "cannot be batched" in capsys.readouterr().out
+
+
+# ---- augmentation that stays exact ----------------------------------------------------------------------
+
+def affine():
+    from torchvision.transforms import v2
+
+    return v2.RandomAffine(degrees=10, translate=(0.1, 0.1))
+
+
+def test_augmentation_is_the_same_for_any_worker_count_and_differs_between_epochs(tiny_data):
+    plain, valid_plain, _ = get_dataloaders(8, tiny_data, seed=3)
+    runs = [get_dataloaders(8, tiny_data, num_workers=workers, seed=3, train_transforms=affine(),
+                            loader_kwargs={"persistent_workers": persistent} if workers else None)
+            for workers, persistent in ((0, False), (2, False), (2, True))]
+    epochs = [[images_of(train) for _ in range(2)] for train, _, _ in runs]
+    for other in epochs[1:]:
+        assert all(torch.equal(a, b) for a, b in zip(epochs[0], other))
+    assert not torch.equal(epochs[0][0], epochs[0][1])  # a new draw every epoch
+    assert not torch.equal(epochs[0][0], images_of(plain))  # augmented ...
+    train, valid, _ = runs[0]
+    assert torch.equal(images_of(valid), images_of(valid_plain))  # ... but valid and test are not
+    train.sampler.set_epoch(1)
+    assert torch.equal(images_of(train), epochs[0][1])  # an epoch replays: what --resume relies on
+    plain_ds = plain.dataset
+    assert torch.equal(train.dataset.preload(), plain_ds.preload())  # the cache holds plain pixels
+
+
+def test_augmentation_leaves_the_global_random_state_alone(tiny_data):
+    train, _, _ = get_dataloaders(8, tiny_data, seed=3, train_transforms=affine())
+    torch.manual_seed(5)
+    expected = torch.rand(3)
+    torch.manual_seed(5)
+    images_of(train)
+    assert torch.equal(torch.rand(3), expected)
+
+
+# ---- one command: train.py --csv ------------------------------------------------------------------------
+
+def own_run(csv, results, *extra, epochs=2):
+    return train.main(["--csv", str(csv), "--file-column", "path", "--label-column", "label", "--mode", "RGB",
+                       "--image-size", "16", "--epochs", str(epochs), "--batch-size", "8", "--seed", "4",
+                       "--results-dir", str(results), *extra])
+
+
+def test_one_command_trains_on_a_labels_csv_of_mixed_images(tmp_path, capsys):
+    csv = make_shapes(tmp_path / "shapes", per_class=20)
+    history = own_run(csv, tmp_path / "r", "--augment")
+    out = capsys.readouterr().out
+    assert "Data: 48 train, 6 valid, 6 test images from" in out and "3x16x16" in out
+    split = (tmp_path / "r" / "split.csv").read_text(encoding="utf-8").splitlines()
+    assert split[0] == "path,label,split" and len(split) == 61
+    assert sum(line.endswith(",test") for line in split) == 6  # 2 of each class's 20
+    checkpoint = torch.load(tmp_path / "r" / "checkpoint.pt", weights_only=True)
+    assert checkpoint["classes"] == ["circle", "square", "triangle"]
+    assert checkpoint["mode"] == "RGB" and checkpoint["image_size"] == [16, 16]
+    assert history.test_acc is not None
+    own_run(csv, tmp_path / "again", "--augment", "--seed", "9")  # another training seed ...
+    assert (tmp_path / "again" / "split.csv").read_bytes() == (tmp_path / "r" / "split.csv").read_bytes()
+    own_run(csv, tmp_path / "other", "--split-seed", "1")  # ... keeps the split; another split seed does not
+    assert (tmp_path / "other" / "split.csv").read_bytes() != (tmp_path / "r" / "split.csv").read_bytes()
+
+
+def test_augmented_runs_are_bit_identical_across_workers_and_resume(tmp_path):
+    from test_reproducibility import assert_same_run
+
+    csv = make_shapes(tmp_path / "shapes", per_class=8)
+    own_run(csv, tmp_path / "full", "--augment", epochs=3)
+    own_run(csv, tmp_path / "workers", "--augment", "--num-workers", "2", epochs=3)
+    assert_same_run(tmp_path / "full", tmp_path / "workers")
+    own_run(csv, tmp_path / "cut", "--augment", epochs=1)
+    torch.manual_seed(99)
+    own_run(csv, tmp_path / "cut", "--augment", "--resume", epochs=3)
+    assert_same_run(tmp_path / "full", tmp_path / "cut")
+    own_run(csv, tmp_path / "plain", epochs=3)  # a check that can fail: without --augment, other bits
+    plain = torch.load(tmp_path / "plain" / "checkpoint.pt", weights_only=True)["history"]["minibatch_loss"]
+    assert plain != torch.load(tmp_path / "full" / "checkpoint.pt", weights_only=True)["history"]["minibatch_loss"]
+
+
+def test_split_column_img_dir_and_the_three_csv_folder_with_column_flags(tmp_path, tiny_data, capsys):
+    csv = make_shapes(tmp_path / "shapes", per_class=6)
+    text = csv.read_text(encoding="utf-8").splitlines()
+    rows = [text[0] + ",part"] + [f"{row},{('train', 'train', 'valid', 'test')[i % 4]}" for i, row in enumerate(text[1:])]
+    (tmp_path / "listed.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    own_run(tmp_path / "listed.csv", tmp_path / "r", "--split-column", "part", "--img-dir", str(tmp_path / "shapes"))
+    assert not (tmp_path / "r" / "split.csv").exists()
+    assert "Data: 10 train, 4 valid, 4 test images from" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        train.parse_args(["--csv", str(csv), "--data-dir", str(tiny_data)])
+    with pytest.raises(SystemExit):
+        train.parse_args(["--split-column", "part"])
+    renamed = shutil.copytree(tiny_data, tmp_path / "renamed")
+    for split in ("train", "valid", "test"):
+        path = renamed / f"mnist_{split}.csv"
+        path.write_text(path.read_text().replace("File Name,Class Label", "file,digit"))
+    history = train.main(["--data-dir", str(renamed), "--file-column", "file", "--label-column", "digit",
+                          "--epochs", "1", "--batch-size", "8", "--results-dir", str(tmp_path / "m")])
+    assert len(history.train_acc) == 1
+
+
+def test_split_csv_keeps_every_row_and_refuses_bad_fractions(tmp_path):
+    csv = make_shapes(tmp_path, per_class=10)
+    out = split_csv(csv, tmp_path / "s.csv", label_column="label", valid_fraction=0.2, test_fraction=0.3, seed=2)
+    lines = out.read_text(encoding="utf-8").splitlines()
+    assert [line.rsplit(",", 1)[0] for line in lines] == ["path,label"] + csv.read_text().splitlines()[1:]
+    assert [sum(line.endswith(s) for line in lines) for s in (",train", ",valid", ",test")] == [15, 6, 9]
+    with pytest.raises(ValueError, match="sum below 1"):
+        split_csv(csv, tmp_path / "t.csv", label_column="label", valid_fraction=0.5, test_fraction=0.5)
+    assert not (tmp_path / "t.csv").exists()
