@@ -613,7 +613,9 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     print(f"{args.csv_path}: {summary['rows']} rows, {len(summary['classes'])} classes")
     print("classes: " + ", ".join(f"{name}: {n}" for name, n in summary["classes"].items()))
-    print("image sizes (WxH): " + ", ".join(f"{s}: {n}" for s, n in summary["sizes"].items()))
+    sizes = Counter(summary["sizes"]).most_common()
+    print("image sizes (WxH): " + ", ".join(f"{s}: {n}" for s, n in sizes[:5])
+          + (f", and {len(sizes) - 5} other sizes" if len(sizes) > 5 else ""))
     print("image modes: " + ", ".join(f"{m}: {n}" for m, n in summary["modes"].items())
           + f" (converted to {args.mode})"
           + (f", resized to {args.image_size[1]}x{args.image_size[0]}" if args.image_size else ""))

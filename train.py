@@ -45,7 +45,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
-from dataset import parse_image_size, to_float01
+from dataset import DatasetError, parse_image_size, to_float01
 from loaders import SPLITS, folder_layout, loaders_from_datasets, make_datasets, make_loader, split_csv
 from model import MLP
 from plot import plot_accuracy, plot_training_loss, show_examples
@@ -543,4 +543,7 @@ if __name__ == "__main__":
     import matplotlib
 
     matplotlib.use("Agg")  # a script writes figure files and opens no window
-    main()
+    try:
+        main()
+    except DatasetError as e:  # bad rows or images: the message names them; no traceback
+        sys.exit(f"train.py: error: {e}")

@@ -261,3 +261,14 @@ def test_split_csv_keeps_every_row_and_refuses_bad_fractions(tmp_path):
     with pytest.raises(ValueError, match="sum below 1"):
         split_csv(csv, tmp_path / "t.csv", label_column="label", valid_fraction=0.5, test_fraction=0.5)
     assert not (tmp_path / "t.csv").exists()
+
+
+def test_train_py_reports_a_data_error_as_one_sentence_without_a_traceback(tmp_path):
+    import subprocess
+    import sys
+
+    csv = make_shapes(tmp_path / "shapes", per_class=2)
+    run = subprocess.run([sys.executable, str(ROOT / "train.py"), "--csv", str(csv), "--results-dir",
+                          str(tmp_path / "r")], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 1 and "Traceback" not in run.stderr
+    assert run.stderr.startswith("train.py: error: ") and "(--file-column / --label-column)" in run.stderr
