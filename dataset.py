@@ -130,7 +130,7 @@ class CsvImageDataset(Dataset):
     # ---- below: the cache and the batch path, which make the loaders fast ------------------------
 
     def load_image(self, i: int) -> torch.Tensor:
-        """Pixels of sample i, (C, H, W) uint8 (a copy): from the in-memory cache, or decoded now."""
+        """Pixels of sample i, (C, H, W) uint8, a copy: from the in-memory cache, or decoded now."""
         if self._use_cache and self.preload() is not None:
             return self._cache[i].clone()
         return torch.from_numpy(self._read(i, same_size=self.transform is None).copy())
@@ -140,7 +140,7 @@ class CsvImageDataset(Dataset):
         the batch could not be stacked with) raises ImageLoadError naming the file."""
         out = self.transform(image)
         if self._transformed_shape is None:
-            with torch.random.fork_rng(devices=[]):  # leaves the caller's random numbers as they were
+            with torch.random.fork_rng(devices=[]):  # the caller's random numbers stay as they were
                 self._transformed_shape = self.transform(self.load_image(0)).shape
         if out.shape != self._transformed_shape:
             raise ImageLoadError(f"{self._where(i)}: after the transform the image has shape "
@@ -201,12 +201,14 @@ class CsvImageDataset(Dataset):
             try:
                 with Image.open(sample.path) as im:
                     width, height = im.size
-                    turned = "exif" in im.info and im.getexif().get(EXIF_ORIENTATION, 1) in (5, 6, 7, 8)
+                    orientation = im.getexif().get(EXIF_ORIENTATION, 1) if "exif" in im.info else 1
+                    turned = orientation in (5, 6, 7, 8)  # a quarter turn: width and height swap
             except DECODE_ERRORS:
                 continue  # named with its line when it is decoded
             self._size_from = sample.file
             return (width, height) if turned else (height, width)
-        raise DatasetError(f"{self.csv_path}: none of the {len(self)} files is an image Pillow can open")
+        raise DatasetError(f"{self.csv_path}: none of the {len(self)} files is an image that "
+                           "Pillow can open")
 
     def _where(self, i: int) -> str:
         return f"{self.csv_path}, line {self.samples[i].line}: {self.samples[i].file!r}"
@@ -233,7 +235,8 @@ class CsvImageDataset(Dataset):
             batch[j] = self._read(i, same_size=True)
         return torch.from_numpy(batch)
 
-    def _transformed_batch(self, indices: Sequence[int], key: tuple[int, int] | None) -> torch.Tensor:
+    def _transformed_batch(self, indices: Sequence[int],
+                           key: tuple[int, int] | None) -> torch.Tensor:
         """(B, C, H, W): the transform on each image; with key = (seed, epoch), sample i's random
         numbers come from sample_seed(seed, epoch, i) alone, whichever process runs it."""
         images = []
@@ -399,10 +402,12 @@ def read_csv(csv_path: Path, columns: Sequence[str], encoding: str = "utf-8") ->
         if missing:
             raise DatasetError(f"{csv_path}: no column(s) {missing}; the columns are "
                                f"{list(header)}{_separator_hint(header)}. Pass file_column= / "
-                               "label_column= (--file-column / --label-column) with the right names.")
+                               "label_column= (--file-column / --label-column) with the right "
+                               "names.")
         # Only empty cells are missing values: a file called "NA" stays a file name.
-        df = pd.read_csv(csv_path, usecols=list(columns), dtype={columns[0]: str}, encoding=encoding,
-                         skip_blank_lines=False, keep_default_na=False, na_values=[""])
+        df = pd.read_csv(csv_path, usecols=list(columns), dtype={columns[0]: str},
+                         encoding=encoding, skip_blank_lines=False, keep_default_na=False,
+                         na_values=[""])
     except pd.errors.EmptyDataError:
         raise DatasetError(f"{csv_path}: the file is empty; expected a header line with columns "
                            f"{list(columns)}") from None
@@ -489,9 +494,10 @@ def _reject_far_labels(labels: list[int | None], lines: list[int], problems: lis
     limit = max(10, 2 * len(distinct))
     for j, (line, lab) in enumerate(zip(lines, labels)):
         if lab is not None and lab >= limit:
-            problems.append((line, f"label {lab} is far above the others ({len(distinct)} distinct "
-                                   f"labels, the classes would be 0 to {lab}); a typo? If there are "
-                                   "that many classes, pass num_classes= (--num-classes)"))
+            problems.append((line, f"label {lab} is far above the others ({len(distinct)} "
+                                   f"distinct labels, the classes would be 0 to {lab}); a typo? "
+                                   "If there are that many classes, pass num_classes= "
+                                   "(--num-classes)"))
             labels[j] = None
 
 
@@ -605,9 +611,9 @@ def main(argv: list[str] | None = None) -> int:
     split = (args.split_column, args.split) if args.split_column else None
     try:
         summary, problems = check_dataset(
-            args.csv_path, args.img_dir, file_column=args.file_column, label_column=args.label_column,
-            mode=args.mode, num_classes=args.num_classes, split=split, image_size=args.image_size,
-            encoding=args.encoding)
+            args.csv_path, args.img_dir, file_column=args.file_column,
+            label_column=args.label_column, mode=args.mode, num_classes=args.num_classes,
+            split=split, image_size=args.image_size, encoding=args.encoding)
     except DatasetError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -21,7 +21,8 @@ label_column, num_classes, cache_mb, ...) and `loader_kwargs` to every torch Dat
 (persistent_workers, pin_memory, multiprocessing_context, ...).
 
 The train loader reshuffles every epoch and drops the last partial batch; valid and test keep
-their order and every sample; no file may be in two splits. The order of epoch e depends only on (seed, e), not on num_workers,
+their order and every sample; no file may be in two splits. The order of epoch e depends only on
+(seed, e), not on num_workers,
 on how often the loader was iterated before, or on any global random state: `set_epoch(e)` on
 `loader.sampler` picks an epoch, as with DistributedSampler. Whole batches are fetched with one
 `dataset[array_of_indices]` call, which is what makes the in-memory path fast. Under torchrun (a
@@ -52,17 +53,21 @@ SPLITS = ("train", "valid", "test")
 
 def get_dataloaders(batch_size: int, data_dir: str | Path = "data", num_workers: int = 0,
                     seed: int = 123, *, batch_size_factor_eval: int = 1,
-                    train_transforms: Transform | None = None, test_transforms: Transform | None = None,
-                    image_size: int | tuple[int, int] | None = None, dataset_kwargs: dict | None = None,
+                    train_transforms: Transform | None = None,
+                    test_transforms: Transform | None = None,
+                    image_size: int | tuple[int, int] | None = None,
+                    dataset_kwargs: dict | None = None,
                     loader_kwargs: dict | None = None) -> tuple[DataLoader, DataLoader, DataLoader]:
     """The lecture's loaders: data_dir/mnist_{train,valid,test}.csv listing the images in
     data_dir/mnist_{train,valid,test}/, as make_subset.py writes them. Valid and test batches hold
     batch_size * batch_size_factor_eval images (they only measure accuracy)."""
-    datasets = make_datasets(folder_layout(data_dir), {"image_size": image_size, **(dataset_kwargs or {})},
+    datasets = make_datasets(folder_layout(data_dir),
+                             {"image_size": image_size, **(dataset_kwargs or {})},
                              train_transforms, test_transforms)
     return loaders_from_datasets(*datasets, batch_size=batch_size,
                                  eval_batch_size=batch_size * batch_size_factor_eval, seed=seed,
-                                 loader_kwargs={"num_workers": num_workers, **(loader_kwargs or {})})
+                                 loader_kwargs={"num_workers": num_workers,
+                                                **(loader_kwargs or {})})
 
 
 def get_dataloaders_from_split_csv(
@@ -78,7 +83,8 @@ def get_dataloaders_from_split_csv(
                              train_transforms, test_transforms)
     return loaders_from_datasets(*datasets, batch_size=batch_size,
                                  eval_batch_size=batch_size * batch_size_factor_eval, seed=seed,
-                                 loader_kwargs={"num_workers": num_workers, **(loader_kwargs or {})})
+                                 loader_kwargs={"num_workers": num_workers,
+                                                **(loader_kwargs or {})})
 
 
 def folder_layout(data_dir: str | Path) -> list[tuple[Path, Path, None]]:
@@ -113,10 +119,11 @@ def _refuse_overlap(datasets: Sequence[CsvImageDataset]) -> None:
             key = os.path.normpath(sample.path)
             seen = first_seen.setdefault(key, (split, ds, sample.line))
             if seen[0] != split:
-                overlaps.append(f"  {sample.file!r}: in {seen[0]} ({seen[1].csv_path}, line {seen[2]})"
-                                f" and in {split} ({ds.csv_path}, line {sample.line})")
+                overlaps.append(f"  {sample.file!r}: in {seen[0]} ({seen[1].csv_path}, "
+                                f"line {seen[2]}) and in {split} ({ds.csv_path}, "
+                                f"line {sample.line})")
     if overlaps:
-        raise DatasetError(f"{len(overlaps)} file(s) in two splits; each image may be in one only:\n"
+        raise DatasetError(f"{len(overlaps)} file(s) in two splits; an image may be in one only:\n"
                            + "\n".join(overlaps[:20]) + ("\n  ..." if len(overlaps) > 20 else ""))
 
 
@@ -129,14 +136,14 @@ def split_csv(csv_path: str | Path, out_path: str | Path, *, label_column: str =
     file is written whole or not at all, in the input's encoding. Then:
     get_dataloaders_from_split_csv(out_path, ...)."""
     csv_path, out_path = Path(csv_path), Path(out_path)
-    if not (0 <= valid_fraction < 1 and 0 <= test_fraction < 1 and valid_fraction + test_fraction < 1):
-        raise ValueError(f"valid_fraction {valid_fraction} and test_fraction {test_fraction} must be "
-                         "at least 0, with a sum below 1")
+    if not (0 <= valid_fraction and 0 <= test_fraction and valid_fraction + test_fraction < 1):
+        raise ValueError(f"valid_fraction {valid_fraction} and test_fraction {test_fraction} must "
+                         "be at least 0, with a sum below 1")
     read_csv(csv_path, [label_column], encoding)  # named errors: no file, no column, encoding
     rows = pd.read_csv(csv_path, dtype=str, keep_default_na=False, encoding=encoding)
     if "split" in rows.columns:
-        raise DatasetError(f"{csv_path} already has a 'split' column: use it (split_column='split', "
-                           "--split-column split) instead of drawing a new split")
+        raise DatasetError(f"{csv_path} already has a 'split' column: use it (split_column="
+                           "'split', --split-column split) instead of drawing a new split")
     labels = rows[label_column].str.strip()
     split = np.full(len(rows), "train", dtype=object)
     for k, label in enumerate(sorted(labels.unique())):

@@ -6,10 +6,10 @@
         --mode RGB --image-size 32 --augment                # your own images, any size and format
     torchrun --standalone --nproc_per_node=2 train.py --epochs 3 --seed 123
 
-Writes into --results-dir: metrics.csv (one row per epoch), checkpoint.pt (model, optimizer, history,
-every RNG state, and the classes, mode and image size that say how to read new images; after each
-epoch, atomically), loss.png, accuracy.png and examples.png; with --csv and no --split-column,
-split.csv (every row of the CSV and the split it was drawn into, by class, from --split-seed).
+Writes into --results-dir: metrics.csv (one row per epoch), checkpoint.pt (model, optimizer,
+history, every RNG state, and the classes, mode and image size that say how to read new images;
+after each epoch, atomically), loss.png, accuracy.png and examples.png; with --csv and no
+--split-column, split.csv (every row of the CSV and the split drawn for it, by class).
 Same seed, same data, same machine and library versions: bit-identical weights, whatever
 --num-workers, and after any number of interruptions and --resume.
 
@@ -46,7 +46,8 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
 from dataset import DatasetError, parse_image_size, to_float01
-from loaders import SPLITS, folder_layout, loaders_from_datasets, make_datasets, make_loader, split_csv
+from loaders import (SPLITS, folder_layout, loaders_from_datasets, make_datasets, make_loader,
+                     split_csv)
 from model import MLP
 from plot import plot_accuracy, plot_training_loss, show_examples
 
@@ -335,14 +336,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                        "(default: the CSV's folder)")
     own.add_argument("--split-column", help="column saying train, valid or test for each row "
                                             "(default: none; a split is drawn by class)")
-    own.add_argument("--valid-fraction", type=_fraction, default=0.1, help="share of each class for valid")
-    own.add_argument("--test-fraction", type=_fraction, default=0.1, help="share of each class for test")
+    own.add_argument("--valid-fraction", type=_fraction, default=0.1,
+                     help="share of each class for valid")
+    own.add_argument("--test-fraction", type=_fraction, default=0.1,
+                     help="share of each class for test")
     own.add_argument("--split-seed", type=_at_least(0, int), default=0,
                      help="seed of the drawn split (apart from --seed: a new seed keeps the split)")
     read = p.add_argument_group("how rows and images are read (with --csv or --data-dir)")
     read.add_argument("--file-column", default="File Name", help="column with the file names")
     read.add_argument("--label-column", default="Class Label", help="column with the labels")
-    read.add_argument("--mode", default="L", choices=["L", "RGB"], help="gray (1 channel) or RGB (3)")
+    read.add_argument("--mode", default="L", choices=["L", "RGB"],
+                      help="gray (1 channel) or RGB (3)")
     read.add_argument("--image-size", type=parse_image_size, default=None,
                       help="resize every image to N x N or HxW as it is read (default: images "
                            "must share one size)")
@@ -359,7 +363,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="print the loss every N batches")
     args = p.parse_args(argv)
     if args.csv is not None and args.data_dir != DEFAULT_DATA_DIR:
-        p.error("--csv and --data-dir: choose one (one CSV for all images, or the three-CSV folder)")
+        p.error("--csv and --data-dir: choose one (one CSV for all images, or the folder of "
+                "three CSVs)")
     for flag in ("img_dir", "split_column"):
         if getattr(args, flag) is not None and args.csv is None:
             p.error(f"--{flag.replace('_', '-')} goes with --csv")

@@ -272,3 +272,23 @@ def test_train_py_reports_a_data_error_as_one_sentence_without_a_traceback(tmp_p
                           str(tmp_path / "r")], capture_output=True, text=True, timeout=120)
     assert run.returncode == 1 and "Traceback" not in run.stderr
     assert run.stderr.startswith("train.py: error: ") and "(--file-column / --label-column)" in run.stderr
+
+
+@pytest.mark.filterwarnings("ignore:.*already listed above")  # expected: each split dedupes its own
+def test_a_file_listed_twice_and_drawn_into_two_splits_is_an_error(tmp_path):
+    csv = make_shapes(tmp_path / "shapes", per_class=10)
+    lines = csv.read_text(encoding="utf-8").splitlines()
+    csv.write_text("\n".join(lines + lines[1:]) + "\n", encoding="utf-8")  # every file twice
+    with pytest.raises(DatasetError, match=r"file\(s\) in two splits"):
+        own_run(csv, tmp_path / "r", epochs=1)
+
+
+def test_check_command_counts_exif_rotated_images(tmp_path, capsys):
+    image = Image.fromarray(np.zeros((6, 10, 3), dtype=np.uint8))
+    exif = image.getexif()
+    exif[0x0112] = 8
+    image.save(tmp_path / "turned.jpg", exif=exif)
+    image.save(tmp_path / "plain.jpg")
+    csv = write_csv(tmp_path / "x.csv", "File Name,Class Label\nturned.jpg,0\nplain.jpg,1\n")
+    assert dataset_module.main([str(csv), str(tmp_path), "--image-size", "8"]) == 0
+    assert "1 image(s) turned upright by their EXIF orientation" in capsys.readouterr().out
