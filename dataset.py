@@ -201,8 +201,7 @@ class CsvImageDataset(Dataset):
             try:
                 with Image.open(sample.path) as im:
                     width, height = im.size
-                    orientation = im.getexif().get(EXIF_ORIENTATION, 1) if "exif" in im.info else 1
-                    turned = orientation in (5, 6, 7, 8)  # a quarter turn: width and height swap
+                    turned = exif_orientation(im) in (5, 6, 7, 8)  # a quarter turn: W and H swap
             except DECODE_ERRORS:
                 continue  # named with its line when it is decoded
             self._size_from = sample.file
@@ -311,7 +310,7 @@ def decode_image(path: str, mode: str, size: tuple[int, int] | None = None) -> n
     (bilinear, antialiased). A read-only view of Pillow's own bytes (np.array(im) would copy).
     """
     with Image.open(path) as im:  # closes the file even when decoding fails
-        if "exif" in im.info and im.getexif().get(EXIF_ORIENTATION, 1) != 1:
+        if exif_orientation(im) != 1:
             im = ImageOps.exif_transpose(im)
         if im.mode in WIDE_GRAY_MODES:
             im = _gray_16_to_8(im)
@@ -323,7 +322,11 @@ def decode_image(path: str, mode: str, size: tuple[int, int] | None = None) -> n
         return pixels.reshape(im.height, im.width, len(im.getbands())).transpose(2, 0, 1)
 
 
-EXIF_ORIENTATION = 0x0112
+def exif_orientation(im: Image.Image) -> int:
+    """The EXIF orientation tag, 1 (upright) when there is none; cheap for files without EXIF."""
+    return im.getexif().get(0x0112, 1) if "exif" in im.info else 1
+
+
 WIDE_GRAY_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")  # 16-bit PNGs open as one of these
 
 
@@ -362,8 +365,9 @@ def make_dataset(csv_path: Path, img_dir: Path, *, file_column: str, label_colum
     samples, first_listed, repeated = [], {}, 0
     for line, name, label in zip(lines, names, labels):
         path, what = _check_file(name, root, symlinked_dirs)
-        if what is None and os.path.normpath(path) in first_listed:  # one file, one label
-            first_line, first_label = first_listed[os.path.normpath(path)]
+        key = os.path.normpath(path) if what is None else None  # "./a.png" is "a.png"
+        if key in first_listed:  # one file, one label
+            first_line, first_label = first_listed[key]
             if label == first_label:
                 repeated += 1
                 continue
@@ -371,7 +375,7 @@ def make_dataset(csv_path: Path, img_dir: Path, *, file_column: str, label_colum
         if what is not None:
             problems.append((line, str(name), what))
         elif label is not None:
-            first_listed[os.path.normpath(path)] = (line, label)
+            first_listed[key] = (line, label)
             samples.append(Sample(path, label, line, str(name)))
     if repeated:
         warnings.warn(f"{csv_path}: {repeated} row(s) list a file already listed above with the "
@@ -559,8 +563,7 @@ def check_dataset(csv_path: str | Path, img_dir: str | Path,
                 sizes[f"{im.size[0]}x{im.size[1]}"] += 1
                 modes[im.mode] += 1
                 notes["16-bit, scaled to 8 bits"] += im.mode in WIDE_GRAY_MODES
-                notes["turned upright by their EXIF orientation"] += (
-                    "exif" in im.info and im.getexif().get(EXIF_ORIENTATION, 1) != 1)
+                notes["turned upright by their EXIF orientation"] += exif_orientation(im) != 1
             ds._read(i, same_size=True)  # decodes as training will: corrupt, truncated, odd size
         except ImageLoadError as e:
             problems.append((sample.line, sample.file, str(e).split(f"{sample.file!r}: ", 1)[-1]))
