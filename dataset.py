@@ -59,7 +59,8 @@ class CsvImageDataset(Dataset):
             v2 transform. It runs after the cache. Through the loaders, each sample's random
             numbers come from (seed, epoch, index) (see Batch); images may differ in size if the
             transform makes them equal (they are then not cached).
-        file_column, label_column: column names.
+        file_column, label_column: column names; label_column=None for unlabelled rows (images
+            to predict), whose label is -1.
         mode: Pillow mode every image is converted to ("L" gray, 1 channel; "RGB", 3 channels).
         image_size: resize every image to this (H, W), or N x N for an int, when it is decoded
             (antialiased; before the cache, so large photos are held at the small size). Without
@@ -83,7 +84,7 @@ class CsvImageDataset(Dataset):
 
     def __init__(self, csv_path: str | Path, img_dir: str | Path,
                  transform: Callable[[torch.Tensor], torch.Tensor] | None = None, *,
-                 file_column: str = "File Name", label_column: str = "Class Label",
+                 file_column: str = "File Name", label_column: str | None = "Class Label",
                  mode: str = "L", pixels: str = "float01", classes: Sequence[str] | None = None,
                  num_classes: int | None = None, split: tuple[str, str] | None = None,
                  skip_bad_rows: bool = False, cache_mb: float = 1024,
@@ -339,7 +340,7 @@ def _gray_16_to_8(im: Image.Image) -> Image.Image:
 
 # ---- checking every row: the CSV -> samples ------------------------------------------------------
 
-def make_dataset(csv_path: Path, img_dir: Path, *, file_column: str, label_column: str,
+def make_dataset(csv_path: Path, img_dir: Path, *, file_column: str, label_column: str | None,
                  split: tuple[str, str] | None = None, classes: Sequence[str] | None = None,
                  num_classes: int | None = None,
                  encoding: str = "utf-8") -> tuple[list[Sample], list[str], list[Problem]]:
@@ -349,7 +350,8 @@ def make_dataset(csv_path: Path, img_dir: Path, *, file_column: str, label_colum
     if not img_dir.is_dir():
         raise DatasetError(f"image folder not found: {img_dir} "
                            f"(it should hold the files named in {csv_path})")
-    df = read_csv(csv_path, [file_column, label_column] + ([split[0]] if split else []), encoding)
+    columns = [file_column] + [c for c in (label_column, split and split[0]) if c is not None]
+    df = read_csv(csv_path, columns, encoding)
     if split is not None:
         column, value = split
         found = sorted(df[column].dropna().astype(str).str.strip().unique())
@@ -358,8 +360,11 @@ def make_dataset(csv_path: Path, img_dir: Path, *, file_column: str, label_colum
             raise DatasetError(f"{csv_path}: no rows with {column} == {value!r}; "
                                f"values found: {found}")
     lines, names = df.index.tolist(), df[file_column].tolist()
-    labels, class_names, label_problems = _parse_labels(df[label_column], lines, classes,
-                                                        num_classes)
+    if label_column is None:  # images to predict: no labels, the classes given
+        labels, class_names, label_problems = [-1] * len(lines), [str(c) for c in classes or []], []
+    else:
+        labels, class_names, label_problems = _parse_labels(df[label_column], lines, classes,
+                                                            num_classes)
     problems = [(line, str(df.at[line, file_column]), what) for line, what in label_problems]
     root, symlinked_dirs = img_dir.resolve(), {}
     samples, first_listed, repeated = [], {}, 0

@@ -1,5 +1,6 @@
 """Figures of a training run, as the lecture's helper_plotting.py draws them: the loss of every
-minibatch, the accuracy per epoch, and example predictions.
+minibatch, the accuracy per epoch, and example predictions; and what the model gets wrong: the
+confusion matrix and the most confident mistakes.
 
 In a notebook, call them and then plt.show(), as the lecture does:
 
@@ -8,7 +9,7 @@ In a notebook, call them and then plt.show(), as the lecture does:
     plt.show()
 
 Each function draws one new figure and returns it; with results_dir it also writes the figure
-there as a PNG file (loss.png, accuracy.png, examples.png). Importing this file leaves matplotlib's
+there as a PNG file (loss.png, accuracy.png, examples.png, confusion_matrix.png, mistakes.png). Importing this file leaves matplotlib's
 backend alone, so figures show inline in a notebook; train.py picks the file-only Agg backend.
 """
 
@@ -78,29 +79,86 @@ def show_examples(model: torch.nn.Module, data_loader, results_dir: str | Path |
     model.eval()
     images, labels = next(iter(data_loader))  # (B, C, H, W), (B,)
     images, labels = images[:num_examples], labels[:num_examples]
-    device = next(model.parameters(), torch.empty(0)).device
-    inputs = images.to(device)
+    predictions = model(_model_input(model, images)).argmax(dim=1).cpu()
+    titles = [f"P: {_name(p, class_names)} | T: {_name(t, class_names)}"
+              for p, t in zip(predictions.tolist(), labels.tolist())]
+    return _maybe_save(_image_grid(images, titles), results_dir, "examples.png")
+
+
+@torch.no_grad()
+def show_mistakes(model: torch.nn.Module, data_loader, results_dir: str | Path | None = None, *,
+                  class_names: Sequence[str] | None = None, num_examples: int = 15) -> plt.Figure:
+    """The images of data_loader the model got most confidently wrong (highest loss), each
+    titled "P: <predicted> (<its probability>) | T: <true>"."""
+    model.eval()
+    worst = []  # (loss, image, predicted, probability, true) of the wrong ones; the worst kept
+    for images, labels in data_loader:
+        probs = torch.softmax(model(_model_input(model, images)).float(), dim=1).cpu()  # (B, C)
+        confidence, predicted = probs.max(dim=1)
+        losses = -probs.gather(1, labels.view(-1, 1)).clamp(min=1e-12).log().flatten()
+        for j in torch.nonzero(predicted != labels).flatten().tolist():
+            worst.append((losses[j].item(), images[j], predicted[j].item(), confidence[j].item(),
+                          labels[j].item()))
+        worst = sorted(worst, key=lambda w: -w[0])[:num_examples]
+    titles = [f"P: {_name(p, class_names)} ({c:.2f}) | T: {_name(t, class_names)}"
+              for _, _, p, c, t in worst]
+    images = torch.stack([w[1] for w in worst]) if worst else torch.zeros(0, 1, 1, 1)
+    return _maybe_save(_image_grid(images, titles), results_dir, "mistakes.png")
+
+
+def plot_confusion_matrix(cm: torch.Tensor, class_names: Sequence[str],
+                          results_dir: str | Path | None = None) -> plt.Figure:
+    """cm[true, predicted] counts as a heat map, class names on both axes; the count in each cell
+    for up to 30 classes (beyond that, colour only)."""
+    n = len(class_names)
+    size = min(max(5.0, 0.45 * n + 2), 24.0)
+    fig, ax = plt.subplots(figsize=(size, size))
+    ax.imshow(cm.numpy(), cmap="Blues")
+    font = 10 if n <= 12 else 7 if n <= 30 else 5
+    ax.set_xticks(range(n), [str(c) for c in class_names], rotation=90 if n > 10 else 0, fontsize=font)
+    ax.set_yticks(range(n), [str(c) for c in class_names], fontsize=font)
+    ax.set_xlabel("Predicted")
+    ax.set_ylabel("True")
+    if n <= 30:
+        top = float(cm.max()) if cm.numel() else 0.0
+        for (i, j), count in zip(torch.cartesian_prod(torch.arange(n), torch.arange(n)).tolist(),
+                                 cm.flatten().tolist()):
+            ax.text(j, i, str(count), ha="center", va="center", fontsize=font,
+                    color="white" if count > top / 2 else "black")
+    fig.tight_layout()
+    return _maybe_save(fig, results_dir, "confusion_matrix.png")
+
+
+def _model_input(model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """The batch on the model's device; uint8 scaled to [0, 1], as train.py does."""
+    inputs = images.to(next(model.parameters(), torch.empty(0)).device)
     if not inputs.is_floating_point():
         # dataset.to_float01, copied so that this file stands alone (a test pins the two equal)
         inputs = inputs.to(torch.float32).mul_(1.0 / 255)
-    predictions = model(inputs).argmax(dim=1).cpu()
-    names = list(class_names) if class_names is not None else None
+    return inputs
+
+
+def _name(index: int, class_names: Sequence[str] | None) -> str:
+    return str(class_names[index]) if class_names is not None else str(index)
+
+
+def _image_grid(images: torch.Tensor, titles: list[str]) -> plt.Figure:
+    """Up to 5 images a row, each with its title; gray images in the lecture's "binary" colours."""
     cols = 5
-    rows = (len(images) + cols - 1) // cols
+    rows = max((len(images) + cols - 1) // cols, 1)
     fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.8, rows * 2.0), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
-    for ax, image, pred, true in zip(axes.flat, images, predictions.tolist(), labels.tolist()):
+    for ax, image, title in zip(axes.flat, images, titles):
         pixels = image.float().permute(1, 2, 0)  # (H, W, C)
         if pixels.shape[2] == 1:
             ax.imshow(pixels[:, :, 0].numpy(), cmap="binary")
         else:
             ax.imshow((pixels / pixels.max().clamp(min=1e-12)).numpy())
-        predicted, target = (names[pred], names[true]) if names else (pred, true)
         # A fixed y skips matplotlib's title placement, which measures every axis (slow).
-        ax.set_title(f"P: {predicted} | T: {target}", fontsize=9, y=1.02)
+        ax.set_title(title, fontsize=9 if len(title) <= 22 else 7, y=1.02)
     fig.subplots_adjust(left=0.02, right=0.98, bottom=0.02, top=0.92, wspace=0.1, hspace=0.35)
-    return _maybe_save(fig, results_dir, "examples.png")
+    return fig
 
 
 def _maybe_save(fig: plt.Figure, results_dir: str | Path | None, name: str) -> plt.Figure:

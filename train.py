@@ -5,11 +5,14 @@
     python train.py --csv photos/labels.csv --file-column path --label-column label \
         --mode RGB --image-size 32 --augment                # your own images, any size and format
     torchrun --standalone --nproc_per_node=2 train.py --epochs 3 --seed 123
+    python train.py --evaluate                              # the saved model on the test split again
+    python train.py --predict new-images/                   # a folder or CSV: predictions.csv
 
 Writes into --results-dir: metrics.csv (one row per epoch), checkpoint.pt (model, optimizer,
 history, every RNG state, and the classes, mode and image size that say how to read new images;
-after each epoch, atomically), loss.png, accuracy.png and examples.png; with --csv and no
---split-column, split.csv (every row of the CSV and the split drawn for it, by class).
+after each epoch, atomically), loss.png, accuracy.png and examples.png; from the test split,
+confusion_matrix.csv / .png, per_class.csv and mistakes.png; with --csv and no --split-column,
+split.csv (every row of the CSV and the split drawn for it, by class).
 Same seed, same data, same machine and library versions: bit-identical weights, whatever
 --num-workers, and after any number of interruptions and --resume.
 
@@ -34,22 +37,26 @@ import random
 import shlex
 import signal
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from PIL import Image
 from torch.nn.parallel import DistributedDataParallel
 
-from dataset import DatasetError, parse_image_size, to_float01
-from loaders import (SPLITS, folder_layout, loaders_from_datasets, make_datasets, make_loader,
-                     split_csv)
+from dataset import CsvImageDataset, DatasetError, parse_image_size, read_csv, to_float01
+from loaders import (SPLITS, EpochBatchSampler, folder_layout, loaders_from_datasets,
+                     make_datasets, make_loader, split_csv)
 from model import MLP
-from plot import plot_accuracy, plot_training_loss, show_examples
+from plot import (plot_accuracy, plot_confusion_matrix, plot_training_loss, show_examples,
+                  show_mistakes)
 
 DEFAULT_DATA_DIR = "data"
 CHECKED_CONFIG = ("data", "num_features", "hidden", "num_classes", "batch_size", "seed", "lr",
@@ -85,6 +92,19 @@ def compute_accuracy(model: torch.nn.Module, data_loader, device: torch.device |
         counts[1] += labels.numel()
     correct, total = _sum_over_ranks(counts).tolist()
     return 100.0 * correct / total
+
+
+@torch.no_grad()
+def compute_confusion_matrix(model: torch.nn.Module, data_loader, device: torch.device | str,
+                             num_classes: int) -> torch.Tensor:
+    """(num_classes, num_classes) int64 counts, cm[true, predicted], over every batch of
+    data_loader (and every rank's share under torchrun)."""
+    model.eval()
+    cm = torch.zeros(num_classes * num_classes, dtype=torch.int64, device=device)
+    for images, labels in data_loader:
+        predictions = model(to_input(images, device)).argmax(dim=1)
+        cm += torch.bincount(labels.to(device) * num_classes + predictions, minlength=cm.numel())
+    return _sum_over_ranks(cm).view(num_classes, num_classes).cpu()
 
 
 @dataclasses.dataclass
@@ -351,6 +371,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                       help="resize every image to N x N or HxW as it is read (default: images "
                            "must share one size)")
     read.add_argument("--encoding", default="utf-8", help="the CSV's text encoding")
+    use = p.add_argument_group("use a saved model (trains nothing)")
+    use.add_argument("--evaluate", action="store_true",
+                     help="the checkpoint on the test split of the same data flags: the test "
+                          "accuracy, confusion matrix, per-class figures and mistakes")
+    use.add_argument("--predict", metavar="PATH",
+                     help="the class of every image in a folder (and its subfolders) or listed "
+                          "in a CSV (label column optional), into RESULTS_DIR/predictions.csv")
+    use.add_argument("--checkpoint", help="the checkpoint to use (default: RESULTS_DIR/checkpoint.pt)")
     read.add_argument("--augment", action="store_true",
                       help="train-only random rotation (up to 10 degrees) and shift (up to 10%%), "
                            "the same for any --num-workers and after --resume")
@@ -365,9 +393,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.csv is not None and args.data_dir != DEFAULT_DATA_DIR:
         p.error("--csv and --data-dir: choose one (one CSV for all images, or the folder of "
                 "three CSVs)")
-    for flag in ("img_dir", "split_column"):
-        if getattr(args, flag) is not None and args.csv is None:
-            p.error(f"--{flag.replace('_', '-')} goes with --csv")
+    if args.split_column is not None and args.csv is None:
+        p.error("--split-column goes with --csv")
+    if args.img_dir is not None and args.csv is None and args.predict is None:
+        p.error("--img-dir goes with --csv or --predict")
     if args.valid_fraction + args.test_fraction >= 1:
         p.error("--valid-fraction and --test-fraction must add up to less than 1")
     if args.csv is not None and not Path(args.csv).is_file():
@@ -377,6 +406,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                 f"python make_subset.py --out-dir {args.data_dir})")
     if args.resume and not (Path(args.results_dir) / "checkpoint.pt").is_file():
         p.error(f"--resume: no checkpoint at {Path(args.results_dir) / 'checkpoint.pt'}")
+    if sum((args.resume, args.evaluate, args.predict is not None)) > 1:
+        p.error("--resume, --evaluate and --predict: choose one")
+    checkpoint = Path(args.checkpoint or Path(args.results_dir) / "checkpoint.pt")
+    if (args.evaluate or args.predict) and not checkpoint.is_file():
+        p.error(f"no checkpoint at {checkpoint}: train first, or pass --checkpoint FILE")
+    if args.predict is not None and not Path(args.predict).exists():
+        p.error(f"--predict {args.predict}: no such file or folder")
     try:
         torch.device("cpu" if args.device == "auto" else args.device)
     except RuntimeError as e:
@@ -419,6 +455,126 @@ def pick_device(name: str, local_rank: int) -> torch.device:
     return torch.device("cpu")
 
 
+def write_reports(model: torch.nn.Module, cm: torch.Tensor, test_loader, results_dir: Path,
+                  class_names: list[str]) -> None:
+    """From the test split: confusion_matrix.csv and .png, per_class.csv and mistakes.png."""
+    import matplotlib.pyplot as plt
+
+    names = [str(c) for c in class_names]
+    rows = ["true \\ predicted," + ",".join(_csv_cell(n) for n in names)]
+    rows += [",".join([_csv_cell(n)] + [str(v) for v in row]) for n, row in zip(names, cm.tolist())]
+    write_atomic(results_dir / "confusion_matrix.csv", ("\n".join(rows) + "\n").encode())
+    support, correct, predicted = cm.sum(1).tolist(), cm.diagonal().tolist(), cm.sum(0).tolist()
+    rows = ["class,support,correct,recall,precision"]
+    for name, n, ok, p in zip(names, support, correct, predicted):
+        recall, precision = (f"{ok / d:.4f}" if d else "" for d in (n, p))  # empty: no such images
+        rows.append(f"{_csv_cell(name)},{n},{ok},{recall},{precision}")
+    write_atomic(results_dir / "per_class.csv", ("\n".join(rows) + "\n").encode())
+    # Under torchrun, the figure of mistakes looks at every test image, on this rank alone.
+    dataset = test_loader.dataset
+    whole = torch.utils.data.DataLoader(dataset, batch_size=None, sampler=EpochBatchSampler(
+        len(dataset), test_loader.sampler.batch_size, shuffle=False, drop_last=False, rank=0,
+        world_size=1))
+    for figure in (plot_confusion_matrix(cm, names, results_dir),
+                   show_mistakes(model, whole, results_dir, class_names=names)):
+        plt.close(figure)
+
+
+def evaluate(checkpoint_path: Path, config: dict, classes: list[str], test_loader,
+             results_dir: Path, device: torch.device, rank: int) -> History:
+    """--evaluate: the saved model on the test split, with the reports of a training run; the
+    checkpoint and metrics.csv are left as they are."""
+    checkpoint = torch.load(checkpoint_path, map_location=device, weights_only=True)
+    saved = checkpoint.get("config", {})
+    differences = [f"{key}: checkpoint has {saved.get(key)!r}, these flags give {config[key]!r}"
+                   for key in ("data", "num_features", "num_classes", "mode", "image_size")
+                   if saved.get(key) != config[key]]
+    if checkpoint.get("classes", list(classes)) != list(classes):
+        differences.append(f"classes: checkpoint has {checkpoint['classes']}, the data {classes}")
+    if differences:
+        raise SystemExit(f"train.py: error: cannot --evaluate {checkpoint_path}: it was trained on "
+                         "other data:\n  " + "\n  ".join(differences)
+                         + "\nUse the data flags of the training run.")
+    model = MLP(num_features=saved["num_features"], num_hidden=saved["hidden"],
+                num_classes=saved["num_classes"]).to(device)
+    model.load_state_dict(checkpoint["model"])
+    cm = compute_confusion_matrix(model, test_loader, device, len(classes))
+    test_acc = compute_accuracy(model, test_loader, device)
+    print(f"Test accuracy: {test_acc:.2f}%")
+    if rank == 0:
+        results_dir.mkdir(parents=True, exist_ok=True)
+        write_reports(model, cm, test_loader, results_dir, classes)
+    return History(test_acc=test_acc)
+
+
+@torch.no_grad()
+def predict(path: str, checkpoint_path: Path, results_dir: Path, columns: tuple[str, str],
+            img_dir: str | None, encoding: str, device: torch.device) -> Path:
+    """--predict: the checkpoint's classes for the images in a folder or a CSV, read in the
+    checkpoint's mode and size, into results_dir/predictions.csv (written whole, or not at all)."""
+    checkpoint = torch.load(checkpoint_path, map_location=device, weights_only=True)
+    if "classes" not in checkpoint:
+        raise SystemExit(f"train.py: error: {checkpoint_path} does not say its classes, mode and "
+                         "image size (it predates them): train again to use --predict")
+    classes, saved = [str(c) for c in checkpoint["classes"]], checkpoint["config"]
+    model = MLP(num_features=saved["num_features"], num_hidden=saved["hidden"],
+                num_classes=len(classes)).to(device)
+    model.load_state_dict(checkpoint["model"])
+    model.eval()
+    options = {"mode": checkpoint["mode"], "image_size": tuple(checkpoint["image_size"]),
+               "classes": classes, "cache_mb": 0, "encoding": encoding}
+    with tempfile.TemporaryDirectory() as tmp:
+        ds = _images_to_predict(Path(path), columns, img_dir, Path(tmp), options)
+    labelled = bool(len(ds)) and ds.targets[0] >= 0
+    head = ["file", "predicted", "probability"]
+    head += [f"top{k}{suffix}" for k in range(1, min(3, len(classes)) + 1)
+             for suffix in ("", "_probability")]
+    rows, correct = [",".join(head + (["true"] if labelled else []))], 0
+    for start in range(0, len(ds), 256):
+        images, labels = ds[np.arange(start, min(start + 256, len(ds)))]
+        probs = torch.softmax(model(to_input(images, device)), dim=1).cpu()  # (B, C)
+        top_p, top_i = probs.topk(min(3, len(classes)), dim=1)
+        for j, label in enumerate(labels.tolist()):
+            cells = [ds.samples[start + j].file, classes[top_i[j, 0]], f"{top_p[j, 0]:.4f}"]
+            cells += [c for i, q in zip(top_i[j].tolist(), top_p[j].tolist())
+                      for c in (classes[i], f"{q:.4f}")]
+            rows.append(",".join(_csv_cell(c) for c in cells + ([classes[label]] if labelled else [])))
+            correct += labelled and label == top_i[j, 0].item()
+    results_dir.mkdir(parents=True, exist_ok=True)
+    out = results_dir / "predictions.csv"
+    write_atomic(out, ("\n".join(rows) + "\n").encode())
+    print(f"Predicted {len(ds)} images with {checkpoint_path}: {out}")
+    if labelled:
+        print(f"Accuracy: {100.0 * correct / len(ds):.2f}% ({correct} of {len(ds)})")
+    return out
+
+
+def _images_to_predict(path: Path, columns: tuple[str, str], img_dir: str | None, tmp: Path,
+                       options: dict) -> CsvImageDataset:
+    """The images of a folder (every image file below it, sorted by path) or of a CSV (labelled
+    when it has the label column)."""
+    file_column, label_column = columns
+    if path.is_dir():
+        extensions = {e for e, fmt in Image.registered_extensions().items() if fmt in Image.OPEN}
+        names = sorted(p.relative_to(path).as_posix() for p in path.rglob("*")
+                       if p.is_file() and p.suffix.lower() in extensions)
+        if not names:
+            raise DatasetError(f"{path}: no image files in this folder or below it")
+        listing = tmp / "images.csv"
+        listing.write_text("\n".join(["File Name"] + [_csv_cell(n) for n in names]) + "\n",
+                           encoding="utf-8")
+        return CsvImageDataset(listing, path, file_column="File Name", label_column=None,
+                               **{**options, "encoding": "utf-8"})
+    read_csv(path, [file_column], options["encoding"])  # a missing file or column: named errors
+    labelled = label_column in pd.read_csv(path, nrows=0, encoding=options["encoding"]).columns
+    return CsvImageDataset(path, Path(img_dir) if img_dir else path.parent, file_column=file_column,
+                           label_column=label_column if labelled else None, **options)
+
+
+def _csv_cell(text: str) -> str:
+    return f'"{text.replace(chr(34), chr(34) * 2)}"' if any(c in text for c in ',"\n') else text
+
+
 def augmentation():
     """--augment: a small random rotation and shift, which suit small images of any class; no
     flips, which would mirror digits and letters."""
@@ -452,10 +608,15 @@ def write_figures(history: History, model: torch.nn.Module, test_loader, results
         plt.close(figure)
 
 
-def main(argv: list[str] | None = None) -> History:
+def main(argv: list[str] | None = None) -> History | Path:
     args = parse_args(argv)
     resume_command = shlex.join(["python", "train.py", *(sys.argv[1:] if argv is None else argv)]
                                 + ([] if args.resume else ["--resume"]))
+    checkpoint_path = Path(args.checkpoint or Path(args.results_dir) / "checkpoint.pt")
+    if args.predict is not None:  # needs the checkpoint and the new images, nothing else
+        return predict(args.predict, checkpoint_path, Path(args.results_dir),
+                       (args.file_column, args.label_column), args.img_dir, args.encoding,
+                       pick_device(args.device, 0))
 
     # ---- torchrun: one process per device; nothing happens here under plain `python train.py` ----
     ddp = "RANK" in os.environ and "WORLD_SIZE" in os.environ
@@ -509,9 +670,11 @@ def main(argv: list[str] | None = None) -> History:
               "num_features": num_features, "hidden": args.hidden, "num_classes": num_classes,
               "batch_size": args.batch_size, "seed": args.seed, "lr": args.lr, "mode": args.mode,
               "image_size": list(train_ds.image_size), "augment": args.augment}
+    if args.evaluate:
+        return evaluate(checkpoint_path, config, train_ds.classes, test_loader, results_dir, device,
+                        rank)
 
     # ---- resume ----------------------------------------------------------------------------------
-    checkpoint_path = results_dir / "checkpoint.pt"
     history = History()
     if args.resume:
         history = load_run(checkpoint_path, config, model, optimizer, device)
@@ -536,9 +699,11 @@ def main(argv: list[str] | None = None) -> History:
               f"Resume with: {resume_command}")
         raise SystemExit(130) from None
 
-    # ---- figures ---------------------------------------------------------------------------------
+    # ---- figures and reports ---------------------------------------------------------------------
+    cm = compute_confusion_matrix(net, test_loader, device, num_classes)  # every rank takes part
     if rank == 0:
         write_figures(history, model, test_loader, results_dir, train_ds.classes)
+        write_reports(model, cm, test_loader, results_dir, train_ds.classes)
     if ddp:
         dist.destroy_process_group()
     return history

@@ -64,9 +64,18 @@ def test_only_rank_zero_prints_and_writes(first_run):
     results, run = first_run
     assert run.stdout.count("Test accuracy:") == 1 and run.stdout.count("Epoch: 001/002 | Train:") == 1
     assert "; 2 processes" in run.stdout
-    for name in ("metrics.csv", "checkpoint.pt", "loss.png", "accuracy.png", "examples.png"):
+    for name in ("metrics.csv", "checkpoint.pt", "loss.png", "accuracy.png", "examples.png",
+                 "confusion_matrix.csv", "confusion_matrix.png", "per_class.csv", "mistakes.png"):
         assert (results / name).is_file()
     assert not list(results.glob(".*tmp*"))
+
+
+def test_the_confusion_matrix_counts_every_ranks_share(first_run):
+    results, run = first_run
+    rows = (results / "confusion_matrix.csv").read_text().splitlines()[1:]
+    cm = torch.tensor([[int(v) for v in row.split(",")[1:]] for row in rows])
+    assert cm.sum().item() == 20  # the whole test split, not one rank's half
+    assert f"Test accuracy: {100.0 * cm.trace().item() / 20:.2f}%" in run.stdout
 
 
 def test_metrics_count_every_image_of_the_split(data, first_run):

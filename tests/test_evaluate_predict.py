@@ -1,0 +1,124 @@
+"""What the model gets wrong, and a checkpoint used again: reports, --evaluate, --predict."""
+
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import train
+from conftest import write_csv, write_png
+from dataset import DatasetError
+from loaders import get_dataloaders
+from model import MLP
+
+
+def run(data, results, *extra: str) -> train.History:
+    return train.main(["--epochs", "3", "--seed", "2", "--batch-size", "8", "--data-dir", str(data),
+                       "--results-dir", str(results), *extra])
+
+
+def read_rows(path) -> list[list[str]]:
+    with open(path, newline="") as f:
+        return list(csv.reader(f))
+
+
+@pytest.fixture
+def trained(tiny_data, tmp_path, capsys):
+    history = run(tiny_data, tmp_path / "r")
+    return tiny_data, tmp_path / "r", history, capsys.readouterr().out
+
+
+def test_every_run_writes_the_confusion_matrix_per_class_figures_and_mistakes(trained):
+    data, results, history, _ = trained
+    for name in ("confusion_matrix.csv", "confusion_matrix.png", "per_class.csv", "mistakes.png"):
+        assert (results / name).stat().st_size > 0
+    rows = read_rows(results / "confusion_matrix.csv")
+    assert rows[0] == ["true \\ predicted"] + [str(i) for i in range(10)]
+    cm = torch.tensor([[int(v) for v in row[1:]] for row in rows[1:]])
+    assert [row[0] for row in rows[1:]] == [str(i) for i in range(10)]
+    _, _, test = get_dataloaders(8, data)
+    labels = torch.cat([y for _, y in test])
+    assert cm.sum(1).tolist() == torch.bincount(labels, minlength=10).tolist()  # rows: true classes
+    assert 100.0 * cm.trace().item() / cm.sum().item() == history.test_acc  # diagonal: correct
+    head, *body = read_rows(results / "per_class.csv")
+    per_class = [dict(zip(head, row)) for row in body]
+    assert [int(r["support"]) for r in per_class] == cm.sum(1).tolist()
+    assert [int(r["correct"]) for r in per_class] == cm.diagonal().tolist()
+    for r, predicted in zip(per_class, cm.sum(0).tolist()):
+        assert r["recall"] == (f"{int(r['correct']) / int(r['support']):.4f}" if int(r["support"]) else "")
+        assert r["precision"] == (f"{int(r['correct']) / predicted:.4f}" if predicted else "")
+
+
+def test_compute_confusion_matrix_matches_the_predictions(tiny_data):
+    _, valid, _ = get_dataloaders(6, tiny_data)
+    model = MLP()
+    cm = train.compute_confusion_matrix(model, valid, "cpu", 10)
+    predictions = torch.cat([model(x).argmax(1) for x, _ in valid])
+    labels = torch.cat([y for _, y in valid])
+    assert cm.dtype == torch.int64 and cm.shape == (10, 10)
+    expected = torch.zeros(10, 10, dtype=torch.int64)
+    for t, p in zip(labels.tolist(), predictions.tolist()):
+        expected[t, p] += 1
+    assert torch.equal(cm, expected)
+
+
+def test_evaluate_prints_the_training_runs_test_accuracy_and_touches_nothing_else(trained, capsys):
+    data, results, history, out = trained
+    kept = {name: (results / name).read_bytes() for name in ("checkpoint.pt", "metrics.csv")}
+    (results / "confusion_matrix.csv").unlink()
+    evaluated = train.main(["--evaluate", "--batch-size", "8", "--data-dir", str(data), "--results-dir",
+                            str(results)])  # the training run's flags
+    line = f"Test accuracy: {history.test_acc:.2f}%"
+    assert line in out and line in capsys.readouterr().out and evaluated.test_acc == history.test_acc
+    assert {name: (results / name).read_bytes() for name in kept} == kept
+    assert (results / "confusion_matrix.csv").is_file()
+
+
+def test_evaluate_refuses_a_checkpoint_of_other_data(trained, tmp_path):
+    data, results, _, _ = trained
+    csv_path = data / "mnist_test.csv"
+    csv_path.write_text("\n".join(csv_path.read_text().splitlines()[:-1]) + "\n")  # one row fewer
+    with pytest.raises(SystemExit, match="cannot --evaluate .*trained on other data"):
+        train.main(["--evaluate", "--batch-size", "8", "--data-dir", str(data), "--results-dir", str(results)])
+
+
+def test_predict_on_the_labelled_test_csv_gives_the_test_accuracy(trained, capsys):
+    data, results, history, _ = trained
+    out = train.main(["--predict", str(data / "mnist_test.csv"), "--img-dir", str(data / "mnist_test"),
+                      "--results-dir", str(results)])
+    assert f"Accuracy: {history.test_acc:.2f}% " in capsys.readouterr().out
+    rows = read_rows(out)
+    assert rows[0] == ["file", "predicted", "probability", "top1", "top1_probability", "top2",
+                       "top2_probability", "top3", "top3_probability", "true"]
+    assert len(rows) == 21 and rows[1][0] == "00000.png" and rows[1][1] == rows[1][3]
+    probabilities = [float(v) for v in rows[1][4:9:2]]
+    assert probabilities == sorted(probabilities, reverse=True) and sum(probabilities) <= 1.0001
+
+
+def test_predict_a_folder_of_other_sizes_and_modes_with_the_checkpoint_alone(trained, tmp_path):
+    _, results, _, _ = trained
+    folder = tmp_path / "new"
+    write_png(folder / "b.png", np.full((40, 30, 3), 200, dtype=np.uint8))  # RGB, another size
+    (folder / "sub").mkdir()
+    Image.fromarray(np.full((10, 12), 1000, dtype=np.uint16)).save(folder / "sub" / "a.png")  # 16-bit
+    Image.new("RGB", (50, 20), (9, 9, 9)).save(folder / "c.jpg")
+    (folder / "notes.txt").write_text("not an image")
+    out = train.main(["--predict", str(folder), "--results-dir", str(tmp_path / "p"),
+                      "--checkpoint", str(results / "checkpoint.pt")])
+    rows = read_rows(out)
+    assert [row[0] for row in rows[1:]] == ["b.png", "c.jpg", "sub/a.png"]  # sorted by path
+    assert "true" not in rows[0] and all(row[1] in [str(i) for i in range(10)] for row in rows[1:])
+
+
+def test_predict_names_a_bad_row_and_writes_nothing(trained, tmp_path):
+    _, results, _, _ = trained
+    write_png(tmp_path / "img" / "a.png", np.zeros((28, 28), dtype=np.uint8))
+    listing = write_csv(tmp_path / "new.csv", "File Name\na.png\nmissing.png\n")
+    with pytest.raises(DatasetError, match=r"line 3: 'missing.png': file not found"):
+        train.main(["--predict", str(listing), "--img-dir", str(tmp_path / "img"),
+                    "--results-dir", str(tmp_path / "p"), "--checkpoint", str(results / "checkpoint.pt")])
+    assert not (tmp_path / "p" / "predictions.csv").exists()
