@@ -9,8 +9,9 @@ In a notebook, call them and then plt.show(), as the lecture does:
     plt.show()
 
 Each function draws one new figure and returns it; with results_dir it also writes the figure
-there as a PNG file (loss.png, accuracy.png, examples.png, confusion_matrix.png, mistakes.png). Importing this file leaves matplotlib's
-backend alone, so figures show inline in a notebook; train.py picks the file-only Agg backend.
+there as a PNG file (loss.png, accuracy.png, examples.png, confusion_matrix.png, mistakes.png).
+Importing this file leaves matplotlib's backend alone, so figures show inline in a notebook;
+train.py picks the file-only Agg backend.
 """
 
 from __future__ import annotations
@@ -115,7 +116,8 @@ def plot_confusion_matrix(cm: torch.Tensor, class_names: Sequence[str],
     fig, ax = plt.subplots(figsize=(size, size))
     ax.imshow(cm.numpy(), cmap="Blues")
     font = 10 if n <= 12 else 7 if n <= 30 else 5
-    ax.set_xticks(range(n), [str(c) for c in class_names], rotation=90 if n > 10 else 0, fontsize=font)
+    ax.set_xticks(range(n), [str(c) for c in class_names], rotation=90 if n > 10 else 0,
+                  fontsize=font)
     ax.set_yticks(range(n), [str(c) for c in class_names], fontsize=font)
     ax.set_xlabel("Predicted")
     ax.set_ylabel("True")

@@ -5,7 +5,7 @@
     python train.py --csv photos/labels.csv --file-column path --label-column label \
         --mode RGB --image-size 32 --augment                # your own images, any size and format
     torchrun --standalone --nproc_per_node=2 train.py --epochs 3 --seed 123
-    python train.py --evaluate                              # the saved model on the test split again
+    python train.py --evaluate                              # the saved model, on the test split
     python train.py --predict new-images/                   # a folder or CSV: predictions.csv
 
 Writes into --results-dir: metrics.csv (one row per epoch), checkpoint.pt (model, optimizer,
@@ -378,7 +378,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     use.add_argument("--predict", metavar="PATH",
                      help="the class of every image in a folder (and its subfolders) or listed "
                           "in a CSV (label column optional), into RESULTS_DIR/predictions.csv")
-    use.add_argument("--checkpoint", help="the checkpoint to use (default: RESULTS_DIR/checkpoint.pt)")
+    use.add_argument("--checkpoint",
+                     help="the checkpoint to use (default: RESULTS_DIR/checkpoint.pt)")
     read.add_argument("--augment", action="store_true",
                       help="train-only random rotation (up to 10 degrees) and shift (up to 10%%), "
                            "the same for any --num-workers and after --resume")
@@ -538,7 +539,8 @@ def predict(path: str, checkpoint_path: Path, results_dir: Path, columns: tuple[
             cells = [ds.samples[start + j].file, classes[top_i[j, 0]], f"{top_p[j, 0]:.4f}"]
             cells += [c for i, q in zip(top_i[j].tolist(), top_p[j].tolist())
                       for c in (classes[i], f"{q:.4f}")]
-            rows.append(",".join(_csv_cell(c) for c in cells + ([classes[label]] if labelled else [])))
+            cells += [classes[label]] if labelled else []
+            rows.append(",".join(_csv_cell(c) for c in cells))
             correct += labelled and label == top_i[j, 0].item()
     results_dir.mkdir(parents=True, exist_ok=True)
     out = results_dir / "predictions.csv"
