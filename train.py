@@ -244,12 +244,32 @@ def save_run(results_dir: Path, model: torch.nn.Module, optimizer: torch.optim.O
     write_atomic(results_dir / "metrics.csv", metrics_csv(history))
 
 
+def read_checkpoint(path: Path, device: torch.device) -> dict:
+    """torch.load(weights_only=True) of a checkpoint that train.py wrote; anything else (a
+    truncated, empty or foreign file) is one sentence, not torch's internals."""
+    try:
+        checkpoint = torch.load(path, map_location=device, weights_only=True)
+        missing = [k for k in ("model", "optimizer", "epoch", "history", "config", "rng")
+                   if k not in checkpoint]
+    except Exception as e:  # noqa: BLE001  (torch raises many kinds for a damaged file)
+        missing, checkpoint = [f"readable content ({type(e).__name__})"], None
+    if missing:
+        raise SystemExit(f"train.py: error: {path} is damaged or not a checkpoint of train.py "
+                         f"(no {', '.join(missing)}). Start afresh without --resume (move the file "
+                         "away first, to keep it), or pass the right --checkpoint / --results-dir.")
+    return checkpoint
+
+
 def load_run(path: Path, config: dict, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-             device: torch.device) -> History:
+             device: torch.device, epochs: int) -> History:
     """Restore model, optimizer and every RNG state from a checkpoint of the same run; returns
     its history."""
-    checkpoint = torch.load(path, map_location=device, weights_only=True)
+    checkpoint = read_checkpoint(path, device)
     check_resume(checkpoint, config, path)
+    if checkpoint["epoch"] > epochs:
+        print(f"train.py: error: --epochs {epochs}, but {path} already holds {checkpoint['epoch']} "
+              f"epochs; pass --epochs {checkpoint['epoch']} or more", file=sys.stderr)
+        raise SystemExit(2)
     model.load_state_dict(checkpoint["model"])
     optimizer.load_state_dict(checkpoint["optimizer"])
     set_rng_states(checkpoint["rng"])
@@ -290,6 +310,49 @@ def set_rng_states(states: dict) -> None:
     random.setstate((version, tuple(mt_state), gauss_next))
 
 
+RESULT_FILES = ("checkpoint.pt", "metrics.csv", "loss.png", "accuracy.png", "examples.png",
+                "confusion_matrix.csv", "confusion_matrix.png", "per_class.csv", "mistakes.png",
+                "split.csv", "predictions.csv")
+
+
+@contextlib.contextmanager
+def results_folder(results_dir: Path, fresh: bool, main_process: bool):
+    """Hold results_dir while the block runs: an OS lock (flock) that a killed run releases too,
+    so a second run into the same folder stops with a message naming the first. This run's
+    leftovers of an earlier kill (temporary files) are removed. With fresh (a new run, not
+    --resume / --evaluate), earlier results move into results_dir/version_N first."""
+    if not main_process:  # under torchrun, rank 0 holds the folder for every rank
+        yield
+        return
+    import fcntl
+
+    results_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(results_dir / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            raise SystemExit(f"train.py: error: {results_dir} is in use by another train.py run "
+                             f"(process {holder}); wait for it to finish, or pass another "
+                             "--results-dir") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        for leftover in [*results_dir.glob(".*.tmp-*"), *results_dir.glob(".*.tmp")]:
+            leftover.unlink(missing_ok=True)  # nobody else writes here while we hold the lock
+        earlier = [name for name in RESULT_FILES if (results_dir / name).exists()]
+        if fresh and earlier:
+            taken = {int(p.name[8:]) for p in results_dir.glob("version_*") if p.name[8:].isdigit()}
+            version = results_dir / f"version_{max(taken, default=0) + 1}"
+            version.mkdir()
+            for name in earlier:
+                os.replace(results_dir / name, version / name)
+            print(f"Earlier results in {results_dir} moved to {version}/")
+        yield
+    finally:
+        os.close(fd)
+
+
 def data_fingerprint(csv_paths: list[Path]) -> str:
     """sha256 of the CSVs the datasets were read from: a resumed run must see the same rows."""
     digest = hashlib.sha256()
@@ -323,8 +386,16 @@ def _at_least(minimum: float, kind: type):
 
 def _positive_float(text: str) -> float:
     value = _at_least(0.0, float)(text)
-    if value == 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
+    if value == 0 or value > torch.finfo(torch.float32).max:  # the weights are float32
+        raise argparse.ArgumentTypeError(f"must be a number > 0 that float32 holds, got {text}")
+    return value
+
+
+def _seed(text: str) -> int:
+    value = _at_least(0, int)(text)
+    if value >= 2**32:
+        raise argparse.ArgumentTypeError(f"must be below 2**32 (NumPy's and the data order's "
+                                         f"limit), got {text}")
     return value
 
 
@@ -332,8 +403,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="Train an MLP on PNG images listed in CSV files.",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--epochs", type=_at_least(1, int), default=100, help="number of epochs")
-    p.add_argument("--seed", type=_at_least(0, int), default=123,
-                   help="seed for the weights and the data order")
+    p.add_argument("--seed", type=_seed, default=123,
+                   help="seed for the weights and the data order (0 to 2**32 - 1)")
     p.add_argument("--batch-size", type=_at_least(1, int), default=64,
                    help="minibatch size (under torchrun: the global batch, split between ranks)")
     p.add_argument("--eval-batch-size", type=_at_least(1, int), default=256,
@@ -415,9 +486,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.predict is not None and not Path(args.predict).exists():
         p.error(f"--predict {args.predict}: no such file or folder")
     try:
-        torch.device("cpu" if args.device == "auto" else args.device)
+        device = torch.device("cpu" if args.device == "auto" else args.device)
     except RuntimeError as e:
         p.error(f"--device {args.device}: {e}")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        p.error(f"--device {args.device}: this machine has no CUDA device; "
+                "use --device cpu (or auto)")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        p.error(f"--device {args.device}: MPS is not available here; use --device cpu (or auto)")
+    results = Path(args.results_dir)
+    if results.exists() and not results.is_dir():
+        p.error(f"--results-dir {results}: a file is there, not a folder; choose another path")
+    writable = next((f for f in [results, *results.parents] if f.exists()), Path("."))
+    if not os.access(writable, os.W_OK | os.X_OK):
+        p.error(f"--results-dir {results}: {writable} cannot be written; choose another path")
     return args
 
 
@@ -485,7 +567,7 @@ def evaluate(checkpoint_path: Path, config: dict, classes: list[str], test_loade
              results_dir: Path, device: torch.device, rank: int) -> History:
     """--evaluate: the saved model on the test split, with the reports of a training run; the
     checkpoint and metrics.csv are left as they are."""
-    checkpoint = torch.load(checkpoint_path, map_location=device, weights_only=True)
+    checkpoint = read_checkpoint(checkpoint_path, device)
     saved = checkpoint.get("config", {})
     differences = [f"{key}: checkpoint has {saved.get(key)!r}, these flags give {config[key]!r}"
                    for key in ("data", "num_features", "num_classes", "mode", "image_size")
@@ -513,7 +595,7 @@ def predict(path: str, checkpoint_path: Path, results_dir: Path, columns: tuple[
             img_dir: str | None, encoding: str, device: torch.device) -> Path:
     """--predict: the checkpoint's classes for the images in a folder or a CSV, read in the
     checkpoint's mode and size, into results_dir/predictions.csv (written whole, or not at all)."""
-    checkpoint = torch.load(checkpoint_path, map_location=device, weights_only=True)
+    checkpoint = read_checkpoint(checkpoint_path, device)
     if "classes" not in checkpoint:
         raise SystemExit(f"train.py: error: {checkpoint_path} does not say its classes, mode and "
                          "image size (it predates them): train again to use --predict")
@@ -612,8 +694,10 @@ def write_figures(history: History, model: torch.nn.Module, test_loader, results
 
 def main(argv: list[str] | None = None) -> History | Path:
     args = parse_args(argv)
-    resume_command = shlex.join(["python", "train.py", *(sys.argv[1:] if argv is None else argv)]
-                                + ([] if args.resume else ["--resume"]))
+    # The command as the user ran it (script path included), for the hints after a Ctrl-C.
+    command = ["python", *(sys.argv if argv is None else ["train.py", *argv])]
+    resume_command = shlex.join(command + ([] if args.resume else ["--resume"]))
+    evaluate_command = shlex.join([c for c in command if c != "--resume"] + ["--evaluate"])
     checkpoint_path = Path(args.checkpoint or Path(args.results_dir) / "checkpoint.pt")
     if args.predict is not None:  # needs the checkpoint and the new images, nothing else
         return predict(args.predict, checkpoint_path, Path(args.results_dir),
@@ -633,83 +717,94 @@ def main(argv: list[str] | None = None) -> History | Path:
             sys.stdout = open(os.devnull, "w")  # only rank 0 prints (its errors still go to stderr)
     # ----------------------------------------------------------------------------------------------
 
-    # ---- data ------------------------------------------------------------------------------------
     results_dir = Path(args.results_dir)
-    split_options = {"label_column": args.label_column, "valid_fraction": args.valid_fraction,
-                     "test_fraction": args.test_fraction, "seed": args.split_seed,
-                     "encoding": args.encoding}
-    sources = data_sources(args.csv, args.data_dir, args.img_dir, args.split_column,
-                           results_dir / "split.csv", split_options, main_process=rank == 0)
-    if ddp:
-        dist.barrier()  # the others wait for rank 0's data (and split.csv)
-    set_deterministic()
-    set_all_seeds(args.seed)
-    # On a GPU, batches travel as uint8 and are scaled there (to_input): a quarter of the bytes.
-    dataset_kwargs = {"pixels": "uint8" if device.type == "cuda" else "float01",
-                      "cache_mb": args.cache_mb, "file_column": args.file_column,
-                      "label_column": args.label_column, "mode": args.mode,
-                      "image_size": args.image_size, "encoding": args.encoding}
-    loader_kwargs = {"num_workers": args.num_workers, "pin_memory": device.type == "cuda",
-                     "persistent_workers": args.persistent_workers and args.num_workers > 0}
-    datasets = make_datasets(sources, dataset_kwargs, augmentation() if args.augment else None)
-    train_loader, valid_loader, test_loader = loaders_from_datasets(
-        *datasets, batch_size=args.batch_size, eval_batch_size=args.eval_batch_size, seed=args.seed,
-        loader_kwargs=loader_kwargs)
-    train_ds = datasets[0]
-    train_eval_loader = make_loader(train_ds, args.eval_batch_size, shuffle=False, drop_last=False,
-                                    seed=args.seed, loader_kwargs=loader_kwargs)
-    print(f"Data: {len(train_ds)} train, {len(datasets[1])} valid, {len(datasets[2])} test images "
-          f"from {args.csv or args.data_dir + '/'}; {train_ds.cache_decision}; device {device}"
-          + (f"; {world_size} processes" if world_size > 1 else ""))
+    # One run at a time in a results folder; a new run first moves earlier results aside.
+    with results_folder(results_dir, fresh=not (args.resume or args.evaluate),
+                        main_process=rank == 0):
+        # ---- data --------------------------------------------------------------------------------
+        split_options = {"label_column": args.label_column, "seed": args.split_seed,
+                         "valid_fraction": args.valid_fraction,
+                         "test_fraction": args.test_fraction, "encoding": args.encoding}
+        sources = data_sources(args.csv, args.data_dir, args.img_dir, args.split_column,
+                               results_dir / "split.csv", split_options, main_process=rank == 0)
+        if ddp:
+            dist.barrier()  # the others wait for rank 0's data (and split.csv)
+        set_deterministic()
+        set_all_seeds(args.seed)
+        # On a GPU, batches travel as uint8 and are scaled there (to_input): a quarter of the bytes
+        dataset_kwargs = {"pixels": "uint8" if device.type == "cuda" else "float01",
+                          "cache_mb": args.cache_mb, "file_column": args.file_column,
+                          "label_column": args.label_column, "mode": args.mode,
+                          "image_size": args.image_size, "encoding": args.encoding}
+        loader_kwargs = {"num_workers": args.num_workers, "pin_memory": device.type == "cuda",
+                         "persistent_workers": args.persistent_workers and args.num_workers > 0}
+        datasets = make_datasets(sources, dataset_kwargs, augmentation() if args.augment else None)
+        train_loader, valid_loader, test_loader = loaders_from_datasets(
+            *datasets, batch_size=args.batch_size, eval_batch_size=args.eval_batch_size,
+            seed=args.seed, loader_kwargs=loader_kwargs)
+        train_ds = datasets[0]
+        train_eval_loader = make_loader(train_ds, args.eval_batch_size, shuffle=False,
+                                        drop_last=False, seed=args.seed,
+                                        loader_kwargs=loader_kwargs)
+        print(f"Data: {len(train_ds)} train, {len(datasets[1])} valid, {len(datasets[2])} test "
+              f"images from {args.csv or args.data_dir + '/'}; {train_ds.cache_decision}; "
+              f"device {device}" + (f"; {world_size} processes" if world_size > 1 else ""))
 
-    # ---- model -----------------------------------------------------------------------------------
-    num_features = train_ds.channels * train_ds.image_size[0] * train_ds.image_size[1]
-    num_classes = len(train_ds.classes)
-    model = MLP(num_features=num_features, num_hidden=args.hidden, num_classes=num_classes)
-    model = model.to(device)
-    optimizer = torch.optim.SGD(model.parameters(), lr=args.lr)
-    config = {"data": data_fingerprint([ds.csv_path for ds in datasets]),
-              "num_features": num_features, "hidden": args.hidden, "num_classes": num_classes,
-              "batch_size": args.batch_size, "seed": args.seed, "lr": args.lr, "mode": args.mode,
-              "image_size": list(train_ds.image_size), "augment": args.augment}
-    if args.evaluate:
-        return evaluate(checkpoint_path, config, train_ds.classes, test_loader, results_dir, device,
-                        rank)
+        # ---- model -------------------------------------------------------------------------------
+        num_features = train_ds.channels * train_ds.image_size[0] * train_ds.image_size[1]
+        num_classes = len(train_ds.classes)
+        model = MLP(num_features=num_features, num_hidden=args.hidden, num_classes=num_classes)
+        model = model.to(device)
+        optimizer = torch.optim.SGD(model.parameters(), lr=args.lr)
+        config = {"data": data_fingerprint([ds.csv_path for ds in datasets]),
+                  "num_features": num_features, "hidden": args.hidden, "num_classes": num_classes,
+                  "batch_size": args.batch_size, "seed": args.seed, "lr": args.lr,
+                  "mode": args.mode, "image_size": list(train_ds.image_size),
+                  "augment": args.augment}
+        if args.evaluate:
+            return evaluate(checkpoint_path, config, train_ds.classes, test_loader, results_dir,
+                            device, rank)
 
-    # ---- resume ----------------------------------------------------------------------------------
-    history = History()
-    if args.resume:
-        history = load_run(checkpoint_path, config, model, optimizer, device)
-    net = model
-    if ddp:
-        device_ids = [device.index] if device.type == "cuda" else None
-        net = DistributedDataParallel(model, device_ids=device_ids)
+        # ---- resume ------------------------------------------------------------------------------
+        history = History()
+        if args.resume:
+            history = load_run(checkpoint_path, config, model, optimizer, device, args.epochs)
+        net = model
+        if ddp:
+            device_ids = [device.index] if device.type == "cuda" else None
+            net = DistributedDataParallel(model, device_ids=device_ids)
 
-    # ---- train and test --------------------------------------------------------------------------
-    save = None
-    if rank == 0:
-        results_dir.mkdir(parents=True, exist_ok=True)
-        save = functools.partial(save_run, results_dir, model, optimizer, config, train_ds.classes)
-    try:
-        train_model(net, args.epochs, train_loader, valid_loader, test_loader, optimizer=optimizer,
-                    device=device, history=history, train_eval_loader=train_eval_loader,
-                    logging_interval=args.logging_interval, on_epoch_end=save)
-    except KeyboardInterrupt:
-        saved = len(history.train_acc)  # train_model extends history in place and saves each epoch
-        print("\nInterrupted before the first epoch ended; nothing was saved." if saved == 0 else
-              f"\nInterrupted. The checkpoint of epoch {saved} is in {checkpoint_path}.\n"
-              f"Resume with: {resume_command}")
-        raise SystemExit(130) from None
+        # ---- train and test ----------------------------------------------------------------------
+        save = None
+        if rank == 0:
+            save = functools.partial(save_run, results_dir, model, optimizer, config,
+                                     train_ds.classes)
+        try:
+            train_model(net, args.epochs, train_loader, valid_loader, test_loader,
+                        optimizer=optimizer, device=device, history=history,
+                        train_eval_loader=train_eval_loader,
+                        logging_interval=args.logging_interval, on_epoch_end=save)
+        except KeyboardInterrupt:
+            saved = len(history.train_acc)  # train_model extends history in place, saving each
+            print("\nInterrupted before the first epoch ended; nothing was saved." if not saved
+                  else f"\nInterrupted. The checkpoint of epoch {saved} is in {checkpoint_path}.\n"
+                  f"Resume with: {resume_command}")
+            raise SystemExit(130) from None
 
-    # ---- figures and reports ---------------------------------------------------------------------
-    cm = compute_confusion_matrix(net, test_loader, device, num_classes)  # every rank takes part
-    if rank == 0:
-        write_figures(history, model, test_loader, results_dir, train_ds.classes)
-        write_reports(model, cm, test_loader, results_dir, train_ds.classes)
-    if ddp:
-        dist.destroy_process_group()
-    return history
-
+        # ---- figures and reports -----------------------------------------------------------------
+        try:
+            cm = compute_confusion_matrix(net, test_loader, device, num_classes)  # on every rank
+            if rank == 0:
+                write_figures(history, model, test_loader, results_dir, train_ds.classes)
+                write_reports(model, cm, test_loader, results_dir, train_ds.classes)
+        except KeyboardInterrupt:
+            print(f"\nInterrupted after training: the checkpoint of epoch {len(history.train_acc)} "
+                  f"in {checkpoint_path} is complete; some figures or reports may be missing. "
+                  f"Write the reports with: {evaluate_command}")
+            raise SystemExit(130) from None
+        if ddp:
+            dist.destroy_process_group()
+        return history
 
 if __name__ == "__main__":
     import matplotlib
@@ -719,3 +814,6 @@ if __name__ == "__main__":
         main()
     except DatasetError as e:  # bad rows or images: the message names them; no traceback
         sys.exit(f"train.py: error: {e}")
+    except BrokenPipeError:  # the reader went away (| head): stop quietly, as command-line tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(1)

@@ -1,0 +1,113 @@
+"""Nothing lost, nothing raw (issue 11, the train.py part): one run per results folder, earlier
+results kept, leftovers removed, damaged checkpoints and unusable flags as one sentence."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import train
+from conftest import ROOT
+
+
+def flags(data, results, *extra: str, epochs: int = 2) -> list[str]:
+    return ["--epochs", str(epochs), "--seed", "3", "--batch-size", "8", "--data-dir", str(data),
+            "--results-dir", str(results), *extra]
+
+
+def test_a_second_run_into_a_busy_results_folder_refuses_and_a_killed_run_frees_it(tiny_data, tmp_path):
+    results = tmp_path / "r"
+    args = flags(tiny_data, results, "--logging-interval", "1000", epochs=1000)
+    with subprocess.Popen([sys.executable, "-u", str(ROOT / "train.py"), *args], stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True) as first:
+        for line in first.stdout:
+            if "Train:" in line:  # running, and holding the folder
+                break
+        with pytest.raises(SystemExit, match=rf"{results} is in use by another train.py run "
+                                             rf"\(process {first.pid}\)"):
+            train.main(flags(tiny_data, results))
+        first.send_signal(signal.SIGKILL)
+        first.stdout.read()
+    history = train.main(flags(tiny_data, results))  # the kernel released the lock of the killed run
+    assert len(history.train_acc) == 2
+
+
+def test_running_again_keeps_the_earlier_results_in_version_folders(tiny_data, tmp_path, capsys):
+    results = tmp_path / "r"
+    train.main(flags(tiny_data, results))
+    first = (results / "metrics.csv").read_bytes()
+    (results / ".checkpoint.pt.tmp-99999").write_bytes(b"left by a killed run")
+    train.main(flags(tiny_data, results, "--hidden", "20"))
+    assert f"Earlier results in {results} moved to {results / 'version_1'}/" in capsys.readouterr().out
+    assert (results / "version_1" / "metrics.csv").read_bytes() == first
+    assert (results / "version_1" / "checkpoint.pt").is_file() and (results / "checkpoint.pt").is_file()
+    assert not list(results.glob(".*tmp*"))
+    train.main(flags(tiny_data, results))
+    assert sorted(p.name for p in results.glob("version_*")) == ["version_1", "version_2"]
+
+
+@pytest.mark.parametrize("damage", ["truncated", "random bytes", "empty", "missing keys"])
+def test_a_damaged_checkpoint_is_one_sentence(tiny_data, tmp_path, damage):
+    results = tmp_path / "r"
+    train.main(flags(tiny_data, results))
+    path = results / "checkpoint.pt"
+    data = path.read_bytes()
+    if damage == "missing keys":
+        torch.save({"model": torch.load(path, weights_only=True)["model"]}, path)
+    else:
+        path.write_bytes({"truncated": data[: len(data) // 2], "random bytes": os.urandom(500),
+                          "empty": b""}[damage])
+    with pytest.raises(SystemExit) as info:
+        train.main(flags(tiny_data, results, "--resume", epochs=3))
+    message = str(info.value)
+    assert f"{path} is damaged or not a checkpoint of train.py" in message
+    assert "weights_only" not in message and "Start afresh without --resume" in message
+
+
+def test_resume_with_fewer_epochs_than_the_checkpoint_is_a_usage_error(tiny_data, tmp_path, capsys):
+    train.main(flags(tiny_data, tmp_path / "r", epochs=3))
+    with pytest.raises(SystemExit) as info:
+        train.main(flags(tiny_data, tmp_path / "r", "--resume", epochs=2))
+    assert info.value.code == 2
+    assert "already holds 3 epochs; pass --epochs 3 or more" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--seed", str(2**32)], "must be below 2**32"),
+    (["--lr", "1e39"], "float32"),
+    (["--results-dir", "README.md"], "a file is there, not a folder"),
+    pytest.param(["--device", "cuda"], "no CUDA device",
+                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")),
+])
+def test_flag_values_the_run_cannot_use_are_usage_errors(extra, message, capsys, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    with pytest.raises(SystemExit) as info:
+        train.parse_args(extra)
+    assert info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_ctrl_c_after_the_last_epoch_exits_130_with_the_checkpoint_intact(tiny_data, tmp_path, monkeypatch,
+                                                                          capsys):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train, "write_figures", interrupted)
+    with pytest.raises(SystemExit) as info:
+        train.main(flags(tiny_data, tmp_path / "r"))
+    assert info.value.code == 130
+    out = capsys.readouterr().out
+    assert "Interrupted after training: the checkpoint of epoch 2" in out and "--evaluate" in out
+    assert torch.load(tmp_path / "r" / "checkpoint.pt", weights_only=True)["epoch"] == 2
+
+
+def test_a_reader_that_goes_away_ends_the_run_quietly(tiny_data, tmp_path):
+    command = (f"{sys.executable} {ROOT / 'train.py'} " + " ".join(flags(tiny_data, tmp_path / "r")) +
+               " --logging-interval 1 | head -n 1")
+    run = subprocess.run(["bash", "-o", "pipefail", "-c", command], capture_output=True, text=True,
+                         timeout=120)
+    assert run.stdout.startswith("Data: ") and "Traceback" not in run.stderr and run.stderr == ""
