@@ -76,6 +76,7 @@ class CsvImageDataset(Dataset):
         cache_mb: keep decoded images in memory when they take at most this many MiB (0 = never).
         encoding: the CSV's text encoding ("utf-8" also reads a byte order mark; spreadsheet
             exports are often "latin-1" or "cp1252").
+        background: the colour transparent images are laid over (white, as a page shows them).
 
     Attributes: `samples` (one Sample(path, label, line, file) per image), `classes`,
     `class_to_idx`, `targets` (list of int), `image_size` (H, W), `channels`, `problems` (the bad
@@ -88,13 +89,14 @@ class CsvImageDataset(Dataset):
                  mode: str = "L", pixels: str = "float01", classes: Sequence[str] | None = None,
                  num_classes: int | None = None, split: tuple[str, str] | None = None,
                  skip_bad_rows: bool = False, cache_mb: float = 1024,
-                 image_size: int | tuple[int, int] | None = None, encoding: str = "utf-8") -> None:
+                 image_size: int | tuple[int, int] | None = None, encoding: str = "utf-8",
+                 background: tuple[int, int, int] = (255, 255, 255)) -> None:
         if mode not in ("L", "RGB"):
             raise ValueError(f"mode must be 'L' or 'RGB', got {mode!r}")
         if pixels not in PIXELS:
             raise ValueError(f"pixels must be one of {PIXELS}, got {pixels!r}")
         self.csv_path, self.img_dir = Path(csv_path), Path(img_dir)
-        self.transform, self.mode, self.pixels = transform, mode, pixels
+        self.transform, self.mode, self.pixels, self.background = transform, mode, pixels, background
         self.resize = (image_size, image_size) if isinstance(image_size, int) else image_size
         self.samples, self.classes, self.problems = make_dataset(
             self.csv_path, self.img_dir, file_column=file_column, label_column=label_column,
@@ -181,12 +183,33 @@ class CsvImageDataset(Dataset):
             try:
                 self._cache = self._read_batch(range(len(self)))
             except ImageSizeError as e:
-                if self.transform is None:
-                    raise
+                if self.transform is None:  # name every image that is not of the commonest size
+                    odd = self.size_problems()
+                    raise ImageSizeError(format_problems(self.csv_path, odd, len(self))) from e
                 # The transform is to make the sizes equal: decode on every access instead.
                 self._use_cache = False
                 self.cache_decision = f"not keeping decoded images in memory: sizes differ ({e})"
         return self._cache
+
+    def size_problems(self) -> list[Problem]:
+        """The images not of the commonest size (upright), as (line, file, what); none when
+        image_size resizes them all. Reads every header: only called when sizes differ."""
+        sizes = []
+        for sample in self.samples:
+            try:
+                with Image.open(sample.path) as im:
+                    turned = exif_orientation(im) in (5, 6, 7, 8)
+                    sizes.append(im.size[::-1] if turned else im.size)  # (W, H) upright
+            except DECODE_ERRORS:
+                sizes.append(None)  # named by the decoder
+        if self.resize is not None:
+            return []
+        (common, n), = Counter(s for s in sizes if s is not None).most_common(1)
+        return [(sample.line, sample.file,
+                 f"size {size[0]}x{size[1]} differs from the commonest, {common[0]}x{common[1]} "
+                 f"({n} of {len(sizes)} images); cannot be batched: pass image_size= "
+                 "(--image-size) to resize them as they are read")
+                for sample, size in zip(self.samples, sizes) if size not in (None, common)]
 
     def _plan_cache(self, cache_mb: float) -> tuple[bool, str]:
         cache_bytes = len(self) * self.channels * self.image_size[0] * self.image_size[1]
@@ -216,7 +239,7 @@ class CsvImageDataset(Dataset):
     def _read(self, i: int, same_size: bool) -> np.ndarray:
         """Sample i decoded by Pillow, (C, H, W) uint8; errors name the file and its CSV line."""
         try:
-            pixels = decode_image(self.samples[i].path, self.mode, self.resize)
+            pixels = decode_image(self.samples[i].path, self.mode, self.resize, self.background)
         except DECODE_ERRORS as e:
             raise ImageLoadError(f"{self._where(i)}: cannot decode the image: {e}") from e
         if same_size and pixels.shape[1:] != tuple(self.image_size):
@@ -303,18 +326,24 @@ def to_pixels(images: torch.Tensor, pixels: str) -> torch.Tensor:
     return to_float01(images) if pixels == "float01" else images.to(torch.float32)
 
 
-def decode_image(path: str, mode: str, size: tuple[int, int] | None = None) -> np.ndarray:
+def decode_image(path: str, mode: str, size: tuple[int, int] | None = None,
+                 background: tuple[int, int, int] = (255, 255, 255)) -> np.ndarray:
     """Pixels of one image file as a viewer shows it, channels first: (C, H, W) uint8.
 
     EXIF orientation is applied (phone photos stand upright), 16-bit images are scaled to 8 bits
-    (never clipped), the image is converted to `mode` and, given a size (H, W), resized to it
-    (bilinear, antialiased). A read-only view of Pillow's own bytes (np.array(im) would copy).
+    (never clipped), transparent images are laid over `background` (white, as a page shows them;
+    dropping the alpha would turn a black drawing on a transparent sheet all black), the image is
+    converted to `mode` and, given a size (H, W), resized to it (bilinear, antialiased). A
+    read-only view of Pillow's own bytes (np.array(im) would copy).
     """
     with Image.open(path) as im:  # closes the file even when decoding fails
         if exif_orientation(im) != 1:
             im = ImageOps.exif_transpose(im)
         if im.mode in WIDE_GRAY_MODES:
             im = _gray_16_to_8(im)
+        if has_transparency(im):
+            im = Image.alpha_composite(Image.new("RGBA", im.size, (*background, 255)),
+                                       im.convert("RGBA"))
         if im.mode != mode:
             im = im.convert(mode)
         if size is not None and im.size != (size[1], size[0]):
@@ -326,6 +355,10 @@ def decode_image(path: str, mode: str, size: tuple[int, int] | None = None) -> n
 def exif_orientation(im: Image.Image) -> int:
     """The EXIF orientation tag, 1 (upright) when there is none; cheap for files without EXIF."""
     return im.getexif().get(0x0112, 1) if "exif" in im.info else 1
+
+
+def has_transparency(im: Image.Image) -> bool:
+    return im.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in im.info
 
 
 WIDE_GRAY_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")  # 16-bit PNGs open as one of these
@@ -569,11 +602,13 @@ def check_dataset(csv_path: str | Path, img_dir: str | Path,
                 modes[im.mode] += 1
                 notes["16-bit, scaled to 8 bits"] += im.mode in WIDE_GRAY_MODES
                 notes["turned upright by their EXIF orientation"] += exif_orientation(im) != 1
-            ds._read(i, same_size=True)  # decodes as training will: corrupt, truncated, odd size
+                notes["with transparency, laid over white"] += has_transparency(im)
+            ds._read(i, same_size=False)  # decodes as training will: corrupt or truncated files
         except ImageLoadError as e:
             problems.append((sample.line, sample.file, str(e).split(f"{sample.file!r}: ", 1)[-1]))
         except DECODE_ERRORS as e:
             problems.append((sample.line, sample.file, f"cannot decode the image: {e}"))
+    problems += ds.size_problems()  # the commonest size is the reference, not the first row's
     problems.sort(key=lambda p: p[0])
     counts = Counter(ds.targets)
     summary = {

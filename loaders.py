@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -99,16 +100,32 @@ def make_datasets(sources: Sequence[tuple], dataset_kwargs: dict | None = None,
                   train_transforms: Transform | None = None,
                   test_transforms: Transform | None = None) -> list[CsvImageDataset]:
     """Train, valid and test datasets from three (csv_path, img_dir, split) sources, split being
-    None or (column, value); valid and test share train's classes. A file in two splits is an
-    error: a test set that overlaps training fools you."""
-    kwargs = dataset_kwargs or {}
-    (train_csv, train_dir, train_split), *others = sources
-    train = CsvImageDataset(train_csv, train_dir, train_transforms, split=train_split, **kwargs)
-    datasets = [train] + [CsvImageDataset(csv, folder, test_transforms, split=split,
-                                          classes=train.classes, **kwargs)
-                          for csv, folder, split in others]
+    None or (column, value). They share one mapping of classes, the union over the splits (a
+    warning names any class that training has no example of). A file in two splits is an error:
+    a test set that overlaps training fools you."""
+    kwargs = dict(dataset_kwargs or {})
+    transforms = [train_transforms] + [test_transforms] * (len(sources) - 1)
+    datasets = [CsvImageDataset(csv, folder, t, split=split, **kwargs)
+                for (csv, folder, split), t in zip(sources, transforms)]
+    classes = kwargs.get("classes") or union_of_classes([ds.classes for ds in datasets])
+    if any(ds.classes != classes for ds in datasets):  # one mapping for all splits: read again
+        kwargs["classes"] = classes
+        datasets = [CsvImageDataset(csv, folder, t, split=split, **kwargs)
+                    for (csv, folder, split), t in zip(sources, transforms)]
+    unseen = sorted(set(classes) - {classes[i] for i in set(datasets[0].targets)})
+    if unseen:
+        warnings.warn(f"the training split has no example of class(es) {unseen} (they are in valid "
+                      "or test): the model cannot learn them", stacklevel=2)
     _refuse_overlap(datasets)
     return datasets
+
+
+def union_of_classes(per_split: Sequence[list[str]]) -> list[str]:
+    """The classes of a run: for integer labels 0 to the largest label in any split, for class
+    names every name of any split, sorted."""
+    if all(names == [str(i) for i in range(len(names))] for names in per_split):
+        return [str(i) for i in range(max(len(names) for names in per_split))]
+    return sorted(set().union(*per_split))
 
 
 def _refuse_overlap(datasets: Sequence[CsvImageDataset]) -> None:

@@ -165,9 +165,37 @@ def recover(out_dir: Path) -> None:
 
 def write_dataset(out_dir: str | Path, splits: dict[str, tuple[np.ndarray, np.ndarray]], *,
                   force: bool, meta: dict) -> Path:
-    """Write all splits into a temporary sibling folder, then swap it into place as a whole."""
+    """Write all splits into a temporary sibling folder, then swap it into place as a whole.
+    One run at a time per folder: a lock file beside it (flock, released even by a kill) makes a
+    second run refuse, and only the lock holder cleans up temporaries, so it never removes the
+    folder another run is writing."""
     out_dir = Path(out_dir)
-    recover(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    lock = os.open(out_dir.parent / f".{out_dir.name}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        _hold(lock, out_dir)
+        return _write_dataset(out_dir, splits, force=force, meta=meta)
+    finally:
+        os.close(lock)
+
+
+def _hold(lock: int, out_dir: Path) -> None:
+    import fcntl
+
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(lock, 32, 0).decode(errors="replace").strip() or "unknown"
+        raise FileExistsError(f"another make_subset.py run (process {holder}) is writing "
+                              f"{out_dir}; wait for it to finish, or choose another "
+                              "--out-dir") from None
+    os.ftruncate(lock, 0)
+    os.pwrite(lock, f"{os.getpid()}\n".encode(), 0)
+
+
+def _write_dataset(out_dir: Path, splits: dict[str, tuple[np.ndarray, np.ndarray]], *,
+                   force: bool, meta: dict) -> Path:
+    recover(out_dir)  # safe: we hold the lock, so no other run is writing beside out_dir
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         if not force:
             raise FileExistsError(f"{out_dir} already exists and is not empty; "
@@ -235,6 +263,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--force", action="store_true",
                    help="replace an existing dataset made by this script")
     args = p.parse_args(argv)
+    out, here = Path(args.out_dir).resolve(), Path.cwd().resolve()
+    if out == here or out in here.parents:
+        p.error(f"--out-dir {args.out_dir} is the folder you are in (or holds it); make_subset.py "
+                "replaces its output folder as a whole: choose a new folder, e.g. --out-dir data")
     if (args.images is None) != (args.labels is None):
         p.error("--images and --labels go together")
     if args.download and args.images:

@@ -166,7 +166,7 @@ def test_a_crash_while_writing_keeps_the_previous_dataset(tmp_path, monkeypatch)
     with pytest.raises(KeyboardInterrupt):
         make_subset.main(["--out-dir", str(out), *SIZES, "--seed", "9", "--force"])
     assert file_hashes(out) == before
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["d"]  # no temporary left behind
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".d.lock", "d"]  # no temporary left behind
 
 
 def test_sigkill_at_any_moment_leaves_old_or_new_dataset(tmp_path):
@@ -183,4 +183,30 @@ def test_sigkill_at_any_moment_leaves_old_or_new_dataset(tmp_path):
         make_subset.recover(out)  # what the next run does first
         seen.add(complete_state(out))
     assert None not in seen
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["d"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".d.lock", "d"]
+
+
+def test_a_second_concurrent_run_into_the_same_folder_refuses_and_a_kill_frees_it(tmp_path):
+    out = tmp_path / "d"
+    big = ["--train-size", "4900", "--valid-size", "40", "--test-size", "40"]
+    first = subprocess.Popen([sys.executable, str(ROOT / "make_subset.py"), "--out-dir", str(out), *big],
+                             stdout=subprocess.DEVNULL)
+    deadline = time.time() + 30
+    while not list(tmp_path.glob(".d.tmp-*")) and time.time() < deadline:  # first is writing
+        time.sleep(0.02)
+    second = subprocess.run([sys.executable, str(ROOT / "make_subset.py"), "--out-dir", str(out), *SIZES],
+                            capture_output=True, text=True, timeout=60)
+    assert second.returncode == 1
+    assert f"another make_subset.py run (process {first.pid}) is writing {out}" in second.stderr
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    assert list(tmp_path.glob(".d.tmp-*"))  # the killed run's temporary folder ...
+    make_subset.main(["--out-dir", str(out), *SIZES])  # ... is cleaned up by the next holder of the lock
+    assert complete_state(out) is not None and not list(tmp_path.glob(".d.tmp-*"))
+
+
+def test_out_dir_that_is_the_current_folder_is_a_usage_error(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as info:
+        make_subset.main(["--out-dir", "."])
+    assert info.value.code == 2 and "is the folder you are in" in capsys.readouterr().err

@@ -111,3 +111,62 @@ def test_a_reader_that_goes_away_ends_the_run_quietly(tiny_data, tmp_path):
     run = subprocess.run(["bash", "-o", "pipefail", "-c", command], capture_output=True, text=True,
                          timeout=120)
     assert run.stdout.startswith("Data: ") and "Traceback" not in run.stderr and run.stderr == ""
+
+
+# ---- the data side ---------------------------------------------------------------------------------------
+
+def test_a_class_only_in_valid_or_test_joins_the_classes_with_a_warning(tmp_path):
+    from conftest import write_csv, write_png
+    from loaders import get_dataloaders_from_split_csv
+    import numpy as np
+
+    for i in range(6):
+        write_png(tmp_path / "img" / f"{i}.png", np.full((4, 4), i, dtype=np.uint8))
+    rows = "0.png,cat,train\n1.png,dog,train\n2.png,cat,valid\n3.png,emu,valid\n4.png,dog,test\n5.png,cat,test\n"
+    csv = write_csv(tmp_path / "all.csv", "File Name,Class Label,split\n" + rows)
+    with pytest.warns(UserWarning, match=r"training split has no example of class\(es\) \['emu'\]"):
+        loaders = get_dataloaders_from_split_csv(csv, tmp_path / "img", batch_size=1)
+    assert [loader.dataset.classes for loader in loaders] == [["cat", "dog", "emu"]] * 3
+    assert loaders[1].dataset.targets == [0, 2]
+    numbers = write_csv(tmp_path / "n.csv", "File Name,Class Label,split\n" + "0.png,0,train\n1.png,1,train\n"
+                        "2.png,3,valid\n4.png,1,test\n")
+    with pytest.warns(UserWarning, match=r"\['2', '3'\]"):
+        loaders = get_dataloaders_from_split_csv(numbers, tmp_path / "img", batch_size=1)
+    assert loaders[0].dataset.classes == ["0", "1", "2", "3"]  # up to the largest label of any split
+
+
+def test_a_transparent_drawing_is_laid_over_white_and_counted_by_the_check_command(tmp_path, capsys):
+    import numpy as np
+    from PIL import Image
+
+    import dataset as dataset_module
+    from conftest import write_csv
+
+    pixels = np.zeros((8, 8, 4), dtype=np.uint8)
+    pixels[2:6, 2:6, 3] = 255  # a black square on a transparent sheet
+    (tmp_path / "img").mkdir()
+    Image.fromarray(pixels, "RGBA").save(tmp_path / "img" / "a.png")
+    image = dataset_module.decode_image(str(tmp_path / "img" / "a.png"), "L")[0]
+    assert image[0, 0] == 255 and image[3, 3] == 0  # not all zeros, as dropping alpha gives
+    assert dataset_module.decode_image(str(tmp_path / "img" / "a.png"), "RGB", background=(0, 0, 255))[2, 0, 0] == 255
+    csv = write_csv(tmp_path / "x.csv", "File Name,Class Label\na.png,0\n")
+    assert dataset_module.main([str(csv), str(tmp_path / "img")]) == 0
+    assert "1 image(s) with transparency, laid over white" in capsys.readouterr().out
+
+
+def test_an_oversized_first_image_is_the_one_blamed(tmp_path, capsys):
+    import numpy as np
+
+    import dataset as dataset_module
+    from conftest import write_csv, write_png
+
+    write_png(tmp_path / "img" / "big.png", np.zeros((40, 40), dtype=np.uint8))
+    for i in range(4):
+        write_png(tmp_path / "img" / f"{i}.png", np.zeros((8, 8), dtype=np.uint8))
+    csv = write_csv(tmp_path / "x.csv", "File Name,Class Label\nbig.png,0\n" + "".join(f"{i}.png,1\n" for i in range(4)))
+    assert dataset_module.main([str(csv), str(tmp_path / "img")]) == 1
+    out = capsys.readouterr().out
+    assert "1 bad row(s)" in out and "line 2: 'big.png': size 40x40 differs from the commonest, 8x8" in out
+    ds = dataset_module.CsvImageDataset(csv, tmp_path / "img")
+    with pytest.raises(dataset_module.ImageSizeError, match=r"1 bad row.*\n  line 2: 'big.png'"):
+        ds.preload()
