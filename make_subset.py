@@ -180,17 +180,25 @@ def write_dataset(out_dir: str | Path, splits: dict[str, tuple[np.ndarray, np.nd
 
 
 def _hold(lock: int, out_dir: Path) -> None:
+    holder = lock_or_holder(lock)
+    if holder is not None:
+        raise FileExistsError(f"another make_subset.py run (process {holder}) is writing "
+                              f"{out_dir}; wait for it to finish, or choose another --out-dir")
+
+
+def lock_or_holder(fd: int) -> str | None:
+    """Take an exclusive flock on the open lock file fd (released when fd closes, also when the
+    process is killed) and write this process's id into it; None then. When another process
+    holds it: that process's id, and nothing is taken. train.py uses it for its results folder."""
     import fcntl
 
     try:
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        holder = os.pread(lock, 32, 0).decode(errors="replace").strip() or "unknown"
-        raise FileExistsError(f"another make_subset.py run (process {holder}) is writing "
-                              f"{out_dir}; wait for it to finish, or choose another "
-                              "--out-dir") from None
-    os.ftruncate(lock, 0)
-    os.pwrite(lock, f"{os.getpid()}\n".encode(), 0)
+        return os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return None
 
 
 def _write_dataset(out_dir: Path, splits: dict[str, tuple[np.ndarray, np.ndarray]], *,

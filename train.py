@@ -324,20 +324,16 @@ def results_folder(results_dir: Path, fresh: bool, main_process: bool):
     if not main_process:  # under torchrun, rank 0 holds the folder for every rank
         yield
         return
-    import fcntl
+    from make_subset import lock_or_holder
 
     results_dir.mkdir(parents=True, exist_ok=True)
     fd = os.open(results_dir / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+        holder = lock_or_holder(fd)
+        if holder is not None:
             raise SystemExit(f"train.py: error: {results_dir} is in use by another train.py run "
                              f"(process {holder}); wait for it to finish, or pass another "
-                             "--results-dir") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+                             "--results-dir")
         for leftover in [*results_dir.glob(".*.tmp-*"), *results_dir.glob(".*.tmp")]:
             leftover.unlink(missing_ok=True)  # nobody else writes here while we hold the lock
         earlier = [name for name in RESULT_FILES if (results_dir / name).exists()]
@@ -739,6 +735,12 @@ def main(argv: list[str] | None = None) -> History | Path:
         loader_kwargs = {"num_workers": args.num_workers, "pin_memory": device.type == "cuda",
                          "persistent_workers": args.persistent_workers and args.num_workers > 0}
         datasets = make_datasets(sources, dataset_kwargs, augmentation() if args.augment else None)
+        if args.batch_size > len(datasets[0]) and not args.evaluate:
+            print(f"train.py: error: --batch-size {args.batch_size} is larger than the "
+                  f"{len(datasets[0])} training images (the last partial batch is dropped, so no "
+                  f"batch would be left); pass --batch-size {len(datasets[0])} or less",
+                  file=sys.stderr)
+            raise SystemExit(2)
         train_loader, valid_loader, test_loader = loaders_from_datasets(
             *datasets, batch_size=args.batch_size, eval_batch_size=args.eval_batch_size,
             seed=args.seed, loader_kwargs=loader_kwargs)

@@ -170,3 +170,34 @@ def test_an_oversized_first_image_is_the_one_blamed(tmp_path, capsys):
     ds = dataset_module.CsvImageDataset(csv, tmp_path / "img")
     with pytest.raises(dataset_module.ImageSizeError, match=r"1 bad row.*\n  line 2: 'big.png'"):
         ds.preload()
+
+
+def test_a_batch_larger_than_the_training_set_is_a_usage_error(tiny_data, tmp_path, capsys):
+    with pytest.raises(SystemExit) as info:
+        train.main(["--batch-size", "64", "--data-dir", str(tiny_data), "--results-dir", str(tmp_path / "r")])
+    assert info.value.code == 2
+    assert "--batch-size 64 is larger than the 40 training images" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("damage", ["not an image", "decompression bomb"])
+def test_a_bad_first_row_is_named_with_its_line(tmp_path, capsys, damage, monkeypatch):
+    import numpy as np
+    from PIL import Image
+
+    import dataset as dataset_module
+    from conftest import write_csv, write_png
+
+    for i in range(3):
+        write_png(tmp_path / "img" / f"{i}.png", np.zeros((8, 8), dtype=np.uint8))
+    if damage == "not an image":
+        (tmp_path / "img" / "first.png").write_text("hello")
+    else:
+        write_png(tmp_path / "img" / "first.png", np.zeros((100, 100), dtype=np.uint8))
+        monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 10,000 pixels: over twice the limit
+    csv = write_csv(tmp_path / "x.csv", "File Name,Class Label\nfirst.png,0\n0.png,1\n1.png,0\n2.png,1\n")
+    assert dataset_module.main([str(csv), str(tmp_path / "img")]) == 1
+    out = capsys.readouterr().out
+    assert "line 2: 'first.png': cannot decode the image" in out and "1 bad row(s)" in out
+    if damage == "not an image":
+        with pytest.raises(dataset_module.ImageLoadError, match=r"x.csv, line 2: 'first.png'"):
+            dataset_module.CsvImageDataset(csv, tmp_path / "img").preload()
