@@ -96,7 +96,8 @@ class CsvImageDataset(Dataset):
         if pixels not in PIXELS:
             raise ValueError(f"pixels must be one of {PIXELS}, got {pixels!r}")
         self.csv_path, self.img_dir = Path(csv_path), Path(img_dir)
-        self.transform, self.mode, self.pixels, self.background = transform, mode, pixels, background
+        self.transform, self.mode, self.pixels = transform, mode, pixels
+        self.background = background
         self.resize = (image_size, image_size) if isinstance(image_size, int) else image_size
         self.samples, self.classes, self.problems = make_dataset(
             self.csv_path, self.img_dir, file_column=file_column, label_column=label_column,
@@ -595,7 +596,7 @@ def check_dataset(csv_path: str | Path, img_dir: str | Path,
         ds = CsvImageDataset(csv_path, img_dir, skip_bad_rows=True, cache_mb=0, **dataset_kwargs)
     problems = list(ds.problems)
     sizes, modes, notes = Counter(), Counter(), Counter()
-    for i, sample in enumerate(ds.samples):
+    for sample in ds.samples:
         try:
             with Image.open(sample.path) as im:
                 sizes[f"{im.size[0]}x{im.size[1]}"] += 1
@@ -603,9 +604,7 @@ def check_dataset(csv_path: str | Path, img_dir: str | Path,
                 notes["16-bit, scaled to 8 bits"] += im.mode in WIDE_GRAY_MODES
                 notes["turned upright by their EXIF orientation"] += exif_orientation(im) != 1
                 notes["with transparency, laid over white"] += has_transparency(im)
-            ds._read(i, same_size=False)  # decodes as training will: corrupt or truncated files
-        except ImageLoadError as e:
-            problems.append((sample.line, sample.file, str(e).split(f"{sample.file!r}: ", 1)[-1]))
+            decode_image(sample.path, ds.mode, ds.resize, ds.background)  # as training will
         except DECODE_ERRORS as e:
             problems.append((sample.line, sample.file, f"cannot decode the image: {e}"))
     problems += ds.size_problems()  # the commonest size is the reference, not the first row's

@@ -149,8 +149,8 @@ def split_csv(csv_path: str | Path, out_path: str | Path, *, label_column: str =
               encoding: str = "utf-8") -> Path:
     """Write every row of csv_path to out_path with a `split` column added: of each class's rows,
     round(n * test_fraction) go to test and round(n * valid_fraction) to valid, drawn with NumPy
-    from (seed, class); the rest to train. The same arguments give the same bytes (UTF-8); the
-    file is written whole or not at all, in the input's encoding. Then:
+    from (seed, class); the rest to train. The same arguments give the same bytes; the file is
+    written whole or not at all, in the input's encoding. Then:
     get_dataloaders_from_split_csv(out_path, ...)."""
     csv_path, out_path = Path(csv_path), Path(out_path)
     if not (0 <= valid_fraction and 0 <= test_fraction and valid_fraction + test_fraction < 1):

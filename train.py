@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import csv
 import dataclasses
 import functools
 import hashlib
@@ -540,15 +541,14 @@ def write_reports(model: torch.nn.Module, cm: torch.Tensor, test_loader, results
     import matplotlib.pyplot as plt
 
     names = [str(c) for c in class_names]
-    rows = ["true \\ predicted," + ",".join(_csv_cell(n) for n in names)]
-    rows += [",".join([_csv_cell(n)] + [str(v) for v in row]) for n, row in zip(names, cm.tolist())]
-    write_atomic(results_dir / "confusion_matrix.csv", ("\n".join(rows) + "\n").encode())
+    rows = [["true \\ predicted", *names]] + [[n, *row] for n, row in zip(names, cm.tolist())]
+    write_atomic(results_dir / "confusion_matrix.csv", csv_bytes(rows))
     support, correct, predicted = cm.sum(1).tolist(), cm.diagonal().tolist(), cm.sum(0).tolist()
-    rows = ["class,support,correct,recall,precision"]
+    rows = [["class", "support", "correct", "recall", "precision"]]
     for name, n, ok, p in zip(names, support, correct, predicted):
         recall, precision = (f"{ok / d:.4f}" if d else "" for d in (n, p))  # empty: no such images
-        rows.append(f"{_csv_cell(name)},{n},{ok},{recall},{precision}")
-    write_atomic(results_dir / "per_class.csv", ("\n".join(rows) + "\n").encode())
+        rows.append([name, n, ok, recall, precision])
+    write_atomic(results_dir / "per_class.csv", csv_bytes(rows))
     # Under torchrun, the figure of mistakes looks at every test image, on this rank alone.
     dataset = test_loader.dataset
     whole = torch.utils.data.DataLoader(dataset, batch_size=None, sampler=EpochBatchSampler(
@@ -608,7 +608,7 @@ def predict(path: str, checkpoint_path: Path, results_dir: Path, columns: tuple[
     head = ["file", "predicted", "probability"]
     head += [f"top{k}{suffix}" for k in range(1, min(3, len(classes)) + 1)
              for suffix in ("", "_probability")]
-    rows, correct = [",".join(head + (["true"] if labelled else []))], 0
+    rows, correct = [head + (["true"] if labelled else [])], 0
     for start in range(0, len(ds), 256):
         images, labels = ds[np.arange(start, min(start + 256, len(ds)))]
         probs = torch.softmax(model(to_input(images, device)), dim=1).cpu()  # (B, C)
@@ -618,11 +618,11 @@ def predict(path: str, checkpoint_path: Path, results_dir: Path, columns: tuple[
             cells += [c for i, q in zip(top_i[j].tolist(), top_p[j].tolist())
                       for c in (classes[i], f"{q:.4f}")]
             cells += [classes[label]] if labelled else []
-            rows.append(",".join(_csv_cell(c) for c in cells))
+            rows.append(cells)
             correct += labelled and label == top_i[j, 0].item()
     results_dir.mkdir(parents=True, exist_ok=True)
     out = results_dir / "predictions.csv"
-    write_atomic(out, ("\n".join(rows) + "\n").encode())
+    write_atomic(out, csv_bytes(rows))
     print(f"Predicted {len(ds)} images with {checkpoint_path}: {out}")
     if labelled:
         print(f"Accuracy: {100.0 * correct / len(ds):.2f}% ({correct} of {len(ds)})")
@@ -641,8 +641,7 @@ def _images_to_predict(path: Path, columns: tuple[str, str], img_dir: str | None
         if not names:
             raise DatasetError(f"{path}: no image files in this folder or below it")
         listing = tmp / "images.csv"
-        listing.write_text("\n".join(["File Name"] + [_csv_cell(n) for n in names]) + "\n",
-                           encoding="utf-8")
+        listing.write_bytes(csv_bytes([["File Name"]] + [[n] for n in names]))
         return CsvImageDataset(listing, path, file_column="File Name", label_column=None,
                                **{**options, "encoding": "utf-8"})
     read_csv(path, [file_column], options["encoding"])  # a missing file or column: named errors
@@ -651,8 +650,11 @@ def _images_to_predict(path: Path, columns: tuple[str, str], img_dir: str | None
                            label_column=label_column if labelled else None, **options)
 
 
-def _csv_cell(text: str) -> str:
-    return f'"{text.replace(chr(34), chr(34) * 2)}"' if any(c in text for c in ',"\n') else text
+def csv_bytes(rows: list[list]) -> bytes:
+    """Rows as UTF-8 CSV text, quoted where a cell needs it (a comma or quote in a class name)."""
+    text = io.StringIO()
+    csv.writer(text, lineterminator="\n").writerows(rows)
+    return text.getvalue().encode()
 
 
 def augmentation():
