@@ -56,8 +56,6 @@ from dataset import CsvImageDataset, DatasetError, parse_image_size, read_csv, t
 from loaders import (SPLITS, EpochBatchSampler, folder_layout, loaders_from_datasets,
                      make_datasets, make_loader, split_csv)
 from model import MLP
-from plot import (plot_accuracy, plot_confusion_matrix, plot_training_loss, show_examples,
-                  show_mistakes)
 
 DEFAULT_DATA_DIR = "data"
 CHECKED_CONFIG = ("data", "num_features", "hidden", "num_classes", "batch_size", "seed", "lr",
@@ -538,7 +536,9 @@ def pick_device(name: str, local_rank: int) -> torch.device:
 def write_reports(model: torch.nn.Module, cm: torch.Tensor, test_loader, results_dir: Path,
                   class_names: list[str]) -> None:
     """From the test split: confusion_matrix.csv and .png, per_class.csv and mistakes.png."""
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # here, not at the top: --help and --predict start faster
+
+    from plot import plot_confusion_matrix, show_mistakes
 
     names = [str(c) for c in class_names]
     rows = [["true \\ predicted", *names]] + [[n, *row] for n, row in zip(names, cm.tolist())]
@@ -678,7 +678,9 @@ def ensure_default_data(data_dir: Path) -> None:
 def write_figures(history: History, model: torch.nn.Module, test_loader, results_dir: Path,
                   class_names: list[str]) -> None:
     """loss.png, accuracy.png and examples.png in results_dir; each figure closed once written."""
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # here, not at the top: --help and --predict start faster
+
+    from plot import plot_accuracy, plot_training_loss, show_examples
 
     epochs = len(history.train_acc)
     for figure in (
@@ -810,10 +812,11 @@ def main(argv: list[str] | None = None) -> History | Path:
             dist.destroy_process_group()
         return history
 
-if __name__ == "__main__":
-    import matplotlib
 
-    matplotlib.use("Agg")  # a script writes figure files and opens no window
+if __name__ == "__main__":
+    # A script writes figure files and opens no window. Set for matplotlib, which is imported
+    # only when figures are drawn.
+    os.environ["MPLBACKEND"] = "Agg"
     try:
         main()
     except DatasetError as e:  # bad rows or images: the message names them; no traceback
