@@ -78,9 +78,10 @@ class CsvImageDataset(Dataset):
             exports are often "latin-1" or "cp1252").
         background: the colour transparent images are laid over (white, as a page shows them).
 
-    Attributes: `samples` (one Sample(path, label, line, file) per image), `classes`,
-    `class_to_idx`, `targets` (list of int), `image_size` (H, W), `channels`, `problems` (the bad
-    rows, as (line, file, what)), `cache_decision` (a sentence: are images kept in memory, and why).
+    Attributes: `samples` (samples[i] is Sample(path, label, line, file); NumPy arrays inside),
+    `classes`, `class_to_idx`, `targets` (list of int), `image_size` (H, W), `channels`,
+    `problems` (the bad rows, as (line, file, what)), `cache_decision` (a sentence: are images
+    kept in memory, and why).
     """
 
     def __init__(self, csv_path: str | Path, img_dir: str | Path,
@@ -110,17 +111,21 @@ class CsvImageDataset(Dataset):
             warnings.warn(f"skipping bad rows: {message}", stacklevel=2)
         if not self.samples:
             raise DatasetError(f"{self.csv_path}: every row is bad; nothing left to load")
-        self.targets = [s.label for s in self.samples]
         self.class_to_idx = {name: i for i, name in enumerate(self.classes)}
         self.channels = 3 if mode == "RGB" else 1
         self.image_size = self.resize or self._first_size()  # (H, W) every image must have
-        self._labels = torch.tensor(self.targets, dtype=torch.int64)  # (N,): for a batch's labels
+        self._labels = torch.from_numpy(self.samples.labels)  # (N,) int64: for a batch's labels
         self._cache: torch.Tensor | None = None  # (N, C, H, W) uint8, filled by preload()
         self._transformed_shape: torch.Size | None = None  # of image 0, to name an odd one
         self._use_cache, self.cache_decision = self._plan_cache(cache_mb)
 
     def __len__(self) -> int:
         return len(self.samples)
+
+    @property
+    def targets(self) -> list[int]:
+        """The label of every sample, as torchvision's datasets have them."""
+        return self.samples.labels.tolist()
 
     def __getitem__(self, index):
         """ds[i] -> (image (C, H, W), label int); ds[list or array of i] -> a batch (get_batch)."""
@@ -377,10 +382,11 @@ def _gray_16_to_8(im: Image.Image) -> Image.Image:
 def make_dataset(csv_path: Path, img_dir: Path, *, file_column: str, label_column: str | None,
                  split: tuple[str, str] | None = None, classes: Sequence[str] | None = None,
                  num_classes: int | None = None,
-                 encoding: str = "utf-8") -> tuple[list[Sample], list[str], list[Problem]]:
-    """Check every row of the CSV. Returns the good rows as samples, the class names, and the bad
+                 encoding: str = "utf-8") -> tuple[Samples, list[str], list[Problem]]:
+    """Check every row of the CSV. Returns the good rows as Samples, the class names, and the bad
     rows as (line, file, what is wrong), sorted by line. Raises DatasetError only when the CSV or
-    the folder cannot be read at all."""
+    the folder cannot be read at all. Whole-column checks, one lstat per file: linear in the rows,
+    a few microseconds each."""
     if not img_dir.is_dir():
         raise DatasetError(f"image folder not found: {img_dir} "
                            f"(it should hold the files named in {csv_path})")
@@ -393,34 +399,67 @@ def make_dataset(csv_path: Path, img_dir: Path, *, file_column: str, label_colum
         if len(df) == 0:
             raise DatasetError(f"{csv_path}: no rows with {column} == {value!r}; "
                                f"values found: {found}")
-    lines, names = df.index.tolist(), df[file_column].tolist()
+    lines = df.index.to_numpy(dtype=np.int64)
+    files = df[file_column].fillna("").astype(str).tolist()
     if label_column is None:  # images to predict: no labels, the classes given
-        labels, class_names, label_problems = [-1] * len(lines), [str(c) for c in classes or []], []
+        labels, class_names = np.full(len(df), -1, dtype=np.int64), [str(c) for c in classes or []]
+        what = np.full(len(df), None, dtype=object)
     else:
-        labels, class_names, label_problems = _parse_labels(df[label_column], lines, classes,
-                                                            num_classes)
-    problems = [(line, str(df.at[line, file_column]), what) for line, what in label_problems]
-    root, symlinked_dirs = img_dir.resolve(), {}
-    samples, first_listed, repeated = [], {}, 0
-    for line, name, label in zip(lines, names, labels):
-        path, what = _check_file(name, root, symlinked_dirs)
-        key = os.path.normpath(path) if what is None else None  # "./a.png" is "a.png"
-        if key in first_listed:  # one file, one label
-            first_line, first_label = first_listed[key]
-            if label == first_label:
-                repeated += 1
-                continue
-            what = f"the same file as line {first_line}, with another label"
-        if what is not None:
-            problems.append((line, str(name), what))
-        elif label is not None:
-            first_listed[key] = (line, label)
-            samples.append(Sample(path, label, line, str(name)))
-    if repeated:
-        warnings.warn(f"{csv_path}: {repeated} row(s) list a file already listed above with the "
-                      "same label; each file is used once", stacklevel=3)
-    problems.sort(key=lambda p: p[0])
+        labels, class_names, what = _parse_labels(df[label_column], classes, num_classes)
+    bad_label = what != None  # noqa: E711  (element-wise)
+    root = img_dir.resolve()
+    file_what = _check_files(files, root)
+    what = np.where(file_what != None, file_what, what)  # noqa: E711  a bad file is named first
+    keys = pd.Series([os.path.normpath(f) for f in files])  # "./a.png" is "a.png"
+    good = (what == None) & ~bad_label  # noqa: E711
+    repeated = _check_repeats(keys, labels, lines, good, what)
+    keep = good & ~repeated & (what == None)  # noqa: E711
+    if repeated.any():
+        warnings.warn(f"{csv_path}: {int(repeated.sum())} row(s) list a file already listed above "
+                      "with the same label; each file is used once", stacklevel=3)
+    problems = [(int(lines[j]), files[j], what[j]) for j in np.flatnonzero(what != None)]  # noqa: E711
+    samples = Samples(str(root), [f for f, k in zip(files, keep) if k], labels[keep], lines[keep])
     return samples, class_names, problems
+
+
+class Samples(Sequence):
+    """The good rows of a CSV: samples[i] is Sample(path, label, line, file).
+
+    Held in NumPy arrays (the file names UTF-8 encoded end to end), not a list of Python objects:
+    forked DataLoader workers read arrays without touching their pages, where every read of a
+    Python object writes its reference count, so that each worker slowly copies a list of 300,000
+    names page by page (pytorch#13246).
+    """
+
+    def __init__(self, root: str, files: Sequence[str], labels: np.ndarray,
+                 lines: np.ndarray) -> None:
+        encoded = [f.encode("utf-8", "surrogateescape") for f in files]
+        self.root = root
+        self.names = np.frombuffer(b"".join(encoded), dtype=np.uint8)  # every name, end to end
+        self.offsets = np.zeros(len(encoded) + 1, dtype=np.int64)  # name i: offsets[i]:offsets[i+1]
+        np.cumsum([len(e) for e in encoded], out=self.offsets[1:])
+        self.labels = np.asarray(labels, dtype=np.int64)  # (N,) class indices, -1 when unlabelled
+        self.lines = np.asarray(lines, dtype=np.int64)  # (N,) 1-based CSV lines, for messages
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def files(self) -> list[str]:
+        """Every file name, in order."""
+        raw = self.names.tobytes()
+        return [raw[a:b].decode("utf-8", "surrogateescape")
+                for a, b in zip(self.offsets[:-1].tolist(), self.offsets[1:].tolist())]
+
+    def file(self, i: int) -> str:
+        """Row i's file name as the CSV gives it."""
+        raw = self.names[self.offsets[i]:self.offsets[i + 1]].tobytes()
+        return raw.decode("utf-8", "surrogateescape")
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        file = self.file(range(len(self))[i])  # negative indices, and an IndexError when out
+        return Sample(os.path.join(self.root, file), int(self.labels[i]), int(self.lines[i]), file)
 
 
 def format_problems(csv_path: Path, problems: list[Problem], n_rows: int,
@@ -475,10 +514,12 @@ def _separator_hint(header: Sequence[str]) -> str:
     return ""
 
 
-def _parse_labels(values: pd.Series, lines: list[int], classes: Sequence[str] | None,
-                  num_classes: int | None) -> tuple[list, list[str], list[tuple[int, str]]]:
-    """Label of each row (None where bad), the class names, and (line, problem) for each bad row."""
-    problems: list[tuple[int, str]] = []
+def _parse_labels(values: pd.Series, classes: Sequence[str] | None,
+                  num_classes: int | None) -> tuple[np.ndarray, list[str], np.ndarray]:
+    """(labels (N,) int64, -1 where bad; the class names; what is wrong with each row, None when
+    nothing): whole-column operations, with a Python loop over the bad rows only."""
+    what = np.full(len(values), None, dtype=object)
+    original = values.to_numpy(dtype=object)
     texts = None
     if not pd.api.types.is_numeric_dtype(values) or pd.api.types.is_bool_dtype(values):
         values = values.where(values.isna(), values.astype(str).str.strip())  # " cat" is "cat"
@@ -488,100 +529,140 @@ def _parse_labels(values: pd.Series, lines: list[int], classes: Sequence[str] | 
         if as_numbers.notna().sum() == 0 or classes is not None:
             texts = values
         else:
-            values = as_numbers.where(as_numbers.notna(), values)
-    labels: list[int | None] = []
+            original = values.to_numpy(dtype=object)
+    empty = values.isna().to_numpy()
     if texts is not None:
         names = [str(c) for c in classes] if classes is not None else \
-            sorted({str(v) for v in texts.dropna()})
-        class_to_idx = {name: i for i, name in enumerate(names)}
-        for line, v in zip(lines, texts):
-            if pd.isna(v):
-                problems.append((line, "empty label"))
-            elif str(v) not in class_to_idx:
-                problems.append((line, f"label {str(v)!r} is not one of the classes {names}"))
-            labels.append(None if pd.isna(v) else class_to_idx.get(str(v)))
+            sorted(texts.dropna().astype(str).unique())
+        codes = texts.map({name: i for i, name in enumerate(names)}).to_numpy(dtype=np.float64)
+        for j in np.flatnonzero(np.isnan(codes) & ~empty):
+            what[j] = f"label {str(original[j]).strip()!r} is not one of the classes {names}"
+        labels = np.where(np.isnan(codes), -1, codes).astype(np.int64)
     else:
-        for line, v in zip(lines, values):
-            number = v if isinstance(v, (int, float, np.number)) else None
-            if isinstance(v, float) and math.isnan(v):
-                problems.append((line, "empty label"))
-            elif number is None or not math.isfinite(number) or number != int(number):
-                problems.append((line, f"label {v!r} is not a whole number {EXPECTED_INDEX}"))
-            elif number < 0:
-                problems.append((line, f"label {int(number)} is negative {EXPECTED_INDEX}"))
-            elif num_classes is not None and number >= num_classes:
-                problems.append((line, f"label {int(number)} is out of range: "
-                                       f"expected 0 to {num_classes - 1}"))
-            else:
-                labels.append(int(number))
-                continue
-            labels.append(None)
+        number = pd.to_numeric(values, errors="coerce").to_numpy(dtype=np.float64)
+        with np.errstate(invalid="ignore"):
+            whole = np.isfinite(number) & (number == np.floor(number))
+        for j in np.flatnonzero(~whole & ~empty):
+            what[j] = f"label {original[j]!r} is not a whole number {EXPECTED_INDEX}"
+        for j in np.flatnonzero(whole & (number < 0)):
+            what[j] = f"label {int(number[j])} is negative {EXPECTED_INDEX}"
+        if num_classes is not None:
+            for j in np.flatnonzero(whole & (number >= num_classes)):
+                what[j] = (f"label {int(number[j])} is out of range: "
+                           f"expected 0 to {num_classes - 1}")
+        labels = np.where(whole & (what == None), number, -1).astype(np.int64)  # noqa: E711
         if classes is None and num_classes is None:
-            _reject_far_labels(labels, lines, problems)
-        top = max((lab for lab in labels if lab is not None), default=-1)
+            _reject_far_labels(labels, what)
         if classes is not None:  # e.g. train's classes, handed to valid / test by the loaders
             names = [str(c) for c in classes]
         else:
-            names = [str(i) for i in range(num_classes if num_classes is not None else top + 1)]
+            names = [str(i) for i in range(num_classes if num_classes is not None
+                                           else int(labels.max(initial=-1)) + 1)]
+    what[empty] = "empty label"
+    labels[empty] = -1
     if texts is not None and num_classes is not None and len(names) > num_classes:
-        problems.append((lines[0], f"{len(names)} class names {names} "
-                                   f"but num_classes={num_classes}"))
-    return labels, names, problems
+        what[0] = what[0] or (f"{len(names)} class names {names} but num_classes={num_classes}")
+    labels[what != None] = -1  # noqa: E711
+    return labels, names, what
 
 
-def _reject_far_labels(labels: list[int | None], lines: list[int], problems: list) -> None:
+def _reject_far_labels(labels: np.ndarray, what: np.ndarray) -> None:
     """Integer labels are class indices, so the largest one sets the number of classes: a typo
     such as 1000000 among 0-9 would make a million classes. Without num_classes, a label of at
-    least max(10, 2 x the number of distinct labels) is an error (set to None, with its line)."""
-    distinct = {lab for lab in labels if lab is not None}
+    least max(10, 2 x the number of distinct labels) is an error (set to -1, with its reason)."""
+    distinct = np.unique(labels[labels >= 0])
     limit = max(10, 2 * len(distinct))
-    for j, (line, lab) in enumerate(zip(lines, labels)):
-        if lab is not None and lab >= limit:
-            problems.append((line, f"label {lab} is far above the others ({len(distinct)} "
-                                   f"distinct labels, the classes would be 0 to {lab}); a typo? "
-                                   "If there are that many classes, pass num_classes= "
-                                   "(--num-classes)"))
-            labels[j] = None
+    for j in np.flatnonzero(labels >= limit):
+        what[j] = (f"label {labels[j]} is far above the others ({len(distinct)} distinct labels, "
+                   f"the classes would be 0 to {labels[j]}); a typo? If there are that many "
+                   "classes, pass num_classes= (--num-classes)")
+        labels[j] = -1
 
 
-def _check_file(name: object, root: Path,
-                symlinked_dirs: dict[str, bool]) -> tuple[str | None, str | None]:
-    """(path, None) for a good file name, else (None, what is wrong).
+def _check_repeats(keys: pd.Series, labels: np.ndarray, lines: np.ndarray, good: np.ndarray,
+                   what: np.ndarray) -> np.ndarray:
+    """One file, one label: among the good rows, a later row of a file listed above with another
+    label gets a problem in `what`; with the same label it is marked in the returned mask (and
+    dropped, with a warning). A hash per row, and a loop over the repeated files only."""
+    listed = keys[good]
+    later = listed.duplicated(keep="first")
+    repeated = np.zeros(len(keys), dtype=bool)
+    if not later.any():
+        return repeated
+    rows = np.flatnonzero(good)  # position of each listed row among all rows
+    first = {key: j for key, j in zip(listed[~later], rows[~later.to_numpy()])
+             if key in set(listed[later])}
+    for j in rows[later.to_numpy()]:
+        k = first[keys.iat[j]]
+        if labels[j] == labels[k]:
+            repeated[j] = True
+        else:
+            what[j] = f"the same file as line {lines[k]}, with another label"
+    return repeated
 
-    One lstat per file: only names that pass through a symbolic link (file or folder, remembered
-    in symlinked_dirs) pay for a full realpath, which must stay inside root.
+
+def _check_files(files: list[str], root: Path) -> np.ndarray:
+    """What is wrong with each row's file name, None where it names a regular file inside root.
+
+    Substring tests find the names that may break a rule, then one lstat per file: only names
+    that pass through a symbolic link (the file or a folder, each folder looked at once) pay for a
+    full realpath, which must stay inside root.
     """
-    if not isinstance(name, str) or name == "":
-        return None, "empty file name"
-    parts = name.replace("\\", "/").split("/")
-    if os.path.isabs(name) or name.startswith(("/", "\\")) or (len(name) > 1 and name[1] == ":"):
-        return None, "absolute path; file names must be relative to img_dir"
-    if ".." in parts:
-        return None, "contains '..'; file names must stay inside img_dir"
+    what = np.full(len(files), None, dtype=object)
+    # Plain substring tests (a regular expression costs several times more per name) pick the
+    # names that may break a rule; _name_problem decides.
+    for j in [j for j, f in enumerate(files)
+              if not f or f[0] in "/\\" or f[1:2] == ":" or ".." in f or "\0" in f]:
+        what[j] = _name_problem(files[j])
+    todo = np.flatnonzero(what == None)  # noqa: E711
+    linked_folders = _linked_folders([files[j] for j in todo], root)
+    prefix = str(root) + os.sep
+    for j in todo:
+        path = prefix + files[j]
+        try:
+            mode = os.lstat(path).st_mode
+        except (FileNotFoundError, NotADirectoryError):
+            what[j] = f"file not found: {path}"
+            continue
+        if stat.S_ISLNK(mode) or (linked_folders and files[j].rpartition("/")[0] in linked_folders):
+            real = Path(os.path.realpath(path))
+            if not real.is_relative_to(root):
+                what[j] = f"resolves outside img_dir (to {real}), through a symbolic link"
+                continue
+            if not real.exists():
+                what[j] = f"file not found: {path} (a broken symbolic link)"
+                continue
+            mode = os.stat(real).st_mode
+        if not stat.S_ISREG(mode):
+            what[j] = f"not a regular file: {path}"
+    return what
+
+
+def _name_problem(name: str) -> str | None:
+    """Empty, absolute ("/a", "\\a", "C:a"), with a ".." part, or with a NUL byte; None if none."""
+    if name == "":
+        return "empty file name"
+    if name.startswith(("/", "\\")) or name[1:2] == ":":
+        return "absolute path; file names must be relative to img_dir"
+    if ".." in name.replace("\\", "/").split("/"):
+        return "contains '..'; file names must stay inside img_dir"
     if "\0" in name:
-        return None, "the file name contains a NUL byte"
-    path = os.path.join(root, name)
-    try:
-        st = os.lstat(path)
-    except (FileNotFoundError, NotADirectoryError):
-        return None, f"file not found: {path}"
-    through_link = stat.S_ISLNK(st.st_mode)
-    folder = os.path.dirname(path)
-    while not through_link and len(folder) > len(str(root)):
-        if folder not in symlinked_dirs:
-            symlinked_dirs[folder] = os.path.islink(folder)
-        through_link = symlinked_dirs[folder]
-        folder = os.path.dirname(folder)
-    if through_link:
-        real = Path(os.path.realpath(path))
-        if not real.is_relative_to(root):
-            return None, f"resolves outside img_dir (to {real}), through a symbolic link"
-        if not real.exists():
-            return None, f"file not found: {path} (a broken symbolic link)"
-        st = os.stat(real)
-    if not stat.S_ISREG(st.st_mode):
-        return None, f"not a regular file: {path}"
-    return path, None
+        return "the file name contains a NUL byte"
+    return None
+
+
+def _linked_folders(files: list[str], root: Path) -> set[str]:
+    """The folders (as the names spell them, relative to root) that are, or are inside, a
+    symbolic link: each distinct folder is looked at once, not once per file."""
+    is_link: dict[str, bool] = {"": False}
+
+    def through_link(folder: str) -> bool:
+        if folder not in is_link:
+            parent = folder.rpartition("/")[0]
+            is_link[folder] = os.path.islink(os.path.join(root, folder)) or through_link(parent)
+        return is_link[folder]
+
+    return {folder for folder in {f.rpartition("/")[0] for f in files} if through_link(folder)}
 
 
 # ---- the check command ---------------------------------------------------------------------------

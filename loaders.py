@@ -129,19 +129,25 @@ def union_of_classes(per_split: Sequence[list[str]]) -> list[str]:
 
 
 def _refuse_overlap(datasets: Sequence[CsvImageDataset]) -> None:
-    first_seen: dict[str, tuple[str, CsvImageDataset, int]] = {}
+    """A DatasetError naming every file (by its path) that is in two splits: one hash per row."""
+    keys = pd.concat([pd.DataFrame({
+        "key": [os.path.normpath(os.path.join(ds.samples.root, f)) for f in ds.samples.files()],
+        "split": k, "row": np.arange(len(ds))}) for k, ds in enumerate(datasets)])
+    per_split = keys.drop_duplicates(["key", "split"])
+    shared = per_split[per_split.duplicated("key", keep=False)]
+    if shared.empty:
+        return
     overlaps = []
-    for split, ds in zip(SPLITS, datasets):
-        for sample in ds.samples:
-            key = os.path.normpath(sample.path)
-            seen = first_seen.setdefault(key, (split, ds, sample.line))
-            if seen[0] != split:
-                overlaps.append(f"  {sample.file!r}: in {seen[0]} ({seen[1].csv_path}, "
-                                f"line {seen[2]}) and in {split} ({ds.csv_path}, "
-                                f"line {sample.line})")
-    if overlaps:
-        raise DatasetError(f"{len(overlaps)} file(s) in two splits; an image may be in one only:\n"
-                           + "\n".join(overlaps[:20]) + ("\n  ..." if len(overlaps) > 20 else ""))
+    for _, rows in shared.groupby("key", sort=False):
+        (first, i), *others = zip(rows["split"], rows["row"])
+        a = datasets[first]
+        for other, j in others:
+            b = datasets[other]
+            overlaps.append(f"  {b.samples[j].file!r}: in {SPLITS[first]} ({a.csv_path}, line "
+                            f"{a.samples[i].line}) and in {SPLITS[other]} ({b.csv_path}, "
+                            f"line {b.samples[j].line})")
+    raise DatasetError(f"{len(overlaps)} file(s) in two splits; an image may be in one only:\n"
+                       + "\n".join(overlaps[:20]) + ("\n  ..." if len(overlaps) > 20 else ""))
 
 
 def split_csv(csv_path: str | Path, out_path: str | Path, *, label_column: str = "Class Label",
