@@ -32,10 +32,12 @@ after the cache, on a copy.
 from __future__ import annotations
 
 import argparse
-import math
+import hashlib
 import os
 import stat
 import sys
+import tempfile
+import time
 import warnings
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -47,6 +49,11 @@ import pandas as pd
 import torch
 from PIL import Image, ImageOps
 from torch.utils.data import Dataset
+
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None
 
 
 class CsvImageDataset(Dataset):
@@ -77,6 +84,10 @@ class CsvImageDataset(Dataset):
         encoding: the CSV's text encoding ("utf-8" also reads a byte order mark; spreadsheet
             exports are often "latin-1" or "cp1252").
         background: the colour transparent images are laid over (white, as a page shows them).
+        cache_dir: a folder for the decoded pixels (one .npy file per CSV and settings, written
+            whole or not at all), so that later runs skip decoding; off by default. Keyed on the
+            rows, each file's size and times, mode, image size and the decoder's version: a
+            changed file is decoded again. Not writable: a warning, and memory only.
 
     Attributes: `samples` (samples[i] is Sample(path, label, line, file); NumPy arrays inside),
     `classes`, `class_to_idx`, `targets` (list of int), `image_size` (H, W), `channels`,
@@ -91,7 +102,8 @@ class CsvImageDataset(Dataset):
                  num_classes: int | None = None, split: tuple[str, str] | None = None,
                  skip_bad_rows: bool = False, cache_mb: float = 1024,
                  image_size: int | tuple[int, int] | None = None, encoding: str = "utf-8",
-                 background: tuple[int, int, int] = (255, 255, 255)) -> None:
+                 background: tuple[int, int, int] = (255, 255, 255),
+                 cache_dir: str | Path | None = None) -> None:
         if mode not in ("L", "RGB"):
             raise ValueError(f"mode must be 'L' or 'RGB', got {mode!r}")
         if pixels not in PIXELS:
@@ -99,6 +111,8 @@ class CsvImageDataset(Dataset):
         self.csv_path, self.img_dir = Path(csv_path), Path(img_dir)
         self.transform, self.mode, self.pixels = transform, mode, pixels
         self.background = background
+        self.cache_dir = None if cache_dir is None else Path(cache_dir)
+        self.split = split
         self.resize = (image_size, image_size) if isinstance(image_size, int) else image_size
         self.samples, self.classes, self.problems = make_dataset(
             self.csv_path, self.img_dir, file_column=file_column, label_column=label_column,
@@ -181,13 +195,18 @@ class CsvImageDataset(Dataset):
             images = self._read_batch(rows.tolist())
         return to_pixels(images, self.pixels), labels
 
-    def preload(self) -> torch.Tensor | None:
-        """Decode every image into the in-memory cache now, once; returns it, (N, C, H, W) uint8, or
-        None when the cache is off. Call it in the main process before DataLoader workers start, so
-        that they share one copy (the loaders do)."""
+    def preload(self, num_workers: int = 0,
+                progress: bool | Callable[[int, int], None] = True) -> torch.Tensor | None:
+        """Decode every image into the cache now, once; returns it, (N, C, H, W) uint8, or None
+        when the cache is off. num_workers processes share the decoding (the pixels are bit for bit
+        one process's). With cache_dir, the pixels come from a file there when one matches the
+        rows, files and settings, and are written there otherwise; memory-mapped either way.
+        progress: True shows a line on stderr when decoding takes more than 2 s; or a callable
+        (done, total). Call it in the main process before DataLoader workers start, so that they
+        share one copy (the loaders do)."""
         if self._use_cache and self._cache is None:
             try:
-                self._cache = self._read_batch(range(len(self)))
+                self._cache = self._load_or_decode(num_workers, progress)
             except ImageSizeError as e:
                 if self.transform is None:  # name every image that is not of the commonest size
                     odd = self.size_problems()
@@ -264,6 +283,75 @@ class CsvImageDataset(Dataset):
             batch[j] = self._read(i, same_size=True)
         return torch.from_numpy(batch)
 
+    def _load_or_decode(self, num_workers: int, progress) -> torch.Tensor:
+        """The (N, C, H, W) uint8 cache: memory-mapped from cache_dir when a file there matches,
+        else decoded (into a new file there, renamed into place when whole)."""
+        shape = (len(self), self.channels, *self.image_size)
+        if self.cache_dir is None:
+            pixels = np.empty(shape, dtype=np.uint8)
+            self._decode_into(pixels, num_workers, progress)
+            return torch.from_numpy(pixels)
+        path = self.cache_dir / self._cache_file_name()
+        pixels = _open_cached(path, shape)
+        if pixels is not None:
+            self.cache_decision += f"; read from the disk cache {path}"
+            return pixels
+        try:
+            self.cache_dir.mkdir(parents=True, exist_ok=True)
+            tmp = _locked_temporary(path)
+        except OSError as e:  # a read-only data folder: decode, in memory only
+            warnings.warn(f"no disk cache of decoded images: cannot write in {self.cache_dir} "
+                          f"({e.strerror or e}); decoding in memory", stacklevel=3)
+            self.cache_dir = None
+            return self._load_or_decode(num_workers, progress)
+        fd, tmp_path = tmp
+        try:
+            pixels = np.lib.format.open_memmap(tmp_path, mode="w+", dtype=np.uint8, shape=shape)
+            self._decode_into(pixels, num_workers, progress)
+            pixels.flush()
+            del pixels
+            os.fsync(fd)  # the pixels are on disk before the name says the file is whole
+            os.replace(tmp_path, path)
+        finally:
+            Path(tmp_path).unlink(missing_ok=True)  # left only when decoding failed
+            os.close(fd)  # and with it, the lock
+        for older in self.cache_dir.glob(path.name.rsplit("-", 1)[0] + "-*.npy"):
+            if older != path:  # the same rows and settings, files since changed
+                older.unlink(missing_ok=True)
+        self.cache_decision += f"; written to the disk cache {path}"
+        return _open_cached(path, shape)
+
+    def _cache_file_name(self) -> str:
+        """<csv name>-<which rows, decoded how: the CSV, split, folder, mode, size, background,
+        decoder>-<the rows: file names, sizes and times>.npy; any change makes another name."""
+        settings = hashlib.sha256(repr((
+            CACHE_FORMAT, Image.__version__, np.__version__, str(self.csv_path.resolve()),
+            self.split, self.samples.root, self.mode, self.image_size, self.background)).encode())
+        rows = hashlib.sha256(settings.digest())
+        for array in (self.samples.offsets, self.samples.names, self.samples.stats):
+            rows.update(memoryview(np.ascontiguousarray(array)).cast("B"))
+        return f"{self.csv_path.stem}-{settings.hexdigest()[:12]}-{rows.hexdigest()[:20]}.npy"
+
+    def _decode_into(self, out: np.ndarray, num_workers: int, progress) -> None:
+        """Decode every image into out, (N, C, H, W) uint8, a chunk at a time: here, or in
+        num_workers processes (torch DataLoader workers), each writing whole chunks."""
+        chunks = [range(start, min(start + DECODE_CHUNK, len(self)))
+                  for start in range(0, len(self), DECODE_CHUNK)]
+        report = progress if callable(progress) else \
+            DecodeProgress(f"Decoding {self.csv_path}") if progress else None
+        if num_workers > 0 and len(chunks) > 1:
+            from torch.utils.data import DataLoader
+            results = DataLoader(_DecodeChunks(self, chunks), batch_size=None,
+                                 num_workers=min(num_workers, len(chunks)))
+        else:
+            results = map(_DecodeChunks(self, chunks).__getitem__, range(len(chunks)))
+        for chunk, pixels in zip(chunks, results):
+            if isinstance(pixels, Exception):  # raised in a worker: the same error, here
+                raise pixels
+            out[chunk.start:chunk.stop] = pixels.numpy()
+            if report is not None:
+                report(chunk.stop, len(self))
+
     def _transformed_batch(self, indices: Sequence[int],
                            key: tuple[int, int] | None) -> torch.Tensor:
         """(B, C, H, W): the transform on each image; with key = (seed, epoch), sample i's random
@@ -310,10 +398,97 @@ def sample_seed(seed: int, epoch: int, index: int) -> int:
     return int(np.random.SeedSequence([seed, epoch, index]).generate_state(1)[0])
 
 
+class DecodeProgress:
+    """Reports preload's (done, total) on stderr, e.g. "Decoding data/train.csv: 12,000 of 40,000
+    images, 6,950/s, 4 s left": from `after` seconds on, at most once a second, on one line on a
+    terminal. A short decode prints nothing."""
+
+    def __init__(self, what: str, stream=None, after: float = 2.0) -> None:
+        self.what, self.stream, self.after = what, stream or sys.stderr, after
+        self.start, self.last = time.monotonic(), None
+
+    def __call__(self, done: int, total: int) -> None:
+        now = time.monotonic()
+        elapsed, finished = now - self.start, done >= total
+        if elapsed < self.after or (self.last is not None and now - self.last < 1 and not finished):
+            return
+        rate = done / elapsed
+        status = f"done in {elapsed:.1f} s" if finished else f"{(total - done) / rate:.0f} s left"
+        text = f"{self.what}: {done:,} of {total:,} images, {rate:,.0f}/s, {status}"
+        terminal = self.stream.isatty()
+        self.stream.write(f"\r{text}" + ("\n" if finished else "") if terminal else text + "\n")
+        self.stream.flush()
+        self.last = now
+
+
+class _DecodeChunks(Dataset):
+    """Chunk k of a dataset's rows, decoded, (B, C, H, W) uint8: what preload's worker processes
+    run. An error is returned, not raised, so that it reaches the main process as it was (a
+    worker's raise arrives wrapped in its traceback)."""
+
+    def __init__(self, dataset: CsvImageDataset, chunks: list[range]) -> None:
+        self.dataset, self.chunks = dataset, chunks
+
+    def __len__(self) -> int:
+        return len(self.chunks)
+
+    def __getitem__(self, k: int) -> torch.Tensor | DatasetError:
+        try:
+            return self.dataset._read_batch(self.chunks[k])
+        except DatasetError as e:
+            return e
+
+
+def _open_cached(path: Path, shape: tuple[int, ...]) -> torch.Tensor | None:
+    """A whole cache file's pixels, memory-mapped copy-on-write (so the file is never written and
+    forked workers share its pages); None when there is none or it does not hold `shape` uint8."""
+    try:
+        pixels = np.load(path, mmap_mode="c")
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError):  # not a .npy file, or cut short: decode again, write anew
+        return None
+    if pixels.shape != shape or pixels.dtype != np.uint8:
+        return None
+    return torch.from_numpy(pixels)
+
+
+def _locked_temporary(path: Path) -> tuple[int, str]:
+    """A new temporary file beside `path`, open and locked (flock) while it is written. Leftovers
+    of killed runs (whose locks died with them) are removed first; a live writer's never are."""
+    for left in path.parent.glob(".*.tmp-*"):
+        try:
+            fd = os.open(left, os.O_RDONLY)
+        except OSError:
+            continue
+        try:
+            if _try_lock(fd):
+                left.unlink(missing_ok=True)
+        finally:
+            os.close(fd)
+    fd, new = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.new-")
+    _try_lock(fd)
+    tmp = new.replace(".new-", ".tmp-")  # renamed once locked: the cleanup above sees only these
+    os.replace(new, tmp)
+    return fd, tmp
+
+
+def _try_lock(fd: int) -> bool:
+    if fcntl is None:  # Windows: no flock, so leftovers are not removed
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except OSError:
+        return False
+
+
 Problem = tuple[int, str, str]  # a bad row: (CSV line, file name, what is wrong)
 PIXELS = ("float01", "float255", "uint8")
 EXPECTED_INDEX = "(expected a class index >= 0)"
 MAX_LISTED_PROBLEMS = 20
+DECODE_CHUNK = 256  # images a worker decodes at a time in preload(); progress is reported per chunk
+CACHE_FORMAT = 1  # part of every disk cache file's name: raise it when decode_image changes pixels
 # What Pillow raises for a file it cannot decode: truncated, corrupt, unknown format, too large.
 DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 
@@ -408,7 +583,7 @@ def make_dataset(csv_path: Path, img_dir: Path, *, file_column: str, label_colum
         labels, class_names, what = _parse_labels(df[label_column], classes, num_classes)
     bad_label = what != None  # noqa: E711  (element-wise)
     root = img_dir.resolve()
-    file_what = _check_files(files, root)
+    file_what, stats = _check_files(files, root)
     what = np.where(file_what != None, file_what, what)  # noqa: E711  a bad file is named first
     keys = pd.Series([os.path.normpath(f) for f in files])  # "./a.png" is "a.png"
     good = (what == None) & ~bad_label  # noqa: E711
@@ -418,7 +593,8 @@ def make_dataset(csv_path: Path, img_dir: Path, *, file_column: str, label_colum
         warnings.warn(f"{csv_path}: {int(repeated.sum())} row(s) list a file already listed above "
                       "with the same label; each file is used once", stacklevel=3)
     problems = [(int(lines[j]), files[j], what[j]) for j in np.flatnonzero(what != None)]  # noqa: E711
-    samples = Samples(str(root), [f for f, k in zip(files, keep) if k], labels[keep], lines[keep])
+    samples = Samples(str(root), [f for f, k in zip(files, keep) if k], labels[keep], lines[keep],
+                      stats[keep])
     return samples, class_names, problems
 
 
@@ -431,8 +607,8 @@ class Samples(Sequence):
     names page by page (pytorch#13246).
     """
 
-    def __init__(self, root: str, files: Sequence[str], labels: np.ndarray,
-                 lines: np.ndarray) -> None:
+    def __init__(self, root: str, files: Sequence[str], labels: np.ndarray, lines: np.ndarray,
+                 stats: np.ndarray) -> None:
         encoded = [f.encode("utf-8", "surrogateescape") for f in files]
         self.root = root
         self.names = np.frombuffer(b"".join(encoded), dtype=np.uint8)  # every name, end to end
@@ -440,6 +616,7 @@ class Samples(Sequence):
         np.cumsum([len(e) for e in encoded], out=self.offsets[1:])
         self.labels = np.asarray(labels, dtype=np.int64)  # (N,) class indices, -1 when unlabelled
         self.lines = np.asarray(lines, dtype=np.int64)  # (N,) 1-based CSV lines, for messages
+        self.stats = np.asarray(stats, dtype=np.int64)  # (N, 3) size, mtime_ns, ctime_ns
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -601,14 +778,16 @@ def _check_repeats(keys: pd.Series, labels: np.ndarray, lines: np.ndarray, good:
     return repeated
 
 
-def _check_files(files: list[str], root: Path) -> np.ndarray:
-    """What is wrong with each row's file name, None where it names a regular file inside root.
+def _check_files(files: list[str], root: Path) -> tuple[np.ndarray, np.ndarray]:
+    """What is wrong with each row's file name, None where it names a regular file inside root;
+    and each good file's (size, mtime_ns, ctime_ns), (N, 3) int64, which key the disk cache.
 
     Substring tests find the names that may break a rule, then one lstat per file: only names
     that pass through a symbolic link (the file or a folder, each folder looked at once) pay for a
     full realpath, which must stay inside root.
     """
     what = np.full(len(files), None, dtype=object)
+    stats = np.zeros((len(files), 3), dtype=np.int64)
     # Plain substring tests (a regular expression costs several times more per name) pick the
     # names that may break a rule; _name_problem decides.
     for j in [j for j, f in enumerate(files)
@@ -620,11 +799,12 @@ def _check_files(files: list[str], root: Path) -> np.ndarray:
     for j in todo:
         path = prefix + files[j]
         try:
-            mode = os.lstat(path).st_mode
+            st = os.lstat(path)
         except (FileNotFoundError, NotADirectoryError):
             what[j] = f"file not found: {path}"
             continue
-        if stat.S_ISLNK(mode) or (linked_folders and files[j].rpartition("/")[0] in linked_folders):
+        if stat.S_ISLNK(st.st_mode) or (linked_folders
+                                        and files[j].rpartition("/")[0] in linked_folders):
             real = Path(os.path.realpath(path))
             if not real.is_relative_to(root):
                 what[j] = f"resolves outside img_dir (to {real}), through a symbolic link"
@@ -632,10 +812,11 @@ def _check_files(files: list[str], root: Path) -> np.ndarray:
             if not real.exists():
                 what[j] = f"file not found: {path} (a broken symbolic link)"
                 continue
-            mode = os.stat(real).st_mode
-        if not stat.S_ISREG(mode):
+            st = os.stat(real)
+        if not stat.S_ISREG(st.st_mode):
             what[j] = f"not a regular file: {path}"
-    return what
+        stats[j] = st.st_size, st.st_mtime_ns, st.st_ctime_ns
+    return what, stats
 
 
 def _name_problem(name: str) -> str | None:

@@ -16,6 +16,10 @@ uint8 image (C, H, W), as torchvision's v2 transforms do, and run after the deco
 Each sample's random numbers come from (seed, epoch, index), so augmented runs are exact too:
 the same images whatever num_workers, and after a resume. image_size resizes at decode.
 
+The first pass decodes every image once, in num_workers processes, into one uint8 tensor that
+every epoch (and every worker) reads; with cache_dir=, into a file there that later runs read
+instead of decoding (memory-mapped).
+
 Options go where they act: `dataset_kwargs` to every CsvImageDataset (mode, pixels, file_column,
 label_column, num_classes, cache_mb, ...) and `loader_kwargs` to every torch DataLoader
 (persistent_workers, pin_memory, multiprocessing_context, ...).
@@ -57,13 +61,15 @@ def get_dataloaders(batch_size: int, data_dir: str | Path = "data", num_workers:
                     train_transforms: Transform | None = None,
                     test_transforms: Transform | None = None,
                     image_size: int | tuple[int, int] | None = None,
-                    dataset_kwargs: dict | None = None,
+                    cache_dir: str | Path | None = None, dataset_kwargs: dict | None = None,
                     loader_kwargs: dict | None = None) -> tuple[DataLoader, DataLoader, DataLoader]:
     """The lecture's loaders: data_dir/mnist_{train,valid,test}.csv listing the images in
     data_dir/mnist_{train,valid,test}/, as make_subset.py writes them. Valid and test batches hold
-    batch_size * batch_size_factor_eval images (they only measure accuracy)."""
+    batch_size * batch_size_factor_eval images (they only measure accuracy). cache_dir: keep the
+    decoded pixels there for later runs (see CsvImageDataset)."""
     datasets = make_datasets(folder_layout(data_dir),
-                             {"image_size": image_size, **(dataset_kwargs or {})},
+                             {"image_size": image_size, "cache_dir": cache_dir,
+                              **(dataset_kwargs or {})},
                              train_transforms, test_transforms)
     return loaders_from_datasets(*datasets, batch_size=batch_size,
                                  eval_batch_size=batch_size * batch_size_factor_eval, seed=seed,
@@ -75,12 +81,14 @@ def get_dataloaders_from_split_csv(
         csv_path: str | Path, img_dir: str | Path, batch_size: int, num_workers: int = 0,
         seed: int = 123, *, split_column: str = "split", batch_size_factor_eval: int = 1,
         train_transforms: Transform | None = None, test_transforms: Transform | None = None,
-        image_size: int | tuple[int, int] | None = None, dataset_kwargs: dict | None = None,
+        image_size: int | tuple[int, int] | None = None, cache_dir: str | Path | None = None,
+        dataset_kwargs: dict | None = None,
         loader_kwargs: dict | None = None) -> tuple[DataLoader, DataLoader, DataLoader]:
     """Loaders for one CSV whose `split_column` says train / valid / test, and one image folder.
     For a CSV without one, split_csv() writes a copy with one."""
     sources = [(csv_path, img_dir, (split_column, split)) for split in SPLITS]
-    datasets = make_datasets(sources, {"image_size": image_size, **(dataset_kwargs or {})},
+    datasets = make_datasets(sources, {"image_size": image_size, "cache_dir": cache_dir,
+                                       **(dataset_kwargs or {})},
                              train_transforms, test_transforms)
     return loaders_from_datasets(*datasets, batch_size=batch_size,
                                  eval_batch_size=batch_size * batch_size_factor_eval, seed=seed,
@@ -191,8 +199,8 @@ def loaders_from_datasets(
         eval_batch_size: int | None = None, seed: int = 123,
         loader_kwargs: dict | None = None) -> tuple[DataLoader, DataLoader, DataLoader]:
     """Train loader (reshuffled, drop_last) and valid / test loaders (fixed order, every sample)."""
-    for ds in (train, valid, test):
-        ds.preload()  # decode once, in this process, before any worker starts
+    for ds in (train, valid, test):  # decode once, before the loaders' workers start
+        ds.preload(num_workers=(loader_kwargs or {}).get("num_workers", 0))
     eval_batch_size = eval_batch_size or batch_size
     options = {"seed": seed, "loader_kwargs": loader_kwargs}
     return (

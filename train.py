@@ -407,12 +407,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--lr", type=_positive_float, default=0.1, help="SGD learning rate")
     p.add_argument("--hidden", type=_at_least(1, int), default=100, help="hidden units of the MLP")
     p.add_argument("--num-workers", type=_at_least(0, int), default=0,
-                   help="DataLoader worker processes")
+                   help="DataLoader worker processes; they also share the first pass's decoding")
     p.add_argument("--persistent-workers", action="store_true",
                    help="keep workers alive between epochs")
     p.add_argument("--cache-mb", type=_at_least(0.0, float), default=1024.0,
                    help="keep decoded images in memory up to this many MiB per split "
                         "(0: decode every pass)")
+    p.add_argument("--cache-dir", default=None,
+                   help="folder for decoded images, so that later runs skip decoding "
+                        "(default: .cache in the data folder)")
+    p.add_argument("--no-disk-cache", action="store_true",
+                   help="decode in memory only, write no cache files")
     p.add_argument("--data-dir", default=DEFAULT_DATA_DIR,
                    help="folder with mnist_{train,valid,test}.csv and image folders; "
                         f"'{DEFAULT_DATA_DIR}' is built with make_subset.py when missing")
@@ -731,11 +736,16 @@ def main(argv: list[str] | None = None) -> History | Path:
             dist.barrier()  # the others wait for rank 0's data (and split.csv)
         set_deterministic()
         set_all_seeds(args.seed)
+        cache_dir = None if args.no_disk_cache else Path(args.cache_dir or Path(
+            args.data_dir if args.csv is None else args.img_dir or Path(args.csv).parent) / ".cache")
+        if cache_dir is not None:
+            print(f"Disk cache of decoded images: {cache_dir} (--no-disk-cache: none)")
         # On a GPU, batches travel as uint8 and are scaled there (to_input): a quarter of the bytes
         dataset_kwargs = {"pixels": "uint8" if device.type == "cuda" else "float01",
                           "cache_mb": args.cache_mb, "file_column": args.file_column,
                           "label_column": args.label_column, "mode": args.mode,
-                          "image_size": args.image_size, "encoding": args.encoding}
+                          "image_size": args.image_size, "encoding": args.encoding,
+                          "cache_dir": cache_dir}
         loader_kwargs = {"num_workers": args.num_workers, "pin_memory": device.type == "cuda",
                          "persistent_workers": args.persistent_workers and args.num_workers > 0}
         datasets = make_datasets(sources, dataset_kwargs, augmentation() if args.augment else None)
@@ -745,6 +755,11 @@ def main(argv: list[str] | None = None) -> History | Path:
                   f"batch would be left); pass --batch-size {len(datasets[0])} or less",
                   file=sys.stderr)
             raise SystemExit(2)
+        if ddp and cache_dir is not None:  # rank 0 fills the disk cache; the others read it
+            if rank == 0:
+                for ds in datasets:
+                    ds.preload(num_workers=args.num_workers)
+            dist.barrier()
         train_loader, valid_loader, test_loader = loaders_from_datasets(
             *datasets, batch_size=args.batch_size, eval_batch_size=args.eval_batch_size,
             seed=args.seed, loader_kwargs=loader_kwargs)

@@ -110,7 +110,7 @@ def test_a_reader_that_goes_away_ends_the_run_quietly(tiny_data, tmp_path):
                " --logging-interval 1 | head -n 1")
     run = subprocess.run(["bash", "-o", "pipefail", "-c", command], capture_output=True, text=True,
                          timeout=120)
-    assert run.stdout.startswith("Data: ") and "Traceback" not in run.stderr and run.stderr == ""
+    assert run.stdout.startswith("Disk cache of decoded images: ") and run.stderr == ""
 
 
 # ---- the data side ---------------------------------------------------------------------------------------
