@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import resource
 import shutil
@@ -251,6 +252,136 @@ def bench_end_to_end(folder: Path, epochs: int, repeats: int) -> dict:
     return {name: statistics.median(t) for name, t in times.items()}
 
 
+# ---- issue 13: start-up, the decoding pass, the disk cache, big CSVs, workers' memory -------------
+
+STARTUP = {  # whole-process wall times, run in turn; train.py's run is timed in bench_end_to_end
+    "import torch": ["-c", "import torch"],
+    "import torch, build an SGD optimizer": [
+        "-c", "import torch; torch.optim.SGD(torch.nn.Linear(2, 2).parameters(), lr=0.1)"],
+    "train.py --help": [str(ROOT / "train.py"), "--help"],
+}
+
+
+def bench_startup(folder: Path, epochs: int, repeats: int, warmup: int = 1) -> dict:
+    """Median wall time of each STARTUP command and of `train.py --epochs E --seed 123` (default data
+    present, its disk cache filled by an earlier run), interleaved, after `warmup` unmeasured rounds."""
+    data = folder / "e2e-data"
+    if not data.exists():
+        make_subset.main(["--out-dir", str(data)])
+    commands = {name: [sys.executable, *args] for name, args in STARTUP.items()}
+    commands[f"train.py --epochs {epochs} --seed 123"] = [
+        sys.executable, str(ROOT / "train.py"), "--epochs", str(epochs), "--seed", "123",
+        "--data-dir", str(data), "--results-dir", str(folder / "startup-results")]
+    times = {name: [] for name in commands}
+    for _ in range(warmup + repeats):  # a warm-up round fills the disk cache and warms the files
+        for name, command in commands.items():
+            start = time.perf_counter()
+            subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t[warmup:]) for name, t in times.items()}
+
+
+def first_pass_in_fresh_process(csv: Path, img_dir: Path, workers: int, cache_dir: str) -> float:
+    """Seconds for building the dataset and its first (decoding, or cache-reading) pass, measured
+    in a new process: what a new run pays."""
+    result = subprocess.run([sys.executable, str(ROOT / "bench.py"), "--first-pass", str(csv), str(img_dir),
+                             str(workers), cache_dir], capture_output=True, text=True, check=True)
+    return float(result.stdout.splitlines()[-1])
+
+
+def bench_decode(folder: Path, size: int, repeats: int) -> dict:
+    """The first pass over `size` images: decoded by 0, 2 and (when there are more) all cores' worker
+    processes; filling the disk cache; and reading it from a second process. Medians, interleaved."""
+    csv, img_dir, _ = make_data(folder, size)
+    cores = os.cpu_count() or 1
+    variants = {"cold, 0 workers": (0, "none"), "cold, 2 workers": (2, "none")}
+    if cores > 2:
+        variants[f"cold, {cores} workers"] = (cores, "none")
+    variants["fill the disk cache, 0 workers"] = (0, "fill")
+    variants["read the disk cache (a second process)"] = (0, "read")
+    times = {name: [] for name in variants}
+    for r in range(repeats):
+        cache = folder / f"decode-cache-{r}"
+        for name, (workers, use) in variants.items():
+            times[name].append(first_pass_in_fresh_process(csv, img_dir, workers, "" if use == "none" else str(cache)))
+    pixels = CsvImageDataset(csv, img_dir).preload()  # the parallel decode and the cache must be bit-exact
+    exact = all(torch.equal(pixels, CsvImageDataset(csv, img_dir, cache_dir=cache_dir).preload(num_workers=2))
+                for cache_dir in (None, folder / "decode-cache-0"))
+    return {"size": size, "seconds": {name: statistics.median(t) for name, t in times.items()}, "exact": exact}
+
+
+def make_rows(folder: Path, size: int) -> tuple[Path, Path]:
+    """A CSV of `size` rows naming `size` files (hard links to the bundled digits, 1,000 a folder)."""
+    base = make_data(folder, BUNDLED)[1]
+    names = sorted(os.listdir(base))
+    out = folder / f"rows{size}"
+    if not out.exists():
+        (out / "img").mkdir(parents=True)
+        rows = []
+        for i in range(size):
+            name = f"d{i // 1000:04d}/{i:07d}.png"
+            if i % 1000 == 0:
+                (out / "img" / name).parent.mkdir()
+            os.link(base / names[i % len(names)], out / "img" / name)
+            rows.append(f"{name},{i % 10}")
+        (out / "train.csv").write_text("File Name,Class Label\n" + "\n".join(rows) + "\n")
+    return out / "train.csv", out / "img"
+
+
+def build_rows_in_fresh_process(csv: Path, img_dir: Path) -> dict:
+    result = subprocess.run([sys.executable, str(ROOT / "bench.py"), "--build-rows", str(csv), str(img_dir)],
+                            capture_output=True, text=True, check=True)
+    return json.loads(result.stdout.splitlines()[-1])
+
+
+def bench_rows(folder: Path, sizes: list[int], repeats: int) -> dict:
+    """Building a dataset (every row checked, nothing decoded): microseconds a row and peak memory
+    growth, each in a fresh process; the same cost a row at every size means linear."""
+    results = {}
+    for size in sizes:
+        csv, img_dir = make_rows(folder, size)
+        runs = [build_rows_in_fresh_process(csv, img_dir) for _ in range(repeats)]
+        results[size] = {"us_per_row": statistics.median(r["us_per_row"] for r in runs),
+                         "peak_growth_mib": statistics.median(r["peak_growth_mib"] for r in runs)}
+    return results
+
+
+def private_mib(pid: int) -> float:
+    """Memory a process holds alone (private clean + dirty pages, from /proc/PID/smaps_rollup)."""
+    with open(f"/proc/{pid}/smaps_rollup") as f:
+        fields = dict(line.split(":", 1) for line in f if ":" in line)
+    return sum(int(fields[k].split()[0]) for k in ("Private_Clean", "Private_Dirty")) / 1024
+
+
+def worker_pids() -> list[int]:
+    return sorted(p.pid for p in multiprocessing.active_children())  # DataLoader workers are these
+
+
+def bench_worker_memory(folder: Path, size: int, batch_size: int) -> dict:
+    """Private memory of each of 2 DataLoader workers over one epoch (cache off, so every item reads
+    its row), ours against the lecture's dataset, whose file names are Python strings in a pandas
+    column: a forked worker writes the reference count of each one it reads, and so copies its page."""
+    csv, img_dir = make_rows(folder, size)
+    to_tensor = transforms.ToTensor()
+    loaders = {
+        "ours (names in NumPy arrays)": lambda: make_loader(
+            CsvImageDataset(csv, img_dir, cache_mb=0), batch_size, shuffle=True, drop_last=False, seed=0,
+            loader_kwargs={"num_workers": 2}),
+        "lecture (names in a pandas column)": lambda: DataLoader(
+            LectureDataset(csv, img_dir, to_tensor), batch_size=batch_size, shuffle=True, num_workers=2),
+    }
+    results = {}
+    for name, build in loaders.items():
+        loader = build()
+        samples, start = [], time.perf_counter()
+        for i, _ in enumerate(loader):
+            if i in (0, len(loader) - 1):  # the workers exit when the epoch ends: measure the last batch
+                samples.append([private_mib(pid) for pid in worker_pids()])
+        results[name] = {"first_batch_mib": samples[0], "end_mib": samples[-1],
+                         "seconds": time.perf_counter() - start}
+    return results
+
+
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description="Data loading and training benchmarks.",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -261,9 +392,30 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--epochs", type=int, default=100, help="epochs for the end-to-end comparison")
     p.add_argument("--json", type=Path, default=None, help="also write the results here")
     p.add_argument("--smoke", action="store_true", help="tiny sizes, one repeat, 2 epochs: checks it runs")
+    p.add_argument("--decode-size", type=int, default=40000, help="images in the first-pass and disk-cache rows")
+    p.add_argument("--rows", default="30000,300000", help="CSV sizes for the row-checking rows (comma separated)")
+    p.add_argument("--sections", default="loaders,scaling,end_to_end,startup,decode,rows,workers",
+                   help="which parts to run (comma separated)")
     p.add_argument("--memory-of", help=argparse.SUPPRESS)  # internal: measure one loader in this process
     p.add_argument("--memory-data", nargs=3, type=Path, help=argparse.SUPPRESS)
+    p.add_argument("--first-pass", nargs=4, help=argparse.SUPPRESS)  # internal: csv img_dir workers cache_dir
+    p.add_argument("--build-rows", nargs=2, type=Path, help=argparse.SUPPRESS)  # internal: csv img_dir
     args = p.parse_args(argv)
+    if args.first_pass:
+        csv, img_dir, workers, cache_dir = args.first_pass
+        start = time.perf_counter()
+        CsvImageDataset(csv, img_dir, cache_dir=cache_dir or None).preload(num_workers=int(workers), progress=False)
+        print(time.perf_counter() - start)
+        return {}
+    if args.build_rows:
+        before = rss_bytes()
+        start = time.perf_counter()
+        ds = CsvImageDataset(*args.build_rows, cache_mb=0)
+        seconds = time.perf_counter() - start
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        report = {"us_per_row": seconds / len(ds) * 1e6, "peak_growth_mib": (peak - before) / 2**20}
+        print(json.dumps(report))
+        return report
     if args.memory_of:
         warnings.filterwarnings("ignore")
         build = loaders_to_compare(*args.memory_data, args.batch_size)[args.memory_of]
@@ -272,21 +424,35 @@ def main(argv: list[str] | None = None) -> dict:
         return report
     if args.smoke:
         args.size, args.scaling, args.repeats, args.epochs = 200, "100,200", 1, 2
+        args.decode_size, args.rows = 600, "2000"
+    sections = set(args.sections.split(","))
     warnings.filterwarnings("ignore")  # ToTensor's deprecation notice, for the peers
     torch.set_num_threads(max(torch.get_num_threads(), 1))
     folder = Path(tempfile.mkdtemp(prefix="bench-"))
     try:
         report = {"machine": f"{os.cpu_count()} cores, torch {torch.__version__}", "size": args.size, "epochs": args.epochs,
                   "batch_size": args.batch_size, "repeats": args.repeats}
-        report["loaders"] = bench_loaders(folder, args.size, args.batch_size, args.repeats,
-                                          memory="ours" if args.smoke else "all")
-        scaling = {}
-        for n in (int(s) for s in args.scaling.split(",")):
-            rows = report["loaders"] if n == args.size else bench_loaders(folder, n, args.batch_size, args.repeats,
-                                                                           memory="ours")
-            scaling[n] = {k: v for k, v in rows.items() if k.startswith("ours")}
-        report["scaling"] = scaling
-        report["end_to_end_s"] = bench_end_to_end(folder, args.epochs, args.repeats)
+        if "loaders" in sections:
+            report["loaders"] = bench_loaders(folder, args.size, args.batch_size, args.repeats,
+                                              memory="ours" if args.smoke else "all")
+        if "scaling" in sections:
+            scaling = {}
+            for n in (int(s) for s in args.scaling.split(",")):
+                rows = report["loaders"] if n == args.size and "loaders" in report else \
+                    bench_loaders(folder, n, args.batch_size, args.repeats, memory="ours")
+                scaling[n] = {k: v for k, v in rows.items() if k.startswith("ours (cache")}
+            report["scaling"] = scaling
+        if "end_to_end" in sections:
+            report["end_to_end_s"] = bench_end_to_end(folder, args.epochs, args.repeats)
+        if "startup" in sections:
+            report["startup_s"] = bench_startup(folder, args.epochs, args.repeats, warmup=0 if args.smoke else 1)
+        if "decode" in sections:
+            report["decode"] = bench_decode(folder, args.decode_size, args.repeats)
+        if "rows" in sections:
+            report["rows"] = bench_rows(folder, [int(n) for n in args.rows.split(",")], args.repeats)
+        if "workers" in sections:
+            report["worker_memory"] = bench_worker_memory(folder, max(int(n) for n in args.rows.split(",")),
+                                                          args.batch_size)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     print(format_report(report))
@@ -296,27 +462,56 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def format_report(r: dict) -> str:
-    L = r["loaders"]
-    ours = L["ours (cache on)"]
-    lines = [f"{r['size']} MNIST PNGs, batch {r['batch_size']}, one process, median of {r['repeats']}; {r['machine']}",
-             "", "| loader | cold img/s | warm img/s | peak RSS growth MiB | ours (cache on) cold / this | warm / this |",
-             "| --- | ---: | ---: | ---: | ---: | ---: |"]
-    for name, m in L.items():
-        peak = f"{m['peak_growth_mib']:.1f}" if "peak_growth_mib" in m else "not measured"
-        lines.append(f"| {name} | {m['cold_img_s']:,.0f} | {m['warm_img_s']:,.0f} | {peak} | "
-                     f"{ours['cold_img_s'] / m['cold_img_s']:.2f}x | {ours['warm_img_s'] / m['warm_img_s']:.2f}x |")
-    lines += ["", "| images | decoded MiB | cache on: cold img/s | warm img/s | RSS growth after passes 1, 2, 3 MiB "
-              "| cache off: cold img/s | warm img/s | RSS growth after passes 1, 2, 3 MiB |",
-              "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
-    for n, rows in r["scaling"].items():
-        on, off = rows["ours (cache on)"], rows["ours (cache off)"]
-        label = f"{int(n):,}" + (" (bundled digits repeated)" if int(n) > BUNDLED else "")
-        growth = [", ".join(f"{x:.1f}" for x in m["rss_after_pass_mib"]) for m in (on, off)]
-        lines.append(f"| {label} | {int(n) * 28 * 28 / 2**20:.1f} | {on['cold_img_s']:,.0f} | {on['warm_img_s']:,.0f} "
-                     f"| {growth[0]} | {off['cold_img_s']:,.0f} | {off['warm_img_s']:,.0f} | {growth[1]} |")
-    e = r["end_to_end_s"]
-    lines += ["", f"End to end, whole processes, {r['epochs']} epochs on the default data: train.py {e['train.py']:.1f} s, "
-              f"lecture loop {e['lecture loop']:.1f} s, ratio {e['train.py'] / e['lecture loop']:.2f}x"]
+    lines = []
+    if "loaders" in r:
+        L = r["loaders"]
+        ours = L["ours (cache on)"]
+        lines += [f"{r['size']} MNIST PNGs, batch {r['batch_size']}, one process, median of {r['repeats']}; {r['machine']}",
+                  "", "| loader | cold img/s | warm img/s | peak RSS growth MiB | ours (cache on) cold / this | warm / this |",
+                  "| --- | ---: | ---: | ---: | ---: | ---: |"]
+        for name, m in L.items():
+            peak = f"{m['peak_growth_mib']:.1f}" if "peak_growth_mib" in m else "not measured"
+            lines.append(f"| {name} | {m['cold_img_s']:,.0f} | {m['warm_img_s']:,.0f} | {peak} | "
+                         f"{ours['cold_img_s'] / m['cold_img_s']:.2f}x | {ours['warm_img_s'] / m['warm_img_s']:.2f}x |")
+    if "scaling" in r:
+        lines += ["", "| images | decoded MiB | cache on: cold img/s | warm img/s | RSS growth after passes 1, 2, 3 MiB "
+                  "| cache off: cold img/s | warm img/s | RSS growth after passes 1, 2, 3 MiB |",
+                  "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+        for n, rows in r["scaling"].items():
+            on, off = rows["ours (cache on)"], rows["ours (cache off)"]
+            label = f"{int(n):,}" + (" (bundled digits repeated)" if int(n) > BUNDLED else "")
+            growth = [", ".join(f"{x:.1f}" for x in m["rss_after_pass_mib"]) for m in (on, off)]
+            lines.append(f"| {label} | {int(n) * 28 * 28 / 2**20:.1f} | {on['cold_img_s']:,.0f} | {on['warm_img_s']:,.0f} "
+                         f"| {growth[0]} | {off['cold_img_s']:,.0f} | {off['warm_img_s']:,.0f} | {growth[1]} |")
+    if "end_to_end_s" in r:
+        e = r["end_to_end_s"]
+        lines += ["", f"End to end, whole processes, {r['epochs']} epochs on the default data: train.py {e['train.py']:.1f} s, "
+                  f"lecture loop {e['lecture loop']:.1f} s, ratio {e['train.py'] / e['lecture loop']:.2f}x"]
+    if "startup_s" in r:
+        t = r["startup_s"]
+        lines += ["", f"Start-up, whole processes, median of {r['repeats']} (after a warm-up round):", "",
+                  "| command | seconds | / import torch |", "| --- | ---: | ---: |"]
+        lines += [f"| `{name}` | {sec:.2f} | {sec / t['import torch']:.2f}x |" for name, sec in t.items()]
+    if "decode" in r:
+        d = r["decode"]
+        base = d["seconds"]["cold, 0 workers"]
+        lines += ["", f"First pass over {d['size']:,} PNGs (building the dataset + decoding, or reading the disk cache), "
+                  f"each in a new process, median of {r['repeats']}; bit-identical to one process's decode: {d['exact']}", "",
+                  "| first pass | seconds | img/s | time / cold, 0 workers |", "| --- | ---: | ---: | ---: |"]
+        lines += [f"| {name} | {sec:.2f} | {d['size'] / sec:,.0f} | {sec / base:.2f}x |" for name, sec in d["seconds"].items()]
+    if "rows" in r:
+        lines += ["", "Building a dataset without decoding (every row checked: names, labels, one lstat a file, repeats), "
+                  f"each in a new process, median of {r['repeats']}:", "",
+                  "| rows | microseconds a row | peak memory growth MiB |", "| ---: | ---: | ---: |"]
+        lines += [f"| {int(n):,} | {m['us_per_row']:.1f} | {m['peak_growth_mib']:.0f} |" for n, m in r["rows"].items()]
+    if "worker_memory" in r:
+        lines += ["", "Private memory of each of 2 DataLoader workers over one epoch of the largest CSV above "
+                  "(no cache, so every item reads its row):", "",
+                  "| dataset | after the first batch MiB | at the end MiB | growth MiB | epoch s |", "| --- | ---: | ---: | ---: | ---: |"]
+        for name, m in r["worker_memory"].items():
+            first, end = (", ".join(f"{x:.1f}" for x in m[k]) for k in ("first_batch_mib", "end_mib"))
+            growth = ", ".join(f"{b - a:.1f}" for a, b in zip(m["first_batch_mib"], m["end_mib"]))
+            lines.append(f"| {name} | {first} | {end} | {growth} | {m['seconds']:.1f} |")
     return "\n".join(lines)
 
 

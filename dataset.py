@@ -25,8 +25,10 @@ number >= 0 (or a class name in a text column, surrounding spaces ignored). One 
 every bad row with its 1-based CSV line. Images that are corrupt, or of a size that cannot be
 batched, raise ImageLoadError naming the file and line. Images are read as a viewer shows them:
 EXIF orientation applied, 16-bit PNGs scaled (not clipped) to 8 bits. Decoded images are kept in
-memory (one uint8 tensor) when they fit `cache_mb`, so only the first pass decodes; a transform runs
-after the cache, on a copy.
+memory (one uint8 tensor) when they fit `cache_mb`, so only the first pass decodes (in several
+processes with preload(num_workers=...)); with cache_dir=, in a file there that later runs map
+instead of decoding. A transform runs after the cache, on a copy. Per-row data lives in NumPy
+arrays (`Samples`), so forked DataLoader workers share it.
 """
 
 from __future__ import annotations
@@ -113,6 +115,7 @@ class CsvImageDataset(Dataset):
         self.background = background
         self.cache_dir = None if cache_dir is None else Path(cache_dir)
         self.split = split
+        self.cache_file: Path | None = None  # the disk cache's file, once preload() has used it
         self.resize = (image_size, image_size) if isinstance(image_size, int) else image_size
         self.samples, self.classes, self.problems = make_dataset(
             self.csv_path, self.img_dir, file_column=file_column, label_column=label_column,
@@ -293,8 +296,9 @@ class CsvImageDataset(Dataset):
             return torch.from_numpy(pixels)
         path = self.cache_dir / self._cache_file_name()
         pixels = _open_cached(path, shape)
+        self.cache_file = path
         if pixels is not None:
-            self.cache_decision += f"; read from the disk cache {path}"
+            self.cache_decision += "; read from the disk cache"
             return pixels
         try:
             self.cache_dir.mkdir(parents=True, exist_ok=True)
@@ -302,7 +306,7 @@ class CsvImageDataset(Dataset):
         except OSError as e:  # a read-only data folder: decode, in memory only
             warnings.warn(f"no disk cache of decoded images: cannot write in {self.cache_dir} "
                           f"({e.strerror or e}); decoding in memory", stacklevel=3)
-            self.cache_dir = None
+            self.cache_dir = self.cache_file = None
             return self._load_or_decode(num_workers, progress)
         fd, tmp_path = tmp
         try:
@@ -318,7 +322,7 @@ class CsvImageDataset(Dataset):
         for older in self.cache_dir.glob(path.name.rsplit("-", 1)[0] + "-*.npy"):
             if older != path:  # the same rows and settings, files since changed
                 older.unlink(missing_ok=True)
-        self.cache_decision += f"; written to the disk cache {path}"
+        self.cache_decision += "; decoded into the disk cache"
         return _open_cached(path, shape)
 
     def _cache_file_name(self) -> str:

@@ -18,4 +18,16 @@ def test_bench_smoke_writes_a_complete_report(tmp_path, capsys):
     for name in ("ours (cache on)", "ours (cache off)"):  # memory, each measured in a fresh process
         assert len(report["loaders"][name]["rss_after_pass_mib"]) == 3
         assert report["loaders"][name]["peak_growth_mib"] >= 0
-    assert "| ours (cache on) |" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "| ours (cache on) |" in out
+    # Issue 13's rows: start-up, the first pass (workers, disk cache), big CSVs, workers' memory.
+    assert set(report["startup_s"]) == {"import torch", "import torch, build an SGD optimizer", "train.py --help",
+                                        "train.py --epochs 2 --seed 123"}
+    assert all(seconds > 0 for seconds in report["startup_s"].values())
+    assert report["decode"]["exact"] is True and report["decode"]["size"] == 600
+    assert set(report["decode"]["seconds"]) >= {"cold, 0 workers", "cold, 2 workers", "fill the disk cache, 0 workers",
+                                                "read the disk cache (a second process)"}
+    assert report["rows"][2000]["us_per_row"] > 0 and report["rows"][2000]["peak_growth_mib"] >= 0
+    for name in ("ours (names in NumPy arrays)", "lecture (names in a pandas column)"):
+        assert len(report["worker_memory"][name]["end_mib"]) == 2  # one figure per worker
+    assert "| read the disk cache (a second process) |" in out and "| 2,000 |" in out

@@ -1,0 +1,246 @@
+"""Cost that stays flat (issue 13): the first pass decoded on several cores, the disk cache of
+decoded pixels (exact, invalidated by any change, atomic, shared by concurrent runs, optional),
+and per-row data in NumPy arrays."""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+import dataset as dataset_module
+import train
+from conftest import ROOT, write_csv, write_png
+from dataset import CsvImageDataset, DecodeProgress, ImageLoadError
+
+
+@pytest.fixture
+def photos(tmp_path):
+    """img/ with 24 RGB PNGs of three sizes and labels.csv (path,label); images are resized to 12x10."""
+    rng = np.random.default_rng(1)
+    rows = ["path,label"]
+    for i in range(24):
+        height, width = (10 + i % 3 * 7, 12 + i % 4 * 5)
+        write_png(tmp_path / "img" / f"p{i:02d}.png", rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
+        rows.append(f"p{i:02d}.png,{i % 3}")
+    write_csv(tmp_path / "labels.csv", "\n".join(rows) + "\n")
+    return tmp_path
+
+
+def build(folder, **kwargs) -> CsvImageDataset:
+    return CsvImageDataset(folder / "labels.csv", folder / "img", file_column="path", label_column="label",
+                           mode="RGB", image_size=(12, 10), **kwargs)
+
+
+def cache_files(folder) -> list[str]:
+    return sorted(os.listdir(folder)) if folder.exists() else []
+
+
+@pytest.fixture
+def small_chunks(monkeypatch):
+    monkeypatch.setattr(dataset_module, "DECODE_CHUNK", 5)  # 24 images: 5 chunks, the last one short
+
+
+def test_workers_decode_bit_for_bit_what_one_process_decodes(photos, small_chunks):
+    one = build(photos).preload(num_workers=0)
+    for workers in (1, 2):
+        assert torch.equal(build(photos).preload(num_workers=workers), one)
+    assert one.shape == (24, 3, 12, 10)
+    first = dataset_module.decode_image(str(photos / "img" / "p00.png"), "RGB", (12, 10))
+    assert torch.equal(one[0], torch.from_numpy(first.copy()))  # and it is what the decoder gives
+
+
+def test_a_bad_image_in_a_worker_is_named_as_in_one_process(photos, small_chunks):
+    (photos / "img" / "p17.png").write_bytes(b"not a png")
+    for workers in (0, 2):
+        with pytest.raises(ImageLoadError, match=r"labels.csv, line 19: 'p17.png': cannot decode") as caught:
+            build(photos).preload(num_workers=workers)
+        assert "Traceback" not in str(caught.value)  # the error itself, not a worker's report of it
+
+
+def test_progress_is_reported_per_chunk_and_shown_only_for_a_long_decode(photos, small_chunks):
+    seen = []
+    build(photos).preload(progress=lambda done, total: seen.append((done, total)))
+    assert seen == [(5, 24), (10, 24), (15, 24), (20, 24), (24, 24)]
+    out = io.StringIO()
+    show = DecodeProgress("Decoding labels.csv", stream=out, after=0)
+    show(10, 40)
+    show(40, 40)
+    lines = out.getvalue().splitlines()
+    assert lines[0].startswith("Decoding labels.csv: 10 of 40 images, ") and lines[0].endswith(" s left")
+    assert lines[1].startswith("Decoding labels.csv: 40 of 40 images, ") and " done in " in lines[1]
+    quiet = io.StringIO()
+    short = DecodeProgress("Decoding", stream=quiet)  # the default: silent for the first 2 s
+    short(40, 40)
+    assert quiet.getvalue() == ""
+
+
+def test_a_second_dataset_reads_the_disk_cache_instead_of_decoding(photos, monkeypatch):
+    cache = photos / "cache"
+    plain = build(photos).preload()
+    first = build(photos, cache_dir=cache)
+    assert torch.equal(first.preload(), plain) and "decoded into the disk cache" in first.cache_decision
+    assert [f for f in cache_files(cache) if f.endswith(".npy")] == [f for f in cache_files(cache)]
+    assert len(cache_files(cache)) == 1 and cache_files(cache)[0].startswith("labels-")
+    assert first.cache_file == cache / cache_files(cache)[0]
+
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("decoded although the disk cache holds the pixels")
+    monkeypatch.setattr(dataset_module, "decode_image", no_decoding)
+    second = build(photos, cache_dir=cache)
+    assert torch.equal(second.preload(), plain) and "read from the disk cache" in second.cache_decision
+    assert second[3][0].shape == (3, 12, 10)
+
+
+def test_a_changed_file_is_decoded_again_even_with_the_same_size_and_time(photos):
+    cache = photos / "cache"
+    before = build(photos, cache_dir=cache).preload().clone()
+    old_name = cache_files(cache)[0]
+    path = photos / "img" / "p05.png"
+    stat = path.stat()
+    new_pixels = np.full((17, 32, 3), 7, dtype=np.uint8)  # p05 is 17x32: a new image of the same size
+    write_png(path, new_pixels)
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # the old modification time, as a copy -p keeps it
+    after = build(photos, cache_dir=cache).preload()
+    assert torch.equal(after[5], torch.full((3, 12, 10), 7, dtype=torch.uint8))  # the new pixels, not stale ones
+    assert torch.equal(after[:5], before[:5]) and torch.equal(after[6:], before[6:])
+    assert len(cache_files(cache)) == 1 and cache_files(cache)[0] != old_name  # the stale file is gone
+
+
+def test_other_rows_mode_or_size_get_their_own_cache_files(photos):
+    cache = photos / "cache"
+    build(photos, cache_dir=cache).preload()
+    gray = CsvImageDataset(photos / "labels.csv", photos / "img", file_column="path", label_column="label",
+                           mode="L", image_size=(12, 10), cache_dir=cache)
+    assert gray.preload().shape == (24, 1, 12, 10)
+    small = CsvImageDataset(photos / "labels.csv", photos / "img", file_column="path", label_column="label",
+                            mode="RGB", image_size=6, cache_dir=cache)
+    assert small.preload().shape == (24, 3, 6, 6)
+    text = (photos / "labels.csv").read_text().splitlines()
+    write_csv(photos / "labels.csv", "\n".join(text[:1] + text[2:]) + "\n")  # one row fewer
+    fewer = build(photos, cache_dir=cache)
+    assert fewer.preload().shape == (23, 3, 12, 10) and "decoded into the disk cache" in fewer.cache_decision
+    assert len(cache_files(cache)) == 3  # RGB 12x10 (the 23 rows replaced the 24), L 12x10, RGB 6x6
+    # One CSV, three splits: each split is its own file; none replaces another.
+    split = photos / "split.csv"
+    write_csv(split, "path,label,split\n" + "".join(
+        f"p{i:02d}.png,{i % 3},{('train', 'valid', 'test')[i % 3]}\n" for i in range(24)))
+    for name in ("train", "valid", "test"):
+        CsvImageDataset(split, photos / "img", file_column="path", label_column="label", mode="RGB",
+                        image_size=(12, 10), split=("split", name), cache_dir=photos / "c2").preload()
+    assert len(cache_files(photos / "c2")) == 3
+
+
+def test_a_failed_fill_leaves_no_cache_file_and_a_killed_ones_leftover_is_removed(photos, small_chunks):
+    cache = photos / "cache"
+    good = (photos / "img" / "p20.png").read_bytes()
+    (photos / "img" / "p20.png").write_bytes(b"broken")
+    with pytest.raises(ImageLoadError):
+        build(photos, cache_dir=cache).preload()
+    assert cache_files(cache) == []  # nothing half-written that a later run could load
+    (photos / "img" / "p20.png").write_bytes(good)
+    # A run killed while filling: its temporary file, locked while it was written, is left.
+    script = textwrap.dedent(f"""
+        import sys, time
+        sys.path.insert(0, {str(ROOT)!r})
+        import dataset
+        dataset.DECODE_CHUNK = 5
+        real = dataset.decode_image
+        calls = []
+        def slow(*args, **kwargs):
+            calls.append(1)
+            if len(calls) == 12:
+                print("filling", flush=True)
+                time.sleep(600)
+            return real(*args, **kwargs)
+        dataset.decode_image = slow
+        dataset.CsvImageDataset({str(photos / 'labels.csv')!r}, {str(photos / 'img')!r}, file_column="path",
+                                label_column="label", mode="RGB", image_size=(12, 10),
+                                cache_dir={str(cache)!r}).preload()
+    """)
+    with subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True) as child:
+        assert child.stdout.readline().strip() == "filling"
+        left = cache_files(cache)
+        assert len(left) == 1 and ".tmp-" in left[0]
+        with pytest.raises(ImageLoadError):  # a live writer's file is never taken for a cache
+            (photos / "img" / "p20.png").write_bytes(b"broken")
+            build(photos, cache_dir=cache).preload()
+        assert left[0] in cache_files(cache)  # ... nor removed while it is written
+        (photos / "img" / "p20.png").write_bytes(good)
+        child.send_signal(signal.SIGKILL)
+    pixels = build(photos, cache_dir=cache).preload()
+    assert torch.equal(pixels, build(photos).preload())
+    assert len(cache_files(cache)) == 1 and cache_files(cache)[0].endswith(".npy")  # the leftover removed
+
+
+def test_two_processes_filling_one_cache_at_once_both_get_the_right_pixels(photos):
+    cache = photos / "cache"
+    script = textwrap.dedent(f"""
+        import sys, hashlib
+        sys.path.insert(0, {str(ROOT)!r})
+        import dataset
+        ds = dataset.CsvImageDataset({str(photos / 'labels.csv')!r}, {str(photos / 'img')!r}, file_column="path",
+                                     label_column="label", mode="RGB", image_size=(12, 10), cache_dir={str(cache)!r})
+        print(hashlib.sha256(ds.preload().numpy().tobytes()).hexdigest())
+    """)
+    children = [subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+                for _ in range(3)]
+    digests = [child.communicate(timeout=120)[0].strip() for child in children]
+    import hashlib
+    expected = hashlib.sha256(build(photos).preload().numpy().tobytes()).hexdigest()
+    assert digests == [expected] * 3
+    assert len(cache_files(cache)) == 1 and cache_files(cache)[0].endswith(".npy")
+
+
+def test_a_cache_folder_that_cannot_be_written_means_one_warning_and_memory_only(photos):
+    blocked = photos / "a-file"
+    blocked.write_text("not a folder")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ds = build(photos, cache_dir=blocked / "cache")
+        pixels = ds.preload()
+    assert torch.equal(pixels, build(photos).preload())
+    messages = [str(w.message) for w in caught]
+    assert len(messages) == 1 and messages[0].startswith(f"no disk cache of decoded images: cannot write in {blocked}")
+
+
+def test_per_row_data_lives_in_arrays_not_python_lists(photos):
+    ds = build(photos)
+    for value in vars(ds).values():  # nothing per row as Python objects, which forked workers would copy
+        assert not (isinstance(value, (list, tuple, dict)) and len(value) >= len(ds))
+    samples = ds.samples
+    assert samples.names.dtype == np.uint8 and samples.labels.dtype == np.int64 and samples.lines.dtype == np.int64
+    assert samples[3].file == "p03.png" and samples[3].line == 5 and samples[3].label == 0
+    assert samples[-1].file == "p23.png" and samples.files()[:2] == ["p00.png", "p01.png"]
+    assert samples[3].path == os.path.join(str((photos / "img").resolve()), "p03.png")
+    with pytest.raises(IndexError):
+        samples[24]
+
+
+def test_train_py_fills_the_disk_cache_once_and_gets_the_same_results_without_it(tiny_data, tmp_path, capsys):
+    args = ["--epochs", "2", "--seed", "4", "--batch-size", "8", "--data-dir", str(tiny_data)]
+    train.main([*args, "--results-dir", str(tmp_path / "a")])
+    out = capsys.readouterr().out
+    assert f"Disk cache of decoded images: {tiny_data / '.cache'}" in out and "decoded into the disk cache" in out
+    assert len(cache_files(tiny_data / ".cache")) == 3  # train, valid, test
+    train.main([*args, "--results-dir", str(tmp_path / "b")])
+    assert "read from the disk cache" in capsys.readouterr().out
+    train.main([*args, "--results-dir", str(tmp_path / "c"), "--no-disk-cache", "--num-workers", "2"])
+    out = capsys.readouterr().out
+    assert "Disk cache" not in out and "disk cache" not in out
+    runs = [torch.load(tmp_path / r / "checkpoint.pt", weights_only=True) for r in "abc"]
+    for other in runs[1:]:
+        assert all(torch.equal(runs[0]["model"][k], other["model"][k]) for k in runs[0]["model"])
+        assert runs[0]["history"]["minibatch_loss"] == other["history"]["minibatch_loss"]
+        assert runs[0]["history"]["valid_acc"] == other["history"]["valid_acc"]
+    train.main([*args, "--results-dir", str(tmp_path / "d"), "--cache-dir", str(tmp_path / "mine")])
+    assert len(cache_files(tmp_path / "mine")) == 3
