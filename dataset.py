@@ -585,18 +585,17 @@ def make_dataset(csv_path: Path, img_dir: Path, *, file_column: str, label_colum
         what = np.full(len(df), None, dtype=object)
     else:
         labels, class_names, what = _parse_labels(df[label_column], classes, num_classes)
-    bad_label = what != None  # noqa: E711  (element-wise)
     root = img_dir.resolve()
     file_what, stats = _check_files(files, root)
     what = np.where(file_what != None, file_what, what)  # noqa: E711  a bad file is named first
     keys = pd.Series([os.path.normpath(f) for f in files])  # "./a.png" is "a.png"
-    good = (what == None) & ~bad_label  # noqa: E711
-    repeated = _check_repeats(keys, labels, lines, good, what)
-    keep = good & ~repeated & (what == None)  # noqa: E711
+    repeated = _check_repeats(keys, labels, lines, what == None, what)  # noqa: E711
     if repeated.any():
         warnings.warn(f"{csv_path}: {int(repeated.sum())} row(s) list a file already listed above "
                       "with the same label; each file is used once", stacklevel=3)
-    problems = [(int(lines[j]), files[j], what[j]) for j in np.flatnonzero(what != None)]  # noqa: E711
+    bad = what != None  # noqa: E711  (element-wise: the rows with a problem named)
+    keep = ~bad & ~repeated
+    problems = [(int(lines[j]), files[j], what[j]) for j in np.flatnonzero(bad)]
     samples = Samples(str(root), [f for f, k in zip(files, keep) if k], labels[keep], lines[keep],
                       stats[keep])
     return samples, class_names, problems

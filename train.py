@@ -736,8 +736,10 @@ def main(argv: list[str] | None = None) -> History | Path:
             dist.barrier()  # the others wait for rank 0's data (and split.csv)
         set_deterministic()
         set_all_seeds(args.seed)
-        cache_dir = None if args.no_disk_cache else Path(args.cache_dir or Path(
-            args.data_dir if args.csv is None else args.img_dir or Path(args.csv).parent) / ".cache")
+        data_folder = args.data_dir if args.csv is None else args.img_dir or Path(args.csv).parent
+        cache_dir = Path(args.cache_dir or Path(data_folder) / ".cache")
+        if args.no_disk_cache:
+            cache_dir = None
         if cache_dir is not None:
             print(f"Disk cache of decoded images: {cache_dir} (--no-disk-cache: none)")
         # On a GPU, batches travel as uint8 and are scaled there (to_input): a quarter of the bytes
@@ -824,6 +826,7 @@ def main(argv: list[str] | None = None) -> History | Path:
                   f"Write the reports with: {evaluate_command}")
             raise SystemExit(130) from None
         if ddp:
+            dist.barrier()  # wait for rank 0's figures: gloo may abort a rank that leaves early
             dist.destroy_process_group()
         return history
 
