@@ -404,8 +404,8 @@ def sample_seed(seed: int, epoch: int, index: int) -> int:
 
 class DecodeProgress:
     """Reports preload's (done, total) on stderr, e.g. "Decoding data/train.csv: 12,000 of 40,000
-    images, 6,950/s, 4 s left": from `after` seconds on, at most once a second, on one line on a
-    terminal. A short decode prints nothing."""
+    images, 6,950/s, 4 s left": from `after` seconds on, once a second on one line of a terminal,
+    or a line every 10 s into a log file. A short decode prints nothing."""
 
     def __init__(self, what: str, stream=None, after: float = 2.0) -> None:
         self.what, self.stream, self.after = what, stream or sys.stderr, after
@@ -414,12 +414,14 @@ class DecodeProgress:
     def __call__(self, done: int, total: int) -> None:
         now = time.monotonic()
         elapsed, finished = now - self.start, done >= total
-        if elapsed < self.after or (self.last is not None and now - self.last < 1 and not finished):
+        terminal = self.stream.isatty()
+        every = 1 if terminal else 10
+        if elapsed < self.after or (self.last is not None and now - self.last < every
+                                    and not finished):
             return
         rate = done / elapsed
         status = f"done in {elapsed:.1f} s" if finished else f"{(total - done) / rate:.0f} s left"
         text = f"{self.what}: {done:,} of {total:,} images, {rate:,.0f}/s, {status}"
-        terminal = self.stream.isatty()
         self.stream.write(f"\r{text}" + ("\n" if finished else "") if terminal else text + "\n")
         self.stream.flush()
         self.last = now

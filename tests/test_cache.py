@@ -74,6 +74,7 @@ def test_progress_is_reported_per_chunk_and_shown_only_for_a_long_decode(photos,
     out = io.StringIO()
     show = DecodeProgress("Decoding labels.csv", stream=out, after=0)
     show(10, 40)
+    show(20, 40)  # not a terminal: the next line comes 10 s later, or at the end
     show(40, 40)
     lines = out.getvalue().splitlines()
     assert lines[0].startswith("Decoding labels.csv: 10 of 40 images, ") and lines[0].endswith(" s left")
