@@ -25,7 +25,6 @@ import argparse
 import json
 import multiprocessing
 import os
-import resource
 import shutil
 import statistics
 import subprocess
@@ -53,6 +52,18 @@ BUNDLED = 4980  # make_subset.py keeps 10 valid + 10 test digits aside, so 498 p
 def rss_bytes() -> int:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def reset_peak_rss() -> None:
+    """Start this process's peak RSS (VmHWM) afresh, so that a peak measured next is not the one
+    reached earlier, e.g. while importing (Linux: writing 5 to /proc/self/clear_refs)."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+
+
+def peak_rss_bytes() -> int:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
 
 
 class LectureDataset(Dataset):
@@ -111,6 +122,7 @@ def timed_passes(build, passes: int = 2) -> list[float]:
 
 def memory_in_fresh_process(build, passes: int = 3) -> dict:
     """Run in a process of its own (see measure_memory): RSS growth after each pass, and the peak."""
+    reset_peak_rss()  # the peak of the imports is not the loader's
     before = rss_bytes()
     loader = build()
     after_pass = []
@@ -118,7 +130,7 @@ def memory_in_fresh_process(build, passes: int = 3) -> dict:
         for _ in loader:
             pass
         after_pass.append((rss_bytes() - before) / 2**20)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+    peak = peak_rss_bytes()
     return {"rss_after_pass_mib": after_pass, "peak_growth_mib": (peak - before) / 2**20}
 
 
@@ -307,7 +319,8 @@ def bench_decode(folder: Path, size: int, repeats: int) -> dict:
     pixels = CsvImageDataset(csv, img_dir).preload()  # the parallel decode and the cache must be bit-exact
     exact = all(torch.equal(pixels, CsvImageDataset(csv, img_dir, cache_dir=cache_dir).preload(num_workers=2))
                 for cache_dir in (None, folder / "decode-cache-0"))
-    return {"size": size, "seconds": {name: statistics.median(t) for name, t in times.items()}, "exact": exact}
+    return {"size": size, "seconds": {name: statistics.median(t) for name, t in times.items()}, "exact": exact,
+            "repeats": repeats}
 
 
 def make_rows(folder: Path, size: int) -> tuple[Path, Path]:
@@ -389,6 +402,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--scaling", default="1000,5000,50000", help="sizes for the scaling rows (comma separated)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--repeats", type=int, default=3, help="runs per figure; the median is shown")
+    p.add_argument("--short-repeats", type=int, default=5,
+                   help="runs per figure of the start-up and first-pass rows (a few seconds each, so noisier)")
     p.add_argument("--epochs", type=int, default=100, help="epochs for the end-to-end comparison")
     p.add_argument("--json", type=Path, default=None, help="also write the results here")
     p.add_argument("--smoke", action="store_true", help="tiny sizes, one repeat, 2 epochs: checks it runs")
@@ -408,11 +423,12 @@ def main(argv: list[str] | None = None) -> dict:
         print(time.perf_counter() - start)
         return {}
     if args.build_rows:
+        reset_peak_rss()  # the peak of the imports is not the dataset's
         before = rss_bytes()
         start = time.perf_counter()
         ds = CsvImageDataset(*args.build_rows, cache_mb=0)
         seconds = time.perf_counter() - start
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        peak = peak_rss_bytes()
         report = {"us_per_row": seconds / len(ds) * 1e6, "peak_growth_mib": (peak - before) / 2**20}
         print(json.dumps(report))
         return report
@@ -423,7 +439,7 @@ def main(argv: list[str] | None = None) -> dict:
         print(json.dumps(report))
         return report
     if args.smoke:
-        args.size, args.scaling, args.repeats, args.epochs = 200, "100,200", 1, 2
+        args.size, args.scaling, args.repeats, args.short_repeats, args.epochs = 200, "100,200", 1, 1, 2
         args.decode_size, args.rows = 600, "2000"
     sections = set(args.sections.split(","))
     warnings.filterwarnings("ignore")  # ToTensor's deprecation notice, for the peers
@@ -431,7 +447,8 @@ def main(argv: list[str] | None = None) -> dict:
     folder = Path(tempfile.mkdtemp(prefix="bench-"))
     try:
         report = {"machine": f"{os.cpu_count()} cores, torch {torch.__version__}", "size": args.size, "epochs": args.epochs,
-                  "batch_size": args.batch_size, "repeats": args.repeats}
+                  "batch_size": args.batch_size, "repeats": args.repeats,
+                  "short_repeats": args.short_repeats}
         if "loaders" in sections:
             report["loaders"] = bench_loaders(folder, args.size, args.batch_size, args.repeats,
                                               memory="ours" if args.smoke else "all")
@@ -445,9 +462,9 @@ def main(argv: list[str] | None = None) -> dict:
         if "end_to_end" in sections:
             report["end_to_end_s"] = bench_end_to_end(folder, args.epochs, args.repeats)
         if "startup" in sections:
-            report["startup_s"] = bench_startup(folder, args.epochs, args.repeats, warmup=0 if args.smoke else 1)
+            report["startup_s"] = bench_startup(folder, args.epochs, args.short_repeats, warmup=0 if args.smoke else 1)
         if "decode" in sections:
-            report["decode"] = bench_decode(folder, args.decode_size, args.repeats)
+            report["decode"] = bench_decode(folder, args.decode_size, args.short_repeats)
         if "rows" in sections:
             report["rows"] = bench_rows(folder, [int(n) for n in args.rows.split(",")], args.repeats)
         if "workers" in sections:
@@ -489,14 +506,14 @@ def format_report(r: dict) -> str:
                   f"lecture loop {e['lecture loop']:.1f} s, ratio {e['train.py'] / e['lecture loop']:.2f}x"]
     if "startup_s" in r:
         t = r["startup_s"]
-        lines += ["", f"Start-up, whole processes, median of {r['repeats']} (after a warm-up round):", "",
+        lines += ["", f"Start-up, whole processes, median of {r['short_repeats']} (after a warm-up round):", "",
                   "| command | seconds | / import torch |", "| --- | ---: | ---: |"]
         lines += [f"| `{name}` | {sec:.2f} | {sec / t['import torch']:.2f}x |" for name, sec in t.items()]
     if "decode" in r:
         d = r["decode"]
         base = d["seconds"]["cold, 0 workers"]
         lines += ["", f"First pass over {d['size']:,} PNGs (building the dataset + decoding, or reading the disk cache), "
-                  f"each in a new process, median of {r['repeats']}; bit-identical to one process's decode: {d['exact']}", "",
+                  f"each in a new process, median of {d['repeats']}; bit-identical to one process's decode: {d['exact']}", "",
                   "| first pass | seconds | img/s | time / cold, 0 workers |", "| --- | ---: | ---: | ---: |"]
         lines += [f"| {name} | {sec:.2f} | {d['size'] / sec:,.0f} | {sec / base:.2f}x |" for name, sec in d["seconds"].items()]
     if "rows" in r:
