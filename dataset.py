@@ -345,16 +345,24 @@ class CsvImageDataset(Dataset):
             DecodeProgress(f"Decoding {self.csv_path}") if progress else None
         if num_workers > 0 and len(chunks) > 1:
             from torch.utils.data import DataLoader
-            results = DataLoader(_DecodeChunks(self, chunks), batch_size=None,
+            # in_order=False: a chunk is placed when it is done, so a worker slowed down by
+            # something else on the machine does not leave the other one waiting
+            results = DataLoader(_DecodeChunks(self, chunks), batch_size=None, in_order=False,
                                  num_workers=min(num_workers, len(chunks)))
         else:
             results = map(_DecodeChunks(self, chunks).__getitem__, range(len(chunks)))
-        for chunk, pixels in zip(chunks, results):
+        waiting, error, done = set(range(len(chunks))), None, 0
+        for k, pixels in results:
+            waiting.discard(k)
+            done += len(chunks[k])
             if isinstance(pixels, Exception):  # raised in a worker: the same error, here
-                raise pixels
-            out[chunk.start:chunk.stop] = pixels.numpy()
+                error = min(error or (k, pixels), (k, pixels), key=lambda e: e[0])
+            else:
+                out[chunks[k].start:chunks[k].stop] = pixels.numpy()
+            if error is not None and min(waiting, default=len(chunks)) > error[0]:
+                raise error[1]  # the first bad image by row, as without workers
             if report is not None:
-                report(chunk.stop, len(self))
+                report(done, len(self))
 
     def _transformed_batch(self, indices: Sequence[int],
                            key: tuple[int, int] | None) -> torch.Tensor:
@@ -428,9 +436,9 @@ class DecodeProgress:
 
 
 class _DecodeChunks(Dataset):
-    """Chunk k of a dataset's rows, decoded, (B, C, H, W) uint8: what preload's worker processes
-    run. An error is returned, not raised, so that it reaches the main process as it was (a
-    worker's raise arrives wrapped in its traceback)."""
+    """(k, chunk k of a dataset's rows decoded, (B, C, H, W) uint8): what preload's worker
+    processes run. An error is returned, not raised, so that it reaches the main process as it
+    was (a worker's raise arrives wrapped in its traceback)."""
 
     def __init__(self, dataset: CsvImageDataset, chunks: list[range]) -> None:
         self.dataset, self.chunks = dataset, chunks
@@ -438,11 +446,11 @@ class _DecodeChunks(Dataset):
     def __len__(self) -> int:
         return len(self.chunks)
 
-    def __getitem__(self, k: int) -> torch.Tensor | DatasetError:
+    def __getitem__(self, k: int) -> tuple[int, torch.Tensor | DatasetError]:
         try:
-            return self.dataset._read_batch(self.chunks[k])
+            return k, self.dataset._read_batch(self.chunks[k])
         except DatasetError as e:
-            return e
+            return k, e
 
 
 def _open_cached(path: Path, shape: tuple[int, ...]) -> torch.Tensor | None:

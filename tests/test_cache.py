@@ -59,9 +59,17 @@ def test_workers_decode_bit_for_bit_what_one_process_decodes(photos, small_chunk
     assert torch.equal(one[0], torch.from_numpy(first.copy()))  # and it is what the decoder gives
 
 
-def test_a_bad_image_in_a_worker_is_named_as_in_one_process(photos, small_chunks):
+def test_a_bad_image_in_a_worker_is_named_as_in_one_process(photos, small_chunks, monkeypatch):
     (photos / "img" / "p17.png").write_bytes(b"not a png")
-    for workers in (0, 2):
+    (photos / "img" / "p22.png").write_bytes(b"not a png either")
+    decode = dataset_module.decode_image
+
+    def slow_p15(path, *args):  # chunk 3 (p15-p19) finishes after chunk 4 (p20-p23)
+        time.sleep(0.5 if path.endswith("p15.png") else 0)
+        return decode(path, *args)
+
+    monkeypatch.setattr(dataset_module, "decode_image", slow_p15)  # forked workers inherit it
+    for workers in (0, 2):  # chunks arrive as they are done; the error is the first bad row's
         with pytest.raises(ImageLoadError, match=r"labels.csv, line 19: 'p17.png': cannot decode") as caught:
             build(photos).preload(num_workers=workers)
         assert "Traceback" not in str(caught.value)  # the error itself, not a worker's report of it
@@ -71,6 +79,9 @@ def test_progress_is_reported_per_chunk_and_shown_only_for_a_long_decode(photos,
     seen = []
     build(photos).preload(progress=lambda done, total: seen.append((done, total)))
     assert seen == [(5, 24), (10, 24), (15, 24), (20, 24), (24, 24)]
+    seen.clear()
+    build(photos).preload(num_workers=2, progress=lambda done, total: seen.append((done, total)))
+    assert len(seen) == 5 and seen[-1] == (24, 24) and [d for d, _ in seen] == sorted(d for d, _ in seen)
     out = io.StringIO()
     show = DecodeProgress("Decoding labels.csv", stream=out, after=0)
     show(10, 40)
