@@ -34,8 +34,10 @@ arrays (`Samples`), so forked DataLoader workers share it.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import os
+import shutil
 import stat
 import sys
 import tempfile
@@ -82,7 +84,8 @@ class CsvImageDataset(Dataset):
         num_classes: labels must be below this, when given.
         split: (column, value): keep only the rows whose column holds value (one CSV, all splits).
         skip_bad_rows: drop bad rows with a warning that counts them, instead of raising.
-        cache_mb: keep decoded images in memory when they take at most this many MiB (0 = never).
+        cache_mb: keep decoded images in memory when they take at most this many MiB (0 = never);
+            with cache_dir, more than that go to a memory-mapped file (if the disk can spare it).
         encoding: the CSV's text encoding ("utf-8" also reads a byte order mark; spreadsheet
             exports are often "latin-1" or "cp1252").
         background: the colour transparent images are laid over (white, as a page shows them).
@@ -192,8 +195,8 @@ class CsvImageDataset(Dataset):
                              f"[0, {len(self)}), got {indices!r}") from e
         if self.transform is not None:
             images = self._transformed_batch(rows.tolist(), key)
-        elif self._use_cache:
-            images = self.preload().index_select(0, rows)  # several times faster than cache[rows]
+        elif self._use_cache and self.preload() is not None:
+            images = self._cache.index_select(0, rows)  # several times faster than cache[rows]
         else:
             images = self._read_batch(rows.tolist())
         return to_pixels(images, self.pixels), labels
@@ -240,12 +243,22 @@ class CsvImageDataset(Dataset):
                 for sample, size in zip(self.samples, sizes) if size not in (None, common)]
 
     def _plan_cache(self, cache_mb: float) -> tuple[bool, str]:
-        cache_bytes = len(self) * self.channels * self.image_size[0] * self.image_size[1]
-        use = 0 < cache_bytes <= cache_mb * 2**20
+        """In memory when the pixels fit cache_mb; over it, in a cache_dir file that is memory-
+        mapped (the system keeps in memory what fits), when the disk can spare it."""
+        self._cache_bytes = len(self) * self.channels * self.image_size[0] * self.image_size[1]
+        self._budget_bytes = cache_mb * 2**20
         height, width = self.image_size
-        return use, (f"{'keeping' if use else 'not keeping'} decoded images in memory: "
-                     f"{len(self)} x {self.channels}x{height}x{width} uint8 = "
-                     f"{cache_bytes / 2**20:.1f} MiB, budget {cache_mb:g} MiB")
+        self._cache_what = what = (f"{len(self)} x {self.channels}x{height}x{width} uint8 = "
+                                   f"{self._cache_bytes / 2**20:.1f} MiB, budget {cache_mb:g} MiB")
+        if 0 < self._cache_bytes <= self._budget_bytes:
+            return True, f"keeping decoded images in memory: {what}"
+        if cache_mb > 0 and self.cache_dir is not None:
+            if _disk_can_hold(self.cache_dir, self._cache_bytes):
+                return True, ("keeping decoded images in a memory-mapped file, over the memory "
+                              f"budget: {what}")
+            return False, (f"not keeping decoded images: {what}, and the disk of {self.cache_dir} "
+                           f"cannot spare {self._cache_bytes / 2**20:.0f} MiB for them")
+        return False, f"not keeping decoded images in memory: {what}"
 
     def _first_size(self) -> tuple[int, int]:
         """(H, W) of the first image whose header can be read, upright (EXIF orientation)."""
@@ -304,9 +317,17 @@ class CsvImageDataset(Dataset):
             self.cache_dir.mkdir(parents=True, exist_ok=True)
             tmp = _locked_temporary(path)
         except OSError as e:  # a read-only data folder: decode, in memory only
+            fits = self._cache_bytes <= self._budget_bytes
             warnings.warn(f"no disk cache of decoded images: cannot write in {self.cache_dir} "
-                          f"({e.strerror or e}); decoding in memory", stacklevel=3)
+                          f"({e.strerror or e}); " + ("decoding in memory" if fits else
+                          "over the memory budget, so images are decoded as batches are read"),
+                          stacklevel=3)
             self.cache_dir = self.cache_file = None
+            if not fits:
+                self._use_cache = False
+                self.cache_decision = (f"not keeping decoded images: {self._cache_what}, and "
+                                       "the disk cache is not writable")
+                return None
             return self._load_or_decode(num_workers, progress)
         fd, tmp_path = tmp
         try:
@@ -328,21 +349,25 @@ class CsvImageDataset(Dataset):
     def _cache_file_name(self) -> str:
         """<csv name>-<which rows, decoded how: the CSV, split, folder, mode, size, background,
         decoder>-<the rows: file names, sizes and times>.npy; any change makes another name."""
+        # Not the CSV's path: a copy of the same rows elsewhere (train.py's RESULTS/split.csv)
+        # finds the same file, rather than adding one per copy.
         settings = hashlib.sha256(repr((
-            CACHE_FORMAT, Image.__version__, np.__version__, str(self.csv_path.resolve()),
-            self.split, self.samples.root, self.mode, self.image_size, self.background)).encode())
+            CACHE_FORMAT, Image.__version__, np.__version__, self.split, self.samples.root,
+            self.mode, self.image_size, self.background)).encode())
         rows = hashlib.sha256(settings.digest())
         for array in (self.samples.offsets, self.samples.names, self.samples.stats):
             rows.update(memoryview(np.ascontiguousarray(array)).cast("B"))
-        return f"{self.csv_path.stem}-{settings.hexdigest()[:12]}-{rows.hexdigest()[:20]}.npy"
+        name = self.csv_path.stem + (f"-{self.split[1]}" if self.split else "")
+        name = "".join(c if c.isalnum() or c in "._-" else "_" for c in name)[:60]
+        return f"{name}-{settings.hexdigest()[:12]}-{rows.hexdigest()[:20]}.npy"
 
     def _decode_into(self, out: np.ndarray, num_workers: int, progress) -> None:
         """Decode every image into out, (N, C, H, W) uint8, a chunk at a time: here, or in
         num_workers processes (torch DataLoader workers), each writing whole chunks."""
         chunks = [range(start, min(start + DECODE_CHUNK, len(self)))
                   for start in range(0, len(self), DECODE_CHUNK)]
-        report = progress if callable(progress) else \
-            DecodeProgress(f"Decoding {self.csv_path}") if progress else None
+        what = f"Decoding {self.csv_path}" + (" ({} {})".format(*self.split) if self.split else "")
+        report = progress if callable(progress) else DecodeProgress(what) if progress else None
         if num_workers > 0 and len(chunks) > 1:
             from torch.utils.data import DataLoader
             # in_order=False: a chunk is placed when it is done, so a worker slowed down by
@@ -480,11 +505,36 @@ def _locked_temporary(path: Path) -> tuple[int, str]:
                 left.unlink(missing_ok=True)
         finally:
             os.close(fd)
+    for left in path.parent.glob(".*.new-*"):  # killed before its rename: a minute is ample
+        with contextlib.suppress(OSError):
+            if time.time() - left.stat().st_mtime > 60:
+                left.unlink()
     fd, new = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.new-")
     _try_lock(fd)
+    _normal_mode(new)  # mkstemp's 0600 would hide the cache from others sharing the folder
     tmp = new.replace(".new-", ".tmp-")  # renamed once locked: the cleanup above sees only these
     os.replace(new, tmp)
     return fd, tmp
+
+
+def _disk_can_hold(folder: Path, nbytes: int) -> bool:
+    """Whether the disk of folder (or of its nearest existing parent) keeps 1 GiB and 5% free
+    after nbytes more: a cache over the memory budget must not fill the disk."""
+    folder = folder.absolute()
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        usage = shutil.disk_usage(folder)
+    except OSError:
+        return False
+    return usage.free - nbytes >= max(2**30, 0.05 * usage.total)
+
+
+def _normal_mode(path: str | Path) -> None:
+    """The mode a new file gets from open(): 0666 less the umask (mkstemp makes it 0600)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
 
 
 def _try_lock(fd: int) -> bool:
@@ -674,8 +724,8 @@ def read_csv(csv_path: Path, columns: Sequence[str], encoding: str = "utf-8") ->
         if missing:
             raise DatasetError(f"{csv_path}: no column(s) {missing}; the columns are "
                                f"{list(header)}{_separator_hint(header)}. Pass file_column= / "
-                               "label_column= (--file-column / --label-column) with the right "
-                               "names.")
+                               "label_column= / split= (--file-column / --label-column / "
+                               "--split-column) with the right names.")
         # Only empty cells are missing values: a file called "NA" stays a file name.
         df = pd.read_csv(csv_path, usecols=list(columns), dtype={columns[0]: str},
                          encoding=encoding, skip_blank_lines=False, keep_default_na=False,

@@ -41,6 +41,7 @@ import sys
 import tempfile
 import threading
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -394,9 +395,16 @@ def _seed(text: str) -> int:
     return value
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Defaults shown, but not None: those flags say in their help what happens without them."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        return action.help if action.default is None else super()._get_help_string(action)
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="Train an MLP on PNG images listed in CSV files.",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=_HelpFormatter)
     p.add_argument("--epochs", type=_at_least(1, int), default=100, help="number of epochs")
     p.add_argument("--seed", type=_seed, default=123,
                    help="seed for the weights and the data order (0 to 2**32 - 1)")
@@ -411,13 +419,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--persistent-workers", action="store_true",
                    help="keep workers alive between epochs")
     p.add_argument("--cache-mb", type=_at_least(0.0, float), default=1024.0,
-                   help="keep decoded images in memory up to this many MiB per split "
-                        "(0: decode every pass)")
-    p.add_argument("--cache-dir", default=None,
-                   help="folder for decoded images, so that later runs skip decoding "
-                        "(default: .cache in the data folder)")
-    p.add_argument("--no-disk-cache", action="store_true",
-                   help="decode in memory only, write no cache files")
+                   help="keep decoded images in memory up to this many MiB per split; a larger "
+                        "split is kept in the disk cache, memory-mapped (0: decode every pass)")
+    disk = p.add_mutually_exclusive_group()
+    disk.add_argument("--cache-dir", default=None,
+                      help="folder for decoded images, so that later runs skip decoding "
+                           "(default: .cache in the data folder)")
+    disk.add_argument("--no-disk-cache", action="store_true",
+                      help="decode in memory only, write no cache files")
     p.add_argument("--data-dir", default=DEFAULT_DATA_DIR,
                    help="folder with mnist_{train,valid,test}.csv and image folders; "
                         f"'{DEFAULT_DATA_DIR}' is built with make_subset.py when missing")
@@ -697,6 +706,17 @@ def write_figures(history: History, model: torch.nn.Module, test_loader, results
         plt.close(figure)
 
 
+def error_message(e: DatasetError) -> str:
+    """e's own message. One raised in a DataLoader worker (images decoded as batches are read,
+    with --cache-mb 0 or over budget) arrives as torch's report of it, "Caught ImageLoadError in
+    DataLoader worker process 0. Original Traceback ...", which ends with the message."""
+    text = str(e)
+    if text.startswith("Caught ") and "Original Traceback" in text:
+        marker = f"{type(e).__name__}: "
+        text = text[text.rfind(marker) + len(marker):].strip() if marker in text else text
+    return text
+
+
 def main(argv: list[str] | None = None) -> History | Path:
     args = parse_args(argv)
     # The command as the user ran it (script path included), for the hints after a Ctrl-C.
@@ -835,10 +855,11 @@ if __name__ == "__main__":
     # A script writes figure files and opens no window. Set for matplotlib, which is imported
     # only when figures are drawn.
     os.environ["MPLBACKEND"] = "Agg"
+    warnings.formatwarning = lambda message, *args, **kwargs: f"train.py: warning: {message}\n"
     try:
         main()
     except DatasetError as e:  # bad rows or images: the message names them; no traceback
-        sys.exit(f"train.py: error: {e}")
+        sys.exit(f"train.py: error: {error_message(e)}")
     except BrokenPipeError:  # the reader went away (| head): stop quietly, as command-line tools do
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         sys.exit(1)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -149,7 +150,31 @@ def test_other_rows_mode_or_size_get_their_own_cache_files(photos):
     for name in ("train", "valid", "test"):
         CsvImageDataset(split, photos / "img", file_column="path", label_column="label", mode="RGB",
                         image_size=(12, 10), split=("split", name), cache_dir=photos / "c2").preload()
-    assert len(cache_files(photos / "c2")) == 3
+    assert [f.split("-")[:2] for f in cache_files(photos / "c2")] == [["split", n] for n in ("test", "train", "valid")]
+    # The same rows from a copy of the CSV elsewhere (train.py's RESULTS/split.csv): the same file.
+    (photos / "copy").mkdir()
+    (photos / "copy" / "split.csv").write_bytes(split.read_bytes())
+    again = CsvImageDataset(photos / "copy" / "split.csv", photos / "img", file_column="path", label_column="label",
+                            mode="RGB", image_size=(12, 10), split=("split", "train"), cache_dir=photos / "c2")
+    again.preload()
+    assert "read from the disk cache" in again.cache_decision and len(cache_files(photos / "c2")) == 3
+
+
+def test_cache_files_get_a_normal_files_mode_and_old_unrenamed_temporaries_go(photos):
+    cache = photos / "cache"
+    cache.mkdir()
+    stale, fresh = cache / ".labels-x.npy.new-killed", cache / ".labels-y.npy.new-someone"
+    for path in (stale, fresh):
+        path.write_bytes(b"")
+    os.utime(stale, (time.time() - 3600,) * 2)  # killed between mkstemp and its rename, an hour ago
+    old = os.umask(0o022)
+    try:
+        build(photos, cache_dir=cache).preload()
+    finally:
+        os.umask(old)
+    (npy,) = [f for f in cache_files(cache) if f.endswith(".npy")]
+    assert oct((cache / npy).stat().st_mode & 0o777) == oct(0o644)  # others sharing the data can read it
+    assert not stale.exists() and fresh.exists()  # a fresh one may be another run's, about to be renamed
 
 
 def test_a_failed_fill_leaves_no_cache_file_and_a_killed_ones_leftover_is_removed(photos, small_chunks):
@@ -225,6 +250,33 @@ def test_a_cache_folder_that_cannot_be_written_means_one_warning_and_memory_only
     assert len(messages) == 1 and messages[0].startswith(f"no disk cache of decoded images: cannot write in {blocked}")
 
 
+def test_over_the_memory_budget_the_disk_cache_still_holds_them_when_the_disk_can_spare_it(photos, monkeypatch):
+    plain = build(photos).preload()  # 24 x 3x12x10 uint8 = 8,640 bytes; budgets below are smaller
+    rows = [3, 0, 17]
+    usage = type(shutil.disk_usage(photos))
+    monkeypatch.setattr(dataset_module.shutil, "disk_usage", lambda path: usage(100 * 2**30, 10 * 2**30, 90 * 2**30))
+    mapped = build(photos, cache_mb=0.005, cache_dir=photos / "cache")
+    assert "in a memory-mapped file, over the memory budget" in mapped.cache_decision
+    assert torch.equal(mapped.preload(), plain) and "decoded into the disk cache" in mapped.cache_decision
+    again = build(photos, cache_mb=0.005, cache_dir=photos / "cache")
+    assert torch.equal(again[rows][0], build(photos)[rows][0]) and "read from the disk cache" in again.cache_decision
+    assert build(photos, cache_mb=0, cache_dir=photos / "cache").preload() is None  # 0: never cache
+    # A disk that cannot spare the bytes: no cache; batches decoded as they are read.
+    monkeypatch.setattr(dataset_module.shutil, "disk_usage", lambda path: usage(100 * 2**30, 99 * 2**30, 2**30))
+    tight = build(photos, cache_mb=0.005, cache_dir=photos / "other")
+    assert "cannot spare" in tight.cache_decision and tight.preload() is None
+    assert torch.equal(tight[rows][0], build(photos)[rows][0]) and not (photos / "other").exists()
+    monkeypatch.setattr(dataset_module.shutil, "disk_usage", lambda path: usage(100 * 2**30, 10 * 2**30, 90 * 2**30))
+    # Over budget and not writable: one warning, and batches decoded as they are read.
+    (photos / "a-file").write_text("not a folder")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        blocked = build(photos, cache_mb=0.005, cache_dir=photos / "a-file" / "cache")
+        images = blocked[rows][0]
+    assert [str(w.message).endswith("so images are decoded as batches are read") for w in caught] == [True]
+    assert torch.equal(images, build(photos)[rows][0]) and blocked.preload() is None
+
+
 def test_per_row_data_lives_in_arrays_not_python_lists(photos):
     ds = build(photos)
     for value in vars(ds).values():  # nothing per row as Python objects, which forked workers would copy
@@ -256,3 +308,20 @@ def test_train_py_fills_the_disk_cache_once_and_gets_the_same_results_without_it
         assert runs[0]["history"]["valid_acc"] == other["history"]["valid_acc"]
     train.main([*args, "--results-dir", str(tmp_path / "d"), "--cache-dir", str(tmp_path / "mine")])
     assert len(cache_files(tmp_path / "mine")) == 3
+
+
+def test_a_bad_image_read_by_a_loader_worker_is_reported_as_one_sentence(photos):
+    from loaders import make_loader
+
+    (photos / "img" / "p05.png").write_bytes(b"not a png")
+    messages = []
+    for workers in (0, 2):  # cache_mb=0: images are decoded as batches are read, in the workers
+        loader = make_loader(build(photos, cache_mb=0), 8, shuffle=False, drop_last=False, seed=0,
+                             loader_kwargs={"num_workers": workers})
+        with pytest.raises(ImageLoadError) as caught:
+            list(loader)
+        messages.append(train.error_message(caught.value))
+    assert "Traceback" in str(caught.value)  # torch's report of the worker's error ...
+    assert messages[1] == messages[0] and messages[0].endswith("cannot decode the image: cannot identify "
+                                                               f"image file {str(photos / 'img' / 'p05.png')!r}")
+    assert "line 7: 'p05.png'" in messages[0]  # ... and the sentence train.py prints instead

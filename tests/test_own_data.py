@@ -271,7 +271,7 @@ def test_train_py_reports_a_data_error_as_one_sentence_without_a_traceback(tmp_p
     run = subprocess.run([sys.executable, str(ROOT / "train.py"), "--csv", str(csv), "--results-dir",
                           str(tmp_path / "r")], capture_output=True, text=True, timeout=120)
     assert run.returncode == 1 and "Traceback" not in run.stderr
-    assert run.stderr.startswith("train.py: error: ") and "(--file-column / --label-column)" in run.stderr
+    assert run.stderr.startswith("train.py: error: ") and "(--file-column / --label-column / --split-column)" in run.stderr
 
 
 @pytest.mark.filterwarnings("ignore:.*already listed above")  # expected: each split dedupes its own
