@@ -347,8 +347,8 @@ class CsvImageDataset(Dataset):
         return _open_cached(path, shape)
 
     def _cache_file_name(self) -> str:
-        """<csv name>-<which rows, decoded how: the CSV, split, folder, mode, size, background,
-        decoder>-<the rows: file names, sizes and times>.npy; any change makes another name."""
+        """<csv name>[-<split>]-<decoded how: split, folder, mode, size, background, decoder>-
+        <the rows: file names, sizes and times>.npy; any change makes another name."""
         # Not the CSV's path: a copy of the same rows elsewhere (train.py's RESULTS/split.csv)
         # finds the same file, rather than adding one per copy.
         settings = hashlib.sha256(repr((
@@ -511,7 +511,7 @@ def _locked_temporary(path: Path) -> tuple[int, str]:
                 left.unlink()
     fd, new = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.new-")
     _try_lock(fd)
-    _normal_mode(new)  # mkstemp's 0600 would hide the cache from others sharing the folder
+    normal_file_mode(new)  # mkstemp's 0600 would hide the cache from others sharing the folder
     tmp = new.replace(".new-", ".tmp-")  # renamed once locked: the cleanup above sees only these
     os.replace(new, tmp)
     return fd, tmp
@@ -530,7 +530,7 @@ def _disk_can_hold(folder: Path, nbytes: int) -> bool:
     return usage.free - nbytes >= max(2**30, 0.05 * usage.total)
 
 
-def _normal_mode(path: str | Path) -> None:
+def normal_file_mode(path: str | Path) -> None:
     """The mode a new file gets from open(): 0666 less the umask (mkstemp makes it 0600)."""
     umask = os.umask(0)
     os.umask(umask)

@@ -49,7 +49,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, Sampler
 
-from dataset import Batch, CsvImageDataset, DatasetError, read_csv
+from dataset import Batch, CsvImageDataset, DatasetError, normal_file_mode, read_csv
 
 Transform = Callable[[torch.Tensor], torch.Tensor]
 
@@ -186,9 +186,7 @@ def split_csv(csv_path: str | Path, out_path: str | Path, *, label_column: str =
     out_path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=out_path.parent, prefix=f".{out_path.name}.", suffix=".tmp")
     try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it 0600; a CSV gets a normal file's mode
+        normal_file_mode(tmp)  # not mkstemp's 0600
         with os.fdopen(fd, "w", encoding=encoding, newline="") as f:
             rows.assign(split=split).to_csv(f, index=False, lineterminator="\n")
         os.replace(tmp, out_path)

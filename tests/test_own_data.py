@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 
 import numpy as np
@@ -254,7 +255,12 @@ def test_split_column_img_dir_and_the_three_csv_folder_with_column_flags(tmp_pat
 
 def test_split_csv_keeps_every_row_and_refuses_bad_fractions(tmp_path):
     csv = make_shapes(tmp_path, per_class=10)
-    out = split_csv(csv, tmp_path / "s.csv", label_column="label", valid_fraction=0.2, test_fraction=0.3, seed=2)
+    umask = os.umask(0o022)
+    try:
+        out = split_csv(csv, tmp_path / "s.csv", label_column="label", valid_fraction=0.2, test_fraction=0.3, seed=2)
+    finally:
+        os.umask(umask)
+    assert out.stat().st_mode & 0o777 == 0o644  # a normal file's mode, not mkstemp's 0600
     lines = out.read_text(encoding="utf-8").splitlines()
     assert [line.rsplit(",", 1)[0] for line in lines] == ["path,label"] + csv.read_text().splitlines()[1:]
     assert [sum(line.endswith(s) for line in lines) for s in (",train", ",valid", ",test")] == [15, 6, 9]
