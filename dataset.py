@@ -89,10 +89,11 @@ class CsvImageDataset(Dataset):
         encoding: the CSV's text encoding ("utf-8" also reads a byte order mark; spreadsheet
             exports are often "latin-1" or "cp1252").
         background: the colour transparent images are laid over (white, as a page shows them).
-        cache_dir: a folder for the decoded pixels (one .npy file per CSV and settings, written
-            whole or not at all), so that later runs skip decoding; off by default. Keyed on the
-            rows, each file's size and times, mode, image size and the decoder's version: a
-            changed file is decoded again. Not writable: a warning, and memory only.
+        cache_dir: a folder for the decoded pixels (one .npy file per split and settings,
+            written whole or not at all), so that later runs skip decoding; off by default. Keyed
+            on the rows, each file's size and times, mode, image size and the decoder's version:
+            a changed file is decoded again. Not writable: a warning, and memory only (or no
+            cache, over cache_mb).
 
     Attributes: `samples` (samples[i] is Sample(path, label, line, file); NumPy arrays inside),
     `classes`, `class_to_idx`, `targets` (list of int), `image_size` (H, W), `channels`,
@@ -483,9 +484,7 @@ def _open_cached(path: Path, shape: tuple[int, ...]) -> torch.Tensor | None:
     forked workers share its pages); None when there is none or it does not hold `shape` uint8."""
     try:
         pixels = np.load(path, mmap_mode="c")
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError):  # not a .npy file, or cut short: decode again, write anew
+    except (OSError, ValueError):  # none yet, not a .npy file, or cut short: decode, write anew
         return None
     if pixels.shape != shape or pixels.dtype != np.uint8:
         return None
