@@ -52,7 +52,7 @@ import numpy as np
 import pandas as pd
 import torch
 from PIL import Image, ImageOps
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, get_worker_info
 
 try:
     import fcntl
@@ -95,8 +95,10 @@ class CsvImageDataset(Dataset):
             a changed file is decoded again. Not writable: a warning, and memory only (or no
             cache, over cache_mb).
 
-    Attributes: `samples` (samples[i] is Sample(path, label, line, file); NumPy arrays inside),
-    `classes`, `class_to_idx`, `targets` (list of int), `image_size` (H, W), `channels`,
+    Attributes, as torchvision's ImageFolder has them: `samples` (samples[i] is (path,
+    class_index)), `imgs` (the same), `classes`, `class_to_idx`, `targets` (list of int); and
+    `rows` (rows[i] is Sample(path, label, line, file); NumPy arrays inside), `image_size` (H, W),
+    `channels`,
     `problems` (the bad rows, as (line, file, what)), `cache_decision` (a sentence: are images
     kept in memory, and why).
     """
@@ -121,32 +123,40 @@ class CsvImageDataset(Dataset):
         self.split = split
         self.cache_file: Path | None = None  # the disk cache's file, once preload() has used it
         self.resize = (image_size, image_size) if isinstance(image_size, int) else image_size
-        self.samples, self.classes, self.problems = make_dataset(
+        self.rows, self.classes, self.problems = make_dataset(
             self.csv_path, self.img_dir, file_column=file_column, label_column=label_column,
             split=split, classes=classes, num_classes=num_classes, encoding=encoding)
         if self.problems:
-            rows = len(self.samples) + len({line for line, _, _ in self.problems})
+            rows = len(self.rows) + len({line for line, _, _ in self.problems})
             message = format_problems(self.csv_path, self.problems, rows)
             if not skip_bad_rows:
                 raise DatasetError(message)
             warnings.warn(f"skipping bad rows: {message}", stacklevel=2)
-        if not self.samples:
+        if not self.rows:
             raise DatasetError(f"{self.csv_path}: every row is bad; nothing left to load")
         self.class_to_idx = {name: i for i, name in enumerate(self.classes)}
         self.channels = 3 if mode == "RGB" else 1
         self.image_size = self.resize or self._first_size()  # (H, W) every image must have
-        self._labels = torch.from_numpy(self.samples.labels)  # (N,) int64: for a batch's labels
+        self._labels = torch.from_numpy(self.rows.labels)  # (N,) int64: for a batch's labels
         self._cache: torch.Tensor | None = None  # (N, C, H, W) uint8, filled by preload()
+        self._looked_for_file = False  # in a DataLoader worker: for a disk cache file (_cached)
         self._transformed_shape: torch.Size | None = None  # of image 0, to name an odd one
         self._use_cache, self.cache_decision = self._plan_cache(cache_mb)
 
     def __len__(self) -> int:
-        return len(self.samples)
+        return len(self.rows)
 
     @property
     def targets(self) -> list[int]:
         """The label of every sample, as torchvision's datasets have them."""
-        return self.samples.labels.tolist()
+        return self.rows.labels.tolist()
+
+    @property
+    def samples(self) -> PathsAndLabels:
+        """samples[i] is (path, class_index), as in ImageFolder: `path, label = ds.samples[i]`."""
+        return PathsAndLabels(self.rows)
+
+    imgs = samples  # ImageFolder's other name for the same list
 
     def __getitem__(self, index):
         """ds[i] -> (image (C, H, W), label int); ds[list or array of i] -> a batch (get_batch)."""
@@ -155,15 +165,31 @@ class CsvImageDataset(Dataset):
         image = self.load_image(index)  # (C, H, W) uint8
         if self.transform is not None:
             image = self.apply_transform(index, image)
-        return to_pixels(image, self.pixels), self.samples[index].label
+        return to_pixels(image, self.pixels), self.rows[index].label
 
     # ---- below: the cache and the batch path, which make the loaders fast ------------------------
 
     def load_image(self, i: int) -> torch.Tensor:
         """Pixels of sample i, (C, H, W) uint8, a copy: from the in-memory cache, or decoded now."""
-        if self._use_cache and self.preload() is not None:
+        if self._cached() is not None:
             return self._cache[i].clone()
         return torch.from_numpy(self._read(i, same_size=self.transform is None).copy())
+
+    def _cached(self) -> torch.Tensor | None:
+        """The cache, filled on first use (preload); None when it is off. In a DataLoader worker
+        whose main process has not filled it, a whole disk cache file is mapped if there is one
+        (its pages are shared), else None: a worker that filled the cache would decode the whole
+        dataset, and hold a copy of it, to serve its share of the items, so it decodes just those.
+        Fill it before the workers start (the loaders do) to share one copy."""
+        if not self._use_cache:
+            return None
+        if self._cache is None and get_worker_info() is not None:
+            if self.cache_dir is not None and not self._looked_for_file:
+                self._looked_for_file = True  # once per worker, not once per item
+                shape = (len(self), self.channels, *self.image_size)
+                self._cache = _open_cached(self.cache_dir / self._cache_file_name(), shape)
+            return self._cache
+        return self.preload()
 
     def apply_transform(self, i: int, image: torch.Tensor) -> torch.Tensor:
         """The transform on sample i's image; an output whose shape differs from image 0's (which
@@ -175,7 +201,7 @@ class CsvImageDataset(Dataset):
         if out.shape != self._transformed_shape:
             raise ImageLoadError(f"{self._where(i)}: after the transform the image has shape "
                                  f"{tuple(out.shape)}, but {tuple(self._transformed_shape)} for "
-                                 f"{self.samples[0].file!r}; a batch needs one size: pass "
+                                 f"{self.rows[0].file!r}; a batch needs one size: pass "
                                  "image_size=, or make the transform give one size")
         return out
 
@@ -196,7 +222,7 @@ class CsvImageDataset(Dataset):
                              f"[0, {len(self)}), got {indices!r}") from e
         if self.transform is not None:
             images = self._transformed_batch(rows.tolist(), key)
-        elif self._use_cache and self.preload() is not None:
+        elif self._cached() is not None:
             images = self._cache.index_select(0, rows)  # several times faster than cache[rows]
         else:
             images = self._read_batch(rows.tolist())
@@ -227,7 +253,7 @@ class CsvImageDataset(Dataset):
         """The images not of the commonest size (upright), as (line, file, what); none when
         image_size resizes them all. Reads every header: only called when sizes differ."""
         sizes = []
-        for sample in self.samples:
+        for sample in self.rows:
             try:
                 with Image.open(sample.path) as im:
                     turned = exif_orientation(im) in (5, 6, 7, 8)
@@ -241,7 +267,7 @@ class CsvImageDataset(Dataset):
                  f"size {size[0]}x{size[1]} differs from the commonest, {common[0]}x{common[1]} "
                  f"({n} of {len(sizes)} images); cannot be batched: pass image_size= "
                  "(--image-size) to resize them as they are read")
-                for sample, size in zip(self.samples, sizes) if size not in (None, common)]
+                for sample, size in zip(self.rows, sizes) if size not in (None, common)]
 
     def _plan_cache(self, cache_mb: float) -> tuple[bool, str]:
         """In memory when the pixels fit cache_mb; over it, in a cache_dir file that is memory-
@@ -263,7 +289,7 @@ class CsvImageDataset(Dataset):
 
     def _first_size(self) -> tuple[int, int]:
         """(H, W) of the first image whose header can be read, upright (EXIF orientation)."""
-        for sample in self.samples:
+        for sample in self.rows:
             try:
                 with Image.open(sample.path) as im:
                     width, height = im.size
@@ -276,12 +302,12 @@ class CsvImageDataset(Dataset):
                            "Pillow can open")
 
     def _where(self, i: int) -> str:
-        return f"{self.csv_path}, line {self.samples[i].line}: {self.samples[i].file!r}"
+        return f"{self.csv_path}, line {self.rows[i].line}: {self.rows[i].file!r}"
 
     def _read(self, i: int, same_size: bool) -> np.ndarray:
         """Sample i decoded by Pillow, (C, H, W) uint8; errors name the file and its CSV line."""
         try:
-            pixels = decode_image(self.samples[i].path, self.mode, self.resize, self.background)
+            pixels = decode_image(self.rows[i].path, self.mode, self.resize, self.background)
         except DECODE_ERRORS as e:
             raise ImageLoadError(f"{self._where(i)}: cannot decode the image: {e}") from e
         if same_size and pixels.shape[1:] != tuple(self.image_size):
@@ -353,10 +379,10 @@ class CsvImageDataset(Dataset):
         # Not the CSV's path: a copy of the same rows elsewhere (train.py's RESULTS/split.csv)
         # finds the same file, rather than adding one per copy.
         settings = hashlib.sha256(repr((
-            CACHE_FORMAT, Image.__version__, np.__version__, self.split, self.samples.root,
+            CACHE_FORMAT, Image.__version__, np.__version__, self.split, self.rows.root,
             self.mode, self.image_size, self.background)).encode())
         rows = hashlib.sha256(settings.digest())
-        for array in (self.samples.offsets, self.samples.names, self.samples.stats):
+        for array in (self.rows.offsets, self.rows.names, self.rows.stats):
             rows.update(memoryview(np.ascontiguousarray(array)).cast("B"))
         name = self.csv_path.stem + (f"-{self.split[1]}" if self.split else "")
         name = "".join(c if c.isalnum() or c in "._-" else "_" for c in name)[:60]
@@ -372,9 +398,11 @@ class CsvImageDataset(Dataset):
         if num_workers > 0 and len(chunks) > 1:
             from torch.utils.data import DataLoader
             # in_order=False: a chunk is placed when it is done, so a worker slowed down by
-            # something else on the machine does not leave the other one waiting
+            # something else on the machine does not leave the other one waiting. Its own
+            # generator: starting workers draws their seeds, which must not move the global RNG.
             results = DataLoader(_DecodeChunks(self, chunks), batch_size=None, in_order=False,
-                                 num_workers=min(num_workers, len(chunks)))
+                                 num_workers=min(num_workers, len(chunks)),
+                                 generator=torch.Generator().manual_seed(0))
         else:
             results = map(_DecodeChunks(self, chunks).__getitem__, range(len(chunks)))
         waiting, error, done = set(range(len(chunks))), None, 0
@@ -701,6 +729,22 @@ class Samples(Sequence):
         return Sample(os.path.join(self.root, file), int(self.labels[i]), int(self.lines[i]), file)
 
 
+class PathsAndLabels(Sequence):
+    """ImageFolder's `samples` over a dataset's rows: item i is (path, class_index)."""
+
+    def __init__(self, rows: Samples) -> None:
+        self.rows = rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        path, label, _, _ = self.rows[i]
+        return path, label
+
+
 def format_problems(csv_path: Path, problems: list[Problem], n_rows: int,
                     limit: int | None = MAX_LISTED_PROBLEMS) -> str:
     """The bad rows as one message, a line each; `limit` of them at most."""
@@ -920,7 +964,7 @@ def check_dataset(csv_path: str | Path, img_dir: str | Path,
         ds = CsvImageDataset(csv_path, img_dir, skip_bad_rows=True, cache_mb=0, **dataset_kwargs)
     problems = list(ds.problems)
     sizes, modes, notes = Counter(), Counter(), Counter()
-    for sample in ds.samples:
+    for sample in ds.rows:
         try:
             with Image.open(sample.path) as im:
                 sizes[f"{im.size[0]}x{im.size[1]}"] += 1

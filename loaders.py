@@ -37,6 +37,7 @@ Needs dataset.py beside it.
 
 from __future__ import annotations
 
+import functools
 import os
 import tempfile
 import warnings
@@ -47,7 +48,8 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.distributed as dist
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import ConcatDataset, DataLoader, Dataset, Subset
+from torch.utils.data.distributed import DistributedSampler
 
 from dataset import Batch, CsvImageDataset, DatasetError, normal_file_mode, read_csv
 
@@ -139,7 +141,7 @@ def union_of_classes(per_split: Sequence[list[str]]) -> list[str]:
 def _refuse_overlap(datasets: Sequence[CsvImageDataset]) -> None:
     """A DatasetError naming every file (by its path) that is in two splits: one hash per row."""
     keys = pd.concat([pd.DataFrame({
-        "key": [os.path.normpath(os.path.join(ds.samples.root, f)) for f in ds.samples.files()],
+        "key": [os.path.normpath(os.path.join(ds.rows.root, f)) for f in ds.rows.files()],
         "split": k, "row": np.arange(len(ds))}) for k, ds in enumerate(datasets)])
     per_split = keys.drop_duplicates(["key", "split"])
     shared = per_split[per_split.duplicated("key", keep=False)]
@@ -151,9 +153,9 @@ def _refuse_overlap(datasets: Sequence[CsvImageDataset]) -> None:
         a = datasets[first]
         for other, j in others:
             b = datasets[other]
-            overlaps.append(f"  {b.samples[j].file!r}: in {SPLITS[first]} ({a.csv_path}, line "
-                            f"{a.samples[i].line}) and in {SPLITS[other]} ({b.csv_path}, "
-                            f"line {b.samples[j].line})")
+            overlaps.append(f"  {b.rows[j].file!r}: in {SPLITS[first]} ({a.csv_path}, line "
+                            f"{a.rows[i].line}) and in {SPLITS[other]} ({b.csv_path}, "
+                            f"line {b.rows[j].line})")
     raise DatasetError(f"{len(overlaps)} file(s) in two splits; an image may be in one only:\n"
                        + "\n".join(overlaps[:20]) + ("\n  ..." if len(overlaps) > 20 else ""))
 
@@ -196,32 +198,163 @@ def split_csv(csv_path: str | Path, out_path: str | Path, *, label_column: str =
 
 
 def loaders_from_datasets(
-        train: CsvImageDataset, valid: CsvImageDataset, test: CsvImageDataset, *, batch_size: int,
+        train: Dataset, valid: Dataset, test: Dataset, *, batch_size: int,
         eval_batch_size: int | None = None, seed: int = 123,
         loader_kwargs: dict | None = None) -> tuple[DataLoader, DataLoader, DataLoader]:
-    """Train loader (reshuffled, drop_last) and valid / test loaders (fixed order, every sample)."""
-    for ds in (train, valid, test):  # decode once, before the loaders' workers start
+    """Train loader (reshuffled, drop_last) and valid / test loaders (fixed order, every sample).
+    Each is a CsvImageDataset, or a Subset / ConcatDataset of them (what random_split gives)."""
+    views = [as_batch_dataset(ds) for ds in (train, valid, test)]
+    leaves = {id(leaf): leaf for view in views for leaf in _leaves_of(view)}
+    for ds in leaves.values():  # decode once, before the loaders' workers start
         ds.preload(num_workers=(loader_kwargs or {}).get("num_workers", 0))
+    shared = [leaf for leaf in _leaves_of(views[0]) if leaf.transform is not None
+              and any(leaf is other for view in views[1:] for other in _leaves_of(view))]
+    if shared:
+        warnings.warn("train and valid / test are parts of one dataset, so they share its "
+                      "transform: augmentation meant for training runs on valid / test too. Build "
+                      "one dataset per transform and split each with the same indices "
+                      "(Subset(ds, idx)).", stacklevel=2)
     eval_batch_size = eval_batch_size or batch_size
     options = {"seed": seed, "loader_kwargs": loader_kwargs}
     return (
-        make_loader(train, batch_size, shuffle=True, drop_last=True, **options),
-        make_loader(valid, eval_batch_size, shuffle=False, drop_last=False, **options),
-        make_loader(test, eval_batch_size, shuffle=False, drop_last=False, **options),
+        make_loader(views[0], batch_size, shuffle=True, drop_last=True, **options),
+        make_loader(views[1], eval_batch_size, shuffle=False, drop_last=False, **options),
+        make_loader(views[2], eval_batch_size, shuffle=False, drop_last=False, **options),
     )
 
 
-def make_loader(dataset: CsvImageDataset, batch_size: int, *, shuffle: bool, drop_last: bool,
-                seed: int, loader_kwargs: dict | None = None) -> DataLoader:
-    """A DataLoader that fetches whole batches with dataset[array_of_indices]; loader_kwargs go to
-    torch's DataLoader as they are (num_workers, persistent_workers, pin_memory, ...)."""
+# What the loaders set themselves; in loader_kwargs they would change what the promises rest on.
+OWN_OPTIONS = ("batch_size", "shuffle", "sampler", "batch_sampler", "drop_last", "generator")
+
+
+def make_loader(dataset: Dataset, batch_size: int, *, shuffle: bool, drop_last: bool, seed: int,
+                loader_kwargs: dict | None = None, rank: int | None = None,
+                world_size: int | None = None) -> DataLoader:
+    """A DataLoader that fetches whole batches with dataset[Batch of indices]; loader_kwargs go to
+    torch's DataLoader as they are (num_workers, persistent_workers, pin_memory, ...), but for
+    the options the loaders set (OWN_OPTIONS), and collate_fn, which gets a list of (image,
+    label) samples as in a plain DataLoader. rank / world_size: the sampler's (default: the
+    process group's)."""
+    kwargs = dict(loader_kwargs or {})
+    own = [key for key in OWN_OPTIONS if key in kwargs]
+    if own:
+        raise ValueError(
+            f"loader_kwargs {own}: the loaders set these themselves (the train loader reshuffles "
+            "every epoch in an order drawn from (seed, epoch) and drops the last partial batch; "
+            "valid and test keep their order and every sample; batch sizes come from batch_size "
+            "and eval_batch_size). Leave them out; for a sampler of your own (such as "
+            "WeightedRandomSampler), call ds.preload() and use DataLoader(ds, batch_size=..., "
+            "sampler=...) on the dataset")
+    if kwargs.get("collate_fn") is not None:
+        kwargs["collate_fn"] = functools.partial(_collate_samples, kwargs["collate_fn"])
+    dataset = as_batch_dataset(dataset)
     sampler = EpochBatchSampler(len(dataset), batch_size, shuffle=shuffle, drop_last=drop_last,
-                                seed=seed)
+                                seed=seed, rank=rank, world_size=world_size)
     return DataLoader(
         dataset, batch_size=None, sampler=sampler,  # batch_size=None: the sampler yields batches
         # Its own generator, so that starting an iterator never draws from the global RNG.
-        generator=torch.Generator().manual_seed(seed), **(loader_kwargs or {}),
+        generator=PicklableGenerator().manual_seed(seed), **kwargs,
     )
+
+
+def _collate_samples(collate_fn: Callable, batch: tuple[torch.Tensor, torch.Tensor]):
+    """A user's collate_fn on a fetched batch, given as a plain DataLoader gives it: a list of
+    (image (C, H, W), label int) samples."""
+    images, labels = batch
+    return collate_fn(list(zip(images.unbind(0), labels.tolist())))
+
+
+class PicklableGenerator(torch.Generator):
+    """A torch.Generator that pickles as its state's bytes. A plain one pickles its state as a
+    tensor, which torch.multiprocessing sends as a file descriptor; a loader holding one then
+    cannot go to a spawned process ("bad value(s) in fds_to_keep", pytorch#146828), as Lightning's
+    ddp_spawn sends it."""
+
+    def __reduce__(self):
+        return _generator_from_state, (self.get_state().numpy().tobytes(),)
+
+
+def _generator_from_state(state: bytes) -> PicklableGenerator:
+    generator = PicklableGenerator()
+    generator.set_state(torch.frombuffer(bytearray(state), dtype=torch.uint8))
+    return generator
+
+
+def as_batch_dataset(dataset: Dataset) -> Dataset:
+    """dataset itself when it is a CsvImageDataset, else a DatasetView of it."""
+    return dataset if isinstance(dataset, (CsvImageDataset, DatasetView)) else DatasetView(dataset)
+
+
+class DatasetView(Dataset):
+    """A Subset or ConcatDataset of CsvImageDatasets (nested in any way, as random_split and `+`
+    make them), fetched a batch at a time as the datasets are: view[Batch or indices] ->
+    (images (B, C, H, W), labels (B,)); view[i] -> (image, label). Item i is row row_of[i] of
+    parts[part_of[i]]."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+        self.parts: list[CsvImageDataset] = []
+        part_of, self.row_of = self._resolve(dataset)
+        self.part_of = part_of  # (N,) int64
+        self.classes = self.parts[0].classes if self.parts else []
+        if any(part.classes != self.classes for part in self.parts):
+            raise ValueError("the datasets joined in this ConcatDataset have different classes "
+                             f"({[part.classes for part in self.parts]}); pass the same "
+                             "classes= to each CsvImageDataset")
+
+    def _resolve(self, dataset) -> tuple[np.ndarray, np.ndarray]:
+        if isinstance(dataset, CsvImageDataset):
+            ids = [id(part) for part in self.parts]
+            if id(dataset) not in ids:
+                self.parts.append(dataset)
+            part = [id(p) for p in self.parts].index(id(dataset))
+            return np.full(len(dataset), part, dtype=np.int64), np.arange(len(dataset))
+        if isinstance(dataset, Subset):
+            part_of, row_of = self._resolve(dataset.dataset)
+            indices = np.asarray(dataset.indices, dtype=np.int64)
+            return part_of[indices], row_of[indices]
+        if isinstance(dataset, ConcatDataset):
+            pairs = [self._resolve(d) for d in dataset.datasets]
+            return (np.concatenate([p for p, _ in pairs]).astype(np.int64),
+                    np.concatenate([r for _, r in pairs]).astype(np.int64))
+        raise TypeError(f"the loaders take a CsvImageDataset, or a Subset or ConcatDataset of them "
+                        f"(what random_split gives); got {type(dataset).__name__}. For another "
+                        "kind of dataset, use torch's DataLoader")
+
+    def __len__(self) -> int:
+        return len(self.row_of)
+
+    @property
+    def targets(self) -> list[int]:
+        labels = np.zeros(len(self), dtype=np.int64)
+        for k, part in enumerate(self.parts):
+            mine = self.part_of == k
+            labels[mine] = part.rows.labels[self.row_of[mine]]
+        return labels.tolist()
+
+    def __getitem__(self, index):
+        if not isinstance(index, Batch) and np.ndim(index) == 0:
+            i = range(len(self))[index]  # negative indices, and an IndexError when out of range
+            return self.parts[self.part_of[i]][int(self.row_of[i])]
+        batch = index if isinstance(index, Batch) else None
+        indices = np.asarray(batch.indices if batch else index, dtype=np.int64)  # (B,)
+        parts, rows = self.part_of[indices], self.row_of[indices]
+        images = labels = None
+        for k in np.unique(parts):
+            mine = np.flatnonzero(parts == k)
+            # The parts' rows are numbered from 0 each: another seed per part keeps their random
+            # transforms apart.
+            ask = Batch(rows[mine], batch.seed + (int(k) << 32), batch.epoch) if batch else rows[mine]
+            part_images, part_labels = self.parts[k][ask]
+            if images is None:
+                images = part_images.new_empty((len(indices), *part_images.shape[1:]))
+                labels = part_labels.new_empty(len(indices))
+            images[torch.from_numpy(mine)], labels[torch.from_numpy(mine)] = part_images, part_labels
+        return images, labels
+
+
+def _leaves_of(dataset: Dataset) -> list[CsvImageDataset]:
+    return dataset.parts if isinstance(dataset, DatasetView) else [dataset]
 
 
 def epoch_order(num_samples: int, seed: int, epoch: int) -> np.ndarray:
@@ -233,7 +366,7 @@ def epoch_order(num_samples: int, seed: int, epoch: int) -> np.ndarray:
     return np.random.default_rng([seed, epoch]).permutation(num_samples)
 
 
-class EpochBatchSampler(Sampler[Batch]):
+class EpochBatchSampler(DistributedSampler):
     """Yields one Batch per batch: an int64 NumPy array of indices, with the seed and epoch that
     key the samples' random transforms; epoch e's order depends on (seed, e) only.
 
@@ -243,47 +376,68 @@ class EpochBatchSampler(Sampler[Batch]):
     Each call to iter() plays the next epoch, unless set_epoch() chose one. With world_size > 1,
     every global batch of `batch_size` is split between the ranks (rank r takes every
     world_size-th index), so all ranks together see exactly what one process would. rank and
-    world_size default to the process group's, when one is initialized (as DistributedSampler).
+    world_size default to the process group's when the sampler is iterated (so a loader made
+    before the group, or sent to spawned processes, shards right).
+
+    A DistributedSampler (it shards by itself), so that tools which give a loader one unless it
+    has one, such as Lightning's Trainer, leave it as it is rather than split the data twice.
+    DistributedSampler.__init__ is not called: it needs a process group when the sampler is made.
     """
 
     def __init__(self, num_samples: int, batch_size: int, *, shuffle: bool, drop_last: bool,
                  seed: int = 0, rank: int | None = None, world_size: int | None = None) -> None:
-        if dist.is_available() and dist.is_initialized():
-            rank = dist.get_rank() if rank is None else rank
-            world_size = dist.get_world_size() if world_size is None else world_size
-        rank, world_size = rank or 0, world_size or 1
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-        if drop_last and batch_size % world_size:
-            raise ValueError(f"batch_size {batch_size} must be divisible by the {world_size} "
-                             "processes, so every process gets an equal share of each batch")
         if drop_last and num_samples < batch_size:
             raise ValueError(f"only {num_samples} samples: not one full batch of {batch_size} "
                              "(drop_last=True); use a smaller batch size")
         if not 0 <= seed < 2**32:
             raise ValueError(f"seed must be in [0, 2**32), got {seed}")
-        self.num_samples, self.batch_size = num_samples, batch_size
+        self.dataset_size, self.batch_size = num_samples, batch_size
         self.shuffle, self.drop_last, self.seed = shuffle, drop_last, seed
-        self.rank, self.world_size = rank, world_size
+        self._rank, self._world_size = rank, world_size
         self.epoch = 0
+        self._check_divisible()  # now, where the process group is known already
+
+    @property
+    def rank(self) -> int:
+        if self._rank is None and dist.is_available() and dist.is_initialized():
+            return dist.get_rank()
+        return self._rank or 0
+
+    @property
+    def world_size(self) -> int:
+        if self._world_size is None and dist.is_available() and dist.is_initialized():
+            return dist.get_world_size()
+        return self._world_size or 1
+
+    num_replicas = world_size  # DistributedSampler's name
+
+    def _check_divisible(self) -> None:
+        if self.drop_last and self.batch_size % self.world_size:
+            raise ValueError(f"batch_size {self.batch_size} must be divisible by the "
+                             f"{self.world_size} processes, so every process gets an equal share "
+                             "of each batch")
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __len__(self) -> int:
-        full, rest = divmod(self.num_samples, self.batch_size)
+        full, rest = divmod(self.dataset_size, self.batch_size)
         return full + int(not self.drop_last and rest > self.rank)
 
     def __iter__(self):
+        self._check_divisible()
+        rank, world_size = self.rank, self.world_size
         epoch, self.epoch = self.epoch, self.epoch + 1
         if self.shuffle:
-            order = epoch_order(self.num_samples, self.seed, epoch)
+            order = epoch_order(self.dataset_size, self.seed, epoch)
         else:
-            order = np.arange(self.num_samples)
-        for start in range(0, self.num_samples, self.batch_size):
+            order = np.arange(self.dataset_size)
+        for start in range(0, self.dataset_size, self.batch_size):
             batch = order[start:start + self.batch_size]
             if self.drop_last and len(batch) < self.batch_size:
                 break
-            mine = batch[self.rank::self.world_size]
+            mine = batch[rank::world_size]
             if len(mine):
                 yield Batch(mine, self.seed, epoch)

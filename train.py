@@ -54,8 +54,8 @@ from PIL import Image
 from torch.nn.parallel import DistributedDataParallel
 
 from dataset import CsvImageDataset, DatasetError, parse_image_size, read_csv, to_float01
-from loaders import (SPLITS, EpochBatchSampler, folder_layout, loaders_from_datasets,
-                     make_datasets, make_loader, split_csv)
+from loaders import (SPLITS, folder_layout, loaders_from_datasets, make_datasets, make_loader,
+                     split_csv)
 from model import MLP
 
 DEFAULT_DATA_DIR = "data"
@@ -78,6 +78,27 @@ def set_deterministic() -> None:
     torch.backends.cudnn.benchmark = False
     torch.backends.cudnn.deterministic = True
     torch.use_deterministic_algorithms(True)
+
+
+@contextlib.contextmanager
+def global_settings_kept():
+    """Give back, when the block ends or raises, the process-wide torch settings it may change:
+    deterministic algorithms (and warn_only), the cuDNN flags, the number of threads and
+    CUBLAS_WORKSPACE_CONFIG. main() runs in it, so a notebook that calls it keeps its own."""
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    cudnn = torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic
+    threads, cublas = torch.get_num_threads(), os.environ.get("CUBLAS_WORKSPACE_CONFIG")
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
+        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = cudnn
+        torch.set_num_threads(threads)
+        if cublas is None:
+            os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
+        else:
+            os.environ["CUBLAS_WORKSPACE_CONFIG"] = cublas
 
 
 @torch.no_grad()
@@ -564,10 +585,8 @@ def write_reports(model: torch.nn.Module, cm: torch.Tensor, test_loader, results
         rows.append([name, n, ok, recall, precision])
     write_atomic(results_dir / "per_class.csv", csv_bytes(rows))
     # Under torchrun, the figure of mistakes looks at every test image, on this rank alone.
-    dataset = test_loader.dataset
-    whole = torch.utils.data.DataLoader(dataset, batch_size=None, sampler=EpochBatchSampler(
-        len(dataset), test_loader.sampler.batch_size, shuffle=False, drop_last=False, rank=0,
-        world_size=1))
+    whole = make_loader(test_loader.dataset, test_loader.sampler.batch_size, shuffle=False,
+                        drop_last=False, seed=test_loader.sampler.seed, rank=0, world_size=1)
     for figure in (plot_confusion_matrix(cm, names, results_dir),
                    show_mistakes(model, whole, results_dir, class_names=names)):
         plt.close(figure)
@@ -628,7 +647,7 @@ def predict(path: str, checkpoint_path: Path, results_dir: Path, columns: tuple[
         probs = torch.softmax(model(to_input(images, device)), dim=1).cpu()  # (B, C)
         top_p, top_i = probs.topk(min(3, len(classes)), dim=1)
         for j, label in enumerate(labels.tolist()):
-            cells = [ds.samples[start + j].file, classes[top_i[j, 0]], f"{top_p[j, 0]:.4f}"]
+            cells = [ds.rows[start + j].file, classes[top_i[j, 0]], f"{top_p[j, 0]:.4f}"]
             cells += [c for i, q in zip(top_i[j].tolist(), top_p[j].tolist())
                       for c in (classes[i], f"{q:.4f}")]
             cells += [classes[label]] if labelled else []
@@ -717,6 +736,7 @@ def error_message(e: DatasetError) -> str:
     return text
 
 
+@global_settings_kept()  # set_deterministic() is for this run, not for whoever calls main()
 def main(argv: list[str] | None = None) -> History | Path:
     args = parse_args(argv)
     # The command as the user ran it (script path included), for the hints after a Ctrl-C.

@@ -281,7 +281,7 @@ def test_per_row_data_lives_in_arrays_not_python_lists(photos):
     ds = build(photos)
     for value in vars(ds).values():  # nothing per row as Python objects, which forked workers would copy
         assert not (isinstance(value, (list, tuple, dict)) and len(value) >= len(ds))
-    samples = ds.samples
+    samples = ds.rows
     assert samples.names.dtype == np.uint8 and samples.labels.dtype == np.int64 and samples.lines.dtype == np.int64
     assert samples[3].file == "p03.png" and samples[3].line == 5 and samples[3].label == 0
     assert samples[-1].file == "p23.png" and samples.files()[:2] == ["p00.png", "p01.png"]

@@ -104,7 +104,7 @@ def test_skip_bad_rows_warns_with_a_count_and_keeps_the_rest(small_folder):
     csv = good_csv(small_folder, "a.png,1\nzzz.png,1\nb.png,-3\nc.png,2\n")
     with pytest.warns(UserWarning, match="2 bad row"):
         ds = CsvImageDataset(csv, small_folder / "img", skip_bad_rows=True)
-    assert [(s.file, s.line, s.label) for s in ds.samples] == [("a.png", 2, 1), ("c.png", 5, 2)]
+    assert [(s.file, s.line, s.label) for s in ds.rows] == [("a.png", 2, 1), ("c.png", 5, 2)]
     assert ds.targets == [1, 2]
 
 
@@ -134,7 +134,7 @@ def test_one_csv_with_a_split_column(tmp_path):
     csv = write_csv(tmp_path / "all.csv", "File Name,Class Label,split\n" + rows)
     train, valid, test = get_dataloaders_from_split_csv(csv, tmp_path / "img", batch_size=2, seed=1)
     assert [len(loader.dataset) for loader in (train, valid, test)] == [4, 4, 4]
-    assert [s.line for s in train.dataset.samples] == [2, 5, 8, 11]  # lines of the whole CSV
+    assert [s.line for s in train.dataset.rows] == [2, 5, 8, 11]  # lines of the whole CSV
     assert valid.dataset.classes == ["cat", "dog"]
     values = sorted(int(images[j, 0, 0, 0] * 255 + 0.5) for images, _ in train for j in range(len(images)))
     assert values == [0, 3, 6, 9]

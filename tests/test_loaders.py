@@ -32,7 +32,7 @@ def test_values_are_scaled_to_unit_range_matching_the_png(tiny_data):
     images, _ = ds[np.arange(40)]  # what the loader fetches for a batch: sample i is row i of the CSV
     assert torch.equal(torch.sort(epoch_images(train).flatten())[0], torch.sort(images.flatten())[0])
     for i in range(3):
-        with Image.open(ds.samples[i].path) as im:
+        with Image.open(ds.rows[i].path) as im:
             png = np.array(im)
         assert 0.0 <= images[i].min() and images[i].max() <= 1.0
         assert images[i].max().item() == pytest.approx(png.max() / 255, abs=1e-7)
@@ -102,7 +102,7 @@ def test_fast_path_pixels_equal_pillow_and_uncached_path(tiny_data):
     a, b = cached[indices][0], uncached[indices][0]
     assert a.dtype == torch.uint8 and torch.equal(a, b)
     for i in (0, 17, 39):
-        with Image.open(cached.samples[i].path) as im:
+        with Image.open(cached.rows[i].path) as im:
             assert torch.equal(a[i, 0], torch.from_numpy(np.array(im)))
         for ds in (cached, uncached):
             image, label = ds[i]

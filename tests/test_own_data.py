@@ -55,7 +55,7 @@ def test_image_size_resizes_mixed_sizes_before_the_cache(tmp_path):
     assert "12 x 3x12x16 uint8" in ds.cache_decision and ds.preload().shape == (12, 3, 12, 16)
     images, labels = ds[np.arange(12)]
     assert images.shape == (12, 3, 12, 16) and labels.tolist() == [0] * 4 + [1] * 4 + [2] * 4
-    with Image.open(ds.samples[0].path) as im:  # antialiased bilinear, as Pillow resizes
+    with Image.open(ds.rows[0].path) as im:  # antialiased bilinear, as Pillow resizes
         expected = np.array(im.convert("RGB").resize((16, 12), Image.Resampling.BILINEAR))
     assert torch.equal(images[0], torch.from_numpy(expected).permute(2, 0, 1))
 
@@ -94,7 +94,7 @@ def test_the_same_file_twice_is_an_error_with_two_labels_and_a_warning_with_one(
     csv = write_csv(small_folder / "x.csv", "File Name,Class Label\na.png,0\nb.png,1\na.png,0\nb.png,1\n")
     with pytest.warns(UserWarning, match="2 row"):
         ds = CsvImageDataset(csv, small_folder / "img")
-    assert [s.file for s in ds.samples] == ["a.png", "b.png"]
+    assert [s.file for s in ds.rows] == ["a.png", "b.png"]
 
 
 def test_the_same_file_in_two_splits_is_an_error(small_folder):

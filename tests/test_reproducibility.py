@@ -11,6 +11,7 @@ import sys
 import pytest
 import torch
 
+import make_subset
 import train
 from conftest import ROOT
 
@@ -166,3 +167,125 @@ def test_ctrl_c_right_after_a_resume_points_back_to_the_resumed_checkpoint(tiny_
     assert info.value.code == 130
     out = capsys.readouterr().out
     assert "The checkpoint of epoch 1 is in" in out and "nothing was saved" not in out
+
+
+# ---- exact on every path, past the decode chunks (256 images): 1,100 training images ------------
+
+@pytest.fixture(scope="module")
+def chunks_data(tmp_path_factory):
+    """1,100 train (5 decode chunks), 40 valid, 40 test real digits, and a run of reference."""
+    import dataset
+
+    root = tmp_path_factory.mktemp("chunks")
+    make_subset.main(["--out-dir", str(root / "data"), "--train-size", "1100", "--valid-size", "40",
+                      "--test-size", "40"])
+    assert 1100 > 4 * dataset.DECODE_CHUNK  # several chunks, so that workers share the decode
+    with pytest.MonkeyPatch.context() as patch:
+        no_figures(patch)
+        big_run(root / "data", root / "reference", "--num-workers", "0", "--no-disk-cache", epochs=2)
+    return root / "data", root / "reference"
+
+
+def no_figures(monkeypatch) -> None:
+    """The runs below test the data's paths; figures and reports would only double their time."""
+    monkeypatch.setattr(train, "write_figures", lambda *args, **kwargs: None)
+    monkeypatch.setattr(train, "write_reports", lambda *args, **kwargs: None)
+
+
+def big_run(data, results, *extra: str, epochs: int = 1):
+    return train.main(["--epochs", str(epochs), "--seed", "11", "--batch-size", "64", "--eval-batch-size", "512",
+                       "--logging-interval", "1000", "--data-dir", str(data), "--results-dir", str(results),
+                       *extra])
+
+
+def global_states() -> tuple:
+    import random
+
+    import numpy as np
+
+    return torch.get_rng_state(), np.random.get_state()[1].copy(), random.getstate()
+
+
+def assert_same_states(a: tuple, b: tuple) -> None:
+    import numpy as np
+
+    assert torch.equal(a[0], b[0]) and np.array_equal(a[1], b[1]) and a[2] == b[2]
+
+
+def test_same_weights_for_workers_cache_fill_and_cache_hit_on_several_chunks(chunks_data, tmp_path, capsys,
+                                                                              monkeypatch):
+    """And the model starts from the seed alone: what the data's path did before it was built (decode in
+    workers, fill or read the cache) left torch's, NumPy's and Python's global generators as set_all_seeds did."""
+    data, reference = chunks_data
+    no_figures(monkeypatch)
+    train.set_all_seeds(11)
+    seeded, seen = global_states(), []
+    real_mlp = train.MLP
+
+    def recording_mlp(*args, **kwargs):
+        seen.append(global_states())
+        return real_mlp(*args, **kwargs)
+
+    monkeypatch.setattr(train, "MLP", recording_mlp)
+    cache = tmp_path / "cache"
+    for name, flags in [("fill", ["--num-workers", "2", "--cache-dir", str(cache)]),
+                        ("hit", ["--num-workers", "2", "--cache-dir", str(cache)]),
+                        ("hit0", ["--num-workers", "0", "--cache-dir", str(cache)]),
+                        ("per-batch", ["--num-workers", "2", "--cache-mb", "0", "--no-disk-cache"])]:
+        capsys.readouterr()
+        big_run(data, tmp_path / name, *flags, epochs=2)
+        out = capsys.readouterr().out
+        assert ("decoded into the disk cache" if name == "fill" else
+                "read from the disk cache" if name.startswith("hit") else "not keeping") in out  # the path taken
+        assert_same_run(reference, tmp_path / name)
+        assert_same_states(seen.pop(), seeded)
+
+
+def test_same_augmented_weights_for_0_and_2_workers_and_after_resume_on_several_chunks(chunks_data, tmp_path,
+                                                                                        monkeypatch):
+    data, _ = chunks_data
+    no_figures(monkeypatch)
+    big_run(data, tmp_path / "a0", "--augment", "--no-disk-cache", epochs=2)
+    flags = ["--augment", "--num-workers", "2", "--cache-dir", str(tmp_path / "c")]
+    big_run(data, tmp_path / "cut", *flags)
+    torch.manual_seed(999)
+    big_run(data, tmp_path / "cut", *flags, "--resume", epochs=2)
+    assert_same_run(tmp_path / "a0", tmp_path / "cut")
+
+
+def test_loaders_and_reports_leave_the_global_generators_as_they_were(chunks_data, tmp_path):
+    from loaders import get_dataloaders
+    from model import MLP
+
+    data, _ = chunks_data
+    model = MLP()  # its initial weights are drawn from the global RNG, as they should be
+    train.set_all_seeds(5)
+    before = global_states()
+    for workers, transform in ((2, train.augmentation()), (0, None)):
+        loaders = get_dataloaders(64, data, num_workers=workers, seed=3, cache_dir=tmp_path / "c",
+                                  train_transforms=transform)
+        for loader in loaders:
+            for _ in loader:
+                pass
+    train.write_reports(model, torch.zeros(10, 10, dtype=torch.int64), loaders[2], tmp_path, [str(i) for i in range(10)])
+    assert_same_states(global_states(), before)
+    torch.rand(1)  # a check that can fail: a draw does move it
+    assert not torch.equal(torch.get_rng_state(), before[0])
+
+
+def test_main_gives_back_the_callers_torch_settings(tiny_data, tmp_path):
+    threads = torch.get_num_threads()
+    assert not torch.are_deterministic_algorithms_enabled()
+    benchmark = torch.backends.cudnn.benchmark
+    run(tiny_data, tmp_path / "r", epochs=1)
+    assert not torch.are_deterministic_algorithms_enabled()
+    assert torch.backends.cudnn.benchmark == benchmark and not torch.backends.cudnn.deterministic
+    assert torch.get_num_threads() == threads and "CUBLAS_WORKSPACE_CONFIG" not in os.environ
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        with pytest.raises(SystemExit):  # a refused run too: --batch-size larger than the train split
+            run(tiny_data, tmp_path / "s", "--batch-size", "41", epochs=1)
+        assert torch.are_deterministic_algorithms_enabled()
+        assert torch.is_deterministic_algorithms_warn_only_enabled()
+    finally:
+        torch.use_deterministic_algorithms(False)
