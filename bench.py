@@ -214,6 +214,40 @@ def bench_loaders(folder: Path, size: int, batch_size: int, repeats: int, memory
     return results
 
 
+def plain_ways(csv: Path, img_dir: Path, batch_size: int) -> dict:
+    """Ways to read a CsvImageDataset with torch's own DataLoader, and with ours (issue 17)."""
+    def preloaded():
+        ds = CsvImageDataset(csv, img_dir)
+        ds.preload()
+        return ds
+
+    return {
+        "plain DataLoader, 2 workers, not preloaded: each worker decodes its items, every epoch":
+            lambda: DataLoader(CsvImageDataset(csv, img_dir), batch_size=batch_size, shuffle=True,
+                               num_workers=2),
+        "plain DataLoader, 0 workers: the first item decodes all, here, once":
+            lambda: DataLoader(CsvImageDataset(csv, img_dir), batch_size=batch_size, shuffle=True),
+        "plain DataLoader, 2 workers, after ds.preload(): they read the one copy":
+            lambda: DataLoader(preloaded(), batch_size=batch_size, shuffle=True, num_workers=2),
+        "ours: make_loader, 0 workers (whole batches by index_select)":
+            lambda: make_loader(preloaded(), batch_size, shuffle=True, drop_last=True, seed=0),
+    }
+
+
+def bench_plain(folder: Path, size: int, batch_size: int, repeats: int, passes: int = 3) -> dict:
+    """Build + first pass (cold), and the median of the later passes (warm), img/s; each way's
+    figures the median of `repeats` runs, interleaved."""
+    csv, img_dir, _ = make_data(folder, size)
+    ways = plain_ways(csv, img_dir, batch_size)
+    runs = {name: [] for name in ways}
+    for _ in range(repeats):
+        for name, build in ways.items():
+            runs[name].append(timed_passes(build, passes))
+    return {name: {"cold_img_s": size / statistics.median(t[0] for t in measured),
+                   "warm_img_s": size / statistics.median(statistics.median(t[1:]) for t in measured)}
+            for name, measured in runs.items()}
+
+
 LECTURE_TRAIN = """
 import sys, time, torch, pandas as pd
 sys.path.insert(0, {root!r})
@@ -409,7 +443,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--smoke", action="store_true", help="tiny sizes, one repeat, 2 epochs: checks it runs")
     p.add_argument("--decode-size", type=int, default=40000, help="images in the first-pass and disk-cache rows")
     p.add_argument("--rows", default="30000,300000", help="CSV sizes for the row-checking rows (comma separated)")
-    p.add_argument("--sections", default="loaders,scaling,end_to_end,startup,decode,rows,workers",
+    p.add_argument("--sections", default="loaders,scaling,end_to_end,startup,decode,rows,workers,plain",
                    help="which parts to run (comma separated)")
     p.add_argument("--memory-of", help=argparse.SUPPRESS)  # internal: measure one loader in this process
     p.add_argument("--memory-data", nargs=3, type=Path, help=argparse.SUPPRESS)
@@ -470,6 +504,8 @@ def main(argv: list[str] | None = None) -> dict:
         if "workers" in sections:
             report["worker_memory"] = bench_worker_memory(folder, max(int(n) for n in args.rows.split(",")),
                                                           args.batch_size)
+        if "plain" in sections:
+            report["plain"] = bench_plain(folder, args.size, args.batch_size, args.repeats)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     print(format_report(report))
@@ -529,6 +565,15 @@ def format_report(r: dict) -> str:
             first, end = (", ".join(f"{x:.1f}" for x in m[k]) for k in ("first_batch_mib", "end_mib"))
             growth = ", ".join(f"{b - a:.1f}" for a, b in zip(m["first_batch_mib"], m["end_mib"]))
             lines.append(f"| {name} | {first} | {end} | {growth} | {m['seconds']:.1f} |")
+    if "plain" in r:
+        P = r["plain"]
+        fastest = max(m["warm_img_s"] for m in P.values())
+        lines += ["", f"A CsvImageDataset through torch's own DataLoader, {r['size']} PNGs, batch {r['batch_size']}, "
+                  f"3 passes, median of {r['repeats']}:", "",
+                  "| way | cold img/s (build + pass 1) | warm img/s (passes 2-3) | fastest warm / this |",
+                  "| --- | ---: | ---: | ---: |"]
+        lines += [f"| {name} | {m['cold_img_s']:,.0f} | {m['warm_img_s']:,.0f} | {fastest / m['warm_img_s']:.2f}x |"
+                  for name, m in P.items()]
     return "\n".join(lines)
 
 

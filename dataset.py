@@ -13,7 +13,9 @@
     CsvImageDataset("photos/labels.csv", "photos", file_column="path", label_column="label",
                     mode="RGB", image_size=64)   # any sizes and formats, resized to 64x64 at decode
 
-Works alone (copy this file) and with a plain `DataLoader(ds, batch_size=64, shuffle=True)`.
+Works alone (copy this file) and with a plain `DataLoader(ds, batch_size=64, shuffle=True)` and
+any sampler; `ds.samples` and `ds.imgs` are ImageFolder's (path, class_index) pairs. In a
+DataLoader worker, a dataset not preloaded in the main process decodes only the items asked for.
 
 Check a dataset without training (exit status 0 when clean):
 

@@ -9,7 +9,8 @@ Layouts:
     get_dataloaders_from_split_csv(...)  one CSV with a split column + one image folder
     split_csv(...)                       one CSV with no split column -> a copy with one, drawn
                                          by class, for get_dataloaders_from_split_csv
-    loaders_from_datasets(...)           any three CsvImageDatasets you built
+    loaders_from_datasets(...)           any three CsvImageDatasets you built, or Subsets /
+                                         ConcatDatasets of them (random_split)
 
 train_transforms (train only, e.g. augmentation) and test_transforms (valid and test) take one
 uint8 image (C, H, W), as torchvision's v2 transforms do, and run after the decoded-image cache.
@@ -29,8 +30,9 @@ their order and every sample; no file may be in two splits. The order of epoch e
 (seed, e), not on num_workers,
 on how often the loader was iterated before, or on any global random state: `set_epoch(e)` on
 `loader.sampler` picks an epoch, as with DistributedSampler. Whole batches are fetched with one
-`dataset[array_of_indices]` call, which is what makes the in-memory path fast. Under torchrun (a
-process group is initialized), each process takes its share of every batch, as DistributedSampler.
+`dataset[array_of_indices]` call, which is what makes the in-memory path fast. Under torchrun or
+Lightning (a process group is initialized when an epoch starts), each process takes its share of
+every batch; the sampler is a DistributedSampler, so Lightning adds none of its own.
 
 Needs dataset.py beside it.
 """
