@@ -579,6 +579,7 @@ def _try_lock(fd: int) -> bool:
 Problem = tuple[int, str, str]  # a bad row: (CSV line, file name, what is wrong)
 PIXELS = ("float01", "float255", "uint8")
 EXPECTED_INDEX = "(expected a class index >= 0)"
+MAX_LABEL = 2**31  # a class index must fit an int32, as a label tensor on any device
 MAX_LISTED_PROBLEMS = 20
 DECODE_CHUNK = 256  # images a worker decodes at a time in preload(); progress is reported per chunk
 CACHE_FORMAT = 1  # part of every disk cache file's name: raise it when decode_image changes pixels
@@ -831,6 +832,10 @@ def _parse_labels(values: pd.Series, classes: Sequence[str] | None,
             what[j] = f"label {original[j]!r} is not a whole number {EXPECTED_INDEX}"
         for j in np.flatnonzero(whole & (number < 0)):
             what[j] = f"label {int(number[j])} is negative {EXPECTED_INDEX}"
+        too_large = whole & (number >= MAX_LABEL)  # int64 would wrap round: 1e20 to its minimum
+        for j in np.flatnonzero(too_large):
+            what[j] = f"label {original[j]} is too large (expected a class index below 2**31)"
+        whole &= ~too_large
         if num_classes is not None:
             for j in np.flatnonzero(whole & (number >= num_classes)):
                 what[j] = (f"label {int(number[j])} is out of range: "

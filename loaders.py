@@ -124,7 +124,8 @@ def make_datasets(sources: Sequence[tuple], dataset_kwargs: dict | None = None,
         kwargs["classes"] = classes
         datasets = [CsvImageDataset(csv, folder, t, split=split, **kwargs)
                     for (csv, folder, split), t in zip(sources, transforms)]
-    unseen = sorted(set(classes) - {classes[i] for i in set(datasets[0].targets)})
+    in_eval = {classes[i] for ds in datasets[1:] for i in set(ds.targets)}
+    unseen = sorted(in_eval - {classes[i] for i in set(datasets[0].targets)})
     if unseen:
         warnings.warn(f"the training split has no example of class(es) {unseen} (they are in valid "
                       "or test): the model cannot learn them", stacklevel=2)

@@ -472,6 +472,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                       help="resize every image to N x N or HxW as it is read (default: images "
                            "must share one size)")
     read.add_argument("--encoding", default="utf-8", help="the CSV's text encoding")
+    read.add_argument("--num-classes", type=_at_least(1, int), default=None,
+                      help="integer labels are 0 to N-1 (default: up to the largest label, which "
+                           "must not be far above the others)")
     use = p.add_argument_group("use a saved model (trains nothing)")
     use.add_argument("--evaluate", action="store_true",
                      help="the checkpoint on the test split of the same data flags: the test "
@@ -787,7 +790,7 @@ def main(argv: list[str] | None = None) -> History | Path:
                           "cache_mb": args.cache_mb, "file_column": args.file_column,
                           "label_column": args.label_column, "mode": args.mode,
                           "image_size": args.image_size, "encoding": args.encoding,
-                          "cache_dir": cache_dir}
+                          "num_classes": args.num_classes, "cache_dir": cache_dir}
         loader_kwargs = {"num_workers": args.num_workers, "pin_memory": device.type == "cuda",
                          "persistent_workers": args.persistent_workers and args.num_workers > 0}
         datasets = make_datasets(sources, dataset_kwargs, augmentation() if args.augment else None)

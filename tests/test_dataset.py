@@ -55,6 +55,8 @@ def test_missing_column_lists_the_columns_that_exist(small_folder):
     ("a.png,1\nb.png,-1\n", 3, "negative"),
     ("a.png,1\nb.png,two\n", 3, "not a whole number"),
     ("a.png,1\nb.png,inf\n", 3, "not a whole number"),
+    ("a.png,1\nb.png,99999999999999999999\n", 3, "label 99999999999999999999 is too large"),
+    ("a.png,1\nb.png,2147483648\n", 3, "too large (expected a class index below 2**31)"),
     ("a.png,1\nzzz.png,1\n", 3, "file not found"),
     ("a.png,1\n,1\n", 3, "empty file name"),
     ("a.png,1\n/etc/passwd,1\n", 3, "absolute path"),

@@ -79,7 +79,8 @@ def test_text_labels_with_surrounding_spaces_are_one_class(small_folder):
 def test_an_integer_label_far_above_the_rest_is_an_error_unless_num_classes_allows_it(small_folder, typo):
     rows = f"a.png,0\nb.png,1\nc.png,2\nd.png,{typo}\ne.png,1\n"
     csv = write_csv(small_folder / "x.csv", "File Name,Class Label\n" + rows)
-    with pytest.raises(DatasetError, match=rf"line 5: 'd.png': label {typo} is far above the others"):
+    what = "is far above the others" if int(typo) < 2**31 else r"is too large \(expected a class index below 2\*\*31"
+    with pytest.raises(DatasetError, match=rf"line 5: 'd.png': label {typo} {what}"):
         CsvImageDataset(csv, small_folder / "img")
     if typo == "1000000":
         assert len(CsvImageDataset(csv, small_folder / "img", num_classes=1000001).classes) == 1000001
@@ -298,3 +299,20 @@ def test_check_command_counts_exif_rotated_images(tmp_path, capsys):
     csv = write_csv(tmp_path / "x.csv", "File Name,Class Label\nturned.jpg,0\nplain.jpg,1\n")
     assert dataset_module.main([str(csv), str(tmp_path), "--image-size", "8"]) == 0
     assert "1 image(s) turned upright by their EXIF orientation" in capsys.readouterr().out
+
+
+def test_train_takes_num_classes_for_sparse_integer_labels(tmp_path, capsys):
+    """Labels 0, 5, ..., 45: far above the 10 distinct ones, so an error that names --num-classes,
+    which train.py takes."""
+    rows = ["File Name,Class Label"]
+    for i in range(60):
+        write_png(tmp_path / "img" / f"{i}.png", np.full((4, 4), i * 4, dtype=np.uint8))
+        rows.append(f"{i}.png,{(i % 10) * 5}")
+    csv = write_csv(tmp_path / "labels.csv", "\n".join(rows) + "\n")
+    args = ["--csv", str(csv), "--img-dir", str(tmp_path / "img"), "--epochs", "1", "--batch-size", "8",
+            "--no-disk-cache", "--results-dir", str(tmp_path / "r")]
+    with pytest.raises(DatasetError, match=r"far above the others.*--num-classes"):
+        train.main(args)
+    history = train.main(args + ["--num-classes", "46", "--results-dir", str(tmp_path / "r2")])
+    assert len(history.train_acc) == 1
+    assert torch.load(tmp_path / "r2" / "checkpoint.pt", weights_only=True)["config"]["num_classes"] == 46
