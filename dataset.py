@@ -664,7 +664,7 @@ def make_dataset(csv_path: Path, img_dir: Path, *, file_column: str, label_colum
     if split is not None:
         column, value = split
         found = sorted(df[column].dropna().astype(str).str.strip().unique())
-        df = df[df[column].astype(str).str.strip() == value]
+        df = df[split_names(df[column]).isin(split_spellings(value))]
         if len(df) == 0:
             raise DatasetError(f"{csv_path}: no rows with {column} == {value!r}; "
                                f"values found: {found}")
@@ -689,6 +689,23 @@ def make_dataset(csv_path: Path, img_dir: Path, *, file_column: str, label_colum
     samples = Samples(str(root), [f for f, k in zip(files, keep) if k], labels[keep], lines[keep],
                       stats[keep])
     return samples, class_names, problems
+
+
+# The usual spellings of each split, matched in any case: "Train", "VAL" and "Testing" are splits too.
+SPLIT_SPELLINGS = {"train": ("train", "training"), "valid": ("valid", "val", "validation", "dev"),
+                   "test": ("test", "testing")}
+
+
+def split_names(column: pd.Series) -> pd.Series:
+    """A split column's cells as they are matched: stripped, lower case; "" for an empty cell."""
+    return column.fillna("").astype(str).str.strip().str.lower()
+
+
+def split_spellings(value: str) -> tuple[str, ...]:
+    """What a split value matches: its usual spellings for train / valid / test (in any of them),
+    else itself, in lower case."""
+    value = value.strip().lower()
+    return next((names for names in SPLIT_SPELLINGS.values() if value in names), (value,))
 
 
 class Samples(Sequence):

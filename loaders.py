@@ -53,7 +53,8 @@ import torch.distributed as dist
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, Subset
 from torch.utils.data.distributed import DistributedSampler
 
-from dataset import Batch, CsvImageDataset, DatasetError, normal_file_mode, read_csv
+from dataset import (Batch, CsvImageDataset, DatasetError, normal_file_mode, read_csv, split_names,
+                     split_spellings)
 
 Transform = Callable[[torch.Tensor], torch.Tensor]
 
@@ -116,6 +117,8 @@ def make_datasets(sources: Sequence[tuple], dataset_kwargs: dict | None = None,
     warning names any class that training has no example of). A file in two splits is an error:
     a test set that overlaps training fools you."""
     kwargs = dict(dataset_kwargs or {})
+    _refuse_unknown_splits(sources, kwargs.get("file_column", "File Name"),
+                           kwargs.get("encoding", "utf-8"))
     transforms = [train_transforms] + [test_transforms] * (len(sources) - 1)
     datasets = [CsvImageDataset(csv, folder, t, split=split, **kwargs)
                 for (csv, folder, split), t in zip(sources, transforms)]
@@ -131,6 +134,33 @@ def make_datasets(sources: Sequence[tuple], dataset_kwargs: dict | None = None,
                       "or test): the model cannot learn them", stacklevel=2)
     _refuse_overlap(datasets)
     return datasets
+
+
+def _refuse_unknown_splits(sources: Sequence[tuple], file_column: str, encoding: str) -> None:
+    """Every row of a CSV with a split column must be in one of the splits asked for: a row whose
+    value is none of their spellings (any case) would be left out without a word."""
+    by_csv: dict[tuple[Path, str], set[str]] = {}
+    for csv, _, split in sources:
+        if split is not None:
+            by_csv.setdefault((Path(csv), split[0]), set()).update(split_spellings(split[1]))
+    for (csv, column), known in by_csv.items():
+        # With the file column: a row whose split cell alone is empty is not a blank line.
+        values = read_csv(csv, [file_column, column], encoding)[column]
+        names = split_names(values)
+        unknown = values[~names.isin(known)].fillna("").astype(str).str.strip()
+        if len(unknown):
+            counts = ", ".join(f"{v!r} ({n} row{'s' if n > 1 else ''}, first on line {line})"
+                               for v, n, line in _counts_with_first_line(unknown))
+            raise DatasetError(
+                f"{csv}: column {column!r} has values that are not a split: {counts}. Each row must "
+                "say train (or training), valid (val, validation, dev) or test (testing), in any "
+                "case; change those cells in the CSV, or drop the rows you do not want")
+
+
+def _counts_with_first_line(values: pd.Series) -> list[tuple[str, int, int]]:
+    """(value, how many rows, the first row's line) of each distinct value, commonest first."""
+    groups = values.groupby(values, sort=False)
+    return sorted(((v, len(g), int(g.index[0])) for v, g in groups), key=lambda t: -t[1])
 
 
 def union_of_classes(per_split: Sequence[list[str]]) -> list[str]:

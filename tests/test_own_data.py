@@ -316,3 +316,21 @@ def test_train_takes_num_classes_for_sparse_integer_labels(tmp_path, capsys):
     history = train.main(args + ["--num-classes", "46", "--results-dir", str(tmp_path / "r2")])
     assert len(history.train_acc) == 1
     assert torch.load(tmp_path / "r2" / "checkpoint.pt", weights_only=True)["config"]["num_classes"] == 46
+
+
+def test_split_values_in_any_case_and_the_usual_spellings_and_others_named_with_counts(tmp_path):
+    rows = ["File Name,Class Label,split"]
+    spellings = ["Train", "training", "TRAIN ", "Valid", "val", "VALIDATION", "dev", "Test", "testing", "train"]
+    for i, split in enumerate(spellings * 2):
+        write_png(tmp_path / "img" / f"{i}.png", np.full((4, 4), i, dtype=np.uint8))
+        rows.append(f"{i}.png,{i % 2},{split}")
+    csv = write_csv(tmp_path / "s.csv", "\n".join(rows) + "\n")
+    train_loader, valid_loader, test_loader = get_dataloaders_from_split_csv(csv, tmp_path / "img", batch_size=2)
+    assert [len(loader.dataset) for loader in (train_loader, valid_loader, test_loader)] == [8, 8, 4]  # every row
+    write_csv(csv, "\n".join(rows + ["0b.png,0,holdout", "1b.png,1,holdout", "2b.png,0,Tst", "3b.png,0,"]) + "\n")
+    with pytest.raises(DatasetError) as info:
+        get_dataloaders_from_split_csv(csv, tmp_path / "img", batch_size=2)
+    message = str(info.value)
+    assert "s.csv: column 'split' has values that are not a split:" in message
+    assert "'holdout' (2 rows, first on line 22), 'Tst' (1 row, first on line 24), '' (1 row, first on line 25)" in message
+    assert "valid (val, validation, dev)" in message
