@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import hashlib
 import os
 import shutil
@@ -344,23 +345,23 @@ class CsvImageDataset(Dataset):
             return pixels
         try:
             self.cache_dir.mkdir(parents=True, exist_ok=True)
-            tmp = _locked_temporary(path)
-        except OSError as e:  # a read-only data folder: decode, in memory only
-            fits = self._cache_bytes <= self._budget_bytes
-            warnings.warn(f"no disk cache of decoded images: cannot write in {self.cache_dir} "
-                          f"({e.strerror or e}); " + ("decoding in memory" if fits else
-                          "over the memory budget, so images are decoded as batches are read"),
-                          stacklevel=3)
-            self.cache_dir = self.cache_file = None
-            if not fits:
-                self._use_cache = False
-                self.cache_decision = (f"not keeping decoded images: {self._cache_what}, and "
-                                       "the disk cache is not writable")
-                return None
-            return self._load_or_decode(num_workers, progress)
-        fd, tmp_path = tmp
+            free = _free_bytes(self.cache_dir)
+            if free < self._cache_bytes + DISK_RESERVE:  # checked before any file is written
+                raise OSError(errno.ENOSPC, f"{self._cache_bytes / 2**20:.1f} MiB needed, "
+                                            f"{free / 2**20:.1f} MiB free")
+            fd, tmp_path = _locked_temporary(path)
+        except OSError as e:  # a read-only data folder, a full disk: decode, in memory only
+            return self._without_disk_cache(e, num_workers, progress)
         try:
             pixels = np.lib.format.open_memmap(tmp_path, mode="w+", dtype=np.uint8, shape=shape)
+            if hasattr(os, "posix_fallocate"):  # the blocks now, or ENOSPC now: a disk that
+                os.posix_fallocate(fd, 0, os.fstat(fd).st_size)  # fills later kills by SIGBUS
+        except OSError as e:
+            pixels = None
+            Path(tmp_path).unlink(missing_ok=True)
+            os.close(fd)
+            return self._without_disk_cache(e, num_workers, progress)
+        try:
             self._decode_into(pixels, num_workers, progress)
             pixels.flush()
             del pixels
@@ -374,6 +375,22 @@ class CsvImageDataset(Dataset):
                 older.unlink(missing_ok=True)
         self.cache_decision += "; decoded into the disk cache"
         return _open_cached(path, shape)
+
+    def _without_disk_cache(self, error: OSError, num_workers: int, progress) -> torch.Tensor | None:
+        """After cache_dir could not take the file: one warning, then the pixels in memory when
+        they fit the budget, else decoded as batches are read."""
+        fits = self._cache_bytes <= self._budget_bytes
+        warnings.warn(f"no disk cache of decoded images: cannot write in {self.cache_dir} "
+                      f"({error.strerror or error}); " + ("decoding in memory" if fits else
+                      "over the memory budget, so images are decoded as batches are read"),
+                      stacklevel=4)
+        self.cache_dir = self.cache_file = None
+        if not fits:
+            self._use_cache = False
+            self.cache_decision = (f"not keeping decoded images: {self._cache_what}, and the "
+                                   "disk cache cannot be written")
+            return None
+        return self._load_or_decode(num_workers, progress)
 
     def _cache_file_name(self) -> str:
         """<csv name>[-<split>]-<decoded how: split, folder, mode, size, background, decoder>-
@@ -549,14 +566,24 @@ def _locked_temporary(path: Path) -> tuple[int, str]:
 def _disk_can_hold(folder: Path, nbytes: int) -> bool:
     """Whether the disk of folder (or of its nearest existing parent) keeps 1 GiB and 5% free
     after nbytes more: a cache over the memory budget must not fill the disk."""
+    usage = _disk_usage(folder)
+    return usage is not None and usage.free - nbytes >= max(2**30, 0.05 * usage.total)
+
+
+def _free_bytes(folder: Path) -> int:
+    usage = _disk_usage(folder)
+    return 0 if usage is None else usage.free
+
+
+def _disk_usage(folder: Path):
+    """shutil.disk_usage of folder, or of its nearest existing parent; None when unreadable."""
     folder = folder.absolute()
     while not folder.exists() and folder != folder.parent:
         folder = folder.parent
     try:
-        usage = shutil.disk_usage(folder)
+        return shutil.disk_usage(folder)
     except OSError:
-        return False
-    return usage.free - nbytes >= max(2**30, 0.05 * usage.total)
+        return None
 
 
 def normal_file_mode(path: str | Path) -> None:
@@ -582,6 +609,7 @@ EXPECTED_INDEX = "(expected a class index >= 0)"
 MAX_LABEL = 2**31  # a class index must fit an int32, as a label tensor on any device
 MAX_LISTED_PROBLEMS = 20
 DECODE_CHUNK = 256  # images a worker decodes at a time in preload(); progress is reported per chunk
+DISK_RESERVE = 16 * 2**20  # free space a cache file under the memory budget leaves on its disk
 CACHE_FORMAT = 1  # part of every disk cache file's name: raise it when decode_image changes pixels
 # What Pillow raises for a file it cannot decode: truncated, corrupt, unknown format, too large.
 DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)

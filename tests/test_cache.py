@@ -250,6 +250,55 @@ def test_a_cache_folder_that_cannot_be_written_means_one_warning_and_memory_only
     assert len(messages) == 1 and messages[0].startswith(f"no disk cache of decoded images: cannot write in {blocked}")
 
 
+@pytest.mark.parametrize("full", ["free space", "allocation"])
+def test_a_full_disk_means_one_warning_memory_only_and_no_file_left(photos, monkeypatch, full):
+    """A split under the memory budget used to be written through a memory map with no check: on a
+    full disk the process died of SIGBUS (exit 135), leaving its temporary file."""
+    import errno
+
+    if full == "free space":  # the check before any file is written
+        usage = type(shutil.disk_usage(photos))
+        monkeypatch.setattr(dataset_module.shutil, "disk_usage", lambda path: usage(2 * 2**20, 2**20, 2**20))
+    else:  # the disk filled after that check: the blocks are claimed before decoding writes to them
+        if not hasattr(os, "posix_fallocate"):
+            pytest.skip("no posix_fallocate here")
+
+        def no_space(fd, offset, length):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        monkeypatch.setattr(dataset_module.os, "posix_fallocate", no_space)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ds = build(photos, cache_dir=photos / "cache")
+        pixels = ds.preload()
+    assert torch.equal(pixels, build(photos).preload()) and "keeping decoded images in memory" in ds.cache_decision
+    messages = [str(w.message) for w in caught]
+    assert len(messages) == 1 and "no disk cache of decoded images: cannot write in" in messages[0]
+    assert ("MiB needed, 1.0 MiB free" if full == "free space" else "No space left") in messages[0]
+    assert cache_files(photos / "cache") == []  # no temporary file left filling the disk
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("mount"), reason="mounts a small tmpfs: needs root")
+def test_a_real_full_disk_ends_in_memory_not_in_a_bus_error(photos, tmp_path):
+    disk = tmp_path / "tiny-disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(disk)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        (disk / "filler").write_bytes(b"x" * 60_000)  # one 4 KiB page left: the 8,640-byte split does not fit
+        script = textwrap.dedent(f"""
+            import sys, warnings; sys.path.insert(0, {str(ROOT)!r})
+            from dataset import CsvImageDataset
+            ds = CsvImageDataset({str(photos / "labels.csv")!r}, {str(photos / "img")!r}, file_column="path",
+                                 label_column="label", mode="RGB", image_size=(12, 10), cache_dir={str(disk)!r})
+            print(ds.preload().shape)""")
+        run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+        assert run.returncode == 0 and "torch.Size([24, 3, 12, 10])" in run.stdout, run.stderr
+        assert "no disk cache of decoded images" in run.stderr and os.listdir(disk) == ["filler"]
+    finally:
+        subprocess.run(["umount", str(disk)], check=False)
+
+
 def test_over_the_memory_budget_the_disk_cache_still_holds_them_when_the_disk_can_spare_it(photos, monkeypatch):
     plain = build(photos).preload()  # 24 x 3x12x10 uint8 = 8,640 bytes; budgets below are smaller
     rows = [3, 0, 17]
