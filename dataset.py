@@ -40,6 +40,7 @@ import contextlib
 import errno
 import hashlib
 import os
+import re
 import shutil
 import stat
 import sys
@@ -370,9 +371,10 @@ class CsvImageDataset(Dataset):
         finally:
             Path(tmp_path).unlink(missing_ok=True)  # left only when decoding failed
             os.close(fd)  # and with it, the lock
-        for older in self.cache_dir.glob(path.name.rsplit("-", 1)[0] + "-*.npy"):
-            if older != path:  # the same rows and settings, files since changed
-                older.unlink(missing_ok=True)
+        settings = path.name.rsplit("-", 1)[0]
+        for older in self.cache_dir.glob(settings + "-*.npy"):  # the same rows and settings, files
+            if older != path and re.fullmatch(r"[0-9a-f]{20}\.npy", older.name[len(settings) + 1:]):
+                older.unlink(missing_ok=True)  # since changed; names of that shape alone are ours
         self.cache_decision += "; decoded into the disk cache"
         return _open_cached(path, shape)
 
@@ -541,7 +543,7 @@ def _open_cached(path: Path, shape: tuple[int, ...]) -> torch.Tensor | None:
 def _locked_temporary(path: Path) -> tuple[int, str]:
     """A new temporary file beside `path`, open and locked (flock) while it is written. Leftovers
     of killed runs (whose locks died with them) are removed first; a live writer's never are."""
-    for left in path.parent.glob(".*.tmp-*"):
+    for left in path.parent.glob(f".*.{CACHE_TEMP_TAG}-*"):
         try:
             fd = os.open(left, os.O_RDONLY)
         except OSError:
@@ -551,14 +553,15 @@ def _locked_temporary(path: Path) -> tuple[int, str]:
                 left.unlink(missing_ok=True)
         finally:
             os.close(fd)
-    for left in path.parent.glob(".*.new-*"):  # killed before its rename: a minute is ample
+    for left in path.parent.glob(f".*.{CACHE_NEW_TAG}-*"):  # killed before its rename: a minute
         with contextlib.suppress(OSError):
             if time.time() - left.stat().st_mtime > 60:
                 left.unlink()
-    fd, new = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.new-")
+    fd, new = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{CACHE_NEW_TAG}-")
     _try_lock(fd)
     normal_file_mode(new)  # mkstemp's 0600 would hide the cache from others sharing the folder
-    tmp = new.replace(".new-", ".tmp-")  # renamed once locked: the cleanup above sees only these
+    tmp = new.replace(f".{CACHE_NEW_TAG}-", f".{CACHE_TEMP_TAG}-")  # once locked: the cleanup
+    # above sees only these
     os.replace(new, tmp)
     return fd, tmp
 
@@ -609,6 +612,8 @@ EXPECTED_INDEX = "(expected a class index >= 0)"
 MAX_LABEL = 2**31  # a class index must fit an int32, as a label tensor on any device
 MAX_LISTED_PROBLEMS = 20
 DECODE_CHUNK = 256  # images a worker decodes at a time in preload(); progress is reported per chunk
+# In the names of the disk cache's temporary files, and only there: its clean-up removes no other.
+CACHE_NEW_TAG, CACHE_TEMP_TAG = "csvimg-cache-new", "csvimg-cache-tmp"
 DISK_RESERVE = 16 * 2**20  # free space a cache file under the memory budget leaves on its disk
 CACHE_FORMAT = 1  # part of every disk cache file's name: raise it when decode_image changes pixels
 # What Pillow raises for a file it cannot decode: truncated, corrupt, unknown format, too large.

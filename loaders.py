@@ -219,7 +219,7 @@ def split_csv(csv_path: str | Path, out_path: str | Path, *, label_column: str =
         split[order[:n_test]] = "test"
         split[order[n_test:n_test + n_valid]] = "valid"
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out_path.parent, prefix=f".{out_path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=out_path.parent, prefix=f".{out_path.name}.csvimg-tmp-")
     try:
         normal_file_mode(tmp)  # not mkstemp's 0600
         with os.fdopen(fd, "w", encoding=encoding, newline="") as f:

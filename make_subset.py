@@ -28,6 +28,7 @@ import gzip
 import json
 import os
 import shutil
+import stat
 import struct
 import sys
 import tempfile
@@ -43,6 +44,9 @@ DEFAULT_SEED = 1
 DEFAULT_SIZE = 256
 SPLITS = ("train", "valid", "test")
 MARKER = ".make_subset.json"
+# In the names of this project's temporary files and folders, and only there: a clean-up removes
+# nothing else (".notes.tmp-1" is someone else's).
+TEMP_TAG, OLD_TAG = "csvimg-tmp", "csvimg-old"
 
 
 class IdxError(ValueError):
@@ -154,9 +158,9 @@ def recover(out_dir: Path) -> None:
     parent = out_dir.parent
     if not parent.is_dir():
         return
-    for leftover in parent.glob(f".{out_dir.name}.tmp-*"):
+    for leftover in parent.glob(f".{out_dir.name}.{TEMP_TAG}-*"):
         shutil.rmtree(leftover, ignore_errors=True)
-    for old in sorted(parent.glob(f".{out_dir.name}.old-*")):
+    for old in sorted(parent.glob(f".{out_dir.name}.{OLD_TAG}-*")):
         if not out_dir.exists():
             os.rename(old, out_dir)  # killed between the two renames of the fallback swap
         else:
@@ -171,7 +175,7 @@ def write_dataset(out_dir: str | Path, splits: dict[str, tuple[np.ndarray, np.nd
     folder another run is writing."""
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    lock = os.open(out_dir.parent / f".{out_dir.name}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    lock = open_lock(out_dir.parent / f".{out_dir.name}.lock", "choose another --out-dir")
     try:
         _hold(lock, out_dir)
         return _write_dataset(out_dir, splits, force=force, meta=meta)
@@ -184,6 +188,35 @@ def _hold(lock: int, out_dir: Path) -> None:
     if holder is not None:
         raise FileExistsError(f"another make_subset.py run (process {holder}) is writing "
                               f"{out_dir}; wait for it to finish, or choose another --out-dir")
+
+
+class LockFileError(ValueError):
+    """A lock file that is not ours to use: a link, not a regular file, or another user's."""
+
+
+def open_lock(path: Path, fix: str) -> int:
+    """Open (or create, mode 0644 less the umask) the lock file `path`, never following a symbolic
+    link and never using a file with other names (hard links): a planted link would make the pid
+    written into the lock overwrite its target. fix: what the user can do instead, for the error."""
+    flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(path, flags, 0o644)
+    except PermissionError:
+        owner = path.stat().st_uid if path.exists() else "?"
+        raise LockFileError(f"{path} cannot be opened for writing (it belongs to user id {owner}; "
+                            f"another user's run uses this folder); {fix}") from None
+    except OSError as e:
+        if os.path.islink(path):
+            raise LockFileError(f"{path} is a symbolic link, which is not followed (it may point "
+                                f"at a file of someone else's); remove it, or {fix}") from None
+        raise
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
+        os.close(fd)
+        what = "not a regular file" if not stat.S_ISREG(st.st_mode) else \
+            f"a file with {st.st_nlink} names (hard links)"
+        raise LockFileError(f"{path} is {what}, so it is not used as a lock; remove it, or {fix}")
+    return fd
 
 
 def lock_or_holder(fd: int) -> str | None:
@@ -214,7 +247,7 @@ def _write_dataset(out_dir: Path, splits: dict[str, tuple[np.ndarray, np.ndarray
                 "make it; choose another --out-dir"
             )
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.{TEMP_TAG}-", dir=out_dir.parent))
     umask = os.umask(0)
     os.umask(umask)
     tmp.chmod(0o777 & ~umask)  # mkdtemp makes it 0700; the dataset gets a normal folder's mode
@@ -229,7 +262,7 @@ def _write_dataset(out_dir: Path, splits: dict[str, tuple[np.ndarray, np.ndarray
             os.rmdir(out_dir)
             os.rename(tmp, out_dir)
         elif not _exchange(tmp, out_dir):
-            old = tmp.with_name(tmp.name.replace(".tmp-", ".old-"))
+            old = tmp.with_name(tmp.name.replace(f".{TEMP_TAG}-", f".{OLD_TAG}-"))
             os.rename(out_dir, old)
             os.rename(tmp, out_dir)  # a kill between these two renames is undone by recover
             tmp = old
@@ -314,5 +347,5 @@ def main(argv: list[str] | None = None) -> Path:
 if __name__ == "__main__":
     try:
         main()
-    except (FileExistsError, FileNotFoundError, ValueError) as e:
+    except (FileExistsError, FileNotFoundError, ValueError) as e:  # LockFileError too
         sys.exit(f"make_subset.py: error: {e}")

@@ -59,6 +59,7 @@ from loaders import (SPLITS, folder_layout, loaders_from_datasets, make_datasets
 from model import MLP
 
 DEFAULT_DATA_DIR = "data"
+TEMP_TAG = "csvimg-tmp"  # in the names of this project's temporary files only (make_subset's too)
 CHECKED_CONFIG = ("data", "num_features", "hidden", "num_classes", "batch_size", "seed", "lr",
                   "mode", "image_size", "augment")
 
@@ -236,7 +237,7 @@ def _mean_over_ranks(loss: torch.Tensor) -> float:
 
 def write_atomic(path: Path, data: bytes) -> None:
     """Write a temporary file beside `path`, fsync, then rename it over: old or new, never half."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = path.with_name(f".{path.name}.{TEMP_TAG}-{os.getpid()}")
     try:
         with open(tmp, "wb") as f:
             f.write(data)
@@ -345,18 +346,22 @@ def results_folder(results_dir: Path, fresh: bool, main_process: bool):
     if not main_process:  # under torchrun, rank 0 holds the folder for every rank
         yield
         return
-    from make_subset import lock_or_holder
+    from make_subset import LockFileError, lock_or_holder, open_lock
 
     results_dir.mkdir(parents=True, exist_ok=True)
-    fd = os.open(results_dir / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fd = open_lock(results_dir / ".lock", "pass another --results-dir")
+    except LockFileError as e:
+        raise SystemExit(f"train.py: error: {e}") from None
     try:
         holder = lock_or_holder(fd)
         if holder is not None:
             raise SystemExit(f"train.py: error: {results_dir} is in use by another train.py run "
                              f"(process {holder}); wait for it to finish, or pass another "
                              "--results-dir")
-        for leftover in [*results_dir.glob(".*.tmp-*"), *results_dir.glob(".*.tmp")]:
-            leftover.unlink(missing_ok=True)  # nobody else writes here while we hold the lock
+        for name in RESULT_FILES:  # only this project's temporaries: nobody else of ours
+            for leftover in results_dir.glob(f".{name}.{TEMP_TAG}-*"):  # writes while we hold it
+                leftover.unlink(missing_ok=True)
         earlier = [name for name in RESULT_FILES if (results_dir / name).exists()]
         if fresh and earlier:
             taken = {int(p.name[8:]) for p in results_dir.glob("version_*") if p.name[8:].isdigit()}

@@ -163,7 +163,7 @@ def test_other_rows_mode_or_size_get_their_own_cache_files(photos):
 def test_cache_files_get_a_normal_files_mode_and_old_unrenamed_temporaries_go(photos):
     cache = photos / "cache"
     cache.mkdir()
-    stale, fresh = cache / ".labels-x.npy.new-killed", cache / ".labels-y.npy.new-someone"
+    stale, fresh = cache / ".labels-x.npy.csvimg-cache-new-killed", cache / ".labels-y.npy.csvimg-cache-new-someone"
     for path in (stale, fresh):
         path.write_bytes(b"")
     os.utime(stale, (time.time() - 3600,) * 2)  # killed between mkstemp and its rename, an hour ago
@@ -207,7 +207,7 @@ def test_a_failed_fill_leaves_no_cache_file_and_a_killed_ones_leftover_is_remove
     with subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True) as child:
         assert child.stdout.readline().strip() == "filling"
         left = cache_files(cache)
-        assert len(left) == 1 and ".tmp-" in left[0]
+        assert len(left) == 1 and ".csvimg-cache-tmp-" in left[0]
         with pytest.raises(ImageLoadError):  # a live writer's file is never taken for a cache
             (photos / "img" / "p20.png").write_bytes(b"broken")
             build(photos, cache_dir=cache).preload()

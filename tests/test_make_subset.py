@@ -192,7 +192,7 @@ def test_a_second_concurrent_run_into_the_same_folder_refuses_and_a_kill_frees_i
     first = subprocess.Popen([sys.executable, str(ROOT / "make_subset.py"), "--out-dir", str(out), *big],
                              stdout=subprocess.DEVNULL)
     deadline = time.time() + 30
-    while not list(tmp_path.glob(".d.tmp-*")) and time.time() < deadline:  # first is writing
+    while not list(tmp_path.glob(".d.csvimg-tmp-*")) and time.time() < deadline:  # first is writing
         time.sleep(0.02)
     second = subprocess.run([sys.executable, str(ROOT / "make_subset.py"), "--out-dir", str(out), *SIZES],
                             capture_output=True, text=True, timeout=60)
@@ -200,9 +200,9 @@ def test_a_second_concurrent_run_into_the_same_folder_refuses_and_a_kill_frees_i
     assert f"another make_subset.py run (process {first.pid}) is writing {out}" in second.stderr
     first.send_signal(signal.SIGKILL)
     first.wait()
-    assert list(tmp_path.glob(".d.tmp-*"))  # the killed run's temporary folder ...
+    assert list(tmp_path.glob(".d.csvimg-tmp-*"))  # the killed run's temporary folder ...
     make_subset.main(["--out-dir", str(out), *SIZES])  # ... is cleaned up by the next holder of the lock
-    assert complete_state(out) is not None and not list(tmp_path.glob(".d.tmp-*"))
+    assert complete_state(out) is not None and not list(tmp_path.glob(".d.csvimg-tmp-*"))
 
 
 def test_out_dir_that_is_the_current_folder_is_a_usage_error(tmp_path, monkeypatch, capsys):

@@ -41,7 +41,7 @@ def test_running_again_keeps_the_earlier_results_in_version_folders(tiny_data, t
     results = tmp_path / "r"
     train.main(flags(tiny_data, results))
     first = (results / "metrics.csv").read_bytes()
-    (results / ".checkpoint.pt.tmp-99999").write_bytes(b"left by a killed run")
+    (results / ".checkpoint.pt.csvimg-tmp-99999").write_bytes(b"left by a killed run")
     train.main(flags(tiny_data, results, "--hidden", "20"))
     assert f"Earlier results in {results} moved to {results / 'version_1'}/" in capsys.readouterr().out
     assert (results / "version_1" / "metrics.csv").read_bytes() == first
@@ -130,7 +130,7 @@ def test_a_class_only_in_valid_or_test_joins_the_classes_with_a_warning(tmp_path
     assert loaders[1].dataset.targets == [0, 2]
     numbers = write_csv(tmp_path / "n.csv", "File Name,Class Label,split\n" + "0.png,0,train\n1.png,1,train\n"
                         "2.png,3,valid\n4.png,1,test\n")
-    with pytest.warns(UserWarning, match=r"\['2', '3'\]"):
+    with pytest.warns(UserWarning, match=r"of class\(es\) \['3'\] \("):  # 2 is in no split: nothing to miss
         loaders = get_dataloaders_from_split_csv(numbers, tmp_path / "img", batch_size=1)
     assert loaders[0].dataset.classes == ["0", "1", "2", "3"]  # up to the largest label of any split
 
@@ -201,3 +201,56 @@ def test_a_bad_first_row_is_named_with_its_line(tmp_path, capsys, damage, monkey
     if damage == "not an image":
         with pytest.raises(dataset_module.ImageLoadError, match=r"x.csv, line 2: 'first.png'"):
             dataset_module.CsvImageDataset(csv, tmp_path / "img").preload()
+
+
+def test_only_this_projects_temporaries_are_removed_from_shared_folders(tiny_data, tmp_path, photos_like=None):
+    """Someone else's dot-files that look like temporaries stay, in the results and the cache folder."""
+    results, cache = tmp_path / "r", tmp_path / "cache"
+    others = [".notes.txt.tmp-1", ".report.tmp-final", ".settings.new-backup", ".x.tmp"]
+    for folder in (results, cache):
+        folder.mkdir()
+        for name in others:
+            (folder / name).write_text("someone else's")
+    (results / ".metrics.csv.csvimg-tmp-4242").write_text("left by a killed run of ours")
+    train.main(flags(tiny_data, results, "--cache-dir", str(cache)))
+    for folder in (results, cache):
+        assert all((folder / name).read_text() == "someone else's" for name in others)
+    assert not (results / ".metrics.csv.csvimg-tmp-4242").exists()
+
+
+@pytest.mark.parametrize("plant", ["symlink", "hard link"])
+def test_a_planted_lock_link_is_refused_with_a_sentence_and_its_target_left_alone(tiny_data, tmp_path, plant):
+    import make_subset
+
+    target = tmp_path / "precious.txt"
+    target.write_text("keep me")
+    results = tmp_path / "r"
+    results.mkdir()
+    (os.symlink if plant == "symlink" else os.link)(target, results / ".lock")
+    with pytest.raises(SystemExit) as info:
+        train.main(flags(tiny_data, results))
+    what = "is a symbolic link, which is not followed" if plant == "symlink" else "a file with 2 names"
+    assert what in str(info.value) and "pass another --results-dir" in str(info.value)
+    (os.symlink if plant == "symlink" else os.link)(target, tmp_path / ".d.lock")
+    with pytest.raises(make_subset.LockFileError, match="choose another --out-dir"):
+        make_subset.main(["--out-dir", str(tmp_path / "d"), "--train-size", "10", "--valid-size", "10",
+                          "--test-size", "10"])
+    assert target.read_text() == "keep me"
+
+
+def test_another_users_lock_is_a_sentence(tiny_data, tmp_path, monkeypatch):
+    results = tmp_path / "r"
+    results.mkdir()
+    (results / ".lock").write_text("")
+    real_open = os.open
+
+    def as_another_user(path, flags, mode=0o777, **kwargs):  # root may open anything: pretend
+        if str(path).endswith(".lock"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, flags, mode, **kwargs)
+
+    monkeypatch.setattr(os, "open", as_another_user)
+    with pytest.raises(SystemExit) as info:
+        train.main(flags(tiny_data, results))
+    assert f"{results / '.lock'} cannot be opened for writing (it belongs to user id" in str(info.value)
+    assert "another user's run uses this folder); pass another --results-dir" in str(info.value)
