@@ -421,8 +421,12 @@ class CsvImageDataset(Dataset):
             # in_order=False: a chunk is placed when it is done, so a worker slowed down by
             # something else on the machine does not leave the other one waiting. Its own
             # generator: starting workers draws their seeds, which must not move the global RNG.
+            # Forked on Linux even where the default is to spawn (Lightning's ddp_spawn ranks,
+            # Python 3.14's forkserver): a spawned worker imports torch before its first image.
+            fork = "fork" if sys.platform.startswith("linux") else None
             results = DataLoader(_DecodeChunks(self, chunks), batch_size=None, in_order=False,
                                  num_workers=min(num_workers, len(chunks)),
+                                 multiprocessing_context=fork,
                                  generator=torch.Generator().manual_seed(0))
         else:
             results = map(_DecodeChunks(self, chunks).__getitem__, range(len(chunks)))

@@ -201,20 +201,49 @@ def to_input(images: torch.Tensor, device: torch.device | str) -> torch.Tensor:
     return images if images.is_floating_point() else to_float01(images)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, what a cluster's scheduler sends before it kills a job: handled as a Ctrl-C (the
+    last complete checkpoint kept, the resume command printed), but the exit status is 143."""
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated
+
+
+def exit_status(interrupt: KeyboardInterrupt) -> int:
+    return 128 + (signal.SIGTERM if isinstance(interrupt, Terminated) else signal.SIGINT)
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt():
+    """While the block runs, SIGTERM raises Terminated (a KeyboardInterrupt), as SIGINT raises
+    KeyboardInterrupt; the previous handler comes back after it."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # only the main thread may set signal handlers
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 @contextlib.contextmanager
 def ctrl_c_deferred():
-    """Hold a Ctrl-C (SIGINT) back while the block runs, then raise KeyboardInterrupt after it."""
+    """Hold a Ctrl-C (SIGINT) or a SIGTERM back while the block runs, then raise it after."""
     if threading.current_thread() is not threading.main_thread():
         yield  # only the main thread may set signal handlers
         return
     received = []
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+    previous = {signum: signal.signal(signum, lambda signum, frame: received.append(signum))
+                for signum in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
     if received:
-        raise KeyboardInterrupt
+        raise Terminated if signal.SIGTERM in received else KeyboardInterrupt
 
 
 def _distributed() -> bool:
@@ -745,6 +774,7 @@ def error_message(e: DatasetError) -> str:
 
 
 @global_settings_kept()  # set_deterministic() is for this run, not for whoever calls main()
+@sigterm_as_interrupt()
 def main(argv: list[str] | None = None) -> History | Path:
     args = parse_args(argv)
     # The command as the user ran it (script path included), for the hints after a Ctrl-C.
@@ -855,12 +885,13 @@ def main(argv: list[str] | None = None) -> History | Path:
                         optimizer=optimizer, device=device, history=history,
                         train_eval_loader=train_eval_loader,
                         logging_interval=args.logging_interval, on_epoch_end=save)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as e:
             saved = len(history.train_acc)  # train_model extends history in place, saving each
-            print("\nInterrupted before the first epoch ended; nothing was saved." if not saved
-                  else f"\nInterrupted. The checkpoint of epoch {saved} is in {checkpoint_path}.\n"
+            how = "Terminated (SIGTERM)" if isinstance(e, Terminated) else "Interrupted"
+            print(f"\n{how} before the first epoch ended; nothing was saved." if not saved
+                  else f"\n{how}. The checkpoint of epoch {saved} is in {checkpoint_path}.\n"
                   f"Resume with: {resume_command}")
-            raise SystemExit(130) from None
+            raise SystemExit(exit_status(e)) from None
 
         # ---- figures and reports -----------------------------------------------------------------
         try:
@@ -868,11 +899,11 @@ def main(argv: list[str] | None = None) -> History | Path:
             if rank == 0:
                 write_figures(history, model, test_loader, results_dir, train_ds.classes)
                 write_reports(model, cm, test_loader, results_dir, train_ds.classes)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as e:
             print(f"\nInterrupted after training: the checkpoint of epoch {len(history.train_acc)} "
                   f"in {checkpoint_path} is complete; some figures or reports may be missing. "
                   f"Write the reports with: {evaluate_command}")
-            raise SystemExit(130) from None
+            raise SystemExit(exit_status(e)) from None
         if ddp:
             dist.barrier()  # wait for rank 0's figures: gloo may abort a rank that leaves early
             dist.destroy_process_group()
@@ -888,6 +919,10 @@ if __name__ == "__main__":
         main()
     except DatasetError as e:  # bad rows or images: the message names them; no traceback
         sys.exit(f"train.py: error: {error_message(e)}")
+    except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM anywhere else: reading data, --predict
+        print(f"\ntrain.py: {'terminated' if isinstance(e, Terminated) else 'interrupted'}; every "
+              "file is written whole or not at all, so none was left half-written", file=sys.stderr)
+        sys.exit(exit_status(e))
     except BrokenPipeError:  # the reader went away (| head): stop quietly, as command-line tools do
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         sys.exit(1)

@@ -51,29 +51,25 @@ class Probe(L.LightningModule):
         Path(self.out, f"rank{self.global_rank}.json").write_text(json.dumps(self.seen))
 
 
-class CsvImages(L.LightningDataModule):  # the README's DataModule
-    def __init__(self, csv: str, img_dir: str, num_workers: int = 0) -> None:
-        super().__init__()
-        self.csv, self.img_dir, self.num_workers = csv, img_dir, num_workers
-
-    def setup(self, stage: str) -> None:
-        self.train, self.valid, self.test = get_dataloaders_from_split_csv(
-            self.csv, self.img_dir, batch_size=64, batch_size_factor_eval=4, num_workers=self.num_workers)
-
-    def train_dataloader(self):
-        return self.train
-
-    def val_dataloader(self):
-        return self.valid
+class CsvImages(L.LightningDataModule):  # the README's DataModule, as it is there
+    def __init__(self, csv, img_dir, batch_size=64, num_workers=2, **dataset_kwargs):
+        super().__init__()  # dataset_kwargs: file_column=, label_column=, mode="RGB", image_size=, encoding=
+        self.args, self.dataset_kwargs = (csv, img_dir, batch_size, num_workers), dataset_kwargs
+    def setup(self, stage):
+        self.loaders = get_dataloaders_from_split_csv(*self.args, dataset_kwargs=self.dataset_kwargs)
+    def train_dataloader(self): return self.loaders[0]
+    def val_dataloader(self): return self.loaders[1]
+    def test_dataloader(self): return self.loaders[2]
 
 
 if __name__ == "__main__":
     data, out, strategy, how, workers = sys.argv[1], os.path.abspath(sys.argv[2]), *sys.argv[3:5], int(sys.argv[5])
     trainer = L.Trainer(strategy=strategy, devices=2, accelerator="cpu", max_epochs=2, logger=False,
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
-    images = CsvImages(f"{data}/labels.csv", f"{data}/img", workers)
+    images = CsvImages(f"{data}/labels.csv", f"{data}/img", 64, workers, file_column="file",
+                       label_column="label")
     if how == "datamodule":
         trainer.fit(Probe(out), datamodule=images)
     else:
         images.setup("fit")
-        trainer.fit(Probe(out), images.train, images.valid)
+        trainer.fit(Probe(out), images.loaders[0], images.loaders[1])

@@ -289,3 +289,38 @@ def test_main_gives_back_the_callers_torch_settings(tiny_data, tmp_path):
         assert torch.is_deterministic_algorithms_warn_only_enabled()
     finally:
         torch.use_deterministic_algorithms(False)
+
+
+def test_sigterm_keeps_the_last_checkpoint_prints_the_resume_command_and_exits_143(tiny_data, tmp_path):
+    args = ["--epochs", "100", "--seed", "11", "--batch-size", "8", "--data-dir", str(tiny_data),
+            "--logging-interval", "1000", "--results-dir", str(tmp_path / "cut")]
+    with subprocess.Popen([sys.executable, "-u", str(ROOT / "train.py"), *args], stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True) as proc:
+        for line in proc.stdout:
+            if "Train:" in line:  # first epoch done
+                proc.send_signal(signal.SIGTERM)  # what a cluster's scheduler sends
+                break
+        out = proc.stdout.read()
+        assert proc.wait(timeout=60) == 143, out
+    assert "Terminated (SIGTERM). The checkpoint of epoch" in out and "Resume with:" in out and "--resume" in out
+    assert "Traceback" not in out
+    assert 1 <= torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=True)["epoch"] < 100
+
+
+@pytest.mark.parametrize("where", ["reading the data", "--predict"])
+def test_ctrl_c_outside_the_epochs_is_a_sentence_and_exit_130(tiny_data, tmp_path, where):
+    """A Ctrl-C while the data is read (the cache fill) or while --predict runs: no traceback."""
+    args = ["--data-dir", str(tiny_data), "--results-dir", str(tmp_path / "r"), "--epochs", "1", "--batch-size", "8"]
+    if where == "--predict":
+        run(tiny_data, tmp_path / "r", epochs=1)
+        args = ["--predict", str(tiny_data / "mnist_test"), "--results-dir", str(tmp_path / "r")]
+    script = ("import sys, runpy; sys.path.insert(0, {root!r}); import dataset\n"
+              "def stop(*args, **kwargs): raise KeyboardInterrupt\n"
+              "dataset.decode_image = stop\n"
+              "sys.argv = ['train.py', *{args!r}]\n"
+              "runpy.run_path({train!r}, run_name='__main__')").format(root=str(ROOT), args=args,
+                                                                        train=str(ROOT / "train.py"))
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 130, done.stderr
+    assert "train.py: interrupted; every file is written whole or not at all" in done.stderr
+    assert "Traceback" not in done.stderr and not (tmp_path / "r" / "predictions.csv").exists()
