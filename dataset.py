@@ -394,6 +394,14 @@ class CsvImageDataset(Dataset):
             return None
         return self._load_or_decode(num_workers, progress)
 
+    def __getstate__(self) -> dict:
+        """What pickles to a spawned process (a DataLoader worker, a ddp_spawn rank): a cache mapped
+        from its file goes as the file's name, mapped again there, not as a copy of the pixels."""
+        state = self.__dict__.copy()
+        if self.cache_file is not None and self._cache is not None:
+            state["_cache"], state["_looked_for_file"] = None, False
+        return state
+
     def _cache_file_name(self) -> str:
         """<csv name>[-<split>]-<decoded how: split, folder, mode, size, background, decoder>-
         <the rows: file names, sizes and times>.npy; any change makes another name."""
@@ -447,11 +455,12 @@ class CsvImageDataset(Dataset):
                            key: tuple[int, int] | None) -> torch.Tensor:
         """(B, C, H, W): the transform on each image; with key = (seed, epoch), sample i's random
         numbers come from sample_seed(seed, epoch, i) alone, whichever process runs it."""
+        if key is None:  # ds[list] called directly: draws from the global RNG, as ds[i] does
+            return torch.stack([self.apply_transform(i, self.load_image(i)) for i in indices])
         images = []
         with torch.random.fork_rng(devices=[]):  # the global RNG is left as it was
             for i in indices:
-                if key is not None:
-                    torch.random.default_generator.manual_seed(sample_seed(*key, i))  # CPU only
+                torch.random.default_generator.manual_seed(sample_seed(*key, i))  # CPU only
                 images.append(self.apply_transform(i, self.load_image(i)))
         return torch.stack(images)
 

@@ -334,6 +334,12 @@ class DatasetView(Dataset):
             raise ValueError("the datasets joined in this ConcatDataset have different classes "
                              f"({[part.classes for part in self.parts]}); pass the same "
                              "classes= to each CsvImageDataset")
+        shapes = {(part.channels, *part.image_size, part.pixels) for part in self.parts}
+        if len(shapes) > 1:
+            raise ValueError("the datasets joined in this ConcatDataset give images of different "
+                             f"shapes or types (channels, height, width, pixels: {sorted(shapes)}), "
+                             "which cannot share a batch; pass the same mode=, image_size= and "
+                             "pixels= to each CsvImageDataset")
 
     def _resolve(self, dataset) -> tuple[np.ndarray, np.ndarray]:
         if isinstance(dataset, CsvImageDataset):

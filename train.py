@@ -366,22 +366,22 @@ RESULT_FILES = ("checkpoint.pt", "metrics.csv", "loss.png", "accuracy.png", "exa
                 "split.csv", "predictions.csv")
 
 
+REPORT_FILES = ("confusion_matrix.csv", "confusion_matrix.png", "per_class.csv", "mistakes.png")
+
+
 @contextlib.contextmanager
-def results_folder(results_dir: Path, fresh: bool, main_process: bool):
+def results_folder(results_dir: Path, move: tuple[str, ...], main_process: bool):
     """Hold results_dir while the block runs: an OS lock (flock) that a killed run releases too,
     so a second run into the same folder stops with a message naming the first. This run's
-    leftovers of an earlier kill (temporary files) are removed. With fresh (a new run, not
-    --resume / --evaluate), earlier results move into results_dir/version_N first."""
+    leftovers of an earlier kill (temporary files) are removed. Earlier files named in `move`
+    (results this run would overwrite) go into results_dir/version_N first."""
     if not main_process:  # under torchrun, rank 0 holds the folder for every rank
         yield
         return
-    from make_subset import LockFileError, lock_or_holder, open_lock
+    from make_subset import lock_or_holder
 
     results_dir.mkdir(parents=True, exist_ok=True)
-    try:
-        fd = open_lock(results_dir / ".lock", "pass another --results-dir")
-    except LockFileError as e:
-        raise SystemExit(f"train.py: error: {e}") from None
+    fd = _open_results_lock(results_dir)
     try:
         holder = lock_or_holder(fd)
         if holder is not None:
@@ -391,8 +391,8 @@ def results_folder(results_dir: Path, fresh: bool, main_process: bool):
         for name in RESULT_FILES:  # only this project's temporaries: nobody else of ours
             for leftover in results_dir.glob(f".{name}.{TEMP_TAG}-*"):  # writes while we hold it
                 leftover.unlink(missing_ok=True)
-        earlier = [name for name in RESULT_FILES if (results_dir / name).exists()]
-        if fresh and earlier:
+        earlier = [name for name in move if (results_dir / name).exists()]
+        if earlier:
             taken = {int(p.name[8:]) for p in results_dir.glob("version_*") if p.name[8:].isdigit()}
             version = results_dir / f"version_{max(taken, default=0) + 1}"
             version.mkdir()
@@ -402,6 +402,55 @@ def results_folder(results_dir: Path, fresh: bool, main_process: bool):
         yield
     finally:
         os.close(fd)
+
+
+def _open_results_lock(folder: Path) -> int:
+    from make_subset import LockFileError, open_lock
+
+    try:
+        return open_lock(folder / ".lock", "pass another --results-dir")
+    except LockFileError as e:
+        raise SystemExit(f"train.py: error: {e}") from None
+
+
+@contextlib.contextmanager
+def finished_checkpoint(checkpoint_path: Path, results_dir: Path):
+    """While the block reads checkpoint_path from another folder than results_dir (which this run
+    holds), hold that folder's lock shared: a train.py run writing there holds it exclusively,
+    and its checkpoint is of an unfinished run, so this refuses instead of reading it."""
+    import fcntl
+
+    folder = checkpoint_path.parent
+    if not folder.is_dir() or folder.resolve() == results_dir.resolve():
+        yield  # results_folder holds this folder's lock already
+        return
+    if not os.access(folder, os.W_OK) and not (folder / ".lock").exists():
+        yield  # a read-only folder of checkpoints: no train.py run can be writing there
+        return
+    fd = _open_results_lock(folder)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            raise SystemExit(f"train.py: error: {checkpoint_path} belongs to a train.py run that "
+                             f"is still going (process {holder}), so it is not final; wait for it "
+                             "to finish, or pass the --checkpoint of a finished run") from None
+        yield
+    finally:
+        os.close(fd)
+
+
+def results_to_move(args: argparse.Namespace, checkpoint_path: Path) -> tuple[str, ...]:
+    """What this run would overwrite in its results folder, to be moved to version_N first: all
+    of a new run's files; a resumed or evaluated checkpoint of another folder's, that run's
+    files or reports; earlier predictions."""
+    elsewhere = checkpoint_path.parent.resolve() != Path(args.results_dir).resolve()
+    if args.predict is not None:
+        return ("predictions.csv",)
+    if args.evaluate:
+        return REPORT_FILES if elsewhere else ()
+    return RESULT_FILES if not args.resume or elsewhere else ()
 
 
 def data_fingerprint(csv_paths: list[Path]) -> str:
@@ -521,8 +570,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     read.add_argument("--augment", action="store_true",
                       help="train-only random rotation (up to 10 degrees) and shift (up to 10%%), "
                            "the same for any --num-workers and after --resume")
-    p.add_argument("--results-dir", default="results",
-                   help="where metrics, checkpoint and figures go")
+    p.add_argument("--results-dir", default=None,
+                   help="where metrics, checkpoint and figures go; with --checkpoint and "
+                        "--resume, --evaluate or --predict, that file's folder (default: results)")
     p.add_argument("--device", default="auto",
                    help="auto (cuda, then mps, else cpu), or any torch device")
     p.add_argument("--resume", action="store_true", help="continue from RESULTS_DIR/checkpoint.pt")
@@ -543,11 +593,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.data_dir != DEFAULT_DATA_DIR and not Path(args.data_dir).is_dir():
         p.error(f"--data-dir {args.data_dir}: no such folder (make one with: "
                 f"python make_subset.py --out-dir {args.data_dir})")
-    if args.resume and not (Path(args.results_dir) / "checkpoint.pt").is_file():
-        p.error(f"--resume: no checkpoint at {Path(args.results_dir) / 'checkpoint.pt'}")
     if sum((args.resume, args.evaluate, args.predict is not None)) > 1:
         p.error("--resume, --evaluate and --predict: choose one")
+    uses_checkpoint = args.resume or args.evaluate or args.predict is not None
+    if args.results_dir is None:  # the reports of another folder's model go beside it
+        args.results_dir = str(Path(args.checkpoint).parent) if args.checkpoint and \
+            uses_checkpoint else "results"
     checkpoint = Path(args.checkpoint or Path(args.results_dir) / "checkpoint.pt")
+    if args.resume and not checkpoint.is_file():
+        p.error(f"--resume: no checkpoint at {checkpoint}")
     if (args.evaluate or args.predict) and not checkpoint.is_file():
         p.error(f"no checkpoint at {checkpoint}: train first, or pass --checkpoint FILE")
     if args.predict is not None and not Path(args.predict).exists():
@@ -579,20 +633,36 @@ def _fraction(text: str) -> float:
 
 def data_sources(csv: str | None, data_dir: str | None, img_dir: str | None,
                  split_column: str | None, split_path: Path, split_options: dict,
-                 main_process: bool) -> list[tuple]:
+                 main_process: bool, keep_split: bool = False) -> list[tuple]:
     """(csv, image folder, split) of train, valid and test: the three-CSV folder, or one CSV with
     a split column, or one without, whose split is drawn into split_path. Only the main process
-    (rank 0) builds the default data or writes split.csv."""
+    (rank 0) builds the default data or writes split.csv. keep_split (--resume, --evaluate): an
+    existing split_path is the split the model was trained on, so it is kept, and a split drawn
+    now that differs from it (another CSV, seed or fractions) is refused before anything is
+    written."""
     if csv is None:
         if main_process and data_dir == DEFAULT_DATA_DIR:
             ensure_default_data(Path(data_dir))
         return folder_layout(data_dir)
     folder = Path(img_dir) if img_dir is not None else Path(csv).parent
     if split_column is None:  # draw one, kept with the results
-        if main_process:
+        if main_process and keep_split and split_path.is_file():
+            _same_split_or_refuse(csv, split_path, split_options)
+        elif main_process:
             split_csv(csv, split_path, **split_options)
         csv, split_column = split_path, "split"
     return [(Path(csv), folder, (split_column, split)) for split in SPLITS]
+
+
+def _same_split_or_refuse(csv: str, split_path: Path, split_options: dict) -> None:
+    with tempfile.TemporaryDirectory(dir=split_path.parent, prefix=f".{TEMP_TAG}-") as tmp:
+        drawn = split_csv(csv, Path(tmp) / split_path.name, **split_options).read_bytes()
+    if drawn != split_path.read_bytes():
+        raise SystemExit(f"train.py: error: the split drawn from {csv} with these flags differs "
+                         f"from {split_path}, the one the checkpoint's run was trained on (the "
+                         "CSV, --split-seed, --valid-fraction or --test-fraction changed); it is "
+                         "left as it is. Use the flags and CSV of that run, or start afresh "
+                         "without --resume / --evaluate.")
 
 
 def pick_device(name: str, local_rank: int) -> torch.device:
@@ -653,6 +723,7 @@ def evaluate(checkpoint_path: Path, config: dict, classes: list[str], test_loade
     if rank == 0:
         results_dir.mkdir(parents=True, exist_ok=True)
         write_reports(model, cm, test_loader, results_dir, classes)
+        print(f"Reports of {checkpoint_path} written to {results_dir}/")
     return History(test_acc=test_acc)
 
 
@@ -782,10 +853,13 @@ def main(argv: list[str] | None = None) -> History | Path:
     resume_command = shlex.join(command + ([] if args.resume else ["--resume"]))
     evaluate_command = shlex.join([c for c in command if c != "--resume"] + ["--evaluate"])
     checkpoint_path = Path(args.checkpoint or Path(args.results_dir) / "checkpoint.pt")
+    results_dir, move = Path(args.results_dir), results_to_move(args, checkpoint_path)
     if args.predict is not None:  # needs the checkpoint and the new images, nothing else
-        return predict(args.predict, checkpoint_path, Path(args.results_dir),
-                       (args.file_column, args.label_column), args.img_dir, args.encoding,
-                       pick_device(args.device, 0))
+        with results_folder(results_dir, move, True), finished_checkpoint(checkpoint_path,
+                                                                          results_dir):
+            return predict(args.predict, checkpoint_path, results_dir,
+                           (args.file_column, args.label_column), args.img_dir, args.encoding,
+                           pick_device(args.device, 0))
 
     # ---- torchrun: one process per device; nothing happens here under plain `python train.py` ----
     ddp = "RANK" in os.environ and "WORLD_SIZE" in os.environ
@@ -800,16 +874,16 @@ def main(argv: list[str] | None = None) -> History | Path:
             sys.stdout = open(os.devnull, "w")  # only rank 0 prints (its errors still go to stderr)
     # ----------------------------------------------------------------------------------------------
 
-    results_dir = Path(args.results_dir)
-    # One run at a time in a results folder; a new run first moves earlier results aside.
-    with results_folder(results_dir, fresh=not (args.resume or args.evaluate),
-                        main_process=rank == 0):
+    # One run at a time in a results folder; earlier results it would overwrite go aside first.
+    with results_folder(results_dir, move, main_process=rank == 0), \
+            finished_checkpoint(checkpoint_path, results_dir):
         # ---- data --------------------------------------------------------------------------------
         split_options = {"label_column": args.label_column, "seed": args.split_seed,
                          "valid_fraction": args.valid_fraction,
                          "test_fraction": args.test_fraction, "encoding": args.encoding}
         sources = data_sources(args.csv, args.data_dir, args.img_dir, args.split_column,
-                               results_dir / "split.csv", split_options, main_process=rank == 0)
+                               results_dir / "split.csv", split_options, main_process=rank == 0,
+                               keep_split=args.resume or args.evaluate)
         if ddp:
             dist.barrier()  # the others wait for rank 0's data (and split.csv)
         set_deterministic()
@@ -840,8 +914,9 @@ def main(argv: list[str] | None = None) -> History | Path:
                 for ds in datasets:
                     ds.preload(num_workers=args.num_workers)
             dist.barrier()
-        train_loader, valid_loader, test_loader = loaders_from_datasets(
-            *datasets, batch_size=args.batch_size, eval_batch_size=args.eval_batch_size,
+        batch_size = min(args.batch_size, len(datasets[0])) if args.evaluate else args.batch_size
+        train_loader, valid_loader, test_loader = loaders_from_datasets(  # --evaluate: test only
+            *datasets, batch_size=batch_size, eval_batch_size=args.eval_batch_size,
             seed=args.seed, loader_kwargs=loader_kwargs)
         train_ds = datasets[0]
         train_eval_loader = make_loader(train_ds, args.eval_batch_size, shuffle=False,

@@ -122,3 +122,79 @@ def test_predict_names_a_bad_row_and_writes_nothing(trained, tmp_path):
         train.main(["--predict", str(listing), "--img-dir", str(tmp_path / "img"),
                     "--results-dir", str(tmp_path / "p"), "--checkpoint", str(results / "checkpoint.pt")])
     assert not (tmp_path / "p" / "predictions.csv").exists()
+
+
+# ---- a run never overwrites results it did not write (issue 18) ---------------------------------
+
+def test_resume_from_another_folders_checkpoint_moves_this_folders_results_aside(tiny_data, tmp_path, capsys):
+    run(tiny_data, tmp_path / "A")
+    run(tiny_data, tmp_path / "B", "--hidden", "100")
+    a_checkpoint, a_metrics = (tmp_path / "A" / "checkpoint.pt").read_bytes(), (tmp_path / "A" / "metrics.csv").read_bytes()
+    train.main(["--epochs", "4", "--seed", "2", "--batch-size", "8", "--data-dir", str(tiny_data), "--resume",
+                "--checkpoint", str(tmp_path / "B" / "checkpoint.pt"), "--results-dir", str(tmp_path / "A")])
+    assert f"Earlier results in {tmp_path / 'A'} moved to {tmp_path / 'A' / 'version_1'}/" in capsys.readouterr().out
+    assert (tmp_path / "A" / "version_1" / "checkpoint.pt").read_bytes() == a_checkpoint
+    assert (tmp_path / "A" / "version_1" / "metrics.csv").read_bytes() == a_metrics
+    assert torch.load(tmp_path / "A" / "checkpoint.pt", weights_only=True)["epoch"] == 4
+    assert torch.load(tmp_path / "B" / "checkpoint.pt", weights_only=True)["epoch"] == 3  # B untouched
+
+
+def test_evaluate_and_predict_with_another_folders_checkpoint_write_beside_it(tiny_data, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    run(tiny_data, "results")
+    run(tiny_data, "runB", "--seed", "3")
+    ours = (tmp_path / "results" / "per_class.csv").read_bytes()
+    capsys.readouterr()
+    train.main(["--evaluate", "--checkpoint", "runB/checkpoint.pt", "--data-dir", str(tiny_data)])
+    assert "Reports of runB/checkpoint.pt written to runB/" in capsys.readouterr().out
+    assert (tmp_path / "results" / "per_class.csv").read_bytes() == ours  # results/ is run A's still
+    out = train.main(["--predict", str(tiny_data / "mnist_test"), "--checkpoint", "runB/checkpoint.pt"])
+    assert out == tmp_path / "runB" / "predictions.csv" or out == type(out)("runB/predictions.csv")
+    assert not (tmp_path / "results" / "predictions.csv").exists()
+    first = (tmp_path / "runB" / "predictions.csv").read_bytes()
+    train.main(["--predict", str(tiny_data / "mnist_test"), "--checkpoint", "runB/checkpoint.pt"])
+    assert (tmp_path / "runB" / "version_1" / "predictions.csv").read_bytes() == first  # kept, not overwritten
+    # Into a folder of its own choosing, with reports there already: they are moved aside first.
+    train.main(["--evaluate", "--checkpoint", "runB/checkpoint.pt", "--data-dir", str(tiny_data), "--results-dir", "results"])
+    assert (tmp_path / "results" / "version_1" / "per_class.csv").read_bytes() == ours
+    assert (tmp_path / "results" / "checkpoint.pt").is_file()  # run A's model stays where it was
+
+
+def test_a_refused_resume_or_evaluate_leaves_the_split_the_model_was_trained_on(tmp_path):
+    from make_shapes import make_shapes
+
+    csv = make_shapes(tmp_path / "shapes", per_class=8)
+    args = ["--csv", str(csv), "--file-column", "path", "--label-column", "label", "--mode", "RGB", "--epochs", "1",
+            "--batch-size", "4", "--image-size", "16", "--results-dir", str(tmp_path / "r"), "--no-disk-cache"]
+    train.main(args)
+    split = (tmp_path / "r" / "split.csv").read_bytes()
+    for refused in (["--resume", "--epochs", "2", "--split-seed", "1"], ["--evaluate", "--split-seed", "1"]):
+        with pytest.raises(SystemExit) as info:
+            train.main(args + refused)
+        assert "the split drawn from" in str(info.value) and "differs from" in str(info.value)
+        assert (tmp_path / "r" / "split.csv").read_bytes() == split
+    lines = csv.read_text().splitlines()
+    name, label = lines[1].rsplit(",", 1)
+    other = next(row.rsplit(",", 1)[1] for row in lines[1:] if row.rsplit(",", 1)[1] != label)
+    csv.write_text("\n".join([lines[0], f"{name},{other}", *lines[2:]]) + "\n")  # one label edited
+    with pytest.raises(SystemExit, match="the split drawn from"):  # the CSV changed under the model
+        train.main(args + ["--evaluate"])
+    assert (tmp_path / "r" / "split.csv").read_bytes() == split
+
+
+def test_predict_refuses_a_checkpoint_that_a_running_train_py_is_writing(tiny_data, tmp_path):
+    import fcntl
+
+    run(tiny_data, tmp_path / "r")
+    with open(tmp_path / "r" / ".lock", "r+") as lock:  # what a train.py run in that folder holds
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        lock.write("4242\n")
+        lock.flush()
+        for flags in (["--predict", str(tiny_data / "mnist_test")], ["--evaluate", "--data-dir", str(tiny_data)]):
+            with pytest.raises(SystemExit) as info:
+                train.main([*flags, "--checkpoint", str(tmp_path / "r" / "checkpoint.pt"),
+                            "--results-dir", str(tmp_path / "elsewhere")])
+            assert "belongs to a train.py run that is still going (process 4242)" in str(info.value)
+            with pytest.raises(SystemExit, match="is in use by another train.py run"):  # in its own folder too
+                train.main([*flags, "--results-dir", str(tmp_path / "r")])
+    assert not (tmp_path / "elsewhere" / "predictions.csv").exists()

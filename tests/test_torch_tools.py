@@ -175,3 +175,37 @@ def test_a_loader_goes_to_a_spawned_process(numbered):
     state = loader.generator.get_state()
     import pickle
     assert torch.equal(pickle.loads(pickle.dumps(loader.generator)).get_state(), state)
+
+
+def test_concat_of_datasets_whose_images_cannot_share_a_batch_is_one_sentence(numbered):
+    ds = CsvImageDataset(*numbered)
+    for other in (CsvImageDataset(*numbered, image_size=8), CsvImageDataset(*numbered, mode="RGB"),
+                  CsvImageDataset(*numbered, pixels="uint8")):
+        with pytest.raises(ValueError, match="different shapes or types.*pass the same mode=, image_size="):
+            make_loader(ds + other, 8, shuffle=False, drop_last=False, seed=0)
+
+
+def test_a_random_transform_on_ds_of_a_list_draws_anew_each_call_as_ds_of_i_does(numbered):
+    from torchvision.transforms import v2
+
+    ds = CsvImageDataset(*numbered, transform=v2.RandomAffine(degrees=30, translate=(0.3, 0.3)))
+    torch.manual_seed(0)
+    a, b = ds[[1, 2, 3, 4]][0], ds[[1, 2, 3, 4]][0]
+    assert not torch.equal(a, b)  # it was frozen: the same draws every call
+    torch.manual_seed(0)
+    assert torch.equal(ds[[1, 2, 3, 4]][0], a)  # from the global RNG, so seeded runs repeat
+
+
+def test_a_memory_mapped_cache_pickles_as_its_file_not_its_pixels(numbered, tmp_path):
+    import pickle
+
+    ds = CsvImageDataset(*numbered, cache_dir=tmp_path / "cache")
+    before = len(pickle.dumps(ds))
+    pixels = ds.preload()
+    assert pixels is not None and ds.cache_file is not None
+    assert len(pickle.dumps(ds)) < before + pixels.numel() // 2  # the pixels went to every spawned worker
+    copy = pickle.loads(pickle.dumps(ds))
+    assert torch.equal(copy.preload(), pixels) and "read from the disk cache" in copy.cache_decision
+    in_memory = CsvImageDataset(*numbered)
+    in_memory.preload()  # no file to map it from: the pixels themselves go
+    assert torch.equal(pickle.loads(pickle.dumps(in_memory))._cache, pixels)
