@@ -473,7 +473,7 @@ def main(argv: list[str] | None = None) -> dict:
         print(json.dumps(report))
         return report
     if args.smoke:
-        args.size, args.scaling, args.repeats, args.short_repeats, args.epochs = 200, "100,200", 1, 1, 2
+        args.size, args.scaling, args.repeats, args.short_repeats, args.epochs = 200, "200", 1, 1, 2
         args.decode_size, args.rows = 600, "2000"
     sections = set(args.sections.split(","))
     warnings.filterwarnings("ignore")  # ToTensor's deprecation notice, for the peers
