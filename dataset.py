@@ -908,6 +908,9 @@ def _parse_labels(values: pd.Series, classes: Sequence[str] | None,
             _reject_far_labels(labels, what)
         if classes is not None:  # e.g. train's classes, handed to valid / test by the loaders
             names = [str(c) for c in classes]
+            for j in np.flatnonzero(whole & (number >= len(names)) & (what == None)):  # noqa: E711
+                what[j] = (f"label {int(number[j])} is not one of the classes: expected 0 to "
+                           f"{len(names) - 1}")
         else:
             names = [str(i) for i in range(num_classes if num_classes is not None
                                            else int(labels.max(initial=-1)) + 1)]
@@ -979,6 +982,9 @@ def _check_files(files: list[str], root: Path) -> tuple[np.ndarray, np.ndarray]:
         except (FileNotFoundError, NotADirectoryError):
             what[j] = f"file not found: {path}"
             continue
+        except OSError as e:  # a name too long for the file system, a folder we may not enter
+            what[j] = f"cannot look at the file ({e.strerror}): {path}"
+            continue
         if stat.S_ISLNK(st.st_mode) or (linked_folders
                                         and files[j].rpartition("/")[0] in linked_folders):
             real = Path(os.path.realpath(path))
@@ -999,7 +1005,8 @@ def _name_problem(name: str) -> str | None:
     """Empty, absolute ("/a", "\\a", "C:a"), with a ".." part, or with a NUL byte; None if none."""
     if name == "":
         return "empty file name"
-    if name.startswith(("/", "\\")) or name[1:2] == ":":
+    if name.startswith(("/", "\\")) or (name[1:2] == ":" and name[0].isalpha() and (
+            os.name == "nt" or name[2:3] in ("/", "\\"))):  # C:\x; on POSIX a:b.png is a name
         return "absolute path; file names must be relative to img_dir"
     if ".." in name.replace("\\", "/").split("/"):
         return "contains '..'; file names must stay inside img_dir"

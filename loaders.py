@@ -206,7 +206,12 @@ def split_csv(csv_path: str | Path, out_path: str | Path, *, label_column: str =
         raise ValueError(f"valid_fraction {valid_fraction} and test_fraction {test_fraction} must "
                          "be at least 0, with a sum below 1")
     read_csv(csv_path, [label_column], encoding)  # named errors: no file, no column, encoding
-    rows = pd.read_csv(csv_path, dtype=str, keep_default_na=False, encoding=encoding)
+    try:
+        rows = pd.read_csv(csv_path, dtype=str, keep_default_na=False, encoding=encoding)
+    except UnicodeDecodeError as e:  # a byte below the header that read_csv's check did not see
+        raise DatasetError(f"{csv_path}: not {encoding} text ({e.reason} at byte {e.start}); pass "
+                           "its encoding, e.g. encoding='latin-1' (--encoding latin-1) for a "
+                           "spreadsheet export") from None
     if "split" in rows.columns:
         raise DatasetError(f"{csv_path} already has a 'split' column: use it (split_column="
                            "'split', --split-column split) instead of drawing a new split")

@@ -807,10 +807,27 @@ def augmentation():
 
 
 def ensure_default_data(data_dir: Path) -> None:
+    """Build the default data when it is missing; when another run is building it (two first runs
+    at once), wait for that one to finish instead."""
     if all(csv.is_file() for csv, _, _ in folder_layout(data_dir)):
         return
+    import fcntl
+
     import make_subset  # only needed the first time
 
+    try:
+        lock = make_subset.open_lock(data_dir.parent / f".{data_dir.name}.lock",
+                                     "pass another --data-dir")
+    except make_subset.LockFileError as e:
+        raise SystemExit(f"train.py: error: {e}") from None
+    try:
+        if make_subset.lock_or_holder(lock) is not None:  # another run builds it: wait for it
+            print(f"Waiting for another run to finish building {data_dir}/ ...")
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        if all(csv.is_file() for csv, _, _ in folder_layout(data_dir)):
+            return
+    finally:
+        os.close(lock)  # make_subset takes the lock again itself
     print(f"No dataset in {data_dir}/: building it with make_subset.py's defaults "
           "(bundled MNIST digits)")
     make_subset.main(["--out-dir", str(data_dir)])
@@ -867,6 +884,11 @@ def main(argv: list[str] | None = None) -> History | Path:
     world_size = int(os.environ.get("WORLD_SIZE", 1))
     device = pick_device(args.device, local_rank)
     if ddp:
+        if args.batch_size % world_size:  # every rank stops alike, before any of them waits
+            fits = args.batch_size // world_size * world_size or world_size
+            raise SystemExit(1 if rank else f"train.py: error: --batch-size {args.batch_size} is "
+                             f"the global batch, split between the {world_size} processes: pass a "
+                             f"multiple of {world_size}, such as {fits}")
         if device.type == "cuda":
             torch.cuda.set_device(device)
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")

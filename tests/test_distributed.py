@@ -116,3 +116,11 @@ def test_a_failing_rank_stops_the_whole_job_with_its_error(data, tmp_path):
     run = torchrun(*train_flags(data, tmp_path / "results"), env={"PROBE_RANK1_DATA_DIR": str(broken)})
     assert run.returncode != 0
     assert "mnist_train.csv, line 5: '00003.png': cannot decode the image" in run.stdout + run.stderr
+
+
+def test_a_batch_size_the_ranks_cannot_share_is_one_sentence(data, tmp_path):
+    run = torchrun(*train_flags(data, tmp_path / "r", "--batch-size", "7"))
+    assert run.returncode != 0
+    assert run.stderr.count("train.py: error: --batch-size 7 is the global batch, split between the 2 "
+                            "processes: pass a multiple of 2, such as 6") == 1
+    assert "train.py\", line" not in run.stderr  # torchrun's own report of the exit aside, no traceback of ours

@@ -334,3 +334,58 @@ def test_split_values_in_any_case_and_the_usual_spellings_and_others_named_with_
     assert "s.csv: column 'split' has values that are not a split:" in message
     assert "'holdout' (2 rows, first on line 22), 'Tst' (1 row, first on line 24), '' (1 row, first on line 25)" in message
     assert "valid (val, validation, dev)" in message
+
+
+# ---- sentences, not tracebacks (issue 18) -------------------------------------------------------
+
+def test_odd_file_names_are_row_errors_or_fine(small_folder):
+    long_name = "x" * 300 + ".png"
+    write_png(small_folder / "img" / "a:b.png", np.zeros((8, 8), dtype=np.uint8))
+    csv = write_csv(small_folder / "odd.csv", f"File Name,Class Label\na.png,0\n{long_name},1\na:b.png,1\n"
+                                              "C:/windows/x.png,0\n")
+    with pytest.raises(DatasetError) as info:
+        CsvImageDataset(csv, small_folder / "img")
+    message = str(info.value)
+    assert "line 3:" in message and "cannot look at the file (File name too long)" in message
+    assert "line 4:" not in message  # a:b.png is a file name on POSIX, not an absolute path
+    assert "line 5: 'C:/windows/x.png': absolute path" in message
+
+
+def test_a_latin1_byte_below_the_header_with_a_drawn_split_is_a_sentence(tmp_path):
+    csv = tmp_path / "l.csv"
+    csv.write_bytes(b"File Name,Class Label\n" + "".join(f"{i}.png,{i % 2}\n" for i in range(10)).encode()
+                    + "caf\xe9.png,1\n".encode("latin-1"))
+    with pytest.raises(DatasetError, match=r"l.csv: not utf-8 text .*--encoding latin-1"):
+        split_csv(csv, tmp_path / "s.csv")
+    assert not (tmp_path / "s.csv").exists()
+
+
+def test_predict_with_a_label_outside_the_checkpoints_classes_names_the_row(tiny_data, tmp_path):
+    train.main(["--epochs", "1", "--batch-size", "8", "--data-dir", str(tiny_data), "--results-dir", str(tmp_path / "r")])
+    first = (tiny_data / "mnist_test.csv").read_text().splitlines()[1].split(",")[0]
+    csv = write_csv(tmp_path / "new.csv", f"File Name,Class Label\n{first},12\n")
+    with pytest.raises(DatasetError, match=r"line 2: .*label 12 is not one of the classes: expected 0 to 9"):
+        train.main(["--predict", str(csv), "--img-dir", str(tiny_data / "mnist_test"),
+                    "--results-dir", str(tmp_path / "r")])
+
+
+def test_resume_with_a_checkpoint_into_an_empty_folder_names_that_checkpoint(tiny_data, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        train.parse_args(["--resume", "--checkpoint", str(tmp_path / "nowhere.pt"), "--results-dir", str(tmp_path / "e")])
+    assert f"--resume: no checkpoint at {tmp_path / 'nowhere.pt'}" in capsys.readouterr().err
+
+
+def test_two_first_runs_at_once_build_the_default_data_once(tmp_path):
+    """The second waits for the first's make_subset.py instead of failing with FileExistsError."""
+    import subprocess
+    import sys
+
+    script = ("import sys; sys.path.insert(0, {root!r}); import train; "
+              "train.main(['--epochs', '1', '--results-dir', sys.argv[1], '--no-disk-cache'])").format(root=str(ROOT))
+    runs = [subprocess.Popen([sys.executable, "-c", script, f"r{k}"], cwd=tmp_path, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True) for k in (0, 1)]
+    outputs = [run.communicate(timeout=240) for run in runs]
+    for run, (out, err) in zip(runs, outputs):
+        assert run.returncode == 0, err[-2000:]
+    assert sum("Wrote 768 images" in out for out, _ in outputs) == 1
+    assert (tmp_path / "r0" / "checkpoint.pt").is_file() and (tmp_path / "r1" / "checkpoint.pt").is_file()
