@@ -309,11 +309,19 @@ class CsvImageDataset(Dataset):
         return f"{self.csv_path}, line {self.rows[i].line}: {self.rows[i].file!r}"
 
     def _read(self, i: int, same_size: bool) -> np.ndarray:
-        """Sample i decoded by Pillow, (C, H, W) uint8; errors name the file and its CSV line."""
+        """Sample i decoded by Pillow, (C, H, W) uint8; errors name the file and its CSV line. A
+        file whose size or times differ from when the rows were checked was replaced meanwhile
+        (make_subset.py --force under a running job): an error, not other images used silently."""
+        path = self.rows[i].path
         try:
-            pixels = decode_image(self.rows[i].path, self.mode, self.resize, self.background)
+            pixels = decode_image(path, self.mode, self.resize, self.background)
+            st = os.stat(path)
         except DECODE_ERRORS as e:
             raise ImageLoadError(f"{self._where(i)}: cannot decode the image: {e}") from e
+        if file_identity(st) != tuple(self.rows.stats[i].tolist()):
+            raise ImageLoadError(f"{self._where(i)}: the file changed after the rows were checked "
+                                 "(replaced while this run reads it?); stopping rather than mix "
+                                 "other images in. Start the run again to use the new files")
         if same_size and pixels.shape[1:] != tuple(self.image_size):
             (height, width), first = self.image_size, self._size_from
             raise ImageSizeError(
@@ -772,7 +780,7 @@ class Samples(Sequence):
         np.cumsum([len(e) for e in encoded], out=self.offsets[1:])
         self.labels = np.asarray(labels, dtype=np.int64)  # (N,) class indices, -1 when unlabelled
         self.lines = np.asarray(lines, dtype=np.int64)  # (N,) 1-based CSV lines, for messages
-        self.stats = np.asarray(stats, dtype=np.int64)  # (N, 3) size, mtime_ns, ctime_ns
+        self.stats = np.asarray(stats, dtype=np.int64)  # (N, 5): file_identity() of each file
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -966,7 +974,7 @@ def _check_files(files: list[str], root: Path) -> tuple[np.ndarray, np.ndarray]:
     full realpath, which must stay inside root.
     """
     what = np.full(len(files), None, dtype=object)
-    stats = np.zeros((len(files), 3), dtype=np.int64)
+    stats = np.zeros((len(files), 5), dtype=np.int64)
     # Plain substring tests (a regular expression costs several times more per name) pick the
     # names that may break a rule; _name_problem decides.
     for j in [j for j, f in enumerate(files)
@@ -997,8 +1005,15 @@ def _check_files(files: list[str], root: Path) -> tuple[np.ndarray, np.ndarray]:
             st = os.stat(real)
         if not stat.S_ISREG(st.st_mode):
             what[j] = f"not a regular file: {path}"
-        stats[j] = st.st_size, st.st_mtime_ns, st.st_ctime_ns
+        stats[j] = file_identity(st)
     return what, stats
+
+
+def file_identity(st: os.stat_result) -> tuple[int, int, int, int, int]:
+    """(size, mtime_ns, ctime_ns, device, inode): what says a file is the one checked, unchanged
+    (the disk cache's key, the check that it was not replaced), and which file it is whatever its
+    name (two names, links or not, of one file are one file)."""
+    return st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_dev, st.st_ino
 
 
 def _name_problem(name: str) -> str | None:

@@ -172,9 +172,10 @@ def union_of_classes(per_split: Sequence[list[str]]) -> list[str]:
 
 
 def _refuse_overlap(datasets: Sequence[CsvImageDataset]) -> None:
-    """A DatasetError naming every file (by its path) that is in two splits: one hash per row."""
+    """A DatasetError naming every file that is in two splits: one file, whatever its names (a
+    symbolic or hard link to it, a copy of the folder through a link), by device and inode."""
     keys = pd.concat([pd.DataFrame({
-        "key": [os.path.normpath(os.path.join(ds.rows.root, f)) for f in ds.rows.files()],
+        "key": [f"{dev}:{ino}" for dev, ino in ds.rows.stats[:, 3:5].tolist()],
         "split": k, "row": np.arange(len(ds))}) for k, ds in enumerate(datasets)])
     per_split = keys.drop_duplicates(["key", "split"])
     shared = per_split[per_split.duplicated("key", keep=False)]

@@ -776,9 +776,7 @@ def _images_to_predict(path: Path, columns: tuple[str, str], img_dir: str | None
     when it has the label column)."""
     file_column, label_column = columns
     if path.is_dir():
-        extensions = {e for e, fmt in Image.registered_extensions().items() if fmt in Image.OPEN}
-        names = sorted(p.relative_to(path).as_posix() for p in path.rglob("*")
-                       if p.is_file() and p.suffix.lower() in extensions)
+        names = _image_files_below(path)
         if not names:
             raise DatasetError(f"{path}: no image files in this folder or below it")
         listing = tmp / "images.csv"
@@ -789,6 +787,28 @@ def _images_to_predict(path: Path, columns: tuple[str, str], img_dir: str | None
     labelled = label_column in pd.read_csv(path, nrows=0, encoding=options["encoding"]).columns
     return CsvImageDataset(path, Path(img_dir) if img_dir else path.parent, file_column=file_column,
                            label_column=label_column if labelled else None, **options)
+
+
+def _image_files_below(folder: Path) -> list[str]:
+    """Every image file in folder and below, as sorted relative names, through linked subfolders
+    that stay inside it (once each); a link that leads out of it is named on stderr and skipped."""
+    extensions = {e for e, fmt in Image.registered_extensions().items() if fmt in Image.OPEN}
+    root, names, seen, skipped = folder.resolve(), [], set(), []
+    for here, dirs, files in os.walk(folder, followlinks=True):
+        real = Path(here).resolve()
+        if not real.is_relative_to(root) or real in seen:  # out of the folder, or a loop
+            skipped += [] if real in seen else [Path(here)]
+            dirs[:] = []
+            continue
+        seen.add(real)
+        for name in files:
+            file = Path(here) / name
+            if file.suffix.lower() in extensions and file.is_file():
+                names.append(file.relative_to(folder).as_posix())
+    for link in skipped:
+        print(f"train.py: warning: skipped {link}: a link to {link.resolve()}, outside {folder}",
+              file=sys.stderr)
+    return sorted(names)
 
 
 def csv_bytes(rows: list[list]) -> bytes:

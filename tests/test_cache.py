@@ -374,3 +374,15 @@ def test_a_bad_image_read_by_a_loader_worker_is_reported_as_one_sentence(photos)
     assert messages[1] == messages[0] and messages[0].endswith("cannot decode the image: cannot identify "
                                                                f"image file {str(photos / 'img' / 'p05.png')!r}")
     assert "line 7: 'p05.png'" in messages[0]  # ... and the sentence train.py prints instead
+
+
+def test_a_file_replaced_under_a_run_that_decodes_as_it_reads_stops_it_with_a_sentence(photos):
+    """make_subset.py --force while a --cache-mb 0 run read the data: it trained on the swapped images."""
+    ds = build(photos, cache_mb=0)
+    first = ds[[0, 1]][0]
+    assert torch.equal(ds[[0, 1]][0], first)  # nothing changed: read again, the same
+    time.sleep(0.01)
+    write_png(photos / "img" / "p01.png", np.zeros((10, 12, 3), dtype=np.uint8))  # swapped under it
+    with pytest.raises(ImageLoadError, match=r"line 3: 'p01.png': the file changed after the rows were checked"):
+        ds[[0, 1]]
+    assert torch.equal(build(photos, cache_mb=0)[[0]][0], first[:1])  # a new dataset reads the new files

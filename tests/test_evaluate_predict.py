@@ -198,3 +198,24 @@ def test_predict_refuses_a_checkpoint_that_a_running_train_py_is_writing(tiny_da
             with pytest.raises(SystemExit, match="is in use by another train.py run"):  # in its own folder too
                 train.main([*flags, "--results-dir", str(tmp_path / "r")])
     assert not (tmp_path / "elsewhere" / "predictions.csv").exists()
+
+
+def test_predict_follows_linked_subfolders_inside_the_folder_and_names_one_that_leads_out(tiny_data, tmp_path,
+                                                                                         capsys):
+    import os
+    import shutil
+
+    run(tiny_data, tmp_path / "r")
+    new = tmp_path / "new"
+    shutil.copytree(tiny_data / "mnist_test", new / "real")
+    os.symlink(new / "real", new / "linked")  # a link to a folder inside: its images once, not twice
+    (new / "sub").mkdir()
+    os.symlink(new / "real" / "00000.png", new / "sub" / "first.png")  # a linked file inside: it counts
+    outside = tmp_path / "outside"
+    shutil.copytree(tiny_data / "mnist_valid", outside)
+    os.symlink(outside, new / "away")  # leads out of the folder: skipped, and said
+    out = train.main(["--predict", str(new), "--results-dir", str(tmp_path / "r")])
+    files = [row[0] for row in read_rows(out)[1:]]
+    assert len(files) == 21 and "sub/first.png" in files  # it was 20 of 20 + 20 + 1, with no word
+    captured = capsys.readouterr()
+    assert "Predicted 21 images" in captured.out and f"skipped {new / 'away'}: a link to {outside}" in captured.err

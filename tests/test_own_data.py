@@ -389,3 +389,21 @@ def test_two_first_runs_at_once_build_the_default_data_once(tmp_path):
         assert run.returncode == 0, err[-2000:]
     assert sum("Wrote 768 images" in out for out, _ in outputs) == 1
     assert (tmp_path / "r0" / "checkpoint.pt").is_file() and (tmp_path / "r1" / "checkpoint.pt").is_file()
+
+
+@pytest.mark.parametrize("how", ["symlink farm", "hard links"])
+def test_the_same_images_in_train_and_test_under_other_names_are_refused(tmp_path, how):
+    """The overlap check compares files (device, inode), not names: links used to pass it."""
+    rows = ["File Name,Class Label,split"]
+    for i in range(12):
+        write_png(tmp_path / "img" / "real" / f"{i}.png", np.full((4, 4), i, dtype=np.uint8))
+        rows.append(f"real/{i}.png,{i % 2},{'train' if i < 8 else 'valid'}")
+    (tmp_path / "img" / "alias").mkdir()
+    for i in range(4):  # train's first four, again, as test
+        target, alias = tmp_path / "img" / "real" / f"{i}.png", tmp_path / "img" / "alias" / f"t{i}.png"
+        (os.symlink if how == "symlink farm" else os.link)(target, alias)
+        rows.append(f"alias/t{i}.png,{i % 2},test")
+    csv = write_csv(tmp_path / "s.csv", "\n".join(rows) + "\n")
+    with pytest.raises(DatasetError, match=r"(?s)4 file\(s\) in two splits.*'alias/t0.png': in train \(.*line 2\) "
+                                           r"and in test"):
+        get_dataloaders_from_split_csv(csv, tmp_path / "img", batch_size=2)
