@@ -216,6 +216,6 @@ def test_predict_follows_linked_subfolders_inside_the_folder_and_names_one_that_
     os.symlink(outside, new / "away")  # leads out of the folder: skipped, and said
     out = train.main(["--predict", str(new), "--results-dir", str(tmp_path / "r")])
     files = [row[0] for row in read_rows(out)[1:]]
-    assert len(files) == 21 and "sub/first.png" in files  # it was 20 of 20 + 20 + 1, with no word
+    assert len(files) == 21 and "sub/first.png" in files  # away/ is skipped: it used to be, without a word
     captured = capsys.readouterr()
     assert "Predicted 21 images" in captured.out and f"skipped {new / 'away'}: a link to {outside}" in captured.err
