@@ -420,8 +420,8 @@ def finished_checkpoint(checkpoint_path: Path, results_dir: Path):
     and its checkpoint is of an unfinished run, so this refuses instead of reading it."""
     import fcntl
 
-    folder = checkpoint_path.parent
-    if not folder.is_dir() or folder.resolve() == results_dir.resolve():
+    folder = checkpoint_path.resolve().parent  # through a link: the folder of the file itself
+    if not folder.is_dir() or folder == results_dir.resolve():
         yield  # results_folder holds this folder's lock already
         return
     if not os.access(folder, os.W_OK) and not (folder / ".lock").exists():
@@ -443,13 +443,14 @@ def finished_checkpoint(checkpoint_path: Path, results_dir: Path):
 
 def results_to_move(args: argparse.Namespace, checkpoint_path: Path) -> tuple[str, ...]:
     """What this run would overwrite in its results folder, to be moved to version_N first: all
-    of a new run's files; a resumed or evaluated checkpoint of another folder's, that run's
-    files or reports; earlier predictions."""
-    elsewhere = checkpoint_path.parent.resolve() != Path(args.results_dir).resolve()
+    of a new run's files; resuming or evaluating any checkpoint but this folder's checkpoint.pt
+    (another folder's, or another file here), all its files or its reports; earlier predictions."""
+    own = (Path(args.results_dir) / "checkpoint.pt").resolve()
+    elsewhere = checkpoint_path.resolve() != own
     if args.predict is not None:
         return ("predictions.csv",)
-    if args.evaluate:
-        return REPORT_FILES if elsewhere else ()
+    if args.evaluate:  # and the split it reads, which would replace this folder's
+        return (*REPORT_FILES, "split.csv") if elsewhere else ()
     return RESULT_FILES if not args.resume or elsewhere else ()
 
 
@@ -637,25 +638,23 @@ def data_sources(csv: str | None, data_dir: str | None, img_dir: str | None,
     """(csv, image folder, split) of train, valid and test: the three-CSV folder, or one CSV with
     a split column, or one without, whose split is drawn into split_path. Only the main process
     (rank 0) builds the default data or writes split.csv. keep_split (--resume, --evaluate): an
-    existing split_path is the split the model was trained on, so it is kept, and a split drawn
-    now that differs from it (another CSV, seed or fractions) is refused before anything is
-    written."""
+    existing split_path is the split the model was trained on (main() has compared it with the
+    split drawn now, before anything was written), so it is kept."""
     if csv is None:
         if main_process and data_dir == DEFAULT_DATA_DIR:
             ensure_default_data(Path(data_dir))
         return folder_layout(data_dir)
     folder = Path(img_dir) if img_dir is not None else Path(csv).parent
     if split_column is None:  # draw one, kept with the results
-        if main_process and keep_split and split_path.is_file():
-            _same_split_or_refuse(csv, split_path, split_options)
-        elif main_process:
+        if main_process and not (keep_split and split_path.is_file()):
             split_csv(csv, split_path, **split_options)
         csv, split_column = split_path, "split"
     return [(Path(csv), folder, (split_column, split)) for split in SPLITS]
 
 
 def _same_split_or_refuse(csv: str, split_path: Path, split_options: dict) -> None:
-    with tempfile.TemporaryDirectory(dir=split_path.parent, prefix=f".{TEMP_TAG}-") as tmp:
+    """The split drawn now must be the one in split_path, that the checkpoint was trained on."""
+    with tempfile.TemporaryDirectory(prefix=f"{TEMP_TAG}-") as tmp:
         drawn = split_csv(csv, Path(tmp) / split_path.name, **split_options).read_bytes()
     if drawn != split_path.read_bytes():
         raise SystemExit(f"train.py: error: the split drawn from {csv} with these flags differs "
@@ -829,28 +828,37 @@ def augmentation():
 def ensure_default_data(data_dir: Path) -> None:
     """Build the default data when it is missing; when another run is building it (two first runs
     at once), wait for that one to finish instead."""
-    if all(csv.is_file() for csv, _, _ in folder_layout(data_dir)):
-        return
     import fcntl
 
     import make_subset  # only needed the first time
 
-    try:
-        lock = make_subset.open_lock(data_dir.parent / f".{data_dir.name}.lock",
-                                     "pass another --data-dir")
-    except make_subset.LockFileError as e:
-        raise SystemExit(f"train.py: error: {e}") from None
-    try:
-        if make_subset.lock_or_holder(lock) is not None:  # another run builds it: wait for it
-            print(f"Waiting for another run to finish building {data_dir}/ ...")
-            fcntl.flock(lock, fcntl.LOCK_EX)
-        if all(csv.is_file() for csv, _, _ in folder_layout(data_dir)):
+    def complete() -> bool:
+        return all(csv.is_file() for csv, _, _ in folder_layout(data_dir))
+
+    for _ in range(5):  # another run may take the lock between our look and our build: again
+        if complete():
             return
-    finally:
-        os.close(lock)  # make_subset takes the lock again itself
-    print(f"No dataset in {data_dir}/: building it with make_subset.py's defaults "
-          "(bundled MNIST digits)")
-    make_subset.main(["--out-dir", str(data_dir)])
+        try:
+            lock = make_subset.open_lock(data_dir.parent / f".{data_dir.name}.lock",
+                                         "pass another --data-dir")
+        except make_subset.LockFileError as e:
+            raise SystemExit(f"train.py: error: {e}") from None
+        try:
+            if make_subset.lock_or_holder(lock) is not None:  # another run builds it: wait
+                print(f"Waiting for another run to finish building {data_dir}/ ...")
+                fcntl.flock(lock, fcntl.LOCK_EX)
+        finally:
+            os.close(lock)  # make_subset takes the lock again itself
+        if complete():
+            return
+        print(f"No dataset in {data_dir}/: building it with make_subset.py's defaults "
+              "(bundled MNIST digits)")
+        try:
+            make_subset.main(["--out-dir", str(data_dir)])
+            return
+        except (FileExistsError, SystemExit) as e:
+            if "another make_subset.py run" not in str(e):
+                raise
 
 
 def write_figures(history: History, model: torch.nn.Module, test_loader, results_dir: Path,
@@ -888,9 +896,18 @@ def main(argv: list[str] | None = None) -> History | Path:
     # The command as the user ran it (script path included), for the hints after a Ctrl-C.
     command = ["python", *(sys.argv if argv is None else ["train.py", *argv])]
     resume_command = shlex.join(command + ([] if args.resume else ["--resume"]))
+    if "RANK" in os.environ:  # started by torchrun, whose own flags this process cannot see
+        resume_command = f"your torchrun command, with {shlex.join(command[1:])} --resume"
     evaluate_command = shlex.join([c for c in command if c != "--resume"] + ["--evaluate"])
     checkpoint_path = Path(args.checkpoint or Path(args.results_dir) / "checkpoint.pt")
     results_dir, move = Path(args.results_dir), results_to_move(args, checkpoint_path)
+    split_options = {"label_column": args.label_column, "seed": args.split_seed,
+                     "valid_fraction": args.valid_fraction, "test_fraction": args.test_fraction,
+                     "encoding": args.encoding}
+    trained_split = checkpoint_path.resolve().parent / "split.csv"  # the checkpoint run's split
+    if (args.resume or args.evaluate) and args.csv and args.split_column is None \
+            and trained_split.is_file():  # refused before anything is moved or written
+        _same_split_or_refuse(args.csv, trained_split, split_options)
     if args.predict is not None:  # needs the checkpoint and the new images, nothing else
         with results_folder(results_dir, move, True), finished_checkpoint(checkpoint_path,
                                                                           results_dir):
@@ -920,9 +937,6 @@ def main(argv: list[str] | None = None) -> History | Path:
     with results_folder(results_dir, move, main_process=rank == 0), \
             finished_checkpoint(checkpoint_path, results_dir):
         # ---- data --------------------------------------------------------------------------------
-        split_options = {"label_column": args.label_column, "seed": args.split_seed,
-                         "valid_fraction": args.valid_fraction,
-                         "test_fraction": args.test_fraction, "encoding": args.encoding}
         sources = data_sources(args.csv, args.data_dir, args.img_dir, args.split_column,
                                results_dir / "split.csv", split_options, main_process=rank == 0,
                                keep_split=args.resume or args.evaluate)
@@ -1017,7 +1031,8 @@ def main(argv: list[str] | None = None) -> History | Path:
                 write_figures(history, model, test_loader, results_dir, train_ds.classes)
                 write_reports(model, cm, test_loader, results_dir, train_ds.classes)
         except KeyboardInterrupt as e:
-            print(f"\nInterrupted after training: the checkpoint of epoch {len(history.train_acc)} "
+            how = "Terminated (SIGTERM)" if isinstance(e, Terminated) else "Interrupted"
+            print(f"\n{how} after training: the checkpoint of epoch {len(history.train_acc)} "
                   f"in {checkpoint_path} is complete; some figures or reports may be missing. "
                   f"Write the reports with: {evaluate_command}")
             raise SystemExit(exit_status(e)) from None

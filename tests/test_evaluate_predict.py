@@ -219,3 +219,50 @@ def test_predict_follows_linked_subfolders_inside_the_folder_and_names_one_that_
     assert len(files) == 21 and "sub/first.png" in files  # away/ is skipped: it used to be, without a word
     captured = capsys.readouterr()
     assert "Predicted 21 images" in captured.out and f"skipped {new / 'away'}: a link to {outside}" in captured.err
+
+
+def test_another_checkpoint_in_the_same_folder_or_through_a_link_is_another_runs(tiny_data, tmp_path):
+    """From the red team: ep2.pt beside checkpoint.pt is another model, and a link to a running run's
+    checkpoint is that run's."""
+    import fcntl
+    import os
+    import shutil
+
+    run(tiny_data, tmp_path / "A")
+    shutil.copy(tmp_path / "A" / "checkpoint.pt", tmp_path / "A" / "ep3.pt")
+    train.main(["--epochs", "4", "--seed", "2", "--batch-size", "8", "--data-dir", str(tiny_data),
+                "--results-dir", str(tmp_path / "A"), "--resume"])
+    reports = (tmp_path / "A" / "per_class.csv").read_bytes()
+    four = (tmp_path / "A" / "checkpoint.pt").read_bytes()
+    train.main(["--evaluate", "--checkpoint", str(tmp_path / "A" / "ep3.pt"), "--data-dir", str(tiny_data)])
+    assert (tmp_path / "A" / "version_1" / "per_class.csv").read_bytes() == reports
+    train.main(["--epochs", "5", "--seed", "2", "--batch-size", "8", "--data-dir", str(tiny_data), "--resume",
+                "--checkpoint", str(tmp_path / "A" / "ep3.pt")])
+    assert (tmp_path / "A" / "version_2" / "checkpoint.pt").read_bytes() == four
+    (tmp_path / "X").mkdir()
+    os.symlink(tmp_path / "A" / "checkpoint.pt", tmp_path / "X" / "ck.pt")
+    with open(tmp_path / "A" / ".lock", "r+") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # as a running train.py holds it
+        with pytest.raises(SystemExit, match="belongs to a train.py run that is still going"):
+            train.main(["--predict", str(tiny_data / "mnist_test"), "--checkpoint", str(tmp_path / "X" / "ck.pt")])
+
+
+def test_a_refused_resume_from_another_folder_moves_and_writes_nothing(tmp_path):
+    from make_shapes import make_shapes
+
+    csv = make_shapes(tmp_path / "shapes", per_class=8)
+    args = ["--csv", str(csv), "--file-column", "path", "--label-column", "label", "--mode", "RGB", "--epochs", "1",
+            "--batch-size", "4", "--image-size", "16", "--no-disk-cache"]
+    train.main(args + ["--results-dir", str(tmp_path / "B"), "--split-seed", "5"])
+    train.main(args + ["--results-dir", str(tmp_path / "C")])
+    before = sorted(p.name for p in (tmp_path / "C").iterdir())
+    split = (tmp_path / "C" / "split.csv").read_bytes()
+    with pytest.raises(SystemExit, match=f"differs from {tmp_path / 'B' / 'split.csv'}"):
+        train.main(args + ["--results-dir", str(tmp_path / "C"), "--resume", "--epochs", "2", "--split-seed", "7",
+                           "--checkpoint", str(tmp_path / "B" / "checkpoint.pt")])
+    assert sorted(p.name for p in (tmp_path / "C").iterdir()) == before  # no version_N, nothing new
+    assert (tmp_path / "C" / "split.csv").read_bytes() == split
+    train.main(args + ["--results-dir", str(tmp_path / "C"), "--resume", "--epochs", "2", "--split-seed", "5",
+                       "--checkpoint", str(tmp_path / "B" / "checkpoint.pt")])  # B's own flags: it goes on
+    assert (tmp_path / "C" / "split.csv").read_bytes() == (tmp_path / "B" / "split.csv").read_bytes()
+    assert (tmp_path / "C" / "version_1" / "split.csv").read_bytes() == split  # C's own, kept
