@@ -424,10 +424,15 @@ def finished_checkpoint(checkpoint_path: Path, results_dir: Path):
     if not folder.is_dir() or folder == results_dir.resolve():
         yield  # results_folder holds this folder's lock already
         return
-    if not os.access(folder, os.W_OK) and not (folder / ".lock").exists():
-        yield  # a read-only folder of checkpoints: no train.py run can be writing there
+    try:  # read-only: a shared lock needs no write access (another user's folder of checkpoints)
+        fd = os.open(folder / ".lock", os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    except FileNotFoundError:
+        yield  # no lock file: no train.py run has written there since it was made
         return
-    fd = _open_results_lock(folder)
+    except OSError as e:
+        raise SystemExit(f"train.py: error: {folder / '.lock'} cannot be used as a lock "
+                         f"({e.strerror}; a symbolic link is not followed); remove it, or pass "
+                         "another --checkpoint") from None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
