@@ -386,7 +386,8 @@ class CsvImageDataset(Dataset):
         self.cache_decision += "; decoded into the disk cache"
         return _open_cached(path, shape)
 
-    def _without_disk_cache(self, error: OSError, num_workers: int, progress) -> torch.Tensor | None:
+    def _without_disk_cache(self, error: OSError, num_workers: int,
+                            progress) -> torch.Tensor | None:
         """After cache_dir could not take the file: one warning, then the pixels in memory when
         they fit the budget, else decoded as batches are read."""
         fits = self._cache_bytes <= self._budget_bytes
@@ -633,8 +634,9 @@ EXPECTED_INDEX = "(expected a class index >= 0)"
 MAX_LABEL = 2**31  # a class index must fit an int32, as a label tensor on any device
 MAX_LISTED_PROBLEMS = 20
 DECODE_CHUNK = 256  # images a worker decodes at a time in preload(); progress is reported per chunk
-# In the names of the disk cache's temporary files, and only there: its clean-up removes no other.
-CACHE_NEW_TAG, CACHE_TEMP_TAG = "csvimg-cache-new", "csvimg-cache-tmp"
+# In the names of this project's temporary files, and only there: a clean-up removes no other.
+TEMP_TAG = "csvimg-tmp"  # results, split.csv, make_subset.py's folders (its copy is pinned equal)
+CACHE_NEW_TAG, CACHE_TEMP_TAG = "csvimg-cache-new", "csvimg-cache-tmp"  # the disk cache's
 DISK_RESERVE = 16 * 2**20  # free space a cache file under the memory budget leaves on its disk
 CACHE_FORMAT = 1  # part of every disk cache file's name: raise it when decode_image changes pixels
 # What Pillow raises for a file it cannot decode: truncated, corrupt, unknown format, too large.
@@ -745,7 +747,7 @@ def make_dataset(csv_path: Path, img_dir: Path, *, file_column: str, label_colum
     return samples, class_names, problems
 
 
-# The usual spellings of each split, matched in any case: "Train", "VAL" and "Testing" are splits too.
+# The usual spellings of each split, matched in any case: "Train", "VAL", "Testing" are splits too.
 SPLIT_SPELLINGS = {"train": ("train", "training"), "valid": ("valid", "val", "validation", "dev"),
                    "test": ("test", "testing")}
 

@@ -53,8 +53,8 @@ import torch.distributed as dist
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, Subset
 from torch.utils.data.distributed import DistributedSampler
 
-from dataset import (Batch, CsvImageDataset, DatasetError, normal_file_mode, read_csv, split_names,
-                     split_spellings)
+from dataset import (TEMP_TAG, Batch, CsvImageDataset, DatasetError, normal_file_mode, read_csv,
+                     split_names, split_spellings)
 
 Transform = Callable[[torch.Tensor], torch.Tensor]
 
@@ -152,7 +152,8 @@ def _refuse_unknown_splits(sources: Sequence[tuple], file_column: str, encoding:
             counts = ", ".join(f"{v!r} ({n} row{'s' if n > 1 else ''}, first on line {line})"
                                for v, n, line in _counts_with_first_line(unknown))
             raise DatasetError(
-                f"{csv}: column {column!r} has values that are not a split: {counts}. Each row must "
+                f"{csv}: column {column!r} has values that are not a split: {counts}. Each row "
+                "must "
                 "say train (or training), valid (val, validation, dev) or test (testing), in any "
                 "case; change those cells in the CSV, or drop the rows you do not want")
 
@@ -225,7 +226,7 @@ def split_csv(csv_path: str | Path, out_path: str | Path, *, label_column: str =
         split[order[:n_test]] = "test"
         split[order[n_test:n_test + n_valid]] = "valid"
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out_path.parent, prefix=f".{out_path.name}.csvimg-tmp-")
+    fd, tmp = tempfile.mkstemp(dir=out_path.parent, prefix=f".{out_path.name}.{TEMP_TAG}-")
     try:
         normal_file_mode(tmp)  # not mkstemp's 0600
         with os.fdopen(fd, "w", encoding=encoding, newline="") as f:
@@ -343,16 +344,16 @@ class DatasetView(Dataset):
         shapes = {(part.channels, *part.image_size, part.pixels) for part in self.parts}
         if len(shapes) > 1:
             raise ValueError("the datasets joined in this ConcatDataset give images of different "
-                             f"shapes or types (channels, height, width, pixels: {sorted(shapes)}), "
+                             "shapes or types (channels, height, width, pixels: "
+                             f"{sorted(shapes)}), "
                              "which cannot share a batch; pass the same mode=, image_size= and "
                              "pixels= to each CsvImageDataset")
 
     def _resolve(self, dataset) -> tuple[np.ndarray, np.ndarray]:
         if isinstance(dataset, CsvImageDataset):
-            ids = [id(part) for part in self.parts]
-            if id(dataset) not in ids:
+            part = next((k for k, p in enumerate(self.parts) if p is dataset), len(self.parts))
+            if part == len(self.parts):  # a dataset met twice (tr + tr) is one part
                 self.parts.append(dataset)
-            part = [id(p) for p in self.parts].index(id(dataset))
             return np.full(len(dataset), part, dtype=np.int64), np.arange(len(dataset))
         if isinstance(dataset, Subset):
             part_of, row_of = self._resolve(dataset.dataset)
@@ -389,12 +390,14 @@ class DatasetView(Dataset):
             mine = np.flatnonzero(parts == k)
             # The parts' rows are numbered from 0 each: another seed per part keeps their random
             # transforms apart.
-            ask = Batch(rows[mine], batch.seed + (int(k) << 32), batch.epoch) if batch else rows[mine]
+            ask = (Batch(rows[mine], batch.seed + (int(k) << 32), batch.epoch) if batch
+                   else rows[mine])
             part_images, part_labels = self.parts[k][ask]
             if images is None:
                 images = part_images.new_empty((len(indices), *part_images.shape[1:]))
                 labels = part_labels.new_empty(len(indices))
-            images[torch.from_numpy(mine)], labels[torch.from_numpy(mine)] = part_images, part_labels
+            at = torch.from_numpy(mine)
+            images[at], labels[at] = part_images, part_labels
         return images, labels
 
 

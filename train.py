@@ -53,13 +53,12 @@ import torch.nn.functional as F
 from PIL import Image
 from torch.nn.parallel import DistributedDataParallel
 
-from dataset import CsvImageDataset, DatasetError, parse_image_size, read_csv, to_float01
+from dataset import TEMP_TAG, CsvImageDataset, DatasetError, parse_image_size, read_csv, to_float01
 from loaders import (SPLITS, folder_layout, loaders_from_datasets, make_datasets, make_loader,
                      split_csv)
 from model import MLP
 
 DEFAULT_DATA_DIR = "data"
-TEMP_TAG = "csvimg-tmp"  # in the names of this project's temporary files only (make_subset's too)
 CHECKED_CONFIG = ("data", "num_features", "hidden", "num_classes", "batch_size", "seed", "lr",
                   "mode", "image_size", "augment")
 

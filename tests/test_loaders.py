@@ -141,6 +141,7 @@ def test_folder_layout_is_what_make_subset_writes(tiny_data):
     import make_subset
 
     assert make_subset.SPLITS == loaders.SPLITS  # make_subset.py imports no sibling: a pinned copy
+    assert make_subset.TEMP_TAG == loaders.TEMP_TAG  # the temporaries' tag that clean-ups look for
     for csv, img_dir, split in folder_layout(tiny_data):
         assert csv.is_file() and img_dir.is_dir() and split is None
     assert sorted(p.name for p in tiny_data.iterdir() if not p.name.startswith(".")) == sorted(
