@@ -30,6 +30,7 @@ import argparse
 import contextlib
 import csv
 import dataclasses
+import datetime
 import functools
 import hashlib
 import io
@@ -247,6 +248,22 @@ def ctrl_c_deferred():
 
 def _distributed() -> bool:
     return dist.is_available() and dist.is_initialized()
+
+
+@contextlib.contextmanager
+def peers_answer(rank: int, minutes: float):
+    """Under torchrun, an exchange that times out (another process stopped or hangs) ends this
+    process with a sentence instead of gloo's RuntimeError."""
+    try:
+        yield
+    except RuntimeError as e:
+        if not _distributed() or "timed out" not in str(e).lower():
+            raise
+        raise SystemExit(f"train.py: error: process {rank} waited {minutes:g} min (--dist-timeout) "
+                         "for the other processes at an exchange, and one did not answer: it has "
+                         "stopped or hangs (its own error, if any, is above). Resume with "
+                         "--resume once it is fixed; pass a larger --dist-timeout if rank 0's "
+                         "first decode of a large dataset takes longer.") from None
 
 
 def _sum_over_ranks(t: torch.Tensor) -> torch.Tensor:
@@ -581,6 +598,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", default="auto",
                    help="auto (cuda, then mps, else cpu), or any torch device")
     p.add_argument("--resume", action="store_true", help="continue from RESULTS_DIR/checkpoint.pt")
+    p.add_argument("--dist-timeout", type=_positive_float, default=30.0, metavar="MINUTES",
+                   help="under torchrun: how long a process waits for the others at each "
+                        "exchange, rank 0's first decode of the data included, before it stops "
+                        "with an error (torch's default)")
     p.add_argument("--logging-interval", type=_at_least(1, int), default=50,
                    help="print the loss every N batches")
     args = p.parse_args(argv)
@@ -932,14 +953,16 @@ def main(argv: list[str] | None = None) -> History | Path:
                              f"multiple of {world_size}, such as {fits}")
         if device.type == "cuda":
             torch.cuda.set_device(device)
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo",
+                                timeout=datetime.timedelta(minutes=args.dist_timeout))
         if rank != 0:
             sys.stdout = open(os.devnull, "w")  # only rank 0 prints (its errors still go to stderr)
     # ----------------------------------------------------------------------------------------------
 
     # One run at a time in a results folder; earlier results it would overwrite go aside first.
     with results_folder(results_dir, move, main_process=rank == 0), \
-            finished_checkpoint(checkpoint_path, results_dir):
+            finished_checkpoint(checkpoint_path, results_dir), \
+            peers_answer(rank, args.dist_timeout):
         # ---- data --------------------------------------------------------------------------------
         sources = data_sources(args.csv, args.data_dir, args.img_dir, args.split_column,
                                results_dir / "split.csv", split_options, main_process=rank == 0,

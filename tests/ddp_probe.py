@@ -3,12 +3,15 @@
     ddp_probe.py shards DATA_DIR OUT_DIR   each rank writes OUT_DIR/rank<r>.json: the training indices
                                            its loader's sampler gives in epochs 0 and 1
     ddp_probe.py train [train.py flags]    train.main, with rank 1 reading the --data-dir named by
-                                           PROBE_RANK1_DATA_DIR (a damaged copy: one rank fails)
+                                           PROBE_RANK1_DATA_DIR (a damaged copy: one rank fails);
+                                           with PROBE_RANK1_HANG set, rank 1 stops answering (sleeps)
+                                           at its second batch
 """
 
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -30,4 +33,14 @@ else:
     argv = sys.argv[2:]
     if rank == 1 and "PROBE_RANK1_DATA_DIR" in os.environ:
         argv[argv.index("--data-dir") + 1] = os.environ["PROBE_RANK1_DATA_DIR"]
+    if rank == 1 and "PROBE_RANK1_HANG" in os.environ:
+        mean_loss, calls = train._mean_over_ranks, []
+
+        def hang_at_second_batch(loss):
+            calls.append(1)
+            if len(calls) == 2:
+                time.sleep(600)  # no answer to rank 0's exchange; torchrun ends this process
+            return mean_loss(loss)
+
+        train._mean_over_ranks = hang_at_second_batch
     train.main(argv)

@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -116,6 +117,16 @@ def test_a_failing_rank_stops_the_whole_job_with_its_error(data, tmp_path):
     run = torchrun(*train_flags(data, tmp_path / "results"), env={"PROBE_RANK1_DATA_DIR": str(broken)})
     assert run.returncode != 0
     assert "mnist_train.csv, line 5: '00003.png': cannot decode the image" in run.stdout + run.stderr
+
+
+def test_a_rank_that_stops_answering_is_named_within_the_timeout(data, tmp_path):
+    start = time.monotonic()
+    run = torchrun(*train_flags(data, tmp_path / "r", "--dist-timeout", "0.1"), env={"PROBE_RANK1_HANG": "1"})
+    assert run.returncode != 0
+    assert time.monotonic() - start < 60  # 6 s of timeout, then torchrun stops rank 1 at once
+    assert ("train.py: error: process 0 waited 0.1 min (--dist-timeout) for the other processes at an "
+            "exchange, and one did not answer") in run.stderr
+    assert "gloo" not in run.stderr.replace("backend=gloo", "")  # a sentence, not gloo's RuntimeError
 
 
 def test_a_batch_size_the_ranks_cannot_share_is_one_sentence(data, tmp_path):
