@@ -308,6 +308,31 @@ STARTUP = {  # whole-process wall times, run in turn; train.py's run is timed in
 }
 
 
+def bench_models(folder: Path, epochs: int, smoke: bool = False) -> dict:
+    """Seconds per epoch of train.py's models on the default data (256 train images, batch 64,
+    then accuracy on 768), in this process, cache warm; the median over epochs 2 to N. smoke:
+    64 train images, to check that it runs."""
+    import contextlib
+    import io
+
+    import train
+    from model import build_model
+
+    data = folder / ("models-data" if smoke else "e2e-data")
+    if not data.exists():
+        make_subset.main(["--out-dir", str(data)] + (["--train-size", "64", "--valid-size", "10",
+                                                       "--test-size", "10"] if smoke else []))
+    report = {}
+    for name in ("mlp", "cnn", "resnet18"):
+        with contextlib.redirect_stdout(io.StringIO()):
+            history = train.main(["--model", name, "--epochs", str(epochs), "--seed", "123",
+                                  "--data-dir", str(data), "--results-dir", str(folder / f"models-{name}")])
+        seconds = history.epoch_seconds[1:] or history.epoch_seconds
+        report[name] = {"epoch_s": statistics.median(seconds),
+                        "parameters": sum(p.numel() for p in build_model(name, 1, (28, 28), 10).parameters())}
+    return report
+
+
 def bench_startup(folder: Path, epochs: int, repeats: int, warmup: int = 1) -> dict:
     """Median wall time of each STARTUP command and of `train.py --epochs E --seed 123` (default data
     present, its disk cache filled by an earlier run), interleaved, after `warmup` unmeasured rounds."""
@@ -443,7 +468,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--smoke", action="store_true", help="tiny sizes, one repeat, 2 epochs: checks it runs")
     p.add_argument("--decode-size", type=int, default=40000, help="images in the first-pass and disk-cache rows")
     p.add_argument("--rows", default="30000,300000", help="CSV sizes for the row-checking rows (comma separated)")
-    p.add_argument("--sections", default="loaders,scaling,end_to_end,startup,decode,rows,workers,plain",
+    p.add_argument("--model-epochs", type=int, default=4, help="epochs per model in the models rows")
+    p.add_argument("--sections", default="loaders,scaling,end_to_end,startup,decode,rows,workers,plain,models",
                    help="which parts to run (comma separated)")
     p.add_argument("--memory-of", help=argparse.SUPPRESS)  # internal: measure one loader in this process
     p.add_argument("--memory-data", nargs=3, type=Path, help=argparse.SUPPRESS)
@@ -474,7 +500,7 @@ def main(argv: list[str] | None = None) -> dict:
         return report
     if args.smoke:
         args.size, args.scaling, args.repeats, args.short_repeats, args.epochs = 200, "200", 1, 1, 2
-        args.decode_size, args.rows = 600, "2000"
+        args.decode_size, args.rows, args.model_epochs = 600, "2000", 2
     sections = set(args.sections.split(","))
     warnings.filterwarnings("ignore")  # ToTensor's deprecation notice, for the peers
     torch.set_num_threads(max(torch.get_num_threads(), 1))
@@ -506,6 +532,8 @@ def main(argv: list[str] | None = None) -> dict:
                                                           args.batch_size)
         if "plain" in sections:
             report["plain"] = bench_plain(folder, args.size, args.batch_size, args.repeats)
+        if "models" in sections:
+            report["models"] = bench_models(folder, args.model_epochs, smoke=args.smoke)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     print(format_report(report))
@@ -574,6 +602,13 @@ def format_report(r: dict) -> str:
                   "| --- | ---: | ---: | ---: |"]
         lines += [f"| {name} | {m['cold_img_s']:,.0f} | {m['warm_img_s']:,.0f} | {fastest / m['warm_img_s']:.2f}x |"
                   for name, m in P.items()]
+    if "models" in r:
+        M = r["models"]
+        lines += ["", "train.py's models on the default data (256 train images, batch 64, then accuracy on 768), "
+                  "seconds per epoch, median of epochs 2 on:", "",
+                  "| --model | parameters | s per epoch | / mlp |", "| --- | ---: | ---: | ---: |"]
+        lines += [f"| {name} | {m['parameters']:,} | {m['epoch_s']:.3f} | {m['epoch_s'] / M['mlp']['epoch_s']:.1f}x |"
+                  for name, m in M.items()]
     return "\n".join(lines)
 
 

@@ -1,6 +1,13 @@
-"""The lecture's multilayer perceptron: 784 -> 100 (sigmoid) -> 10 logits."""
+"""The lecture's multilayer perceptron: 784 -> 100 (sigmoid) -> 10 logits; and, beside it, a small
+conv net and torchvision's ResNet-18, built by name with build_model().
+
+    model = MLP(num_features=784, num_hidden=100, num_classes=10)       # the lecture's
+    model = build_model("cnn", channels=3, image_size=(64, 64), num_classes=5)
+"""
 
 from __future__ import annotations
+
+import os
 
 import torch
 from torch import nn
@@ -21,3 +28,125 @@ class MLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.layers(x)  # (B, num_classes)
+
+
+# ---- beyond the lecture: a conv net, ResNet-18, and one function that builds any of them ---------
+
+def conv_bn_relu(in_channels: int, out_channels: int) -> nn.Sequential:
+    """3x3 convolution (size kept), BatchNorm, ReLU. No bias: BatchNorm's shift replaces it."""
+    return nn.Sequential(nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False),
+                         nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True))
+
+
+class ConvNet(nn.Module):
+    """Three stages of conv-BN-ReLU blocks, halving the size between them, then global average
+    pooling and one Linear layer: any channel count, any image size of at least 8x8."""
+
+    def __init__(self, channels: int = 1, num_classes: int = 10, width: int = 32) -> None:
+        super().__init__()
+        w = width
+        self.features = nn.Sequential(
+            conv_bn_relu(channels, w), conv_bn_relu(w, w), nn.MaxPool2d(2),  # (B, w, H/2, W/2)
+            conv_bn_relu(w, 2 * w), conv_bn_relu(2 * w, 2 * w), nn.MaxPool2d(2),  # (B, 2w, H/4, W/4)
+            conv_bn_relu(2 * w, 4 * w),
+            nn.AdaptiveAvgPool2d(1),  # (B, 4w, 1, 1): the same head for every image size
+            nn.Flatten(),
+        )
+        self.classifier = nn.Linear(4 * w, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))  # (B, num_classes)
+
+
+class Normalized(nn.Module):
+    """`net` fed (x - mean) / std per channel, gray repeated to `repeat_to` channels first (for
+    ImageNet weights). mean and std are buffers: the checkpoint carries them to --predict."""
+
+    def __init__(self, net: nn.Module, mean: list[float], std: list[float],
+                 repeat_to: int | None = None) -> None:
+        super().__init__()
+        self.net, self.repeat_to = net, repeat_to
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.repeat_to is not None and x.shape[1] == 1:
+            x = x.expand(-1, self.repeat_to, -1, -1)  # (B, 1, H, W) -> (B, 3, H, W)
+        return self.net((x - self.mean) / self.std)
+
+
+IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+SMALL_STEM_BELOW = 64  # ResNet's stem shrinks the image 4x: below 64 pixels, keep the size
+
+
+class PretrainedWeightsMissing(RuntimeError):
+    """The pretrained weights are neither on disk nor downloadable (an offline machine)."""
+
+
+def resnet18(channels: int, num_classes: int, image_size: tuple[int, int],
+             pretrained: bool = False, load_weights: bool = True) -> nn.Module:
+    """torchvision's ResNet-18 with a num_classes head. From scratch on images smaller than 64
+    pixels on a side, the 7x7 stride-2 stem and its max pool become one 3x3 stride-1 conv (as for
+    CIFAR), so a 28x28 digit is not shrunk to 7x7 before the first block. pretrained: the ImageNet
+    weights (torchvision's stem kept, since the weights were learned with it), fed 3 channels and
+    the ImageNet mean and std. load_weights=False: that model's modules, left as initialised
+    (a checkpoint's weights go in next)."""
+    from torchvision.models import ResNet18_Weights
+    from torchvision.models import resnet18 as tv_resnet18
+
+    net = tv_resnet18(num_classes=num_classes)
+    if pretrained:
+        if load_weights:
+            state = imagenet_state_dict(ResNet18_Weights.IMAGENET1K_V1)
+            state = {k: v for k, v in state.items() if not k.startswith("fc.")}  # our own head
+            net.load_state_dict(state, strict=False)
+        return Normalized(net, IMAGENET_MEAN, IMAGENET_STD, repeat_to=3 if channels == 1 else None)
+    if min(image_size) < SMALL_STEM_BELOW:
+        net.conv1 = nn.Conv2d(channels, 64, 3, stride=1, padding=1, bias=False)
+        net.maxpool = nn.Identity()
+    elif channels != 3:
+        net.conv1 = nn.Conv2d(channels, 64, 7, stride=2, padding=3, bias=False)
+    return net
+
+
+def imagenet_state_dict(weights) -> dict[str, torch.Tensor]:
+    """torchvision's weights through its own API: from $TORCH_HOME/hub/checkpoints/ when the file
+    is there, else downloaded there. Offline without the file: PretrainedWeightsMissing, whose
+    message names the file and where to put it."""
+    file = os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(weights.url))
+    try:
+        return weights.get_state_dict(progress=False)
+    except OSError as e:  # urllib's URLError is an OSError: no network, or the host refused
+        raise PretrainedWeightsMissing(
+            f"the pretrained weights are not on this machine and could not be downloaded "
+            f"({e}): download {weights.url} on a machine that is online and put it at {file} "
+            "(or set TORCH_HOME to the folder whose hub/checkpoints/ holds it)") from None
+
+
+MODELS = ("mlp", "cnn", "resnet18")
+
+
+def build_model(name: str, channels: int, image_size: tuple[int, int], num_classes: int,
+                hidden: int = 100, pretrained: bool = False, load_weights: bool = True,
+                mean: list[float] | None = None, std: list[float] | None = None) -> nn.Module:
+    """The model called `name` for images of (channels, *image_size) in num_classes classes.
+    pretrained (resnet18 only): ImageNet's weights, loaded unless load_weights is False.
+    mean / std (per channel): inputs are normalised inside the model (train.py --normalize).
+    The same arguments always build the same modules, so a checkpoint records just these."""
+    if name == "mlp":
+        net = MLP(num_features=channels * image_size[0] * image_size[1], num_hidden=hidden,
+                  num_classes=num_classes)
+    elif name == "cnn":
+        if min(image_size) < 8:
+            raise ValueError(f"--model cnn needs images of at least 8x8, got {image_size[0]}x"
+                             f"{image_size[1]}: pass a larger --image-size")
+        net = ConvNet(channels=channels, num_classes=num_classes)
+    elif name == "resnet18":
+        net = resnet18(channels, num_classes, image_size, pretrained, load_weights)
+    else:
+        raise ValueError(f"unknown model {name!r}: expected one of {', '.join(MODELS)}")
+    if pretrained and name != "resnet18":
+        raise ValueError(f"pretrained weights are for resnet18, not {name}")
+    if mean is not None and std is not None:
+        net = Normalized(net, mean, std)
+    return net

@@ -1,7 +1,9 @@
-"""Train the lecture's MLP on images listed in CSV files: accuracy per epoch, checkpoints, plots.
+"""Train the lecture's MLP (or a conv net) on images listed in CSV files: accuracy per epoch,
+checkpoints, plots.
 
     python train.py --epochs 100 --seed 123                 # builds data/ first if it is missing
     python train.py --epochs 100 --seed 123 --resume        # continue from results/checkpoint.pt
+    python train.py --model cnn --epochs 100 --seed 123     # a small conv net: about 92% test
     python train.py --csv photos/labels.csv --file-column path --label-column label \
         --mode RGB --image-size 32 --augment                # your own images, any size and format
     torchrun --standalone --nproc_per_node=2 train.py --epochs 3 --seed 123
@@ -9,8 +11,9 @@
     python train.py --predict new-images/                   # a folder or CSV: predictions.csv
 
 Writes into --results-dir: metrics.csv (one row per epoch), checkpoint.pt (model, optimizer,
-history, every RNG state, and the classes, mode and image size that say how to read new images;
-after each epoch, atomically), loss.png, accuracy.png and examples.png; from the test split,
+schedule, history, every RNG state, the run's settings, and the classes, mode and image size that
+say how to read new images; after each epoch, atomically), best.pt (the same, of the best
+validation epoch), loss.png, accuracy.png and examples.png; from the test split,
 confusion_matrix.csv / .png, per_class.csv and mistakes.png; with --csv and no --split-column,
 split.csv (every row of the CSV and the split drawn for it, by class).
 Same seed, same data, same machine and library versions: bit-identical weights, whatever
@@ -28,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import csv
 import dataclasses
 import datetime
@@ -57,11 +61,11 @@ from torch.nn.parallel import DistributedDataParallel
 from dataset import TEMP_TAG, CsvImageDataset, DatasetError, parse_image_size, read_csv, to_float01
 from loaders import (SPLITS, folder_layout, loaders_from_datasets, make_datasets, make_loader,
                      split_csv)
-from model import MLP
+from model import MODELS, PretrainedWeightsMissing, build_model
 
 DEFAULT_DATA_DIR = "data"
-CHECKED_CONFIG = ("data", "num_features", "hidden", "num_classes", "batch_size", "seed", "lr",
-                  "mode", "image_size", "augment")
+OPTIMIZERS, LR_SCHEDULES = ("sgd", "adam", "adamw"), ("constant", "cosine", "onecycle")
+DEFAULT_LR = {"sgd": 0.1, "adam": 0.001, "adamw": 0.001}  # SGD's: the lecture's
 
 
 # ---- the lecture's helpers: seeds, accuracy, the training loop -----------------------------------
@@ -138,15 +142,65 @@ class History:
     valid_acc: list[float] = dataclasses.field(default_factory=list)
     epoch_seconds: list[float] = dataclasses.field(default_factory=list)
     test_acc: float | None = None  # after the last epoch, when a test loader was given
+    best_test_acc: float | None = None  # of best.pt's model (train.py)
 
     def __iter__(self):
         return iter((self.minibatch_loss, self.train_acc, self.valid_acc))
 
 
+@dataclasses.dataclass
+class RunConfig:
+    """What one training run is, from the flags and the data (run_config): the checkpoint records
+    it as "config", --resume refuses any difference, and --evaluate, --predict and --resume
+    rebuild the model from it without the flags being repeated."""
+    data: str  # fingerprint of the CSVs (data_fingerprint)
+    mode: str
+    image_size: list[int]  # [H, W]
+    channels: int
+    num_classes: int
+    model: str = "mlp"
+    hidden: int = 100  # the MLP's hidden units
+    pretrained: bool = False
+    mean: list[float] | None = None  # --normalize: per channel, of the train split's pixels
+    std: list[float] | None = None
+    optimizer: str = "sgd"
+    lr: float = 0.1
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+    lr_schedule: str = "constant"
+    schedule_epochs: int | None = None  # the schedule's length in epochs; None when constant
+    batch_size: int = 64
+    seed: int = 123
+    augment: bool = False
+
+    def as_checkpoint(self) -> dict:
+        return {**dataclasses.asdict(self),
+                "num_features": self.channels * self.image_size[0] * self.image_size[1]}
+
+    @classmethod
+    def from_checkpoint(cls, saved: dict) -> RunConfig:
+        """A checkpoint's config; one of an earlier version (the MLP and SGD only) gets the
+        defaults of the fields it lacks."""
+        saved = dict(saved)
+        if "channels" not in saved:
+            h, w = saved["image_size"]
+            saved["channels"] = saved["num_features"] // (h * w)
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in saved.items() if k in names})
+
+    def build_model(self, load_pretrained: bool = True) -> torch.nn.Module:
+        """The model, initialised from the global RNG (and the ImageNet weights if pretrained
+        and load_pretrained; a checkpoint's weights replace them anyway)."""
+        return build_model(self.model, self.channels, tuple(self.image_size), self.num_classes,
+                           hidden=self.hidden, pretrained=self.pretrained,
+                           load_weights=load_pretrained, mean=self.mean, std=self.std)
+
+
 def train_model(model: torch.nn.Module, num_epochs: int, train_loader, valid_loader,
                 test_loader=None, *, optimizer: torch.optim.Optimizer, device: torch.device | str,
                 history: History | None = None, train_eval_loader=None, logging_interval: int = 50,
-                on_epoch_end: Callable[[History], None] | None = None) -> History:
+                on_epoch_end: Callable[[History], None] | None = None, scheduler=None,
+                early_stopping: int | None = None) -> History:
     """The lecture's loop: train for num_epochs, printing the loss every logging_interval batches
     and the train / validation accuracy after each epoch, then the test accuracy if test_loader
     is given.
@@ -155,11 +209,17 @@ def train_model(model: torch.nn.Module, num_epochs: int, train_loader, valid_loa
     skipped. Epoch e's training order is set with train_loader.sampler.set_epoch(e), so it does not
     depend on how the loaders were used before. train_eval_loader (default: train_loader) is what
     train accuracy is measured on. on_epoch_end(history) runs after each epoch (train.py saves the
-    checkpoint there); a Ctrl-C during that step waits until it is done.
+    checkpoint there); a Ctrl-C during that step waits until it is done. scheduler: a learning
+    rate schedule, stepped after every batch. early_stopping=N: stop once N epochs have passed
+    without a better validation accuracy than the best so far.
     """
     history = history if history is not None else History()
     start = time.perf_counter()
     for epoch in range(len(history.train_acc), num_epochs):
+        if early_stopping is not None and epoch - best_epoch(history) >= early_stopping:
+            print(f"Early stopping: no better validation accuracy in the {early_stopping} epochs "
+                  f"after epoch {best_epoch(history)}")
+            break
         epoch_start = time.perf_counter()
         model.train()
         for loader in (train_loader, train_eval_loader, valid_loader):  # epoch: order, augmentation
@@ -172,6 +232,8 @@ def train_model(model: torch.nn.Module, num_epochs: int, train_loader, valid_loa
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
+            if scheduler is not None:
+                scheduler.step()
             history.minibatch_loss.append(_mean_over_ranks(loss))
             if batch_idx % logging_interval == 0:
                 print(f"Epoch: {epoch + 1:03d}/{num_epochs:03d} "
@@ -300,22 +362,34 @@ def save_checkpoint(path: Path, checkpoint: dict) -> None:
 
 
 def save_run(results_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-             config: dict, classes: list[str], history: History) -> None:
+             scheduler, config: RunConfig, classes: list[str], history: History) -> None:
     """checkpoint.pt and metrics.csv after an epoch: everything --resume needs, and what a
-    checkpoint alone needs to read new images (classes, mode, image_size)."""
-    save_checkpoint(results_dir / "checkpoint.pt", {
+    checkpoint alone needs to read new images (classes, mode, image_size); the same checkpoint
+    as best.pt too when the epoch's validation accuracy is the best so far."""
+    checkpoint = {
         "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-        "epoch": len(history.train_acc), "history": dataclasses.asdict(history), "config": config,
-        "classes": list(classes), "mode": config["mode"], "image_size": config["image_size"],
-        "rng": rng_states(), "versions": {"torch": str(torch.__version__)}})
+        "scheduler": None if scheduler is None else scheduler.state_dict(),
+        "epoch": len(history.train_acc), "history": dataclasses.asdict(history),
+        "config": config.as_checkpoint(), "classes": list(classes), "mode": config.mode,
+        "image_size": config.image_size, "rng": rng_states(),
+        "versions": {"torch": str(torch.__version__)}}
+    save_checkpoint(results_dir / "checkpoint.pt", checkpoint)
+    if best_epoch(history) == len(history.valid_acc):
+        save_checkpoint(results_dir / "best.pt", checkpoint)
     write_atomic(results_dir / "metrics.csv", metrics_csv(history))
 
 
-def read_checkpoint(path: Path, device: torch.device) -> dict:
-    """torch.load(weights_only=True) of a checkpoint that train.py wrote; anything else (a
-    truncated, empty or foreign file) is one sentence, not torch's internals."""
+def best_epoch(history: History) -> int:
+    """The first epoch (from 1) with the highest validation accuracy; 0 before the first."""
+    valid = history.valid_acc
+    return valid.index(max(valid)) + 1 if valid else 0
+
+
+def read_checkpoint(path: Path) -> dict:
+    """torch.load(weights_only=True), to the CPU, of a checkpoint that train.py wrote; anything
+    else (a truncated, empty or foreign file) is one sentence, not torch's internals."""
     try:
-        checkpoint = torch.load(path, map_location=device, weights_only=True)
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
         missing = [k for k in ("model", "optimizer", "epoch", "history", "config", "rng")
                    if k not in checkpoint]
     except Exception as e:  # noqa: BLE001  (torch raises many kinds for a damaged file)
@@ -327,27 +401,27 @@ def read_checkpoint(path: Path, device: torch.device) -> dict:
     return checkpoint
 
 
-def load_run(path: Path, config: dict, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-             device: torch.device, epochs: int) -> History:
-    """Restore model, optimizer and every RNG state from a checkpoint of the same run; returns
-    its history."""
-    checkpoint = read_checkpoint(path, device)
-    check_resume(checkpoint, config, path)
+def load_run(checkpoint: dict, path: Path, model: torch.nn.Module,
+             optimizer: torch.optim.Optimizer, scheduler, epochs: int) -> History:
+    """Restore model, optimizer, schedule and every RNG state from a checkpoint of the same run
+    (check_resume has compared the settings); returns its history."""
     if checkpoint["epoch"] > epochs:
         print(f"train.py: error: --epochs {epochs}, but {path} already holds {checkpoint['epoch']} "
               f"epochs; pass --epochs {checkpoint['epoch']} or more", file=sys.stderr)
         raise SystemExit(2)
     model.load_state_dict(checkpoint["model"])
     optimizer.load_state_dict(checkpoint["optimizer"])
+    if scheduler is not None:
+        scheduler.load_state_dict(checkpoint["scheduler"])
     set_rng_states(checkpoint["rng"])
     print(f"Resuming from {path} after epoch {checkpoint['epoch']}")
     return History(**checkpoint["history"])
 
 
-def check_resume(checkpoint: dict, config: dict, path: Path) -> None:
-    saved = checkpoint.get("config", {})
-    differences = [f"{key}: checkpoint has {saved.get(key)!r}, this run has {config[key]!r}"
-                   for key in CHECKED_CONFIG if saved.get(key) != config[key]]
+def check_resume(saved: RunConfig, config: RunConfig, path: Path) -> None:
+    differences = [f"{key}: checkpoint has {getattr(saved, key)!r}, this run has {value!r}"
+                   for key, value in dataclasses.asdict(config).items()
+                   if getattr(saved, key) != value]
     if differences:
         raise SystemExit(f"train.py: error: cannot --resume from {path}: "
                          "it was made by a different run:\n  "
@@ -377,7 +451,7 @@ def set_rng_states(states: dict) -> None:
     random.setstate((version, tuple(mt_state), gauss_next))
 
 
-RESULT_FILES = ("checkpoint.pt", "metrics.csv", "loss.png", "accuracy.png", "examples.png",
+RESULT_FILES = ("checkpoint.pt", "best.pt", "metrics.csv", "loss.png", "accuracy.png", "examples.png",
                 "confusion_matrix.csv", "confusion_matrix.png", "per_class.csv", "mistakes.png",
                 "split.csv", "predictions.csv")
 
@@ -470,8 +544,9 @@ def results_to_move(args: argparse.Namespace, checkpoint_path: Path) -> tuple[st
     elsewhere = checkpoint_path.resolve() != own
     if args.predict is not None:
         return ("predictions.csv",)
-    if args.evaluate:  # and the split it reads, which would replace this folder's
-        return (*REPORT_FILES, "split.csv") if elsewhere else ()
+    if args.evaluate:  # and, from another folder, the split it reads, which replaces this one's
+        other_folder = checkpoint_path.resolve().parent != own.parent
+        return (*REPORT_FILES, *(["split.csv"] if other_folder else [])) if elsewhere else ()
     return RESULT_FILES if not args.resume or elsewhere else ()
 
 
@@ -529,82 +604,127 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description="Train an MLP on PNG images listed in CSV files.",
-                                formatter_class=_HelpFormatter)
-    p.add_argument("--epochs", type=_at_least(1, int), default=100, help="number of epochs")
-    p.add_argument("--seed", type=_seed, default=123,
-                   help="seed for the weights and the data order (0 to 2**32 - 1)")
-    p.add_argument("--batch-size", type=_at_least(1, int), default=64,
-                   help="minibatch size (under torchrun: the global batch, split between ranks)")
-    p.add_argument("--eval-batch-size", type=_at_least(1, int), default=256,
-                   help="batch size for measuring accuracy (does not change the results)")
-    p.add_argument("--lr", type=_positive_float, default=0.1, help="SGD learning rate")
-    p.add_argument("--hidden", type=_at_least(1, int), default=100, help="hidden units of the MLP")
-    p.add_argument("--num-workers", type=_at_least(0, int), default=0,
-                   help="DataLoader worker processes; they also share the first pass's decoding")
-    p.add_argument("--persistent-workers", action="store_true",
-                   help="keep workers alive between epochs")
-    p.add_argument("--cache-mb", type=_at_least(0.0, float), default=1024.0,
-                   help="keep decoded images in memory up to this many MiB per split; a larger "
-                        "split is kept in the disk cache, memory-mapped (0: decode every pass)")
-    disk = p.add_mutually_exclusive_group()
+    p = argparse.ArgumentParser(
+        description="Train a model (the lecture's MLP by default) on images listed in CSV files.",
+        formatter_class=_HelpFormatter)
+    data = p.add_argument_group("data: the lecture's folder of three CSVs, or one CSV of your own")
+    data.add_argument("--data-dir", default=DEFAULT_DATA_DIR,
+                      help="folder with mnist_{train,valid,test}.csv and image folders; "
+                           f"'{DEFAULT_DATA_DIR}' is built with make_subset.py when missing")
+    data.add_argument("--csv", help="CSV listing every image (instead of --data-dir)")
+    data.add_argument("--img-dir", help="folder the CSV's file names are relative to "
+                                        "(default: the CSV's folder)")
+    data.add_argument("--split-column", help="column saying train, valid or test for each row "
+                                             "(default: none; a split is drawn by class)")
+    data.add_argument("--valid-fraction", type=_fraction, default=0.1,
+                      help="share of each class for valid")
+    data.add_argument("--test-fraction", type=_fraction, default=0.1,
+                      help="share of each class for test")
+    data.add_argument("--split-seed", type=_at_least(0, int), default=0,
+                      help="seed of the drawn split (apart from --seed: a new seed keeps the split)")
+    data.add_argument("--file-column", default="File Name", help="column with the file names")
+    data.add_argument("--label-column", default="Class Label", help="column with the labels")
+    data.add_argument("--mode", default="L", choices=["L", "RGB"],
+                      help="gray (1 channel) or RGB (3)")
+    data.add_argument("--image-size", type=parse_image_size, default=None,
+                      help="resize every image to N x N or HxW as it is read (default: images "
+                           "must share one size)")
+    data.add_argument("--encoding", default="utf-8", help="the CSV's text encoding")
+    data.add_argument("--num-classes", type=_at_least(1, int), default=None,
+                      help="integer labels are 0 to N-1 (default: up to the largest label, which "
+                           "must not be far above the others)")
+    data.add_argument("--augment", action="store_true",
+                      help="train-only random rotation (up to 10 degrees) and shift (up to 10%%), "
+                           "the same for any --num-workers and after --resume")
+    data.add_argument("--num-workers", type=_at_least(0, int), default=0,
+                      help="DataLoader worker processes; they also share the first pass's decoding")
+    data.add_argument("--persistent-workers", action="store_true",
+                      help="keep workers alive between epochs")
+    data.add_argument("--cache-mb", type=_at_least(0.0, float), default=1024.0,
+                      help="keep decoded images in memory up to this many MiB per split; a larger "
+                           "split is kept in the disk cache, memory-mapped (0: decode every pass)")
+    disk = data.add_mutually_exclusive_group()
     disk.add_argument("--cache-dir", default=None,
                       help="folder for decoded images, so that later runs skip decoding "
                            "(default: .cache in the data folder)")
     disk.add_argument("--no-disk-cache", action="store_true",
                       help="decode in memory only, write no cache files")
-    p.add_argument("--data-dir", default=DEFAULT_DATA_DIR,
-                   help="folder with mnist_{train,valid,test}.csv and image folders; "
-                        f"'{DEFAULT_DATA_DIR}' is built with make_subset.py when missing")
-    own = p.add_argument_group("your own images: one CSV for all of them")
-    own.add_argument("--csv", help="CSV listing every image (instead of --data-dir)")
-    own.add_argument("--img-dir", help="folder the CSV's file names are relative to "
-                                       "(default: the CSV's folder)")
-    own.add_argument("--split-column", help="column saying train, valid or test for each row "
-                                            "(default: none; a split is drawn by class)")
-    own.add_argument("--valid-fraction", type=_fraction, default=0.1,
-                     help="share of each class for valid")
-    own.add_argument("--test-fraction", type=_fraction, default=0.1,
-                     help="share of each class for test")
-    own.add_argument("--split-seed", type=_at_least(0, int), default=0,
-                     help="seed of the drawn split (apart from --seed: a new seed keeps the split)")
-    read = p.add_argument_group("how rows and images are read (with --csv or --data-dir)")
-    read.add_argument("--file-column", default="File Name", help="column with the file names")
-    read.add_argument("--label-column", default="Class Label", help="column with the labels")
-    read.add_argument("--mode", default="L", choices=["L", "RGB"],
-                      help="gray (1 channel) or RGB (3)")
-    read.add_argument("--image-size", type=parse_image_size, default=None,
-                      help="resize every image to N x N or HxW as it is read (default: images "
-                           "must share one size)")
-    read.add_argument("--encoding", default="utf-8", help="the CSV's text encoding")
-    read.add_argument("--num-classes", type=_at_least(1, int), default=None,
-                      help="integer labels are 0 to N-1 (default: up to the largest label, which "
-                           "must not be far above the others)")
-    use = p.add_argument_group("use a saved model (trains nothing)")
-    use.add_argument("--evaluate", action="store_true",
-                     help="the checkpoint on the test split of the same data flags: the test "
-                          "accuracy, confusion matrix, per-class figures and mistakes")
-    use.add_argument("--predict", metavar="PATH",
-                     help="the class of every image in a folder (and its subfolders) or listed "
-                          "in a CSV (label column optional), into RESULTS_DIR/predictions.csv")
-    use.add_argument("--checkpoint",
-                     help="the checkpoint to use (default: RESULTS_DIR/checkpoint.pt)")
-    read.add_argument("--augment", action="store_true",
-                      help="train-only random rotation (up to 10 degrees) and shift (up to 10%%), "
-                           "the same for any --num-workers and after --resume")
-    p.add_argument("--results-dir", default=None,
-                   help="where metrics, checkpoint and figures go; with --checkpoint and "
-                        "--resume, --evaluate or --predict, that file's folder (default: results)")
-    p.add_argument("--device", default="auto",
-                   help="auto (cuda, then mps, else cpu), or any torch device")
-    p.add_argument("--resume", action="store_true", help="continue from RESULTS_DIR/checkpoint.pt")
-    p.add_argument("--dist-timeout", type=_positive_float, default=30.0, metavar="MINUTES",
-                   help="under torchrun: how long a process waits for the others at each "
-                        "exchange, rank 0's first decode of the data included, before it stops "
-                        "with an error (torch's default)")
-    p.add_argument("--logging-interval", type=_at_least(1, int), default=50,
-                   help="print the loss every N batches")
+
+    inherited = " (default: %s; with --resume, --evaluate or --predict: the checkpoint's)"
+    model = p.add_argument_group("model (see README: Choosing a model)")
+    model.add_argument("--model", choices=MODELS, default=None,
+                       help="mlp: the lecture's; cnn: a small conv net; resnet18: torchvision's"
+                            + inherited % "mlp")
+    model.add_argument("--hidden", type=_at_least(1, int), default=None,
+                       help="hidden units of the MLP" + inherited % 100)
+    model.add_argument("--pretrained", action="store_true", default=None,
+                       help="resnet18 from torchvision's ImageNet weights (downloaded into "
+                            "$TORCH_HOME/hub/checkpoints/ when missing and the machine is online)")
+    model.add_argument("--normalize", action="store_true", default=None,
+                       help="feed the model (x - mean) / std per channel, of the train split's "
+                            "pixels; kept in the checkpoint, so --predict applies it too")
+
+    optimisation = p.add_argument_group("optimisation")
+    optimisation.add_argument("--epochs", type=_at_least(1, int), default=100,
+                              help="number of epochs")
+    optimisation.add_argument("--seed", type=_seed, default=123,
+                              help="seed for the weights and the data order (0 to 2**32 - 1)")
+    optimisation.add_argument("--batch-size", type=_at_least(1, int), default=64,
+                              help="minibatch size (under torchrun: the global batch, split "
+                                   "between ranks)")
+    optimisation.add_argument("--eval-batch-size", type=_at_least(1, int), default=256,
+                              help="batch size for measuring accuracy (does not change the "
+                                   "results)")
+    optimisation.add_argument("--optimizer", choices=OPTIMIZERS, default=None,
+                              help="sgd is the lecture's" + inherited % "sgd")
+    optimisation.add_argument("--lr", type=_positive_float, default=None,
+                              help="learning rate (default: 0.1 for sgd, the lecture's; 0.001 for "
+                                   "adam and adamw; with --resume: the checkpoint's)")
+    optimisation.add_argument("--momentum", type=_at_least(0.0, float), default=None,
+                              help="SGD's momentum" + inherited % 0)
+    optimisation.add_argument("--weight-decay", type=_at_least(0.0, float), default=None,
+                              help="L2 penalty (decoupled for adamw)" + inherited % 0)
+    optimisation.add_argument("--lr-schedule", choices=LR_SCHEDULES, default=None,
+                              help="the learning rate over the run, set after every batch: "
+                                   "cosine decays to 0; onecycle warms up for 30%% of the "
+                                   "batches to --lr, then anneals" + inherited % "constant")
+    optimisation.add_argument("--early-stopping", type=_at_least(1, int), default=None,
+                              metavar="N", help="stop after N epochs without a better validation "
+                                                "accuracy (default: train every epoch)")
+
+    outputs = p.add_argument_group("outputs, and using a saved model (which trains nothing)")
+    outputs.add_argument("--results-dir", default=None,
+                         help="where metrics, checkpoints and figures go; with --checkpoint and "
+                              "--resume, --evaluate or --predict, that file's folder "
+                              "(default: results)")
+    outputs.add_argument("--resume", action="store_true",
+                         help="continue from RESULTS_DIR/checkpoint.pt")
+    outputs.add_argument("--evaluate", action="store_true",
+                         help="the checkpoint on the test split of the same data flags: the test "
+                              "accuracy, confusion matrix, per-class figures and mistakes")
+    outputs.add_argument("--predict", metavar="PATH",
+                         help="the class of every image in a folder (and its subfolders) or "
+                              "listed in a CSV (label column optional), into "
+                              "RESULTS_DIR/predictions.csv")
+    outputs.add_argument("--checkpoint",
+                         help="the checkpoint to use, such as RESULTS_DIR/best.pt (default: "
+                              "RESULTS_DIR/checkpoint.pt)")
+    outputs.add_argument("--logging-interval", type=_at_least(1, int), default=50,
+                         help="print the loss every N batches")
+
+    hardware = p.add_argument_group("device and processes")
+    hardware.add_argument("--device", default="auto",
+                          help="auto (cuda, then mps, else cpu), or any torch device")
+    hardware.add_argument("--dist-timeout", type=_positive_float, default=30.0, metavar="MINUTES",
+                          help="under torchrun: how long a process waits for the others at each "
+                               "exchange, rank 0's first decode of the data included, before it "
+                               "stops with an error (torch's default)")
     args = p.parse_args(argv)
+    if args.pretrained and args.model != "resnet18":
+        p.error("--pretrained goes with --model resnet18 (the weights are ResNet-18's)")
+    if args.pretrained and args.normalize:
+        p.error("--pretrained and --normalize: choose one (the pretrained model is fed the "
+                "ImageNet mean and std it was trained with)")
     if args.csv is not None and args.data_dir != DEFAULT_DATA_DIR:
         p.error("--csv and --data-dir: choose one (one CSV for all images, or the folder of "
                 "three CSVs)")
@@ -723,23 +843,22 @@ def write_reports(model: torch.nn.Module, cm: torch.Tensor, test_loader, results
         plt.close(figure)
 
 
-def evaluate(checkpoint_path: Path, config: dict, classes: list[str], test_loader,
-             results_dir: Path, device: torch.device, rank: int) -> History:
+def evaluate(checkpoint: dict, checkpoint_path: Path, config: RunConfig, classes: list[str],
+             test_loader, results_dir: Path, device: torch.device, rank: int) -> History:
     """--evaluate: the saved model on the test split, with the reports of a training run; the
     checkpoint and metrics.csv are left as they are."""
-    checkpoint = read_checkpoint(checkpoint_path, device)
-    saved = checkpoint.get("config", {})
-    differences = [f"{key}: checkpoint has {saved.get(key)!r}, these flags give {config[key]!r}"
-                   for key in ("data", "num_features", "num_classes", "mode", "image_size")
-                   if saved.get(key) != config[key]]
+    saved = RunConfig.from_checkpoint(checkpoint["config"])
+    differences = [f"{key}: checkpoint has {getattr(saved, key)!r}, these flags give "
+                   f"{getattr(config, key)!r}"
+                   for key in ("data", "channels", "num_classes", "mode", "image_size")
+                   if getattr(saved, key) != getattr(config, key)]
     if checkpoint.get("classes", list(classes)) != list(classes):
         differences.append(f"classes: checkpoint has {checkpoint['classes']}, the data {classes}")
     if differences:
         raise SystemExit(f"train.py: error: cannot --evaluate {checkpoint_path}: it was trained on "
                          "other data:\n  " + "\n  ".join(differences)
                          + "\nUse the data flags of the training run.")
-    model = MLP(num_features=saved["num_features"], num_hidden=saved["hidden"],
-                num_classes=saved["num_classes"]).to(device)
+    model = saved.build_model(load_pretrained=False).to(device)
     model.load_state_dict(checkpoint["model"])
     cm = compute_confusion_matrix(model, test_loader, device, len(classes))
     test_acc = compute_accuracy(model, test_loader, device)
@@ -751,18 +870,31 @@ def evaluate(checkpoint_path: Path, config: dict, classes: list[str], test_loade
     return History(test_acc=test_acc)
 
 
+def refuse_other_model_flags(args: argparse.Namespace, saved: RunConfig, path: Path) -> None:
+    """--evaluate, --predict and --resume rebuild the checkpoint's model by themselves; a model
+    flag given that says otherwise is refused."""
+    has = {"model": saved.model, "hidden": saved.hidden, "pretrained": saved.pretrained,
+           "normalize": saved.mean is not None}
+    differences = [f"--{key} {value} (the checkpoint's: {has[key]})" for key in has
+                   if (value := getattr(args, key)) is not None and value != has[key]]
+    if differences:
+        raise SystemExit(f"train.py: error: {path} holds another model than {', '.join(differences)}"
+                         " asks for; the checkpoint's model is rebuilt from the checkpoint, so "
+                         "leave those flags out, or pass the --checkpoint of such a model")
+
+
 @torch.no_grad()
-def predict(path: str, checkpoint_path: Path, results_dir: Path, columns: tuple[str, str],
-            img_dir: str | None, encoding: str, device: torch.device) -> Path:
+def predict(path: str, checkpoint: dict, checkpoint_path: Path, results_dir: Path,
+            columns: tuple[str, str], img_dir: str | None, encoding: str,
+            device: torch.device) -> Path:
     """--predict: the checkpoint's classes for the images in a folder or a CSV, read in the
     checkpoint's mode and size, into results_dir/predictions.csv (written whole, or not at all)."""
-    checkpoint = read_checkpoint(checkpoint_path, device)
     if "classes" not in checkpoint:
         raise SystemExit(f"train.py: error: {checkpoint_path} does not say its classes, mode and "
                          "image size (it predates them): train again to use --predict")
-    classes, saved = [str(c) for c in checkpoint["classes"]], checkpoint["config"]
-    model = MLP(num_features=saved["num_features"], num_hidden=saved["hidden"],
-                num_classes=len(classes)).to(device)
+    classes = [str(c) for c in checkpoint["classes"]]
+    model = RunConfig.from_checkpoint(checkpoint["config"]).build_model(load_pretrained=False)
+    model = model.to(device)
     model.load_state_dict(checkpoint["model"])
     model.eval()
     options = {"mode": checkpoint["mode"], "image_size": tuple(checkpoint["image_size"]),
@@ -924,6 +1056,7 @@ def main(argv: list[str] | None = None) -> History | Path:
     if "RANK" in os.environ:  # started by torchrun, whose own flags this process cannot see
         resume_command = f"your torchrun command, with {shlex.join(command[1:])} --resume"
     evaluate_command = shlex.join([c for c in command if c != "--resume"] + ["--evaluate"])
+    hints = {"resume": resume_command, "evaluate": evaluate_command}
     checkpoint_path = Path(args.checkpoint or Path(args.results_dir) / "checkpoint.pt")
     results_dir, move = Path(args.results_dir), results_to_move(args, checkpoint_path)
     split_options = {"label_column": args.label_column, "seed": args.split_seed,
@@ -936,137 +1069,269 @@ def main(argv: list[str] | None = None) -> History | Path:
     if args.predict is not None:  # needs the checkpoint and the new images, nothing else
         with results_folder(results_dir, move, True), finished_checkpoint(checkpoint_path,
                                                                           results_dir):
-            return predict(args.predict, checkpoint_path, results_dir,
+            checkpoint = read_checkpoint(checkpoint_path)
+            refuse_other_model_flags(args, RunConfig.from_checkpoint(checkpoint["config"]),
+                                     checkpoint_path)
+            return predict(args.predict, checkpoint, checkpoint_path, results_dir,
                            (args.file_column, args.label_column), args.img_dir, args.encoding,
                            pick_device(args.device, 0))
 
-    # ---- torchrun: one process per device; nothing happens here under plain `python train.py` ----
-    ddp = "RANK" in os.environ and "WORLD_SIZE" in os.environ
+    with process_group(args) as (rank, world_size, device), \
+            results_folder(results_dir, move, main_process=rank == 0), \
+            finished_checkpoint(checkpoint_path, results_dir), \
+            peers_answer(rank, args.dist_timeout):
+        # One run at a time in a results folder; earlier results it would overwrite went aside.
+        checkpoint = read_checkpoint(checkpoint_path) if args.resume or args.evaluate else None
+        saved = None if checkpoint is None else RunConfig.from_checkpoint(checkpoint["config"])
+        if saved is not None:
+            refuse_other_model_flags(args, saved, checkpoint_path)
+        datasets, loaders = prepare_data(args, results_dir, split_options, rank, world_size,
+                                         device)
+        config = run_config(args, datasets, saved)
+        if args.evaluate:
+            return evaluate(checkpoint, checkpoint_path, config, datasets[0].classes, loaders[2],
+                            results_dir, device, rank)
+        if args.resume:
+            check_resume(saved, config, checkpoint_path)
+        model, net, history = fit(args, config, datasets[0].classes, loaders, device, rank,
+                                  checkpoint, checkpoint_path, results_dir, hints)
+        finish(model, net, history, loaders[2], results_dir, datasets[0].classes, device, rank,
+               checkpoint_path, hints)
+        return history
+
+
+@contextlib.contextmanager
+def process_group(args: argparse.Namespace):
+    """torchrun: one process per device, in a process group; yields (rank, world_size, device).
+    Under plain `python train.py` nothing happens here: (0, 1, device)."""
     rank, local_rank = int(os.environ.get("RANK", 0)), int(os.environ.get("LOCAL_RANK", 0))
     world_size = int(os.environ.get("WORLD_SIZE", 1))
     device = pick_device(args.device, local_rank)
+    if not ("RANK" in os.environ and "WORLD_SIZE" in os.environ):
+        yield 0, 1, device
+        return
+    if args.batch_size % world_size:  # every rank stops alike, before any of them waits
+        fits = args.batch_size // world_size * world_size or world_size
+        raise SystemExit(1 if rank else f"train.py: error: --batch-size {args.batch_size} is "
+                         f"the global batch, split between the {world_size} processes: pass a "
+                         f"multiple of {world_size}, such as {fits}")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo",
+                            timeout=datetime.timedelta(minutes=args.dist_timeout))
+    if rank != 0:
+        sys.stdout = open(os.devnull, "w")  # only rank 0 prints (its errors still go to stderr)
+    yield rank, world_size, device
+    # Done (an error skips this: torchrun stops the others): wait for rank 0's files, since gloo
+    # may abort a rank that leaves early, then leave the group on every path, --evaluate's too.
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def prepare_data(args: argparse.Namespace, results_dir: Path, split_options: dict, rank: int,
+                 world_size: int, device: torch.device) -> tuple[list[CsvImageDataset], tuple]:
+    """The train, valid and test datasets, and the loaders (train, valid, test, train_eval)."""
+    ddp = world_size > 1 or _distributed()
+    sources = data_sources(args.csv, args.data_dir, args.img_dir, args.split_column,
+                           results_dir / "split.csv", split_options, main_process=rank == 0,
+                           keep_split=args.resume or args.evaluate)
     if ddp:
-        if args.batch_size % world_size:  # every rank stops alike, before any of them waits
-            fits = args.batch_size // world_size * world_size or world_size
-            raise SystemExit(1 if rank else f"train.py: error: --batch-size {args.batch_size} is "
-                             f"the global batch, split between the {world_size} processes: pass a "
-                             f"multiple of {world_size}, such as {fits}")
-        if device.type == "cuda":
-            torch.cuda.set_device(device)
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo",
-                                timeout=datetime.timedelta(minutes=args.dist_timeout))
-        if rank != 0:
-            sys.stdout = open(os.devnull, "w")  # only rank 0 prints (its errors still go to stderr)
-    # ----------------------------------------------------------------------------------------------
-
-    # One run at a time in a results folder; earlier results it would overwrite go aside first.
-    with results_folder(results_dir, move, main_process=rank == 0), \
-            finished_checkpoint(checkpoint_path, results_dir), \
-            peers_answer(rank, args.dist_timeout):
-        # ---- data --------------------------------------------------------------------------------
-        sources = data_sources(args.csv, args.data_dir, args.img_dir, args.split_column,
-                               results_dir / "split.csv", split_options, main_process=rank == 0,
-                               keep_split=args.resume or args.evaluate)
-        if ddp:
-            dist.barrier()  # the others wait for rank 0's data (and split.csv)
-        set_deterministic()
-        set_all_seeds(args.seed)
-        data_folder = args.data_dir if args.csv is None else args.img_dir or Path(args.csv).parent
-        cache_dir = Path(args.cache_dir or Path(data_folder) / ".cache")
-        if args.no_disk_cache:
-            cache_dir = None
-        if cache_dir is not None:
-            print(f"Disk cache of decoded images: {cache_dir} (--no-disk-cache: none)")
-        # On a GPU, batches travel as uint8 and are scaled there (to_input): a quarter of the bytes
-        dataset_kwargs = {"pixels": "uint8" if device.type == "cuda" else "float01",
-                          "cache_mb": args.cache_mb, "file_column": args.file_column,
-                          "label_column": args.label_column, "mode": args.mode,
-                          "image_size": args.image_size, "encoding": args.encoding,
-                          "num_classes": args.num_classes, "cache_dir": cache_dir}
-        loader_kwargs = {"num_workers": args.num_workers, "pin_memory": device.type == "cuda",
-                         "persistent_workers": args.persistent_workers and args.num_workers > 0}
-        datasets = make_datasets(sources, dataset_kwargs, augmentation() if args.augment else None)
-        if args.batch_size > len(datasets[0]) and not args.evaluate:
-            print(f"train.py: error: --batch-size {args.batch_size} is larger than the "
-                  f"{len(datasets[0])} training images (the last partial batch is dropped, so no "
-                  f"batch would be left); pass --batch-size {len(datasets[0])} or less",
-                  file=sys.stderr)
-            raise SystemExit(2)
-        if ddp and cache_dir is not None:  # rank 0 fills the disk cache; the others read it
-            if rank == 0:
-                for ds in datasets:
-                    ds.preload(num_workers=args.num_workers)
-            dist.barrier()
-        batch_size = min(args.batch_size, len(datasets[0])) if args.evaluate else args.batch_size
-        train_loader, valid_loader, test_loader = loaders_from_datasets(  # --evaluate: test only
-            *datasets, batch_size=batch_size, eval_batch_size=args.eval_batch_size,
-            seed=args.seed, loader_kwargs=loader_kwargs)
-        train_ds = datasets[0]
-        train_eval_loader = make_loader(train_ds, args.eval_batch_size, shuffle=False,
-                                        drop_last=False, seed=args.seed,
-                                        loader_kwargs=loader_kwargs)
-        print(f"Data: {len(train_ds)} train, {len(datasets[1])} valid, {len(datasets[2])} test "
-              f"images from {args.csv or args.data_dir + '/'}; {train_ds.cache_decision}; "
-              f"device {device}" + (f"; {world_size} processes" if world_size > 1 else ""))
-
-        # ---- model -------------------------------------------------------------------------------
-        num_features = train_ds.channels * train_ds.image_size[0] * train_ds.image_size[1]
-        num_classes = len(train_ds.classes)
-        model = MLP(num_features=num_features, num_hidden=args.hidden, num_classes=num_classes)
-        model = model.to(device)
-        optimizer = torch.optim.SGD(model.parameters(), lr=args.lr)
-        config = {"data": data_fingerprint([ds.csv_path for ds in datasets]),
-                  "num_features": num_features, "hidden": args.hidden, "num_classes": num_classes,
-                  "batch_size": args.batch_size, "seed": args.seed, "lr": args.lr,
-                  "mode": args.mode, "image_size": list(train_ds.image_size),
-                  "augment": args.augment}
-        if args.evaluate:
-            return evaluate(checkpoint_path, config, train_ds.classes, test_loader, results_dir,
-                            device, rank)
-
-        # ---- resume ------------------------------------------------------------------------------
-        history = History()
-        if args.resume:
-            history = load_run(checkpoint_path, config, model, optimizer, device, args.epochs)
-        net = model
-        if ddp:
-            device_ids = [device.index] if device.type == "cuda" else None
-            net = DistributedDataParallel(model, device_ids=device_ids)
-
-        # ---- train and test ----------------------------------------------------------------------
-        save = None
+        dist.barrier()  # the others wait for rank 0's data (and split.csv)
+    set_deterministic()
+    set_all_seeds(args.seed)
+    data_folder = args.data_dir if args.csv is None else args.img_dir or Path(args.csv).parent
+    cache_dir = None if args.no_disk_cache else Path(args.cache_dir or Path(data_folder) / ".cache")
+    if cache_dir is not None:
+        print(f"Disk cache of decoded images: {cache_dir} (--no-disk-cache: none)")
+    # On a GPU, batches travel as uint8 and are scaled there (to_input): a quarter of the bytes
+    dataset_kwargs = {"pixels": "uint8" if device.type == "cuda" else "float01",
+                      "cache_mb": args.cache_mb, "file_column": args.file_column,
+                      "label_column": args.label_column, "mode": args.mode,
+                      "image_size": args.image_size, "encoding": args.encoding,
+                      "num_classes": args.num_classes, "cache_dir": cache_dir}
+    loader_kwargs = {"num_workers": args.num_workers, "pin_memory": device.type == "cuda",
+                     "persistent_workers": args.persistent_workers and args.num_workers > 0}
+    datasets = make_datasets(sources, dataset_kwargs, augmentation() if args.augment else None)
+    train_ds = datasets[0]
+    if args.batch_size > len(train_ds) and not args.evaluate:
+        print(f"train.py: error: --batch-size {args.batch_size} is larger than the "
+              f"{len(train_ds)} training images (the last partial batch is dropped, so no "
+              f"batch would be left); pass --batch-size {len(train_ds)} or less", file=sys.stderr)
+        raise SystemExit(2)
+    if ddp and cache_dir is not None:  # rank 0 fills the disk cache; the others read it
         if rank == 0:
-            save = functools.partial(save_run, results_dir, model, optimizer, config,
-                                     train_ds.classes)
-        try:
-            train_model(net, args.epochs, train_loader, valid_loader, test_loader,
-                        optimizer=optimizer, device=device, history=history,
-                        train_eval_loader=train_eval_loader,
-                        logging_interval=args.logging_interval, on_epoch_end=save)
-        except KeyboardInterrupt as e:
-            saved = len(history.train_acc)  # train_model extends history in place, saving each
-            how = "Terminated (SIGTERM)" if isinstance(e, Terminated) else "Interrupted"
-            print(f"\n{how} before the first epoch ended; nothing was saved." if not saved
-                  else f"\n{how}. The checkpoint of epoch {saved} is in {checkpoint_path}.\n"
-                  f"Resume with: {resume_command}")
-            raise SystemExit(exit_status(e)) from None
+            for ds in datasets:
+                ds.preload(num_workers=args.num_workers)
+        dist.barrier()
+    batch_size = min(args.batch_size, len(train_ds)) if args.evaluate else args.batch_size
+    loaders = loaders_from_datasets(  # --evaluate: test only
+        *datasets, batch_size=batch_size, eval_batch_size=args.eval_batch_size, seed=args.seed,
+        loader_kwargs=loader_kwargs)
+    train_eval_loader = make_loader(train_ds, args.eval_batch_size, shuffle=False,
+                                    drop_last=False, seed=args.seed, loader_kwargs=loader_kwargs)
+    print(f"Data: {len(train_ds)} train, {len(datasets[1])} valid, {len(datasets[2])} test "
+          f"images from {args.csv or args.data_dir + '/'}; {train_ds.cache_decision}; "
+          f"device {device}" + (f"; {world_size} processes" if world_size > 1 else ""))
+    return datasets, (*loaders, train_eval_loader)
 
-        # ---- figures and reports -----------------------------------------------------------------
-        try:
-            cm = compute_confusion_matrix(net, test_loader, device, num_classes)  # on every rank
-            if rank == 0:
-                write_figures(history, model, test_loader, results_dir, train_ds.classes)
-                write_reports(model, cm, test_loader, results_dir, train_ds.classes)
-        except KeyboardInterrupt as e:
-            how = "Terminated (SIGTERM)" if isinstance(e, Terminated) else "Interrupted"
-            print(f"\n{how} after training: the checkpoint of epoch {len(history.train_acc)} "
-                  f"in {checkpoint_path} is complete; some figures or reports may be missing. "
-                  f"Write the reports with: {evaluate_command}")
-            raise SystemExit(exit_status(e)) from None
-        if ddp:
-            dist.barrier()  # wait for rank 0's figures: gloo may abort a rank that leaves early
-            dist.destroy_process_group()
-        return history
+
+def run_config(args: argparse.Namespace, datasets: list[CsvImageDataset],
+               saved: RunConfig | None) -> RunConfig:
+    """The run's settings from the flags and the data; a model or optimisation flag left out
+    takes the checkpoint's value (saved: --resume, --evaluate), else its default."""
+    def pick(flag: str, default):
+        value = getattr(args, flag)
+        return value if value is not None else getattr(saved, flag, default)
+
+    train_ds, optimizer, schedule = datasets[0], pick("optimizer", "sgd"), pick("lr_schedule",
+                                                                             "constant")
+    momentum = pick("momentum", 0.0)
+    if momentum and optimizer != "sgd":
+        raise SystemExit(f"train.py: error: --momentum is SGD's; {optimizer} has its own betas "
+                         "(leave --momentum out, or pass --optimizer sgd)")
+    normalize = args.normalize if args.normalize is not None else \
+        (saved is not None and saved.mean is not None)
+    mean, std = channel_stats(train_ds, args.num_workers) if normalize else (None, None)
+    return RunConfig(
+        data=data_fingerprint([ds.csv_path for ds in datasets]), mode=args.mode,
+        image_size=list(train_ds.image_size), channels=train_ds.channels,
+        num_classes=len(train_ds.classes), model=pick("model", "mlp"), hidden=pick("hidden", 100),
+        pretrained=bool(pick("pretrained", False)), mean=mean, std=std, optimizer=optimizer,
+        lr=pick("lr", DEFAULT_LR[optimizer]), momentum=momentum,
+        weight_decay=pick("weight_decay", 0.01 if optimizer == "adamw" else 0.0),  # torch's
+        lr_schedule=schedule, schedule_epochs=None if schedule == "constant" else args.epochs,
+        batch_size=args.batch_size, seed=args.seed, augment=args.augment)
+
+
+def channel_stats(ds: CsvImageDataset, num_workers: int = 0) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std of ds's pixels in [0, 1], before any transform; exact: integer
+    sums of the decoded uint8 pixels (from the cache; decoded one by one when it is off)."""
+    cache = ds.preload(num_workers=num_workers)
+    chunks = (cache[i:i + 1024] for i in range(0, len(ds), 1024)) if cache is not None else \
+        (ds.load_image(i)[None] for i in range(len(ds)))
+    sums, squares, n = [0] * ds.channels, [0] * ds.channels, 0
+    for chunk in chunks:  # (B, C, H, W) uint8
+        x = chunk.to(torch.int64).transpose(0, 1).reshape(ds.channels, -1)  # (C, B*H*W)
+        sums = [a + b for a, b in zip(sums, x.sum(1).tolist())]
+        squares = [a + b for a, b in zip(squares, (x * x).sum(1).tolist())]
+        n += x.shape[1]
+    mean = [s / n / 255 for s in sums]
+    std = [((q * n - s * s) / n / n) ** 0.5 / 255 or 1.0 for s, q in zip(sums, squares)]
+    return mean, std  # std 1.0 for a channel that is one colour: nothing to divide
+
+
+def make_optimizer(config: RunConfig, params) -> torch.optim.Optimizer:
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum,
+                               weight_decay=config.weight_decay)
+    kind = torch.optim.Adam if config.optimizer == "adam" else torch.optim.AdamW
+    return kind(params, lr=config.lr, weight_decay=config.weight_decay)
+
+
+def make_scheduler(config: RunConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int):
+    """The learning rate schedule, stepped after every batch; None for a constant rate."""
+    if config.lr_schedule == "constant":
+        return None
+    total = config.schedule_epochs * steps_per_epoch
+    if config.lr_schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total)
+    # The rate alone is cycled: SGD without momentum stays without it.
+    return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, total_steps=total,
+                                               cycle_momentum=False)
+
+
+def fit(args: argparse.Namespace, config: RunConfig, classes: list[str], loaders: tuple,
+        device: torch.device, rank: int, checkpoint: dict | None, checkpoint_path: Path,
+        results_dir: Path, hints: dict) -> tuple[torch.nn.Module, torch.nn.Module, History]:
+    """Build the model, optimizer and schedule (or restore them, --resume), then train; returns
+    (model, the model as trained (DDP's wrapper under torchrun), history)."""
+    train_loader, valid_loader, test_loader, train_eval_loader = loaders
+    try:
+        model = config.build_model(load_pretrained=not args.resume).to(device)
+    except PretrainedWeightsMissing as e:
+        print(f"train.py: error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except ValueError as e:  # an image too small for the model
+        raise SystemExit(f"train.py: error: {e}") from None
+    optimizer = make_optimizer(config, model.parameters())
+    scheduler = make_scheduler(config, optimizer, len(train_loader))
+    history = History()
+    if args.resume:
+        history = load_run(checkpoint, checkpoint_path, model, optimizer, scheduler, args.epochs)
+    net = model
+    if _distributed():
+        device_ids = [device.index] if device.type == "cuda" else None
+        net = DistributedDataParallel(model, device_ids=device_ids)
+    save = None
+    if rank == 0:
+        save = functools.partial(save_run, results_dir, model, optimizer, scheduler, config,
+                                 classes)
+    try:
+        train_model(net, args.epochs, train_loader, valid_loader, test_loader,
+                    optimizer=optimizer, device=device, history=history,
+                    train_eval_loader=train_eval_loader, logging_interval=args.logging_interval,
+                    on_epoch_end=save, scheduler=scheduler, early_stopping=args.early_stopping)
+    except KeyboardInterrupt as e:
+        saved = len(history.train_acc)  # train_model extends history in place, saving each
+        how = "Terminated (SIGTERM)" if isinstance(e, Terminated) else "Interrupted"
+        print(f"\n{how} before the first epoch ended; nothing was saved." if not saved
+              else f"\n{how}. The checkpoint of epoch {saved} is in {checkpoint_path}.\n"
+              f"Resume with: {hints['resume']}")
+        raise SystemExit(exit_status(e)) from None
+    return model, net, history
+
+
+def finish(model: torch.nn.Module, net: torch.nn.Module, history: History, test_loader,
+           results_dir: Path, classes: list[str], device: torch.device, rank: int,
+           checkpoint_path: Path, hints: dict) -> None:
+    """After training: the best epoch's model on the test split beside the last one's, then the
+    figures and reports (of the last epoch's model, as checkpoint.pt holds it)."""
+    try:
+        history.best_test_acc = best_model_test_accuracy(model, history, test_loader,
+                                                         results_dir, device, rank)
+        best, epochs = best_epoch(history), len(history.valid_acc)
+        if best == epochs:
+            print(f"Best epoch: the last, {best}, validation {history.valid_acc[-1]:.2f}% "
+                  f"({results_dir / 'best.pt'} holds it too)")
+        elif history.best_test_acc is not None:
+            print(f"Best epoch: {best} of {epochs}, validation {history.valid_acc[best - 1]:.2f}%; "
+                  f"its model ({results_dir / 'best.pt'}) scores {history.best_test_acc:.2f}% on "
+                  f"test, the last epoch's {history.test_acc:.2f}%")
+        cm = compute_confusion_matrix(net, test_loader, device, len(classes))  # on every rank
+        if rank == 0:
+            write_figures(history, model, test_loader, results_dir, classes)
+            write_reports(model, cm, test_loader, results_dir, classes)
+    except KeyboardInterrupt as e:
+        how = "Terminated (SIGTERM)" if isinstance(e, Terminated) else "Interrupted"
+        print(f"\n{how} after training: the checkpoint of epoch {len(history.train_acc)} "
+              f"in {checkpoint_path} is complete; some figures or reports may be missing. "
+              f"Write the reports with: {hints['evaluate']}")
+        raise SystemExit(exit_status(e)) from None
+
+
+@torch.no_grad()
+def best_model_test_accuracy(model: torch.nn.Module, history: History, test_loader,
+                             results_dir: Path, device: torch.device, rank: int) -> float | None:
+    """Test accuracy of best.pt's model: the last epoch's when that was the best; read by rank 0
+    (which wrote it) and sent to the others under torchrun. None without best.pt or a test."""
+    best, path = best_epoch(history), results_dir / "best.pt"
+    if not best or history.test_acc is None:
+        return None
+    if best == len(history.valid_acc):
+        return history.test_acc
+    have = torch.tensor([rank != 0 or path.is_file()], dtype=torch.int64, device=device)
+    if _distributed():
+        dist.all_reduce(have, op=dist.ReduceOp.MIN)
+    if not have.item():  # a run resumed from a checkpoint of a version without best.pt
+        return None
+    best_model = copy.deepcopy(model)
+    if rank == 0:
+        best_model.load_state_dict(torch.load(path, map_location=device,
+                                              weights_only=True)["model"])
+    if _distributed():
+        for tensor in best_model.state_dict().values():
+            dist.broadcast(tensor, src=0)
+    return compute_accuracy(best_model, test_loader, device)
 
 
 if __name__ == "__main__":

@@ -34,3 +34,8 @@ def test_bench_smoke_writes_a_complete_report(tmp_path, capsys):
     # Issue 17's rows: a CsvImageDataset through torch's own DataLoader, with and without workers and preload.
     assert len(report["plain"]) == 4 and all(m["warm_img_s"] > 0 for m in report["plain"].values())
     assert "| plain DataLoader, 2 workers, after ds.preload(): they read the one copy |" in out
+    # Issue 19's rows: seconds per epoch of each model, beside the MLP's.
+    assert set(report["models"]) == {"mlp", "cnn", "resnet18"}
+    assert all(m["epoch_s"] > 0 and m["parameters"] > 0 for m in report["models"].values())
+    assert report["models"]["mlp"]["parameters"] == 784 * 100 + 100 + 100 * 10 + 10
+    assert "| cnn |" in out and "| resnet18 |" in out

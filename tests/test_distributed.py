@@ -119,6 +119,17 @@ def test_a_failing_rank_stops_the_whole_job_with_its_error(data, tmp_path):
     assert "mnist_train.csv, line 5: '00003.png': cannot decode the image" in run.stdout + run.stderr
 
 
+def test_the_conv_net_trains_under_torchrun_and_a_single_process_reads_its_checkpoint(data, tmp_path):
+    run = torchrun(*train_flags(data, tmp_path / "cnn", "--model", "cnn", "--early-stopping", "5"))
+    assert run.returncode == 0, run.stderr[-3000:]
+    checkpoint = torch.load(tmp_path / "cnn" / "checkpoint.pt", weights_only=True)
+    assert checkpoint["config"]["model"] == "cnn" and (tmp_path / "cnn" / "best.pt").is_file()
+    assert not any(k.startswith("module.") for k in checkpoint["model"])  # the unwrapped model
+    evaluated = train.main(["--evaluate", "--batch-size", "8", "--data-dir", str(data),
+                            "--results-dir", str(tmp_path / "cnn")])
+    assert f"Test accuracy: {evaluated.test_acc:.2f}%" in run.stdout
+
+
 def test_a_rank_that_stops_answering_is_named_within_the_timeout(data, tmp_path):
     start = time.monotonic()
     run = torchrun(*train_flags(data, tmp_path / "r", "--dist-timeout", "0.1"), env={"PROBE_RANK1_HANG": "1"})

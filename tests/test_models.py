@@ -1,0 +1,229 @@
+"""Models beyond the lecture's MLP (issue 19): shapes, optimizers and schedules that resume to the bit,
+best.pt and early stopping, pretrained weights from a planted file, and --normalize."""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import train
+from conftest import ROOT
+from model import ConvNet, Normalized, build_model
+from test_reproducibility import assert_same_run, metrics, run
+
+
+# ---- shapes ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["mlp", "cnn", "resnet18"])
+@pytest.mark.parametrize("channels, size", [(1, (28, 28)), (3, (8, 8)), (3, (32, 48)), (1, (64, 64))])
+def test_every_model_gives_one_logit_per_class_for_any_channels_and_size(name, channels, size):
+    torch.manual_seed(0)
+    model = build_model(name, channels, size, num_classes=7).eval()
+    with torch.no_grad():
+        out = model(torch.rand(2, channels, *size))
+    assert out.shape == (2, 7) and torch.isfinite(out).all()
+
+
+def test_resnet18_keeps_small_images_large_in_its_stem_and_uses_torchvisions_below_64():
+    small, large = build_model("resnet18", 1, (63, 80), 5), build_model("resnet18", 1, (64, 64), 5)
+    assert small.conv1.kernel_size == (3, 3) and small.conv1.stride == (1, 1)
+    assert isinstance(small.maxpool, torch.nn.Identity)
+    assert large.conv1.kernel_size == (7, 7) and large.conv1.in_channels == 1
+    assert build_model("resnet18", 3, (224, 224), 5).conv1.in_channels == 3
+
+
+def test_the_conv_net_refuses_images_below_8x8_with_a_sentence():
+    with pytest.raises(ValueError, match="at least 8x8, got 7x9: pass a larger --image-size"):
+        build_model("cnn", 1, (7, 9), 10)
+    assert isinstance(build_model("cnn", 1, (8, 8), 10), ConvNet)
+
+
+def interrupted(monkeypatch, data, results, *flags: str, after: int, epochs: int) -> None:
+    """A run stopped as by a Ctrl-C once epoch `after` is saved: same flags, same --epochs."""
+    save_run = train.save_run
+
+    def save_then_stop(*args, **kwargs):
+        save_run(*args, **kwargs)
+        if len(args[-1].train_acc) == after:
+            raise KeyboardInterrupt
+    with monkeypatch.context() as patch:
+        patch.setattr(train, "save_run", save_then_stop)
+        with pytest.raises(SystemExit):
+            run(data, results, *flags, epochs=epochs)
+
+
+# ---- train.py --model: recorded, rebuilt, refused ----------------------------------------------
+
+def test_cnn_trains_and_evaluate_and_predict_rebuild_it_without_the_flag(tiny_data, tmp_path, capsys):
+    history = run(tiny_data, tmp_path / "r", "--model", "cnn", epochs=2)
+    checkpoint = torch.load(tmp_path / "r" / "checkpoint.pt", weights_only=True)
+    assert checkpoint["config"]["model"] == "cnn" and "features.0.0.weight" in checkpoint["model"]
+    capsys.readouterr()
+    evaluated = train.main(["--evaluate", "--batch-size", "8", "--data-dir", str(tiny_data),
+                            "--results-dir", str(tmp_path / "r")])
+    assert evaluated.test_acc == history.test_acc
+    train.main(["--predict", str(tiny_data / "mnist_test.csv"), "--img-dir", str(tiny_data / "mnist_test"),
+                "--results-dir", str(tmp_path / "p"), "--checkpoint", str(tmp_path / "r" / "checkpoint.pt")])
+    assert f"Accuracy: {history.test_acc:.2f}%" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match=r"holds another model than --model mlp \(the checkpoint's: cnn\)"):
+        train.main(["--evaluate", "--model", "mlp", "--data-dir", str(tiny_data), "--results-dir", str(tmp_path / "r")])
+
+
+def test_resume_takes_the_model_and_optimizer_from_the_checkpoint_and_refuses_others(tiny_data, tmp_path,
+                                                                                    monkeypatch):
+    flags = ["--model", "cnn", "--optimizer", "adam", "--lr", "0.002", "--lr-schedule", "cosine"]
+    run(tiny_data, tmp_path / "full", *flags, epochs=2)
+    interrupted(monkeypatch, tiny_data, tmp_path / "split", *flags, after=1, epochs=2)
+    run(tiny_data, tmp_path / "split", "--resume", epochs=2)  # not one of those flags repeated
+    assert_same_run(tmp_path / "full", tmp_path / "split")
+    for change, message in [(["--optimizer", "sgd"], "optimizer: checkpoint has 'adam', this run has 'sgd'"),
+                            (["--lr", "0.1"], "lr: checkpoint has 0.002, this run has 0.1"),
+                            (["--lr-schedule", "onecycle"], "lr_schedule: checkpoint has 'cosine'"),
+                            (["--weight-decay", "0.1"], "weight_decay: checkpoint has 0.0"),
+                            ([], "schedule_epochs: checkpoint has 2, this run has 3")]:  # epochs=3
+        with pytest.raises(SystemExit, match=message):
+            run(tiny_data, tmp_path / "split", "--resume", *change)
+
+
+OPTIMIZATION = [[*opt, "--lr-schedule", schedule] for opt in (["--optimizer", "sgd", "--momentum", "0.9"],
+                                                              ["--optimizer", "adam"], ["--optimizer", "adamw"])
+                for schedule in ("constant", "cosine", "onecycle")]
+
+
+@pytest.mark.parametrize("flags", OPTIMIZATION, ids=[" ".join(f[1::2]) for f in OPTIMIZATION])
+def test_every_optimizer_and_schedule_resumes_bit_identical_and_ignores_workers(tiny_data, tmp_path, flags,
+                                                                                 monkeypatch):
+    run(tiny_data, tmp_path / "full", *flags, epochs=4)
+    interrupted(monkeypatch, tiny_data, tmp_path / "split", *flags, "--num-workers", "2", after=2, epochs=4)
+    run(tiny_data, tmp_path / "split", *flags, "--resume", epochs=4)
+    assert_same_run(tmp_path / "full", tmp_path / "split")
+    a = torch.load(tmp_path / "full" / "checkpoint.pt", weights_only=True)
+    b = torch.load(tmp_path / "split" / "checkpoint.pt", weights_only=True)
+    assert a["scheduler"] == b["scheduler"]
+    if "constant" not in flags:  # the schedule really moved the rate, so the test can fail
+        assert a["scheduler"]["_last_lr"][0] != a["config"]["lr"]
+
+
+def test_the_default_run_is_still_plain_sgd_with_no_schedule(tiny_data, tmp_path):
+    run(tiny_data, tmp_path / "r", epochs=1)
+    checkpoint = torch.load(tmp_path / "r" / "checkpoint.pt", weights_only=True)
+    group = checkpoint["optimizer"]["param_groups"][0]
+    assert (group["lr"], group["momentum"], group["weight_decay"]) == (0.1, 0, 0)
+    assert checkpoint["scheduler"] is None and list(checkpoint["model"]) == [
+        "layers.1.weight", "layers.1.bias", "layers.3.weight", "layers.3.bias"]
+
+
+# ---- best.pt and early stopping ----------------------------------------------------------------
+
+def test_best_pt_is_the_best_validation_epoch_and_evaluate_uses_it(tiny_data, tmp_path, capsys):
+    history = run(tiny_data, tmp_path / "r", "--lr", "1", epochs=8)  # peaks at 6, ties at 8
+    best = history.valid_acc.index(max(history.valid_acc)) + 1
+    saved = torch.load(tmp_path / "r" / "best.pt", weights_only=True)  # weights_only, as checkpoint.pt
+    assert saved["epoch"] == best and saved["history"]["valid_acc"] == history.valid_acc[:best]
+    out = capsys.readouterr().out
+    assert best < 8, "this data and lr should peak before the last epoch, so the test can tell them apart"
+    assert f"Best epoch: {best} of 8, validation {max(history.valid_acc):.2f}%; its model" in out
+    assert f"scores {history.best_test_acc:.2f}% on test, the last epoch's {history.test_acc:.2f}%" in out
+    assert history.best_test_acc != history.test_acc  # on this data: the two models differ
+    evaluated = train.main(["--evaluate", "--batch-size", "8", "--data-dir", str(tiny_data),
+                            "--checkpoint", str(tmp_path / "r" / "best.pt")])
+    assert evaluated.test_acc == history.best_test_acc
+    assert (tmp_path / "r" / "checkpoint.pt").is_file() and (tmp_path / "r" / "confusion_matrix.csv").is_file()
+
+
+def test_early_stopping_ends_after_n_epochs_without_a_better_validation_and_resume_keeps_it(tiny_data, tmp_path,
+                                                                                             capsys):
+    history = run(tiny_data, tmp_path / "r", "--lr", "1e-9", "--early-stopping", "2", epochs=10)
+    assert len(set(history.valid_acc)) == 1  # nothing learnt at this rate: epoch 1 stays the best
+    assert len(history.valid_acc) == 3 and [row[0] for row in metrics(tmp_path / "r")] == ["1", "2", "3"]
+    assert "Early stopping: no better validation accuracy in the 2 epochs after epoch 1" in capsys.readouterr().out
+    again = run(tiny_data, tmp_path / "r", "--lr", "1e-9", "--early-stopping", "2", "--resume", epochs=10)
+    assert len(again.valid_acc) == 3
+    assert torch.load(tmp_path / "r" / "best.pt", weights_only=True)["epoch"] == 1
+
+
+def test_a_new_run_moves_the_old_best_pt_aside_with_the_rest(tiny_data, tmp_path):
+    run(tiny_data, tmp_path / "r", epochs=1)
+    old = (tmp_path / "r" / "best.pt").read_bytes()
+    run(tiny_data, tmp_path / "r", "--seed", "3", epochs=1)
+    assert (tmp_path / "r" / "version_1" / "best.pt").read_bytes() == old
+
+
+# ---- pretrained weights: planted where torchvision looks, or one sentence ------------------------
+
+def plant_resnet18_weights(torch_home) -> dict:
+    from torchvision.models import ResNet18_Weights, resnet18
+    torch.manual_seed(42)
+    state = resnet18().state_dict()  # ImageNet's shapes (1000 classes), values of our own
+    folder = torch_home / "hub" / "checkpoints"
+    folder.mkdir(parents=True)
+    torch.save(state, folder / os.path.basename(ResNet18_Weights.IMAGENET1K_V1.url))
+    return state
+
+
+def test_pretrained_resnet18_starts_from_the_planted_weights_with_imagenet_normalisation(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    planted = plant_resnet18_weights(tmp_path / "torch")
+    model = build_model("resnet18", 1, (32, 32), 5, pretrained=True).eval()
+    assert isinstance(model, Normalized) and model.repeat_to == 3
+    for key, value in model.net.state_dict().items():
+        if not key.startswith("fc."):
+            assert torch.equal(value, planted[key]), key
+    assert model.net.fc.out_features == 5
+    assert torch.allclose(model.mean.flatten(), torch.tensor([0.485, 0.456, 0.406]))
+    with torch.no_grad():  # a gray image goes in as three equal channels, normalised
+        x = torch.rand(1, 1, 32, 32)
+        expected = model.net((x.expand(-1, 3, -1, -1) - model.mean) / model.std)
+        assert torch.equal(model(x), expected)
+
+
+def test_pretrained_weights_missing_offline_is_one_sentence_naming_the_file(tiny_data, tmp_path):
+    env = {**os.environ, "TORCH_HOME": str(tmp_path / "torch"), "HTTPS_PROXY": "http://127.0.0.1:9",
+           "https_proxy": "http://127.0.0.1:9", "OMP_NUM_THREADS": "1"}  # no network, for certain
+    done = subprocess.run([sys.executable, str(ROOT / "train.py"), "--model", "resnet18", "--pretrained",
+                           "--epochs", "1", "--batch-size", "8", "--data-dir", str(tiny_data), "--results-dir", str(tmp_path / "r")],
+                          capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    expected = tmp_path / "torch" / "hub" / "checkpoints" / "resnet18-f37072fd.pth"
+    assert f"train.py: error: the pretrained weights are not on this machine and could not be downloaded" in done.stderr
+    assert f"put it at {expected}" in done.stderr
+
+
+def test_train_py_fine_tunes_from_planted_weights_and_predict_needs_no_file(tiny_data, tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    plant_resnet18_weights(tmp_path / "torch")
+    history = run(tiny_data, tmp_path / "r", "--model", "resnet18", "--pretrained", "--optimizer", "adam", epochs=1)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty"))  # the checkpoint holds every weight
+    result = train.main(["--evaluate", "--batch-size", "8", "--data-dir", str(tiny_data),
+                         "--results-dir", str(tmp_path / "r")])
+    assert result.test_acc == history.test_acc
+
+
+# ---- --normalize ---------------------------------------------------------------------------------
+
+def test_normalize_uses_the_train_splits_exact_channel_statistics_and_predict_applies_them(tiny_data, tmp_path,
+                                                                                           capsys):
+    history = run(tiny_data, tmp_path / "r", "--normalize", epochs=2)
+    with open(tiny_data / "mnist_train.csv") as f:
+        names = [row["File Name"] for row in csv.DictReader(f)]
+    pixels = np.stack([np.asarray(Image.open(tiny_data / "mnist_train" / n)) for n in names]) / 255.0
+    config = torch.load(tmp_path / "r" / "checkpoint.pt", weights_only=True)["config"]
+    assert config["mean"] == pytest.approx([pixels.mean()], abs=1e-12)
+    assert config["std"] == pytest.approx([pixels.std()], abs=1e-12)
+    capsys.readouterr()
+    train.main(["--predict", str(tiny_data / "mnist_test.csv"), "--img-dir", str(tiny_data / "mnist_test"),
+                "--results-dir", str(tmp_path / "p"), "--checkpoint", str(tmp_path / "r" / "checkpoint.pt")])
+    assert f"Accuracy: {history.test_acc:.2f}%" in capsys.readouterr().out
+
+
+def test_normalize_with_augmentation_and_workers_keeps_the_run_exact(tiny_data, tmp_path):
+    run(tiny_data, tmp_path / "a", "--normalize", "--augment", epochs=2)
+    run(tiny_data, tmp_path / "b", "--normalize", "--augment", "--num-workers", "2", "--cache-mb", "0", epochs=2)
+    assert_same_run(tmp_path / "a", tmp_path / "b")
