@@ -873,14 +873,16 @@ def evaluate(checkpoint: dict, checkpoint_path: Path, config: RunConfig, classes
 def refuse_other_model_flags(args: argparse.Namespace, saved: RunConfig, path: Path) -> None:
     """--evaluate, --predict and --resume rebuild the checkpoint's model by themselves; a model
     flag given that says otherwise is refused."""
+    use = "--resume from" if args.resume else "--evaluate" if args.evaluate else "--predict with"
     has = {"model": saved.model, "hidden": saved.hidden, "pretrained": saved.pretrained,
            "normalize": saved.mean is not None}
     differences = [f"--{key} {value} (the checkpoint's: {has[key]})" for key in has
                    if (value := getattr(args, key)) is not None and value != has[key]]
     if differences:
-        raise SystemExit(f"train.py: error: {path} holds another model than {', '.join(differences)}"
-                         " asks for; the checkpoint's model is rebuilt from the checkpoint, so "
-                         "leave those flags out, or pass the --checkpoint of such a model")
+        raise SystemExit(f"train.py: error: cannot {use} {path}: it holds another model than "
+                         f"{', '.join(differences)} asks for. The model is rebuilt from the "
+                         "checkpoint, so leave those flags out, or pass the --checkpoint of such "
+                         "a model")
 
 
 @torch.no_grad()

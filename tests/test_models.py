@@ -72,7 +72,7 @@ def test_cnn_trains_and_evaluate_and_predict_rebuild_it_without_the_flag(tiny_da
     train.main(["--predict", str(tiny_data / "mnist_test.csv"), "--img-dir", str(tiny_data / "mnist_test"),
                 "--results-dir", str(tmp_path / "p"), "--checkpoint", str(tmp_path / "r" / "checkpoint.pt")])
     assert f"Accuracy: {history.test_acc:.2f}%" in capsys.readouterr().out
-    with pytest.raises(SystemExit, match=r"holds another model than --model mlp \(the checkpoint's: cnn\)"):
+    with pytest.raises(SystemExit, match=r"cannot --evaluate .*: it holds another model than --model mlp \(the checkpoint.s: cnn\)"):
         train.main(["--evaluate", "--model", "mlp", "--data-dir", str(tiny_data), "--results-dir", str(tmp_path / "r")])
 
 

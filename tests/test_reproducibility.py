@@ -87,7 +87,7 @@ def test_resume_ends_bit_identical_to_an_uninterrupted_run(tiny_data, tmp_path):
 @pytest.mark.parametrize("change, message", [
     (["--seed", "12"], "seed: checkpoint has 11, this run has 12"),
     (["--batch-size", "4"], "batch_size: checkpoint has 8"),
-    (["--hidden", "50"], "hidden: checkpoint has 100"),
+    (["--hidden", "50"], "another model than --hidden 50 (the checkpoint's: 100) asks for"),
     (["--lr", "0.05"], "lr: checkpoint has 0.1"),
     ("data", "data: checkpoint has"),
 ])
@@ -220,13 +220,13 @@ def test_same_weights_for_workers_cache_fill_and_cache_hit_on_several_chunks(chu
     no_figures(monkeypatch)
     train.set_all_seeds(11)
     seeded, seen = global_states(), []
-    real_mlp = train.MLP
+    real_build = train.build_model
 
-    def recording_mlp(*args, **kwargs):
+    def recording_build(*args, **kwargs):
         seen.append(global_states())
-        return real_mlp(*args, **kwargs)
+        return real_build(*args, **kwargs)
 
-    monkeypatch.setattr(train, "MLP", recording_mlp)
+    monkeypatch.setattr(train, "build_model", recording_build)
     cache = tmp_path / "cache"
     for name, flags in [("fill", ["--num-workers", "2", "--cache-dir", str(cache)]),
                         ("hit", ["--num-workers", "2", "--cache-dir", str(cache)]),
