@@ -468,7 +468,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--smoke", action="store_true", help="tiny sizes, one repeat, 2 epochs: checks it runs")
     p.add_argument("--decode-size", type=int, default=40000, help="images in the first-pass and disk-cache rows")
     p.add_argument("--rows", default="30000,300000", help="CSV sizes for the row-checking rows (comma separated)")
-    p.add_argument("--model-epochs", type=int, default=4, help="epochs per model in the models rows")
+    p.add_argument("--model-epochs", type=int, default=3, help="epochs per model in the models rows")
     p.add_argument("--sections", default="loaders,scaling,end_to_end,startup,decode,rows,workers,plain,models",
                    help="which parts to run (comma separated)")
     p.add_argument("--memory-of", help=argparse.SUPPRESS)  # internal: measure one loader in this process

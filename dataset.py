@@ -833,12 +833,26 @@ def format_problems(csv_path: Path, problems: list[Problem], n_rows: int,
     return "\n".join([head, *lines])
 
 
+SEPARATORS = (",", ";", "\t")  # a spreadsheet's export in much of Europe uses ';'
+
+
+def csv_separator(csv_path: str | Path, encoding: str = "utf-8") -> str:
+    """The separator of a CSV: of ',', ';' and tab, the one its header line holds most of (',' on
+    a tie, or when it holds none: a one-column CSV)."""
+    with open(csv_path, encoding=encoding, errors="replace", newline="") as f:
+        header = f.readline()
+    counts = [header.count(s) for s in SEPARATORS]
+    return SEPARATORS[counts.index(max(counts))]
+
+
 def read_csv(csv_path: Path, columns: Sequence[str], encoding: str = "utf-8") -> pd.DataFrame:
-    """The CSV with the given columns as found; the index is each row's 1-based line number."""
+    """The CSV with the given columns as found (separated by ',', ';' or tabs: csv_separator);
+    the index is each row's 1-based line number."""
     if not csv_path.is_file():
         raise DatasetError(f"CSV file not found: {csv_path}")
     try:
-        header = pd.read_csv(csv_path, nrows=0, encoding=encoding).columns
+        sep = csv_separator(csv_path, encoding)
+        header = pd.read_csv(csv_path, nrows=0, encoding=encoding, sep=sep).columns
         missing = [c for c in columns if c not in header]
         if missing:
             raise DatasetError(f"{csv_path}: no column(s) {missing}; the columns are "
@@ -846,7 +860,7 @@ def read_csv(csv_path: Path, columns: Sequence[str], encoding: str = "utf-8") ->
                                "label_column= / split= (--file-column / --label-column / "
                                "--split-column) with the right names.")
         # Only empty cells are missing values: a file called "NA" stays a file name.
-        df = pd.read_csv(csv_path, usecols=list(columns), dtype={columns[0]: str},
+        df = pd.read_csv(csv_path, usecols=list(columns), dtype={columns[0]: str}, sep=sep,
                          encoding=encoding, skip_blank_lines=False, keep_default_na=False,
                          na_values=[""])
     except pd.errors.EmptyDataError:
@@ -867,7 +881,7 @@ def _separator_hint(header: Sequence[str]) -> str:
     """For a header read as one column: the separator it seems to use instead of commas."""
     if len(header) != 1:
         return ""
-    for separator, name in ((";", "';'"), ("\t", "a tab"), ("|", "'|'")):
+    for separator, name in (("|", "'|'"),):  # ',', ';' and tab are read
         if separator in str(header[0]):
             return f" (one column: the header seems to be separated by {name}, not commas)"
     return ""

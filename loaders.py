@@ -53,7 +53,7 @@ import torch.distributed as dist
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, Subset
 from torch.utils.data.distributed import DistributedSampler
 
-from dataset import (TEMP_TAG, Batch, CsvImageDataset, DatasetError, normal_file_mode, read_csv,
+from dataset import (TEMP_TAG, Batch, CsvImageDataset, DatasetError, csv_separator, normal_file_mode, read_csv,
                      split_names, split_spellings)
 
 Transform = Callable[[torch.Tensor], torch.Tensor]
@@ -209,7 +209,8 @@ def split_csv(csv_path: str | Path, out_path: str | Path, *, label_column: str =
                          "be at least 0, with a sum below 1")
     read_csv(csv_path, [label_column], encoding)  # named errors: no file, no column, encoding
     try:
-        rows = pd.read_csv(csv_path, dtype=str, keep_default_na=False, encoding=encoding)
+        rows = pd.read_csv(csv_path, dtype=str, keep_default_na=False, encoding=encoding,
+                           sep=csv_separator(csv_path, encoding))
     except UnicodeDecodeError as e:  # a byte below the header that read_csv's check did not see
         raise DatasetError(f"{csv_path}: not {encoding} text ({e.reason} at byte {e.start}); pass "
                            "its encoding, e.g. encoding='latin-1' (--encoding latin-1) for a "

@@ -58,7 +58,8 @@ import torch.nn.functional as F
 from PIL import Image
 from torch.nn.parallel import DistributedDataParallel
 
-from dataset import TEMP_TAG, CsvImageDataset, DatasetError, parse_image_size, read_csv, to_float01
+from dataset import (TEMP_TAG, CsvImageDataset, DatasetError, csv_separator, parse_image_size,
+                     read_csv, to_float01)
 from loaders import (SPLITS, folder_layout, loaders_from_datasets, make_datasets, make_loader,
                      split_csv)
 from model import MODELS, PretrainedWeightsMissing, build_model
@@ -942,7 +943,8 @@ def _images_to_predict(path: Path, columns: tuple[str, str], img_dir: str | None
         return CsvImageDataset(listing, path, file_column="File Name", label_column=None,
                                **{**options, "encoding": "utf-8"})
     read_csv(path, [file_column], options["encoding"])  # a missing file or column: named errors
-    labelled = label_column in pd.read_csv(path, nrows=0, encoding=options["encoding"]).columns
+    labelled = label_column in pd.read_csv(path, nrows=0, encoding=options["encoding"],
+                                           sep=csv_separator(path, options["encoding"])).columns
     return CsvImageDataset(path, Path(img_dir) if img_dir else path.parent, file_column=file_column,
                            label_column=label_column if labelled else None, **options)
 
