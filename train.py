@@ -58,8 +58,8 @@ import torch.nn.functional as F
 from PIL import Image
 from torch.nn.parallel import DistributedDataParallel
 
-from dataset import (TEMP_TAG, CsvImageDataset, DatasetError, csv_separator, parse_image_size,
-                     read_csv, to_float01)
+from dataset import (TEMP_TAG, CsvImageDataset, DatasetError, csv_separator, make_dataset,
+                     parse_image_size, read_csv, to_float01)
 from loaders import (SPLITS, folder_layout, loaders_from_datasets, make_datasets, make_loader,
                      split_csv)
 from model import MODELS, PretrainedWeightsMissing, build_model
@@ -890,8 +890,10 @@ def refuse_other_model_flags(args: argparse.Namespace, saved: RunConfig, path: P
 def predict(path: str, checkpoint: dict, checkpoint_path: Path, results_dir: Path,
             columns: tuple[str, str], img_dir: str | None, encoding: str,
             device: torch.device) -> Path:
-    """--predict: the checkpoint's classes for the images in a folder or a CSV, read in the
-    checkpoint's mode and size, into results_dir/predictions.csv (written whole, or not at all)."""
+    """--predict: the checkpoint's classes for one image, the images of a folder or those of a
+    CSV, read in the checkpoint's mode and size, into results_dir/predictions.csv (written whole,
+    or not at all). An image that cannot be read is named in a warning and gets a row with an
+    empty prediction and the reason; none readable at all is an error."""
     if "classes" not in checkpoint:
         raise SystemExit(f"train.py: error: {checkpoint_path} does not say its classes, mode and "
                          "image size (it predates them): train again to use --predict")
@@ -901,52 +903,91 @@ def predict(path: str, checkpoint: dict, checkpoint_path: Path, results_dir: Pat
     model.load_state_dict(checkpoint["model"])
     model.eval()
     options = {"mode": checkpoint["mode"], "image_size": tuple(checkpoint["image_size"]),
-               "classes": classes, "cache_mb": 0, "encoding": encoding}
-    with tempfile.TemporaryDirectory() as tmp:
-        ds = _images_to_predict(Path(path), columns, img_dir, Path(tmp), options)
-    labelled = bool(len(ds)) and ds.targets[0] >= 0
+               "classes": classes, "cache_mb": 0}
+    with tempfile.TemporaryDirectory(prefix=f"{TEMP_TAG}-") as tmp:
+        ds, unreadable, in_csv = _images_to_predict(Path(path), columns, img_dir, encoding,
+                                                    Path(tmp), options)
+    labelled = ds is not None and ds.targets[0] >= 0
+    k = min(3, len(classes))
     head = ["file", "predicted", "probability"]
-    head += [f"top{k}{suffix}" for k in range(1, min(3, len(classes)) + 1)
-             for suffix in ("", "_probability")]
-    rows, correct = [head + (["true"] if labelled else [])], 0
-    for start in range(0, len(ds), 256):
-        images, labels = ds[np.arange(start, min(start + 256, len(ds)))]
-        probs = torch.softmax(model(to_input(images, device)), dim=1).cpu()  # (B, C)
-        top_p, top_i = probs.topk(min(3, len(classes)), dim=1)
-        for j, label in enumerate(labels.tolist()):
-            cells = [ds.rows[start + j].file, classes[top_i[j, 0]], f"{top_p[j, 0]:.4f}"]
-            cells += [c for i, q in zip(top_i[j].tolist(), top_p[j].tolist())
-                      for c in (classes[i], f"{q:.4f}")]
+    head += [f"top{j}{suffix}" for j in range(1, k + 1) for suffix in ("", "_probability")]
+    rows, correct, predicted = [head + (["true"] if labelled else []) + ["problem"]], 0, 0
+    for start in range(0, len(ds) if ds is not None else 0, 256):
+        good, images = [], []
+        for i in range(start, min(start + 256, len(ds))):
+            try:
+                images.append(ds.load_image(i))  # (C, H, W) uint8, at the checkpoint's size
+                good.append(i)
+            except DatasetError as e:  # the image, not the row: named, and the others go on
+                where = f"line {ds.rows[i].line}: " if in_csv else ""
+                unreadable.append((ds.rows[i].file, where + str(e).removeprefix(
+                    ds._where(i) + ": ")))
+        if not good:
+            continue
+        probs = torch.softmax(model(to_input(torch.stack(images), device)), dim=1).cpu()  # (B, C)
+        top_p, top_i = probs.topk(k, dim=1)
+        for j, i in enumerate(good):
+            cells = [ds.rows[i].file, classes[top_i[j, 0]], f"{top_p[j, 0]:.4f}"]
+            cells += [c for c_i, q in zip(top_i[j].tolist(), top_p[j].tolist())
+                      for c in (classes[c_i], f"{q:.4f}")]
+            label = ds.rows[i].label
             cells += [classes[label]] if labelled else []
-            rows.append(cells)
+            rows.append(cells + [""])
             correct += labelled and label == top_i[j, 0].item()
+        predicted += len(good)
+    if not predicted:
+        raise DatasetError(f"{path}: no image could be read, so nothing was predicted:\n"
+                           + "\n".join(f"  {f!r}: {why}" for f, why in unreadable[:10]))
+    blank = [""] * (len(head) - 1 + labelled)
+    rows += [[file, *blank, why] for file, why in unreadable]
     results_dir.mkdir(parents=True, exist_ok=True)
     out = results_dir / "predictions.csv"
     write_atomic(out, csv_bytes(rows))
-    print(f"Predicted {len(ds)} images with {checkpoint_path}: {out}")
+    print(f"Predicted {predicted} images with {checkpoint_path}: {out}")
+    if unreadable:
+        warnings.warn(f"{len(unreadable)} of {predicted + len(unreadable)} images could not be "
+                      "read; they have rows with an empty prediction and the reason in "
+                      f"{out}:\n" + "\n".join(f"  {f!r}: {why}" for f, why in unreadable[:10])
+                      + (f"\n  ... and {len(unreadable) - 10} more" if len(unreadable) > 10 else ""))
     if labelled:
-        print(f"Accuracy: {100.0 * correct / len(ds):.2f}% ({correct} of {len(ds)})")
+        print(f"Accuracy: {100.0 * correct / predicted:.2f}% ({correct} of {predicted})")
     return out
 
 
-def _images_to_predict(path: Path, columns: tuple[str, str], img_dir: str | None, tmp: Path,
-                       options: dict) -> CsvImageDataset:
-    """The images of a folder (every image file below it, sorted by path) or of a CSV (labelled
-    when it has the label column)."""
+def _images_to_predict(path: Path, columns: tuple[str, str], img_dir: str | None, encoding: str,
+                       tmp: Path, options: dict) -> tuple[CsvImageDataset | None, list, bool]:
+    """(the readable rows, or None; [(file, why)] of the others; whether they came from the
+    user's CSV): one image file, every image file in a folder and below it (sorted by path), or
+    the rows of a CSV (labelled when it has the label column)."""
     file_column, label_column = columns
-    if path.is_dir():
-        names = _image_files_below(path)
+    extensions = {e for e, fmt in Image.registered_extensions().items() if fmt in Image.OPEN}
+    in_csv = not path.is_dir() and path.suffix.lower() not in extensions
+    if not in_csv:  # the listing is ours: its lines and name are not shown
+        names = _image_files_below(path) if path.is_dir() else [path.name]
         if not names:
             raise DatasetError(f"{path}: no image files in this folder or below it")
-        listing = tmp / "images.csv"
+        listing, folder = tmp / "images.csv", path if path.is_dir() else path.parent
         listing.write_bytes(csv_bytes([["File Name"]] + [[n] for n in names]))
-        return CsvImageDataset(listing, path, file_column="File Name", label_column=None,
-                               **{**options, "encoding": "utf-8"})
-    read_csv(path, [file_column], options["encoding"])  # a missing file or column: named errors
-    labelled = label_column in pd.read_csv(path, nrows=0, encoding=options["encoding"],
-                                           sep=csv_separator(path, options["encoding"])).columns
-    return CsvImageDataset(path, Path(img_dir) if img_dir else path.parent, file_column=file_column,
-                           label_column=label_column if labelled else None, **options)
+        csv_path, kwargs = listing, {"file_column": "File Name", "label_column": None,
+                                     "encoding": "utf-8"}
+    else:
+        read_csv(path, [file_column], encoding)  # a missing file or column: named errors
+        header = pd.read_csv(path, nrows=0, encoding=encoding, sep=csv_separator(path, encoding))
+        folder, csv_path = Path(img_dir) if img_dir else path.parent, path
+        kwargs = {"file_column": file_column, "encoding": encoding,
+                  "label_column": label_column if label_column in header.columns else None}
+    _, _, problems = make_dataset(csv_path, folder, classes=options["classes"], **kwargs)
+    unreadable = [(file, f"line {line}: {what}" if in_csv else what)
+                  for line, file, what in problems]
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the skipped rows are listed by predict instead
+            return CsvImageDataset(csv_path, folder, skip_bad_rows=True, **kwargs,
+                                   **options), unreadable, in_csv
+    except DatasetError:
+        if len(unreadable) == 0:
+            raise
+        return None, unreadable, in_csv
 
 
 def _image_files_below(folder: Path) -> list[str]:

@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 
 import train
+from dataset import TEMP_TAG
 from conftest import write_csv, write_png
 from dataset import DatasetError
 from loaders import get_dataloaders
@@ -93,7 +94,7 @@ def test_predict_on_the_labelled_test_csv_gives_the_test_accuracy(trained, capsy
     assert f"Accuracy: {history.test_acc:.2f}% " in capsys.readouterr().out
     rows = read_rows(out)
     assert rows[0] == ["file", "predicted", "probability", "top1", "top1_probability", "top2",
-                       "top2_probability", "top3", "top3_probability", "true"]
+                       "top2_probability", "top3", "top3_probability", "true", "problem"]
     assert len(rows) == 21 and rows[1][0] == "00000.png" and rows[1][1] == rows[1][3]
     probabilities = [float(v) for v in rows[1][4:9:2]]
     assert probabilities == sorted(probabilities, reverse=True) and sum(probabilities) <= 1.0001
@@ -114,13 +115,59 @@ def test_predict_a_folder_of_other_sizes_and_modes_with_the_checkpoint_alone(tra
     assert "true" not in rows[0] and all(row[1] in [str(i) for i in range(10)] for row in rows[1:])
 
 
-def test_predict_names_a_bad_row_and_writes_nothing(trained, tmp_path):
+def test_predict_lists_a_bad_row_and_predicts_the_others(trained, tmp_path, capsys):
     _, results, _, _ = trained
     write_png(tmp_path / "img" / "a.png", np.zeros((28, 28), dtype=np.uint8))
     listing = write_csv(tmp_path / "new.csv", "File Name\na.png\nmissing.png\n")
-    with pytest.raises(DatasetError, match=r"line 3: 'missing.png': file not found"):
-        train.main(["--predict", str(listing), "--img-dir", str(tmp_path / "img"),
-                    "--results-dir", str(tmp_path / "p"), "--checkpoint", str(results / "checkpoint.pt")])
+    with pytest.warns(UserWarning, match=r"1 of 2 images could not be read(.|\n)*'missing.png': line 3: file not found"):
+        out = train.main(["--predict", str(listing), "--img-dir", str(tmp_path / "img"),
+                          "--results-dir", str(tmp_path / "p"), "--checkpoint", str(results / "checkpoint.pt")])
+    rows = read_rows(out)
+    assert [row[0] for row in rows[1:]] == ["a.png", "missing.png"]
+    assert rows[1][1] != "" and rows[1][-1] == ""
+    assert rows[2][1:-1] == [""] * (len(rows[0]) - 2) and rows[2][-1].startswith("line 3: file not found")
+    assert "Predicted 1 images" in capsys.readouterr().out
+
+
+def test_predict_one_image_file(trained, tmp_path):
+    _, results, _, _ = trained
+    image = write_png(tmp_path / "photo.png", np.full((40, 30, 3), 200, dtype=np.uint8))
+    out = train.main(["--predict", str(image), "--results-dir", str(tmp_path / "p"),
+                      "--checkpoint", str(results / "checkpoint.pt")])
+    rows = read_rows(out)
+    assert len(rows) == 2 and rows[1][0] == "photo.png" and rows[1][1] in [str(i) for i in range(10)]
+
+
+def test_predict_a_folder_with_broken_files_predicts_the_good_ones_and_names_the_rest(trained, tmp_path):
+    _, results, _, _ = trained
+    folder = tmp_path / "new"
+    for name in ("a.png", "b.png"):
+        write_png(folder / name, np.full((28, 28), 99, dtype=np.uint8))
+    Image.new("RGB", (64, 48), (200, 10, 10)).save(folder / "c.jpg", quality=90)
+    (folder / "truncated.jpg").write_bytes((folder / "c.jpg").read_bytes()[:200])
+    (folder / "._a.png").write_bytes(b"\x00\x05\x16\x07" + bytes(60))  # macOS AppleDouble metadata
+    (folder / "empty.png").write_bytes(b"")
+    with pytest.warns(UserWarning) as caught:
+        out = train.main(["--predict", str(folder), "--results-dir", str(tmp_path / "p"),
+                          "--checkpoint", str(results / "checkpoint.pt")])
+    message = str(caught[0].message)
+    assert message.startswith("3 of 6 images could not be read")
+    assert "images.csv" not in message and TEMP_TAG not in message  # no internal temporary file named
+    rows = {row[0]: row for row in read_rows(out)[1:]}
+    assert set(rows) == {"a.png", "b.png", "c.jpg", "truncated.jpg", "._a.png", "empty.png"}
+    assert all(rows[n][1] != "" and rows[n][-1] == "" for n in ("a.png", "b.png", "c.jpg"))
+    for name in ("truncated.jpg", "._a.png", "empty.png"):
+        assert rows[name][1] == "" and rows[name][-1] != "" and "line" not in rows[name][-1], rows[name]
+        assert f"'{name}'" in message
+
+
+def test_predict_with_no_readable_image_is_an_error_and_writes_nothing(trained, tmp_path):
+    _, results, _, _ = trained
+    (tmp_path / "new").mkdir()
+    (tmp_path / "new" / "empty.png").write_bytes(b"")
+    with pytest.raises(DatasetError, match=r"no image could be read, so nothing was predicted:\n  'empty.png': "):
+        train.main(["--predict", str(tmp_path / "new"), "--results-dir", str(tmp_path / "p"),
+                    "--checkpoint", str(results / "checkpoint.pt")])
     assert not (tmp_path / "p" / "predictions.csv").exists()
 
 
