@@ -76,7 +76,9 @@ class CsvImageDataset(Dataset):
             transform makes them equal (they are then not cached).
         file_column, label_column: column names; label_column=None for unlabelled rows (images
             to predict), whose label is -1.
-        mode: Pillow mode every image is converted to ("L" gray, 1 channel; "RGB", 3 channels).
+        mode: Pillow mode every image is converted to ("L" gray, 1 channel; "RGB", 3 channels);
+            "auto": L when every image is gray, else RGB, from the files' headers (mode_decision
+            says why).
         image_size: resize every image to this (H, W), or N x N for an int, when it is decoded
             (antialiased; before the cache, so large photos are held at the small size). Without
             it, images must share one size.
@@ -116,8 +118,8 @@ class CsvImageDataset(Dataset):
                  image_size: int | tuple[int, int] | None = None, encoding: str = "utf-8",
                  background: tuple[int, int, int] = (255, 255, 255),
                  cache_dir: str | Path | None = None) -> None:
-        if mode not in ("L", "RGB"):
-            raise ValueError(f"mode must be 'L' or 'RGB', got {mode!r}")
+        if mode not in MODES:
+            raise ValueError(f"mode must be 'L', 'RGB' or 'auto', got {mode!r}")
         if pixels not in PIXELS:
             raise ValueError(f"pixels must be one of {PIXELS}, got {pixels!r}")
         self.csv_path, self.img_dir = Path(csv_path), Path(img_dir)
@@ -139,7 +141,10 @@ class CsvImageDataset(Dataset):
         if not self.rows:
             raise DatasetError(f"{self.csv_path}: every row is bad; nothing left to load")
         self.class_to_idx = {name: i for i, name in enumerate(self.classes)}
-        self.channels = 3 if mode == "RGB" else 1
+        self.mode_decision = f"mode={mode}"
+        if mode == "auto":  # from the files' headers: no decoding
+            self.mode, self.mode_decision = auto_mode(self.rows)
+        self.channels = 3 if self.mode == "RGB" else 1
         self.image_size = self.resize or self._first_size()  # (H, W) every image must have
         self._labels = torch.from_numpy(self.rows.labels)  # (N,) int64: for a batch's labels
         self._cache: torch.Tensor | None = None  # (N, C, H, W) uint8, filled by preload()
@@ -683,6 +688,34 @@ def decode_image(path: str, mode: str, size: tuple[int, int] | None = None,
         return pixels.reshape(im.height, im.width, len(im.getbands())).transpose(2, 0, 1)
 
 
+MODES = ("L", "RGB", "auto")
+GRAY_MODES = ("1", "L", "LA", "La", "F", *("I;16", "I;16B", "I;16L", "I;16N", "I"))
+
+
+def is_gray(im: Image.Image) -> bool:
+    """One channel, or a palette of grays only (what a viewer shows as gray)."""
+    if im.mode in ("P", "PA"):
+        palette = im.getpalette() or []
+        return all(palette[i] == palette[i + 1] == palette[i + 2]
+                   for i in range(0, len(palette) - 2, 3))
+    return im.mode in GRAY_MODES
+
+
+def auto_mode(rows) -> tuple[str, str]:
+    """("L" or "RGB", why) for mode="auto": L when every image is gray, else RGB, read from the
+    files' headers (Pillow opens a file without decoding it); stops at the first colour image.
+    A file Pillow cannot open is left to the decode, which names it."""
+    for i in range(len(rows)):
+        try:
+            sample = rows[i]
+            with Image.open(sample.path) as im:
+                if not is_gray(im):
+                    return "RGB", f"mode=auto: RGB, {sample.file!r} is in colour ({im.mode})"
+        except DECODE_ERRORS:
+            continue
+    return "L", "mode=auto: L, every image is gray"
+
+
 def exif_orientation(im: Image.Image) -> int:
     """The EXIF orientation tag, 1 (upright) when there is none; cheap for files without EXIF."""
     return im.getexif().get(0x0112, 1) if "exif" in im.info else 1
@@ -1090,6 +1123,7 @@ def check_dataset(csv_path: str | Path, img_dir: str | Path,
         "rows": len(ds) + len({p[0] for p in ds.problems}),
         "classes": {name: counts.get(i, 0) for i, name in enumerate(ds.classes)},
         "sizes": dict(sizes), "modes": dict(modes), "notes": {k: n for k, n in notes.items() if n},
+        "mode": ds.mode, "mode_decision": ds.mode_decision,
         "warnings": [str(w.message) for w in caught if not str(w.message).startswith("skipping")],
     }
     return summary, problems
@@ -1115,8 +1149,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="column with the file names (default: %(default)s)")
     p.add_argument("--label-column", default="Class Label",
                    help="column with the labels (default: %(default)s)")
-    p.add_argument("--mode", default="L", choices=["L", "RGB"],
-                   help="image mode (default: %(default)s)")
+    p.add_argument("--mode", default="auto", choices=MODES,
+                   help="image mode: auto is L when every image is gray, else RGB "
+                        "(default: %(default)s)")
     p.add_argument("--num-classes", type=int, default=None, help="labels must be below this")
     p.add_argument("--split-column", default=None, help="column naming each row's split")
     p.add_argument("--split", default=None, help="check only rows of this split")
@@ -1141,7 +1176,7 @@ def main(argv: list[str] | None = None) -> int:
     print("image sizes (WxH): " + ", ".join(f"{s}: {n}" for s, n in sizes[:5])
           + (f", and {len(sizes) - 5} other sizes" if len(sizes) > 5 else ""))
     print("image modes: " + ", ".join(f"{m}: {n}" for m, n in summary["modes"].items())
-          + f" (converted to {args.mode})"
+          + f" (converted to {summary['mode']}: {summary['mode_decision']})"
           + (f", resized to {args.image_size[1]}x{args.image_size[0]}" if args.image_size else ""))
     for note, n in summary["notes"].items():
         print(f"{n} image(s) {note}")

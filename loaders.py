@@ -123,10 +123,15 @@ def make_datasets(sources: Sequence[tuple], dataset_kwargs: dict | None = None,
     datasets = [CsvImageDataset(csv, folder, t, split=split, **kwargs)
                 for (csv, folder, split), t in zip(sources, transforms)]
     classes = kwargs.get("classes") or union_of_classes([ds.classes for ds in datasets])
-    if any(ds.classes != classes for ds in datasets):  # one mapping for all splits: read again
-        kwargs["classes"] = classes
+    colour = [ds for ds in datasets if ds.mode == "RGB"]  # mode="auto": RGB if any split is
+    mixed = 0 < len(colour) < len(datasets)
+    if mixed or any(ds.classes != classes for ds in datasets):  # one mapping of classes and one
+        kwargs.update(classes=classes, **({"mode": "RGB"} if mixed else {}))  # mode: read again
         datasets = [CsvImageDataset(csv, folder, t, split=split, **kwargs)
                     for (csv, folder, split), t in zip(sources, transforms)]
+        if mixed:
+            for ds in datasets:
+                ds.mode_decision = colour[0].mode_decision  # the split that made it RGB says why
     in_eval = {classes[i] for ds in datasets[1:] for i in set(ds.targets)}
     unseen = sorted(in_eval - {classes[i] for i in set(datasets[0].targets)})
     if unseen:

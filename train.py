@@ -625,8 +625,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                       help="seed of the drawn split (apart from --seed: a new seed keeps the split)")
     data.add_argument("--file-column", default="File Name", help="column with the file names")
     data.add_argument("--label-column", default="Class Label", help="column with the labels")
-    data.add_argument("--mode", default="L", choices=["L", "RGB"],
-                      help="gray (1 channel) or RGB (3)")
+    data.add_argument("--mode", default="auto", choices=["auto", "L", "RGB"],
+                      help="gray (L, 1 channel) or RGB (3); auto: L when every image is gray, "
+                           "else RGB, from the files' headers")
     data.add_argument("--image-size", type=parse_image_size, default=None,
                       help="resize every image to N x N or HxW as it is read (default: images "
                            "must share one size)")
@@ -1215,7 +1216,8 @@ def prepare_data(args: argparse.Namespace, results_dir: Path, split_options: dic
     train_eval_loader = make_loader(train_ds, args.eval_batch_size, shuffle=False,
                                     drop_last=False, seed=args.seed, loader_kwargs=loader_kwargs)
     print(f"Data: {len(train_ds)} train, {len(datasets[1])} valid, {len(datasets[2])} test "
-          f"images from {args.csv or args.data_dir + '/'}; {train_ds.cache_decision}; "
+          f"images from {args.csv or args.data_dir + '/'}, read as {train_ds.mode} "
+          f"({train_ds.mode_decision}); {train_ds.cache_decision}; "
           f"device {device}" + (f"; {world_size} processes" if world_size > 1 else ""))
     return datasets, (*loaders, train_eval_loader)
 
@@ -1238,7 +1240,7 @@ def run_config(args: argparse.Namespace, datasets: list[CsvImageDataset],
         (saved is not None and saved.mean is not None)
     mean, std = channel_stats(train_ds, args.num_workers) if normalize else (None, None)
     return RunConfig(
-        data=data_fingerprint([ds.csv_path for ds in datasets]), mode=args.mode,
+        data=data_fingerprint([ds.csv_path for ds in datasets]), mode=train_ds.mode,
         image_size=list(train_ds.image_size), channels=train_ds.channels,
         num_classes=len(train_ds.classes), model=pick("model", "mlp"), hidden=pick("hidden", 100),
         pretrained=bool(pick("pretrained", False)), mean=mean, std=std, optimizer=optimizer,

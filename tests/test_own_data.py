@@ -422,3 +422,35 @@ def test_the_same_images_in_train_and_test_under_other_names_are_refused(tmp_pat
     with pytest.raises(DatasetError, match=r"(?s)4 file\(s\) in two splits.*'alias/t0.png': in train \(.*line 2\) "
                                            r"and in test"):
         get_dataloaders_from_split_csv(csv, tmp_path / "img", batch_size=2)
+
+
+# ---- --mode auto (issue 20) ----------------------------------------------------------------------
+
+def test_mode_auto_is_gray_for_gray_images_and_the_default_run_is_unchanged(tiny_data, tmp_path, capsys):
+    from test_reproducibility import assert_same_run, run
+    run(tiny_data, tmp_path / "auto", epochs=1)
+    assert "read as L (mode=auto: L, every image is gray)" in capsys.readouterr().out
+    run(tiny_data, tmp_path / "L", "--mode", "L", epochs=1)
+    assert_same_run(tmp_path / "auto", tmp_path / "L")
+
+
+def test_mode_auto_is_rgb_when_any_split_has_a_colour_image(tmp_path, capsys):
+    img = tmp_path / "img"
+    img.mkdir()
+    rows = ["File Name,Class Label"]
+    for i in range(12):
+        gray = Image.fromarray(np.full((8, 8), 20 * i, dtype=np.uint8))
+        (gray.convert("P") if i % 3 == 0 else gray).save(img / f"g{i}.png")  # a palette of grays is gray
+        rows.append(f"g{i}.png,{'ab'[i % 2]}")
+    csv = write_csv(tmp_path / "gray.csv", "\n".join(rows) + "\n")
+    ds = CsvImageDataset(csv, img, mode="auto")
+    assert (ds.mode, ds.channels, ds.mode_decision) == ("L", 1, "mode=auto: L, every image is gray")
+    write_png(img / "colour.png", np.dstack([np.full((8, 8), v, np.uint8) for v in (200, 10, 10)]))
+    train_csv = write_csv(tmp_path / "train.csv", "\n".join(rows[:7]) + "\n")
+    valid_csv = write_csv(tmp_path / "valid.csv", "\n".join([rows[0], *rows[7:10]]) + "\n")
+    test_csv = write_csv(tmp_path / "test.csv", "\n".join([rows[0], *rows[10:], "colour.png,a"]) + "\n")
+    datasets = make_datasets([(train_csv, img, None), (valid_csv, img, None), (test_csv, img, None)], {"mode": "auto"})
+    assert [ds.channels for ds in datasets] == [3, 3, 3]  # the train split is gray, but not every image
+    assert all(ds.mode_decision == "mode=auto: RGB, 'colour.png' is in colour (RGB)" for ds in datasets)
+    assert dataset_module.main([str(test_csv), str(img)]) == 0
+    assert "(converted to RGB: mode=auto: RGB, 'colour.png' is in colour (RGB))" in capsys.readouterr().out
