@@ -1102,7 +1102,19 @@ def check_dataset(csv_path: str | Path, img_dir: str | Path,
     image_size, encoding."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        ds = CsvImageDataset(csv_path, img_dir, skip_bad_rows=True, cache_mb=0, **dataset_kwargs)
+        try:
+            ds = CsvImageDataset(csv_path, img_dir, skip_bad_rows=True, cache_mb=0,
+                                 **dataset_kwargs)
+        except DatasetError:  # every row is bad: say why, row by row
+            keys = ("file_column", "label_column", "split", "num_classes", "encoding")
+            _, _, problems = make_dataset(Path(csv_path), Path(img_dir),
+                                          **{k: v for k, v in dataset_kwargs.items() if k in keys})
+            if not problems:
+                raise
+            summary = {"rows": len({p[0] for p in problems}), "classes": {}, "sizes": {},
+                       "modes": {}, "notes": {}, "mode": "-", "mode_decision": "no image read",
+                       "warnings": []}
+            return summary, problems
     problems = list(ds.problems)
     sizes, modes, notes = Counter(), Counter(), Counter()
     for sample in ds.rows:
@@ -1119,6 +1131,10 @@ def check_dataset(csv_path: str | Path, img_dir: str | Path,
     problems += ds.size_problems()  # the commonest size is the reference, not the first row's
     problems.sort(key=lambda p: p[0])
     counts = Counter(ds.targets)
+    empty = [name for i, name in enumerate(ds.classes) if not counts.get(i)]
+    if empty:
+        caught.append(warnings.WarningMessage(empty_classes_message(empty, ds.classes),
+                                              UserWarning, __file__, 0))
     summary = {
         "rows": len(ds) + len({p[0] for p in ds.problems}),
         "classes": {name: counts.get(i, 0) for i, name in enumerate(ds.classes)},
@@ -1127,6 +1143,40 @@ def check_dataset(csv_path: str | Path, img_dir: str | Path,
         "warnings": [str(w.message) for w in caught if not str(w.message).startswith("skipping")],
     }
     return summary, problems
+
+
+def empty_classes_message(empty: Sequence[str], classes: Sequence[str]) -> str:
+    """Integer labels are class indices 0 to N-1: labels 3 and 7 alone make 8 classes, 6 empty."""
+    return (f"{len(empty)} of the {len(classes)} classes have no image: {', '.join(empty[:20])}"
+            f"{' ...' if len(empty) > 20 else ''}. Integer labels are class indices (0 to "
+            f"{len(classes) - 1} here), so the model gets {len(classes)} outputs; to have just the "
+            "classes you use, write the labels as names (a text column: 'cat', 'dog', or 'three', "
+            "'seven')")
+
+
+def problem_groups(problems: list[Problem]) -> list[tuple[int, str, str | None, list[int]]]:
+    """The bad rows grouped by what is wrong, commonest first: (count, the first row's reason
+    without its hint, the hint after ';' or None, the first lines)."""
+    groups: dict[str, list] = {}
+    for line, _, what in problems:
+        reason, _, hint = what.partition("; ")
+        key = re.sub(r"'[^']*'|\d+|/\S*", "#", reason)  # names, numbers and paths aside
+        group = groups.setdefault(key, [0, reason, hint or None, []])
+        group[0] += 1
+        if len(group[3]) < 5:
+            group[3].append(line)
+    return sorted((tuple(g) for g in groups.values()), key=lambda g: -g[0])
+
+
+def format_problem_groups(csv_path: Path, problems: list[Problem], n_rows: int) -> str:
+    """Why rows are bad, by reason with counts, each hint once."""
+    lines = [f"{csv_path}: {len(problems)} bad row(s) out of {n_rows}, by reason:"]
+    for count, reason, hint, first in problem_groups(problems):
+        more = ", ..." if count > len(first) else ""
+        lines.append(f"  {count} x {reason} (line {', '.join(map(str, first))}{more})")
+        if hint:
+            lines.append(f"      {hint}")
+    return "\n".join(lines)
 
 
 def parse_image_size(text: str) -> tuple[int, int]:
@@ -1158,6 +1208,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--image-size", type=parse_image_size, default=None,
                    help="resize every image to N x N or HxW as it is read")
     p.add_argument("--encoding", default="utf-8", help="the CSV's text encoding (default: utf-8)")
+    p.add_argument("--all", action="store_true", help="list every bad row, not the first 20")
     args = p.parse_args(argv)
     if (args.split_column is None) != (args.split is None):
         p.error("--split-column and --split go together")
@@ -1169,6 +1220,12 @@ def main(argv: list[str] | None = None) -> int:
             split=split, image_size=args.image_size, encoding=args.encoding)
     except DatasetError as e:
         print(f"error: {e}", file=sys.stderr)
+        return 1
+    if summary["mode"] == "-":  # no good row: only the reasons
+        print(format_problem_groups(Path(args.csv_path), problems, summary["rows"]))
+        if all(what.startswith("file not found") for _, _, what in problems):
+            print(f"hint: no file was found: the CSV's names are looked up below {args.img_dir}; "
+                  "is that the folder that holds them?")
         return 1
     print(f"{args.csv_path}: {summary['rows']} rows, {len(summary['classes'])} classes")
     print("classes: " + ", ".join(f"{name}: {n}" for name, n in summary["classes"].items()))
@@ -1183,7 +1240,12 @@ def main(argv: list[str] | None = None) -> int:
     for warning in summary["warnings"]:
         print(f"warning: {warning}")
     if problems:
-        print(format_problems(Path(args.csv_path), problems, summary["rows"], limit=None))
+        print(format_problem_groups(Path(args.csv_path), problems, summary["rows"]))
+        shown = problems if args.all else problems[:MAX_LISTED_PROBLEMS]
+        print("the rows" + ("" if len(shown) == len(problems) else
+                            f" (the first {len(shown)} of {len(problems)}; --all lists every one)")
+              + ":\n" + "\n".join(f"  line {line}: {file!r}: {what.partition('; ')[0]}"
+                                   for line, file, what in shown))
         return 1
     print("OK: no problems found")
     return 0

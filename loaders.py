@@ -53,7 +53,8 @@ import torch.distributed as dist
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, Subset
 from torch.utils.data.distributed import DistributedSampler
 
-from dataset import (TEMP_TAG, Batch, CsvImageDataset, DatasetError, csv_separator, normal_file_mode, read_csv,
+from dataset import (TEMP_TAG, Batch, CsvImageDataset, DatasetError, csv_separator, empty_classes_message,
+                     normal_file_mode, read_csv,
                      split_names, split_spellings)
 
 Transform = Callable[[torch.Tensor], torch.Tensor]
@@ -132,6 +133,10 @@ def make_datasets(sources: Sequence[tuple], dataset_kwargs: dict | None = None,
         if mixed:
             for ds in datasets:
                 ds.mode_decision = colour[0].mode_decision  # the split that made it RGB says why
+    used = {i for ds in datasets for i in set(ds.targets)}
+    empty = [name for i, name in enumerate(classes) if i not in used]
+    if empty:
+        warnings.warn(empty_classes_message(empty, classes), stacklevel=2)
     in_eval = {classes[i] for ds in datasets[1:] for i in set(ds.targets)}
     unseen = sorted(in_eval - {classes[i] for i in set(datasets[0].targets)})
     if unseen:

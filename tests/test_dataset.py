@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -15,7 +16,7 @@ import torch
 import dataset as dataset_module
 from conftest import ROOT, write_csv, write_png
 from dataset import CsvImageDataset, DatasetError, ImageLoadError
-from loaders import get_dataloaders, get_dataloaders_from_split_csv, make_loader
+from loaders import get_dataloaders, get_dataloaders_from_split_csv, make_datasets, make_loader
 
 
 def good_csv(tmp_path, rows="a.png,0\nb.png,1\nc.png,2\nd.png,0\ne.png,1\nf.png,2\n"):
@@ -188,7 +189,7 @@ def test_check_command_lists_every_problem_and_fails(tmp_path, capsys):
     csv = make_broken(tmp_path, "truncated")
     with open(csv, "a") as f:
         f.write("ghost.png,1\n" + "".join(f"g{i}.png,1\n" for i in range(25)))
-    assert dataset_module.main([str(csv), str(tmp_path / "img")]) == 1
+    assert dataset_module.main([str(csv), str(tmp_path / "img"), "--all"]) == 1
     out = capsys.readouterr().out
     assert "line 7: 'bad.png': cannot decode the image" in out
     assert "line 11: 'ghost.png': file not found" in out and "line 36: 'g24.png'" in out
@@ -248,3 +249,39 @@ def test_batch_index_out_of_range_is_an_index_error(small_folder, cache_mb):
             ds[bad]
     images, labels = ds[np.array([5, 0])]
     assert images.shape == (2, 1, 8, 8) and labels.tolist() == [2, 0]
+
+
+def test_check_command_groups_the_reasons_with_counts_and_gives_each_hint_once(tmp_path, capsys):
+    rows = ["File Name,Class Label"]
+    for i in range(30):
+        write_png(tmp_path / "img" / f"{i}.png", np.zeros((8 + (i % 3 == 0), 8), dtype=np.uint8))
+        rows.append(f"{i}.png,{i % 2}")
+    csv = write_csv(tmp_path / "mixed.csv", "\n".join(rows + ["missing.png,1"]) + "\n")
+    assert dataset_module.main([str(csv), str(tmp_path / "img")]) == 1
+    out = capsys.readouterr().out
+    assert "11 bad row(s) out of 31, by reason:" in out
+    assert "  10 x size 8x9 differs from the commonest, 8x8 (20 of 30 images) (line 2, 5, 8, 11, 14, ...)" in out
+    assert "  1 x file not found: " in out
+    assert out.count("pass image_size= (--image-size)") == 1  # the hint once, not once per row
+    assert "the rows:\n  line 2: '0.png': size 8x9 differs from the commonest, 8x8 (20 of 30 images)\n" in out
+
+
+def test_check_command_with_the_wrong_folder_says_why_every_row_is_bad(tiny_data, tmp_path, capsys):
+    assert dataset_module.main([str(tiny_data / "mnist_train.csv"), str(tmp_path)]) == 1
+    out = capsys.readouterr().out
+    assert "40 bad row(s) out of 40, by reason:\n  40 x file not found: " in out
+    assert f"hint: no file was found: the CSV's names are looked up below {tmp_path}" in out
+    assert "classes" not in out  # no summary of images that were not read
+
+
+def test_sparse_integer_labels_get_a_true_message_in_the_check_and_in_training(small_folder, tmp_path, capsys):
+    csv = write_csv(small_folder / "sparse.csv", "File Name,Class Label\n" + "".join(
+        f"{n}.png,{3 if i % 2 else 7}\n" for i, n in enumerate("abcdef")))
+    assert dataset_module.main([str(csv), str(small_folder / "img")]) == 0
+    message = "6 of the 8 classes have no image: 0, 1, 2, 4, 5, 6. Integer labels are class indices (0 to 7 here)"
+    assert message in capsys.readouterr().out
+    splits = [write_csv(small_folder / f"{name}.csv", f"File Name,Class Label\n{a}.png,3\n{b}.png,7\n")
+              for name, (a, b) in zip(("train", "valid", "test"), ("ab", "cd", "ef"))]
+    with pytest.warns(UserWarning, match=re.escape(message)) as caught:
+        make_datasets([(split, small_folder / "img", None) for split in splits])
+    assert not any("are in valid or test" in str(w.message) for w in caught)
