@@ -192,7 +192,7 @@ def test_pretrained_weights_missing_offline_is_one_sentence_naming_the_file(tiny
                           capture_output=True, text=True, env=env, timeout=120)
     assert done.returncode == 2 and "Traceback" not in done.stderr
     expected = tmp_path / "torch" / "hub" / "checkpoints" / "resnet18-f37072fd.pth"
-    assert f"train.py: error: the pretrained weights are not on this machine and could not be downloaded" in done.stderr
+    assert "train.py: error: the pretrained weights are not on this machine and could not be downloaded" in done.stderr
     assert f"put it at {expected}" in done.stderr
 
 
