@@ -21,6 +21,7 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 import torch
+from matplotlib.ticker import MaxNLocator
 
 
 def plot_training_loss(minibatch_loss_list: Sequence[float], num_epochs: int,
@@ -64,6 +65,7 @@ def plot_accuracy(train_acc_list: Sequence[float], valid_acc_list: Sequence[floa
     ax.plot(epochs, list(train_acc_list), label="Training")
     ax.plot(epochs, list(valid_acc_list), label="Validation")
     ax.set_xlabel("Epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole: no tick at 2.5
     ax.set_ylabel("Accuracy (%)")
     ax.legend()
     fig.tight_layout()
@@ -73,17 +75,44 @@ def plot_accuracy(train_acc_list: Sequence[float], valid_acc_list: Sequence[floa
 @torch.no_grad()
 def show_examples(model: torch.nn.Module, data_loader, results_dir: str | Path | None = None, *,
                   class_names: Sequence[str] | None = None, num_examples: int = 15) -> plt.Figure:
-    """A grid of the first images of `data_loader`, each titled "P: <predicted> | T: <true>".
+    """A grid of images of `data_loader`, each titled "P: <predicted> | T: <true>": up to
+    num_examples, spread over the classes (as many of each as can be), in the loader's order.
 
     The batch goes to the model's device; uint8 batches are scaled to [0, 1] first, as in train.py.
     """
     model.eval()
-    images, labels = next(iter(data_loader))  # (B, C, H, W), (B,)
-    images, labels = images[:num_examples], labels[:num_examples]
+    images, labels = _spread_over_classes(data_loader, num_examples)  # (B, C, H, W), (B,)
     predictions = model(_model_input(model, images)).argmax(dim=1).cpu()
     titles = [f"P: {_name(p, class_names)} | T: {_name(t, class_names)}"
               for p, t in zip(predictions.tolist(), labels.tolist())]
-    return _maybe_save(_image_grid(images, titles), results_dir, "examples.png")
+    return _maybe_save(_image_grid(_for_display(images, data_loader), titles), results_dir,
+                       "examples.png")
+
+
+def _spread_over_classes(data_loader, num_examples: int,
+                         max_images: int = 10_000) -> tuple[torch.Tensor, torch.Tensor]:
+    """Up to num_examples images of data_loader, round-robin over its classes (in the order they
+    first appear, num_examples classes at most), kept in the loader's order; reads at most
+    max_images images."""
+    by_class: dict[int, list] = {}  # label -> [(position in the loader, image)]
+    seen = 0
+    for images, labels in data_loader:
+        for image, label in zip(images, labels.tolist()):
+            if label in by_class or len(by_class) < num_examples:
+                bucket = by_class.setdefault(label, [])
+                if len(bucket) < num_examples:
+                    bucket.append((seen, image, label))
+            seen += 1
+        if seen >= max_images:
+            break
+    picked, depth = [], 0
+    while len(picked) < num_examples and any(len(b) > depth for b in by_class.values()):
+        picked += [b[depth] for b in by_class.values() if len(b) > depth]
+        depth += 1
+    picked = sorted(picked[:num_examples], key=lambda p: p[0])
+    if not picked:
+        return torch.zeros(0, 1, 1, 1), torch.zeros(0, dtype=torch.int64)
+    return torch.stack([p[1] for p in picked]), torch.tensor([p[2] for p in picked])
 
 
 @torch.no_grad()
@@ -104,7 +133,8 @@ def show_mistakes(model: torch.nn.Module, data_loader, results_dir: str | Path |
     titles = [f"P: {_name(p, class_names)} ({c:.2f}) | T: {_name(t, class_names)}"
               for _, _, p, c, t in worst]
     images = torch.stack([w[1] for w in worst]) if worst else torch.zeros(0, 1, 1, 1)
-    return _maybe_save(_image_grid(images, titles), results_dir, "mistakes.png")
+    return _maybe_save(_image_grid(_for_display(images, data_loader), titles), results_dir,
+                       "mistakes.png")
 
 
 def plot_confusion_matrix(cm: torch.Tensor, class_names: Sequence[str],
@@ -140,12 +170,28 @@ def _model_input(model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
     return inputs
 
 
+def _for_display(images: torch.Tensor, data_loader) -> torch.Tensor:
+    """Images as a viewer shows them, float in [0, 1]: uint8 scaled, and a Normalize in the
+    dataset's transform (torchvision's, or any with mean and std) undone."""
+    x = images.float() / 255 if images.dtype == torch.uint8 else images.float()
+    transform = getattr(getattr(data_loader, "dataset", None), "transform", None)
+    steps = list(getattr(transform, "transforms", [transform]))  # a Compose, or one transform
+    for step in reversed(steps):
+        if type(step).__name__ == "Normalize" and hasattr(step, "mean") and hasattr(step, "std"):
+            mean = torch.as_tensor(step.mean, dtype=torch.float32).view(1, -1, 1, 1)
+            std = torch.as_tensor(step.std, dtype=torch.float32).view(1, -1, 1, 1)
+            x = x * std + mean
+            break
+    return x.clamp(0, 1)
+
+
 def _name(index: int, class_names: Sequence[str] | None) -> str:
     return str(class_names[index]) if class_names is not None else str(index)
 
 
 def _image_grid(images: torch.Tensor, titles: list[str]) -> plt.Figure:
-    """Up to 5 images a row, each with its title; gray images in the lecture's "binary" colours."""
+    """Up to 5 images a row, each with its title: images in [0, 1], one channel drawn in gray
+    (0 black, 1 white, as a viewer shows the file), three in colour."""
     cols = 5
     rows = max((len(images) + cols - 1) // cols, 1)
     fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.8, rows * 2.0), squeeze=False)
@@ -154,9 +200,9 @@ def _image_grid(images: torch.Tensor, titles: list[str]) -> plt.Figure:
     for ax, image, title in zip(axes.flat, images, titles):
         pixels = image.float().permute(1, 2, 0)  # (H, W, C)
         if pixels.shape[2] == 1:
-            ax.imshow(pixels[:, :, 0].numpy(), cmap="binary")
+            ax.imshow(pixels[:, :, 0].numpy(), cmap="gray", vmin=0.0, vmax=1.0)
         else:
-            ax.imshow((pixels / pixels.max().clamp(min=1e-12)).numpy())
+            ax.imshow(pixels.numpy())
         # A fixed y skips matplotlib's title placement, which measures every axis (slow).
         ax.set_title(title, fontsize=9 if len(title) <= 22 else 7, y=1.02)
     fig.subplots_adjust(left=0.02, right=0.98, bottom=0.02, top=0.92, wspace=0.1, hspace=0.35)

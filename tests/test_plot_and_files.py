@@ -91,3 +91,50 @@ def test_to_float01_is_v2_to_dtype_bit_for_bit():
 
     every_value = torch.arange(256, dtype=torch.uint8).view(1, 16, 16)
     assert torch.equal(to_float01(every_value), v2.ToDtype(torch.float32, scale=True)(every_value))
+
+
+# ---- figures as a viewer shows the images (issue 20) -----------------------------------------------
+
+class ListDataset(torch.utils.data.Dataset):
+    def __init__(self, images, labels, transform=None):
+        self.images, self.labels, self.transform = images, labels, transform
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, i):
+        image = self.images[i]
+        return (self.transform(image) if self.transform else image), self.labels[i]
+
+
+def test_examples_spread_over_every_class_in_the_loaders_order():
+    images = torch.zeros(30, 1, 8, 8, dtype=torch.uint8)
+    labels = [0] * 10 + [1] * 10 + [2] * 10  # sorted by class, as many test CSVs are
+    loader = torch.utils.data.DataLoader(ListDataset(images, labels), batch_size=8)
+    fig = plot.show_examples(Always7(), loader)
+    truths = [ax.get_title().split("T: ")[1] for ax in fig.axes if ax.get_title()]
+    assert truths == ["0"] * 5 + ["1"] * 5 + ["2"] * 5
+    plt.close(fig)
+
+
+def test_one_channel_is_drawn_in_gray_with_white_as_white_and_a_normalize_is_undone():
+    from torchvision.transforms import v2
+    pixels = torch.linspace(0, 1, 64).view(1, 8, 8)
+    normalize = v2.Compose([v2.Normalize([0.5], [0.25])])
+    loader = torch.utils.data.DataLoader(ListDataset([pixels, pixels], [0, 1], normalize), batch_size=2)
+    fig = plot.show_examples(Always7(), loader)
+    shown = fig.axes[0].get_images()[0]
+    assert shown.get_cmap().name == "gray" and shown.get_clim() == (0.0, 1.0)
+    assert torch.allclose(torch.as_tensor(shown.get_array()), pixels[0], atol=1e-6)  # not clipped, not inverted
+    plt.close(fig)
+    colour = torch.rand(2, 3, 8, 8)
+    fig = plot.show_examples(Always7(), [(colour, torch.tensor([0, 1]))])
+    assert torch.allclose(torch.as_tensor(fig.axes[0].get_images()[0].get_array()), colour[0].permute(1, 2, 0))
+    plt.close(fig)
+
+
+def test_the_accuracy_figure_ticks_whole_epochs():
+    fig = plot.plot_accuracy([10, 20, 30, 40], [9, 18, 27, 36])
+    ticks = fig.axes[0].get_xticks()
+    assert len(ticks) >= 2 and all(float(t).is_integer() for t in ticks)
+    plt.close(fig)
