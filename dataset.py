@@ -273,7 +273,8 @@ class CsvImageDataset(Dataset):
             return []
         (common, n), = Counter(s for s in sizes if s is not None).most_common(1)
         return [(sample.line, sample.file,
-                 f"size {size[0]}x{size[1]} differs from the commonest, {common[0]}x{common[1]} "
+                 f"size {size[1]}x{size[0]} (HxW) differs from the commonest, "
+                 f"{common[1]}x{common[0]} "
                  f"({n} of {len(sizes)} images); cannot be batched: pass image_size= "
                  "(--image-size) to resize them as they are read")
                 for sample, size in zip(self.rows, sizes) if size not in (None, common)]
@@ -330,8 +331,8 @@ class CsvImageDataset(Dataset):
         if same_size and pixels.shape[1:] != tuple(self.image_size):
             (height, width), first = self.image_size, self._size_from
             raise ImageSizeError(
-                f"{self._where(i)}: image is {pixels.shape[2]}x{pixels.shape[1]} (WxH) but the "
-                f"first image ({first!r}) is {width}x{height}; "
+                f"{self._where(i)}: image is {pixels.shape[1]}x{pixels.shape[2]} (HxW) but the "
+                f"first image ({first!r}) is {height}x{width}; "
                 "images of different sizes cannot be batched: pass image_size= (--image-size) "
                 "to resize them as they are read")
         return pixels
@@ -1120,7 +1121,7 @@ def check_dataset(csv_path: str | Path, img_dir: str | Path,
     for sample in ds.rows:
         try:
             with Image.open(sample.path) as im:
-                sizes[f"{im.size[0]}x{im.size[1]}"] += 1
+                sizes[f"{im.size[1]}x{im.size[0]}"] += 1  # HxW, as --image-size takes it
                 modes[im.mode] += 1
                 notes["16-bit, scaled to 8 bits"] += im.mode in WIDE_GRAY_MODES
                 notes["turned upright by their EXIF orientation"] += exif_orientation(im) != 1
@@ -1230,15 +1231,19 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{args.csv_path}: {summary['rows']} rows, {len(summary['classes'])} classes")
     print("classes: " + ", ".join(f"{name}: {n}" for name, n in summary["classes"].items()))
     sizes = Counter(summary["sizes"]).most_common()
-    print("image sizes (WxH): " + ", ".join(f"{s}: {n}" for s, n in sizes[:5])
+    print("image sizes (HxW): " + ", ".join(f"{s}: {n}" for s, n in sizes[:5])
           + (f", and {len(sizes) - 5} other sizes" if len(sizes) > 5 else ""))
     print("image modes: " + ", ".join(f"{m}: {n}" for m, n in summary["modes"].items())
           + f" (converted to {summary['mode']}: {summary['mode_decision']})"
-          + (f", resized to {args.image_size[1]}x{args.image_size[0]}" if args.image_size else ""))
+          + (f", resized to {args.image_size[0]}x{args.image_size[1]} (HxW)" if args.image_size
+             else ""))
     for note, n in summary["notes"].items():
         print(f"{n} image(s) {note}")
     for warning in summary["warnings"]:
         print(f"warning: {warning}")
+    if problems and all(count == 1 for count, *_ in problem_groups(problems)):
+        print(format_problems(Path(args.csv_path), problems, summary["rows"], limit=None))
+        return 1  # each reason once: the rows themselves, hints and all
     if problems:
         print(format_problem_groups(Path(args.csv_path), problems, summary["rows"]))
         shown = problems if args.all else problems[:MAX_LISTED_PROBLEMS]

@@ -166,7 +166,7 @@ def test_an_oversized_first_image_is_the_one_blamed(tmp_path, capsys):
     csv = write_csv(tmp_path / "x.csv", "File Name,Class Label\nbig.png,0\n" + "".join(f"{i}.png,1\n" for i in range(4)))
     assert dataset_module.main([str(csv), str(tmp_path / "img")]) == 1
     out = capsys.readouterr().out
-    assert "1 bad row(s)" in out and "line 2: 'big.png': size 40x40 differs from the commonest, 8x8" in out
+    assert "1 bad row(s)" in out and "line 2: 'big.png': size 40x40 (HxW) differs from the commonest, 8x8" in out
     ds = dataset_module.CsvImageDataset(csv, tmp_path / "img")
     with pytest.raises(dataset_module.ImageSizeError, match=r"1 bad row.*\n  line 2: 'big.png'"):
         ds.preload()
