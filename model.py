@@ -97,9 +97,7 @@ def resnet18(channels: int, num_classes: int, image_size: tuple[int, int],
     net = tv_resnet18(num_classes=num_classes)
     if pretrained:
         if load_weights:
-            state = imagenet_state_dict(ResNet18_Weights.IMAGENET1K_V1)
-            state = {k: v for k, v in state.items() if not k.startswith("fc.")}  # our own head
-            net.load_state_dict(state, strict=False)
+            load_backbone(net, ResNet18_Weights.IMAGENET1K_V1)
         return Normalized(net, IMAGENET_MEAN, IMAGENET_STD, repeat_to=3 if channels == 1 else None)
     if min(image_size) < SMALL_STEM_BELOW:
         net.conv1 = nn.Conv2d(channels, 64, 3, stride=1, padding=1, bias=False)
@@ -109,18 +107,31 @@ def resnet18(channels: int, num_classes: int, image_size: tuple[int, int],
     return net
 
 
-def imagenet_state_dict(weights) -> dict[str, torch.Tensor]:
-    """torchvision's weights through its own API: from $TORCH_HOME/hub/checkpoints/ when the file
-    is there, else downloaded there. Offline without the file: PretrainedWeightsMissing, whose
-    message names the file and where to put it."""
+def load_backbone(net: nn.Module, weights) -> None:
+    """torchvision's `weights` into net, all but its head (fc): read from
+    $TORCH_HOME/hub/checkpoints/ when the file is there, else downloaded there (its hash checked).
+    Read with weights_only=True, so a planted file cannot run code. Offline without the file, or
+    a file that is damaged or holds other weights: PretrainedWeightsMissing, a sentence that
+    names the file and what to do."""
     file = os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(weights.url))
+    fix = (f"download {weights.url} on a machine that is online and put it at {file} (or set "
+           "TORCH_HOME to the folder whose hub/checkpoints/ holds it)")
     try:
-        return weights.get_state_dict(progress=False)
+        state = torch.hub.load_state_dict_from_url(weights.url, progress=False, check_hash=True,
+                                                   weights_only=True, map_location="cpu")
     except OSError as e:  # urllib's URLError is an OSError: no network, or the host refused
-        raise PretrainedWeightsMissing(
-            f"the pretrained weights are not on this machine and could not be downloaded "
-            f"({e}): download {weights.url} on a machine that is online and put it at {file} "
-            "(or set TORCH_HOME to the folder whose hub/checkpoints/ holds it)") from None
+        raise PretrainedWeightsMissing(f"the pretrained weights are not on this machine and could "
+                                       f"not be downloaded ({e}): {fix}") from None
+    except Exception as e:  # noqa: BLE001  (a damaged file: pickle, zip and EOF errors)
+        raise PretrainedWeightsMissing(f"{file} is damaged or not a weights file "
+                                       f"({type(e).__name__}): delete it and {fix}") from None
+    backbone = {k: v for k, v in net.state_dict().items() if not k.startswith("fc.")}
+    wrong = sorted(k for k in backbone if k not in state or state[k].shape != backbone[k].shape)
+    if wrong:
+        raise PretrainedWeightsMissing(f"{file} does not hold ResNet-18's ImageNet weights "
+                                       f"({len(wrong)} of {len(backbone)} tensors missing or of "
+                                       f"another shape, such as {wrong[0]}): delete it and {fix}")
+    net.load_state_dict({k: state[k] for k in backbone}, strict=False)
 
 
 MODELS = ("mlp", "cnn", "resnet18")

@@ -39,8 +39,9 @@ def plot_training_loss(minibatch_loss_list: Sequence[float], num_epochs: int,
                  label=f"Running average ({averaging_iterations} iterations)")
     ax1.set_xlabel("Iterations")
     ax1.set_ylabel("Cross-entropy loss")
-    if len(losses):
-        ax1.set_ylim(0, float(losses.max()) * 1.05)
+    finite = losses[torch.isfinite(losses)]  # a run that diverged has inf or nan losses
+    if len(finite) and float(finite.max()) > 0:
+        ax1.set_ylim(0, float(finite.max()) * 1.05)
     ax1.legend()
     # Second x-axis below the first, in epochs.
     ax2 = ax1.twiny()

@@ -218,8 +218,8 @@ def train_model(model: torch.nn.Module, num_epochs: int, train_loader, valid_loa
     start = time.perf_counter()
     for epoch in range(len(history.train_acc), num_epochs):
         if early_stopping is not None and epoch - best_epoch(history) >= early_stopping:
-            print(f"Early stopping: no better validation accuracy in the {early_stopping} epochs "
-                  f"after epoch {best_epoch(history)}")
+            print(f"Early stopping: no better validation accuracy in the {early_stopping} "
+                  f"epoch{'s' if early_stopping > 1 else ''} after epoch {best_epoch(history)}")
             break
         epoch_start = time.perf_counter()
         model.train()
@@ -374,9 +374,11 @@ def save_run(results_dir: Path, model: torch.nn.Module, optimizer: torch.optim.O
         "config": config.as_checkpoint(), "classes": list(classes), "mode": config.mode,
         "image_size": config.image_size, "rng": rng_states(),
         "versions": {"torch": str(torch.__version__)}}
-    save_checkpoint(results_dir / "checkpoint.pt", checkpoint)
+    # best.pt first: a kill between the two files leaves the previous checkpoint.pt, whose
+    # --resume replays this epoch and writes the same best.pt again
     if best_epoch(history) == len(history.valid_acc):
         save_checkpoint(results_dir / "best.pt", checkpoint)
+    save_checkpoint(results_dir / "checkpoint.pt", checkpoint)
     write_atomic(results_dir / "metrics.csv", metrics_csv(history))
 
 
@@ -402,6 +404,31 @@ def read_checkpoint(path: Path) -> dict:
     return checkpoint
 
 
+def saved_config(checkpoint: dict, path: Path) -> RunConfig:
+    """The checkpoint's RunConfig; a config that train.py did not write (edited, or from another
+    program) is one sentence."""
+    try:
+        return RunConfig.from_checkpoint(checkpoint["config"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise SystemExit(f"train.py: error: {path}'s settings (its 'config') are not those train.py "
+                         f"writes ({type(e).__name__}: {e}); pass the --checkpoint of a train.py "
+                         "run") from None
+
+
+def model_from_checkpoint(checkpoint: dict, path: Path, device: torch.device) -> torch.nn.Module:
+    """The checkpoint's model, rebuilt from its config, with its weights; one sentence when the
+    two do not fit (an edited or foreign file)."""
+    try:
+        model = saved_config(checkpoint, path).build_model(load_pretrained=False)
+        model.load_state_dict(checkpoint["model"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:
+        first = str(e).strip().splitlines()[0][:200]
+        raise SystemExit(f"train.py: error: {path}'s weights do not fit the model its config "
+                         f"names ({type(e).__name__}: {first}); pass the --checkpoint of a "
+                         "train.py run") from None
+    return model.to(device)
+
+
 def load_run(checkpoint: dict, path: Path, model: torch.nn.Module,
              optimizer: torch.optim.Optimizer, scheduler, epochs: int) -> History:
     """Restore model, optimizer, schedule and every RNG state from a checkpoint of the same run
@@ -421,6 +448,7 @@ def load_run(checkpoint: dict, path: Path, model: torch.nn.Module,
 
 def check_resume(saved: RunConfig, config: RunConfig, path: Path) -> None:
     differences = [f"{key}: checkpoint has {getattr(saved, key)!r}, this run has {value!r}"
+                   + (" (the schedule spans --epochs)" if key == "schedule_epochs" else "")
                    for key, value in dataclasses.asdict(config).items()
                    if getattr(saved, key) != value]
     if differences:
@@ -548,7 +576,10 @@ def results_to_move(args: argparse.Namespace, checkpoint_path: Path) -> tuple[st
     if args.evaluate:  # and, from another folder, the split it reads, which replaces this one's
         other_folder = checkpoint_path.resolve().parent != own.parent
         return (*REPORT_FILES, *(["split.csv"] if other_folder else [])) if elsewhere else ()
-    return RESULT_FILES if not args.resume or elsewhere else ()
+    if args.resume and elsewhere:  # the file resumed from stays where it is, to be read
+        reading = checkpoint_path.resolve()
+        return tuple(n for n in RESULT_FILES if (Path(args.results_dir) / n).resolve() != reading)
+    return RESULT_FILES if not args.resume else ()
 
 
 def data_fingerprint(csv_paths: list[Path]) -> str:
@@ -586,6 +617,20 @@ def _positive_float(text: str) -> float:
     value = _at_least(0.0, float)(text)
     if value == 0 or value > torch.finfo(torch.float32).max:  # the weights are float32
         raise argparse.ArgumentTypeError(f"must be a number > 0 that float32 holds, got {text}")
+    return value
+
+
+def _finite(text: str) -> float:
+    value = _at_least(0.0, float)(text)
+    if value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
+    return value
+
+
+def _minutes(text: str) -> float:
+    value = _positive_float(text)
+    if not 0.05 <= value <= 7 * 24 * 60:  # torch's socket timeouts overflow beyond a few years
+        raise argparse.ArgumentTypeError(f"must be from 0.05 (3 s) to 10080 (a week), got {text}")
     return value
 
 
@@ -682,10 +727,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     optimisation.add_argument("--lr", type=_positive_float, default=None,
                               help="learning rate (default: 0.1 for sgd, the lecture's; 0.001 for "
                                    "adam and adamw; with --resume: the checkpoint's)")
-    optimisation.add_argument("--momentum", type=_at_least(0.0, float), default=None,
+    optimisation.add_argument("--momentum", type=_finite, default=None,
                               help="SGD's momentum" + inherited % 0)
-    optimisation.add_argument("--weight-decay", type=_at_least(0.0, float), default=None,
-                              help="L2 penalty (decoupled for adamw)" + inherited % 0)
+    optimisation.add_argument("--weight-decay", type=_finite, default=None,
+                              help="L2 penalty (decoupled for adamw)"
+                                   + inherited % "0; 0.01 for adamw, torch's")
     optimisation.add_argument("--lr-schedule", choices=LR_SCHEDULES, default=None,
                               help="the learning rate over the run, set after every batch: "
                                    "cosine decays to 0; onecycle warms up for 30%% of the "
@@ -717,12 +763,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     hardware = p.add_argument_group("device and processes")
     hardware.add_argument("--device", default="auto",
                           help="auto (cuda, then mps, else cpu), or any torch device")
-    hardware.add_argument("--dist-timeout", type=_positive_float, default=30.0, metavar="MINUTES",
+    hardware.add_argument("--dist-timeout", type=_minutes, default=30.0, metavar="MINUTES",
                           help="under torchrun: how long a process waits for the others at each "
                                "exchange, rank 0's first decode of the data included, before it "
                                "stops with an error (torch's default)")
     args = p.parse_args(argv)
-    if args.pretrained and args.model != "resnet18":
+    resuming = args.resume or args.evaluate or args.predict is not None  # the model is recorded
+    if args.pretrained and args.model != "resnet18" and not (resuming and args.model is None):
         p.error("--pretrained goes with --model resnet18 (the weights are ResNet-18's)")
     if args.pretrained and args.normalize:
         p.error("--pretrained and --normalize: choose one (the pretrained model is fed the "
@@ -849,7 +896,7 @@ def evaluate(checkpoint: dict, checkpoint_path: Path, config: RunConfig, classes
              test_loader, results_dir: Path, device: torch.device, rank: int) -> History:
     """--evaluate: the saved model on the test split, with the reports of a training run; the
     checkpoint and metrics.csv are left as they are."""
-    saved = RunConfig.from_checkpoint(checkpoint["config"])
+    saved = saved_config(checkpoint, checkpoint_path)
     differences = [f"{key}: checkpoint has {getattr(saved, key)!r}, these flags give "
                    f"{getattr(config, key)!r}"
                    for key in ("data", "channels", "num_classes", "mode", "image_size")
@@ -860,8 +907,7 @@ def evaluate(checkpoint: dict, checkpoint_path: Path, config: RunConfig, classes
         raise SystemExit(f"train.py: error: cannot --evaluate {checkpoint_path}: it was trained on "
                          "other data:\n  " + "\n  ".join(differences)
                          + "\nUse the data flags of the training run.")
-    model = saved.build_model(load_pretrained=False).to(device)
-    model.load_state_dict(checkpoint["model"])
+    model = model_from_checkpoint(checkpoint, checkpoint_path, device)
     cm = compute_confusion_matrix(model, test_loader, device, len(classes))
     test_acc = compute_accuracy(model, test_loader, device)
     print(f"Test accuracy: {test_acc:.2f}%")
@@ -899,9 +945,7 @@ def predict(path: str, checkpoint: dict, checkpoint_path: Path, results_dir: Pat
         raise SystemExit(f"train.py: error: {checkpoint_path} does not say its classes, mode and "
                          "image size (it predates them): train again to use --predict")
     classes = [str(c) for c in checkpoint["classes"]]
-    model = RunConfig.from_checkpoint(checkpoint["config"]).build_model(load_pretrained=False)
-    model = model.to(device)
-    model.load_state_dict(checkpoint["model"])
+    model = model_from_checkpoint(checkpoint, checkpoint_path, device)
     model.eval()
     options = {"mode": checkpoint["mode"], "image_size": tuple(checkpoint["image_size"]),
                "classes": classes, "cache_mb": 0}
@@ -1116,7 +1160,7 @@ def main(argv: list[str] | None = None) -> History | Path:
         with results_folder(results_dir, move, True), finished_checkpoint(checkpoint_path,
                                                                           results_dir):
             checkpoint = read_checkpoint(checkpoint_path)
-            refuse_other_model_flags(args, RunConfig.from_checkpoint(checkpoint["config"]),
+            refuse_other_model_flags(args, saved_config(checkpoint, checkpoint_path),
                                      checkpoint_path)
             return predict(args.predict, checkpoint, checkpoint_path, results_dir,
                            (args.file_column, args.label_column), args.img_dir, args.encoding,
@@ -1128,7 +1172,7 @@ def main(argv: list[str] | None = None) -> History | Path:
             peers_answer(rank, args.dist_timeout):
         # One run at a time in a results folder; earlier results it would overwrite went aside.
         checkpoint = read_checkpoint(checkpoint_path) if args.resume or args.evaluate else None
-        saved = None if checkpoint is None else RunConfig.from_checkpoint(checkpoint["config"])
+        saved = None if checkpoint is None else saved_config(checkpoint, checkpoint_path)
         if saved is not None:
             refuse_other_model_flags(args, saved, checkpoint_path)
         datasets, loaders = prepare_data(args, results_dir, split_options, rank, world_size,
@@ -1318,6 +1362,13 @@ def fit(args: argparse.Namespace, config: RunConfig, classes: list[str], loaders
                     optimizer=optimizer, device=device, history=history,
                     train_eval_loader=train_eval_loader, logging_interval=args.logging_interval,
                     on_epoch_end=save, scheduler=scheduler, early_stopping=args.early_stopping)
+    except ValueError as e:
+        if "Expected more than 1 value per channel" not in str(e):
+            raise
+        raise SystemExit(f"train.py: error: --model {config.model}'s BatchNorm needs more than one "
+                         "value per channel in training, but a batch of one image reaches a 1x1 "
+                         "feature map: pass a larger --batch-size (per process under torchrun) or "
+                         "--image-size") from None
     except KeyboardInterrupt as e:
         saved = len(history.train_acc)  # train_model extends history in place, saving each
         how = "Terminated (SIGTERM)" if isinstance(e, Terminated) else "Interrupted"
@@ -1366,15 +1417,20 @@ def best_model_test_accuracy(model: torch.nn.Module, history: History, test_load
         return None
     if best == len(history.valid_acc):
         return history.test_acc
-    have = torch.tensor([rank != 0 or path.is_file()], dtype=torch.int64, device=device)
+    best_model, state = copy.deepcopy(model), None
+    if rank == 0 and path.is_file():
+        try:
+            state = torch.load(path, map_location=device, weights_only=True)["model"]
+            best_model.load_state_dict(state)
+        except Exception as e:  # noqa: BLE001  (damaged since it was written)
+            state = None
+            warnings.warn(f"{path} cannot be read ({type(e).__name__}), so the best epoch's model "
+                          "was not tested; the last epoch's checkpoint.pt is whole")
+    have = torch.tensor([rank != 0 or state is not None], dtype=torch.int64, device=device)
     if _distributed():
         dist.all_reduce(have, op=dist.ReduceOp.MIN)
-    if not have.item():  # a run resumed from a checkpoint of a version without best.pt
+    if not have.item():  # no best.pt (resumed from a version without it, or another folder's)
         return None
-    best_model = copy.deepcopy(model)
-    if rank == 0:
-        best_model.load_state_dict(torch.load(path, map_location=device,
-                                              weights_only=True)["model"])
     if _distributed():
         for tensor in best_model.state_dict().values():
             dist.broadcast(tensor, src=0)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import os
+import re
 import subprocess
 import sys
 
@@ -227,3 +228,95 @@ def test_normalize_with_augmentation_and_workers_keeps_the_run_exact(tiny_data, 
     run(tiny_data, tmp_path / "a", "--normalize", "--augment", epochs=2)
     run(tiny_data, tmp_path / "b", "--normalize", "--augment", "--num-workers", "2", "--cache-mb", "0", epochs=2)
     assert_same_run(tmp_path / "a", tmp_path / "b")
+
+
+# ---- from the red team's pass over the above -----------------------------------------------------
+
+def test_resume_from_best_pt_in_its_own_folder_continues_from_the_best_epoch(tiny_data, tmp_path):
+    history = run(tiny_data, tmp_path / "r", "--lr", "1", epochs=8)  # peaks at epoch 6
+    best = torch.load(tmp_path / "r" / "best.pt", weights_only=True)
+    resumed = run(tiny_data, tmp_path / "r", "--lr", "1", "--resume", "--checkpoint",
+                  str(tmp_path / "r" / "best.pt"), epochs=8)
+    assert resumed.valid_acc[:best["epoch"]] == history.valid_acc[:best["epoch"]]
+    assert (tmp_path / "r" / "version_1" / "checkpoint.pt").is_file()  # the earlier last epoch, kept aside
+
+
+class RunsCode:
+    def __reduce__(self):
+        return (os.system, ("touch pwned",))
+
+
+@pytest.mark.parametrize("content, message", [
+    ("code", "is damaged or not a weights file (UnpicklingError)"),
+    ("bytes", "is damaged or not a weights file"),
+    ("other", "does not hold ResNet-18's ImageNet weights (120 of 120 tensors missing or of another shape"),
+])
+def test_a_planted_weights_file_never_runs_code_and_a_bad_one_is_a_sentence(tmp_path, monkeypatch, content,
+                                                                               message):
+    from torchvision.models import ResNet18_Weights
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.chdir(tmp_path)
+    file = tmp_path / "torch" / "hub" / "checkpoints" / os.path.basename(ResNet18_Weights.IMAGENET1K_V1.url)
+    file.parent.mkdir(parents=True)
+    if content == "code":
+        torch.save({"conv1.weight": RunsCode()}, file)
+    elif content == "bytes":
+        file.write_bytes(os.urandom(1000))
+    else:
+        torch.save({"foo": torch.zeros(1)}, file)
+    from model import PretrainedWeightsMissing
+    with pytest.raises(PretrainedWeightsMissing, match=re.escape(message)):
+        build_model("resnet18", 3, (64, 64), 5, pretrained=True)
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_batchnorm_on_a_batch_of_one_at_1x1_is_a_sentence(tiny_data, tmp_path):
+    with pytest.raises(SystemExit, match="BatchNorm needs more than one value per channel"):
+        run(tiny_data, tmp_path / "r", "--model", "resnet18", "--image-size", "8", "--batch-size", "1", epochs=1)
+
+
+def test_best_pt_is_written_before_checkpoint_pt(tiny_data, tmp_path, monkeypatch):
+    written = []
+    save = train.save_checkpoint
+    monkeypatch.setattr(train, "save_checkpoint", lambda path, c: (written.append(path.name), save(path, c)))
+    run(tiny_data, tmp_path / "r", epochs=1)
+    assert written == ["best.pt", "checkpoint.pt"]  # a kill between the two: resume replays the epoch
+
+
+def test_an_edited_checkpoint_and_a_damaged_best_pt_are_sentences(tiny_data, tmp_path, capsys):
+    run(tiny_data, tmp_path / "r", "--lr", "1", epochs=8)
+    checkpoint = torch.load(tmp_path / "r" / "checkpoint.pt", weights_only=True)
+    for change, message in [({"model": "vit"}, "do not fit the model its config names (ValueError: unknown model"),
+                            ({"model": "cnn"}, "do not fit the model its config names (RuntimeError")]:
+        edited = {**checkpoint, "config": {**checkpoint["config"], **change}}
+        torch.save(edited, tmp_path / "edited.pt")
+        with pytest.raises(SystemExit, match=re.escape(message)):
+            train.main(["--predict", str(tiny_data / "mnist_test"), "--checkpoint", str(tmp_path / "edited.pt"),
+                        "--results-dir", str(tmp_path / "p")])
+    torch.save({**checkpoint, "config": {}}, tmp_path / "empty.pt")
+    with pytest.raises(SystemExit, match="settings .* are not those train.py writes"):
+        train.main(["--predict", str(tiny_data / "mnist_test"), "--checkpoint", str(tmp_path / "empty.pt"),
+                    "--results-dir", str(tmp_path / "p")])
+    (tmp_path / "r" / "best.pt").write_bytes((tmp_path / "r" / "best.pt").read_bytes()[:1000])
+    with pytest.warns(UserWarning, match="best.pt cannot be read"):  # resumed with nothing left to train
+        history = run(tiny_data, tmp_path / "r", "--lr", "1", "--resume", epochs=8)
+    assert history.best_test_acc is None and len(history.valid_acc) == 8
+
+
+def test_flags_out_of_range_are_refused_and_resume_takes_pretrained(tmp_path, capsys):
+    for flags in (["--dist-timeout", "1e12"], ["--dist-timeout", "0.00001"], ["--momentum", "inf"],
+                  ["--weight-decay", "inf"]):
+        with pytest.raises(SystemExit):
+            train.parse_args(flags)
+        assert flags[0] in capsys.readouterr().err
+    (tmp_path / "checkpoint.pt").write_bytes(b"x")
+    args = train.parse_args(["--resume", "--pretrained", "--results-dir", str(tmp_path)])
+    assert args.pretrained and args.model is None
+
+
+def test_a_loss_that_diverges_still_draws_its_figure():
+    import matplotlib.pyplot as plt
+    import plot
+    fig = plot.plot_training_loss([2.3, float("nan"), float("inf"), 1.0], 2)
+    assert fig.axes[0].get_ylim()[1] == pytest.approx(2.3 * 1.05)
+    plt.close(fig)
