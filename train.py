@@ -173,6 +173,26 @@ class RunConfig:
     batch_size: int = 64
     seed: int = 123
     augment: bool = False
+    # Where the data came from, for messages: [csv path, split value or None, rows] per split.
+    # Not compared (the data fingerprint is): a moved data folder is the same data.
+    data_files: list | None = dataclasses.field(default=None, compare=False)
+
+    def differences(self, other: RunConfig) -> list[str]:
+        """What differs from another run's settings, in words; [] when none."""
+        out = []
+        for field in dataclasses.fields(self):
+            mine, theirs = getattr(self, field.name), getattr(other, field.name)
+            if not field.compare or mine == theirs:
+                continue
+            if field.name == "data":
+                out.append(f"data: the checkpoint's run read {describe_data(self.data_files)}; "
+                           f"this one reads {describe_data(other.data_files)}, and the rows or "
+                           "labels differ (the CSVs' contents are compared, not their paths)")
+            else:
+                out.append(f"{field.name}: checkpoint has {mine!r}, this run has {theirs!r}"
+                           + (" (the schedule spans --epochs)" if field.name == "schedule_epochs"
+                              else ""))
+        return out
 
     def as_checkpoint(self) -> dict:
         return {**dataclasses.asdict(self),
@@ -262,6 +282,18 @@ def to_input(images: torch.Tensor, device: torch.device | str) -> torch.Tensor:
     dataset would."""
     images = images.to(device, non_blocking=True)
     return images if images.is_floating_point() else to_float01(images)
+
+
+def describe_data(data_files: list | None) -> str:
+    """"data/mnist_train.csv (256 rows), ..." or "labels.csv (train 80, valid 10, test 10 rows)"."""
+    if not data_files:
+        return "data it did not record (a checkpoint of an earlier version)"
+    by_csv: dict[str, list] = {}
+    for csv_path, split, rows in data_files:
+        by_csv.setdefault(csv_path, []).append((split, rows))
+    return ", ".join(f"{csv_path} ({rows} rows)" if len(parts) == 1 and split is None else
+                     f"{csv_path} (" + ", ".join(f"{s} {n}" for s, n in parts) + " rows)"
+                     for csv_path, parts in by_csv.items() for split, rows in [parts[0]])
 
 
 class Terminated(KeyboardInterrupt):
@@ -447,10 +479,7 @@ def load_run(checkpoint: dict, path: Path, model: torch.nn.Module,
 
 
 def check_resume(saved: RunConfig, config: RunConfig, path: Path) -> None:
-    differences = [f"{key}: checkpoint has {getattr(saved, key)!r}, this run has {value!r}"
-                   + (" (the schedule spans --epochs)" if key == "schedule_epochs" else "")
-                   for key, value in dataclasses.asdict(config).items()
-                   if getattr(saved, key) != value]
+    differences = saved.differences(config)
     if differences:
         raise SystemExit(f"train.py: error: cannot --resume from {path}: "
                          "it was made by a different run:\n  "
@@ -897,10 +926,8 @@ def evaluate(checkpoint: dict, checkpoint_path: Path, config: RunConfig, classes
     """--evaluate: the saved model on the test split, with the reports of a training run; the
     checkpoint and metrics.csv are left as they are."""
     saved = saved_config(checkpoint, checkpoint_path)
-    differences = [f"{key}: checkpoint has {getattr(saved, key)!r}, these flags give "
-                   f"{getattr(config, key)!r}"
-                   for key in ("data", "channels", "num_classes", "mode", "image_size")
-                   if getattr(saved, key) != getattr(config, key)]
+    data_keys = ("data", "channels", "num_classes", "mode", "image_size")
+    differences = [d for d in saved.differences(config) if d.split(":")[0] in data_keys]
     if checkpoint.get("classes", list(classes)) != list(classes):
         differences.append(f"classes: checkpoint has {checkpoint['classes']}, the data {classes}")
     if differences:
@@ -1291,7 +1318,9 @@ def run_config(args: argparse.Namespace, datasets: list[CsvImageDataset],
         lr=pick("lr", DEFAULT_LR[optimizer]), momentum=momentum,
         weight_decay=pick("weight_decay", 0.01 if optimizer == "adamw" else 0.0),  # torch's
         lr_schedule=schedule, schedule_epochs=None if schedule == "constant" else args.epochs,
-        batch_size=args.batch_size, seed=args.seed, augment=args.augment)
+        batch_size=args.batch_size, seed=args.seed, augment=args.augment,
+        data_files=[[str(ds.csv_path), ds.split[1] if ds.split else None, len(ds)]
+                    for ds in datasets])
 
 
 def channel_stats(ds: CsvImageDataset, num_workers: int = 0) -> tuple[list[float], list[float]]:

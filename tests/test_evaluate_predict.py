@@ -83,8 +83,13 @@ def test_evaluate_refuses_a_checkpoint_of_other_data(trained, tmp_path):
     data, results, _, _ = trained
     csv_path = data / "mnist_test.csv"
     csv_path.write_text("\n".join(csv_path.read_text().splitlines()[:-1]) + "\n")  # one row fewer
-    with pytest.raises(SystemExit, match="cannot --evaluate .*trained on other data"):
+    with pytest.raises(SystemExit, match="cannot --evaluate .*trained on other data") as info:
         train.main(["--evaluate", "--batch-size", "8", "--data-dir", str(data), "--results-dir", str(results)])
+    said = str(info.value)  # in words: what it was trained on, and what it sees now
+    assert f"the checkpoint's run read {data / 'mnist_train.csv'} (40 rows), {data / 'mnist_valid.csv'} " \
+           f"(20 rows), {data / 'mnist_test.csv'} (20 rows); this one reads" in said
+    assert f"{data / 'mnist_test.csv'} (19 rows), and the rows or labels differ" in said
+    assert "sha256" not in said
 
 
 def test_predict_on_the_labelled_test_csv_gives_the_test_accuracy(trained, capsys):

@@ -89,7 +89,7 @@ def test_resume_ends_bit_identical_to_an_uninterrupted_run(tiny_data, tmp_path):
     (["--batch-size", "4"], "batch_size: checkpoint has 8"),
     (["--hidden", "50"], "another model than --hidden 50 (the checkpoint's: 100) asks for"),
     (["--lr", "0.05"], "lr: checkpoint has 0.1"),
-    ("data", "data: checkpoint has"),
+    ("data", "data: the checkpoint's run read"),
 ])
 def test_resume_refuses_a_checkpoint_from_a_different_run(tiny_data, tmp_path, change, message):
     run(tiny_data, tmp_path / "r", epochs=1)
