@@ -454,3 +454,25 @@ def test_mode_auto_is_rgb_when_any_split_has_a_colour_image(tmp_path, capsys):
     assert all(ds.mode_decision == "mode=auto: RGB, 'colour.png' is in colour (RGB)" for ds in datasets)
     assert dataset_module.main([str(test_csv), str(img)]) == 0
     assert "(converted to RGB: mode=auto: RGB, 'colour.png' is in colour (RGB))" in capsys.readouterr().out
+
+
+# ---- JPEGs decoded at the size trained at (issue 21) ---------------------------------------------
+
+def test_a_large_jpeg_is_decoded_at_reduced_scale_within_a_grey_level_of_a_full_decode(tmp_path, monkeypatch):
+    from PIL import JpegImagePlugin
+    rng = np.random.default_rng(0)
+    y, x = np.mgrid[0:600, 0:800]
+    photo = np.stack([x * 255 // 800, y * 255 // 600, (x + y) % 256], -1) + rng.normal(0, 8, (600, 800, 3))
+    path = tmp_path / "photo.jpg"
+    Image.fromarray(np.clip(photo, 0, 255).astype(np.uint8)).save(path, quality=90)
+    drafts = []
+    draft = JpegImagePlugin.JpegImageFile.draft
+    monkeypatch.setattr(JpegImagePlugin.JpegImageFile, "draft",
+                        lambda im, mode, size: (drafts.append(size), draft(im, mode, size))[1])
+    ours = decode_image(str(path), "RGB", (32, 48))  # (H, W)
+    assert drafts == [(48, 32)]  # asked for the smallest scale not below 48x32 (W, H)
+    with Image.open(path) as im:
+        full = np.asarray(im.convert("RGB").resize((48, 32), Image.Resampling.BILINEAR)).transpose(2, 0, 1)
+    assert ours.shape == full.shape == (3, 32, 48)
+    assert np.abs(ours.astype(int) - full.astype(int)).mean() < 1.0
+    assert decode_image(str(path), "RGB").shape == (3, 600, 800) and len(drafts) == 1  # no size: no draft
