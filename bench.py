@@ -382,6 +382,77 @@ def bench_decode(folder: Path, size: int, repeats: int) -> dict:
             "repeats": repeats}
 
 
+def make_photos(folder: Path, count: int, size: tuple[int, int]) -> tuple[Path, Path]:
+    """(csv, root) of `count` photo-like JPEGs (smooth gradients and noise, quality 90) of
+    size (W, H) in 4 classes, laid out for ImageFolder too (root/c<k>/NNN.jpg). Generated here,
+    not shipped."""
+    root = folder / f"photos-{count}-{size[0]}x{size[1]}"
+    csv = root / "labels.csv"
+    if csv.exists():
+        return csv, root
+    rng = torch.Generator().manual_seed(0)
+    w, h = size
+    y = torch.linspace(0, 1, h).view(h, 1, 1)
+    x = torch.linspace(0, 1, w).view(1, w, 1)
+    rows = []
+    for i in range(count):
+        tint = torch.rand(3, generator=rng).view(1, 1, 3)
+        base = (x * tint + y * (1 - tint)) * 200 + 20  # (H, W, 3)
+        noise = torch.randint(-12, 13, (h // 8, w // 8, 3), generator=rng).float()
+        noise = noise.repeat_interleave(8, 0).repeat_interleave(8, 1)[:h, :w]
+        pixels = (base + noise).clamp(0, 255).to(torch.uint8).numpy()
+        name = f"c{i % 4}/{i:03d}.jpg"
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(pixels).save(root / name, quality=90)
+        rows.append((name, f"c{i % 4}"))
+    pd.DataFrame(rows, columns=["File Name", "Class Label"]).to_csv(csv, index=False)
+    return csv, root
+
+
+def bare_pillow_loop(paths: list[Path], mode: str, size: tuple[int, int] | None, draft: bool) -> None:
+    """The decoder's own limit: open, (draft,) convert, resize, to an array; no dataset, no loader."""
+    for path in paths:
+        with Image.open(path) as im:
+            if draft and size is not None and im.format == "JPEG":
+                im.draft(im.mode, (size[1], size[0]))
+            im = im.convert(mode)
+            if size is not None:
+                im = im.resize((size[1], size[0]), Image.Resampling.BILINEAR)
+            np_pixels = memoryview(im.tobytes())  # the bytes, as decode_image takes them
+            del np_pixels
+
+
+def bench_photos(folder: Path, count: int, repeats: int, digits: int) -> dict:
+    """First pass to 64x64 over `count` generated multi-megapixel JPEGs: ours with 0 and 2
+    workers, ImageFolder + v2.Resize(64) through a DataLoader, and bare Pillow loops with and
+    without draft; and the cold first pass over `digits` PNG digits, ours against the bare loop.
+    Medians of `repeats`, interleaved."""
+    csv, root = make_photos(folder, count, (3000, 2000))
+    paths = sorted(root.glob("c*/*.jpg"))
+    resize = v2.Compose([v2.Resize((64, 64)), v2.PILToTensor()])
+    ways = {
+        "ours, 0 workers": lambda: CsvImageDataset(csv, root, mode="RGB", image_size=64).preload(progress=False),
+        "ours, 2 workers": lambda: CsvImageDataset(csv, root, mode="RGB", image_size=64).preload(
+            num_workers=2, progress=False),
+        "ImageFolder + v2.Resize(64), 0 workers": lambda: [b for b in DataLoader(
+            datasets.ImageFolder(str(root), transform=resize), batch_size=16)],
+        "bare Pillow loop with draft": lambda: bare_pillow_loop(paths, "RGB", (64, 64), draft=True),
+        "bare Pillow loop, full decode": lambda: bare_pillow_loop(paths, "RGB", (64, 64), draft=False),
+    }
+    digit_csv, digit_dir, _ = make_data(folder, digits)
+    digit_paths = [digit_dir / name for name in pd.read_csv(digit_csv)["File Name"]]
+    ways["PNG digits: ours, 0 workers"] = lambda: CsvImageDataset(digit_csv, digit_dir).preload(progress=False)
+    ways["PNG digits: bare Pillow loop"] = lambda: bare_pillow_loop(digit_paths, "L", None, draft=False)
+    times = {name: [] for name in ways}
+    for _ in range(repeats):
+        for name, way in ways.items():
+            start = time.perf_counter()
+            way()
+            times[name].append(time.perf_counter() - start)
+    return {"count": count, "digits": digits, "repeats": repeats,
+            "seconds": {name: statistics.median(t) for name, t in times.items()}}
+
+
 def make_rows(folder: Path, size: int) -> tuple[Path, Path]:
     """A CSV of `size` rows naming `size` files (hard links to the bundled digits, 1,000 a folder)."""
     base = make_data(folder, BUNDLED)[1]
@@ -469,7 +540,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--decode-size", type=int, default=40000, help="images in the first-pass and disk-cache rows")
     p.add_argument("--rows", default="30000,300000", help="CSV sizes for the row-checking rows (comma separated)")
     p.add_argument("--model-epochs", type=int, default=3, help="epochs per model in the models rows")
-    p.add_argument("--sections", default="loaders,scaling,end_to_end,startup,decode,rows,workers,plain,models",
+    p.add_argument("--photos", type=int, default=40, help="generated 3000x2000 JPEGs in the photos rows")
+    p.add_argument("--sections", default="loaders,scaling,end_to_end,startup,decode,rows,workers,plain,models,photos",
                    help="which parts to run (comma separated)")
     p.add_argument("--memory-of", help=argparse.SUPPRESS)  # internal: measure one loader in this process
     p.add_argument("--memory-data", nargs=3, type=Path, help=argparse.SUPPRESS)
@@ -500,7 +572,7 @@ def main(argv: list[str] | None = None) -> dict:
         return report
     if args.smoke:
         args.size, args.scaling, args.repeats, args.short_repeats, args.epochs = 200, "200", 1, 1, 2
-        args.decode_size, args.rows, args.model_epochs = 600, "2000", 2
+        args.decode_size, args.rows, args.model_epochs, args.photos = 600, "2000", 2, 4
     sections = set(args.sections.split(","))
     warnings.filterwarnings("ignore")  # ToTensor's deprecation notice, for the peers
     torch.set_num_threads(max(torch.get_num_threads(), 1))
@@ -534,6 +606,9 @@ def main(argv: list[str] | None = None) -> dict:
             report["plain"] = bench_plain(folder, args.size, args.batch_size, args.repeats)
         if "models" in sections:
             report["models"] = bench_models(folder, args.model_epochs, smoke=args.smoke)
+        if "photos" in sections:
+            report["photos"] = bench_photos(folder, args.photos, args.short_repeats if not args.smoke else 1,
+                                            600 if args.smoke else 4000)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     print(format_report(report))
@@ -609,6 +684,16 @@ def format_report(r: dict) -> str:
                   "| --model | parameters | s per epoch | / mlp |", "| --- | ---: | ---: | ---: |"]
         lines += [f"| {name} | {m['parameters']:,} | {m['epoch_s']:.3f} | {m['epoch_s'] / M['mlp']['epoch_s']:.1f}x |"
                   for name, m in M.items()]
+    if "photos" in r:
+        P = r["photos"]
+        t = P["seconds"]
+        lines += ["", f"First pass to 64x64 over {P['count']} generated 3000x2000 JPEGs (quality 90), and over "
+                  f"{P['digits']:,} PNG digits at their size, median of {P['repeats']}:", "",
+                  "| way | seconds | images/s | speed / ours, 0 workers |", "| --- | ---: | ---: | ---: |"]
+        for name, sec in t.items():
+            n, ours = (P["digits"], t["PNG digits: ours, 0 workers"]) if name.startswith("PNG") else \
+                (P["count"], t["ours, 0 workers"])
+            lines.append(f"| {name} | {sec:.2f} | {n / sec:,.0f} | {ours / sec:.2f}x |")
     return "\n".join(lines)
 
 

@@ -232,7 +232,9 @@ class CsvImageDataset(Dataset):
         if self.transform is not None:
             images = self._transformed_batch(rows.tolist(), key)
         elif self._cached() is not None:
-            images = self._cache.index_select(0, rows)  # several times faster than cache[rows]
+            # NumPy's take: as fast as index_select on one thread, and on one thread always (see
+            # to_float01): the batch's gather does not wait for torch's thread pool
+            images = torch.from_numpy(np.take(self._cache.numpy(), rows.numpy(), axis=0))
         else:
             images = self._read_batch(rows.tolist())
         return to_pixels(images, self.pixels), labels
@@ -652,7 +654,11 @@ DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 
 def to_float01(images: torch.Tensor) -> torch.Tensor:
     """uint8 images -> float32 in [0, 1]: bit for bit what v2.ToDtype(torch.float32, scale=True)
-    gives (a test pins it), without importing torchvision. One multiply for a whole batch."""
+    gives (a test pins it), without importing torchvision. One multiply for a whole batch; on the
+    CPU in NumPy, on one thread: torch would split it across its intra-op threads, which wait for
+    each other whenever another process holds a core (a cached pass 10x slower on a busy machine)."""
+    if images.device.type == "cpu":
+        return torch.from_numpy(np.multiply(images.numpy(), np.float32(1.0 / 255), dtype=np.float32))
     return images.to(torch.float32).mul_(1.0 / 255)
 
 

@@ -39,3 +39,9 @@ def test_bench_smoke_writes_a_complete_report(tmp_path, capsys):
     assert all(m["epoch_s"] > 0 and m["parameters"] > 0 for m in report["models"].values())
     assert report["models"]["mlp"]["parameters"] == 784 * 100 + 100 + 100 * 10 + 10
     assert "| cnn |" in out and "| resnet18 |" in out
+    # Issue 21's rows: photos to 64x64 against ImageFolder and the bare decoder, and PNG digits against the loop.
+    assert set(report["photos"]["seconds"]) == {
+        "ours, 0 workers", "ours, 2 workers", "ImageFolder + v2.Resize(64), 0 workers", "bare Pillow loop with draft",
+        "bare Pillow loop, full decode", "PNG digits: ours, 0 workers", "PNG digits: bare Pillow loop"}
+    assert all(seconds > 0 for seconds in report["photos"]["seconds"].values())
+    assert "| bare Pillow loop with draft |" in out
