@@ -1069,6 +1069,8 @@ def _check_files(files: list[str], root: Path) -> tuple[np.ndarray, np.ndarray]:
             st = os.stat(real)
         if not stat.S_ISREG(st.st_mode):
             what[j] = f"not a regular file: {path}"
+        elif st.st_size == 0:  # Pillow would say "cannot identify image file"
+            what[j] = "empty file (0 bytes)"
         stats[j] = file_identity(st)
     return what, stats
 
@@ -1188,7 +1190,7 @@ def format_problem_groups(csv_path: Path, problems: list[Problem], n_rows: int) 
     lines = [f"{csv_path}: {len(problems)} bad row(s) out of {n_rows}, by reason:"]
     for count, reason, hint, first in problem_groups(problems):
         more = ", ..." if count > len(first) else ""
-        lines.append(f"  {count} x {reason} (line {', '.join(map(str, first))}{more})")
+        lines.append(f"  {count} row(s) (line {', '.join(map(str, first))}{more}), such as: {reason}")
         if hint:
             lines.append(f"      {hint}")
     return "\n".join(lines)

@@ -539,17 +539,22 @@ def results_folder(results_dir: Path, move: tuple[str, ...], main_process: bool)
         for name in RESULT_FILES:  # only this project's temporaries: nobody else of ours
             for leftover in results_dir.glob(f".{name}.{TEMP_TAG}-*"):  # writes while we hold it
                 leftover.unlink(missing_ok=True)
-        earlier = [name for name in move if (results_dir / name).exists()]
-        if earlier:
-            taken = {int(p.name[8:]) for p in results_dir.glob("version_*") if p.name[8:].isdigit()}
-            version = results_dir / f"version_{max(taken, default=0) + 1}"
-            version.mkdir()
-            for name in earlier:
-                os.replace(results_dir / name, version / name)
-            print(f"Earlier results in {results_dir} moved to {version}/")
+        move_aside(results_dir, move)
         yield
     finally:
         os.close(fd)
+
+
+def move_aside(results_dir: Path, names: tuple[str, ...]) -> None:
+    """Those of `names` that results_dir holds go into a new results_dir/version_N."""
+    earlier = [name for name in names if (results_dir / name).exists()]
+    if earlier:
+        taken = {int(p.name[8:]) for p in results_dir.glob("version_*") if p.name[8:].isdigit()}
+        version = results_dir / f"version_{max(taken, default=0) + 1}"
+        version.mkdir()
+        for name in earlier:
+            os.replace(results_dir / name, version / name)
+        print(f"Earlier results in {results_dir} moved to {version}/")
 
 
 def _open_results_lock(folder: Path) -> int:
@@ -600,8 +605,8 @@ def results_to_move(args: argparse.Namespace, checkpoint_path: Path) -> tuple[st
     (another folder's, or another file here), all its files or its reports; earlier predictions."""
     own = (Path(args.results_dir) / "checkpoint.pt").resolve()
     elsewhere = checkpoint_path.resolve() != own
-    if args.predict is not None:
-        return ("predictions.csv",)
+    if args.predict is not None:  # predict() moves the earlier one when it has a new one
+        return ()
     if args.evaluate:  # and, from another folder, the split it reads, which replaces this one's
         other_folder = checkpoint_path.resolve().parent != own.parent
         return (*REPORT_FILES, *(["split.csv"] if other_folder else [])) if elsewhere else ()
@@ -1012,10 +1017,18 @@ def predict(path: str, checkpoint: dict, checkpoint_path: Path, results_dir: Pat
                            + "\n".join(f"  {f!r}: {why}" for f, why in unreadable[:10]))
     blank = [""] * (len(head) - 1 + labelled)
     rows += [[file, *blank, why] for file, why in unreadable]
+    if in_csv:  # the CSV's order (a folder's is by name): by line, which each problem begins with
+        line_of = {ds.rows[i].file: ds.rows[i].line for i in range(len(ds))} if ds else {}
+        rows[1:] = sorted(rows[1:], key=lambda row: int(row[-1].split()[1].rstrip(":"))
+                          if row[-1] else line_of[row[0]])
+    else:
+        rows[1:] = sorted(rows[1:], key=lambda row: row[0])
     results_dir.mkdir(parents=True, exist_ok=True)
     out = results_dir / "predictions.csv"
+    move_aside(results_dir, ("predictions.csv",))  # only now: a refused --predict moves nothing
     write_atomic(out, csv_bytes(rows))
-    print(f"Predicted {predicted} images with {checkpoint_path}: {out}")
+    print(f"Predicted {predicted} image{'s' if predicted != 1 else ''} with {checkpoint_path}: "
+          f"{out}" + (f"\n{rows[1][0]}: {rows[1][1]} ({rows[1][2]})" if len(rows) == 2 else ""))
     if unreadable:
         warnings.warn(f"{len(unreadable)} of {predicted + len(unreadable)} images could not be "
                       "read; they have rows with an empty prediction and the reason in "

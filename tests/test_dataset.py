@@ -260,8 +260,8 @@ def test_check_command_groups_the_reasons_with_counts_and_gives_each_hint_once(t
     assert dataset_module.main([str(csv), str(tmp_path / "img")]) == 1
     out = capsys.readouterr().out
     assert "11 bad row(s) out of 31, by reason:" in out
-    assert "  10 x size 9x8 (HxW) differs from the commonest, 8x8 (20 of 30 images) (line 2, 5, 8, 11, 14, ...)" in out
-    assert "  1 x file not found: " in out
+    assert "  10 row(s) (line 2, 5, 8, 11, 14, ...), such as: size 9x8 (HxW) differs from the commonest, 8x8 (20 of 30 images)" in out
+    assert "  1 row(s) (line 32), such as: file not found: " in out
     assert out.count("pass image_size= (--image-size)") == 1  # the hint once, not once per row
     assert "the rows:\n  line 2: '0.png': size 9x8 (HxW) differs from the commonest, 8x8 (20 of 30 images)\n" in out
 
@@ -269,7 +269,7 @@ def test_check_command_groups_the_reasons_with_counts_and_gives_each_hint_once(t
 def test_check_command_with_the_wrong_folder_says_why_every_row_is_bad(tiny_data, tmp_path, capsys):
     assert dataset_module.main([str(tiny_data / "mnist_train.csv"), str(tmp_path)]) == 1
     out = capsys.readouterr().out
-    assert "40 bad row(s) out of 40, by reason:\n  40 x file not found: " in out
+    assert "40 bad row(s) out of 40, by reason:\n  40 row(s) (line 2, 3, 4, 5, 6, ...), such as: file not found: " in out
     assert f"hint: no file was found: the CSV's names are looked up below {tmp_path}" in out
     assert "classes" not in out  # no summary of images that were not read
 

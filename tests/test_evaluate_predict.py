@@ -131,16 +131,36 @@ def test_predict_lists_a_bad_row_and_predicts_the_others(trained, tmp_path, caps
     assert [row[0] for row in rows[1:]] == ["a.png", "missing.png"]
     assert rows[1][1] != "" and rows[1][-1] == ""
     assert rows[2][1:-1] == [""] * (len(rows[0]) - 2) and rows[2][-1].startswith("line 3: file not found")
-    assert "Predicted 1 images" in capsys.readouterr().out
+    assert "Predicted 1 image with" in capsys.readouterr().out
 
 
-def test_predict_one_image_file(trained, tmp_path):
+def test_predict_one_image_file(trained, tmp_path, capsys):
     _, results, _, _ = trained
     image = write_png(tmp_path / "photo.png", np.full((40, 30, 3), 200, dtype=np.uint8))
     out = train.main(["--predict", str(image), "--results-dir", str(tmp_path / "p"),
                       "--checkpoint", str(results / "checkpoint.pt")])
     rows = read_rows(out)
     assert len(rows) == 2 and rows[1][0] == "photo.png" and rows[1][1] in [str(i) for i in range(10)]
+    assert f"photo.png: {rows[1][1]} ({rows[1][2]})" in capsys.readouterr().out  # said, not only written
+
+
+def test_a_refused_predict_moves_no_earlier_predictions_and_problem_rows_keep_the_csvs_order(trained, tmp_path):
+    _, results, _, _ = trained
+    folder = tmp_path / "new"
+    write_png(folder / "b.png", np.zeros((28, 28), dtype=np.uint8))
+    args = ["--results-dir", str(tmp_path / "p"), "--checkpoint", str(results / "checkpoint.pt")]
+    first = train.main(["--predict", str(folder), *args]).read_bytes()
+    (folder / "empty.png").write_bytes(b"")
+    with pytest.raises(DatasetError, match="no image could be read"):
+        train.main(["--predict", str(folder / "empty.png"), *args])
+    assert (tmp_path / "p" / "predictions.csv").read_bytes() == first and not (tmp_path / "p" / "version_1").exists()
+    listing = write_csv(tmp_path / "new.csv", "File Name\nmissing.png\nb.png\nempty.png\n")
+    with pytest.warns(UserWarning, match="2 of 3 images could not be read"):
+        out = train.main(["--predict", str(listing), "--img-dir", str(folder), *args])
+    rows = read_rows(out)
+    assert [row[0] for row in rows[1:]] == ["missing.png", "b.png", "empty.png"]  # the CSV's order
+    assert rows[3][-1] == "line 4: empty file (0 bytes)"
+    assert (tmp_path / "p" / "version_1" / "predictions.csv").read_bytes() == first  # moved once replaced
 
 
 def test_predict_a_folder_with_broken_files_predicts_the_good_ones_and_names_the_rest(trained, tmp_path):
