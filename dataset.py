@@ -134,7 +134,7 @@ class CsvImageDataset(Dataset):
             split=split, classes=classes, num_classes=num_classes, encoding=encoding)
         if self.problems:
             rows = len(self.rows) + len({line for line, _, _ in self.problems})
-            message = format_problems(self.csv_path, self.problems, rows)
+            message = problems_message(self.csv_path, self.problems, rows)
             if not skip_bad_rows:
                 raise DatasetError(message)
             warnings.warn(f"skipping bad rows: {message}", stacklevel=2)
@@ -1185,6 +1185,20 @@ def problem_groups(problems: list[Problem]) -> list[tuple[int, str, str | None, 
     return sorted((tuple(g) for g in groups.values()), key=lambda g: -g[0])
 
 
+def problems_message(csv_path: Path, problems: list[Problem], n_rows: int,
+                     limit: int | None = MAX_LISTED_PROBLEMS) -> str:
+    """The bad rows, a line each with its hint when every reason is different; else grouped by
+    reason with counts, each hint once, then the rows (up to `limit`) without their hints."""
+    if all(count == 1 for count, *_ in problem_groups(problems)):
+        return format_problems(csv_path, problems, n_rows, limit)
+    shown = problems if limit is None else problems[:limit]
+    rows = [f"  line {line}: {file!r}: {what.partition('; ')[0]}" for line, file, what in shown]
+    if len(shown) < len(problems):
+        rows.append(f"  ... and {len(problems) - len(shown)} more; "
+                    f"`python dataset.py {csv_path} IMG_DIR --all` lists them all")
+    return "\n".join([format_problem_groups(csv_path, problems, n_rows), "the rows:", *rows])
+
+
 def format_problem_groups(csv_path: Path, problems: list[Problem], n_rows: int) -> str:
     """Why rows are bad, by reason with counts, each hint once."""
     lines = [f"{csv_path}: {len(problems)} bad row(s) out of {n_rows}, by reason:"]
@@ -1257,16 +1271,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{n} image(s) {note}")
     for warning in summary["warnings"]:
         print(f"warning: {warning}")
-    if problems and all(count == 1 for count, *_ in problem_groups(problems)):
-        print(format_problems(Path(args.csv_path), problems, summary["rows"], limit=None))
-        return 1  # each reason once: the rows themselves, hints and all
     if problems:
-        print(format_problem_groups(Path(args.csv_path), problems, summary["rows"]))
-        shown = problems if args.all else problems[:MAX_LISTED_PROBLEMS]
-        print("the rows" + ("" if len(shown) == len(problems) else
-                            f" (the first {len(shown)} of {len(problems)}; --all lists every one)")
-              + ":\n" + "\n".join(f"  line {line}: {file!r}: {what.partition('; ')[0]}"
-                                   for line, file, what in shown))
+        print(problems_message(Path(args.csv_path), problems, summary["rows"],
+                               None if args.all else MAX_LISTED_PROBLEMS))
         return 1
     print("OK: no problems found")
     return 0
