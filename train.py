@@ -1215,6 +1215,13 @@ def main(argv: list[str] | None = None) -> History | Path:
         saved = None if checkpoint is None else saved_config(checkpoint, checkpoint_path)
         if saved is not None:
             refuse_other_model_flags(args, saved, checkpoint_path)
+        if args.evaluate and args.csv is None and args.data_dir == DEFAULT_DATA_DIR and not all(
+                csv.is_file() for csv, _, _ in folder_layout(DEFAULT_DATA_DIR)):
+            raise SystemExit(f"train.py: error: --evaluate reads the test split of the data flags "
+                             f"given, and none were: {checkpoint_path} was trained on "
+                             f"{describe_data(saved.data_files)}. Pass the data flags of that run "
+                             "(--csv and its column, encoding and --image-size flags, or "
+                             "--data-dir)")
         datasets, loaders = prepare_data(args, results_dir, split_options, rank, world_size,
                                          device)
         config = run_config(args, datasets, saved)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import csv
 
 import numpy as np
@@ -338,3 +339,13 @@ def test_a_refused_resume_from_another_folder_moves_and_writes_nothing(tmp_path)
                        "--checkpoint", str(tmp_path / "B" / "checkpoint.pt")])  # B's own flags: it goes on
     assert (tmp_path / "C" / "split.csv").read_bytes() == (tmp_path / "B" / "split.csv").read_bytes()
     assert (tmp_path / "C" / "version_1" / "split.csv").read_bytes() == split  # C's own, kept
+
+
+def test_evaluate_without_data_flags_names_the_data_it_was_trained_on_and_builds_nothing(trained, tmp_path,
+                                                                                         monkeypatch):
+    data, results, _, _ = trained
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")  # no data/ here
+    with pytest.raises(SystemExit, match=re.escape(f"was trained on {data / 'mnist_train.csv'} (40 rows)")):
+        train.main(["--evaluate", "--checkpoint", str(results / "checkpoint.pt"), "--results-dir", str(tmp_path / "e")])
+    assert not (tmp_path / "elsewhere" / "data").exists()
