@@ -1164,7 +1164,8 @@ def check_dataset(csv_path: str | Path, img_dir: str | Path,
 
 def empty_classes_message(empty: Sequence[str], classes: Sequence[str]) -> str:
     """Integer labels are class indices 0 to N-1: labels 3 and 7 alone make 8 classes, 6 empty."""
-    return (f"{len(empty)} of the {len(classes)} classes have no image: {', '.join(empty[:20])}"
+    return (f"{len(empty)} of the {len(classes)} classes {'has' if len(empty) == 1 else 'have'} "
+            f"no image: {', '.join(empty[:20])}"
             f"{' ...' if len(empty) > 20 else ''}. Integer labels are class indices (0 to "
             f"{len(classes) - 1} here), so the model gets {len(classes)} outputs; to have just the "
             "classes you use, write the labels as names (a text column: 'cat', 'dog', or 'three', "
