@@ -453,6 +453,32 @@ def bench_photos(folder: Path, count: int, repeats: int, digits: int) -> dict:
             "seconds": {name: statistics.median(t) for name, t in times.items()}}
 
 
+def bench_busy(folder: Path, size: int, batch_size: int, passes: int = 5) -> dict:
+    """A pass over `size` cached digits (our train loader, no workers), quiet and beside two busy
+    processes that this function starts and stops itself; medians of `passes` passes each."""
+    csv, img_dir, _ = make_data(folder, size)
+    loader = make_loader(CsvImageDataset(csv, img_dir), batch_size, shuffle=True, drop_last=True, seed=0)
+    loader.dataset.preload(progress=False)
+
+    def one_pass() -> float:
+        start = time.perf_counter()
+        for images, labels in loader:
+            pass
+        return time.perf_counter() - start
+
+    one_pass()  # warm
+    quiet = statistics.median(one_pass() for _ in range(passes))
+    spinners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2)]
+    try:
+        time.sleep(0.5)  # let them take the cores
+        busy = statistics.median(one_pass() for _ in range(passes))
+    finally:
+        for spinner in spinners:
+            spinner.kill()
+            spinner.wait()
+    return {"size": size, "quiet_s": quiet, "busy_s": busy, "passes": passes}
+
+
 def make_rows(folder: Path, size: int) -> tuple[Path, Path]:
     """A CSV of `size` rows naming `size` files (hard links to the bundled digits, 1,000 a folder)."""
     base = make_data(folder, BUNDLED)[1]
@@ -541,7 +567,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--rows", default="30000,300000", help="CSV sizes for the row-checking rows (comma separated)")
     p.add_argument("--model-epochs", type=int, default=3, help="epochs per model in the models rows")
     p.add_argument("--photos", type=int, default=40, help="generated 3000x2000 JPEGs in the photos rows")
-    p.add_argument("--sections", default="loaders,scaling,end_to_end,startup,decode,rows,workers,plain,models,photos",
+    p.add_argument("--sections", default="loaders,scaling,end_to_end,startup,decode,rows,workers,plain,models,photos,busy",
                    help="which parts to run (comma separated)")
     p.add_argument("--memory-of", help=argparse.SUPPRESS)  # internal: measure one loader in this process
     p.add_argument("--memory-data", nargs=3, type=Path, help=argparse.SUPPRESS)
@@ -606,6 +632,8 @@ def main(argv: list[str] | None = None) -> dict:
             report["plain"] = bench_plain(folder, args.size, args.batch_size, args.repeats)
         if "models" in sections:
             report["models"] = bench_models(folder, args.model_epochs, smoke=args.smoke)
+        if "busy" in sections:
+            report["busy"] = bench_busy(folder, args.decode_size, args.batch_size)
         if "photos" in sections:
             report["photos"] = bench_photos(folder, args.photos, args.short_repeats if not args.smoke else 1,
                                             600 if args.smoke else 4000)
@@ -684,6 +712,11 @@ def format_report(r: dict) -> str:
                   "| --model | parameters | s per epoch | / mlp |", "| --- | ---: | ---: | ---: |"]
         lines += [f"| {name} | {m['parameters']:,} | {m['epoch_s']:.3f} | {m['epoch_s'] / M['mlp']['epoch_s']:.1f}x |"
                   for name, m in M.items()]
+    if "busy" in r:
+        B = r["busy"]
+        lines += ["", f"A pass over {B['size']:,} cached digits (the train loader, batch {r['batch_size']}, no workers), "
+                  f"median of {B['passes']}: quiet {B['quiet_s']:.3f} s; beside two busy processes {B['busy_s']:.3f} s; "
+                  f"busy speed / quiet speed {B['quiet_s'] / B['busy_s']:.2f}x"]
     if "photos" in r:
         P = r["photos"]
         t = P["seconds"]

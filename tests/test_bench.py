@@ -45,3 +45,5 @@ def test_bench_smoke_writes_a_complete_report(tmp_path, capsys):
         "bare Pillow loop, full decode", "PNG digits: ours, 0 workers", "PNG digits: bare Pillow loop"}
     assert all(seconds > 0 for seconds in report["photos"]["seconds"].values())
     assert "| bare Pillow loop with draft |" in out
+    # Issue 21's cached pass, quiet and beside two busy processes that bench starts and stops itself.
+    assert report["busy"]["quiet_s"] > 0 and report["busy"]["busy_s"] > 0 and "beside two busy processes" in out
