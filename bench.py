@@ -460,23 +460,33 @@ def bench_busy(folder: Path, size: int, batch_size: int, passes: int = 5) -> dic
     loader = make_loader(CsvImageDataset(csv, img_dir), batch_size, shuffle=True, drop_last=True, seed=0)
     loader.dataset.preload(progress=False)
 
+    cache = loader.dataset.preload(progress=False)
+    batches = [batch.indices for batch in loader.sampler]
+
     def one_pass() -> float:
         start = time.perf_counter()
         for images, labels in loader:
             pass
         return time.perf_counter() - start
 
-    one_pass()  # warm
-    quiet = statistics.median(one_pass() for _ in range(passes))
+    def torch_ops_pass() -> float:  # the same batches through torch's ops, as before issue 21
+        start = time.perf_counter()
+        for rows in batches:
+            cache.index_select(0, torch.as_tensor(rows)).to(torch.float32).mul_(1.0 / 255)
+        return time.perf_counter() - start
+
+    one_pass(), torch_ops_pass()  # warm
+    quiet = [statistics.median(f() for _ in range(passes)) for f in (one_pass, torch_ops_pass)]
     spinners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2)]
     try:
         time.sleep(0.5)  # let them take the cores
-        busy = statistics.median(one_pass() for _ in range(passes))
+        busy = [statistics.median(f() for _ in range(passes)) for f in (one_pass, torch_ops_pass)]
     finally:
         for spinner in spinners:
             spinner.kill()
             spinner.wait()
-    return {"size": size, "quiet_s": quiet, "busy_s": busy, "passes": passes}
+    return {"size": size, "quiet_s": quiet[0], "busy_s": busy[0], "torch_ops_quiet_s": quiet[1],
+            "torch_ops_busy_s": busy[1], "passes": passes, "torch_threads": torch.get_num_threads()}
 
 
 def make_rows(folder: Path, size: int) -> tuple[Path, Path]:
@@ -716,7 +726,10 @@ def format_report(r: dict) -> str:
         B = r["busy"]
         lines += ["", f"A pass over {B['size']:,} cached digits (the train loader, batch {r['batch_size']}, no workers), "
                   f"median of {B['passes']}: quiet {B['quiet_s']:.3f} s; beside two busy processes {B['busy_s']:.3f} s; "
-                  f"busy speed / quiet speed {B['quiet_s'] / B['busy_s']:.2f}x"]
+                  f"busy speed / quiet speed {B['quiet_s'] / B['busy_s']:.2f}x. The same batches through torch's ops "
+                  f"(index_select, to float32, mul_; {B['torch_threads']} intra-op threads): quiet "
+                  f"{B['torch_ops_quiet_s']:.3f} s, busy {B['torch_ops_busy_s']:.3f} s, "
+                  f"{B['torch_ops_quiet_s'] / B['torch_ops_busy_s']:.2f}x"]
     if "photos" in r:
         P = r["photos"]
         t = P["seconds"]
