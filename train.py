@@ -1249,9 +1249,13 @@ def process_group(args: argparse.Namespace):
         return
     if args.batch_size % world_size:  # every rank stops alike, before any of them waits
         fits = args.batch_size // world_size * world_size or world_size
-        raise SystemExit(1 if rank else f"train.py: error: --batch-size {args.batch_size} is "
-                         f"the global batch, split between the {world_size} processes: pass a "
-                         f"multiple of {world_size}, such as {fits}")
+        if rank == 0:  # printed now: torchrun stops every rank as soon as one has exited
+            print(f"train.py: error: --batch-size {args.batch_size} is the global batch, split "
+                  f"between the {world_size} processes: pass a multiple of {world_size}, such as "
+                  f"{fits}", file=sys.stderr, flush=True)
+        else:
+            time.sleep(2)  # give rank 0 the time to say why before torchrun stops it
+        raise SystemExit(1)
     if device.type == "cuda":
         torch.cuda.set_device(device)
     dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo",
