@@ -1045,8 +1045,7 @@ def _images_to_predict(path: Path, columns: tuple[str, str], img_dir: str | None
     user's CSV): one image file, every image file in a folder and below it (sorted by path), or
     the rows of a CSV (labelled when it has the label column)."""
     file_column, label_column = columns
-    extensions = {e for e, fmt in Image.registered_extensions().items() if fmt in Image.OPEN}
-    in_csv = not path.is_dir() and path.suffix.lower() not in extensions
+    in_csv = not path.is_dir() and path.suffix.lower() not in image_extensions()
     if not in_csv:  # the listing is ours: its lines and name are not shown
         names = _image_files_below(path) if path.is_dir() else [path.name]
         if not names:
@@ -1075,10 +1074,15 @@ def _images_to_predict(path: Path, columns: tuple[str, str], img_dir: str | None
         return None, unreadable, in_csv
 
 
+def image_extensions() -> set[str]:
+    """The file name endings of the formats Pillow can open (".png", ".jpg", ...)."""
+    return {e for e, fmt in Image.registered_extensions().items() if fmt in Image.OPEN}
+
+
 def _image_files_below(folder: Path) -> list[str]:
     """Every image file in folder and below, as sorted relative names, through linked subfolders
     that stay inside it (once each); a link that leads out of it is named on stderr and skipped."""
-    extensions = {e for e, fmt in Image.registered_extensions().items() if fmt in Image.OPEN}
+    extensions = image_extensions()
     root, names, seen, skipped = folder.resolve(), [], set(), []
     for here, dirs, files in os.walk(folder, followlinks=True):
         real = Path(here).resolve()
