@@ -489,6 +489,31 @@ def bench_busy(folder: Path, size: int, batch_size: int, passes: int = 5) -> dic
             "torch_ops_busy_s": busy[1], "passes": passes, "torch_threads": torch.get_num_threads()}
 
 
+def bench_cached_workers(folder: Path, epochs: int, size: int, repeats: int) -> dict:
+    """Whole-process wall time of `train.py --epochs E` on `size` cached training digits (the disk
+    cache filled by a warm-up round) with --num-workers 0 and 2, plain and with --augment (where
+    workers have work to do); medians of `repeats`, interleaved."""
+    data = folder / f"workers-data-{size}"
+    if not data.exists():
+        make_subset.main(["--out-dir", str(data), "--train-size", str(size)])
+    commands = {}
+    for augment in ([], ["--augment"]):
+        for workers in (0, 2):
+            name = f"--num-workers {workers}" + (" --augment" if augment else "")
+            commands[name] = [sys.executable, str(ROOT / "train.py"), "--epochs", str(epochs), "--seed", "123",
+                              "--data-dir", str(data), "--results-dir", str(folder / "workers-results"),
+                              "--num-workers", str(workers), *augment]
+    times = {name: [] for name in commands}
+    for round_ in range(1 + repeats):  # round 0 fills the disk cache and warms the files: not timed
+        for name, command in commands.items():
+            start = time.perf_counter()
+            subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            if round_:
+                times[name].append(time.perf_counter() - start)
+    return {"size": size, "epochs": epochs, "repeats": repeats,
+            "seconds": {name: statistics.median(t) for name, t in times.items()}}
+
+
 def make_rows(folder: Path, size: int) -> tuple[Path, Path]:
     """A CSV of `size` rows naming `size` files (hard links to the bundled digits, 1,000 a folder)."""
     base = make_data(folder, BUNDLED)[1]
@@ -577,7 +602,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--rows", default="30000,300000", help="CSV sizes for the row-checking rows (comma separated)")
     p.add_argument("--model-epochs", type=int, default=3, help="epochs per model in the models rows")
     p.add_argument("--photos", type=int, default=40, help="generated 3000x2000 JPEGs in the photos rows")
-    p.add_argument("--sections", default="loaders,scaling,end_to_end,startup,decode,rows,workers,plain,models,photos,busy",
+    p.add_argument("--sections", default="loaders,scaling,end_to_end,startup,decode,rows,workers,plain,models,photos,busy,cached_workers",
                    help="which parts to run (comma separated)")
     p.add_argument("--memory-of", help=argparse.SUPPRESS)  # internal: measure one loader in this process
     p.add_argument("--memory-data", nargs=3, type=Path, help=argparse.SUPPRESS)
@@ -644,6 +669,9 @@ def main(argv: list[str] | None = None) -> dict:
             report["models"] = bench_models(folder, args.model_epochs, smoke=args.smoke)
         if "busy" in sections:
             report["busy"] = bench_busy(folder, args.decode_size, args.batch_size)
+        if "cached_workers" in sections:
+            report["cached_workers"] = bench_cached_workers(folder, 2 if args.smoke else 20, 64 if args.smoke else 1056,
+                                                            1 if args.smoke else args.short_repeats)
         if "photos" in sections:
             report["photos"] = bench_photos(folder, args.photos, args.short_repeats if not args.smoke else 1,
                                             600 if args.smoke else 4000)
@@ -730,6 +758,15 @@ def format_report(r: dict) -> str:
                   f"(index_select, to float32, mul_; {B['torch_threads']} intra-op threads): quiet "
                   f"{B['torch_ops_quiet_s']:.3f} s, busy {B['torch_ops_busy_s']:.3f} s, "
                   f"{B['torch_ops_quiet_s'] / B['torch_ops_busy_s']:.2f}x"]
+    if "cached_workers" in r:
+        W = r["cached_workers"]
+        t = W["seconds"]
+        lines += ["", f"Whole `train.py --epochs {W['epochs']}` runs on {W['size']:,} training digits, read from the disk "
+                  f"cache, median of {W['repeats']}:", "",
+                  "| flags | seconds | / the same run with --num-workers 0 |", "| --- | ---: | ---: |"]
+        for name, sec in t.items():
+            base = t[name.replace("--num-workers 2", "--num-workers 0")]
+            lines.append(f"| `{name}` | {sec:.2f} | {sec / base:.2f}x |")
     if "photos" in r:
         P = r["photos"]
         t = P["seconds"]

@@ -156,6 +156,18 @@ class CsvImageDataset(Dataset):
         return len(self.rows)
 
     @property
+    def in_memory(self) -> bool:
+        """Whether the decoded images are held in memory (within cache_mb), once preload() has run:
+        a batch is then one gather. False when decoded every pass, or mapped from a disk cache file
+        over the budget."""
+        return self._use_cache and self._cache_bytes <= self._budget_bytes
+
+    @property
+    def decodes_every_pass(self) -> bool:
+        """Whether no cache holds the decoded images (cache_mb=0, or over it with no disk cache)."""
+        return not self._use_cache
+
+    @property
     def targets(self) -> list[int]:
         """The label of every sample, as torchvision's datasets have them."""
         return self.rows.labels.tolist()
@@ -658,7 +670,9 @@ def to_float01(images: torch.Tensor) -> torch.Tensor:
     CPU in NumPy, on one thread: torch would split it across its intra-op threads, which wait for
     each other whenever another process holds a core (a cached pass 10x slower on a busy machine)."""
     if images.device.type == "cpu":
-        return torch.from_numpy(np.multiply(images.numpy(), np.float32(1.0 / 255), dtype=np.float32))
+        out = images.numpy().astype(np.float32)
+        out *= np.float32(1.0 / 255)
+        return torch.from_numpy(out)
     return images.to(torch.float32).mul_(1.0 / 255)
 
 

@@ -19,7 +19,9 @@ the same images whatever num_workers, and after a resume. image_size resizes at 
 
 The first pass decodes every image once, in num_workers processes, into one uint8 tensor that
 every epoch (and every worker) reads; with cache_dir=, into a file there that later runs read
-instead of decoding (memory-mapped).
+instead of decoding (memory-mapped). Batches of images held in memory are then gathered in this
+process, where workers would only copy them, unless a transform gives workers work (they are
+then kept alive between epochs); `loader.workers_decision` says which.
 
 Options go where they act: `dataset_kwargs` to every CsvImageDataset (mode, pixels, file_column,
 label_column, num_classes, cache_mb, ...) and `loader_kwargs` to every torch DataLoader
@@ -299,13 +301,53 @@ def make_loader(dataset: Dataset, batch_size: int, *, shuffle: bool, drop_last: 
     if kwargs.get("collate_fn") is not None:
         kwargs["collate_fn"] = functools.partial(_collate_samples, kwargs["collate_fn"])
     dataset = as_batch_dataset(dataset)
+    kwargs, decision = plan_workers(dataset, kwargs)
     sampler = EpochBatchSampler(len(dataset), batch_size, shuffle=shuffle, drop_last=drop_last,
                                 seed=seed, rank=rank, world_size=world_size)
-    return DataLoader(
+    loader = DataLoader(
         dataset, batch_size=None, sampler=sampler,  # batch_size=None: the sampler yields batches
         # Its own generator, so that starting an iterator never draws from the global RNG.
         generator=PicklableGenerator().manual_seed(seed), **kwargs,
     )
+    loader.workers_decision = decision
+    return loader
+
+
+# DataLoader options that only processes have: dropped with them.
+WORKER_OPTIONS = ("persistent_workers", "prefetch_factor", "multiprocessing_context")
+
+
+def plan_workers(dataset: Dataset, loader_kwargs: dict) -> tuple[dict, str]:
+    """(loader_kwargs as the DataLoader gets them, a sentence saying where batches are made).
+
+    Workers help where a batch is work: decoding, or a transform. A batch of images held in memory
+    with no transform is one gather, which workers would only copy between processes (a whole
+    20-epoch run took 1.7x as long with 2 workers: bench.py --sections cached_workers), so it is
+    made in this process; num_workers then serves the first pass's decoding. Workers that run a
+    transform on images in memory are kept alive between epochs (persistent_workers, unless
+    loader_kwargs says otherwise): starting them every epoch costs more than they save."""
+    kwargs = dict(loader_kwargs)
+    workers = kwargs.get("num_workers", 0)
+    if not workers:
+        return kwargs, "no workers: batches are made in this process"
+    leaves = _leaves_of(dataset)
+    for leaf in leaves:
+        if leaf.in_memory:
+            leaf.preload(num_workers=workers)  # decoded by the workers now; nothing when done
+    if not all(leaf.in_memory for leaf in leaves):
+        how = ("decode each batch" if all(leaf.decodes_every_pass for leaf in leaves) else
+               "read each batch from the memory-mapped disk cache, over the memory budget"
+               if not any(leaf.decodes_every_pass for leaf in leaves) else "make each batch")
+        return kwargs, f"{workers} workers {how}"
+    if all(leaf.transform is None for leaf in leaves):
+        for key in WORKER_OPTIONS:
+            kwargs.pop(key, None)
+        kwargs["num_workers"] = 0
+        return kwargs, (f"batches are gathered in this process from the images in memory: "
+                        f"{workers} workers would only copy them (they decode the first pass)")
+    kwargs.setdefault("persistent_workers", True)
+    kept = "kept alive between epochs" if kwargs["persistent_workers"] else "started every epoch"
+    return kwargs, f"{workers} workers run the transform on the images in memory, {kept}"
 
 
 def _collate_samples(collate_fn: Callable, batch: tuple[torch.Tensor, torch.Tensor]):

@@ -57,6 +57,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from PIL import Image
 from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
 
 from dataset import (TEMP_TAG, CsvImageDataset, DatasetError, csv_separator, make_dataset,
                      parse_image_size, read_csv, to_float01)
@@ -720,7 +721,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     data.add_argument("--num-workers", type=_at_least(0, int), default=0,
                       help="DataLoader worker processes; they also share the first pass's decoding")
     data.add_argument("--persistent-workers", action="store_true",
-                      help="keep workers alive between epochs")
+                      help="keep workers alive between epochs (default: when they run --augment "
+                           "on images held in memory; images in memory without a transform are "
+                           "batched in the main process, where workers would only copy them)")
     data.add_argument("--cache-mb", type=_at_least(0.0, float), default=1024.0,
                       help="keep decoded images in memory up to this many MiB per split; a larger "
                            "split is kept in the disk cache, memory-mapped (0: decode every pass)")
@@ -1294,8 +1297,9 @@ def prepare_data(args: argparse.Namespace, results_dir: Path, split_options: dic
                       "label_column": args.label_column, "mode": args.mode,
                       "image_size": args.image_size, "encoding": args.encoding,
                       "num_classes": args.num_classes, "cache_dir": cache_dir}
-    loader_kwargs = {"num_workers": args.num_workers, "pin_memory": device.type == "cuda",
-                     "persistent_workers": args.persistent_workers and args.num_workers > 0}
+    loader_kwargs = {"num_workers": args.num_workers, "pin_memory": device.type == "cuda"}
+    if args.persistent_workers and args.num_workers:
+        loader_kwargs["persistent_workers"] = True  # else the loaders choose (plan_workers)
     datasets = make_datasets(sources, dataset_kwargs, augmentation() if args.augment else None)
     train_ds = datasets[0]
     if args.batch_size > len(train_ds) and not args.evaluate:
@@ -1318,7 +1322,19 @@ def prepare_data(args: argparse.Namespace, results_dir: Path, split_options: dic
           f"images from {args.csv or args.data_dir + '/'}, read as {train_ds.mode} "
           f"({train_ds.mode_decision}); {train_ds.cache_decision}; "
           f"device {device}" + (f"; {world_size} processes" if world_size > 1 else ""))
+    if args.num_workers:
+        print(f"Workers (--num-workers {args.num_workers}): " + describe_workers(
+            dict(zip(("train", "valid", "test"), loaders))))
     return datasets, (*loaders, train_eval_loader)
+
+
+def describe_workers(loaders: dict[str, DataLoader]) -> str:
+    """Where each loader makes its batches (loaders.plan_workers), loaders that agree named once:
+    'train, valid, test: batches are gathered in this process ...'."""
+    by_decision: dict[str, list[str]] = {}
+    for name, loader in loaders.items():
+        by_decision.setdefault(loader.workers_decision, []).append(name)
+    return "; ".join(f"{', '.join(names)}: {decision}" for decision, names in by_decision.items())
 
 
 def run_config(args: argparse.Namespace, datasets: list[CsvImageDataset],

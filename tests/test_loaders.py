@@ -120,9 +120,67 @@ def test_sampler_splits_each_global_batch_between_ranks():
 
 
 def test_lecture_keywords_num_workers_and_batch_size_factor_eval(tiny_data):
-    train, valid, test = get_dataloaders(batch_size=4, data_dir=tiny_data, num_workers=1, batch_size_factor_eval=3)
+    train, valid, test = get_dataloaders(batch_size=4, data_dir=tiny_data, num_workers=1, batch_size_factor_eval=3,
+                                         dataset_kwargs={"cache_mb": 0})  # decoding per batch: workers help
     assert train.num_workers == valid.num_workers == 1
     assert [len(y) for _, y in valid] == [12, 8] and [len(y) for _, y in train] == [4] * 10
+
+
+def roll(image: torch.Tensor) -> torch.Tensor:
+    """A random transform: shifts the image by 0 to 2 pixels, drawn from torch's global RNG."""
+    return torch.roll(image, int(torch.randint(0, 3, ())), dims=-1)
+
+
+@pytest.mark.parametrize("case", ["memory", "memory+transform", "memory+transform, not persistent", "decode per batch",
+                                  "mapped over budget"])
+def test_workers_only_where_they_have_work_and_the_same_batches(tiny_data, tmp_path, monkeypatch, case):
+    import shutil
+
+    import dataset as dataset_module
+    usage = type(shutil.disk_usage(tmp_path))  # a disk that can spare a cache over the budget, whatever this one's
+    monkeypatch.setattr(dataset_module.shutil, "disk_usage", lambda path: usage(100 * 2**30, 10 * 2**30, 90 * 2**30))
+    options = {"memory": ({}, None), "memory+transform": ({}, roll),
+               "memory+transform, not persistent": ({}, roll),
+               "decode per batch": ({"cache_mb": 0}, None),
+               "mapped over budget": ({"cache_mb": 0.001, "cache_dir": tmp_path / "c"}, None)}
+    dataset_kwargs, transform = options[case]
+    asked = {"num_workers": 2, "persistent_workers": True, "prefetch_factor": 3}  # dropped with the workers
+    if case.endswith("not persistent"):
+        asked = {"num_workers": 2, "persistent_workers": False}
+    loaders = get_dataloaders(8, tiny_data, seed=3, train_transforms=transform, dataset_kwargs=dataset_kwargs,
+                              loader_kwargs=asked)
+    plain = get_dataloaders(8, tiny_data, seed=3, train_transforms=transform, dataset_kwargs=dataset_kwargs)
+    train, valid = loaders[0], loaders[1]
+    if case == "mapped over budget":
+        assert "memory-mapped file, over the memory budget" in train.dataset.cache_decision
+    if case == "memory":
+        assert train.num_workers == valid.num_workers == 0 and not train.persistent_workers
+        assert "gathered in this process" in train.workers_decision and "2 workers would only copy" in train.workers_decision
+    elif case.startswith("memory+transform"):
+        assert train.num_workers == 2 and train.persistent_workers == (case == "memory+transform")
+        assert "2 workers run the transform" in train.workers_decision
+        assert valid.num_workers == 0  # valid has no transform
+    else:
+        assert train.num_workers == valid.num_workers == 2
+        assert ("decode each batch" if case == "decode per batch" else "from the memory-mapped disk cache") in \
+            train.workers_decision
+    for _ in range(2):  # two epochs: persistent workers are reused for the second
+        for a, b in zip(loaders, plain):
+            assert torch.equal(epoch_images(a), epoch_images(b))
+    assert plain[0].workers_decision == "no workers: batches are made in this process"
+
+
+def test_make_loader_decodes_with_its_workers_before_it_gathers_in_this_process(tiny_data, monkeypatch):
+    from loaders import make_loader
+    decodes = []
+    real = CsvImageDataset._decode_into
+    monkeypatch.setattr(CsvImageDataset, "_decode_into",
+                        lambda self, out, num_workers, progress: decodes.append(num_workers) or
+                        real(self, out, num_workers, progress))
+    ds = CsvImageDataset(tiny_data / "mnist_train.csv", tiny_data / "mnist_train")
+    loader = make_loader(ds, 8, shuffle=True, drop_last=True, seed=0, loader_kwargs={"num_workers": 2})
+    assert decodes == [2] and loader.num_workers == 0  # decoded once, by the workers, when the loader was made
+    assert sum(len(y) for _, y in loader) == 40 and decodes == [2]
 
 
 def test_sampler_takes_rank_and_world_size_from_the_process_group(tmp_path):

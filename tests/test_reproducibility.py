@@ -237,6 +237,8 @@ def test_same_weights_for_workers_cache_fill_and_cache_hit_on_several_chunks(chu
         out = capsys.readouterr().out
         assert ("decoded into the disk cache" if name == "fill" else
                 "read from the disk cache" if name.startswith("hit") else "not keeping") in out  # the path taken
+        if name != "hit0":  # and where batches were made: in this process from memory, or in the workers
+            assert ("2 workers decode each batch" if name == "per-batch" else "gathered in this process") in out
         assert_same_run(reference, tmp_path / name)
         assert_same_states(seen.pop(), seeded)
 
