@@ -382,11 +382,11 @@ def bench_decode(folder: Path, size: int, repeats: int) -> dict:
             "repeats": repeats}
 
 
-def make_photos(folder: Path, count: int, size: tuple[int, int]) -> tuple[Path, Path]:
-    """(csv, root) of `count` photo-like JPEGs (smooth gradients and noise, quality 90) of
+def make_photos(folder: Path, count: int, size: tuple[int, int], suffix: str = "jpg") -> tuple[Path, Path]:
+    """(csv, root) of `count` photo-like JPEGs (smooth gradients and noise, quality 90) or PNGs of
     size (W, H) in 4 classes, laid out for ImageFolder too (root/c<k>/NNN.jpg). Generated here,
     not shipped."""
-    root = folder / f"photos-{count}-{size[0]}x{size[1]}"
+    root = folder / f"photos-{count}-{size[0]}x{size[1]}-{suffix}"
     csv = root / "labels.csv"
     if csv.exists():
         return csv, root
@@ -401,7 +401,7 @@ def make_photos(folder: Path, count: int, size: tuple[int, int]) -> tuple[Path, 
         noise = torch.randint(-12, 13, (h // 8, w // 8, 3), generator=rng).float()
         noise = noise.repeat_interleave(8, 0).repeat_interleave(8, 1)[:h, :w]
         pixels = (base + noise).clamp(0, 255).to(torch.uint8).numpy()
-        name = f"c{i % 4}/{i:03d}.jpg"
+        name = f"c{i % 4}/{i:03d}.{suffix}"
         (root / name).parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(pixels).save(root / name, quality=90)
         rows.append((name, f"c{i % 4}"))
@@ -409,7 +409,8 @@ def make_photos(folder: Path, count: int, size: tuple[int, int]) -> tuple[Path, 
     return csv, root
 
 
-def bare_pillow_loop(paths: list[Path], mode: str, size: tuple[int, int] | None, draft: bool) -> None:
+def bare_pillow_loop(paths: list[Path], mode: str, size: tuple[int, int] | None, draft: bool,
+                     reducing_gap: float | None = None) -> None:
     """The decoder's own limit: open, (draft,) convert, resize, to an array; no dataset, no loader."""
     for path in paths:
         with Image.open(path) as im:
@@ -417,7 +418,7 @@ def bare_pillow_loop(paths: list[Path], mode: str, size: tuple[int, int] | None,
                 im.draft(im.mode, (size[1], size[0]))
             im = im.convert(mode)
             if size is not None:
-                im = im.resize((size[1], size[0]), Image.Resampling.BILINEAR)
+                im = im.resize((size[1], size[0]), Image.Resampling.BILINEAR, reducing_gap=reducing_gap)
             np_pixels = memoryview(im.tobytes())  # the bytes, as decode_image takes them
             del np_pixels
 
@@ -425,8 +426,9 @@ def bare_pillow_loop(paths: list[Path], mode: str, size: tuple[int, int] | None,
 def bench_photos(folder: Path, count: int, repeats: int, digits: int) -> dict:
     """First pass to 64x64 over `count` generated multi-megapixel JPEGs: ours with 0 and 2
     workers, ImageFolder + v2.Resize(64) through a DataLoader, and bare Pillow loops with and
-    without draft; and the cold first pass over `digits` PNG digits, ours against the bare loop.
-    Medians of `repeats`, interleaved."""
+    without draft; over count / 4 such PNGs, ours against bare loops with and without reducing_gap;
+    and the cold first pass over `digits` PNG digits, ours against the bare loop. Medians of `repeats`,
+    interleaved."""
     csv, root = make_photos(folder, count, (3000, 2000))
     paths = sorted(root.glob("c*/*.jpg"))
     resize = v2.Compose([v2.Resize((64, 64)), v2.PILToTensor()])
@@ -439,6 +441,12 @@ def bench_photos(folder: Path, count: int, repeats: int, digits: int) -> dict:
         "bare Pillow loop with draft": lambda: bare_pillow_loop(paths, "RGB", (64, 64), draft=True),
         "bare Pillow loop, full decode": lambda: bare_pillow_loop(paths, "RGB", (64, 64), draft=False),
     }
+    png_csv, png_root = make_photos(folder, max(count // 4, 1), (3000, 2000), "png")
+    pngs = sorted(png_root.glob("c*/*.png"))
+    ways["PNG photos: ours, 0 workers"] = lambda: CsvImageDataset(png_csv, png_root, mode="RGB", image_size=64).preload(
+        progress=False)
+    ways["PNG photos: bare Pillow loop, reducing_gap 3"] = lambda: bare_pillow_loop(pngs, "RGB", (64, 64), False, 3.0)
+    ways["PNG photos: bare Pillow loop, exact resize"] = lambda: bare_pillow_loop(pngs, "RGB", (64, 64), False)
     digit_csv, digit_dir, _ = make_data(folder, digits)
     digit_paths = [digit_dir / name for name in pd.read_csv(digit_csv)["File Name"]]
     ways["PNG digits: ours, 0 workers"] = lambda: CsvImageDataset(digit_csv, digit_dir).preload(progress=False)
@@ -449,7 +457,7 @@ def bench_photos(folder: Path, count: int, repeats: int, digits: int) -> dict:
             start = time.perf_counter()
             way()
             times[name].append(time.perf_counter() - start)
-    return {"count": count, "digits": digits, "repeats": repeats,
+    return {"count": count, "pngs": len(pngs), "digits": digits, "repeats": repeats,
             "seconds": {name: statistics.median(t) for name, t in times.items()}}
 
 
@@ -489,26 +497,32 @@ def bench_busy(folder: Path, size: int, batch_size: int, passes: int = 5) -> dic
             "torch_ops_busy_s": busy[1], "passes": passes, "torch_threads": torch.get_num_threads()}
 
 
-def bench_cached_workers(folder: Path, epochs: int, size: int, repeats: int) -> dict:
-    """Whole-process wall time of `train.py --epochs E` on `size` cached training digits (the disk
-    cache filled by a warm-up round) with --num-workers 0 and 2, plain and with --augment (where
-    workers have work to do); medians of `repeats`, interleaved."""
+def bench_cached_workers(folder: Path, epochs: int, size: int, repeats: int, warmup: int = 1) -> dict:
+    """Wall time of a whole `train.py --epochs E` run (train.main in this process, so that the
+    interpreter's start-up, the same for all, is left out) on `size` cached training digits, read
+    from the disk cache that a warm-up round fills, with --num-workers 0 and 2, plain and with
+    --augment (where workers have work to do); medians of `repeats`, interleaved."""
+    import contextlib
+    import io
+
+    import train
+
     data = folder / f"workers-data-{size}"
     if not data.exists():
         make_subset.main(["--out-dir", str(data), "--train-size", str(size)])
-    commands = {}
+    runs = {}
     for augment in ([], ["--augment"]):
         for workers in (0, 2):
-            name = f"--num-workers {workers}" + (" --augment" if augment else "")
-            commands[name] = [sys.executable, str(ROOT / "train.py"), "--epochs", str(epochs), "--seed", "123",
-                              "--data-dir", str(data), "--results-dir", str(folder / "workers-results"),
-                              "--num-workers", str(workers), *augment]
-    times = {name: [] for name in commands}
-    for round_ in range(1 + repeats):  # round 0 fills the disk cache and warms the files: not timed
-        for name, command in commands.items():
+            runs[f"--num-workers {workers}" + (" --augment" if augment else "")] = [
+                "--epochs", str(epochs), "--seed", "123", "--data-dir", str(data),
+                "--results-dir", str(folder / "workers-results"), "--num-workers", str(workers), *augment]
+    times = {name: [] for name in runs}
+    for round_ in range(warmup + repeats):  # warm-up rounds fill the disk cache and warm the files
+        for name, argv in runs.items():
             start = time.perf_counter()
-            subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            if round_:
+            with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+                train.main(argv)
+            if round_ >= warmup:
                 times[name].append(time.perf_counter() - start)
     return {"size": size, "epochs": epochs, "repeats": repeats,
             "seconds": {name: statistics.median(t) for name, t in times.items()}}
@@ -671,7 +685,8 @@ def main(argv: list[str] | None = None) -> dict:
             report["busy"] = bench_busy(folder, args.decode_size, args.batch_size)
         if "cached_workers" in sections:
             report["cached_workers"] = bench_cached_workers(folder, 2 if args.smoke else 20, 64 if args.smoke else 1056,
-                                                            1 if args.smoke else args.short_repeats)
+                                                            1 if args.smoke else args.short_repeats,
+                                                            warmup=0 if args.smoke else 1)
         if "photos" in sections:
             report["photos"] = bench_photos(folder, args.photos, args.short_repeats if not args.smoke else 1,
                                             600 if args.smoke else 4000)
@@ -761,8 +776,8 @@ def format_report(r: dict) -> str:
     if "cached_workers" in r:
         W = r["cached_workers"]
         t = W["seconds"]
-        lines += ["", f"Whole `train.py --epochs {W['epochs']}` runs on {W['size']:,} training digits, read from the disk "
-                  f"cache, median of {W['repeats']}:", "",
+        lines += ["", f"Whole `train.py --epochs {W['epochs']}` runs (train.main, in this process) on {W['size']:,} "
+                  f"training digits, read from the disk cache, median of {W['repeats']}:", "",
                   "| flags | seconds | / the same run with --num-workers 0 |", "| --- | ---: | ---: |"]
         for name, sec in t.items():
             base = t[name.replace("--num-workers 2", "--num-workers 0")]
@@ -770,12 +785,13 @@ def format_report(r: dict) -> str:
     if "photos" in r:
         P = r["photos"]
         t = P["seconds"]
-        lines += ["", f"First pass to 64x64 over {P['count']} generated 3000x2000 JPEGs (quality 90), and over "
-                  f"{P['digits']:,} PNG digits at their size, median of {P['repeats']}:", "",
+        lines += ["", f"First pass to 64x64 over {P['count']} generated 3000x2000 JPEGs (quality 90) and "
+                  f"{P['pngs']} such PNGs, and over {P['digits']:,} PNG digits at their size, median of {P['repeats']}:", "",
                   "| way | seconds | images/s | speed / ours, 0 workers |", "| --- | ---: | ---: | ---: |"]
         for name, sec in t.items():
-            n, ours = (P["digits"], t["PNG digits: ours, 0 workers"]) if name.startswith("PNG") else \
-                (P["count"], t["ours, 0 workers"])
+            group = name.split(": ")[0] + ": " if ": " in name else ""
+            n = {"PNG digits: ": P["digits"], "PNG photos: ": P["pngs"]}.get(group, P["count"])
+            ours = t[group + "ours, 0 workers"]
             lines.append(f"| {name} | {sec:.2f} | {n / sec:,.0f} | {ours / sec:.2f}x |")
     return "\n".join(lines)
 

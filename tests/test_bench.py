@@ -42,8 +42,14 @@ def test_bench_smoke_writes_a_complete_report(tmp_path, capsys):
     # Issue 21's rows: photos to 64x64 against ImageFolder and the bare decoder, and PNG digits against the loop.
     assert set(report["photos"]["seconds"]) == {
         "ours, 0 workers", "ours, 2 workers", "ImageFolder + v2.Resize(64), 0 workers", "bare Pillow loop with draft",
-        "bare Pillow loop, full decode", "PNG digits: ours, 0 workers", "PNG digits: bare Pillow loop"}
+        "bare Pillow loop, full decode", "PNG photos: ours, 0 workers", "PNG photos: bare Pillow loop, reducing_gap 3",
+        "PNG photos: bare Pillow loop, exact resize", "PNG digits: ours, 0 workers", "PNG digits: bare Pillow loop"}
     assert all(seconds > 0 for seconds in report["photos"]["seconds"].values())
     assert "| bare Pillow loop with draft |" in out
     # Issue 21's cached pass, quiet and beside two busy processes that bench starts and stops itself.
     assert report["busy"]["quiet_s"] > 0 and report["busy"]["busy_s"] > 0 and "beside two busy processes" in out
+    # Issue 21's whole runs on cached data with 0 and 2 workers, plain and with --augment.
+    assert set(report["cached_workers"]["seconds"]) == {"--num-workers 0", "--num-workers 2", "--num-workers 0 --augment",
+                                                        "--num-workers 2 --augment"}
+    assert all(seconds > 0 for seconds in report["cached_workers"]["seconds"].values())
+    assert "| `--num-workers 2 --augment` |" in out

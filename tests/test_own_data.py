@@ -476,3 +476,19 @@ def test_a_large_jpeg_is_decoded_at_reduced_scale_within_a_grey_level_of_a_full_
     assert ours.shape == full.shape == (3, 32, 48)
     assert np.abs(ours.astype(int) - full.astype(int)).mean() < 1.0
     assert decode_image(str(path), "RGB").shape == (3, 600, 800) and len(drafts) == 1  # no size: no draft
+
+
+def test_a_large_shrink_of_a_png_is_within_a_grey_level_of_the_exact_resize_and_a_small_one_is_exact(tmp_path):
+    rng = np.random.default_rng(1)
+    y, x = np.mgrid[0:600, 0:800]
+    photo = np.stack([x * 255 // 800, y * 255 // 600, (x + y) % 256], -1) + rng.normal(0, 8, (600, 800, 3))
+    path = tmp_path / "photo.png"
+    Image.fromarray(np.clip(photo, 0, 255).astype(np.uint8)).save(path)
+    with Image.open(path) as im:
+        im = im.convert("RGB")
+        exact = {size: np.asarray(im.resize(size[::-1], Image.Resampling.BILINEAR)).transpose(2, 0, 1)
+                 for size in ((32, 48), (300, 400))}
+    ours = decode_image(str(path), "RGB", (32, 48))  # a 12.5x shrink: reduced by blocks first
+    difference = np.abs(ours.astype(int) - exact[32, 48].astype(int))
+    assert 0 < difference.mean() < 1.0  # within a grey level on average; 0 would mean the exact bytes
+    assert np.array_equal(decode_image(str(path), "RGB", (300, 400)), exact[300, 400])  # 2x: exact
