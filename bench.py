@@ -1,6 +1,6 @@
 """Measure data loading and end-to-end training against the usual ways, side by side in one process.
 
-    python bench.py                       # the README's table (a few minutes on 2 cores)
+    python bench.py                       # docs/performance.md's tables (about 35 minutes on 2 cores)
     python bench.py --size 5000 --batch-size 64 --repeats 3 --json bench.json
     python bench.py --smoke               # seconds; what the test suite runs
 
@@ -22,6 +22,7 @@ are theirs. Data comes from make_subset.py (bundled digits); sizes above 4,980 r
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import multiprocessing
 import os
@@ -524,6 +525,7 @@ def bench_cached_workers(folder: Path, epochs: int, size: int, repeats: int, war
                 train.main(argv)
             if round_ >= warmup:
                 times[name].append(time.perf_counter() - start)
+            gc.collect()  # the run's loaders, and any workers they kept alive, end before the next run
     return {"size": size, "epochs": epochs, "repeats": repeats,
             "seconds": {name: statistics.median(t) for name, t in times.items()}}
 

@@ -322,7 +322,7 @@ def plan_workers(dataset: Dataset, loader_kwargs: dict) -> tuple[dict, str]:
 
     Workers help where a batch is work: decoding, or a transform. A batch of images held in memory
     with no transform is one gather, which workers would only copy between processes (a whole
-    20-epoch run took 1.7x as long with 2 workers: bench.py --sections cached_workers), so it is
+    20-epoch run took 5x as long with 2 workers: bench.py --sections cached_workers), so it is
     made in this process; num_workers then serves the first pass's decoding. Workers that run a
     transform on images in memory are kept alive between epochs (persistent_workers, unless
     loader_kwargs says otherwise): starting them every epoch costs more than they save."""
