@@ -649,7 +649,7 @@ def main(argv: list[str] | None = None) -> dict:
         return report
     if args.smoke:
         args.size, args.scaling, args.repeats, args.short_repeats, args.epochs = 200, "200", 1, 1, 2
-        args.decode_size, args.rows, args.model_epochs, args.photos = 600, "2000", 2, 4
+        args.decode_size, args.rows, args.model_epochs, args.photos = 600, "2000", 1, 4
     sections = set(args.sections.split(","))
     warnings.filterwarnings("ignore")  # ToTensor's deprecation notice, for the peers
     torch.set_num_threads(max(torch.get_num_threads(), 1))
