@@ -146,7 +146,7 @@ def measure_memory(name: str, csv: Path, img_dir: Path, classes_dir: Path, batch
 
 def limit_loader(csv: Path, img_dir: Path, batch_size: int, gather: str):
     """Whole batches out of one uint8 tensor, no DataLoader: data[idx] (as issue 5 measured the
-    limit) or data.index_select(0, idx) (what CsvImageDataset does, several times cheaper here)."""
+    limit) or data.index_select(0, idx) (what CsvImageDataset did before it gathered with NumPy's take)."""
     ds = CsvImageDataset(csv, img_dir)
     data, targets = ds.preload(), torch.tensor(ds.targets)
 
@@ -230,7 +230,7 @@ def plain_ways(csv: Path, img_dir: Path, batch_size: int) -> dict:
             lambda: DataLoader(CsvImageDataset(csv, img_dir), batch_size=batch_size, shuffle=True),
         "plain DataLoader, 2 workers, after ds.preload(): they read the one copy":
             lambda: DataLoader(preloaded(), batch_size=batch_size, shuffle=True, num_workers=2),
-        "ours: make_loader, 0 workers (whole batches by index_select)":
+        "ours: make_loader, 0 workers (whole batches by one gather)":
             lambda: make_loader(preloaded(), batch_size, shuffle=True, drop_last=True, seed=0),
     }
 

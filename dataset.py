@@ -215,10 +215,11 @@ class CsvImageDataset(Dataset):
     def apply_transform(self, i: int, image: torch.Tensor) -> torch.Tensor:
         """The transform on sample i's image; an output whose shape differs from image 0's (which
         the batch could not be stacked with) raises ImageLoadError naming the file."""
-        out = self.transform(image)
-        if self._transformed_shape is None:
-            with torch.random.fork_rng(devices=[]):  # the caller's random numbers stay as they were
-                self._transformed_shape = self.transform(self.load_image(0)).shape
+        with one_intra_op_thread():
+            out = self.transform(image)
+            if self._transformed_shape is None:
+                with torch.random.fork_rng(devices=[]):  # the caller's random numbers stay put
+                    self._transformed_shape = self.transform(self.load_image(0)).shape
         if out.shape != self._transformed_shape:
             raise ImageLoadError(f"{self._where(i)}: after the transform the image has shape "
                                  f"{tuple(out.shape)}, but {tuple(self._transformed_shape)} for "
@@ -228,7 +229,7 @@ class CsvImageDataset(Dataset):
 
     def get_batch(self, indices) -> tuple[torch.Tensor, torch.Tensor]:
         """Images (B, C, H, W) and labels (B,) int64 of the samples at `indices` (a list, NumPy
-        array or tensor of ints, or a Batch): one index_select from the cache instead of B
+        array or tensor of ints, or a Batch): one gather from the cache instead of B
         __getitem__ calls and a collate. The loaders fetch every batch this way."""
         key = None
         if isinstance(indices, Batch):  # from the loaders: the transform's randomness is keyed
@@ -662,6 +663,23 @@ CACHE_FORMAT = 3  # part of every disk cache file's name: raise it when decode_i
 # (2: JPEGs decoded at a reduced scale with draft() when resized; 3: reducing_gap in the resize)
 # What Pillow raises for a file it cannot decode: truncated, corrupt, unknown format, too large.
 DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
+
+
+@contextlib.contextmanager
+def one_intra_op_thread():
+    """torch's intra-op thread pool down to one thread for the block, then back (about a
+    microsecond). A transform's ops on one small image, split across threads, spend their time
+    waiting for each other, and far longer when another process holds a core: a pass of --augment
+    over 1,000 cached digits took 12.6 s with 2 threads and 0.6 s with one, here. DataLoader workers
+    run on one thread already, so each image is transformed alike in any process."""
+    threads = torch.get_num_threads()
+    if threads > 1:
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        if threads > 1:
+            torch.set_num_threads(threads)
 
 
 def to_float01(images: torch.Tensor) -> torch.Tensor:

@@ -343,8 +343,8 @@ def plan_workers(dataset: Dataset, loader_kwargs: dict) -> tuple[dict, str]:
         for key in WORKER_OPTIONS:
             kwargs.pop(key, None)
         kwargs["num_workers"] = 0
-        return kwargs, (f"batches are gathered in this process from the images in memory: "
-                        f"{workers} workers would only copy them (they decode the first pass)")
+        return kwargs, (f"batches are gathered in this process from the images in memory "
+                        f"({workers} workers would only copy them; they serve decoding only)")
     kwargs.setdefault("persistent_workers", True)
     kept = "kept alive between epochs" if kwargs["persistent_workers"] else "started every epoch"
     return kwargs, f"{workers} workers run the transform on the images in memory, {kept}"

@@ -721,9 +721,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     data.add_argument("--num-workers", type=_at_least(0, int), default=0,
                       help="DataLoader worker processes; they also share the first pass's decoding")
     data.add_argument("--persistent-workers", action="store_true",
-                      help="keep workers alive between epochs (default: when they run --augment "
-                           "on images held in memory; images in memory without a transform are "
-                           "batched in the main process, where workers would only copy them)")
+                      help="keep every loader's workers alive between epochs (those that run "
+                           "--augment on images held in memory are kept alive anyway)")
     data.add_argument("--cache-mb", type=_at_least(0.0, float), default=1024.0,
                       help="keep decoded images in memory up to this many MiB per split; a larger "
                            "split is kept in the disk cache, memory-mapped (0: decode every pass)")
@@ -1288,7 +1287,8 @@ def prepare_data(args: argparse.Namespace, results_dir: Path, split_options: dic
     set_deterministic()
     set_all_seeds(args.seed)
     data_folder = args.data_dir if args.csv is None else args.img_dir or Path(args.csv).parent
-    cache_dir = None if args.no_disk_cache else Path(args.cache_dir or Path(data_folder) / ".cache")
+    cache_dir = None if args.no_disk_cache or args.cache_mb == 0 else \
+        Path(args.cache_dir or Path(data_folder) / ".cache")  # --cache-mb 0: no cache anywhere
     if cache_dir is not None:
         print(f"Disk cache of decoded images: {cache_dir} (--no-disk-cache: none)")
     # On a GPU, batches travel as uint8 and are scaled there (to_input): a quarter of the bytes

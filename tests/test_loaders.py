@@ -204,3 +204,27 @@ def test_folder_layout_is_what_make_subset_writes(tiny_data):
         assert csv.is_file() and img_dir.is_dir() and split is None
     assert sorted(p.name for p in tiny_data.iterdir() if not p.name.startswith(".")) == sorted(
         name for csv, img_dir, _ in folder_layout(tiny_data) for name in (csv.name, img_dir.name))
+
+
+def test_a_transform_runs_on_one_intra_op_thread_and_the_callers_threads_come_back(tiny_data):
+    seen = []
+
+    def recording(image: torch.Tensor) -> torch.Tensor:  # --augment's small ops waited on each other across threads
+        seen.append(torch.get_num_threads())
+        return roll(image)
+
+    def failing(image: torch.Tensor) -> torch.Tensor:
+        raise RuntimeError("a broken transform")
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        train, _, _ = get_dataloaders(8, tiny_data, seed=3, train_transforms=recording)
+        assert sum(len(y) for _, y in train) == 40 and train.dataset[0][0].shape == (1, 28, 28)
+        assert seen and set(seen) == {1} and torch.get_num_threads() == 2
+        broken = CsvImageDataset(tiny_data / "mnist_train.csv", tiny_data / "mnist_train", failing)
+        with pytest.raises(RuntimeError, match="a broken transform"):
+            broken[0]
+        assert torch.get_num_threads() == 2  # given back after an error too
+    finally:
+        torch.set_num_threads(threads)
