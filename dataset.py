@@ -1188,6 +1188,8 @@ def check_dataset(csv_path: str | Path, img_dir: str | Path,
     if empty:
         caught.append(warnings.WarningMessage(empty_classes_message(empty, ds.classes),
                                               UserWarning, __file__, 0))
+    caught += [warnings.WarningMessage(message, UserWarning, __file__, 0)
+               for message in odd_class_warnings([ds])]
     summary = {
         "rows": len(ds) + len({p[0] for p in ds.problems}),
         "classes": {name: counts.get(i, 0) for i, name in enumerate(ds.classes)},
@@ -1206,6 +1208,34 @@ def empty_classes_message(empty: Sequence[str], classes: Sequence[str]) -> str:
             f"{len(classes) - 1} here), so the model gets {len(classes)} outputs; to have just the "
             "classes you use, write the labels as names (a text column: 'cat', 'dog', or 'three', "
             "'seven')")
+
+
+def odd_class_warnings(datasets: Sequence[CsvImageDataset]) -> list[str]:
+    """Class names that look like typos, over datasets that share one list of classes: names the
+    same but for case, spaces or punctuation ('Apple', 'apple'), and a class of one or two images
+    where the median class has 20 times as many. Text labels only: integer labels are indices."""
+    classes = datasets[0].classes
+    if all(name.isdigit() for name in classes):
+        return []
+    found, spellings = [], {}
+    for name in classes:
+        spellings.setdefault(re.sub(r"[\W_]+", "", name.casefold()), []).append(name)
+    for names in spellings.values():
+        if len(names) > 1:
+            found.append(f"classes {', '.join(map(repr, names))} differ only in case, spaces or "
+                         "punctuation: one class written two ways? Each is a class of its own; "
+                         "write them alike in the CSV if they are one")
+    counts = sum(np.bincount(ds.rows.labels[ds.rows.labels >= 0], minlength=len(classes))
+                 for ds in datasets)
+    median = float(np.median(counts[counts > 0])) if counts.any() else 0.0
+    for k, name in enumerate(classes):
+        if 0 < counts[k] <= 2 and median >= 20 * counts[k]:
+            rows = [f"{ds.csv_path}, line {line}" for ds in datasets
+                    for line in ds.rows.lines[ds.rows.labels == k].tolist()]
+            found.append(f"class {name!r} has {counts[k]} image(s) ({'; '.join(rows)}) where the "
+                         f"median class has {median:g}: a typo of another label? If so, correct "
+                         "it in the CSV")
+    return found
 
 
 def problem_groups(problems: list[Problem]) -> list[tuple[int, str, str | None, list[int]]]:

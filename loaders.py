@@ -56,7 +56,7 @@ from torch.utils.data import ConcatDataset, DataLoader, Dataset, Subset
 from torch.utils.data.distributed import DistributedSampler
 
 from dataset import (TEMP_TAG, Batch, CsvImageDataset, DatasetError, csv_separator, empty_classes_message,
-                     normal_file_mode, read_csv,
+                     normal_file_mode, odd_class_warnings, read_csv,
                      split_names, split_spellings)
 
 Transform = Callable[[torch.Tensor], torch.Tensor]
@@ -139,6 +139,8 @@ def make_datasets(sources: Sequence[tuple], dataset_kwargs: dict | None = None,
     empty = [name for i, name in enumerate(classes) if i not in used]
     if empty:
         warnings.warn(empty_classes_message(empty, classes), stacklevel=2)
+    for message in odd_class_warnings(datasets):
+        warnings.warn(message, stacklevel=2)
     in_eval = {classes[i] for ds in datasets[1:] for i in set(ds.targets)}
     unseen = sorted(in_eval - {classes[i] for i in set(datasets[0].targets)})
     if unseen:

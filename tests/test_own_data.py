@@ -492,3 +492,24 @@ def test_a_large_shrink_of_a_png_is_within_a_grey_level_of_the_exact_resize_and_
     difference = np.abs(ours.astype(int) - exact[32, 48].astype(int))
     assert 0 < difference.mean() < 1.0  # within a grey level on average; 0 would mean the exact bytes
     assert np.array_equal(decode_image(str(path), "RGB", (300, 400)), exact[300, 400])  # 2x: exact
+
+
+def test_class_names_that_look_like_typos_are_warned_of_in_training_and_in_the_check(tmp_path, capsys):
+    rows = ["File Name,Class Label"]
+    names = ["apple"] * 30 + ["banana"] * 30 + ["aple"] + ["Cherry"] * 25 + ["cherry"] * 25
+    for i, label in enumerate(names):
+        write_png(tmp_path / "img" / f"{i}.png", np.full((8, 8), i % 250, dtype=np.uint8))
+        rows.append(f"{i}.png,{label}")
+    csv = write_csv(tmp_path / "fruit.csv", "\n".join(rows) + "\n")
+    assert dataset_module.main([str(csv), str(tmp_path / "img")]) == 0  # warnings, not errors
+    out = capsys.readouterr().out
+    assert "warning: class 'aple' has 1 image(s)" in out and "fruit.csv, line 62) where the median class has 25" in out
+    assert "warning: classes 'Cherry', 'cherry' differ only in case" in out
+    assert "'apple'" not in out.split("classes: ")[-1].split("\n", 1)[1]  # a class of 30 is not named
+    with pytest.warns(UserWarning, match="class 'aple' has 1 image"):
+        split_csv(csv, tmp_path / "split.csv", seed=0)
+        get_dataloaders_from_split_csv(tmp_path / "split.csv", tmp_path / "img", batch_size=8)
+    numbers = write_csv(tmp_path / "n.csv", "File Name,Class Label\n" + "".join(
+        f"{i}.png,{0 if i < 60 else 1 if i < 61 else 2}\n" for i in range(111)))
+    assert dataset_module.main([str(numbers), str(tmp_path / "img")]) == 0  # integer labels: indices, not typos
+    assert "typo" not in capsys.readouterr().out
