@@ -41,6 +41,7 @@ import errno
 import hashlib
 import os
 import re
+import shlex
 import shutil
 import stat
 import sys
@@ -132,9 +133,12 @@ class CsvImageDataset(Dataset):
         self.rows, self.classes, self.problems = make_dataset(
             self.csv_path, self.img_dir, file_column=file_column, label_column=label_column,
             split=split, classes=classes, num_classes=num_classes, encoding=encoding)
+        self._check_command = check_command(self.csv_path, self.img_dir, file_column,
+                                            label_column, encoding)
         if self.problems:
             rows = len(self.rows) + len({line for line, _, _ in self.problems})
-            message = problems_message(self.csv_path, self.problems, rows)
+            message = problems_message(self.csv_path, self.problems, rows,
+                                       command=self._check_command)
             if not skip_bad_rows:
                 raise DatasetError(message)
             warnings.warn(f"skipping bad rows: {message}", stacklevel=2)
@@ -267,7 +271,8 @@ class CsvImageDataset(Dataset):
             except ImageSizeError as e:
                 if self.transform is None:  # name every image that is not of the commonest size
                     odd = self.size_problems()
-                    raise ImageSizeError(format_problems(self.csv_path, odd, len(self))) from e
+                    raise ImageSizeError(format_problems(self.csv_path, odd, len(self),
+                                                         command=self._check_command)) from e
                 # The transform is to make the sizes equal: decode on every access instead.
                 self._use_cache = False
                 self.cache_decision = f"not keeping decoded images in memory: sizes differ ({e})"
@@ -905,15 +910,29 @@ class PathsAndLabels(Sequence):
         return path, label
 
 
+def check_command(csv_path: Path, img_dir: Path, file_column: str, label_column: str | None,
+                  encoding: str) -> str:
+    """The check command for every row of the CSV (every split of it), to paste into a shell:
+    `python dataset.py CSV DIR`, with the flags that differ from its defaults, then --all."""
+    words = ["python", "dataset.py", str(csv_path), str(img_dir)]
+    for flag, value, default in (("--file-column", file_column, "File Name"),
+                                 ("--label-column", label_column, "Class Label"),
+                                 ("--encoding", encoding, "utf-8")):
+        if value is not None and value != default:
+            words += [flag, value]
+    return shlex.join([*words, "--all"])
+
+
 def format_problems(csv_path: Path, problems: list[Problem], n_rows: int,
-                    limit: int | None = MAX_LISTED_PROBLEMS) -> str:
-    """The bad rows as one message, a line each; `limit` of them at most."""
+                    limit: int | None = MAX_LISTED_PROBLEMS, command: str | None = None) -> str:
+    """The bad rows as one message, a line each; `limit` of them at most; command: what lists
+    them all (check_command)."""
     head = f"{csv_path}: {len(problems)} bad row(s) out of {n_rows}:"
     shown = problems if limit is None else problems[:limit]
     lines = [f"  line {line}: {file!r}: {what}" for line, file, what in shown]
     if len(problems) > len(shown):
         lines.append(f"  ... and {len(problems) - len(shown)} more; "
-                     f"`python dataset.py {csv_path} IMG_DIR` lists them all")
+                     f"`{command or f'python dataset.py {csv_path} IMG_DIR --all'}` lists them all")
     return "\n".join([head, *lines])
 
 
@@ -1253,16 +1272,16 @@ def problem_groups(problems: list[Problem]) -> list[tuple[int, str, str | None, 
 
 
 def problems_message(csv_path: Path, problems: list[Problem], n_rows: int,
-                     limit: int | None = MAX_LISTED_PROBLEMS) -> str:
+                     limit: int | None = MAX_LISTED_PROBLEMS, command: str | None = None) -> str:
     """The bad rows, a line each with its hint when every reason is different; else grouped by
     reason with counts, each hint once, then the rows (up to `limit`) without their hints."""
     if all(count == 1 for count, *_ in problem_groups(problems)):
-        return format_problems(csv_path, problems, n_rows, limit)
+        return format_problems(csv_path, problems, n_rows, limit, command)
     shown = problems if limit is None else problems[:limit]
     rows = [f"  line {line}: {file!r}: {what.partition('; ')[0]}" for line, file, what in shown]
     if len(shown) < len(problems):
         rows.append(f"  ... and {len(problems) - len(shown)} more; "
-                    f"`python dataset.py {csv_path} IMG_DIR --all` lists them all")
+                    f"`{command or f'python dataset.py {csv_path} IMG_DIR --all'}` lists them all")
     return "\n".join([format_problem_groups(csv_path, problems, n_rows), "the rows:", *rows])
 
 
@@ -1340,7 +1359,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"warning: {warning}")
     if problems:
         print(problems_message(Path(args.csv_path), problems, summary["rows"],
-                               None if args.all else MAX_LISTED_PROBLEMS))
+                               None if args.all else MAX_LISTED_PROBLEMS,
+                               check_command(Path(args.csv_path), Path(args.img_dir),
+                                             args.file_column, args.label_column,
+                                             args.encoding)))
         return 1
     print("OK: no problems found")
     return 0

@@ -211,17 +211,19 @@ def _refuse_overlap(datasets: Sequence[CsvImageDataset]) -> None:
 
 def split_csv(csv_path: str | Path, out_path: str | Path, *, label_column: str = "Class Label",
               valid_fraction: float = 0.1, test_fraction: float = 0.1, seed: int = 0,
-              encoding: str = "utf-8") -> Path:
+              encoding: str = "utf-8", file_column: str | None = None) -> Path:
     """Write every row of csv_path to out_path with a `split` column added: of each class's rows,
     round(n * test_fraction) go to test and round(n * valid_fraction) to valid, drawn with NumPy
     from (seed, class); the rest to train. The same arguments give the same bytes; the file is
     written whole or not at all, in the input's encoding. Then:
-    get_dataloaders_from_split_csv(out_path, ...)."""
+    get_dataloaders_from_split_csv(out_path, ...). file_column: checked to exist too, so that
+    one error names every missing column."""
     csv_path, out_path = Path(csv_path), Path(out_path)
     if not (0 <= valid_fraction and 0 <= test_fraction and valid_fraction + test_fraction < 1):
         raise ValueError(f"valid_fraction {valid_fraction} and test_fraction {test_fraction} must "
                          "be at least 0, with a sum below 1")
-    read_csv(csv_path, [label_column], encoding)  # named errors: no file, no column, encoding
+    # named errors: no file, no column, encoding
+    read_csv(csv_path, [c for c in (file_column, label_column) if c is not None], encoding)
     try:
         rows = pd.read_csv(csv_path, dtype=str, keep_default_na=False, encoding=encoding,
                            sep=csv_separator(csv_path, encoding))

@@ -1195,7 +1195,8 @@ def main(argv: list[str] | None = None) -> History | Path:
     hints = {"resume": resume_command, "evaluate": evaluate_command}
     checkpoint_path = Path(args.checkpoint or Path(args.results_dir) / "checkpoint.pt")
     results_dir, move = Path(args.results_dir), results_to_move(args, checkpoint_path)
-    split_options = {"label_column": args.label_column, "seed": args.split_seed,
+    split_options = {"label_column": args.label_column, "file_column": args.file_column,
+                     "seed": args.split_seed,
                      "valid_fraction": args.valid_fraction, "test_fraction": args.test_fraction,
                      "encoding": args.encoding}
     trained_split = checkpoint_path.resolve().parent / "split.csv"  # the checkpoint run's split

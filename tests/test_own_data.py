@@ -513,3 +513,18 @@ def test_class_names_that_look_like_typos_are_warned_of_in_training_and_in_the_c
         f"{i}.png,{0 if i < 60 else 1 if i < 61 else 2}\n" for i in range(111)))
     assert dataset_module.main([str(numbers), str(tmp_path / "img")]) == 0  # integer labels: indices, not typos
     assert "typo" not in capsys.readouterr().out
+
+
+def test_the_training_errors_check_command_runs_as_printed_and_names_every_missing_column(tmp_path, capsys):
+    import shlex
+    csv = write_csv(tmp_path / "l.csv", "path;label\n" + "".join(f"m{i}.png;x\n" for i in range(30)))
+    with pytest.raises(DatasetError) as error:
+        train.main(["--csv", str(csv), "--file-column", "path", "--label-column", "label",
+                    "--results-dir", str(tmp_path / "r")])
+    command = str(error.value).split("more; `")[1].split("` lists them all")[0]
+    words = shlex.split(command)
+    assert words[:2] == ["python", "dataset.py"] and "--file-column" in words and words[-1] == "--all"
+    assert dataset_module.main(words[2:]) == 1
+    assert "30 row(s)" in capsys.readouterr().out  # every row of every split, not the first 20 of one
+    with pytest.raises(DatasetError, match=r"no column\(s\) \['File Name', 'Class Label'\]"):
+        train.main(["--csv", str(csv), "--results-dir", str(tmp_path / "s")])  # both named at once
