@@ -736,9 +736,10 @@ def decode_image(path: str, mode: str, size: tuple[int, int] | None = None,
         if im.mode != mode:
             im = im.convert(mode)
         if size is not None and im.size != (size[1], size[0]):
-            # reducing_gap=3: a shrink by 3x or more first averages whole blocks of pixels (as
-            # draft does for JPEGs), then resamples; a large PNG's resize 6x faster, within a grey
-            # level of the exact one (Pillow: "indistinguishable ... in most cases")
+            # reducing_gap=3: a shrink by 6x or more first averages whole blocks of pixels (as
+            # draft does for JPEGs), leaving at least 3x to resample; a large PNG's resize 6x
+            # faster, within a grey level of the exact one (Pillow: "indistinguishable ... in
+            # most cases")
             im = im.resize((size[1], size[0]), Image.Resampling.BILINEAR, reducing_gap=3.0)
         pixels = np.frombuffer(im.tobytes(), dtype=np.uint8)
         return pixels.reshape(im.height, im.width, len(im.getbands())).transpose(2, 0, 1)

@@ -317,33 +317,38 @@ def make_loader(dataset: Dataset, batch_size: int, *, shuffle: bool, drop_last: 
     return loader
 
 
-# DataLoader options that only processes have: dropped with them.
-WORKER_OPTIONS = ("persistent_workers", "prefetch_factor", "multiprocessing_context")
+# DataLoader options that only processes have: dropped with them (torch refuses them without).
+WORKER_OPTIONS = ("persistent_workers", "prefetch_factor", "multiprocessing_context", "timeout")
 
 
 def plan_workers(dataset: Dataset, loader_kwargs: dict) -> tuple[dict, str]:
     """(loader_kwargs as the DataLoader gets them, a sentence saying where batches are made).
 
-    Workers help where a batch is work: decoding, or a transform. A batch of images held in memory
-    with no transform is one gather, which workers would only copy between processes (a whole
-    20-epoch run took 5x as long with 2 workers: bench.py --sections cached_workers), so it is
-    made in this process; num_workers then serves the first pass's decoding. Workers that run a
-    transform on images in memory are kept alive between epochs (persistent_workers, unless
-    loader_kwargs says otherwise): starting them every epoch costs more than they save."""
+    Workers help where a batch is work: decoding, a transform, or a collate_fn of yours (and a
+    worker_init_fn of yours asks for them). A batch of images held in memory with none of these is
+    one gather, which workers would only copy between processes (a whole 20-epoch run took 5x as
+    long with 2 workers: bench.py --sections cached_workers), so it is made in this process;
+    num_workers then serves the first pass's decoding. Workers with work on images in memory are
+    kept alive between epochs (persistent_workers, unless loader_kwargs says otherwise): starting
+    them every epoch costs more than they save."""
     kwargs = dict(loader_kwargs)
     workers = kwargs.get("num_workers", 0)
     if not workers:
         return kwargs, "no workers: batches are made in this process"
     leaves = _leaves_of(dataset)
     for leaf in leaves:
-        if leaf.in_memory:
-            leaf.preload(num_workers=workers)  # decoded by the workers now; nothing when done
+        if not leaf.decodes_every_pass:  # decoded by the workers now (nothing when done), so
+            leaf.preload(num_workers=workers)  # that the batches read the cache, as said below
     if not all(leaf.in_memory for leaf in leaves):
         how = ("decode each batch" if all(leaf.decodes_every_pass for leaf in leaves) else
                "read each batch from the memory-mapped disk cache, over the memory budget"
                if not any(leaf.decodes_every_pass for leaf in leaves) else "make each batch")
         return kwargs, f"{workers} workers {how}"
-    if all(leaf.transform is None for leaf in leaves):
+    work = [what for what, there in (("the transform", any(leaf.transform for leaf in leaves)),
+                                     ("your collate_fn", kwargs.get("collate_fn") is not None),
+                                     ("your worker_init_fn", kwargs.get("worker_init_fn")))
+            if there]
+    if not work:
         for key in WORKER_OPTIONS:
             kwargs.pop(key, None)
         kwargs["num_workers"] = 0
@@ -351,7 +356,7 @@ def plan_workers(dataset: Dataset, loader_kwargs: dict) -> tuple[dict, str]:
                         f"({workers} workers would only copy them; they serve decoding only)")
     kwargs.setdefault("persistent_workers", True)
     kept = "kept alive between epochs" if kwargs["persistent_workers"] else "started every epoch"
-    return kwargs, f"{workers} workers run the transform on the images in memory, {kept}"
+    return kwargs, f"{workers} workers run {' and '.join(work)} on the images in memory, {kept}"
 
 
 def _collate_samples(collate_fn: Callable, batch: tuple[torch.Tensor, torch.Tensor]):

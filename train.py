@@ -555,7 +555,8 @@ def move_aside(results_dir: Path, names: tuple[str, ...]) -> None:
         version.mkdir()
         for name in earlier:
             os.replace(results_dir / name, version / name)
-        print(f"Earlier results in {results_dir} moved to {version}/")
+        what = " and ".join(earlier) if len(earlier) <= 2 else "results"  # e.g. predictions.csv
+        print(f"Earlier {what} in {results_dir} moved to {version}/")
 
 
 def _open_results_lock(folder: Path) -> int:

@@ -228,3 +228,38 @@ def test_a_transform_runs_on_one_intra_op_thread_and_the_callers_threads_come_ba
         assert torch.get_num_threads() == 2  # given back after an error too
     finally:
         torch.set_num_threads(threads)
+
+
+def _first_of_each(samples):  # a collate_fn of a user's: the loaders hand it (image, label) samples
+    return torch.stack([image for image, _ in samples]), torch.tensor([label for _, label in samples])
+
+
+def _no_op(worker_id: int) -> None:
+    pass
+
+
+def test_a_users_collate_fn_or_worker_init_fn_keeps_the_workers_and_worker_only_options_go_with_them(
+        tiny_data, tmp_path, monkeypatch):
+    import shutil
+
+    import dataset as dataset_module
+    from loaders import make_loader
+    collated = get_dataloaders(8, tiny_data, seed=3, loader_kwargs={"num_workers": 2, "collate_fn": _first_of_each})
+    assert collated[0].num_workers == 2 and "2 workers run your collate_fn" in collated[0].workers_decision
+    initialised = get_dataloaders(8, tiny_data, seed=3, loader_kwargs={"num_workers": 2, "worker_init_fn": _no_op})
+    assert initialised[0].num_workers == 2 and "your worker_init_fn" in initialised[0].workers_decision
+    plain = get_dataloaders(8, tiny_data, seed=3)
+    for a, b, c in zip(collated, initialised, plain):
+        expected = epoch_images(c)  # each iteration plays the next epoch: one of each loader
+        assert torch.equal(epoch_images(a), expected) and torch.equal(epoch_images(b), expected)
+    timed = get_dataloaders(8, tiny_data, seed=3, loader_kwargs={"num_workers": 2, "timeout": 5})
+    assert timed[0].num_workers == 0 and timed[0].timeout == 0  # torch refuses a timeout without workers
+    assert torch.equal(epoch_images(timed[1]), epoch_images(plain[1]))
+    # Over the memory budget, make_loader on its own fills the disk cache that its sentence names.
+    usage = type(shutil.disk_usage(tmp_path))
+    monkeypatch.setattr(dataset_module.shutil, "disk_usage", lambda path: usage(100 * 2**30, 10 * 2**30, 90 * 2**30))
+    ds = CsvImageDataset(tiny_data / "mnist_train.csv", tiny_data / "mnist_train", cache_mb=0.001,
+                         cache_dir=tmp_path / "c")
+    loader = make_loader(ds, 8, shuffle=False, drop_last=False, seed=0, loader_kwargs={"num_workers": 2})
+    assert "from the memory-mapped disk cache" in loader.workers_decision
+    assert len(list((tmp_path / "c").glob("*.npy"))) == 1 and ds.cache_file is not None
