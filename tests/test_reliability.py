@@ -130,7 +130,8 @@ def test_a_class_only_in_valid_or_test_joins_the_classes_with_a_warning(tmp_path
     assert loaders[1].dataset.targets == [0, 2]
     numbers = write_csv(tmp_path / "n.csv", "File Name,Class Label,split\n" + "0.png,0,train\n1.png,1,train\n"
                         "2.png,3,valid\n4.png,1,test\n")
-    with pytest.warns(UserWarning, match=r"of class\(es\) \['3'\] \("):  # 2 is in no split: nothing to miss
+    with pytest.warns(UserWarning, match=r"of class\(es\) \['3'\] \("), \
+            pytest.warns(UserWarning, match="1 of the 4 classes has no image: 2"):  # 2 is in no split: nothing to miss
         loaders = get_dataloaders_from_split_csv(numbers, tmp_path / "img", batch_size=1)
     assert loaders[0].dataset.classes == ["0", "1", "2", "3"]  # up to the largest label of any split
 
