@@ -137,8 +137,7 @@ class CsvImageDataset(Dataset):
                                             label_column, encoding)
         if self.problems:
             rows = len(self.rows) + len({line for line, _, _ in self.problems})
-            message = problems_message(self.csv_path, self.problems, rows,
-                                       command=self._check_command)
+            message = problems_message(self.csv_path, self.problems, rows, self._check_command)
             if not skip_bad_rows:
                 raise DatasetError(message)
             warnings.warn(f"skipping bad rows: {message}", stacklevel=2)
@@ -272,7 +271,7 @@ class CsvImageDataset(Dataset):
                 if self.transform is None:  # name every image that is not of the commonest size
                     odd = self.size_problems()
                     raise ImageSizeError(format_problems(self.csv_path, odd, len(self),
-                                                         command=self._check_command)) from e
+                                                         self._check_command)) from e
                 # The transform is to make the sizes equal: decode on every access instead.
                 self._use_cache = False
                 self.cache_decision = f"not keeping decoded images in memory: sizes differ ({e})"
@@ -924,16 +923,21 @@ def check_command(csv_path: Path, img_dir: Path, file_column: str, label_column:
     return shlex.join([*words, "--all"])
 
 
-def format_problems(csv_path: Path, problems: list[Problem], n_rows: int,
-                    limit: int | None = MAX_LISTED_PROBLEMS, command: str | None = None) -> str:
+def _and_more(hidden: int, command: str) -> str:
+    """The last line of a list of bad rows cut short: how many more, and the command that lists
+    them all."""
+    return f"  ... and {hidden} more; `{command}` lists them all"
+
+
+def format_problems(csv_path: Path, problems: list[Problem], n_rows: int, command: str,
+                    limit: int | None = MAX_LISTED_PROBLEMS) -> str:
     """The bad rows as one message, a line each; `limit` of them at most; command: what lists
     them all (check_command)."""
     head = f"{csv_path}: {len(problems)} bad row(s) out of {n_rows}:"
     shown = problems if limit is None else problems[:limit]
     lines = [f"  line {line}: {file!r}: {what}" for line, file, what in shown]
     if len(problems) > len(shown):
-        lines.append(f"  ... and {len(problems) - len(shown)} more; "
-                     f"`{command or f'python dataset.py {csv_path} IMG_DIR --all'}` lists them all")
+        lines.append(_and_more(len(problems) - len(shown), command))
     return "\n".join([head, *lines])
 
 
@@ -1272,17 +1276,16 @@ def problem_groups(problems: list[Problem]) -> list[tuple[int, str, str | None, 
     return sorted((tuple(g) for g in groups.values()), key=lambda g: -g[0])
 
 
-def problems_message(csv_path: Path, problems: list[Problem], n_rows: int,
-                     limit: int | None = MAX_LISTED_PROBLEMS, command: str | None = None) -> str:
+def problems_message(csv_path: Path, problems: list[Problem], n_rows: int, command: str,
+                     limit: int | None = MAX_LISTED_PROBLEMS) -> str:
     """The bad rows, a line each with its hint when every reason is different; else grouped by
     reason with counts, each hint once, then the rows (up to `limit`) without their hints."""
     if all(count == 1 for count, *_ in problem_groups(problems)):
-        return format_problems(csv_path, problems, n_rows, limit, command)
+        return format_problems(csv_path, problems, n_rows, command, limit)
     shown = problems if limit is None else problems[:limit]
     rows = [f"  line {line}: {file!r}: {what.partition('; ')[0]}" for line, file, what in shown]
     if len(shown) < len(problems):
-        rows.append(f"  ... and {len(problems) - len(shown)} more; "
-                    f"`{command or f'python dataset.py {csv_path} IMG_DIR --all'}` lists them all")
+        rows.append(_and_more(len(problems) - len(shown), command))
     return "\n".join([format_problem_groups(csv_path, problems, n_rows), "the rows:", *rows])
 
 
@@ -1359,11 +1362,10 @@ def main(argv: list[str] | None = None) -> int:
     for warning in summary["warnings"]:
         print(f"warning: {warning}")
     if problems:
-        print(problems_message(Path(args.csv_path), problems, summary["rows"],
-                               None if args.all else MAX_LISTED_PROBLEMS,
-                               check_command(Path(args.csv_path), Path(args.img_dir),
-                                             args.file_column, args.label_column,
-                                             args.encoding)))
+        command = check_command(Path(args.csv_path), Path(args.img_dir), args.file_column,
+                                args.label_column, args.encoding)
+        print(problems_message(Path(args.csv_path), problems, summary["rows"], command,
+                               None if args.all else MAX_LISTED_PROBLEMS))
         return 1
     print("OK: no problems found")
     return 0
