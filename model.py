@@ -3,10 +3,16 @@ conv net and torchvision's ResNet-18, built by name with build_model().
 
     model = MLP(num_features=784, num_hidden=100, num_classes=10)       # the lecture's
     model = build_model("cnn", channels=3, image_size=(64, 64), num_classes=5)
+    model = build_model(ModelConfig(model="resnet18", channels=3, image_size=(64, 64)))
+
+ModelConfig holds every setting that decides the network (as nanoGPT's GPTConfig): train.py fills it
+from its flags and the data, and the checkpoint records it, so --resume, --evaluate and --predict
+rebuild the same modules from the checkpoint alone.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import torch
@@ -137,27 +143,58 @@ def load_backbone(net: nn.Module, weights) -> None:
 MODELS = ("mlp", "cnn", "resnet18")
 
 
-def build_model(name: str, channels: int, image_size: tuple[int, int], num_classes: int,
-                hidden: int = 100, pretrained: bool = False, load_weights: bool = True,
-                mean: list[float] | None = None, std: list[float] | None = None) -> nn.Module:
-    """The model called `name` for images of (channels, *image_size) in num_classes classes.
-    pretrained (resnet18 only): ImageNet's weights, loaded unless load_weights is False.
-    mean / std (per channel): inputs are normalised inside the model (train.py --normalize).
-    The same arguments always build the same modules, so a checkpoint records just these."""
+@dataclasses.dataclass
+class ModelConfig:
+    """What decides the network. A train.py flag of the same name sets each of the first four
+    (--model, --hidden, --pretrained; the rest come from the data, mean and std from
+    --normalize); each default is written here alone."""
+    model: str = "mlp"  # one of MODELS
+    hidden: int = 100  # the MLP's hidden units
+    pretrained: bool = False  # resnet18 from ImageNet's weights
+    channels: int = 1
+    image_size: tuple[int, int] = (28, 28)  # (H, W)
+    num_classes: int = 10
+    mean: list[float] | None = None  # per channel: inputs normalised inside the model
+    std: list[float] | None = None
+
+    @classmethod
+    def from_checkpoint(cls, saved: dict) -> ModelConfig:
+        """The model's part of a checkpoint's "config" (train.py's, which holds more keys). One of
+        an earlier version has no "channels": it follows from num_features / (H * W)."""
+        saved = dict(saved)
+        if "channels" not in saved:
+            h, w = saved["image_size"]
+            saved["channels"] = saved["num_features"] // (h * w)
+        names = {f.name for f in dataclasses.fields(cls)}
+        config = cls(**{k: v for k, v in saved.items() if k in names})
+        config.image_size = tuple(config.image_size)
+        return config
+
+
+def build_model(config: ModelConfig | str, *args, load_weights: bool = True,
+                **kwargs) -> nn.Module:
+    """The network a ModelConfig describes, for images of (channels, *image_size); or
+    build_model(name, channels, image_size, num_classes, hidden=..., pretrained=..., mean=...,
+    std=...). pretrained (resnet18 only): ImageNet's weights, loaded unless load_weights is False (a
+    checkpoint's weights go in next). The same config always builds the same modules."""
+    if isinstance(config, str):
+        fields = ("model", "channels", "image_size", "num_classes", "hidden", "pretrained")
+        config = ModelConfig(**dict(zip(fields, (config, *args))), **kwargs)
+    name, size = config.model, tuple(config.image_size)
     if name == "mlp":
-        net = MLP(num_features=channels * image_size[0] * image_size[1], num_hidden=hidden,
-                  num_classes=num_classes)
+        net = MLP(num_features=config.channels * size[0] * size[1], num_hidden=config.hidden,
+                  num_classes=config.num_classes)
     elif name == "cnn":
-        if min(image_size) < 8:
-            raise ValueError(f"--model cnn needs images of at least 8x8, got {image_size[0]}x"
-                             f"{image_size[1]}: pass a larger --image-size")
-        net = ConvNet(channels=channels, num_classes=num_classes)
+        if min(size) < 8:
+            raise ValueError(f"--model cnn needs images of at least 8x8, got {size[0]}x{size[1]}: "
+                             "pass a larger --image-size")
+        net = ConvNet(channels=config.channels, num_classes=config.num_classes)
     elif name == "resnet18":
-        net = resnet18(channels, num_classes, image_size, pretrained, load_weights)
+        net = resnet18(config.channels, config.num_classes, size, config.pretrained, load_weights)
     else:
         raise ValueError(f"unknown model {name!r}: expected one of {', '.join(MODELS)}")
-    if pretrained and name != "resnet18":
+    if config.pretrained and name != "resnet18":
         raise ValueError(f"pretrained weights are for resnet18, not {name}")
-    if mean is not None and std is not None:
-        net = Normalized(net, mean, std)
+    if config.mean is not None and config.std is not None:
+        net = Normalized(net, config.mean, config.std)
     return net

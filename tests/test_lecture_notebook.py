@@ -9,7 +9,7 @@ import sys
 
 from conftest import ROOT
 
-OURS = ["dataset.py", "loaders.py", "model.py", "train.py", "plot.py", "make_subset.py"]
+OURS = ["dataset.py", "loaders.py", "model.py", "evaluate.py", "train.py", "plot.py", "make_subset.py"]
 
 
 def test_the_lectures_notebook_runs_on_our_helpers(tmp_path):

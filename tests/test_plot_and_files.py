@@ -72,18 +72,26 @@ print("batches", len(loader), "shape", tuple(images.shape), "loss", round(loss.i
 
 def test_each_module_imports_alone_from_an_empty_folder(tmp_path):
     groups = {"dataset": ["dataset.py"], "model": ["model.py"], "plot": ["plot.py"],
-              "make_subset": ["make_subset.py"], "loaders": ["loaders.py", "dataset.py"]}
+              "make_subset": ["make_subset.py"], "loaders": ["loaders.py", "dataset.py"],
+              "evaluate": ["evaluate.py", "loaders.py", "dataset.py", "model.py"]}
+    # evaluate.py works with what it imports beside it: the lecture's compute_accuracy on a model
+    # whose predictions are the labels
+    works = ("; import torch; m = torch.nn.Linear(4, 3); x = torch.rand(6, 4); "
+             "print(evaluate.compute_accuracy(m, [(x, m(x).argmax(1))], 'cpu'))")
     procs = []
     for module, files in groups.items():
         folder = tmp_path / module
         folder.mkdir()
         for name in files:
             shutil.copy(ROOT / name, folder / name)
-        procs.append(subprocess.Popen([sys.executable, "-c", f"import {module}"], cwd=folder,
-                                      stderr=subprocess.PIPE, text=True))
+        code = f"import {module}" + (works if module == "evaluate" else "")
+        procs.append(subprocess.Popen([sys.executable, "-c", code], cwd=folder,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
     for module, proc in zip(groups, procs):
-        _, err = proc.communicate(timeout=120)
+        out, err = proc.communicate(timeout=120)
         assert proc.returncode == 0, f"{module}: {err}"
+        if module == "evaluate":
+            assert out.strip() == "100.0"
 
 
 def test_to_float01_is_v2_to_dtype_bit_for_bit():

@@ -10,7 +10,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 from loaders import get_dataloaders  # noqa: E402   (was: from helper_dataset import get_dataloaders)
 from plot import plot_accuracy, plot_training_loss, show_examples  # noqa: E402   (helper_plotting)
-from train import compute_accuracy, set_all_seeds, set_deterministic  # noqa: E402   (helper_evaluate)
+from evaluate import compute_accuracy, set_all_seeds, set_deterministic  # noqa: E402   (helper_evaluation)
 from train import train_model  # noqa: E402   (helper_train)
 
 assert matplotlib.get_backend() == "module://inline_backend", matplotlib.get_backend()

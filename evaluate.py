@@ -1,0 +1,389 @@
+"""How good a model is: the lecture's helper_evaluation.py (compute_accuracy, set_all_seeds,
+set_deterministic), the confusion matrix and the reports drawn from it, and a saved model on new
+images (train.py --evaluate, --predict).
+
+    from evaluate import compute_accuracy, set_all_seeds, set_deterministic
+    set_all_seeds(123)
+    set_deterministic()
+    print(f"Test accuracy: {compute_accuracy(model, test_loader, device):.2f}%")
+
+Under torchrun every rank passes its share of the batches and gets the accuracy over all of them.
+Needs loaders.py, dataset.py and model.py beside it (for --predict's images and the model).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import random
+import sys
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.distributed as dist
+from PIL import Image
+
+from dataset import (TEMP_TAG, CsvImageDataset, DatasetError, csv_separator, make_dataset, read_csv,
+                     to_float01)
+from loaders import make_loader
+from model import ModelConfig, build_model
+
+
+@torch.no_grad()
+def compute_accuracy(model: torch.nn.Module, data_loader, device: torch.device | str) -> float:
+    """Accuracy in % over every batch of data_loader (over all ranks' shares under torchrun)."""
+    model.eval()
+    counts = torch.zeros(2, dtype=torch.int64, device=device)  # correct, total
+    for images, labels in data_loader:
+        labels = labels.to(device, non_blocking=True)
+        predictions = model(to_input(images, device)).argmax(dim=1)  # (B,)
+        counts[0] += (predictions == labels).sum()
+        counts[1] += labels.numel()
+    correct, total = sum_over_ranks(counts).tolist()
+    return 100.0 * correct / total
+
+
+def set_all_seeds(seed: int) -> None:
+    """Seed Python's, NumPy's and PyTorch's (CPU and every GPU) global generators."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)  # also seeds every CUDA device
+
+
+def set_deterministic() -> None:
+    """Make PyTorch pick deterministic kernels, and fail loudly where none exists."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # needed by deterministic cuBLAS
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.deterministic = True
+    torch.use_deterministic_algorithms(True)
+
+
+def to_input(images: torch.Tensor, device: torch.device | str) -> torch.Tensor:
+    """Move a batch to the device; uint8 batches are scaled to float32 [0, 1] there, as the
+    dataset would."""
+    images = images.to(device, non_blocking=True)
+    return images if images.is_floating_point() else to_float01(images)
+
+
+def distributed() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def sum_over_ranks(t: torch.Tensor) -> torch.Tensor:
+    if distributed():
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t
+
+
+@torch.no_grad()
+def compute_confusion_matrix(model: torch.nn.Module, data_loader, device: torch.device | str,
+                             num_classes: int) -> torch.Tensor:
+    """(num_classes, num_classes) int64 counts, cm[true, predicted], over every batch of
+    data_loader (and every rank's share under torchrun). Its accuracy: accuracy_of(cm)."""
+    model.eval()
+    cm = torch.zeros(num_classes * num_classes, dtype=torch.int64, device=device)
+    for images, labels in data_loader:
+        predictions = model(to_input(images, device)).argmax(dim=1)  # (B,)
+        cm += torch.bincount(labels.to(device) * num_classes + predictions, minlength=cm.numel())
+    return sum_over_ranks(cm).view(num_classes, num_classes).cpu()
+
+
+def accuracy_of(cm: torch.Tensor) -> float:
+    """Accuracy in % from a confusion matrix: the same integers as compute_accuracy counts."""
+    return 100.0 * cm.diagonal().sum().item() / cm.sum().item()
+
+
+class RunError(Exception):
+    """What stops a train.py run with a sentence: train.main turns it into "train.py: error:
+    <message>" and the exit status (1, or 2 for a flag that does not fit the data), once.
+    message None: the sentence was printed already (or there is none: an interrupt)."""
+
+    def __init__(self, message: str | None, status: int = 1) -> None:
+        super().__init__(message or "")
+        self.message, self.status = message, status
+
+
+# ---- reports of the test split: files a person opens -----------------------------------------
+
+REPORT_FILES = ("confusion_matrix.csv", "confusion_matrix.png", "per_class.csv", "mistakes.png")
+
+
+def csv_bytes(rows: list[list]) -> bytes:
+    """Rows as UTF-8 CSV text, quoted where a cell needs it (a comma or quote in a class name)."""
+    text = io.StringIO()
+    csv.writer(text, lineterminator="\n").writerows(rows)
+    return text.getvalue().encode()
+
+
+def per_class_rows(cm: torch.Tensor, names: list[str]) -> list[list]:
+    """per_class.csv: support, correct, recall and precision of each class; empty where a class
+    has no images (recall) or no predictions (precision)."""
+    support, correct, predicted = cm.sum(1).tolist(), cm.diagonal().tolist(), cm.sum(0).tolist()
+    rows = [["class", "support", "correct", "recall", "precision"]]
+    for name, n, ok, p in zip(names, support, correct, predicted):
+        recall, precision = (f"{ok / d:.4f}" if d else "" for d in (n, p))
+        rows.append([name, n, ok, recall, precision])
+    return rows
+
+
+def write_reports(model: torch.nn.Module, cm: torch.Tensor, test_loader, results_dir: Path,
+                  class_names: list[str]) -> None:
+    """From the test split: confusion_matrix.csv and .png, per_class.csv and mistakes.png."""
+    import matplotlib.pyplot as plt  # here, not at the top: --help and --predict start faster
+
+    from plot import plot_confusion_matrix, show_mistakes
+
+    names = [str(c) for c in class_names]
+    rows = [["true \\ predicted", *names]] + [[n, *row] for n, row in zip(names, cm.tolist())]
+    write_atomic(results_dir / "confusion_matrix.csv", csv_bytes(rows))
+    write_atomic(results_dir / "per_class.csv", csv_bytes(per_class_rows(cm, names)))
+    # Under torchrun, the figure of mistakes looks at every test image, on this rank alone.
+    whole = make_loader(test_loader.dataset, test_loader.sampler.batch_size, shuffle=False,
+                        drop_last=False, seed=test_loader.sampler.seed, rank=0, world_size=1)
+    for figure in (plot_confusion_matrix(cm, names, results_dir),
+                   show_mistakes(model, whole, results_dir, class_names=names)):
+        plt.close(figure)
+
+
+def evaluate_model(model: torch.nn.Module, test_loader, classes: list[str], results_dir: Path,
+                   device: torch.device, rank: int) -> float:
+    """--evaluate: the test accuracy (printed and returned) and, on rank 0, the reports; one pass
+    over the test split, the accuracy read from the confusion matrix."""
+    cm = compute_confusion_matrix(model, test_loader, device, len(classes))
+    test_acc = accuracy_of(cm)
+    print(f"Test accuracy: {test_acc:.2f}%")
+    if rank == 0:
+        results_dir.mkdir(parents=True, exist_ok=True)
+        write_reports(model, cm, test_loader, results_dir, classes)
+    return test_acc
+
+
+# ---- a saved model: train.py's checkpoints, read with weights_only=True ------------------------
+
+CHECKPOINT_KEYS = ("model", "optimizer", "epoch", "history", "config", "rng")
+
+
+def read_checkpoint(path: Path) -> dict:
+    """torch.load(weights_only=True), to the CPU, of a checkpoint that train.py wrote; anything
+    else (a truncated, empty or foreign file) is one sentence, not torch's internals."""
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        missing = [k for k in CHECKPOINT_KEYS if k not in checkpoint]
+    except Exception as e:  # noqa: BLE001  (torch raises many kinds for a damaged file)
+        missing, checkpoint = [f"readable content ({type(e).__name__})"], None
+    if missing:
+        raise RunError(f"{path} is damaged or not a checkpoint of train.py (no "
+                       f"{', '.join(missing)}). Start afresh without --resume (move the file away "
+                       "first, to keep it), or pass the right --checkpoint / --results-dir.")
+    return checkpoint
+
+
+def saved_model_config(checkpoint: dict, path: Path) -> ModelConfig:
+    """The checkpoint's ModelConfig; a config that train.py did not write (edited, or from another
+    program) is one sentence."""
+    try:
+        return ModelConfig.from_checkpoint(checkpoint["config"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise RunError(f"{path}'s settings (its 'config') are not those train.py writes "
+                       f"({type(e).__name__}: {e}); pass the --checkpoint of a train.py run") from None
+
+
+def model_from_checkpoint(checkpoint: dict, path: Path, device: torch.device) -> torch.nn.Module:
+    """The checkpoint's model, rebuilt from its config, with its weights; one sentence when the
+    two do not fit (an edited or foreign file)."""
+    try:
+        model = build_model(saved_model_config(checkpoint, path), load_weights=False)
+        model.load_state_dict(checkpoint["model"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:
+        first = str(e).strip().splitlines()[0][:200]
+        raise RunError(f"{path}'s weights do not fit the model its config names "
+                       f"({type(e).__name__}: {first}); pass the --checkpoint of a train.py "
+                       "run") from None
+    return model.to(device)
+
+
+# ---- --predict: the classes of new images ------------------------------------------------------
+
+PREDICT_BATCH = 256  # images decoded and predicted at a time: memory stays small for any folder
+Unreadable = tuple[str, int, str]  # (file, CSV line or 0 for a folder's image, why)
+
+
+@torch.no_grad()
+def predict(path: str, checkpoint: dict, checkpoint_path: Path, results_dir: Path, *,
+            columns: tuple[str, str], img_dir: str | None, encoding: str,
+            device: torch.device) -> Path:
+    """--predict: the checkpoint's classes for one image, the images of a folder or those of a
+    CSV, read in the checkpoint's mode and size, into results_dir/predictions.csv (written whole,
+    or not at all). An image that cannot be read is named in a warning and gets a row with an
+    empty prediction and the reason; none readable at all is an error."""
+    if "classes" not in checkpoint:
+        raise RunError(f"{checkpoint_path} does not say its classes, mode and image size (it "
+                       "predates them): train again to use --predict")
+    classes = [str(c) for c in checkpoint["classes"]]
+    model = model_from_checkpoint(checkpoint, checkpoint_path, device).eval()
+    options = {"mode": checkpoint["mode"], "image_size": tuple(checkpoint["image_size"]),
+               "classes": classes, "cache_mb": 0}
+    with tempfile.TemporaryDirectory(prefix=f"{TEMP_TAG}-") as tmp:
+        ds, unreadable, in_csv = images_to_predict(Path(path), columns, img_dir, encoding,
+                                                   Path(tmp), options)
+    labelled = ds is not None and ds.targets[0] >= 0
+    predicted = predicted_rows(model, ds, classes, device, unreadable, in_csv) if ds is not None else []
+    if not predicted:
+        raise DatasetError(f"{path}: no image could be read, so nothing was predicted:\n"
+                           + "\n".join(f"  {f!r}: {why}" for f, _, why in unreadable[:10]))
+    k = min(3, len(classes))
+    head = ["file", "predicted", "probability"]
+    head += [f"top{j}{suffix}" for j in range(1, k + 1) for suffix in ("", "_probability")]
+    head += ["true"] if labelled else []
+    # By CSV line for a CSV (its order), by name for a folder; unreadable rows sorted among them.
+    rows = [(line if in_csv else file, cells + [""]) for file, line, cells in predicted]
+    rows += [(line if in_csv else file, [file] + [""] * (len(head) - 1) + [why])
+             for file, line, why in unreadable]
+    rows = [head + ["problem"]] + [cells for _, cells in sorted(rows, key=lambda r: r[0])]
+    results_dir.mkdir(parents=True, exist_ok=True)
+    out = results_dir / "predictions.csv"
+    move_aside(results_dir, ("predictions.csv",))  # only now: a refused --predict moves nothing
+    write_atomic(out, csv_bytes(rows))
+    report_predictions(out, rows, checkpoint_path, unreadable, labelled, classes)
+    return out
+
+
+def predicted_rows(model: torch.nn.Module, ds: CsvImageDataset, classes: list[str],
+                   device: torch.device, unreadable: list[Unreadable], in_csv: bool) -> list[tuple]:
+    """(file, CSV line, cells) of every image of ds that decodes: the top-k classes and their
+    probabilities (and the true class when labelled). An image that does not decode is added to
+    `unreadable` with its reason, and the others go on."""
+    k, labelled, out = min(3, len(classes)), ds.targets[0] >= 0, []
+    for start in range(0, len(ds), PREDICT_BATCH):
+        good, images = [], []
+        for i in range(start, min(start + PREDICT_BATCH, len(ds))):
+            row = ds.rows[i]
+            try:
+                images.append(ds.load_image(i))  # (C, H, W) uint8, at the checkpoint's size
+                good.append(i)
+            except DatasetError as e:  # the image, not the row: named, and the others go on
+                why = str(e).removeprefix(ds._where(i) + ": ")
+                unreadable.append((row.file, row.line, f"line {row.line}: {why}" if in_csv
+                                   else why))
+        if not good:
+            continue
+        probs = torch.softmax(model(to_input(torch.stack(images), device)), dim=1).cpu()  # (B, C)
+        top_p, top_i = probs.topk(k, dim=1)  # (B, k)
+        for j, i in enumerate(good):
+            row = ds.rows[i]
+            cells = [row.file, classes[top_i[j, 0]], f"{top_p[j, 0]:.4f}"]
+            cells += [c for c_i, q in zip(top_i[j].tolist(), top_p[j].tolist())
+                      for c in (classes[c_i], f"{q:.4f}")]
+            cells += [classes[row.label]] if labelled else []
+            out.append((row.file, row.line, cells))
+    return out
+
+
+def report_predictions(out: Path, rows: list[list], checkpoint_path: Path,
+                       unreadable: list[Unreadable], labelled: bool, classes: list[str]) -> None:
+    """The lines --predict prints: where the file is (and one image's class), the unreadable
+    images in a warning, and the accuracy when the CSV had labels."""
+    done = [row for row in rows[1:] if not row[-1]]
+    print(f"Predicted {len(done)} image{'s' if len(done) != 1 else ''} with {checkpoint_path}: "
+          f"{out}" + (f"\n{rows[1][0]}: {rows[1][1]} ({rows[1][2]})" if len(rows) == 2 else ""))
+    if unreadable:
+        warnings.warn(f"{len(unreadable)} of {len(done) + len(unreadable)} images could not be "
+                      "read; they have rows with an empty prediction and the reason in "
+                      f"{out}:\n" + "\n".join(f"  {f!r}: {why}" for f, _, why in unreadable[:10])
+                      + (f"\n  ... and {len(unreadable) - 10} more" if len(unreadable) > 10 else ""))
+    if labelled:
+        correct = sum(row[1] == row[-2] for row in done)
+        print(f"Accuracy: {100.0 * correct / len(done):.2f}% ({correct} of {len(done)})")
+
+
+def images_to_predict(path: Path, columns: tuple[str, str], img_dir: str | None, encoding: str,
+                      tmp: Path, options: dict) -> tuple[CsvImageDataset | None, list, bool]:
+    """(the readable rows, or None; [(file, line, why)] of the others; whether they came from the
+    user's CSV): one image file, every image file in a folder and below it (sorted by path), or
+    the rows of a CSV (labelled when it has the label column)."""
+    file_column, label_column = columns
+    in_csv = not path.is_dir() and path.suffix.lower() not in image_extensions()
+    if not in_csv:  # the listing is ours: its lines and name are not shown
+        names = image_files_below(path) if path.is_dir() else [path.name]
+        if not names:
+            raise DatasetError(f"{path}: no image files in this folder or below it")
+        listing, folder = tmp / "images.csv", path if path.is_dir() else path.parent
+        listing.write_bytes(csv_bytes([["File Name"]] + [[n] for n in names]))
+        csv_path, kwargs = listing, {"file_column": "File Name", "label_column": None,
+                                     "encoding": "utf-8"}
+    else:
+        read_csv(path, [file_column], encoding)  # a missing file or column: named errors
+        header = pd.read_csv(path, nrows=0, encoding=encoding, sep=csv_separator(path, encoding))
+        folder, csv_path = Path(img_dir) if img_dir else path.parent, path
+        kwargs = {"file_column": file_column, "encoding": encoding,
+                  "label_column": label_column if label_column in header.columns else None}
+    _, _, problems = make_dataset(csv_path, folder, classes=options["classes"], **kwargs)
+    unreadable = [(file, line if in_csv else 0, f"line {line}: {what}" if in_csv else what)
+                  for line, file, what in problems]
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the skipped rows are listed by predict instead
+            return CsvImageDataset(csv_path, folder, skip_bad_rows=True, **kwargs,
+                                   **options), unreadable, in_csv
+    except DatasetError:
+        if len(unreadable) == 0:
+            raise
+        return None, unreadable, in_csv
+
+
+def image_extensions() -> set[str]:
+    """The file name endings of the formats Pillow can open (".png", ".jpg", ...)."""
+    return {e for e, fmt in Image.registered_extensions().items() if fmt in Image.OPEN}
+
+
+def image_files_below(folder: Path) -> list[str]:
+    """Every image file in folder and below, as sorted relative names, through linked subfolders
+    that stay inside it (once each); a link that leads out of it is named on stderr and skipped."""
+    extensions = image_extensions()
+    root, names, seen, skipped = folder.resolve(), [], set(), []
+    for here, dirs, files in os.walk(folder, followlinks=True):
+        real = Path(here).resolve()
+        if not real.is_relative_to(root) or real in seen:  # out of the folder, or a loop
+            skipped += [] if real in seen else [Path(here)]
+            dirs[:] = []
+            continue
+        seen.add(real)
+        for name in files:
+            file = Path(here) / name
+            if file.suffix.lower() in extensions and file.is_file():
+                names.append(file.relative_to(folder).as_posix())
+    for link in skipped:
+        print(f"train.py: warning: skipped {link}: a link to {link.resolve()}, outside {folder}",
+              file=sys.stderr)
+    return sorted(names)
+
+
+def move_aside(results_dir: Path, names: tuple[str, ...]) -> None:
+    """Those of `names` that results_dir holds go into a new results_dir/version_N."""
+    earlier = [name for name in names if (results_dir / name).exists()]
+    if earlier:
+        taken = {int(p.name[8:]) for p in results_dir.glob("version_*") if p.name[8:].isdigit()}
+        version = results_dir / f"version_{max(taken, default=0) + 1}"
+        version.mkdir()
+        for name in earlier:
+            os.replace(results_dir / name, version / name)
+        what = " and ".join(earlier) if len(earlier) <= 2 else "results"  # e.g. predictions.csv
+        print(f"Earlier {what} in {results_dir} moved to {version}/")
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write a temporary file beside `path`, fsync, then rename it over: old or new, never half."""
+    tmp = path.with_name(f".{path.name}.{TEMP_TAG}-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
