@@ -234,6 +234,36 @@ def lock_or_holder(fd: int) -> str | None:
     return None
 
 
+def ensure_dataset(out_dir: Path) -> None:
+    """Build the default dataset in out_dir when it is missing (train.py's first run); when
+    another run is building it (two first runs at once), wait for that one instead."""
+    import fcntl
+
+    def complete() -> bool:
+        return all((out_dir / f"mnist_{split}.csv").is_file() for split in SPLITS)
+
+    for _ in range(5):  # another run may take the lock between our look and our build: again
+        if complete():
+            return
+        lock = open_lock(out_dir.parent / f".{out_dir.name}.lock", "pass another --data-dir")
+        try:
+            if lock_or_holder(lock) is not None:  # another run builds it: wait
+                print(f"Waiting for another run to finish building {out_dir}/ ...")
+                fcntl.flock(lock, fcntl.LOCK_EX)
+        finally:
+            os.close(lock)  # main() takes the lock again itself
+        if complete():
+            return
+        print(f"No dataset in {out_dir}/: building it with make_subset.py's defaults "
+              "(bundled MNIST digits)")
+        try:
+            main(["--out-dir", str(out_dir)])
+            return
+        except (FileExistsError, SystemExit) as e:
+            if "another make_subset.py run" not in str(e):
+                raise
+
+
 def _write_dataset(out_dir: Path, splits: dict[str, tuple[np.ndarray, np.ndarray]], *,
                    force: bool, meta: dict) -> Path:
     recover(out_dir)  # safe: we hold the lock, so no other run is writing beside out_dir

@@ -735,39 +735,14 @@ def same_split_or_refuse(csv: str, split_path: Path, split_options: dict) -> Non
 
 
 def ensure_default_data(data_dir: Path) -> None:
-    """Build the default data when it is missing; when another run is building it (two first runs
-    at once), wait for that one to finish instead."""
-    import fcntl
-
+    """Build data/ with make_subset.py's defaults when it is missing (or wait for the run that
+    builds it)."""
     import make_subset  # only needed the first time
 
-    def complete() -> bool:
-        return all(csv.is_file() for csv, _, _ in folder_layout(data_dir))
-
-    for _ in range(5):  # another run may take the lock between our look and our build: again
-        if complete():
-            return
-        try:
-            lock = make_subset.open_lock(data_dir.parent / f".{data_dir.name}.lock",
-                                         "pass another --data-dir")
-        except make_subset.LockFileError as e:
-            raise RunError(str(e)) from None
-        try:
-            if make_subset.lock_or_holder(lock) is not None:  # another run builds it: wait
-                print(f"Waiting for another run to finish building {data_dir}/ ...")
-                fcntl.flock(lock, fcntl.LOCK_EX)
-        finally:
-            os.close(lock)  # make_subset takes the lock again itself
-        if complete():
-            return
-        print(f"No dataset in {data_dir}/: building it with make_subset.py's defaults "
-              "(bundled MNIST digits)")
-        try:
-            make_subset.main(["--out-dir", str(data_dir)])
-            return
-        except (FileExistsError, SystemExit) as e:
-            if "another make_subset.py run" not in str(e):
-                raise
+    try:
+        make_subset.ensure_dataset(data_dir)
+    except make_subset.LockFileError as e:
+        raise RunError(str(e)) from None
 
 
 def augmentation():
@@ -1025,7 +1000,9 @@ def write_figures(history: History, model: torch.nn.Module, test_loader, results
 
 # ---- command line --------------------------------------------------------------------------------
 
-def _at_least(minimum: float, kind: type):
+def _at_least(minimum: float, kind: type, *limits: tuple[Callable, str]):
+    """A flag's type: a number of `kind`, at least `minimum`, that passes each (test, what it must
+    be) of `limits`; anything else is argparse's error with the sentence."""
     def parse(text: str):
         try:
             value = kind(text)
@@ -1033,38 +1010,23 @@ def _at_least(minimum: float, kind: type):
             raise argparse.ArgumentTypeError(f"expected a {kind.__name__}, got {text!r}") from None
         if not value >= minimum or value != value:
             raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {text}")
+        for test, must in limits:
+            if not test(value):
+                raise argparse.ArgumentTypeError(f"{must}, got {text}")
         return value
     parse.__name__ = kind.__name__
     return parse
 
 
-def _positive_float(text: str) -> float:
-    value = _at_least(0.0, float)(text)
-    if value == 0 or value > torch.finfo(torch.float32).max:  # the weights are float32
-        raise argparse.ArgumentTypeError(f"must be a number > 0 that float32 holds, got {text}")
-    return value
-
-
-def _finite(text: str) -> float:
-    value = _at_least(0.0, float)(text)
-    if value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
-    return value
-
-
-def _minutes(text: str) -> float:
-    value = _positive_float(text)
-    if not 0.05 <= value <= 7 * 24 * 60:  # torch's socket timeouts overflow beyond a few years
-        raise argparse.ArgumentTypeError(f"must be from 0.05 (3 s) to 10080 (a week), got {text}")
-    return value
-
-
-def _seed(text: str) -> int:
-    value = _at_least(0, int)(text)
-    if value >= 2**32:
-        raise argparse.ArgumentTypeError(f"must be below 2**32 (NumPy's and the data order's "
-                                         f"limit), got {text}")
-    return value
+_FLOAT32 = (lambda v: 0 < v <= torch.finfo(torch.float32).max,  # the weights are float32
+            "must be a number > 0 that float32 holds")
+_positive_float = _at_least(0.0, float, _FLOAT32)
+_finite = _at_least(0.0, float, (lambda v: v != float("inf"), "must be a finite number"))
+_minutes = _at_least(0.0, float, _FLOAT32, (lambda v: 0.05 <= v <= 7 * 24 * 60,  # torch's socket
+                                            "must be from 0.05 (3 s) to 10080 (a week)"))  # timeouts
+_seed = _at_least(0, int, (lambda v: v < 2**32,
+                           "must be below 2**32 (NumPy's and the data order's limit)"))
+_fraction = _at_least(0.0, float, (lambda v: v < 1, "must be below 1"))
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -1247,13 +1209,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if not os.access(writable, os.W_OK | os.X_OK):
         p.error(f"--results-dir {results}: {writable} cannot be written; choose another path")
     return args
-
-
-def _fraction(text: str) -> float:
-    value = _at_least(0.0, float)(text)
-    if value >= 1:
-        raise argparse.ArgumentTypeError(f"must be below 1, got {text}")
-    return value
 
 
 
