@@ -13,6 +13,8 @@ Needs loaders.py, dataset.py and model.py beside it (for --predict's images and 
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import csv
 import io
 import os
@@ -61,6 +63,27 @@ def set_deterministic() -> None:
     torch.backends.cudnn.benchmark = False
     torch.backends.cudnn.deterministic = True
     torch.use_deterministic_algorithms(True)
+
+
+@contextlib.contextmanager
+def global_settings_kept():
+    """Give back, when the block ends or raises, the process-wide torch settings it may change:
+    deterministic algorithms (and warn_only), the cuDNN flags, the number of threads and
+    CUBLAS_WORKSPACE_CONFIG. main() runs in it, so a notebook that calls it keeps its own."""
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    cudnn = torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic
+    threads, cublas = torch.get_num_threads(), os.environ.get("CUBLAS_WORKSPACE_CONFIG")
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
+        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = cudnn
+        torch.set_num_threads(threads)
+        if cublas is None:
+            os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
+        else:
+            os.environ["CUBLAS_WORKSPACE_CONFIG"] = cublas
 
 
 def to_input(images: torch.Tensor, device: torch.device | str) -> torch.Tensor:
@@ -205,6 +228,31 @@ def model_from_checkpoint(checkpoint: dict, path: Path, device: torch.device) ->
                        f"({type(e).__name__}: {first}); pass the --checkpoint of a train.py "
                        "run") from None
     return model.to(device)
+
+
+@torch.no_grad()
+def saved_model_accuracy(model: torch.nn.Module, path: Path, test_loader,
+                         device: torch.device, rank: int) -> float | None:
+    """Test accuracy of the weights in `path` (best.pt) put into a copy of model; read by rank 0
+    (which wrote it) and sent to the others under torchrun. None when it cannot be read."""
+    best_model, state = copy.deepcopy(model), None
+    if rank == 0 and path.is_file():
+        try:
+            state = torch.load(path, map_location=device, weights_only=True)["model"]
+            best_model.load_state_dict(state)
+        except Exception as e:  # noqa: BLE001  (damaged since it was written)
+            state = None
+            warnings.warn(f"{path} cannot be read ({type(e).__name__}), so the best epoch's model "
+                          "was not tested; the last epoch's checkpoint.pt is whole")
+    have = torch.tensor([rank != 0 or state is not None], dtype=torch.int64, device=device)
+    if distributed():
+        dist.all_reduce(have, op=dist.ReduceOp.MIN)
+    if not have.item():  # no best.pt (resumed from a version without it, or another folder's)
+        return None
+    if distributed():
+        for tensor in best_model.state_dict().values():
+            dist.broadcast(tensor, src=0)
+    return compute_accuracy(best_model, test_loader, device)
 
 
 # ---- --predict: the classes of new images ------------------------------------------------------

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import copy
 import dataclasses
 import datetime
 import functools
@@ -58,16 +57,12 @@ from torch.utils.data import DataLoader
 
 from dataset import TEMP_TAG, CsvImageDataset, DatasetError, parse_image_size
 from evaluate import (REPORT_FILES, RunError, compute_accuracy, compute_confusion_matrix,
-                      distributed, evaluate_model, model_from_checkpoint, move_aside, predict,
+                      distributed, evaluate_model, global_settings_kept, saved_model_accuracy, model_from_checkpoint, move_aside, predict,
                       read_checkpoint, saved_model_config, set_all_seeds, set_deterministic,
                       sum_over_ranks, to_input, write_atomic, write_reports)
 from loaders import (SPLITS, folder_layout, loaders_from_datasets, make_datasets, make_loader,
                      split_csv)
 from model import MODELS, ModelConfig, PretrainedWeightsMissing, build_model
-
-__all__ = ["train_model", "History", "main", "compute_accuracy", "set_all_seeds",
-           "set_deterministic", "compute_confusion_matrix"]  # the lecture's names, from here too
-
 
 # ---- the lecture's loop --------------------------------------------------------------------------
 
@@ -267,23 +262,13 @@ class Settings:
                    checkpoint=Path(args.checkpoint or results / "checkpoint.pt"),
                    **{k: results if k == "results_dir" else values[k] for k in own})
 
-    @property
-    def uses_checkpoint(self) -> bool:
-        return self.resume or self.evaluate or self.predict is not None
-
 
 def inherit(cls, given: dict, saved, **from_data):
     """An instance of cls (ModelConfig or TrainConfig): each field from `from_data`, else the
     flag given, else the checkpoint's value (saved, on --resume / --evaluate), else the default."""
-    values = {}
-    for field in dataclasses.fields(cls):
-        if field.name in from_data:
-            values[field.name] = from_data[field.name]
-        elif field.name in given:
-            values[field.name] = given[field.name]
-        else:
-            values[field.name] = getattr(saved, field.name) if saved is not None else field.default
-    return cls(**values)
+    return cls(**{f.name: from_data[f.name] if f.name in from_data else given[f.name]
+                  if f.name in given else getattr(saved, f.name, f.default)  # saved None: default
+                  for f in dataclasses.fields(cls)})
 
 
 @dataclasses.dataclass
@@ -619,27 +604,6 @@ def ctrl_c_deferred():
         raise Terminated if signal.SIGTERM in received else KeyboardInterrupt
 
 
-@contextlib.contextmanager
-def global_settings_kept():
-    """Give back, when the block ends or raises, the process-wide torch settings it may change:
-    deterministic algorithms (and warn_only), the cuDNN flags, the number of threads and
-    CUBLAS_WORKSPACE_CONFIG. main() runs in it, so a notebook that calls it keeps its own."""
-    deterministic = torch.are_deterministic_algorithms_enabled()
-    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
-    cudnn = torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic
-    threads, cublas = torch.get_num_threads(), os.environ.get("CUBLAS_WORKSPACE_CONFIG")
-    try:
-        yield
-    finally:
-        torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
-        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = cudnn
-        torch.set_num_threads(threads)
-        if cublas is None:
-            os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
-        else:
-            os.environ["CUBLAS_WORKSPACE_CONFIG"] = cublas
-
-
 # ---- torchrun: one process per device -------------------------------------------------------
 
 def pick_device(name: str, local_rank: int) -> torch.device:
@@ -927,9 +891,10 @@ def finish(model: torch.nn.Module, net: torch.nn.Module, history: History, test_
     figures and reports (of the last epoch's model, as checkpoint.pt holds it)."""
     results_dir = session.results_dir
     try:
-        history.best_test_acc = best_model_test_accuracy(model, history, test_loader,
-                                                         results_dir, session.device, session.rank)
-        best, epochs = best_epoch(history), len(history.valid_acc)
+        best, epochs, history.best_test_acc = best_epoch(history), len(history.valid_acc), None
+        if best and history.test_acc is not None:  # best.pt's model: the last one's, or read
+            history.best_test_acc = history.test_acc if best == epochs else saved_model_accuracy(
+                model, results_dir / "best.pt", test_loader, session.device, session.rank)
         if best == epochs:
             print(f"Best epoch: the last, {best}, validation {history.valid_acc[-1]:.2f}% "
                   f"({results_dir / 'best.pt'} holds it too)")
@@ -947,36 +912,6 @@ def finish(model: torch.nn.Module, net: torch.nn.Module, history: History, test_
               f"in {session.checkpoint_path} is complete; some figures or reports may be missing. "
               f"Write the reports with: {session.hints['evaluate']}")
         raise RunError(None, status=exit_status(e)) from None
-
-
-@torch.no_grad()
-def best_model_test_accuracy(model: torch.nn.Module, history: History, test_loader,
-                             results_dir: Path, device: torch.device, rank: int) -> float | None:
-    """Test accuracy of best.pt's model: the last epoch's when that was the best; read by rank 0
-    (which wrote it) and sent to the others under torchrun. None without best.pt or a test."""
-    best, path = best_epoch(history), results_dir / "best.pt"
-    if not best or history.test_acc is None:
-        return None
-    if best == len(history.valid_acc):
-        return history.test_acc
-    best_model, state = copy.deepcopy(model), None
-    if rank == 0 and path.is_file():
-        try:
-            state = torch.load(path, map_location=device, weights_only=True)["model"]
-            best_model.load_state_dict(state)
-        except Exception as e:  # noqa: BLE001  (damaged since it was written)
-            state = None
-            warnings.warn(f"{path} cannot be read ({type(e).__name__}), so the best epoch's model "
-                          "was not tested; the last epoch's checkpoint.pt is whole")
-    have = torch.tensor([rank != 0 or state is not None], dtype=torch.int64, device=device)
-    if distributed():
-        dist.all_reduce(have, op=dist.ReduceOp.MIN)
-    if not have.item():  # no best.pt (resumed from a version without it, or another folder's)
-        return None
-    if distributed():
-        for tensor in best_model.state_dict().values():
-            dist.broadcast(tensor, src=0)
-    return compute_accuracy(best_model, test_loader, device)
 
 
 def write_figures(history: History, model: torch.nn.Module, test_loader, results_dir: Path,
