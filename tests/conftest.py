@@ -41,3 +41,17 @@ def small_folder(tmp_path: Path) -> Path:
     for i, name in enumerate("abcdef"):
         write_png(tmp_path / "img" / f"{name}.png", rng.integers(0, 200 + i * 10, (8, 8), dtype=np.uint8))
     return tmp_path
+
+
+def no_figures(monkeypatch) -> None:
+    """train.main draws no figures and reports: for tests of the data's paths, bits and resumes,
+    which they would only slow down (three quarters of a tiny run's time)."""
+    import train
+
+    monkeypatch.setattr(train, "write_figures", lambda *args, **kwargs: None)
+    monkeypatch.setattr(train, "write_reports", lambda *args, **kwargs: None)
+
+
+@pytest.fixture
+def without_figures(monkeypatch) -> None:
+    no_figures(monkeypatch)

@@ -77,7 +77,7 @@ def test_cnn_trains_and_evaluate_and_predict_rebuild_it_without_the_flag(tiny_da
         train.main(["--evaluate", "--model", "mlp", "--data-dir", str(tiny_data), "--results-dir", str(tmp_path / "r")])
 
 
-def test_resume_takes_the_model_and_optimizer_from_the_checkpoint_and_refuses_others(tiny_data, tmp_path,
+def test_resume_takes_the_model_and_optimizer_from_the_checkpoint_and_refuses_others(tiny_data, tmp_path, without_figures,
                                                                                     monkeypatch):
     flags = ["--model", "cnn", "--optimizer", "adam", "--lr", "0.002", "--lr-schedule", "cosine"]
     run(tiny_data, tmp_path / "full", *flags, epochs=2)
@@ -99,7 +99,7 @@ OPTIMIZATION = [[*opt, "--lr-schedule", schedule] for opt in (["--optimizer", "s
 
 
 @pytest.mark.parametrize("flags", OPTIMIZATION, ids=[" ".join(f[1::2]) for f in OPTIMIZATION])
-def test_every_optimizer_and_schedule_resumes_bit_identical_and_ignores_workers(tiny_data, tmp_path, flags,
+def test_every_optimizer_and_schedule_resumes_bit_identical_and_ignores_workers(tiny_data, tmp_path, without_figures, flags,
                                                                                  monkeypatch):
     run(tiny_data, tmp_path / "full", *flags, epochs=4)
     interrupted(monkeypatch, tiny_data, tmp_path / "split", *flags, "--num-workers", "2", after=2, epochs=4)
@@ -139,7 +139,7 @@ def test_best_pt_is_the_best_validation_epoch_and_evaluate_uses_it(tiny_data, tm
     assert (tmp_path / "r" / "checkpoint.pt").is_file() and (tmp_path / "r" / "confusion_matrix.csv").is_file()
 
 
-def test_early_stopping_ends_after_n_epochs_without_a_better_validation_and_resume_keeps_it(tiny_data, tmp_path,
+def test_early_stopping_ends_after_n_epochs_without_a_better_validation_and_resume_keeps_it(tiny_data, tmp_path, without_figures,
                                                                                              capsys):
     history = run(tiny_data, tmp_path / "r", "--lr", "1e-9", "--early-stopping", "2", epochs=10)
     assert len(set(history.valid_acc)) == 1  # nothing learnt at this rate: epoch 1 stays the best
@@ -150,7 +150,7 @@ def test_early_stopping_ends_after_n_epochs_without_a_better_validation_and_resu
     assert torch.load(tmp_path / "r" / "best.pt", weights_only=True)["epoch"] == 1
 
 
-def test_a_new_run_moves_the_old_best_pt_aside_with_the_rest(tiny_data, tmp_path):
+def test_a_new_run_moves_the_old_best_pt_aside_with_the_rest(tiny_data, tmp_path, without_figures):
     run(tiny_data, tmp_path / "r", epochs=1)
     old = (tmp_path / "r" / "best.pt").read_bytes()
     run(tiny_data, tmp_path / "r", "--seed", "3", epochs=1)
@@ -232,7 +232,7 @@ def test_normalize_with_augmentation_and_workers_keeps_the_run_exact(tiny_data, 
 
 # ---- from the red team's pass over the above -----------------------------------------------------
 
-def test_resume_from_best_pt_in_its_own_folder_continues_from_the_best_epoch(tiny_data, tmp_path):
+def test_resume_from_best_pt_in_its_own_folder_continues_from_the_best_epoch(tiny_data, tmp_path, without_figures):
     history = run(tiny_data, tmp_path / "r", "--lr", "1", epochs=8)  # peaks at epoch 6
     best = torch.load(tmp_path / "r" / "best.pt", weights_only=True)
     resumed = run(tiny_data, tmp_path / "r", "--lr", "1", "--resume", "--checkpoint",

@@ -13,7 +13,16 @@ import torch
 
 import make_subset
 import train
-from conftest import ROOT
+from conftest import ROOT, no_figures
+
+
+@pytest.fixture(autouse=True)
+def _no_figures_unless_marked(request, monkeypatch):
+    """The runs here test bits, resumes and signals; the figures and reports (three quarters of a
+    tiny run's time) are drawn only where a test is marked `figures` (and tested in test_train.py,
+    test_plot_and_files.py and test_evaluate_predict.py)."""
+    if "figures" not in request.keywords:
+        no_figures(monkeypatch)
 
 
 def run(data, results, *extra: str, epochs: int = 3) -> dict:
@@ -150,6 +159,9 @@ def test_ctrl_c_saves_exits_130_and_resume_matches_an_uninterrupted_run(tiny_dat
     stopped_at = torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=True)["epoch"]
     print("stopped after epoch", stopped_at)
     assert 1 <= stopped_at < int(epochs)
+    # Both runs end 2 epochs after the cut (--epochs is not part of a run's settings with a constant
+    # rate): a resume of the cut run ends where an uninterrupted run of as many epochs does.
+    args[1] = str(stopped_at + 2)
     train.main(args + ["--results-dir", str(tmp_path / "cut"), "--resume"])
     train.main(args + ["--results-dir", str(tmp_path / "full")])
     assert_same_run(tmp_path / "full", tmp_path / "cut")
@@ -186,10 +198,6 @@ def chunks_data(tmp_path_factory):
     return root / "data", root / "reference"
 
 
-def no_figures(monkeypatch) -> None:
-    """The runs below test the data's paths; figures and reports would only double their time."""
-    monkeypatch.setattr(train, "write_figures", lambda *args, **kwargs: None)
-    monkeypatch.setattr(train, "write_reports", lambda *args, **kwargs: None)
 
 
 def big_run(data, results, *extra: str, epochs: int = 1):
@@ -255,6 +263,7 @@ def test_same_augmented_weights_for_0_and_2_workers_and_after_resume_on_several_
     assert_same_run(tmp_path / "a0", tmp_path / "cut")
 
 
+@pytest.mark.figures
 def test_loaders_and_reports_leave_the_global_generators_as_they_were(chunks_data, tmp_path):
     from loaders import get_dataloaders
     from model import MLP
@@ -275,6 +284,7 @@ def test_loaders_and_reports_leave_the_global_generators_as_they_were(chunks_dat
     assert not torch.equal(torch.get_rng_state(), before[0])
 
 
+@pytest.mark.figures
 def test_main_gives_back_the_callers_torch_settings(tiny_data, tmp_path):
     threads = torch.get_num_threads()
     assert not torch.are_deterministic_algorithms_enabled()
