@@ -59,10 +59,10 @@ from PIL import Image
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
-from dataset import (TEMP_TAG, CsvImageDataset, DatasetError, csv_separator, make_dataset,
-                     parse_image_size, read_csv, to_float01)
-from loaders import (SPLITS, folder_layout, loaders_from_datasets, make_datasets, make_loader,
-                     split_csv)
+from dataset import (CsvImageDataset, DatasetError, csv_separator, make_dataset, parse_image_size,
+                     read_csv, to_float01)
+from loaders import (SPLITS, TEMP_TAG, DecodedImages, decoded, folder_layout,
+                     loaders_from_datasets, make_datasets, make_loader, split_csv)
 from model import MODELS, PretrainedWeightsMissing, build_model
 
 DEFAULT_DATA_DIR = "data"
@@ -983,7 +983,7 @@ def predict(path: str, checkpoint: dict, checkpoint_path: Path, results_dir: Pat
     model = model_from_checkpoint(checkpoint, checkpoint_path, device)
     model.eval()
     options = {"mode": checkpoint["mode"], "image_size": tuple(checkpoint["image_size"]),
-               "classes": classes, "cache_mb": 0}
+               "classes": classes}
     with tempfile.TemporaryDirectory(prefix=f"{TEMP_TAG}-") as tmp:
         ds, unreadable, in_csv = _images_to_predict(Path(path), columns, img_dir, encoding,
                                                     Path(tmp), options)
@@ -1001,7 +1001,7 @@ def predict(path: str, checkpoint: dict, checkpoint_path: Path, results_dir: Pat
             except DatasetError as e:  # the image, not the row: named, and the others go on
                 where = f"line {ds.rows[i].line}: " if in_csv else ""
                 unreadable.append((ds.rows[i].file, where + str(e).removeprefix(
-                    ds._where(i) + ": ")))
+                    ds.where(i) + ": ")))
         if not good:
             continue
         probs = torch.softmax(model(to_input(torch.stack(images), device)), dim=1).cpu()  # (B, C)
@@ -1278,7 +1278,7 @@ def process_group(args: argparse.Namespace):
 
 
 def prepare_data(args: argparse.Namespace, results_dir: Path, split_options: dict, rank: int,
-                 world_size: int, device: torch.device) -> tuple[list[CsvImageDataset], tuple]:
+                 world_size: int, device: torch.device) -> tuple[list[DecodedImages], tuple]:
     """The train, valid and test datasets, and the loaders (train, valid, test, train_eval)."""
     ddp = world_size > 1 or _distributed()
     sources = data_sources(args.csv, args.data_dir, args.img_dir, args.split_column,
@@ -1295,14 +1295,15 @@ def prepare_data(args: argparse.Namespace, results_dir: Path, split_options: dic
         print(f"Disk cache of decoded images: {cache_dir} (--no-disk-cache: none)")
     # On a GPU, batches travel as uint8 and are scaled there (to_input): a quarter of the bytes
     dataset_kwargs = {"pixels": "uint8" if device.type == "cuda" else "float01",
-                      "cache_mb": args.cache_mb, "file_column": args.file_column,
-                      "label_column": args.label_column, "mode": args.mode,
-                      "image_size": args.image_size, "encoding": args.encoding,
-                      "num_classes": args.num_classes, "cache_dir": cache_dir}
+                      "file_column": args.file_column, "label_column": args.label_column,
+                      "mode": args.mode, "image_size": args.image_size,
+                      "encoding": args.encoding, "num_classes": args.num_classes}
     loader_kwargs = {"num_workers": args.num_workers, "pin_memory": device.type == "cuda"}
     if args.persistent_workers and args.num_workers:
         loader_kwargs["persistent_workers"] = True  # else the loaders choose (plan_workers)
-    datasets = make_datasets(sources, dataset_kwargs, augmentation() if args.augment else None)
+    datasets = decoded(make_datasets(sources, dataset_kwargs,
+                                     augmentation() if args.augment else None),
+                       cache_mb=args.cache_mb, cache_dir=cache_dir)  # each split's decoded images
     train_ds = datasets[0]
     if args.batch_size > len(train_ds) and not args.evaluate:
         print(f"train.py: error: --batch-size {args.batch_size} is larger than the "
@@ -1339,7 +1340,7 @@ def describe_workers(loaders: dict[str, DataLoader]) -> str:
     return "; ".join(f"{', '.join(names)}: {decision}" for decision, names in by_decision.items())
 
 
-def run_config(args: argparse.Namespace, datasets: list[CsvImageDataset],
+def run_config(args: argparse.Namespace, datasets: list[DecodedImages],
                saved: RunConfig | None) -> RunConfig:
     """The run's settings from the flags and the data; a model or optimisation flag left out
     takes the checkpoint's value (saved: --resume, --evaluate), else its default."""
@@ -1369,7 +1370,7 @@ def run_config(args: argparse.Namespace, datasets: list[CsvImageDataset],
                     for ds in datasets])
 
 
-def channel_stats(ds: CsvImageDataset, num_workers: int = 0) -> tuple[list[float], list[float]]:
+def channel_stats(ds: DecodedImages, num_workers: int = 0) -> tuple[list[float], list[float]]:
     """Per-channel mean and std of ds's pixels in [0, 1], before any transform; exact: integer
     sums of the decoded uint8 pixels (from the cache; decoded one by one when it is off)."""
     cache = ds.preload(num_workers=num_workers)
