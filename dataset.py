@@ -1,19 +1,12 @@
-"""One CSV row becomes one sample: a PyTorch Dataset of the image files a CSV lists, with labels.
-
-    data/mnist_train.csv         File Name,Class Label       (column names are arguments)
-                                 00000.png,7
-                                 cats/00001.png,cat          (subfolders; class names or indices)
-    data/mnist_train/00000.png   data/mnist_train/cats/00001.png
+"""One CSV row becomes one sample: a PyTorch Dataset of the images a CSV names, with their labels.
 
     ds = CsvImageDataset("data/mnist_train.csv", "data/mnist_train")
     image, label = ds[0]            # float32 tensor (C, H, W) in [0, 1], int: what MLP() takes
     images, labels = ds[[0, 1, 2]]  # a batch: (B, C, H, W), (B,) int64
 
-An item is decoded when it is asked for, as a viewer shows the image; every row is checked when
-the dataset is built, and a bad row is named with its CSV line. Check a dataset without training
-(exit status 0 when clean): `python dataset.py data/mnist_train.csv data/mnist_train [--mode RGB]`.
-Works alone (copy this file), with a plain DataLoader and any sampler. Decoding each image once
-(in memory, on disk, on several cores) and fast batches: DecodedImages in loaders.py.
+ds[i] decodes image i as a viewer shows it. Every row is checked when the dataset is built, and a
+bad row is named with its CSV line; `python dataset.py CSV IMG_DIR` checks one without training.
+Works alone (copy this file); each image decoded once, and fast batches: loaders.DecodedImages.
 """
 
 from __future__ import annotations
@@ -41,9 +34,14 @@ from torch.utils.data import Dataset
 class CsvImageDataset(Dataset):
     """Images named in a CSV, with their class labels; ds[i] decodes image i.
 
+        labels.csv     File Name,Class Label      (column names are arguments)
+                       00000.png,7
+                       cats/00001.png,cat         (subfolders; class names or indices)
+        images/        00000.png  cats/00001.png
+
     Args:
-        csv_path: CSV with a header line; one row per image.
-        img_dir: folder the file names are relative to (subfolders allowed).
+        csv_path, img_dir: the CSV (a header line, then one row per image) and the folder its
+            file names are relative to.
         transform: optional callable on one image, a uint8 tensor (C, H, W), such as a torchvision
             v2 transform; images may differ in size if the transform makes them equal.
         file_column, label_column: column names; label_column=None for unlabelled rows (images
@@ -64,10 +62,10 @@ class CsvImageDataset(Dataset):
             exports are often "latin-1" or "cp1252").
         background: the colour transparent images are laid over (white, as a page shows them).
 
-    Attributes, as torchvision's ImageFolder has them: `samples` (samples[i] is (path,
-    class_index)), `imgs` (the same), `classes`, `class_to_idx`, `targets` (list of int); and
-    `rows` (rows[i] is Sample(path, label, line, file); NumPy arrays inside), `image_size` (H, W),
-    `channels`, `mode_decision` (why this mode), `problems` (the bad rows: (line, file, what)).
+    Attributes, as ImageFolder's: `samples` (samples[i] is (path, class_index)), `imgs` (the
+    same), `classes`, `class_to_idx`, `targets` (list of int); and `rows` (rows[i] is
+    Sample(path, label, line, file); NumPy arrays inside), `image_size` (H, W), `channels`,
+    `mode_decision` (why this mode), `problems` (the bad rows: (line, file, what)).
     """
 
     def __init__(self, csv_path: str | Path, img_dir: str | Path,
@@ -78,7 +76,10 @@ class CsvImageDataset(Dataset):
                  skip_bad_rows: bool = False, image_size: int | tuple[int, int] | None = None,
                  encoding: str = "utf-8", background: tuple[int, int, int] = (255, 255, 255),
                  **removed) -> None:
-        refuse_cache_options(removed)
+        for name in removed:  # what nothing took: the cache's get a sentence, the rest Python's
+            raise TypeError(f"{CACHE_MOVED}; {name}= goes there (or to get_dataloaders)"
+                            if name in ("cache_mb", "cache_dir") else
+                            f"CsvImageDataset() got an unexpected keyword argument {name!r}")
         if mode not in MODES:
             raise ValueError(f"mode must be 'L', 'RGB' or 'auto', got {mode!r}")
         if pixels not in PIXELS:
@@ -148,11 +149,10 @@ class CsvImageDataset(Dataset):
         array or tensor of ints), decoded now: what a DataLoader's collate makes of B items. The
         transform draws from the global RNG, as ds[i] does."""
         rows, labels = self.batch_rows(indices)
-        if self.transform is not None:
-            images = torch.stack([self.apply_transform(i, self.load_image(i)) for i in rows.tolist()])
-        else:
-            images = self.load_images(rows.tolist())
-        return to_pixels(images, self.pixels), labels
+        if self.transform is None:
+            return to_pixels(self.load_images(rows.tolist()), self.pixels), labels
+        images = [self.apply_transform(i, self.load_image(i)) for i in rows.tolist()]
+        return to_pixels(torch.stack(images), self.pixels), labels
 
     def batch_rows(self, indices) -> tuple[torch.Tensor, torch.Tensor]:
         """(indices, their labels), both (B,) int64; an IndexError naming the range for anything
@@ -194,21 +194,13 @@ class CsvImageDataset(Dataset):
     def size_problems(self) -> list[Problem]:
         """The images not of the commonest size (upright), as (line, file, what); none when
         image_size resizes them all. Reads every header: only called when sizes differ."""
-        sizes = []
-        for sample in self.rows:
-            try:
-                with Image.open(sample.path) as im:
-                    sizes.append(upright_size(im))  # (W, H)
-            except DECODE_ERRORS:
-                sizes.append(None)  # named by the decoder
         if self.resize is not None:
             return []
-        (common, n), = Counter(s for s in sizes if s is not None).most_common(1)
-        return [(sample.line, sample.file,
-                 f"size {size[1]}x{size[0]} (HxW) differs from the commonest, "
-                 f"{common[1]}x{common[0]} "
-                 f"({n} of {len(sizes)} images); cannot be batched: pass image_size= "
-                 "(--image-size) to resize them as they are read")
+        sizes = [_header(sample.path, upright_size) for sample in self.rows]  # (W, H); None: named
+        (common, n), = Counter(s for s in sizes if s is not None).most_common(1)  # by the decoder
+        return [(sample.line, sample.file, f"size {size[1]}x{size[0]} (HxW) differs from the "
+                 f"commonest, {common[1]}x{common[0]} ({n} of {len(sizes)} images); cannot be "
+                 "batched: pass image_size= (--image-size) to resize them as they are read")
                 for sample, size in zip(self.rows, sizes) if size not in (None, common)]
 
     def size_error(self) -> ImageSizeError:
@@ -224,13 +216,9 @@ class CsvImageDataset(Dataset):
     def _first_size(self) -> tuple[int, int]:
         """(H, W) of the first image whose header can be read, upright (EXIF orientation)."""
         for sample in self.rows:
-            try:
-                with Image.open(sample.path) as im:
-                    width, height = upright_size(im)
-            except DECODE_ERRORS:
-                continue  # named with its line when it is decoded
-            self._size_from = sample.file
-            return height, width
+            if (size := _header(sample.path, upright_size)) is not None:  # else named when decoded
+                self._size_from = sample.file
+                return size[1], size[0]
         raise DatasetError(f"{self.csv_path}: none of the {len(self)} files is an image that "
                            "Pillow can open")
 
@@ -258,26 +246,9 @@ class CsvImageDataset(Dataset):
         return pixels
 
     def __getattr__(self, name: str):
-        """Only for a name the dataset does not have: the cache's, which moved to loaders.py."""
-        if name in CACHE_ATTRIBUTES:
-            raise AttributeError(f"{CACHE_MOVED}, then store.{name}")
-        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
-
-
-# The decoded-image cache's words, which this dataset no longer has: a sentence names where they went.
-CACHE_ATTRIBUTES = ("preload", "cache_decision", "in_memory", "decodes_every_pass", "cache_file",
-                    "cache_dir")
-CACHE_MOVED = ("CsvImageDataset no longer caches: wrap it, store = DecodedImages(ds, cache_mb=..., "
-               "cache_dir=...) in loaders.py")
-
-
-def refuse_cache_options(options: dict) -> None:
-    """CsvImageDataset's keywords that nothing took: the cache's get a sentence, the rest
-    Python's own error."""
-    for name in options:
-        if name in ("cache_mb", "cache_dir"):
-            raise TypeError(f"{CACHE_MOVED}; {name}= goes there (or to get_dataloaders)")
-        raise TypeError(f"CsvImageDataset() got an unexpected keyword argument {name!r}")
+        """Only for a name the dataset does not have: the cache's name where it went."""
+        raise AttributeError(f"{CACHE_MOVED}, then store.{name}" if name in CACHE_ATTRIBUTES else
+                             f"{type(self).__name__!r} object has no attribute {name!r}")
 
 
 class Sample(NamedTuple):
@@ -300,50 +271,26 @@ class ImageSizeError(ImageLoadError):
 
 
 Problem = tuple[int, str, str]  # a bad row: (CSV line, file name, what is wrong)
-PIXELS = ("float01", "float255", "uint8")
+MODES, PIXELS = ("L", "RGB", "auto"), ("float01", "float255", "uint8")
+WIDE_GRAY_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")  # 16-bit PNGs open as one of these
+GRAY_MODES = ("1", "L", "LA", "La", "F", *WIDE_GRAY_MODES)
 EXPECTED_INDEX = "(expected a class index >= 0)"
 MAX_LABEL = 2**31  # a class index must fit an int32, as a label tensor on any device
 MAX_LISTED_PROBLEMS = 20
+SEPARATORS = (",", ";", "\t")  # a spreadsheet's export in much of Europe uses ';'
+# The usual spellings of each split, matched in any case: "Train", "VAL", "Testing" are splits too.
+SPLIT_SPELLINGS = {"train": ("train", "training"), "valid": ("valid", "val", "validation", "dev"),
+                   "test": ("test", "testing")}
 # What Pillow raises for a file it cannot decode: truncated, corrupt, unknown format, too large.
 DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
+# The decoded-image cache's names, which the dataset no longer has: an old call says where they are.
+CACHE_ATTRIBUTES = ("preload", "cache_decision", "in_memory", "decodes_every_pass", "cache_file",
+                    "cache_dir")
+CACHE_MOVED = ("CsvImageDataset no longer caches: wrap it, store = DecodedImages(ds, cache_mb=..., "
+               "cache_dir=...) in loaders.py")
 
 
-@contextlib.contextmanager
-def one_intra_op_thread():
-    """torch's intra-op thread pool down to one thread for the block, then back (about a
-    microsecond). A transform's ops on one small image, split across threads, spend their time
-    waiting for each other, and far longer when another process holds a core (docs/performance.md
-    has the figures). DataLoader workers run on one thread already, so each image is transformed
-    alike in any process."""
-    threads = torch.get_num_threads()
-    if threads > 1:
-        torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        if threads > 1:
-            torch.set_num_threads(threads)
-
-
-def to_float01(images: torch.Tensor) -> torch.Tensor:
-    """uint8 images -> float32 in [0, 1], any shape ((C, H, W) or (B, C, H, W)): bit for bit what
-    v2.ToDtype(torch.float32, scale=True) gives (a test pins it), without importing torchvision.
-    One multiply for a whole batch; on the CPU in NumPy, on one thread: torch would split it across
-    its intra-op threads, which wait for each other whenever another process holds a core."""
-    if images.device.type == "cpu":
-        out = images.numpy().astype(np.float32)
-        out *= np.float32(1.0 / 255)
-        return torch.from_numpy(out)
-    return images.to(torch.float32).mul_(1.0 / 255)
-
-
-def to_pixels(images: torch.Tensor, pixels: str) -> torch.Tensor:
-    """uint8 images as `pixels` asks (see CsvImageDataset); anything else, e.g. the float output of
-    a user's transform, is returned as it is."""
-    if images.dtype != torch.uint8 or pixels == "uint8":
-        return images
-    return to_float01(images) if pixels == "float01" else images.to(torch.float32)
-
+# ---- pixels: one image as a viewer shows it, and the dtype asked for ---------------------------
 
 def decode_image(path: str, mode: str, size: tuple[int, int] | None = None,
                  background: tuple[int, int, int] = (255, 255, 255)) -> np.ndarray:
@@ -352,8 +299,7 @@ def decode_image(path: str, mode: str, size: tuple[int, int] | None = None,
     EXIF orientation is applied (phone photos stand upright), 16-bit images are scaled to 8 bits
     (never clipped), transparent images are laid over `background` (white, as a page shows them;
     dropping the alpha would turn a black drawing on a transparent sheet all black), the image is
-    converted to `mode` and, given a size (H, W), resized to it (bilinear, antialiased; a JPEG
-    decoded at a reduced scale first, and a large shrink begun by averaging blocks of pixels). A
+    converted to `mode` and, given a size (H, W), resized to it (bilinear, antialiased). A
     read-only view of Pillow's own bytes (np.array(im) would copy). A change to the pixels it
     gives must raise CACHE_FORMAT in loaders.py, so that no disk cache serves the old ones.
     """
@@ -383,34 +329,6 @@ def decode_image(path: str, mode: str, size: tuple[int, int] | None = None,
         return pixels.reshape(im.height, im.width, len(im.getbands())).transpose(2, 0, 1)
 
 
-MODES = ("L", "RGB", "auto")
-GRAY_MODES = ("1", "L", "LA", "La", "F", *("I;16", "I;16B", "I;16L", "I;16N", "I"))
-
-
-def is_gray(im: Image.Image) -> bool:
-    """One channel, or a palette of grays only (what a viewer shows as gray)."""
-    if im.mode in ("P", "PA"):
-        palette = im.getpalette() or []
-        return all(palette[i] == palette[i + 1] == palette[i + 2]
-                   for i in range(0, len(palette) - 2, 3))
-    return im.mode in GRAY_MODES
-
-
-def auto_mode(rows) -> tuple[str, str]:
-    """("L" or "RGB", why) for mode="auto": L when every image is gray, else RGB, read from the
-    files' headers (Pillow opens a file without decoding it); stops at the first colour image.
-    A file Pillow cannot open is left to the decode, which names it."""
-    for i in range(len(rows)):
-        try:
-            sample = rows[i]
-            with Image.open(sample.path) as im:
-                if not is_gray(im):
-                    return "RGB", f"mode=auto: RGB, {sample.file!r} is in colour ({im.mode})"
-        except DECODE_ERRORS:
-            continue
-    return "L", "mode=auto: L, every image is gray"
-
-
 def exif_orientation(im: Image.Image) -> int:
     """The EXIF orientation tag, 1 (upright) when there is none; cheap for files without EXIF."""
     return im.getexif().get(0x0112, 1) if "exif" in im.info else 1
@@ -428,14 +346,75 @@ def has_transparency(im: Image.Image) -> bool:
     return im.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in im.info
 
 
-WIDE_GRAY_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")  # 16-bit PNGs open as one of these
-
-
 def _gray_16_to_8(im: Image.Image) -> Image.Image:
     """A 16-bit gray image as 8 bits, v * 255 / 65535 rounded (Pillow's convert("L") would clip
     every value above 255 to white)."""
     wide = np.clip(np.asarray(im).astype(np.int64), 0, 65535)
     return Image.fromarray(((wide * 255 + 32767) // 65535).astype(np.uint8), "L")
+
+
+def is_gray(im: Image.Image) -> bool:
+    """One channel, or a palette of grays only (what a viewer shows as gray)."""
+    if im.mode in ("P", "PA"):
+        palette = im.getpalette() or []
+        return all(palette[i] == palette[i + 1] == palette[i + 2]
+                   for i in range(0, len(palette) - 2, 3))
+    return im.mode in GRAY_MODES
+
+
+def auto_mode(rows: Samples) -> tuple[str, str]:
+    """("L" or "RGB", why) for mode="auto": L when every image is gray, else RGB, read from the
+    files' headers; stops at the first colour image. An unreadable file is the decoder's to name."""
+    for sample in rows:
+        if colour := _header(sample.path, lambda im: None if is_gray(im) else im.mode):
+            return "RGB", f"mode=auto: RGB, {sample.file!r} is in colour ({colour})"
+    return "L", "mode=auto: L, every image is gray"
+
+
+def _header(path: str, read: Callable[[Image.Image], object]):
+    """read(im) of the image at path, opened without decoding (Pillow reads the header only);
+    None when Pillow cannot open it (decoding it names it, with its line)."""
+    try:
+        with Image.open(path) as im:
+            return read(im)
+    except DECODE_ERRORS:
+        return None
+
+
+@contextlib.contextmanager
+def one_intra_op_thread():
+    """torch's intra-op thread pool down to one thread for the block, then back (about a
+    microsecond). A transform's ops on one small image, split across threads, wait for each
+    other, and far longer when another process holds a core (docs/performance.md). DataLoader
+    workers run on one thread already, so each image is transformed alike in any process."""
+    threads = torch.get_num_threads()
+    if threads > 1:
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        if threads > 1:
+            torch.set_num_threads(threads)
+
+
+def to_float01(images: torch.Tensor) -> torch.Tensor:
+    """uint8 images, (C, H, W) or (B, C, H, W), -> float32 in [0, 1]: bit for bit what
+    v2.ToDtype(torch.float32, scale=True) gives (a test pins it), without importing torchvision.
+    One multiply for a whole batch; on the CPU in NumPy, on one thread: torch would split it across
+    its intra-op threads, which wait for each other whenever another process holds a core."""
+    if images.device.type == "cpu":
+        out = images.numpy().astype(np.float32)
+        out *= np.float32(1.0 / 255)
+        return torch.from_numpy(out)
+    return images.to(torch.float32).mul_(1.0 / 255)
+
+
+def to_pixels(images: torch.Tensor, pixels: str) -> torch.Tensor:
+    """uint8 images as `pixels` asks (see CsvImageDataset); anything else, e.g. the float output of
+    a user's transform, is returned as it is."""
+    if images.dtype != torch.uint8 or pixels == "uint8":
+        return images
+    return to_float01(images) if pixels == "float01" else images.to(torch.float32)
 
 
 # ---- checking every row: the CSV -> samples ------------------------------------------------------
@@ -483,11 +462,6 @@ def make_dataset(csv_path: Path, img_dir: Path, *, file_column: str, label_colum
     return samples, class_names, problems
 
 
-# The usual spellings of each split, matched in any case: "Train", "VAL", "Testing" are splits too.
-SPLIT_SPELLINGS = {"train": ("train", "training"), "valid": ("valid", "val", "validation", "dev"),
-                   "test": ("test", "testing")}
-
-
 def split_names(column: pd.Series) -> pd.Series:
     """A split column's cells as they are matched: stripped, lower case; "" for an empty cell."""
     return column.fillna("").astype(str).str.strip().str.lower()
@@ -501,13 +475,10 @@ def split_spellings(value: str) -> tuple[str, ...]:
 
 
 class Samples(Sequence):
-    """The good rows of a CSV: samples[i] is Sample(path, label, line, file).
-
-    Held in NumPy arrays (the file names UTF-8 encoded end to end), not a list of Python objects:
-    forked DataLoader workers read arrays without touching their pages, where every read of a
-    Python object writes its reference count, so that each worker slowly copies a list of 300,000
-    names page by page (pytorch#13246).
-    """
+    """The good rows of a CSV: samples[i] is Sample(path, label, line, file). In NumPy arrays (the
+    file names UTF-8 encoded end to end), not Python objects: forked DataLoader workers read arrays
+    without touching their pages, where each read of an object writes its reference count, so
+    that a worker slowly copies a list of 300,000 names page by page (pytorch#13246)."""
 
     def __init__(self, root: str, files: Sequence[str], labels: np.ndarray, lines: np.ndarray,
                  stats: np.ndarray) -> None:
@@ -570,9 +541,6 @@ def check_command(csv_path: Path, img_dir: Path, file_column: str, label_column:
     return shlex.join([*words, "--all"])
 
 
-SEPARATORS = (",", ";", "\t")  # a spreadsheet's export in much of Europe uses ';'
-
-
 def csv_separator(csv_path: str | Path, encoding: str = "utf-8") -> str:
     """The separator of a CSV: of ',', ';' and tab, the one its header line holds most of (',' on
     a tie, or when it holds none: a one-column CSV)."""
@@ -615,12 +583,9 @@ def read_csv(csv_path: Path, columns: Sequence[str], encoding: str = "utf-8") ->
 
 
 def _separator_hint(header: Sequence[str]) -> str:
-    """For a header read as one column: the separator it seems to use instead of commas."""
-    if len(header) != 1:
-        return ""
-    for separator, name in (("|", "'|'"),):  # ',', ';' and tab are read
-        if separator in str(header[0]):
-            return f" (one column: the header seems to be separated by {name}, not commas)"
+    """For a header read as one column: '|' seems to separate it (',', ';' and tab are read)."""
+    if len(header) == 1 and "|" in str(header[0]):
+        return " (one column: the header seems to be separated by '|', not commas)"
     return ""
 
 
@@ -720,12 +685,9 @@ def _check_repeats(keys: pd.Series, labels: np.ndarray, lines: np.ndarray, good:
 
 def _check_files(files: list[str], root: Path) -> tuple[np.ndarray, np.ndarray]:
     """What is wrong with each row's file name, None where it names a regular file inside root;
-    and each good file's (size, mtime_ns, ctime_ns), (N, 3) int64, which key the disk cache.
-
-    Substring tests find the names that may break a rule, then one lstat per file: only names
-    that pass through a symbolic link (the file or a folder, each folder looked at once) pay for a
-    full realpath, which must stay inside root.
-    """
+    and each good file's file_identity, (N, 5) int64. One lstat per file: only names that pass
+    through a symbolic link (the file or a folder, each folder looked at once) pay for a full
+    realpath, which must stay inside root."""
     what = np.full(len(files), None, dtype=object)
     stats = np.zeros((len(files), 5), dtype=np.int64)
     # Plain substring tests (a regular expression costs several times more per name) pick the
@@ -816,12 +778,8 @@ def check_dataset(csv_path: str | Path, img_dir: str | Path,
                                           **{k: v for k, v in dataset_kwargs.items() if k in keys})
             if not problems:
                 raise
-            summary = {"rows": len({p[0] for p in problems}), "classes": {}, "sizes": {},
-                       "modes": {}, "notes": {}, "mode": "-", "mode_decision": "no image read",
-                       "warnings": []}
-            return summary, problems
-    problems = list(ds.problems)
-    sizes, modes, notes = Counter(), Counter(), Counter()
+            return {"rows": len({p[0] for p in problems}), "mode": "-"}, problems
+    problems, sizes, modes, notes = list(ds.problems), Counter(), Counter(), Counter()
     for sample in ds.rows:
         try:
             with Image.open(sample.path) as im:
@@ -833,23 +791,17 @@ def check_dataset(csv_path: str | Path, img_dir: str | Path,
             decode_image(sample.path, ds.mode, ds.resize, ds.background)  # as training will
         except DECODE_ERRORS as e:
             problems.append((sample.line, sample.file, f"cannot decode the image: {e}"))
-    problems += ds.size_problems()  # the commonest size is the reference, not the first row's
-    problems.sort(key=lambda p: p[0])
+    # The commonest size is the reference, not the first row's.
+    problems = sorted(problems + ds.size_problems(), key=lambda p: p[0])
     counts = Counter(ds.targets)
     empty = [name for i, name in enumerate(ds.classes) if not counts.get(i)]
-    if empty:
-        caught.append(warnings.WarningMessage(empty_classes_message(empty, ds.classes),
-                                              UserWarning, __file__, 0))
-    caught += [warnings.WarningMessage(message, UserWarning, __file__, 0)
-               for message in odd_class_warnings([ds])]
-    summary = {
-        "rows": len(ds) + len({p[0] for p in ds.problems}),
-        "classes": {name: counts.get(i, 0) for i, name in enumerate(ds.classes)},
-        "sizes": dict(sizes), "modes": dict(modes), "notes": {k: n for k, n in notes.items() if n},
-        "mode": ds.mode, "mode_decision": ds.mode_decision,
-        "warnings": [str(w.message) for w in caught if not str(w.message).startswith("skipping")],
-    }
-    return summary, problems
+    messages = [str(w.message) for w in caught if not str(w.message).startswith("skipping")]
+    messages += [empty_classes_message(empty, ds.classes)] if empty else []
+    return {"rows": len(ds) + len({p[0] for p in ds.problems}), "mode": ds.mode,
+            "classes": {name: counts.get(i, 0) for i, name in enumerate(ds.classes)},
+            "sizes": dict(sizes), "modes": dict(modes), "mode_decision": ds.mode_decision,
+            "notes": {k: n for k, n in notes.items() if n},
+            "warnings": messages + odd_class_warnings([ds])}, problems
 
 
 def empty_classes_message(empty: Sequence[str], classes: Sequence[str]) -> str:
@@ -904,7 +856,8 @@ def problems_message(csv_path: Path, problems: list[Problem], n_rows: int, comma
              + (", by reason:" if by_reason else ":")]
     for count, reason, hint, first in groups if by_reason else []:
         more = ", ..." if count > len(first) else ""
-        lines.append(f"  {count} row(s) (line {', '.join(map(str, first))}{more}), such as: {reason}")
+        lines.append(f"  {count} row(s) (line {', '.join(map(str, first))}{more}), such as: "
+                     f"{reason}")
         lines += [f"      {hint}"] if hint else []
     if list_rows:
         shown = problems if limit is None else problems[:limit]

@@ -1,5 +1,5 @@
 """Samples become fast batches in an exact order: train / valid / test DataLoaders for images
-listed in CSVs, each image decoded once, batches in an order fixed by (seed, epoch).
+listed in CSVs, each image decoded once, in an order fixed by (seed, epoch).
 
     train_loader, valid_loader, test_loader = get_dataloaders(batch_size=64, data_dir="data")
     for images, labels in train_loader:   # (64, 1, 28, 28) float32 in [0, 1], (64,) int64
@@ -8,43 +8,37 @@ listed in CSVs, each image decoded once, batches in an order fixed by (seed, epo
 Layouts:
     get_dataloaders(...)                 data/mnist_{split}.csv + data/mnist_{split}/ for each split
     get_dataloaders(..., csv_path=CSV, img_dir=DIR), or get_dataloaders_from_split_csv(CSV, DIR,
-                                         batch_size): one CSV with a split column, one image folder
-    split_csv(...)                       one CSV with no split column -> a copy with one, drawn
-                                         by class, for get_dataloaders_from_split_csv
-    loaders_from_datasets(...)           any three datasets you built (CsvImageDatasets or
-                                         DecodedImages), or Subsets / ConcatDatasets of them
+        batch_size): one CSV with a split column, one image folder (split_csv() adds the column)
+    loaders_from_datasets(...)           any three datasets you built, or Subsets / ConcatDatasets
+                                         of them (random_split)
 
-The decoded-image store, DecodedImages, wraps a CsvImageDataset (which decodes each item when
-asked): the first pass decodes every image once, in num_workers processes, into one uint8 tensor
-that every epoch (and every worker) reads, when it fits cache_mb MiB; with cache_dir=, into a file
-there that later runs map instead of decoding. The loaders wrap each dataset in one. For a
-DataLoader of your own (any sampler), the fast path is one call more than the plain one:
+DecodedImages, the decoded-image store, wraps a CsvImageDataset (which decodes the item asked
+for): the first pass decodes every image once, in num_workers processes, into one uint8 tensor
+that every epoch and worker reads (up to cache_mb MiB); with cache_dir=, into a file there that
+later runs map instead of decoding. The loaders wrap each dataset in one. With a DataLoader of
+your own (any sampler), the fast path is one call more than the plain one:
 
     store = DecodedImages(ds, cache_mb=1024, cache_dir="cache")  # ds: a CsvImageDataset
-    store.preload(num_workers=2)   # decode all once here, before any DataLoader worker starts
+    store.preload(num_workers=2)    # decode all once, before any DataLoader worker starts
     DataLoader(store, batch_size=64, shuffle=True)               # store[i] is ds[i], from memory
 
-Batches of images held in memory are gathered in this process, where workers would only copy
-them, unless a transform gives workers work (they are then kept alive between epochs);
-`loader.workers_decision` says which. train_transforms (train only, e.g. augmentation) and
-test_transforms (valid and test) take one uint8 image (C, H, W), as torchvision's v2 transforms
-do, and run after the store, on a copy. Each sample's random numbers come from (seed, epoch,
-index), so augmented runs are exact too: the same images whatever num_workers, and after a resume.
-
-Options go where they act: `dataset_kwargs` to every CsvImageDataset (mode, pixels, file_column,
-label_column, num_classes, ...), cache_mb and cache_dir to every DecodedImages, and
-`loader_kwargs` to every torch DataLoader (persistent_workers, pin_memory, ...).
+The loaders fetch whole batches with one store[Batch of indices] call; batches of images in
+memory are gathered in this process, where workers would only copy them, unless a transform gives
+workers work (`loader.workers_decision` says which). train_transforms (train only) and
+test_transforms take one uint8 image (C, H, W), as torchvision's v2 transforms do, and run after
+the store; each sample's random numbers come from (seed, epoch, index), so augmented runs are
+exact for any num_workers and after a resume. Options go where they act: `dataset_kwargs` to
+every CsvImageDataset (mode, pixels, file_column, ...), cache_mb / cache_dir to every
+DecodedImages, `loader_kwargs` to every torch DataLoader (persistent_workers, pin_memory, ...).
 
 The train loader reshuffles every epoch and drops the last partial batch; valid and test keep
-their order and every sample; no file may be in two splits. The order of epoch e depends only on
-(seed, e), not on num_workers, on how often the loader was iterated before, or on any global
-random state: `set_epoch(e)` on `loader.sampler` picks an epoch, as with DistributedSampler. Whole
-batches are fetched with one `store[Batch of indices]` call. Under torchrun or Lightning (a
-process group is initialized when an epoch starts), each process takes its share of every batch;
-the sampler is a DistributedSampler, so Lightning adds none of its own.
+their order and every sample; no file may be in two splits. Epoch e's order depends only on
+(seed, e), not on num_workers, earlier iterations or any global random state: `set_epoch(e)` on
+`loader.sampler` picks one, as with DistributedSampler. Under torchrun or Lightning, each process
+takes its share of every batch (the sampler is a DistributedSampler: Lightning adds none).
 
-Also here, for every file of this project's that must be whole or absent: write_atomic, and the
-lock of a folder (open_lock, lock_or_holder). Needs dataset.py beside it.
+Also here, for every file of this project's that must be whole or absent: write_atomic, and a
+folder's lock (open_lock, lock_or_holder). Needs dataset.py beside it.
 """
 
 from __future__ import annotations
@@ -99,11 +93,8 @@ def get_dataloaders(batch_size: int, data_dir: str | Path = "data", num_workers:
     data_dir/mnist_{train,valid,test}/, as make_subset.py writes them; or, given csv_path, that
     one CSV whose `split_column` says train / valid / test, its file names relative to img_dir
     (default: the CSV's folder). Valid and test batches hold batch_size * batch_size_factor_eval
-    images (they only measure accuracy). cache_mb, cache_dir: each split's DecodedImages'."""
-    moved = [k for k in ("cache_mb", "cache_dir") if k in (dataset_kwargs or {})]
-    if moved:
-        raise TypeError(f"dataset_kwargs {moved}: the datasets no longer cache; pass "
-                        f"{', '.join(f'{k}=...' for k in moved)} to get_dataloaders itself")
+    images (they only measure accuracy). cache_mb, cache_dir: each split's DecodedImages'
+    (dataset_kwargs go to CsvImageDataset, which refuses them with a sentence)."""
     if csv_path is None:
         sources = folder_layout(data_dir)
     else:
@@ -130,8 +121,7 @@ def get_dataloaders_from_split_csv(csv_path: str | Path, img_dir: str | Path, ba
 
 def folder_layout(data_dir: str | Path) -> list[tuple[Path, Path, None]]:
     """(csv, image folder, no split column) of train, valid and test: data_dir/mnist_<split>.csv and
-    data_dir/mnist_<split>/. The one definition of those names here (make_subset.py's copy is pinned
-    equal by a test)."""
+    data_dir/mnist_<split>/ (make_subset.py's copy of the names is pinned equal by a test)."""
     data_dir = Path(data_dir)
     return [(data_dir / f"mnist_{s}.csv", data_dir / f"mnist_{s}", None) for s in SPLITS]
 
@@ -197,9 +187,8 @@ def _refuse_unknown_splits(sources: Sequence[tuple], file_column: str, encoding:
                                for v, n, line in _counts_with_first_line(unknown))
             raise DatasetError(
                 f"{csv}: column {column!r} has values that are not a split: {counts}. Each row "
-                "must "
-                "say train (or training), valid (val, validation, dev) or test (testing), in any "
-                "case; change those cells in the CSV, or drop the rows you do not want")
+                "must say train (or training), valid (val, validation, dev) or test (testing), in "
+                "any case; change those cells in the CSV, or drop the rows you do not want")
 
 
 def _counts_with_first_line(values: pd.Series) -> list[tuple[str, int, int]]:
@@ -350,14 +339,12 @@ WORKER_OPTIONS = ("persistent_workers", "prefetch_factor", "multiprocessing_cont
 
 def plan_workers(dataset: Dataset, loader_kwargs: dict) -> tuple[dict, str]:
     """(loader_kwargs as the DataLoader gets them, a sentence saying where batches are made).
-
     Workers help where a batch is work: decoding, a transform, or a collate_fn of yours (and a
-    worker_init_fn of yours asks for them). A batch of images held in memory with none of these is
-    one gather, which workers would only copy between processes (whole runs took several times
-    as long with 2 workers: docs/performance.md), so it is made in this process;
-    num_workers then serves the first pass's decoding. Workers with work on images in memory are
-    kept alive between epochs (persistent_workers, unless loader_kwargs says otherwise): starting
-    them every epoch costs more than they save."""
+    worker_init_fn of yours asks for them). A batch of images in memory with none of these is one
+    gather, which workers would only copy between processes (runs several times as long:
+    docs/performance.md), so it is made here; num_workers then serves the first pass's decoding.
+    Workers with work on images in memory stay alive between epochs (persistent_workers, unless
+    loader_kwargs says otherwise): starting them every epoch costs more than they save."""
     kwargs = dict(loader_kwargs)
     workers = kwargs.get("num_workers", 0)
     if not workers:
@@ -510,20 +497,17 @@ def _leaves_of(dataset: Dataset) -> list[DecodedImages]:
 class DecodedImages(Dataset):
     """A CsvImageDataset's images, each decoded once and kept: in memory, one (N, C, H, W) uint8
     tensor, when they take at most cache_mb MiB (0 = never); over that, with cache_dir, in a
-    memory-mapped file there (the system keeps in memory what fits) when the disk can spare it;
-    else decoded as batches are read. store[i] is ds[i] (the dataset's transform runs after the
-    store, on a copy); store[indices or Batch] is a batch, (B, C, H, W) and (B,) int64, gathered
-    at once. See the module docstring for its use with a DataLoader of your own.
+    memory-mapped file there when the disk can spare it; else decoded as batches are read.
+    store[i] is ds[i] (the dataset's transform runs on a copy); store[indices or Batch] is a batch,
+    (B, C, H, W) and (B,) int64, in one gather. Use with a DataLoader: the module docstring.
 
-    cache_dir: a folder for the decoded pixels (one .npy file per split and settings, written whole
-    or not at all), so that later runs skip decoding; off by default. Keyed on the rows, each
-    file's size and times, mode, image size and the decoder's version: a changed file is decoded
-    again. Not writable: a warning, and memory only (or no cache, over cache_mb).
-
-    Attributes: `dataset`, `cache_decision` (a sentence: where the images are kept, and why),
-    `cache_file` (the disk cache's file, once preload() has used it), and the dataset's own facts,
-    read through it: classes, targets, mode, mode_decision, image_size, channels, csv_path, split,
-    rows, transform, pixels.
+    cache_dir: one .npy file per split and settings, written whole or not at all, that later runs
+    map instead of decoding; keyed on the rows, each file's size and times, mode, image size and
+    the decoder's version (a changed file is decoded again). Not writable: a warning, and memory
+    only (or no cache, over cache_mb). Attributes: `dataset`, `cache_decision` (where the images
+    are kept, and why), `cache_file` (once preload() used it), and the dataset's facts read
+    through (classes, targets, mode, mode_decision, image_size, channels, csv_path, split, rows,
+    transform, pixels).
     """
 
     def __init__(self, dataset: CsvImageDataset, cache_mb: float = 1024,
@@ -576,11 +560,9 @@ class DecodedImages(Dataset):
                 progress: bool | Callable[[int, int], None] = True) -> torch.Tensor | None:
         """Decode every image into the cache now, once; returns it, (N, C, H, W) uint8, or None
         when the cache is off. num_workers processes share the decoding (the pixels are bit for bit
-        one process's). With cache_dir, the pixels come from a file there when one matches the
-        rows, files and settings, and are written there otherwise; memory-mapped either way.
-        progress: True shows a line on stderr when decoding takes more than 2 s; or a callable
-        (done, total). Call it in the main process before DataLoader workers start, so that they
-        share one copy (the loaders do)."""
+        one process's); with cache_dir, a file there that matches is mapped instead. progress: True
+        shows a line on stderr when decoding takes over 2 s; or a callable (done, total). Call it
+        before DataLoader workers start, so that they share one copy (the loaders do)."""
         if self._use_cache and self._cache is None:
             try:
                 self._cache = self._load_or_decode(num_workers, progress)
@@ -594,9 +576,8 @@ class DecodedImages(Dataset):
 
     @property
     def in_memory(self) -> bool:
-        """Whether the decoded images are held in memory (within cache_mb), once preload() has run:
-        a batch is then one gather. False when decoded every pass, or mapped from a disk cache file
-        over the budget."""
+        """Whether preload() keeps the images in memory (within cache_mb): a batch is one gather.
+        False when decoded every pass, or mapped from a disk cache file over the budget."""
         return self._use_cache and self._cache_bytes <= self._budget_bytes
 
     @property
@@ -631,9 +612,8 @@ class DecodedImages(Dataset):
     def _transformed_batch(self, indices: Sequence[int],
                            key: tuple[int, int] | None) -> torch.Tensor:
         """(B, C, H, W): the transform on each image; with key = (seed, epoch), sample i's random
-        numbers come from sample_seed(seed, epoch, i) alone, whichever process runs it, and the
-        global RNG is left as it was; without (store[list] called directly), they are drawn from
-        the global RNG, as store[i] draws them."""
+        numbers come from sample_seed(seed, epoch, i) alone, whichever process runs it (the global
+        RNG left as it was); without (store[list] called directly), from the global RNG."""
         images = []
         with torch.random.fork_rng(devices=[]) if key is not None else contextlib.nullcontext():
             for i in indices:
@@ -676,7 +656,7 @@ class DecodedImages(Dataset):
         pixels, decoding = None, False
         try:
             self.cache_dir.mkdir(parents=True, exist_ok=True)
-            free = _free_bytes(self.cache_dir)
+            free = getattr(_disk_usage(self.cache_dir), "free", 0)
             if free < self._cache_bytes + DISK_RESERVE:  # checked before any file is written
                 raise OSError(errno.ENOSPC, f"{self._cache_bytes / 2**20:.1f} MiB needed, "
                                             f"{free / 2**20:.1f} MiB free")
@@ -824,8 +804,8 @@ class _DecodeChunks(Dataset):
 
 
 def _open_cached(path: Path, shape: tuple[int, ...]) -> torch.Tensor | None:
-    """A whole cache file's pixels, memory-mapped copy-on-write (so the file is never written and
-    forked workers share its pages); None when there is none or it does not hold `shape` uint8."""
+    """A whole cache file's pixels, memory-mapped copy-on-write (the file is never written; forked
+    workers share its pages); None when there is none or it does not hold `shape` uint8."""
     try:
         pixels = np.load(path, mmap_mode="c")
     except (OSError, ValueError):  # none yet, not a .npy file, or cut short: decode, write anew
@@ -844,14 +824,13 @@ def _remove_leftovers(folder: Path) -> None:
         except OSError:
             continue
         try:
-            try:
-                unlocked = try_lock(fd)
-            except OSError:  # no locks here (Windows, some network disks): none is known dead
-                unlocked = False
-            if unlocked:
-                left.unlink(missing_ok=True)
+            dead = try_lock(fd)  # no one holds its lock: its writer was killed
+        except OSError:  # no locks here (Windows, some network disks): none is known to be dead
+            dead = False
         finally:
             os.close(fd)
+        if dead:
+            left.unlink(missing_ok=True)
     for left in folder.glob(f".*.{CACHE_NEW_TAG}-*"):
         with contextlib.suppress(OSError):
             if time.time() - left.stat().st_mtime > 60:
@@ -863,11 +842,6 @@ def _disk_can_hold(folder: Path, nbytes: int) -> bool:
     after nbytes more: a cache over the memory budget must not fill the disk."""
     usage = _disk_usage(folder)
     return usage is not None and usage.free - nbytes >= max(2**30, 0.05 * usage.total)
-
-
-def _free_bytes(folder: Path) -> int:
-    usage = _disk_usage(folder)
-    return 0 if usage is None else usage.free
 
 
 def _disk_usage(folder: Path):
@@ -896,22 +870,15 @@ def epoch_order(num_samples: int, seed: int, epoch: int) -> np.ndarray:
 
 
 class EpochBatchSampler(DistributedSampler):
-    """Yields one Batch per batch: an int64 NumPy array of indices, with the seed and epoch that
-    key the samples' random transforms; epoch e's order depends on (seed, e) only.
-
-    Arrays rather than lists: the dataset turns one into a tensor without copying, and it pickles
-    cheaply to worker processes.
-
-    Each call to iter() plays the next epoch, unless set_epoch() chose one. With world_size > 1,
-    every global batch of `batch_size` is split between the ranks (rank r takes every
-    world_size-th index), so all ranks together see exactly what one process would. rank and
-    world_size default to the process group's when the sampler is iterated (so a loader made
-    before the group, or sent to spawned processes, shards right).
-
-    A DistributedSampler (it shards by itself), so that tools which give a loader one unless it
-    has one, such as Lightning's Trainer, leave it as it is rather than split the data twice.
-    DistributedSampler.__init__ is not called: it needs a process group when the sampler is made.
-    """
+    """Yields one Batch per batch: an int64 NumPy array of indices (turned into a tensor without
+    a copy, pickled cheaply to workers), with the seed and epoch that key the samples' random
+    transforms; epoch e's order depends on (seed, e) only. Each iter() plays the next epoch,
+    unless set_epoch() chose one. With world_size > 1, every global batch of `batch_size` is split
+    between the ranks (rank r takes every world_size-th index), so all ranks together see exactly
+    what one process would; rank and world_size default to the process group's when iterated (a
+    loader made before the group, or sent to spawned processes, shards right). A
+    DistributedSampler, so that Lightning's Trainer leaves it as it is rather than split the data
+    twice; its __init__ is not called, as it needs a process group when the sampler is made."""
 
     def __init__(self, num_samples: int, batch_size: int, *, shuffle: bool, drop_last: bool,
                  seed: int = 0, rank: int | None = None, world_size: int | None = None) -> None:

@@ -397,7 +397,7 @@ def test_a_file_replaced_under_a_run_that_decodes_as_it_reads_stops_it_with_a_se
 
 # ---- issue 28: the cache left the dataset for loaders.DecodedImages -------------------------------------
 
-def test_the_datasets_old_cache_keywords_and_preload_name_the_store_that_took_them(photos):
+def test_the_datasets_old_cache_keywords_and_preload_name_the_store_that_took_them(photos, tiny_data):
     columns = {"file_column": "path", "label_column": "label", "mode": "RGB", "image_size": (12, 10)}
     moved = r"CsvImageDataset no longer caches: wrap it, store = DecodedImages\(ds, cache_mb=\.\.\., cache_dir=\.\.\.\) in loaders.py"
     for old in ({"cache_mb": 0}, {"cache_dir": photos / "cache"}):
@@ -412,9 +412,9 @@ def test_the_datasets_old_cache_keywords_and_preload_name_the_store_that_took_th
         CsvImageDataset(photos / "labels.csv", photos / "img", imagesize=8)
     with pytest.raises(AttributeError, match="has no attribute 'nonsense'"):
         ds.nonsense
-    with pytest.raises(TypeError, match=r"dataset_kwargs \['cache_mb'\]: the datasets no longer cache; pass "
-                                        r"cache_mb=\.\.\. to get_dataloaders itself"):
-        get_dataloaders(8, photos, dataset_kwargs={"cache_mb": 0})
+    for old in ({"cache_mb": 0}, {"cache_dir": photos / "cache"}):  # the loaders' dataset_kwargs go to the dataset
+        with pytest.raises(TypeError, match=moved + rf"; {next(iter(old))}= goes there \(or to get_dataloaders\)"):
+            get_dataloaders(8, tiny_data, dataset_kwargs=old)
 
 
 def test_the_documented_fast_path_through_a_plain_dataloader_decodes_each_image_once(photos, monkeypatch):
