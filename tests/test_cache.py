@@ -159,8 +159,8 @@ def test_other_rows_mode_or_size_get_their_own_cache_files(photos):
     (photos / "copy").mkdir()
     (photos / "copy" / "split.csv").write_bytes(split.read_bytes())
     again = DecodedImages(CsvImageDataset(photos / "copy" / "split.csv", photos / "img", file_column="path",
-                                          label_column="label", mode="RGB", image_size=(12, 10), split=("split", "train")),
-                          cache_dir=photos / "c2")
+                                          label_column="label", mode="RGB", image_size=(12, 10),
+                                          split=("split", "train")), cache_dir=photos / "c2")
     again.preload()
     assert "read from the disk cache" in again.cache_decision and len(cache_files(photos / "c2")) == 3
 
@@ -296,8 +296,9 @@ def test_a_real_full_disk_ends_in_memory_not_in_a_bus_error(photos, tmp_path):
             import sys, warnings; sys.path.insert(0, {str(ROOT)!r})
             from dataset import CsvImageDataset
             from loaders import DecodedImages
-            ds = DecodedImages(CsvImageDataset({str(photos / "labels.csv")!r}, {str(photos / "img")!r}, file_column="path",
-                                               label_column="label", mode="RGB", image_size=(12, 10)), cache_dir={str(disk)!r})
+            ds = DecodedImages(CsvImageDataset({str(photos / "labels.csv")!r}, {str(photos / "img")!r},
+                                               file_column="path", label_column="label", mode="RGB",
+                                               image_size=(12, 10)), cache_dir={str(disk)!r})
             print(ds.preload().shape)""")
         run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
         assert run.returncode == 0 and "torch.Size([24, 3, 12, 10])" in run.stdout, run.stderr
@@ -399,7 +400,8 @@ def test_a_file_replaced_under_a_run_that_decodes_as_it_reads_stops_it_with_a_se
 
 def test_the_datasets_old_cache_keywords_and_preload_name_the_store_that_took_them(photos, tiny_data):
     columns = {"file_column": "path", "label_column": "label", "mode": "RGB", "image_size": (12, 10)}
-    moved = r"CsvImageDataset no longer caches: wrap it, store = DecodedImages\(ds, cache_mb=\.\.\., cache_dir=\.\.\.\) in loaders.py"
+    moved = (r"CsvImageDataset no longer caches: wrap it, store = DecodedImages\(ds, cache_mb=\.\.\., "
+             r"cache_dir=\.\.\.\) in loaders.py")
     for old in ({"cache_mb": 0}, {"cache_dir": photos / "cache"}):
         with pytest.raises(TypeError, match=moved + rf"; {next(iter(old))}= goes there"):
             CsvImageDataset(photos / "labels.csv", photos / "img", **columns, **old)
@@ -424,7 +426,8 @@ def test_the_documented_fast_path_through_a_plain_dataloader_decodes_each_image_
                          image_size=(12, 10))
     expected = torch.stack([ds[i][0] for i in range(len(ds))])  # (24, 3, 12, 10) float32, each decoded now
     store = DecodedImages(ds, cache_mb=1024, cache_dir=photos / "cache")
-    assert store.preload(num_workers=2).shape == (24, 3, 12, 10) and "decoded into the disk cache" in store.cache_decision
+    assert store.preload(num_workers=2).shape == (24, 3, 12, 10)
+    assert "decoded into the disk cache" in store.cache_decision
     assert (store.classes, store.targets, store.image_size, store.rows) == (ds.classes, ds.targets, (12, 10), ds.rows)
 
     def no_decoding(*args, **kwargs):

@@ -262,3 +262,41 @@ def test_a_users_collate_fn_or_worker_init_fn_keeps_the_workers_and_worker_only_
     loader = make_loader(ds, 8, shuffle=False, drop_last=False, seed=0, loader_kwargs={"num_workers": 2})
     assert "from the memory-mapped disk cache" in loader.workers_decision
     assert len(list((tmp_path / "c").glob("*.npy"))) == 1 and ds.cache_file is not None
+
+
+def test_the_loaders_folder_lock_is_make_subsets_and_write_atomic_leaves_old_or_new(tmp_path):
+    """train.py takes a results folder's lock from loaders.py; make_subset.py keeps its own copy (it is copied
+    alone): the two behave alike, sentences and all."""
+    import os
+
+    import loaders
+    import make_subset
+    seen = []
+    for module in (loaders, make_subset):
+        folder = tmp_path / module.__name__
+        folder.mkdir()
+        fd, again = (module.open_lock(folder / ".lock", "pass another --results-dir") for _ in range(2))
+        try:
+            assert module.lock_or_holder(fd) is None  # taken, with this process's id written in
+            assert module.lock_or_holder(again) == str(os.getpid())  # a second taker is told the holder
+        finally:
+            os.close(fd)
+            os.close(again)
+        os.symlink(folder / "elsewhere", folder / ".link")
+        os.link(folder / ".lock", folder / ".hard")
+        for planted in (".link", ".hard"):
+            with pytest.raises(module.LockFileError) as caught:
+                module.open_lock(folder / planted, "pass another --results-dir")
+            seen.append(str(caught.value).replace(str(folder), "FOLDER"))
+    assert seen[:2] == seen[2:] and "symbolic link" in seen[0] and "2 names (hard links)" in seen[1]
+    target = tmp_path / "out" / "metrics.csv"
+    target.parent.mkdir()
+    loaders.write_atomic(target, b"old")
+    with pytest.raises(TypeError):
+        loaders.write_atomic(target, "not bytes")  # fails half-way: the old file stays, no temporary is left
+    assert target.read_bytes() == b"old" and os.listdir(target.parent) == ["metrics.csv"]
+    loaders.write_atomic(target, b"new")
+    assert target.read_bytes() == b"new" and os.listdir(target.parent) == ["metrics.csv"]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert target.stat().st_mode & 0o777 == 0o666 & ~umask  # a new file's mode, not mkstemp's 0600
