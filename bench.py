@@ -10,12 +10,12 @@ Loaders compared on the same PNG files and batch size, one process, no workers:
     Tensor       TensorDataset of decoded float images in memory, default DataLoader
     limit        whole batches out of one uint8 tensor in memory, no DataLoader: data[idx] as issue 5
                  measured it, and index_select (the practical ceiling here)
-    ours         CsvImageDataset + loaders.make_loader, with the in-memory cache (default) and without
+    ours         CsvImageDataset + loaders.make_loader, with the in-memory store (default) and without
     augment      v2.RandomAffine (train.py's --augment) after the cache: through our loaders, each
                  sample keyed by (seed, epoch, index), and the usual way, a plain DataLoader
 Cold = building the dataset plus the first full pass; warm = a later pass. Each figure is the median
 of --repeats runs, interleaved in one process. Memory is measured once per loader, each in a fresh
-process. The TensorDataset and limit rows decode with CsvImageDataset, so only their warm figures
+process. The TensorDataset and limit rows decode with DecodedImages, so only their warm figures
 are theirs. Data comes from make_subset.py (bundled digits); sizes above 4,980 repeat them.
 """
 
@@ -44,7 +44,7 @@ from torchvision.transforms import v2
 
 import make_subset
 from dataset import CsvImageDataset
-from loaders import make_loader
+from loaders import DecodedImages, make_loader
 
 ROOT = Path(__file__).resolve().parent
 BUNDLED = 4980  # make_subset.py keeps 10 valid + 10 test digits aside, so 498 per class fit
@@ -146,8 +146,8 @@ def measure_memory(name: str, csv: Path, img_dir: Path, classes_dir: Path, batch
 
 def limit_loader(csv: Path, img_dir: Path, batch_size: int, gather: str):
     """Whole batches out of one uint8 tensor, no DataLoader: data[idx] (as issue 5 measured the
-    limit) or data.index_select(0, idx) (what CsvImageDataset did before it gathered with NumPy's take)."""
-    ds = CsvImageDataset(csv, img_dir)
+    limit) or data.index_select(0, idx) (what the store did before it gathered with NumPy's take)."""
+    ds = DecodedImages(CsvImageDataset(csv, img_dir))
     data, targets = ds.preload(), torch.tensor(ds.targets)
 
     def batches():
@@ -164,7 +164,7 @@ def limit_loader(csv: Path, img_dir: Path, batch_size: int, gather: str):
 
 
 def tensor_loader(csv: Path, img_dir: Path, batch_size: int):
-    ds = CsvImageDataset(csv, img_dir)
+    ds = DecodedImages(CsvImageDataset(csv, img_dir))
     return DataLoader(TensorDataset(ds.preload().float().div_(255), torch.tensor(ds.targets)),
                       batch_size=batch_size, shuffle=True)
 
@@ -183,13 +183,13 @@ def loaders_to_compare(csv: Path, img_dir: Path, classes_dir: Path, batch_size: 
             CsvImageDataset(csv, img_dir), batch_size,
             shuffle=True, drop_last=False, seed=0),
         "ours (cache off)": lambda: make_loader(
-            CsvImageDataset(csv, img_dir, cache_mb=0), batch_size,
+            DecodedImages(CsvImageDataset(csv, img_dir), cache_mb=0), batch_size,
             shuffle=True, drop_last=False, seed=0),
         # What exact augmentation costs: per-sample seeding against the usual global-RNG way.
         "augment, exact: ours, keyed by (seed, epoch, index)": lambda: make_loader(
             CsvImageDataset(csv, img_dir, affine()), batch_size, shuffle=True, drop_last=False, seed=0),
         "augment, usual: same dataset, plain DataLoader": lambda: DataLoader(
-            CsvImageDataset(csv, img_dir, affine()), batch_size=batch_size, shuffle=True),
+            DecodedImages(CsvImageDataset(csv, img_dir, affine())), batch_size=batch_size, shuffle=True),
     }
 
 
@@ -216,19 +216,21 @@ def bench_loaders(folder: Path, size: int, batch_size: int, repeats: int, memory
 
 
 def plain_ways(csv: Path, img_dir: Path, batch_size: int) -> dict:
-    """Ways to read a CsvImageDataset with torch's own DataLoader, and with ours (issue 17)."""
+    """Ways to read a CsvImageDataset's DecodedImages with torch's own DataLoader, and with ours
+    (issue 17)."""
     def preloaded():
-        ds = CsvImageDataset(csv, img_dir)
-        ds.preload()
-        return ds
+        store = DecodedImages(CsvImageDataset(csv, img_dir))
+        store.preload()
+        return store
 
     return {
         "plain DataLoader, 2 workers, not preloaded: each worker decodes its items, every epoch":
-            lambda: DataLoader(CsvImageDataset(csv, img_dir), batch_size=batch_size, shuffle=True,
-                               num_workers=2),
+            lambda: DataLoader(DecodedImages(CsvImageDataset(csv, img_dir)), batch_size=batch_size,
+                               shuffle=True, num_workers=2),
         "plain DataLoader, 0 workers: the first item decodes all, here, once":
-            lambda: DataLoader(CsvImageDataset(csv, img_dir), batch_size=batch_size, shuffle=True),
-        "plain DataLoader, 2 workers, after ds.preload(): they read the one copy":
+            lambda: DataLoader(DecodedImages(CsvImageDataset(csv, img_dir)), batch_size=batch_size,
+                               shuffle=True),
+        "plain DataLoader, 2 workers, after store.preload(): they read the one copy":
             lambda: DataLoader(preloaded(), batch_size=batch_size, shuffle=True, num_workers=2),
         "ours: make_loader, 0 workers (whole batches by one gather)":
             lambda: make_loader(preloaded(), batch_size, shuffle=True, drop_last=True, seed=0),
@@ -376,8 +378,9 @@ def bench_decode(folder: Path, size: int, repeats: int) -> dict:
         cache = folder / f"decode-cache-{r}"
         for name, (workers, use) in variants.items():
             times[name].append(first_pass_in_fresh_process(csv, img_dir, workers, "" if use == "none" else str(cache)))
-    pixels = CsvImageDataset(csv, img_dir).preload()  # the parallel decode and the cache must be bit-exact
-    exact = all(torch.equal(pixels, CsvImageDataset(csv, img_dir, cache_dir=cache_dir).preload(num_workers=2))
+    pixels = DecodedImages(CsvImageDataset(csv, img_dir)).preload()  # the parallel decode and the cache: bit-exact
+    exact = all(torch.equal(pixels, DecodedImages(CsvImageDataset(csv, img_dir), cache_dir=cache_dir).preload(
+        num_workers=2))
                 for cache_dir in (None, folder / "decode-cache-0"))
     return {"size": size, "seconds": {name: statistics.median(t) for name, t in times.items()}, "exact": exact,
             "repeats": repeats}
@@ -434,8 +437,9 @@ def bench_photos(folder: Path, count: int, repeats: int, digits: int) -> dict:
     paths = sorted(root.glob("c*/*.jpg"))
     resize = v2.Compose([v2.Resize((64, 64)), v2.PILToTensor()])
     ways = {
-        "ours, 0 workers": lambda: CsvImageDataset(csv, root, mode="RGB", image_size=64).preload(progress=False),
-        "ours, 2 workers": lambda: CsvImageDataset(csv, root, mode="RGB", image_size=64).preload(
+        "ours, 0 workers": lambda: DecodedImages(CsvImageDataset(csv, root, mode="RGB", image_size=64)).preload(
+            progress=False),
+        "ours, 2 workers": lambda: DecodedImages(CsvImageDataset(csv, root, mode="RGB", image_size=64)).preload(
             num_workers=2, progress=False),
         "ImageFolder + v2.Resize(64), 0 workers": lambda: [b for b in DataLoader(
             datasets.ImageFolder(str(root), transform=resize), batch_size=16)],
@@ -444,13 +448,14 @@ def bench_photos(folder: Path, count: int, repeats: int, digits: int) -> dict:
     }
     png_csv, png_root = make_photos(folder, max(count // 4, 1), (3000, 2000), "png")
     pngs = sorted(png_root.glob("c*/*.png"))
-    ways["PNG photos: ours, 0 workers"] = lambda: CsvImageDataset(png_csv, png_root, mode="RGB", image_size=64).preload(
-        progress=False)
+    ways["PNG photos: ours, 0 workers"] = lambda: DecodedImages(
+        CsvImageDataset(png_csv, png_root, mode="RGB", image_size=64)).preload(progress=False)
     ways["PNG photos: bare Pillow loop, reducing_gap 3"] = lambda: bare_pillow_loop(pngs, "RGB", (64, 64), False, 3.0)
     ways["PNG photos: bare Pillow loop, exact resize"] = lambda: bare_pillow_loop(pngs, "RGB", (64, 64), False)
     digit_csv, digit_dir, _ = make_data(folder, digits)
     digit_paths = [digit_dir / name for name in pd.read_csv(digit_csv)["File Name"]]
-    ways["PNG digits: ours, 0 workers"] = lambda: CsvImageDataset(digit_csv, digit_dir).preload(progress=False)
+    ways["PNG digits: ours, 0 workers"] = lambda: DecodedImages(CsvImageDataset(digit_csv, digit_dir)).preload(
+        progress=False)
     ways["PNG digits: bare Pillow loop"] = lambda: bare_pillow_loop(digit_paths, "L", None, draft=False)
     times = {name: [] for name in ways}
     for _ in range(repeats):
@@ -585,7 +590,7 @@ def bench_worker_memory(folder: Path, size: int, batch_size: int) -> dict:
     to_tensor = transforms.ToTensor()
     loaders = {
         "ours (names in NumPy arrays)": lambda: make_loader(
-            CsvImageDataset(csv, img_dir, cache_mb=0), batch_size, shuffle=True, drop_last=False, seed=0,
+            DecodedImages(CsvImageDataset(csv, img_dir), cache_mb=0), batch_size, shuffle=True, drop_last=False, seed=0,
             loader_kwargs={"num_workers": 2}),
         "lecture (names in a pandas column)": lambda: DataLoader(
             LectureDataset(csv, img_dir, to_tensor), batch_size=batch_size, shuffle=True, num_workers=2),
@@ -628,14 +633,15 @@ def main(argv: list[str] | None = None) -> dict:
     if args.first_pass:
         csv, img_dir, workers, cache_dir = args.first_pass
         start = time.perf_counter()
-        CsvImageDataset(csv, img_dir, cache_dir=cache_dir or None).preload(num_workers=int(workers), progress=False)
+        DecodedImages(CsvImageDataset(csv, img_dir), cache_dir=cache_dir or None).preload(num_workers=int(workers),
+                                                                                          progress=False)
         print(time.perf_counter() - start)
         return {}
     if args.build_rows:
         reset_peak_rss()  # the peak of the imports is not the dataset's
         before = rss_bytes()
         start = time.perf_counter()
-        ds = CsvImageDataset(*args.build_rows, cache_mb=0)
+        ds = CsvImageDataset(*args.build_rows)  # the rows checked; nothing decoded
         seconds = time.perf_counter() - start
         peak = peak_rss_bytes()
         report = {"us_per_row": seconds / len(ds) * 1e6, "peak_growth_mib": (peak - before) / 2**20}
@@ -754,7 +760,7 @@ def format_report(r: dict) -> str:
     if "plain" in r:
         P = r["plain"]
         fastest = max(m["warm_img_s"] for m in P.values())
-        lines += ["", f"A CsvImageDataset through torch's own DataLoader, {r['size']} PNGs, batch {r['batch_size']}, "
+        lines += ["", f"A CsvImageDataset's DecodedImages through torch's own DataLoader, {r['size']} PNGs, batch {r['batch_size']}, "
                   f"3 passes, median of {r['repeats']}:", "",
                   "| way | cold img/s (build + pass 1) | warm img/s (passes 2-3) | fastest warm / this |",
                   "| --- | ---: | ---: | ---: |"]

@@ -1,52 +1,23 @@
-"""A PyTorch Dataset for image files listed in a CSV, checked row by row before any training.
-
-    data/
-      mnist_train.csv          File Name,Class Label        (column names are arguments)
-                               00000.png,7
-                               cats/00001.png,cat           (subfolders; class names or indices)
-      mnist_train/00000.png
-      mnist_train/cats/00001.png
+"""One CSV row becomes one sample: a PyTorch Dataset of the images a CSV names, with their labels.
 
     ds = CsvImageDataset("data/mnist_train.csv", "data/mnist_train")
     image, label = ds[0]            # float32 tensor (C, H, W) in [0, 1], int: what MLP() takes
-    images, labels = ds[[0, 1, 2]]  # a whole batch at once: (B, C, H, W), (B,) int64
-    CsvImageDataset("photos/labels.csv", "photos", file_column="path", label_column="label",
-                    mode="RGB", image_size=64)   # any sizes and formats, resized to 64x64 at decode
+    images, labels = ds[[0, 1, 2]]  # a batch: (B, C, H, W), (B,) int64
 
-Works alone (copy this file) and with a plain `DataLoader(ds, batch_size=64, shuffle=True)` and
-any sampler; `ds.samples` and `ds.imgs` are ImageFolder's (path, class_index) pairs. In a
-DataLoader worker, a dataset not preloaded in the main process decodes only the items asked for.
-
-Check a dataset without training (exit status 0 when clean):
-
-    python dataset.py data/mnist_train.csv data/mnist_train [--label-column ... --mode RGB]
-
-Every row is checked when the dataset is built (`make_dataset`): the file column names a regular
-file inside img_dir (no absolute paths, no "..", no symlink out), listed once; the label is a whole
-number >= 0 (or a class name in a text column, surrounding spaces ignored). One DatasetError lists
-every bad row with its 1-based CSV line. Images that are corrupt, or of a size that cannot be
-batched, raise ImageLoadError naming the file and line. Images are read as a viewer shows them:
-EXIF orientation applied, 16-bit PNGs scaled (not clipped) to 8 bits. Decoded images are kept in
-memory (one uint8 tensor) when they fit `cache_mb`, so only the first pass decodes (in several
-processes with preload(num_workers=...)); with cache_dir=, in a file there that later runs map
-instead of decoding. A transform runs after the cache, on a copy. Per-row data lives in NumPy
-arrays (`Samples`), so forked DataLoader workers share it.
+ds[i] decodes image i as a viewer shows it. Every row is checked when the dataset is built, and a
+bad row is named with its CSV line; `python dataset.py CSV IMG_DIR` checks one without training.
+Works alone (copy this file); each image decoded once, and fast batches: loaders.DecodedImages.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import errno
-import hashlib
 import os
 import re
 import shlex
-import shutil
 import stat
 import sys
-import tempfile
-import time
 import warnings
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -57,32 +28,26 @@ import numpy as np
 import pandas as pd
 import torch
 from PIL import Image, ImageOps
-from torch.utils.data import Dataset, get_worker_info
-
-try:
-    import fcntl
-except ImportError:  # Windows
-    fcntl = None
+from torch.utils.data import Dataset
 
 
 class CsvImageDataset(Dataset):
-    """Images named in a CSV, with their class labels.
+    """Images named in a CSV, with their class labels; ds[i] decodes image i.
+
+        labels.csv     File Name,Class Label      (column names are arguments)
+                       00000.png,7
+                       cats/00001.png,cat         (subfolders; class names or indices)
+        images/        00000.png  cats/00001.png
 
     Args:
-        csv_path: CSV with a header line; one row per image.
-        img_dir: folder the file names are relative to (subfolders allowed).
+        csv_path, img_dir: the CSV (a header line, then one row per image) and the folder its
+            file names are relative to.
         transform: optional callable on one image, a uint8 tensor (C, H, W), such as a torchvision
-            v2 transform. It runs after the cache. Through the loaders, each sample's random
-            numbers come from (seed, epoch, index) (see Batch); images may differ in size if the
-            transform makes them equal (they are then not cached).
+            v2 transform; images may differ in size if the transform makes them equal.
         file_column, label_column: column names; label_column=None for unlabelled rows (images
             to predict), whose label is -1.
         mode: Pillow mode every image is converted to ("L" gray, 1 channel; "RGB", 3 channels);
-            "auto": L when every image is gray, else RGB, from the files' headers (mode_decision
-            says why).
-        image_size: resize every image to this (H, W), or N x N for an int, when it is decoded
-            (antialiased; before the cache, so large photos are held at the small size). Without
-            it, images must share one size.
+            "auto": L when every image is gray, else RGB, from the files' headers.
         pixels: what images come out as: "float01" (float32 in [0, 1], the default, what
             v2.ToDtype(torch.float32, scale=True) gives), "float255" (float32, 0-255) or "uint8"
             (to be scaled later, e.g. on the GPU after the copy).
@@ -91,23 +56,16 @@ class CsvImageDataset(Dataset):
         num_classes: labels must be below this, when given.
         split: (column, value): keep only the rows whose column holds value (one CSV, all splits).
         skip_bad_rows: drop bad rows with a warning that counts them, instead of raising.
-        cache_mb: keep decoded images in memory when they take at most this many MiB (0 = never);
-            with cache_dir, more than that go to a memory-mapped file (if the disk can spare it).
+        image_size: resize every image to this (H, W), or N x N for an int, as it is decoded
+            (antialiased). Without it, images must share one size.
         encoding: the CSV's text encoding ("utf-8" also reads a byte order mark; spreadsheet
             exports are often "latin-1" or "cp1252").
         background: the colour transparent images are laid over (white, as a page shows them).
-        cache_dir: a folder for the decoded pixels (one .npy file per split and settings,
-            written whole or not at all), so that later runs skip decoding; off by default. Keyed
-            on the rows, each file's size and times, mode, image size and the decoder's version:
-            a changed file is decoded again. Not writable: a warning, and memory only (or no
-            cache, over cache_mb).
 
-    Attributes, as torchvision's ImageFolder has them: `samples` (samples[i] is (path,
-    class_index)), `imgs` (the same), `classes`, `class_to_idx`, `targets` (list of int); and
-    `rows` (rows[i] is Sample(path, label, line, file); NumPy arrays inside), `image_size` (H, W),
-    `channels`,
-    `problems` (the bad rows, as (line, file, what)), `cache_decision` (a sentence: are images
-    kept in memory, and why).
+    Attributes, as ImageFolder's: `samples` (samples[i] is (path, class_index)), `imgs` (the
+    same), `classes`, `class_to_idx`, `targets` (list of int); and `rows` (rows[i] is
+    Sample(path, label, line, file); NumPy arrays inside), `image_size` (H, W), `channels`,
+    `mode_decision` (why this mode), `problems` (the bad rows: (line, file, what)).
     """
 
     def __init__(self, csv_path: str | Path, img_dir: str | Path,
@@ -115,20 +73,20 @@ class CsvImageDataset(Dataset):
                  file_column: str = "File Name", label_column: str | None = "Class Label",
                  mode: str = "L", pixels: str = "float01", classes: Sequence[str] | None = None,
                  num_classes: int | None = None, split: tuple[str, str] | None = None,
-                 skip_bad_rows: bool = False, cache_mb: float = 1024,
-                 image_size: int | tuple[int, int] | None = None, encoding: str = "utf-8",
-                 background: tuple[int, int, int] = (255, 255, 255),
-                 cache_dir: str | Path | None = None) -> None:
+                 skip_bad_rows: bool = False, image_size: int | tuple[int, int] | None = None,
+                 encoding: str = "utf-8", background: tuple[int, int, int] = (255, 255, 255),
+                 **removed) -> None:
+        for name in removed:  # what nothing took: the cache's get a sentence, the rest Python's
+            raise TypeError(f"{CACHE_MOVED}; {name}= goes there (or to get_dataloaders)"
+                            if name in ("cache_mb", "cache_dir") else
+                            f"CsvImageDataset() got an unexpected keyword argument {name!r}")
         if mode not in MODES:
             raise ValueError(f"mode must be 'L', 'RGB' or 'auto', got {mode!r}")
         if pixels not in PIXELS:
             raise ValueError(f"pixels must be one of {PIXELS}, got {pixels!r}")
-        self.csv_path, self.img_dir = Path(csv_path), Path(img_dir)
+        self.csv_path, self.img_dir, self.split = Path(csv_path), Path(img_dir), split
         self.transform, self.mode, self.pixels = transform, mode, pixels
         self.background = background
-        self.cache_dir = None if cache_dir is None else Path(cache_dir)
-        self.split = split
-        self.cache_file: Path | None = None  # the disk cache's file, once preload() has used it
         self.resize = (image_size, image_size) if isinstance(image_size, int) else image_size
         self.rows, self.classes, self.problems = make_dataset(
             self.csv_path, self.img_dir, file_column=file_column, label_column=label_column,
@@ -150,25 +108,29 @@ class CsvImageDataset(Dataset):
         self.channels = 3 if self.mode == "RGB" else 1
         self.image_size = self.resize or self._first_size()  # (H, W) every image must have
         self._labels = torch.from_numpy(self.rows.labels)  # (N,) int64: for a batch's labels
-        self._cache: torch.Tensor | None = None  # (N, C, H, W) uint8, filled by preload()
-        self._looked_for_file = False  # in a DataLoader worker: for a disk cache file (_cached)
         self._transformed_shape: torch.Size | None = None  # of image 0, to name an odd one
-        self._use_cache, self.cache_decision = self._plan_cache(cache_mb)
+
+    def __getitem__(self, index):
+        """ds[i] -> (image (C, H, W), label int); ds[list or array of i] -> a batch (get_batch)."""
+        if np.ndim(index) != 0:
+            return self.get_batch(index)
+        image = self.load_image(index)  # (C, H, W) uint8, decoded now
+        return self.make_sample(index, image)
 
     def __len__(self) -> int:
         return len(self.rows)
 
-    @property
-    def in_memory(self) -> bool:
-        """Whether the decoded images are held in memory (within cache_mb), once preload() has run:
-        a batch is then one gather. False when decoded every pass, or mapped from a disk cache file
-        over the budget."""
-        return self._use_cache and self._cache_bytes <= self._budget_bytes
+    def load_image(self, i: int) -> torch.Tensor:
+        """Pixels of sample i decoded now, (C, H, W) uint8, a copy the caller may write to. With
+        no transform to make sizes equal, a size other than image_size is an ImageSizeError."""
+        return torch.from_numpy(self._read(i, same_size=self.transform is None).copy())
 
-    @property
-    def decodes_every_pass(self) -> bool:
-        """Whether no cache holds the decoded images (cache_mb=0, or over it with no disk cache)."""
-        return not self._use_cache
+    def make_sample(self, i: int, image: torch.Tensor) -> tuple[torch.Tensor, int]:
+        """(image, label) of sample i from its pixels, (C, H, W) uint8: the transform, then the
+        dtype `pixels` asks for. What ds[i] returns; a store of decoded pixels passes its own."""
+        if self.transform is not None:
+            image = self.apply_transform(i, image)
+        return to_pixels(image, self.pixels), self.rows[i].label
 
     @property
     def targets(self) -> list[int]:
@@ -182,156 +144,83 @@ class CsvImageDataset(Dataset):
 
     imgs = samples  # ImageFolder's other name for the same list
 
-    def __getitem__(self, index):
-        """ds[i] -> (image (C, H, W), label int); ds[list or array of i] -> a batch (get_batch)."""
-        if isinstance(index, Batch) or np.ndim(index) != 0:
-            return self.get_batch(index)
-        image = self.load_image(index)  # (C, H, W) uint8
-        if self.transform is not None:
-            image = self.apply_transform(index, image)
-        return to_pixels(image, self.pixels), self.rows[index].label
+    def get_batch(self, indices) -> tuple[torch.Tensor, torch.Tensor]:
+        """Images (B, C, H, W) and labels (B,) int64 of the samples at `indices` (a list, NumPy
+        array or tensor of ints), decoded now: what a DataLoader's collate makes of B items. The
+        transform draws from the global RNG, as ds[i] does."""
+        rows, labels = self.batch_rows(indices)
+        if self.transform is None:
+            return to_pixels(self.load_images(rows.tolist()), self.pixels), labels
+        images = [self.apply_transform(i, self.load_image(i)) for i in rows.tolist()]
+        return to_pixels(torch.stack(images), self.pixels), labels
 
-    # ---- below: the cache and the batch path, which make the loaders fast ------------------------
+    def batch_rows(self, indices) -> tuple[torch.Tensor, torch.Tensor]:
+        """(indices, their labels), both (B,) int64; an IndexError naming the range for anything
+        but a flat list of ints in [0, N)."""
+        rows = torch.as_tensor(indices, dtype=torch.int64)  # (B,); no copy for an int64 NumPy array
+        try:
+            if rows.ndim != 1:
+                raise IndexError(f"{rows.ndim} dimensions")
+            return rows, self._labels.index_select(0, rows)  # also checks each index is in range
+        except (IndexError, RuntimeError, TypeError) as e:
+            raise IndexError("a batch index must be a flat list of ints in "
+                             f"[0, {len(self)}), got {indices!r}") from e
 
-    def load_image(self, i: int) -> torch.Tensor:
-        """Pixels of sample i, (C, H, W) uint8, a copy: from the in-memory cache, or decoded now."""
-        if self._cached() is not None:
-            return self._cache[i].clone()
-        return torch.from_numpy(self._read(i, same_size=self.transform is None).copy())
+    def load_images(self, indices: Sequence[int]) -> torch.Tensor:
+        """(B, C, H, W) uint8 pixels of same-sized images, decoded now straight into one array."""
+        batch = np.empty((len(indices), self.channels, *self.image_size), dtype=np.uint8)
+        for j, i in enumerate(indices):  # numpy assignment: a fraction of torch's per-call cost
+            batch[j] = self._read(i, same_size=True)
+        return torch.from_numpy(batch)
 
-    def _cached(self) -> torch.Tensor | None:
-        """The cache, filled on first use (preload); None when it is off. In a DataLoader worker
-        whose main process has not filled it, a whole disk cache file is mapped if there is one
-        (its pages are shared), else None: a worker that filled the cache would decode the whole
-        dataset, and hold a copy of it, to serve its share of the items, so it decodes just those.
-        Fill it before the workers start (the loaders do) to share one copy."""
-        if not self._use_cache:
-            return None
-        if self._cache is None and get_worker_info() is not None:
-            if self.cache_dir is not None and not self._looked_for_file:
-                self._looked_for_file = True  # once per worker, not once per item
-                shape = (len(self), self.channels, *self.image_size)
-                self._cache = _open_cached(self.cache_dir / self._cache_file_name(), shape)
-            return self._cache
-        return self.preload()
-
-    def apply_transform(self, i: int, image: torch.Tensor) -> torch.Tensor:
-        """The transform on sample i's image; an output whose shape differs from image 0's (which
-        the batch could not be stacked with) raises ImageLoadError naming the file."""
+    def apply_transform(self, i: int, image: torch.Tensor,
+                        load_image: Callable[[int], torch.Tensor] | None = None) -> torch.Tensor:
+        """The transform on sample i's image, (C, H, W); an output whose shape differs from image
+        0's (which the batch could not be stacked with) raises ImageLoadError naming the file.
+        load_image: where image 0 comes from (a store passes its own, so nothing is decoded)."""
         with one_intra_op_thread():
             out = self.transform(image)
             if self._transformed_shape is None:
                 with torch.random.fork_rng(devices=[]):  # the caller's random numbers stay put
-                    self._transformed_shape = self.transform(self.load_image(0)).shape
+                    first = (load_image or self.load_image)(0)
+                    self._transformed_shape = self.transform(first).shape
         if out.shape != self._transformed_shape:
-            raise ImageLoadError(f"{self._where(i)}: after the transform the image has shape "
+            raise ImageLoadError(f"{self.where(i)}: after the transform the image has shape "
                                  f"{tuple(out.shape)}, but {tuple(self._transformed_shape)} for "
                                  f"{self.rows[0].file!r}; a batch needs one size: pass "
                                  "image_size=, or make the transform give one size")
         return out
 
-    def get_batch(self, indices) -> tuple[torch.Tensor, torch.Tensor]:
-        """Images (B, C, H, W) and labels (B,) int64 of the samples at `indices` (a list, NumPy
-        array or tensor of ints, or a Batch): one gather from the cache instead of B
-        __getitem__ calls and a collate. The loaders fetch every batch this way."""
-        key = None
-        if isinstance(indices, Batch):  # from the loaders: the transform's randomness is keyed
-            indices, key = indices.indices, (indices.seed, indices.epoch)
-        rows = torch.as_tensor(indices, dtype=torch.int64)  # (B,); no copy for an int64 NumPy array
-        try:
-            if rows.ndim != 1:
-                raise IndexError(f"{rows.ndim} dimensions")
-            labels = self._labels.index_select(0, rows)  # also checks every index is in range
-        except (IndexError, RuntimeError, TypeError) as e:
-            raise IndexError("a batch index must be a flat list of ints in "
-                             f"[0, {len(self)}), got {indices!r}") from e
-        if self.transform is not None:
-            images = self._transformed_batch(rows.tolist(), key)
-        elif self._cached() is not None:
-            # NumPy's take: as fast as index_select on one thread, and on one thread always (see
-            # to_float01): the batch's gather does not wait for torch's thread pool
-            images = torch.from_numpy(np.take(self._cache.numpy(), rows.numpy(), axis=0))
-        else:
-            images = self._read_batch(rows.tolist())
-        return to_pixels(images, self.pixels), labels
-
-    def preload(self, num_workers: int = 0,
-                progress: bool | Callable[[int, int], None] = True) -> torch.Tensor | None:
-        """Decode every image into the cache now, once; returns it, (N, C, H, W) uint8, or None
-        when the cache is off. num_workers processes share the decoding (the pixels are bit for bit
-        one process's). With cache_dir, the pixels come from a file there when one matches the
-        rows, files and settings, and are written there otherwise; memory-mapped either way.
-        progress: True shows a line on stderr when decoding takes more than 2 s; or a callable
-        (done, total). Call it in the main process before DataLoader workers start, so that they
-        share one copy (the loaders do)."""
-        if self._use_cache and self._cache is None:
-            try:
-                self._cache = self._load_or_decode(num_workers, progress)
-            except ImageSizeError as e:
-                if self.transform is None:  # name every image that is not of the commonest size
-                    odd = self.size_problems()
-                    raise ImageSizeError(format_problems(self.csv_path, odd, len(self),
-                                                         self._check_command)) from e
-                # The transform is to make the sizes equal: decode on every access instead.
-                self._use_cache = False
-                self.cache_decision = f"not keeping decoded images in memory: sizes differ ({e})"
-        return self._cache
-
     def size_problems(self) -> list[Problem]:
         """The images not of the commonest size (upright), as (line, file, what); none when
         image_size resizes them all. Reads every header: only called when sizes differ."""
-        sizes = []
-        for sample in self.rows:
-            try:
-                with Image.open(sample.path) as im:
-                    turned = exif_orientation(im) in (5, 6, 7, 8)
-                    sizes.append(im.size[::-1] if turned else im.size)  # (W, H) upright
-            except DECODE_ERRORS:
-                sizes.append(None)  # named by the decoder
         if self.resize is not None:
             return []
-        (common, n), = Counter(s for s in sizes if s is not None).most_common(1)
-        return [(sample.line, sample.file,
-                 f"size {size[1]}x{size[0]} (HxW) differs from the commonest, "
-                 f"{common[1]}x{common[0]} "
-                 f"({n} of {len(sizes)} images); cannot be batched: pass image_size= "
-                 "(--image-size) to resize them as they are read")
+        sizes = [_header(sample.path, upright_size) for sample in self.rows]  # (W, H); None: named
+        (common, n), = Counter(s for s in sizes if s is not None).most_common(1)  # by the decoder
+        return [(sample.line, sample.file, f"size {size[1]}x{size[0]} (HxW) differs from the "
+                 f"commonest, {common[1]}x{common[0]} ({n} of {len(sizes)} images); cannot be "
+                 "batched: pass image_size= (--image-size) to resize them as they are read")
                 for sample, size in zip(self.rows, sizes) if size not in (None, common)]
 
-    def _plan_cache(self, cache_mb: float) -> tuple[bool, str]:
-        """In memory when the pixels fit cache_mb; over it, in a cache_dir file that is memory-
-        mapped (the system keeps in memory what fits), when the disk can spare it."""
-        self._cache_bytes = len(self) * self.channels * self.image_size[0] * self.image_size[1]
-        self._budget_bytes = cache_mb * 2**20
-        height, width = self.image_size
-        self._cache_what = what = (f"{len(self)} x {self.channels}x{height}x{width} uint8 = "
-                                   f"{self._cache_bytes / 2**20:.1f} MiB, budget {cache_mb:g} MiB")
-        if 0 < self._cache_bytes <= self._budget_bytes:
-            return True, f"keeping decoded images in memory: {what}"
-        if cache_mb > 0 and self.cache_dir is not None:
-            if _disk_can_hold(self.cache_dir, self._cache_bytes):
-                return True, ("keeping decoded images in a memory-mapped file, over the memory "
-                              f"budget: {what}")
-            return False, (f"not keeping decoded images: {what}, and the disk of {self.cache_dir} "
-                           f"cannot spare {self._cache_bytes / 2**20:.0f} MiB for them")
-        return False, f"not keeping decoded images in memory: {what}"
+    def size_error(self) -> ImageSizeError:
+        """An ImageSizeError listing every image not of the commonest size, a line each: for when
+        decoding them all met one that differs."""
+        return ImageSizeError(problems_message(self.csv_path, self.size_problems(), len(self),
+                                               self._check_command, by_reason=False))
+
+    def where(self, i: int) -> str:
+        """Sample i's place, for messages: "<csv>, line <n>: '<file>'"."""
+        return f"{self.csv_path}, line {self.rows[i].line}: {self.rows[i].file!r}"
 
     def _first_size(self) -> tuple[int, int]:
         """(H, W) of the first image whose header can be read, upright (EXIF orientation)."""
         for sample in self.rows:
-            try:
-                with Image.open(sample.path) as im:
-                    width, height = im.size
-                    turned = exif_orientation(im) in (5, 6, 7, 8)  # a quarter turn: W and H swap
-            except DECODE_ERRORS:
-                continue  # named with its line when it is decoded
-            self._size_from = sample.file
-            return (width, height) if turned else (height, width)
+            if (size := _header(sample.path, upright_size)) is not None:  # else named when decoded
+                self._size_from = sample.file
+                return size[1], size[0]
         raise DatasetError(f"{self.csv_path}: none of the {len(self)} files is an image that "
                            "Pillow can open")
-
-    def _where(self, i: int) -> str:
-        return f"{self.csv_path}, line {self.rows[i].line}: {self.rows[i].file!r}"
 
     def _read(self, i: int, same_size: bool) -> np.ndarray:
         """Sample i decoded by Pillow, (C, H, W) uint8; errors name the file and its CSV line. A
@@ -342,161 +231,24 @@ class CsvImageDataset(Dataset):
             pixels = decode_image(path, self.mode, self.resize, self.background)
             st = os.stat(path)
         except DECODE_ERRORS as e:
-            raise ImageLoadError(f"{self._where(i)}: cannot decode the image: {e}") from e
+            raise ImageLoadError(f"{self.where(i)}: cannot decode the image: {e}") from e
         if file_identity(st) != tuple(self.rows.stats[i].tolist()):
-            raise ImageLoadError(f"{self._where(i)}: the file changed after the rows were checked "
+            raise ImageLoadError(f"{self.where(i)}: the file changed after the rows were checked "
                                  "(replaced while this run reads it?); stopping rather than mix "
                                  "other images in. Start the run again to use the new files")
         if same_size and pixels.shape[1:] != tuple(self.image_size):
             (height, width), first = self.image_size, self._size_from
             raise ImageSizeError(
-                f"{self._where(i)}: image is {pixels.shape[1]}x{pixels.shape[2]} (HxW) but the "
+                f"{self.where(i)}: image is {pixels.shape[1]}x{pixels.shape[2]} (HxW) but the "
                 f"first image ({first!r}) is {height}x{width}; "
                 "images of different sizes cannot be batched: pass image_size= (--image-size) "
                 "to resize them as they are read")
         return pixels
 
-    def _read_batch(self, indices: Sequence[int]) -> torch.Tensor:
-        """(B, C, H, W) uint8 pixels of same-sized images, decoded straight into one array."""
-        batch = np.empty((len(indices), self.channels, *self.image_size), dtype=np.uint8)
-        for j, i in enumerate(indices):  # numpy assignment: a fraction of torch's per-call cost
-            batch[j] = self._read(i, same_size=True)
-        return torch.from_numpy(batch)
-
-    def _load_or_decode(self, num_workers: int, progress) -> torch.Tensor:
-        """The (N, C, H, W) uint8 cache: memory-mapped from cache_dir when a file there matches,
-        else decoded (into a new file there, renamed into place when whole)."""
-        shape = (len(self), self.channels, *self.image_size)
-        if self.cache_dir is None:
-            pixels = np.empty(shape, dtype=np.uint8)
-            self._decode_into(pixels, num_workers, progress)
-            return torch.from_numpy(pixels)
-        path = self.cache_dir / self._cache_file_name()
-        pixels = _open_cached(path, shape)
-        self.cache_file = path
-        if pixels is not None:
-            self.cache_decision += "; read from the disk cache"
-            return pixels
-        try:
-            self.cache_dir.mkdir(parents=True, exist_ok=True)
-            free = _free_bytes(self.cache_dir)
-            if free < self._cache_bytes + DISK_RESERVE:  # checked before any file is written
-                raise OSError(errno.ENOSPC, f"{self._cache_bytes / 2**20:.1f} MiB needed, "
-                                            f"{free / 2**20:.1f} MiB free")
-            fd, tmp_path = _locked_temporary(path)
-        except OSError as e:  # a read-only data folder, a full disk: decode, in memory only
-            return self._without_disk_cache(e, num_workers, progress)
-        try:
-            pixels = np.lib.format.open_memmap(tmp_path, mode="w+", dtype=np.uint8, shape=shape)
-            if hasattr(os, "posix_fallocate"):  # the blocks now, or ENOSPC now: a disk that
-                os.posix_fallocate(fd, 0, os.fstat(fd).st_size)  # fills later kills by SIGBUS
-        except OSError as e:
-            pixels = None
-            Path(tmp_path).unlink(missing_ok=True)
-            os.close(fd)
-            return self._without_disk_cache(e, num_workers, progress)
-        try:
-            self._decode_into(pixels, num_workers, progress)
-            pixels.flush()
-            del pixels
-            os.fsync(fd)  # the pixels are on disk before the name says the file is whole
-            os.replace(tmp_path, path)
-        finally:
-            Path(tmp_path).unlink(missing_ok=True)  # left only when decoding failed
-            os.close(fd)  # and with it, the lock
-        settings = path.name.rsplit("-", 1)[0]
-        for older in self.cache_dir.glob(settings + "-*.npy"):  # the same rows and settings, files
-            if older != path and re.fullmatch(r"[0-9a-f]{20}\.npy", older.name[len(settings) + 1:]):
-                older.unlink(missing_ok=True)  # since changed; names of that shape alone are ours
-        self.cache_decision += "; decoded into the disk cache"
-        return _open_cached(path, shape)
-
-    def _without_disk_cache(self, error: OSError, num_workers: int,
-                            progress) -> torch.Tensor | None:
-        """After cache_dir could not take the file: one warning, then the pixels in memory when
-        they fit the budget, else decoded as batches are read."""
-        fits = self._cache_bytes <= self._budget_bytes
-        warnings.warn(f"no disk cache of decoded images: cannot write in {self.cache_dir} "
-                      f"({error.strerror or error}); " + ("decoding in memory" if fits else
-                      "over the memory budget, so images are decoded as batches are read"),
-                      stacklevel=4)
-        self.cache_dir = self.cache_file = None
-        if not fits:
-            self._use_cache = False
-            self.cache_decision = (f"not keeping decoded images: {self._cache_what}, and the "
-                                   "disk cache cannot be written")
-            return None
-        return self._load_or_decode(num_workers, progress)
-
-    def __getstate__(self) -> dict:
-        """What pickles to a spawned process (a DataLoader worker, a ddp_spawn rank): a cache mapped
-        from its file goes as the file's name, mapped again there, not as a copy of the pixels."""
-        state = self.__dict__.copy()
-        if self.cache_file is not None and self._cache is not None:
-            state["_cache"], state["_looked_for_file"] = None, False
-        return state
-
-    def _cache_file_name(self) -> str:
-        """<csv name>[-<split>]-<decoded how: split, folder, mode, size, background, decoder>-
-        <the rows: file names, sizes and times>.npy; any change makes another name."""
-        # Not the CSV's path: a copy of the same rows elsewhere (train.py's RESULTS/split.csv)
-        # finds the same file, rather than adding one per copy.
-        settings = hashlib.sha256(repr((
-            CACHE_FORMAT, Image.__version__, np.__version__, self.split, self.rows.root,
-            self.mode, self.image_size, self.background)).encode())
-        rows = hashlib.sha256(settings.digest())
-        for array in (self.rows.offsets, self.rows.names, self.rows.stats):
-            rows.update(memoryview(np.ascontiguousarray(array)).cast("B"))
-        name = self.csv_path.stem + (f"-{self.split[1]}" if self.split else "")
-        name = "".join(c if c.isalnum() or c in "._-" else "_" for c in name)[:60]
-        return f"{name}-{settings.hexdigest()[:12]}-{rows.hexdigest()[:20]}.npy"
-
-    def _decode_into(self, out: np.ndarray, num_workers: int, progress) -> None:
-        """Decode every image into out, (N, C, H, W) uint8, a chunk at a time: here, or in
-        num_workers processes (torch DataLoader workers), each writing whole chunks."""
-        chunks = [range(start, min(start + DECODE_CHUNK, len(self)))
-                  for start in range(0, len(self), DECODE_CHUNK)]
-        what = f"Decoding {self.csv_path}" + (" ({} {})".format(*self.split) if self.split else "")
-        report = progress if callable(progress) else DecodeProgress(what) if progress else None
-        if num_workers > 0 and len(chunks) > 1:
-            from torch.utils.data import DataLoader
-            # in_order=False: a chunk is placed when it is done, so a worker slowed down by
-            # something else on the machine does not leave the other one waiting. Its own
-            # generator: starting workers draws their seeds, which must not move the global RNG.
-            # Forked on Linux even where the default is to spawn (Lightning's ddp_spawn ranks,
-            # Python 3.14's forkserver): a spawned worker imports torch before its first image.
-            fork = "fork" if sys.platform.startswith("linux") else None
-            results = DataLoader(_DecodeChunks(self, chunks), batch_size=None, in_order=False,
-                                 num_workers=min(num_workers, len(chunks)),
-                                 multiprocessing_context=fork,
-                                 generator=torch.Generator().manual_seed(0))
-        else:
-            results = map(_DecodeChunks(self, chunks).__getitem__, range(len(chunks)))
-        waiting, error, done = set(range(len(chunks))), None, 0
-        for k, pixels in results:
-            waiting.discard(k)
-            done += len(chunks[k])
-            if isinstance(pixels, Exception):  # raised in a worker: the same error, here
-                error = min(error or (k, pixels), (k, pixels), key=lambda e: e[0])
-            else:
-                out[chunks[k].start:chunks[k].stop] = pixels.numpy()
-            if error is not None and min(waiting, default=len(chunks)) > error[0]:
-                raise error[1]  # the first bad image by row, as without workers
-            if report is not None:
-                report(done, len(self))
-
-    def _transformed_batch(self, indices: Sequence[int],
-                           key: tuple[int, int] | None) -> torch.Tensor:
-        """(B, C, H, W): the transform on each image; with key = (seed, epoch), sample i's random
-        numbers come from sample_seed(seed, epoch, i) alone, whichever process runs it."""
-        if key is None:  # ds[list] called directly: draws from the global RNG, as ds[i] does
-            return torch.stack([self.apply_transform(i, self.load_image(i)) for i in indices])
-        images = []
-        with torch.random.fork_rng(devices=[]):  # the global RNG is left as it was
-            for i in indices:
-                torch.random.default_generator.manual_seed(sample_seed(*key, i))  # CPU only
-                images.append(self.apply_transform(i, self.load_image(i)))
-        return torch.stack(images)
+    def __getattr__(self, name: str):
+        """Only for a name the dataset does not have: the cache's name where it went."""
+        raise AttributeError(f"{CACHE_MOVED}, then store.{name}" if name in CACHE_ATTRIBUTES else
+                             f"{type(self).__name__!r} object has no attribute {name!r}")
 
 
 class Sample(NamedTuple):
@@ -518,164 +270,123 @@ class ImageSizeError(ImageLoadError):
     """An image whose size differs from the others', so that it cannot be batched."""
 
 
-class Batch(NamedTuple):
-    """A batch request, as the loaders' sampler sends it: the samples, and the (seed, epoch) that
-    key each sample's random transform, so that augmentation does not depend on which worker
-    process runs it, nor on what ran before (a resumed run sees the same images)."""
-    indices: np.ndarray  # (B,) int64
-    seed: int
-    epoch: int
-
-
-def sample_seed(seed: int, epoch: int, index: int) -> int:
-    """The seed of sample `index`'s random transform in `epoch`: a function of the three alone."""
-    return int(np.random.SeedSequence([seed, epoch, index]).generate_state(1)[0])
-
-
-class DecodeProgress:
-    """Reports preload's (done, total) on stderr, e.g. "Decoding data/train.csv: 12,000 of 40,000
-    images, 6,950/s, 4 s left": from `after` seconds on, once a second on one line of a terminal,
-    or a line every 10 s into a log file. A short decode prints nothing."""
-
-    def __init__(self, what: str, stream=None, after: float = 2.0) -> None:
-        self.what, self.stream, self.after = what, stream or sys.stderr, after
-        self.start, self.last = time.monotonic(), None
-
-    def __call__(self, done: int, total: int) -> None:
-        now = time.monotonic()
-        elapsed, finished = now - self.start, done >= total
-        terminal = self.stream.isatty()
-        every = 1 if terminal else 10
-        if elapsed < self.after or (self.last is not None and now - self.last < every
-                                    and not finished):
-            return
-        rate = done / elapsed
-        status = f"done in {elapsed:.1f} s" if finished else f"{(total - done) / rate:.0f} s left"
-        text = f"{self.what}: {done:,} of {total:,} images, {rate:,.0f}/s, {status}"
-        self.stream.write(f"\r{text}" + ("\n" if finished else "") if terminal else text + "\n")
-        self.stream.flush()
-        self.last = now
-
-
-class _DecodeChunks(Dataset):
-    """(k, chunk k of a dataset's rows decoded, (B, C, H, W) uint8): what preload's worker
-    processes run. An error is returned, not raised, so that it reaches the main process as it
-    was (a worker's raise arrives wrapped in its traceback)."""
-
-    def __init__(self, dataset: CsvImageDataset, chunks: list[range]) -> None:
-        self.dataset, self.chunks = dataset, chunks
-
-    def __len__(self) -> int:
-        return len(self.chunks)
-
-    def __getitem__(self, k: int) -> tuple[int, torch.Tensor | DatasetError]:
-        try:
-            return k, self.dataset._read_batch(self.chunks[k])
-        except DatasetError as e:
-            return k, e
-
-
-def _open_cached(path: Path, shape: tuple[int, ...]) -> torch.Tensor | None:
-    """A whole cache file's pixels, memory-mapped copy-on-write (so the file is never written and
-    forked workers share its pages); None when there is none or it does not hold `shape` uint8."""
-    try:
-        pixels = np.load(path, mmap_mode="c")
-    except (OSError, ValueError):  # none yet, not a .npy file, or cut short: decode, write anew
-        return None
-    if pixels.shape != shape or pixels.dtype != np.uint8:
-        return None
-    return torch.from_numpy(pixels)
-
-
-def _locked_temporary(path: Path) -> tuple[int, str]:
-    """A new temporary file beside `path`, open and locked (flock) while it is written. Leftovers
-    of killed runs (whose locks died with them) are removed first; a live writer's never are."""
-    for left in path.parent.glob(f".*.{CACHE_TEMP_TAG}-*"):
-        try:
-            fd = os.open(left, os.O_RDONLY)
-        except OSError:
-            continue
-        try:
-            if _try_lock(fd):
-                left.unlink(missing_ok=True)
-        finally:
-            os.close(fd)
-    for left in path.parent.glob(f".*.{CACHE_NEW_TAG}-*"):  # killed before its rename: a minute
-        with contextlib.suppress(OSError):
-            if time.time() - left.stat().st_mtime > 60:
-                left.unlink()
-    fd, new = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{CACHE_NEW_TAG}-")
-    _try_lock(fd)
-    normal_file_mode(new)  # mkstemp's 0600 would hide the cache from others sharing the folder
-    tmp = new.replace(f".{CACHE_NEW_TAG}-", f".{CACHE_TEMP_TAG}-")  # once locked: the cleanup
-    # above sees only these
-    os.replace(new, tmp)
-    return fd, tmp
-
-
-def _disk_can_hold(folder: Path, nbytes: int) -> bool:
-    """Whether the disk of folder (or of its nearest existing parent) keeps 1 GiB and 5% free
-    after nbytes more: a cache over the memory budget must not fill the disk."""
-    usage = _disk_usage(folder)
-    return usage is not None and usage.free - nbytes >= max(2**30, 0.05 * usage.total)
-
-
-def _free_bytes(folder: Path) -> int:
-    usage = _disk_usage(folder)
-    return 0 if usage is None else usage.free
-
-
-def _disk_usage(folder: Path):
-    """shutil.disk_usage of folder, or of its nearest existing parent; None when unreadable."""
-    folder = folder.absolute()
-    while not folder.exists() and folder != folder.parent:
-        folder = folder.parent
-    try:
-        return shutil.disk_usage(folder)
-    except OSError:
-        return None
-
-
-def normal_file_mode(path: str | Path) -> None:
-    """The mode a new file gets from open(): 0666 less the umask (mkstemp makes it 0600)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, 0o666 & ~umask)
-
-
-def _try_lock(fd: int) -> bool:
-    if fcntl is None:  # Windows: no flock, so leftovers are not removed
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        return True
-    except OSError:
-        return False
-
-
 Problem = tuple[int, str, str]  # a bad row: (CSV line, file name, what is wrong)
-PIXELS = ("float01", "float255", "uint8")
+MODES, PIXELS = ("L", "RGB", "auto"), ("float01", "float255", "uint8")
+WIDE_GRAY_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")  # 16-bit PNGs open as one of these
+GRAY_MODES = ("1", "L", "LA", "La", "F", *WIDE_GRAY_MODES)
 EXPECTED_INDEX = "(expected a class index >= 0)"
 MAX_LABEL = 2**31  # a class index must fit an int32, as a label tensor on any device
 MAX_LISTED_PROBLEMS = 20
-DECODE_CHUNK = 256  # images a worker decodes at a time in preload(); progress is reported per chunk
-# In the names of this project's temporary files, and only there: a clean-up removes no other.
-TEMP_TAG = "csvimg-tmp"  # results, split.csv, make_subset.py's folders (its copy is pinned equal)
-CACHE_NEW_TAG, CACHE_TEMP_TAG = "csvimg-cache-new", "csvimg-cache-tmp"  # the disk cache's
-DISK_RESERVE = 16 * 2**20  # free space a cache file under the memory budget leaves on its disk
-CACHE_FORMAT = 3  # part of every disk cache file's name: raise it when decode_image changes pixels
-# (2: JPEGs decoded at a reduced scale with draft() when resized; 3: reducing_gap in the resize)
+SEPARATORS = (",", ";", "\t")  # a spreadsheet's export in much of Europe uses ';'
+# The usual spellings of each split, matched in any case: "Train", "VAL", "Testing" are splits too.
+SPLIT_SPELLINGS = {"train": ("train", "training"), "valid": ("valid", "val", "validation", "dev"),
+                   "test": ("test", "testing")}
 # What Pillow raises for a file it cannot decode: truncated, corrupt, unknown format, too large.
 DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
+# The decoded-image cache's names, which the dataset no longer has: an old call says where they are.
+CACHE_ATTRIBUTES = ("preload", "cache_decision", "in_memory", "decodes_every_pass", "cache_file",
+                    "cache_dir")
+CACHE_MOVED = ("CsvImageDataset no longer caches: wrap it, store = DecodedImages(ds, cache_mb=..., "
+               "cache_dir=...) in loaders.py")
+
+
+# ---- pixels: one image as a viewer shows it, and the dtype asked for ---------------------------
+
+def decode_image(path: str, mode: str, size: tuple[int, int] | None = None,
+                 background: tuple[int, int, int] = (255, 255, 255)) -> np.ndarray:
+    """Pixels of one image file as a viewer shows it, channels first: (C, H, W) uint8.
+
+    EXIF orientation is applied (phone photos stand upright), 16-bit images are scaled to 8 bits
+    (never clipped), transparent images are laid over `background` (white, as a page shows them;
+    dropping the alpha would turn a black drawing on a transparent sheet all black), the image is
+    converted to `mode` and, given a size (H, W), resized to it (bilinear, antialiased). A
+    read-only view of Pillow's own bytes (np.array(im) would copy). A change to the pixels it
+    gives must raise CACHE_FORMAT in loaders.py, so that no disk cache serves the old ones.
+    """
+    with Image.open(path) as im:  # closes the file even when decoding fails
+        orientation = exif_orientation(im)
+        if size is not None and im.format == "JPEG":
+            # libjpeg decodes at 1/2, 1/4 or 1/8 scale in the DCT domain: the smallest scale not
+            # below the target (W, H) as stored (a turned photo's sides swap), several times
+            # faster for a large photo; the resize below then works on fewer pixels
+            im.draft(im.mode, upright_size(im, (size[1], size[0])))
+        if orientation != 1:
+            im = ImageOps.exif_transpose(im)
+        if im.mode in WIDE_GRAY_MODES:
+            im = _gray_16_to_8(im)
+        if has_transparency(im):
+            im = Image.alpha_composite(Image.new("RGBA", im.size, (*background, 255)),
+                                       im.convert("RGBA"))
+        if im.mode != mode:
+            im = im.convert(mode)
+        if size is not None and im.size != (size[1], size[0]):
+            # reducing_gap=3: a shrink by 6x or more first averages whole blocks of pixels (as
+            # draft does for JPEGs), leaving at least 3x to resample: a large PNG's resize several
+            # times faster, within a grey level of the exact one (Pillow: "indistinguishable ...
+            # in most cases"; figures in docs/performance.md)
+            im = im.resize((size[1], size[0]), Image.Resampling.BILINEAR, reducing_gap=3.0)
+        pixels = np.frombuffer(im.tobytes(), dtype=np.uint8)
+        return pixels.reshape(im.height, im.width, len(im.getbands())).transpose(2, 0, 1)
+
+
+def exif_orientation(im: Image.Image) -> int:
+    """The EXIF orientation tag, 1 (upright) when there is none; cheap for files without EXIF."""
+    return im.getexif().get(0x0112, 1) if "exif" in im.info else 1
+
+
+def upright_size(im: Image.Image, size: tuple[int, int] | None = None) -> tuple[int, int]:
+    """im's (W, H) as a viewer shows it, or any `size` (W, H) turned the same way (its own
+    inverse): the sides swap when the EXIF orientation is a quarter turn (5 to 8), as a phone
+    photo's is."""
+    width, height = im.size if size is None else size
+    return (height, width) if exif_orientation(im) in (5, 6, 7, 8) else (width, height)
+
+
+def has_transparency(im: Image.Image) -> bool:
+    return im.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in im.info
+
+
+def _gray_16_to_8(im: Image.Image) -> Image.Image:
+    """A 16-bit gray image as 8 bits, v * 255 / 65535 rounded (Pillow's convert("L") would clip
+    every value above 255 to white)."""
+    wide = np.clip(np.asarray(im).astype(np.int64), 0, 65535)
+    return Image.fromarray(((wide * 255 + 32767) // 65535).astype(np.uint8), "L")
+
+
+def is_gray(im: Image.Image) -> bool:
+    """One channel, or a palette of grays only (what a viewer shows as gray)."""
+    if im.mode in ("P", "PA"):
+        palette = im.getpalette() or []
+        return all(palette[i] == palette[i + 1] == palette[i + 2]
+                   for i in range(0, len(palette) - 2, 3))
+    return im.mode in GRAY_MODES
+
+
+def auto_mode(rows: Samples) -> tuple[str, str]:
+    """("L" or "RGB", why) for mode="auto": L when every image is gray, else RGB, read from the
+    files' headers; stops at the first colour image. An unreadable file is the decoder's to name."""
+    for sample in rows:
+        if colour := _header(sample.path, lambda im: None if is_gray(im) else im.mode):
+            return "RGB", f"mode=auto: RGB, {sample.file!r} is in colour ({colour})"
+    return "L", "mode=auto: L, every image is gray"
+
+
+def _header(path: str, read: Callable[[Image.Image], object]):
+    """read(im) of the image at path, opened without decoding (Pillow reads the header only);
+    None when Pillow cannot open it (decoding it names it, with its line)."""
+    try:
+        with Image.open(path) as im:
+            return read(im)
+    except DECODE_ERRORS:
+        return None
 
 
 @contextlib.contextmanager
 def one_intra_op_thread():
     """torch's intra-op thread pool down to one thread for the block, then back (about a
-    microsecond). A transform's ops on one small image, split across threads, spend their time
-    waiting for each other, and far longer when another process holds a core: a pass of --augment
-    over 1,000 cached digits took 12.6 s with 2 threads and 0.6 s with one, here. DataLoader workers
-    run on one thread already, so each image is transformed alike in any process."""
+    microsecond). A transform's ops on one small image, split across threads, wait for each
+    other, and far longer when another process holds a core (docs/performance.md). DataLoader
+    workers run on one thread already, so each image is transformed alike in any process."""
     threads = torch.get_num_threads()
     if threads > 1:
         torch.set_num_threads(1)
@@ -687,10 +398,10 @@ def one_intra_op_thread():
 
 
 def to_float01(images: torch.Tensor) -> torch.Tensor:
-    """uint8 images -> float32 in [0, 1]: bit for bit what v2.ToDtype(torch.float32, scale=True)
-    gives (a test pins it), without importing torchvision. One multiply for a whole batch; on the
-    CPU in NumPy, on one thread: torch would split it across its intra-op threads, which wait for
-    each other whenever another process holds a core (a cached pass 10x slower on a busy machine)."""
+    """uint8 images, (C, H, W) or (B, C, H, W), -> float32 in [0, 1]: bit for bit what
+    v2.ToDtype(torch.float32, scale=True) gives (a test pins it), without importing torchvision.
+    One multiply for a whole batch; on the CPU in NumPy, on one thread: torch would split it across
+    its intra-op threads, which wait for each other whenever another process holds a core."""
     if images.device.type == "cpu":
         out = images.numpy().astype(np.float32)
         out *= np.float32(1.0 / 255)
@@ -704,91 +415,6 @@ def to_pixels(images: torch.Tensor, pixels: str) -> torch.Tensor:
     if images.dtype != torch.uint8 or pixels == "uint8":
         return images
     return to_float01(images) if pixels == "float01" else images.to(torch.float32)
-
-
-def decode_image(path: str, mode: str, size: tuple[int, int] | None = None,
-                 background: tuple[int, int, int] = (255, 255, 255)) -> np.ndarray:
-    """Pixels of one image file as a viewer shows it, channels first: (C, H, W) uint8.
-
-    EXIF orientation is applied (phone photos stand upright), 16-bit images are scaled to 8 bits
-    (never clipped), transparent images are laid over `background` (white, as a page shows them;
-    dropping the alpha would turn a black drawing on a transparent sheet all black), the image is
-    converted to `mode` and, given a size (H, W), resized to it (bilinear, antialiased; a JPEG
-    decoded at a reduced scale first, and a large shrink begun by averaging blocks of pixels). A
-    read-only view of Pillow's own bytes (np.array(im) would copy).
-    """
-    with Image.open(path) as im:  # closes the file even when decoding fails
-        orientation = exif_orientation(im)
-        if size is not None and im.format == "JPEG":
-            # libjpeg decodes at 1/2, 1/4 or 1/8 scale in the DCT domain: the smallest scale not
-            # below the target (upright: a turned photo's sides swap), several times faster for a
-            # large photo; the resize below then works on fewer pixels
-            target = (size[0], size[1]) if orientation in (5, 6, 7, 8) else (size[1], size[0])
-            im.draft(im.mode, target)
-        if orientation != 1:
-            im = ImageOps.exif_transpose(im)
-        if im.mode in WIDE_GRAY_MODES:
-            im = _gray_16_to_8(im)
-        if has_transparency(im):
-            im = Image.alpha_composite(Image.new("RGBA", im.size, (*background, 255)),
-                                       im.convert("RGBA"))
-        if im.mode != mode:
-            im = im.convert(mode)
-        if size is not None and im.size != (size[1], size[0]):
-            # reducing_gap=3: a shrink by 6x or more first averages whole blocks of pixels (as
-            # draft does for JPEGs), leaving at least 3x to resample; a large PNG's resize 6x
-            # faster, within a grey level of the exact one (Pillow: "indistinguishable ... in
-            # most cases")
-            im = im.resize((size[1], size[0]), Image.Resampling.BILINEAR, reducing_gap=3.0)
-        pixels = np.frombuffer(im.tobytes(), dtype=np.uint8)
-        return pixels.reshape(im.height, im.width, len(im.getbands())).transpose(2, 0, 1)
-
-
-MODES = ("L", "RGB", "auto")
-GRAY_MODES = ("1", "L", "LA", "La", "F", *("I;16", "I;16B", "I;16L", "I;16N", "I"))
-
-
-def is_gray(im: Image.Image) -> bool:
-    """One channel, or a palette of grays only (what a viewer shows as gray)."""
-    if im.mode in ("P", "PA"):
-        palette = im.getpalette() or []
-        return all(palette[i] == palette[i + 1] == palette[i + 2]
-                   for i in range(0, len(palette) - 2, 3))
-    return im.mode in GRAY_MODES
-
-
-def auto_mode(rows) -> tuple[str, str]:
-    """("L" or "RGB", why) for mode="auto": L when every image is gray, else RGB, read from the
-    files' headers (Pillow opens a file without decoding it); stops at the first colour image.
-    A file Pillow cannot open is left to the decode, which names it."""
-    for i in range(len(rows)):
-        try:
-            sample = rows[i]
-            with Image.open(sample.path) as im:
-                if not is_gray(im):
-                    return "RGB", f"mode=auto: RGB, {sample.file!r} is in colour ({im.mode})"
-        except DECODE_ERRORS:
-            continue
-    return "L", "mode=auto: L, every image is gray"
-
-
-def exif_orientation(im: Image.Image) -> int:
-    """The EXIF orientation tag, 1 (upright) when there is none; cheap for files without EXIF."""
-    return im.getexif().get(0x0112, 1) if "exif" in im.info else 1
-
-
-def has_transparency(im: Image.Image) -> bool:
-    return im.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in im.info
-
-
-WIDE_GRAY_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")  # 16-bit PNGs open as one of these
-
-
-def _gray_16_to_8(im: Image.Image) -> Image.Image:
-    """A 16-bit gray image as 8 bits, v * 255 / 65535 rounded (Pillow's convert("L") would clip
-    every value above 255 to white)."""
-    wide = np.clip(np.asarray(im).astype(np.int64), 0, 65535)
-    return Image.fromarray(((wide * 255 + 32767) // 65535).astype(np.uint8), "L")
 
 
 # ---- checking every row: the CSV -> samples ------------------------------------------------------
@@ -836,11 +462,6 @@ def make_dataset(csv_path: Path, img_dir: Path, *, file_column: str, label_colum
     return samples, class_names, problems
 
 
-# The usual spellings of each split, matched in any case: "Train", "VAL", "Testing" are splits too.
-SPLIT_SPELLINGS = {"train": ("train", "training"), "valid": ("valid", "val", "validation", "dev"),
-                   "test": ("test", "testing")}
-
-
 def split_names(column: pd.Series) -> pd.Series:
     """A split column's cells as they are matched: stripped, lower case; "" for an empty cell."""
     return column.fillna("").astype(str).str.strip().str.lower()
@@ -854,13 +475,10 @@ def split_spellings(value: str) -> tuple[str, ...]:
 
 
 class Samples(Sequence):
-    """The good rows of a CSV: samples[i] is Sample(path, label, line, file).
-
-    Held in NumPy arrays (the file names UTF-8 encoded end to end), not a list of Python objects:
-    forked DataLoader workers read arrays without touching their pages, where every read of a
-    Python object writes its reference count, so that each worker slowly copies a list of 300,000
-    names page by page (pytorch#13246).
-    """
+    """The good rows of a CSV: samples[i] is Sample(path, label, line, file). In NumPy arrays (the
+    file names UTF-8 encoded end to end), not Python objects: forked DataLoader workers read arrays
+    without touching their pages, where each read of an object writes its reference count, so
+    that a worker slowly copies a list of 300,000 names page by page (pytorch#13246)."""
 
     def __init__(self, root: str, files: Sequence[str], labels: np.ndarray, lines: np.ndarray,
                  stats: np.ndarray) -> None:
@@ -923,27 +541,6 @@ def check_command(csv_path: Path, img_dir: Path, file_column: str, label_column:
     return shlex.join([*words, "--all"])
 
 
-def _and_more(hidden: int, command: str) -> str:
-    """The last line of a list of bad rows cut short: how many more, and the command that lists
-    them all."""
-    return f"  ... and {hidden} more; `{command}` lists them all"
-
-
-def format_problems(csv_path: Path, problems: list[Problem], n_rows: int, command: str,
-                    limit: int | None = MAX_LISTED_PROBLEMS) -> str:
-    """The bad rows as one message, a line each; `limit` of them at most; command: what lists
-    them all (check_command)."""
-    head = f"{csv_path}: {len(problems)} bad row(s) out of {n_rows}:"
-    shown = problems if limit is None else problems[:limit]
-    lines = [f"  line {line}: {file!r}: {what}" for line, file, what in shown]
-    if len(problems) > len(shown):
-        lines.append(_and_more(len(problems) - len(shown), command))
-    return "\n".join([head, *lines])
-
-
-SEPARATORS = (",", ";", "\t")  # a spreadsheet's export in much of Europe uses ';'
-
-
 def csv_separator(csv_path: str | Path, encoding: str = "utf-8") -> str:
     """The separator of a CSV: of ',', ';' and tab, the one its header line holds most of (',' on
     a tie, or when it holds none: a one-column CSV)."""
@@ -986,12 +583,9 @@ def read_csv(csv_path: Path, columns: Sequence[str], encoding: str = "utf-8") ->
 
 
 def _separator_hint(header: Sequence[str]) -> str:
-    """For a header read as one column: the separator it seems to use instead of commas."""
-    if len(header) != 1:
-        return ""
-    for separator, name in (("|", "'|'"),):  # ',', ';' and tab are read
-        if separator in str(header[0]):
-            return f" (one column: the header seems to be separated by {name}, not commas)"
+    """For a header read as one column: '|' seems to separate it (',', ';' and tab are read)."""
+    if len(header) == 1 and "|" in str(header[0]):
+        return " (one column: the header seems to be separated by '|', not commas)"
     return ""
 
 
@@ -1091,12 +685,9 @@ def _check_repeats(keys: pd.Series, labels: np.ndarray, lines: np.ndarray, good:
 
 def _check_files(files: list[str], root: Path) -> tuple[np.ndarray, np.ndarray]:
     """What is wrong with each row's file name, None where it names a regular file inside root;
-    and each good file's (size, mtime_ns, ctime_ns), (N, 3) int64, which key the disk cache.
-
-    Substring tests find the names that may break a rule, then one lstat per file: only names
-    that pass through a symbolic link (the file or a folder, each folder looked at once) pay for a
-    full realpath, which must stay inside root.
-    """
+    and each good file's file_identity, (N, 5) int64. One lstat per file: only names that pass
+    through a symbolic link (the file or a folder, each folder looked at once) pay for a full
+    realpath, which must stay inside root."""
     what = np.full(len(files), None, dtype=object)
     stats = np.zeros((len(files), 5), dtype=np.int64)
     # Plain substring tests (a regular expression costs several times more per name) pick the
@@ -1180,20 +771,15 @@ def check_dataset(csv_path: str | Path, img_dir: str | Path,
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            ds = CsvImageDataset(csv_path, img_dir, skip_bad_rows=True, cache_mb=0,
-                                 **dataset_kwargs)
+            ds = CsvImageDataset(csv_path, img_dir, skip_bad_rows=True, **dataset_kwargs)
         except DatasetError:  # every row is bad: say why, row by row
             keys = ("file_column", "label_column", "split", "num_classes", "encoding")
             _, _, problems = make_dataset(Path(csv_path), Path(img_dir),
                                           **{k: v for k, v in dataset_kwargs.items() if k in keys})
             if not problems:
                 raise
-            summary = {"rows": len({p[0] for p in problems}), "classes": {}, "sizes": {},
-                       "modes": {}, "notes": {}, "mode": "-", "mode_decision": "no image read",
-                       "warnings": []}
-            return summary, problems
-    problems = list(ds.problems)
-    sizes, modes, notes = Counter(), Counter(), Counter()
+            return {"rows": len({p[0] for p in problems}), "mode": "-"}, problems
+    problems, sizes, modes, notes = list(ds.problems), Counter(), Counter(), Counter()
     for sample in ds.rows:
         try:
             with Image.open(sample.path) as im:
@@ -1205,23 +791,17 @@ def check_dataset(csv_path: str | Path, img_dir: str | Path,
             decode_image(sample.path, ds.mode, ds.resize, ds.background)  # as training will
         except DECODE_ERRORS as e:
             problems.append((sample.line, sample.file, f"cannot decode the image: {e}"))
-    problems += ds.size_problems()  # the commonest size is the reference, not the first row's
-    problems.sort(key=lambda p: p[0])
+    # The commonest size is the reference, not the first row's.
+    problems = sorted(problems + ds.size_problems(), key=lambda p: p[0])
     counts = Counter(ds.targets)
     empty = [name for i, name in enumerate(ds.classes) if not counts.get(i)]
-    if empty:
-        caught.append(warnings.WarningMessage(empty_classes_message(empty, ds.classes),
-                                              UserWarning, __file__, 0))
-    caught += [warnings.WarningMessage(message, UserWarning, __file__, 0)
-               for message in odd_class_warnings([ds])]
-    summary = {
-        "rows": len(ds) + len({p[0] for p in ds.problems}),
-        "classes": {name: counts.get(i, 0) for i, name in enumerate(ds.classes)},
-        "sizes": dict(sizes), "modes": dict(modes), "notes": {k: n for k, n in notes.items() if n},
-        "mode": ds.mode, "mode_decision": ds.mode_decision,
-        "warnings": [str(w.message) for w in caught if not str(w.message).startswith("skipping")],
-    }
-    return summary, problems
+    messages = [str(w.message) for w in caught if not str(w.message).startswith("skipping")]
+    messages += [empty_classes_message(empty, ds.classes)] if empty else []
+    return {"rows": len(ds) + len({p[0] for p in ds.problems}), "mode": ds.mode,
+            "classes": {name: counts.get(i, 0) for i, name in enumerate(ds.classes)},
+            "sizes": dict(sizes), "modes": dict(modes), "mode_decision": ds.mode_decision,
+            "notes": {k: n for k, n in notes.items() if n},
+            "warnings": messages + odd_class_warnings([ds])}, problems
 
 
 def empty_classes_message(empty: Sequence[str], classes: Sequence[str]) -> str:
@@ -1262,6 +842,33 @@ def odd_class_warnings(datasets: Sequence[CsvImageDataset]) -> list[str]:
     return found
 
 
+def problems_message(csv_path: Path, problems: list[Problem], n_rows: int, command: str,
+                     limit: int | None = MAX_LISTED_PROBLEMS, *, by_reason: bool | None = None,
+                     list_rows: bool = True) -> str:
+    """The bad rows as one message. by_reason=None: a line each with its hint when every reason
+    is different, else by_reason=True: grouped by reason with counts, each hint once, then (with
+    list_rows) the rows without their hints; False: a line each. `limit` rows at most, then how
+    many more and `command`, which lists them all (check_command)."""
+    groups = problem_groups(problems)
+    if by_reason is None:
+        by_reason = any(count > 1 for count, *_ in groups)
+    lines = [f"{csv_path}: {len(problems)} bad row(s) out of {n_rows}"
+             + (", by reason:" if by_reason else ":")]
+    for count, reason, hint, first in groups if by_reason else []:
+        more = ", ..." if count > len(first) else ""
+        lines.append(f"  {count} row(s) (line {', '.join(map(str, first))}{more}), such as: "
+                     f"{reason}")
+        lines += [f"      {hint}"] if hint else []
+    if list_rows:
+        shown = problems if limit is None else problems[:limit]
+        lines += ["the rows:"] if by_reason else []
+        lines += [f"  line {line}: {file!r}: {what.partition('; ')[0] if by_reason else what}"
+                  for line, file, what in shown]
+        if len(problems) > len(shown):
+            lines.append(f"  ... and {len(problems) - len(shown)} more; `{command}` lists them all")
+    return "\n".join(lines)
+
+
 def problem_groups(problems: list[Problem]) -> list[tuple[int, str, str | None, list[int]]]:
     """The bad rows grouped by what is wrong, commonest first: (count, the first row's reason
     without its hint, the hint after ';' or None, the first lines)."""
@@ -1274,30 +881,6 @@ def problem_groups(problems: list[Problem]) -> list[tuple[int, str, str | None, 
         if len(group[3]) < 5:
             group[3].append(line)
     return sorted((tuple(g) for g in groups.values()), key=lambda g: -g[0])
-
-
-def problems_message(csv_path: Path, problems: list[Problem], n_rows: int, command: str,
-                     limit: int | None = MAX_LISTED_PROBLEMS) -> str:
-    """The bad rows, a line each with its hint when every reason is different; else grouped by
-    reason with counts, each hint once, then the rows (up to `limit`) without their hints."""
-    if all(count == 1 for count, *_ in problem_groups(problems)):
-        return format_problems(csv_path, problems, n_rows, command, limit)
-    shown = problems if limit is None else problems[:limit]
-    rows = [f"  line {line}: {file!r}: {what.partition('; ')[0]}" for line, file, what in shown]
-    if len(shown) < len(problems):
-        rows.append(_and_more(len(problems) - len(shown), command))
-    return "\n".join([format_problem_groups(csv_path, problems, n_rows), "the rows:", *rows])
-
-
-def format_problem_groups(csv_path: Path, problems: list[Problem], n_rows: int) -> str:
-    """Why rows are bad, by reason with counts, each hint once."""
-    lines = [f"{csv_path}: {len(problems)} bad row(s) out of {n_rows}, by reason:"]
-    for count, reason, hint, first in problem_groups(problems):
-        more = ", ..." if count > len(first) else ""
-        lines.append(f"  {count} row(s) (line {', '.join(map(str, first))}{more}), such as: {reason}")
-        if hint:
-            lines.append(f"      {hint}")
-    return "\n".join(lines)
 
 
 def parse_image_size(text: str) -> tuple[int, int]:
@@ -1342,8 +925,11 @@ def main(argv: list[str] | None = None) -> int:
     except DatasetError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    command = check_command(Path(args.csv_path), Path(args.img_dir), args.file_column,
+                            args.label_column, args.encoding)
     if summary["mode"] == "-":  # no good row: only the reasons
-        print(format_problem_groups(Path(args.csv_path), problems, summary["rows"]))
+        print(problems_message(Path(args.csv_path), problems, summary["rows"], command,
+                               by_reason=True, list_rows=False))
         if all(what.startswith("file not found") for _, _, what in problems):
             print(f"hint: no file was found: the CSV's names are looked up below {args.img_dir}; "
                   "is that the folder that holds them?")
@@ -1362,8 +948,6 @@ def main(argv: list[str] | None = None) -> int:
     for warning in summary["warnings"]:
         print(f"warning: {warning}")
     if problems:
-        command = check_command(Path(args.csv_path), Path(args.img_dir), args.file_column,
-                                args.label_column, args.encoding)
         print(problems_message(Path(args.csv_path), problems, summary["rows"], command,
                                None if args.all else MAX_LISTED_PROBLEMS))
         return 1

@@ -30,9 +30,8 @@ import torch
 import torch.distributed as dist
 from PIL import Image
 
-from dataset import (TEMP_TAG, CsvImageDataset, DatasetError, csv_separator, make_dataset, read_csv,
-                     to_float01)
-from loaders import make_loader
+from dataset import CsvImageDataset, DatasetError, csv_separator, make_dataset, read_csv, to_float01
+from loaders import TEMP_TAG, make_loader, write_atomic
 from model import ModelConfig, build_model
 
 
@@ -275,7 +274,7 @@ def predict(path: str, checkpoint: dict, checkpoint_path: Path, results_dir: Pat
     classes = [str(c) for c in checkpoint["classes"]]
     model = model_from_checkpoint(checkpoint, checkpoint_path, device).eval()
     options = {"mode": checkpoint["mode"], "image_size": tuple(checkpoint["image_size"]),
-               "classes": classes, "cache_mb": 0}
+               "classes": classes}
     with tempfile.TemporaryDirectory(prefix=f"{TEMP_TAG}-") as tmp:
         ds, unreadable, in_csv = images_to_predict(Path(path), columns, img_dir, encoding,
                                                    Path(tmp), options)
@@ -315,7 +314,7 @@ def predicted_rows(model: torch.nn.Module, ds: CsvImageDataset, classes: list[st
                 images.append(ds.load_image(i))  # (C, H, W) uint8, at the checkpoint's size
                 good.append(i)
             except DatasetError as e:  # the image, not the row: named, and the others go on
-                why = str(e).removeprefix(ds._where(i) + ": ")
+                why = str(e).removeprefix(ds.where(i) + ": ")
                 unreadable.append((row.file, row.line, f"line {row.line}: {why}" if in_csv
                                    else why))
         if not good:
@@ -422,16 +421,3 @@ def move_aside(results_dir: Path, names: tuple[str, ...]) -> None:
             os.replace(results_dir / name, version / name)
         what = " and ".join(earlier) if len(earlier) <= 2 else "results"  # e.g. predictions.csv
         print(f"Earlier {what} in {results_dir} moved to {version}/")
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write a temporary file beside `path`, fsync, then rename it over: old or new, never half."""
-    tmp = path.with_name(f".{path.name}.{TEMP_TAG}-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)

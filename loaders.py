@@ -1,4 +1,5 @@
-"""Train / valid / test DataLoaders for images listed in CSVs, in an order fixed by (seed, epoch).
+"""Samples become fast batches in an exact order: train / valid / test DataLoaders for images
+listed in CSVs, each image decoded once, in an order fixed by (seed, epoch).
 
     train_loader, valid_loader, test_loader = get_dataloaders(batch_size=64, data_dir="data")
     for images, labels in train_loader:   # (64, 1, 28, 28) float32 in [0, 1], (64,) int64
@@ -6,58 +7,74 @@
 
 Layouts:
     get_dataloaders(...)                 data/mnist_{split}.csv + data/mnist_{split}/ for each split
-    get_dataloaders_from_split_csv(...)  one CSV with a split column + one image folder
-    split_csv(...)                       one CSV with no split column -> a copy with one, drawn
-                                         by class, for get_dataloaders_from_split_csv
-    loaders_from_datasets(...)           any three CsvImageDatasets you built, or Subsets /
-                                         ConcatDatasets of them (random_split)
+    get_dataloaders(..., csv_path=CSV, img_dir=DIR), or get_dataloaders_from_split_csv(CSV, DIR,
+        batch_size): one CSV with a split column, one image folder (split_csv() adds the column)
+    loaders_from_datasets(...)           any three datasets you built, or Subsets / ConcatDatasets
+                                         of them (random_split)
 
-train_transforms (train only, e.g. augmentation) and test_transforms (valid and test) take one
-uint8 image (C, H, W), as torchvision's v2 transforms do, and run after the decoded-image cache.
-Each sample's random numbers come from (seed, epoch, index), so augmented runs are exact too:
-the same images whatever num_workers, and after a resume. image_size resizes at decode.
+DecodedImages, the decoded-image store, wraps a CsvImageDataset (which decodes the item asked
+for): the first pass decodes every image once, in num_workers processes, into one uint8 tensor
+that every epoch and worker reads (up to cache_mb MiB); with cache_dir=, into a file there that
+later runs map instead of decoding. The loaders wrap each dataset in one. With a DataLoader of
+your own (any sampler), the fast path is one call more than the plain one:
 
-The first pass decodes every image once, in num_workers processes, into one uint8 tensor that
-every epoch (and every worker) reads; with cache_dir=, into a file there that later runs read
-instead of decoding (memory-mapped). Batches of images held in memory are then gathered in this
-process, where workers would only copy them, unless a transform gives workers work (they are
-then kept alive between epochs); `loader.workers_decision` says which.
+    store = DecodedImages(ds, cache_mb=1024, cache_dir="cache")  # ds: a CsvImageDataset
+    store.preload(num_workers=2)    # decode all once, before any DataLoader worker starts
+    DataLoader(store, batch_size=64, shuffle=True)               # store[i] is ds[i], from memory
 
-Options go where they act: `dataset_kwargs` to every CsvImageDataset (mode, pixels, file_column,
-label_column, num_classes, cache_mb, ...) and `loader_kwargs` to every torch DataLoader
-(persistent_workers, pin_memory, multiprocessing_context, ...).
+The loaders fetch whole batches with one store[Batch of indices] call; batches of images in
+memory are gathered in this process, where workers would only copy them, unless a transform gives
+workers work (`loader.workers_decision` says which). train_transforms (train only) and
+test_transforms take one uint8 image (C, H, W), as torchvision's v2 transforms do, and run after
+the store; each sample's random numbers come from (seed, epoch, index), so augmented runs are
+exact for any num_workers and after a resume. Options go where they act: `dataset_kwargs` to
+every CsvImageDataset (mode, pixels, file_column, ...), cache_mb / cache_dir to every
+DecodedImages, `loader_kwargs` to every torch DataLoader (persistent_workers, pin_memory, ...).
 
 The train loader reshuffles every epoch and drops the last partial batch; valid and test keep
-their order and every sample; no file may be in two splits. The order of epoch e depends only on
-(seed, e), not on num_workers,
-on how often the loader was iterated before, or on any global random state: `set_epoch(e)` on
-`loader.sampler` picks an epoch, as with DistributedSampler. Whole batches are fetched with one
-`dataset[array_of_indices]` call, which is what makes the in-memory path fast. Under torchrun or
-Lightning (a process group is initialized when an epoch starts), each process takes its share of
-every batch; the sampler is a DistributedSampler, so Lightning adds none of its own.
+their order and every sample; no file may be in two splits. Epoch e's order depends only on
+(seed, e), not on num_workers, earlier iterations or any global random state: `set_epoch(e)` on
+`loader.sampler` picks one, as with DistributedSampler. Under torchrun or Lightning, each process
+takes its share of every batch (the sampler is a DistributedSampler: Lightning adds none).
 
-Needs dataset.py beside it.
+Also here, for every file of this project's that must be whole or absent: write_atomic, and a
+folder's lock (open_lock, lock_or_holder). Needs dataset.py beside it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import functools
+import hashlib
 import os
+import re
+import shutil
+import stat
+import sys
 import tempfile
+import time
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
 import torch
 import torch.distributed as dist
-from torch.utils.data import ConcatDataset, DataLoader, Dataset, Subset
+from PIL import Image
+from torch.utils.data import ConcatDataset, DataLoader, Dataset, Subset, get_worker_info
 from torch.utils.data.distributed import DistributedSampler
 
-from dataset import (TEMP_TAG, Batch, CsvImageDataset, DatasetError, csv_separator, empty_classes_message,
-                     normal_file_mode, odd_class_warnings, read_csv,
-                     split_names, split_spellings)
+from dataset import (CsvImageDataset, DatasetError, ImageSizeError, csv_separator,
+                     empty_classes_message, odd_class_warnings, read_csv, split_names,
+                     split_spellings, to_pixels)
+
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None
 
 Transform = Callable[[torch.Tensor], torch.Tensor]
 
@@ -65,49 +82,46 @@ SPLITS = ("train", "valid", "test")
 
 
 def get_dataloaders(batch_size: int, data_dir: str | Path = "data", num_workers: int = 0,
-                    seed: int = 123, *, batch_size_factor_eval: int = 1,
-                    train_transforms: Transform | None = None,
+                    seed: int = 123, *, csv_path: str | Path | None = None,
+                    img_dir: str | Path | None = None, split_column: str = "split",
+                    batch_size_factor_eval: int = 1, train_transforms: Transform | None = None,
                     test_transforms: Transform | None = None,
-                    image_size: int | tuple[int, int] | None = None,
+                    image_size: int | tuple[int, int] | None = None, cache_mb: float = 1024,
                     cache_dir: str | Path | None = None, dataset_kwargs: dict | None = None,
                     loader_kwargs: dict | None = None) -> tuple[DataLoader, DataLoader, DataLoader]:
     """The lecture's loaders: data_dir/mnist_{train,valid,test}.csv listing the images in
-    data_dir/mnist_{train,valid,test}/, as make_subset.py writes them. Valid and test batches hold
-    batch_size * batch_size_factor_eval images (they only measure accuracy). cache_dir: keep the
-    decoded pixels there for later runs (see CsvImageDataset)."""
-    datasets = make_datasets(folder_layout(data_dir),
-                             {"image_size": image_size, "cache_dir": cache_dir,
-                              **(dataset_kwargs or {})},
+    data_dir/mnist_{train,valid,test}/, as make_subset.py writes them; or, given csv_path, that
+    one CSV whose `split_column` says train / valid / test, its file names relative to img_dir
+    (default: the CSV's folder). Valid and test batches hold batch_size * batch_size_factor_eval
+    images (they only measure accuracy). cache_mb, cache_dir: each split's DecodedImages'
+    (dataset_kwargs go to CsvImageDataset, which refuses them with a sentence)."""
+    if csv_path is None:
+        sources = folder_layout(data_dir)
+    else:
+        folder = Path(csv_path).parent if img_dir is None else Path(img_dir)
+        sources = [(Path(csv_path), folder, (split_column, split)) for split in SPLITS]
+    datasets = make_datasets(sources, {"image_size": image_size, **(dataset_kwargs or {})},
                              train_transforms, test_transforms)
-    return loaders_from_datasets(*datasets, batch_size=batch_size,
+    return loaders_from_datasets(*decoded(datasets, cache_mb, cache_dir), batch_size=batch_size,
                                  eval_batch_size=batch_size * batch_size_factor_eval, seed=seed,
                                  loader_kwargs={"num_workers": num_workers,
                                                 **(loader_kwargs or {})})
 
 
-def get_dataloaders_from_split_csv(
-        csv_path: str | Path, img_dir: str | Path, batch_size: int, num_workers: int = 0,
-        seed: int = 123, *, split_column: str = "split", batch_size_factor_eval: int = 1,
-        train_transforms: Transform | None = None, test_transforms: Transform | None = None,
-        image_size: int | tuple[int, int] | None = None, cache_dir: str | Path | None = None,
-        dataset_kwargs: dict | None = None,
-        loader_kwargs: dict | None = None) -> tuple[DataLoader, DataLoader, DataLoader]:
-    """Loaders for one CSV whose `split_column` says train / valid / test, and one image folder.
-    For a CSV without one, split_csv() writes a copy with one."""
-    sources = [(csv_path, img_dir, (split_column, split)) for split in SPLITS]
-    datasets = make_datasets(sources, {"image_size": image_size, "cache_dir": cache_dir,
-                                       **(dataset_kwargs or {})},
-                             train_transforms, test_transforms)
-    return loaders_from_datasets(*datasets, batch_size=batch_size,
-                                 eval_batch_size=batch_size * batch_size_factor_eval, seed=seed,
-                                 loader_kwargs={"num_workers": num_workers,
-                                                **(loader_kwargs or {})})
+def get_dataloaders_from_split_csv(csv_path: str | Path, img_dir: str | Path, batch_size: int,
+                                   num_workers: int = 0, seed: int = 123, *,
+                                   split_column: str = "split",
+                                   **options) -> tuple[DataLoader, DataLoader, DataLoader]:
+    """Loaders for one CSV whose `split_column` says train / valid / test, and one image folder:
+    get_dataloaders(batch_size, csv_path=..., img_dir=...), whose keywords `options` are. For a
+    CSV without a split column, split_csv() writes a copy with one."""
+    return get_dataloaders(batch_size, num_workers=num_workers, seed=seed, csv_path=csv_path,
+                           img_dir=img_dir, split_column=split_column, **options)
 
 
 def folder_layout(data_dir: str | Path) -> list[tuple[Path, Path, None]]:
     """(csv, image folder, no split column) of train, valid and test: data_dir/mnist_<split>.csv and
-    data_dir/mnist_<split>/. The one definition of those names here (make_subset.py's copy is pinned
-    equal by a test)."""
+    data_dir/mnist_<split>/ (make_subset.py's copy of the names is pinned equal by a test)."""
     data_dir = Path(data_dir)
     return [(data_dir / f"mnist_{s}.csv", data_dir / f"mnist_{s}", None) for s in SPLITS]
 
@@ -150,6 +164,12 @@ def make_datasets(sources: Sequence[tuple], dataset_kwargs: dict | None = None,
     return datasets
 
 
+def decoded(datasets: Sequence[CsvImageDataset], cache_mb: float = 1024,
+            cache_dir: str | Path | None = None) -> list[DecodedImages]:
+    """Each dataset in a DecodedImages of its own, with one budget and cache folder."""
+    return [DecodedImages(ds, cache_mb=cache_mb, cache_dir=cache_dir) for ds in datasets]
+
+
 def _refuse_unknown_splits(sources: Sequence[tuple], file_column: str, encoding: str) -> None:
     """Every row of a CSV with a split column must be in one of the splits asked for: a row whose
     value is none of their spellings (any case) would be left out without a word."""
@@ -167,9 +187,8 @@ def _refuse_unknown_splits(sources: Sequence[tuple], file_column: str, encoding:
                                for v, n, line in _counts_with_first_line(unknown))
             raise DatasetError(
                 f"{csv}: column {column!r} has values that are not a split: {counts}. Each row "
-                "must "
-                "say train (or training), valid (val, validation, dev) or test (testing), in any "
-                "case; change those cells in the CSV, or drop the rows you do not want")
+                "must say train (or training), valid (val, validation, dev) or test (testing), in "
+                "any case; change those cells in the CSV, or drop the rows you do not want")
 
 
 def _counts_with_first_line(values: pd.Series) -> list[tuple[str, int, int]]:
@@ -243,14 +262,8 @@ def split_csv(csv_path: str | Path, out_path: str | Path, *, label_column: str =
         split[order[:n_test]] = "test"
         split[order[n_test:n_test + n_valid]] = "valid"
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out_path.parent, prefix=f".{out_path.name}.{TEMP_TAG}-")
-    try:
-        normal_file_mode(tmp)  # not mkstemp's 0600
-        with os.fdopen(fd, "w", encoding=encoding, newline="") as f:
-            rows.assign(split=split).to_csv(f, index=False, lineterminator="\n")
-        os.replace(tmp, out_path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)  # left only when the write failed
+    text = rows.assign(split=split).to_csv(index=False, lineterminator="\n")
+    write_atomic(out_path, text.encode(encoding))
     return out_path
 
 
@@ -259,11 +272,14 @@ def loaders_from_datasets(
         eval_batch_size: int | None = None, seed: int = 123,
         loader_kwargs: dict | None = None) -> tuple[DataLoader, DataLoader, DataLoader]:
     """Train loader (reshuffled, drop_last) and valid / test loaders (fixed order, every sample).
-    Each is a CsvImageDataset, or a Subset / ConcatDataset of them (what random_split gives)."""
-    views = [as_batch_dataset(ds) for ds in (train, valid, test)]
+    Each is a DecodedImages or a CsvImageDataset (wrapped in one, one per dataset however often it
+    comes: Subsets of one dataset share its decoded images), or a Subset / ConcatDataset of them
+    (what random_split gives)."""
+    stores: dict[int, DecodedImages] = {}
+    views = [as_batch_dataset(ds, stores) for ds in (train, valid, test)]
     leaves = {id(leaf): leaf for view in views for leaf in _leaves_of(view)}
-    for ds in leaves.values():  # decode once, before the loaders' workers start
-        ds.preload(num_workers=(loader_kwargs or {}).get("num_workers", 0))
+    for store in leaves.values():  # decode once, before the loaders' workers start
+        store.preload(num_workers=(loader_kwargs or {}).get("num_workers", 0))
     shared = [leaf for leaf in _leaves_of(views[0]) if leaf.transform is not None
               and any(leaf is other for view in views[1:] for other in _leaves_of(view))]
     if shared:
@@ -290,8 +306,8 @@ def make_loader(dataset: Dataset, batch_size: int, *, shuffle: bool, drop_last: 
     """A DataLoader that fetches whole batches with dataset[Batch of indices]; loader_kwargs go to
     torch's DataLoader as they are (num_workers, persistent_workers, pin_memory, ...), but for
     the options the loaders set (OWN_OPTIONS), and collate_fn, which gets a list of (image,
-    label) samples as in a plain DataLoader. rank / world_size: the sampler's (default: the
-    process group's)."""
+    label) samples as in a plain DataLoader. dataset: as loaders_from_datasets takes them.
+    rank / world_size: the sampler's (default: the process group's)."""
     kwargs = dict(loader_kwargs or {})
     own = [key for key in OWN_OPTIONS if key in kwargs]
     if own:
@@ -300,8 +316,8 @@ def make_loader(dataset: Dataset, batch_size: int, *, shuffle: bool, drop_last: 
             "every epoch in an order drawn from (seed, epoch) and drops the last partial batch; "
             "valid and test keep their order and every sample; batch sizes come from batch_size "
             "and eval_batch_size). Leave them out; for a sampler of your own (such as "
-            "WeightedRandomSampler), call ds.preload() and use DataLoader(ds, batch_size=..., "
-            "sampler=...) on the dataset")
+            "WeightedRandomSampler), wrap the dataset, store = DecodedImages(ds), call "
+            "store.preload() and use DataLoader(store, batch_size=..., sampler=...)")
     if kwargs.get("collate_fn") is not None:
         kwargs["collate_fn"] = functools.partial(_collate_samples, kwargs["collate_fn"])
     dataset = as_batch_dataset(dataset)
@@ -323,14 +339,12 @@ WORKER_OPTIONS = ("persistent_workers", "prefetch_factor", "multiprocessing_cont
 
 def plan_workers(dataset: Dataset, loader_kwargs: dict) -> tuple[dict, str]:
     """(loader_kwargs as the DataLoader gets them, a sentence saying where batches are made).
-
     Workers help where a batch is work: decoding, a transform, or a collate_fn of yours (and a
-    worker_init_fn of yours asks for them). A batch of images held in memory with none of these is
-    one gather, which workers would only copy between processes (a whole 20-epoch run took 5x as
-    long with 2 workers: bench.py --sections cached_workers), so it is made in this process;
-    num_workers then serves the first pass's decoding. Workers with work on images in memory are
-    kept alive between epochs (persistent_workers, unless loader_kwargs says otherwise): starting
-    them every epoch costs more than they save."""
+    worker_init_fn of yours asks for them). A batch of images in memory with none of these is one
+    gather, which workers would only copy between processes (runs several times as long:
+    docs/performance.md), so it is made here; num_workers then serves the first pass's decoding.
+    Workers with work on images in memory stay alive between epochs (persistent_workers, unless
+    loader_kwargs says otherwise): starting them every epoch costs more than they save."""
     kwargs = dict(loader_kwargs)
     workers = kwargs.get("num_workers", 0)
     if not workers:
@@ -382,21 +396,29 @@ def _generator_from_state(state: bytes) -> PicklableGenerator:
     return generator
 
 
-def as_batch_dataset(dataset: Dataset) -> Dataset:
-    """dataset itself when it is a CsvImageDataset, else a DatasetView of it."""
-    return dataset if isinstance(dataset, (CsvImageDataset, DatasetView)) else DatasetView(dataset)
+def as_batch_dataset(dataset: Dataset, stores: dict[int, DecodedImages] | None = None) -> Dataset:
+    """dataset itself when it is a DecodedImages (or a DatasetView), a DecodedImages of it (with
+    the default budget, no disk cache) when it is a CsvImageDataset, else a DatasetView of it.
+    stores: the DecodedImages made so far, by id of their dataset, so that one is made for each."""
+    stores = {} if stores is None else stores
+    if isinstance(dataset, CsvImageDataset):
+        if id(dataset) not in stores:
+            stores[id(dataset)] = DecodedImages(dataset)
+        return stores[id(dataset)]
+    return dataset if isinstance(dataset, (DecodedImages, DatasetView)) else \
+        DatasetView(dataset, stores)
 
 
 class DatasetView(Dataset):
-    """A Subset or ConcatDataset of CsvImageDatasets (nested in any way, as random_split and `+`
-    make them), fetched a batch at a time as the datasets are: view[Batch or indices] ->
-    (images (B, C, H, W), labels (B,)); view[i] -> (image, label). Item i is row row_of[i] of
-    parts[part_of[i]]."""
+    """A Subset or ConcatDataset of DecodedImages or CsvImageDatasets (nested in any way, as
+    random_split and `+` make them), fetched a batch at a time as a DecodedImages is: view[Batch
+    or indices] -> (images (B, C, H, W), labels (B,)); view[i] -> (image, label). Item i is row
+    row_of[i] of parts[part_of[i]], a DecodedImages (a CsvImageDataset's own, from stores)."""
 
-    def __init__(self, dataset: Dataset) -> None:
+    def __init__(self, dataset: Dataset, stores: dict[int, DecodedImages] | None = None) -> None:
         self.dataset = dataset
-        self.parts: list[CsvImageDataset] = []
-        part_of, self.row_of = self._resolve(dataset)
+        self.parts: list[DecodedImages] = []
+        part_of, self.row_of = self._resolve(dataset, {} if stores is None else stores)
         self.part_of = part_of  # (N,) int64
         self.classes = self.parts[0].classes if self.parts else []
         if any(part.classes != self.classes for part in self.parts):
@@ -411,23 +433,26 @@ class DatasetView(Dataset):
                              "which cannot share a batch; pass the same mode=, image_size= and "
                              "pixels= to each CsvImageDataset")
 
-    def _resolve(self, dataset) -> tuple[np.ndarray, np.ndarray]:
-        if isinstance(dataset, CsvImageDataset):
+    def _resolve(self, dataset, stores: dict) -> tuple[np.ndarray, np.ndarray]:
+        """(part_of, row_of), each (len(dataset),) int64, of a dataset nested in any way."""
+        if isinstance(dataset, (CsvImageDataset, DecodedImages)):
+            dataset = as_batch_dataset(dataset, stores)
             part = next((k for k, p in enumerate(self.parts) if p is dataset), len(self.parts))
             if part == len(self.parts):  # a dataset met twice (tr + tr) is one part
                 self.parts.append(dataset)
             return np.full(len(dataset), part, dtype=np.int64), np.arange(len(dataset))
         if isinstance(dataset, Subset):
-            part_of, row_of = self._resolve(dataset.dataset)
+            part_of, row_of = self._resolve(dataset.dataset, stores)
             indices = np.asarray(dataset.indices, dtype=np.int64)
             return part_of[indices], row_of[indices]
         if isinstance(dataset, ConcatDataset):
-            pairs = [self._resolve(d) for d in dataset.datasets]
+            pairs = [self._resolve(d, stores) for d in dataset.datasets]
             return (np.concatenate([p for p, _ in pairs]).astype(np.int64),
                     np.concatenate([r for _, r in pairs]).astype(np.int64))
-        raise TypeError(f"the loaders take a CsvImageDataset, or a Subset or ConcatDataset of them "
-                        f"(what random_split gives); got {type(dataset).__name__}. For another "
-                        "kind of dataset, use torch's DataLoader")
+        raise TypeError(f"the loaders take a CsvImageDataset or DecodedImages, or a Subset or "
+                        f"ConcatDataset of them (what random_split gives); got "
+                        f"{type(dataset).__name__}. For another kind of dataset, use torch's "
+                        "DataLoader")
 
     def __len__(self) -> int:
         return len(self.row_of)
@@ -463,8 +488,376 @@ class DatasetView(Dataset):
         return images, labels
 
 
-def _leaves_of(dataset: Dataset) -> list[CsvImageDataset]:
+def _leaves_of(dataset: Dataset) -> list[DecodedImages]:
     return dataset.parts if isinstance(dataset, DatasetView) else [dataset]
+
+
+# ---- the decoded-image store: memory, disk, a parallel first pass -------------------------------
+
+class DecodedImages(Dataset):
+    """A CsvImageDataset's images, each decoded once and kept: in memory, one (N, C, H, W) uint8
+    tensor, when they take at most cache_mb MiB (0 = never); over that, with cache_dir, in a
+    memory-mapped file there when the disk can spare it; else decoded as batches are read.
+    store[i] is ds[i] (the dataset's transform runs on a copy); store[indices or Batch] is a batch,
+    (B, C, H, W) and (B,) int64, in one gather. Use with a DataLoader: the module docstring.
+
+    cache_dir: one .npy file per split and settings, written whole or not at all, that later runs
+    map instead of decoding; keyed on the rows, each file's size and times, mode, image size and
+    the decoder's version (a changed file is decoded again). Not writable: a warning, and memory
+    only (or no cache, over cache_mb). Attributes: `dataset`, `cache_decision` (where the images
+    are kept, and why), `cache_file` (once preload() used it), and the dataset's facts read
+    through (classes, targets, mode, mode_decision, image_size, channels, csv_path, split, rows,
+    transform, pixels).
+    """
+
+    def __init__(self, dataset: CsvImageDataset, cache_mb: float = 1024,
+                 cache_dir: str | Path | None = None) -> None:
+        if not isinstance(dataset, CsvImageDataset):
+            raise TypeError(f"DecodedImages keeps the images of a CsvImageDataset; got "
+                            f"{type(dataset).__name__}")
+        self.dataset = dataset
+        self.cache_dir = None if cache_dir is None else Path(cache_dir)
+        self.cache_file: Path | None = None  # the disk cache's file, once preload() has used it
+        self._cache: torch.Tensor | None = None  # (N, C, H, W) uint8, filled by preload()
+        self._looked_for_file = False  # in a DataLoader worker: for a disk cache file (_cached)
+        self._use_cache, self.cache_decision = self._plan_cache(cache_mb)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index):
+        """store[i] -> (image (C, H, W), label int), as ds[i]; store[indices or Batch] -> a batch
+        (get_batch)."""
+        if isinstance(index, Batch) or np.ndim(index) != 0:
+            return self.get_batch(index)
+        return self.dataset.make_sample(index, self.load_image(index))
+
+    def load_image(self, i: int) -> torch.Tensor:
+        """Pixels of sample i, (C, H, W) uint8, a copy: from the in-memory cache, or decoded now."""
+        if self._cached() is not None:
+            return self._cache[i].clone()
+        return self.dataset.load_image(i)
+
+    def get_batch(self, indices) -> tuple[torch.Tensor, torch.Tensor]:
+        """Images (B, C, H, W) and labels (B,) int64 of the samples at `indices` (a list, NumPy
+        array or tensor of ints, or a Batch): one gather from the cache instead of B
+        __getitem__ calls and a collate. The loaders fetch every batch this way."""
+        key = None
+        if isinstance(indices, Batch):  # from the loaders: the transform's randomness is keyed
+            indices, key = indices.indices, (indices.seed, indices.epoch)
+        rows, labels = self.dataset.batch_rows(indices)  # (B,) and (B,) int64, checked
+        if self.transform is not None:
+            images = self._transformed_batch(rows.tolist(), key)
+        elif self._cached() is not None:
+            # NumPy's take: as fast as index_select on one thread, and on one thread always (see
+            # to_float01): the batch's gather does not wait for torch's thread pool
+            images = torch.from_numpy(np.take(self._cache.numpy(), rows.numpy(), axis=0))
+        else:
+            images = self.dataset.load_images(rows.tolist())
+        return to_pixels(images, self.pixels), labels
+
+    def preload(self, num_workers: int = 0,
+                progress: bool | Callable[[int, int], None] = True) -> torch.Tensor | None:
+        """Decode every image into the cache now, once; returns it, (N, C, H, W) uint8, or None
+        when the cache is off. num_workers processes share the decoding (the pixels are bit for bit
+        one process's); with cache_dir, a file there that matches is mapped instead. progress: True
+        shows a line on stderr when decoding takes over 2 s; or a callable (done, total). Call it
+        before DataLoader workers start, so that they share one copy (the loaders do)."""
+        if self._use_cache and self._cache is None:
+            try:
+                self._cache = self._load_or_decode(num_workers, progress)
+            except ImageSizeError as e:
+                if self.transform is None:  # name every image that is not of the commonest size
+                    raise self.dataset.size_error() from e
+                # The transform is to make the sizes equal: decode on every access instead.
+                self._use_cache = False
+                self.cache_decision = f"not keeping decoded images in memory: sizes differ ({e})"
+        return self._cache
+
+    @property
+    def in_memory(self) -> bool:
+        """Whether preload() keeps the images in memory (within cache_mb): a batch is one gather.
+        False when decoded every pass, or mapped from a disk cache file over the budget."""
+        return self._use_cache and self._cache_bytes <= self._budget_bytes
+
+    @property
+    def decodes_every_pass(self) -> bool:
+        """Whether no cache holds the decoded images (cache_mb=0, or over it with no disk cache)."""
+        return not self._use_cache
+
+    def __getstate__(self) -> dict:
+        """What pickles to a spawned process (a DataLoader worker, a ddp_spawn rank): a cache mapped
+        from its file goes as the file's name, mapped again there, not as a copy of the pixels."""
+        state = self.__dict__.copy()
+        if self.cache_file is not None and self._cache is not None:
+            state["_cache"], state["_looked_for_file"] = None, False
+        return state
+
+    def _cached(self) -> torch.Tensor | None:
+        """The cache, filled on first use (preload); None when it is off. In a DataLoader worker
+        whose main process has not filled it, a whole disk cache file is mapped if there is one
+        (its pages are shared), else None: a worker that filled the cache would decode the whole
+        dataset, and hold a copy of it, to serve its share of the items, so it decodes just those.
+        Fill it before the workers start (the loaders do) to share one copy."""
+        if not self._use_cache:
+            return None
+        if self._cache is None and get_worker_info() is not None:
+            if self.cache_dir is not None and not self._looked_for_file:
+                self._looked_for_file = True  # once per worker, not once per item
+                shape = (len(self), self.channels, *self.image_size)
+                self._cache = _open_cached(self.cache_dir / self._cache_file_name(), shape)
+            return self._cache
+        return self.preload()
+
+    def _transformed_batch(self, indices: Sequence[int],
+                           key: tuple[int, int] | None) -> torch.Tensor:
+        """(B, C, H, W): the transform on each image; with key = (seed, epoch), sample i's random
+        numbers come from sample_seed(seed, epoch, i) alone, whichever process runs it (the global
+        RNG left as it was); without (store[list] called directly), from the global RNG."""
+        images = []
+        with torch.random.fork_rng(devices=[]) if key is not None else contextlib.nullcontext():
+            for i in indices:
+                if key is not None:
+                    torch.random.default_generator.manual_seed(sample_seed(*key, i))  # CPU only
+                images.append(self.dataset.apply_transform(i, self.load_image(i), self.load_image))
+        return torch.stack(images)
+
+    def _plan_cache(self, cache_mb: float) -> tuple[bool, str]:
+        """In memory when the pixels fit cache_mb; over it, in a cache_dir file that is memory-
+        mapped (the system keeps in memory what fits), when the disk can spare it."""
+        self._cache_bytes = len(self) * self.channels * self.image_size[0] * self.image_size[1]
+        self._budget_bytes = cache_mb * 2**20
+        height, width = self.image_size
+        self._cache_what = what = (f"{len(self)} x {self.channels}x{height}x{width} uint8 = "
+                                   f"{self._cache_bytes / 2**20:.1f} MiB, budget {cache_mb:g} MiB")
+        if 0 < self._cache_bytes <= self._budget_bytes:
+            return True, f"keeping decoded images in memory: {what}"
+        if cache_mb > 0 and self.cache_dir is not None:
+            if _disk_can_hold(self.cache_dir, self._cache_bytes):
+                return True, ("keeping decoded images in a memory-mapped file, over the memory "
+                              f"budget: {what}")
+            return False, (f"not keeping decoded images: {what}, and the disk of {self.cache_dir} "
+                           f"cannot spare {self._cache_bytes / 2**20:.0f} MiB for them")
+        return False, f"not keeping decoded images in memory: {what}"
+
+    def _load_or_decode(self, num_workers: int, progress) -> torch.Tensor:
+        """The (N, C, H, W) uint8 cache: memory-mapped from cache_dir when a file there matches,
+        else decoded (into a new file there, renamed into place when whole)."""
+        shape = (len(self), self.channels, *self.image_size)
+        if self.cache_dir is None:
+            pixels = np.empty(shape, dtype=np.uint8)
+            self._decode_into(pixels, num_workers, progress)
+            return torch.from_numpy(pixels)
+        path = self.cache_dir / self._cache_file_name()
+        self.cache_file = path
+        if (cached := _open_cached(path, shape)) is not None:
+            self.cache_decision += "; read from the disk cache"
+            return cached
+        pixels, decoding = None, False
+        try:
+            self.cache_dir.mkdir(parents=True, exist_ok=True)
+            free = getattr(_disk_usage(self.cache_dir), "free", 0)
+            if free < self._cache_bytes + DISK_RESERVE:  # checked before any file is written
+                raise OSError(errno.ENOSPC, f"{self._cache_bytes / 2**20:.1f} MiB needed, "
+                                            f"{free / 2**20:.1f} MiB free")
+            _remove_leftovers(path.parent)
+            with atomic_file(path, locked=True) as (fd, tmp):
+                pixels = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
+                if hasattr(os, "posix_fallocate"):  # the blocks now, or ENOSPC now: a disk that
+                    os.posix_fallocate(fd, 0, os.fstat(fd).st_size)  # fills later kills by SIGBUS
+                decoding = True  # from here on an error is the decoder's (or the disk's): raised
+                self._decode_into(pixels, num_workers, progress)
+                pixels.flush()
+                pixels = None  # unmapped before the file is renamed into place
+        except OSError as e:  # a read-only data folder, a full disk: decode, in memory only
+            if decoding:
+                raise
+            pixels = None
+            return self._without_disk_cache(e, num_workers, progress)
+        settings = path.name.rsplit("-", 1)[0]
+        for older in self.cache_dir.glob(settings + "-*.npy"):  # the same rows and settings, files
+            if older != path and re.fullmatch(r"[0-9a-f]{20}\.npy", older.name[len(settings) + 1:]):
+                older.unlink(missing_ok=True)  # since changed; names of that shape alone are ours
+        self.cache_decision += "; decoded into the disk cache"
+        return _open_cached(path, shape)
+
+    def _without_disk_cache(self, error: OSError, num_workers: int,
+                            progress) -> torch.Tensor | None:
+        """After cache_dir could not take the file: one warning, then the pixels in memory when
+        they fit the budget, else decoded as batches are read."""
+        fits = self._cache_bytes <= self._budget_bytes
+        warnings.warn(f"no disk cache of decoded images: cannot write in {self.cache_dir} "
+                      f"({error.strerror or error}); " + ("decoding in memory" if fits else
+                      "over the memory budget, so images are decoded as batches are read"),
+                      stacklevel=4)
+        self.cache_dir = self.cache_file = None
+        if not fits:
+            self._use_cache = False
+            self.cache_decision = (f"not keeping decoded images: {self._cache_what}, and the "
+                                   "disk cache cannot be written")
+            return None
+        return self._load_or_decode(num_workers, progress)
+
+    def _cache_file_name(self) -> str:
+        """<csv name>[-<split>]-<decoded how: split, folder, mode, size, background, decoder>-
+        <the rows: file names, sizes and times>.npy; any change makes another name."""
+        # Not the CSV's path: a copy of the same rows elsewhere (train.py's RESULTS/split.csv)
+        # finds the same file, rather than adding one per copy.
+        settings = hashlib.sha256(repr((
+            CACHE_FORMAT, Image.__version__, np.__version__, self.split, self.rows.root,
+            self.mode, self.image_size, self.dataset.background)).encode())
+        rows = hashlib.sha256(settings.digest())
+        for array in (self.rows.offsets, self.rows.names, self.rows.stats):
+            rows.update(memoryview(np.ascontiguousarray(array)).cast("B"))
+        name = self.csv_path.stem + (f"-{self.split[1]}" if self.split else "")
+        name = "".join(c if c.isalnum() or c in "._-" else "_" for c in name)[:60]
+        return f"{name}-{settings.hexdigest()[:12]}-{rows.hexdigest()[:20]}.npy"
+
+    def _decode_into(self, out: np.ndarray, num_workers: int, progress) -> None:
+        """Decode every image into out, (N, C, H, W) uint8, a chunk at a time: here, or in
+        num_workers processes (torch DataLoader workers), each writing whole chunks."""
+        chunks = [range(start, min(start + DECODE_CHUNK, len(self)))
+                  for start in range(0, len(self), DECODE_CHUNK)]
+        what = f"Decoding {self.csv_path}" + (" ({} {})".format(*self.split) if self.split else "")
+        report = progress if callable(progress) else DecodeProgress(what) if progress else None
+        if num_workers > 0 and len(chunks) > 1:
+            # in_order=False: a chunk is placed when it is done, so a worker slowed down by
+            # something else on the machine does not leave the other one waiting. Its own
+            # generator: starting workers draws their seeds, which must not move the global RNG.
+            # Forked on Linux even where the default is to spawn (Lightning's ddp_spawn ranks,
+            # Python 3.14's forkserver): a spawned worker imports torch before its first image.
+            fork = "fork" if sys.platform.startswith("linux") else None
+            results = DataLoader(_DecodeChunks(self.dataset, chunks), batch_size=None,
+                                 in_order=False, num_workers=min(num_workers, len(chunks)),
+                                 multiprocessing_context=fork,
+                                 generator=torch.Generator().manual_seed(0))
+        else:
+            results = map(_DecodeChunks(self.dataset, chunks).__getitem__, range(len(chunks)))
+        waiting, error, done = set(range(len(chunks))), None, 0
+        for k, pixels in results:
+            waiting.discard(k)
+            done += len(chunks[k])
+            if isinstance(pixels, Exception):  # raised in a worker: the same error, here
+                error = min(error or (k, pixels), (k, pixels), key=lambda e: e[0])
+            else:
+                out[chunks[k].start:chunks[k].stop] = pixels.numpy()
+            if error is not None and min(waiting, default=len(chunks)) > error[0]:
+                raise error[1]  # the first bad image by row, as without workers
+            if report is not None:
+                report(done, len(self))
+
+    # The dataset's own facts, read through (read-only): what the loaders and train.py ask.
+    classes = property(lambda self: self.dataset.classes)
+    targets = property(lambda self: self.dataset.targets)
+    mode = property(lambda self: self.dataset.mode)
+    mode_decision = property(lambda self: self.dataset.mode_decision)
+    image_size = property(lambda self: self.dataset.image_size)  # (H, W)
+    channels = property(lambda self: self.dataset.channels)
+    csv_path = property(lambda self: self.dataset.csv_path)
+    split = property(lambda self: self.dataset.split)
+    rows = property(lambda self: self.dataset.rows)
+    transform = property(lambda self: self.dataset.transform)
+    pixels = property(lambda self: self.dataset.pixels)
+
+
+class DecodeProgress:
+    """Reports preload's (done, total) on stderr, e.g. "Decoding data/train.csv: 12,000 of 40,000
+    images, 6,950/s, 4 s left": from `after` seconds on, once a second on one line of a terminal,
+    or a line every 10 s into a log file. A short decode prints nothing."""
+
+    def __init__(self, what: str, stream=None, after: float = 2.0) -> None:
+        self.what, self.stream, self.after = what, stream or sys.stderr, after
+        self.start, self.last = time.monotonic(), None
+
+    def __call__(self, done: int, total: int) -> None:
+        now = time.monotonic()
+        elapsed, finished = now - self.start, done >= total
+        terminal = self.stream.isatty()
+        every = 1 if terminal else 10
+        if elapsed < self.after or (self.last is not None and now - self.last < every
+                                    and not finished):
+            return
+        rate = done / elapsed
+        status = f"done in {elapsed:.1f} s" if finished else f"{(total - done) / rate:.0f} s left"
+        text = f"{self.what}: {done:,} of {total:,} images, {rate:,.0f}/s, {status}"
+        self.stream.write(f"\r{text}" + ("\n" if finished else "") if terminal else text + "\n")
+        self.stream.flush()
+        self.last = now
+
+
+class _DecodeChunks(Dataset):
+    """(k, chunk k of a dataset's rows decoded, (B, C, H, W) uint8): what preload's worker
+    processes run. An error is returned, not raised, so that it reaches the main process as it
+    was (a worker's raise arrives wrapped in its traceback)."""
+
+    def __init__(self, dataset: CsvImageDataset, chunks: list[range]) -> None:
+        self.dataset, self.chunks = dataset, chunks
+
+    def __len__(self) -> int:
+        return len(self.chunks)
+
+    def __getitem__(self, k: int) -> tuple[int, torch.Tensor | DatasetError]:
+        try:
+            return k, self.dataset.load_images(self.chunks[k])
+        except DatasetError as e:
+            return k, e
+
+
+def _open_cached(path: Path, shape: tuple[int, ...]) -> torch.Tensor | None:
+    """A whole cache file's pixels, memory-mapped copy-on-write (the file is never written; forked
+    workers share its pages); None when there is none or it does not hold `shape` uint8."""
+    try:
+        pixels = np.load(path, mmap_mode="c")
+    except (OSError, ValueError):  # none yet, not a .npy file, or cut short: decode, write anew
+        return None
+    if pixels.shape != shape or pixels.dtype != np.uint8:
+        return None
+    return torch.from_numpy(pixels)
+
+
+def _remove_leftovers(folder: Path) -> None:
+    """Remove the temporary cache files of killed runs (whose locks died with them); a live
+    writer's never. One killed between mkstemp and locking it (atomic_file) is a minute old."""
+    for left in folder.glob(f".*.{CACHE_TEMP_TAG}-*"):
+        try:
+            fd = os.open(left, os.O_RDONLY)
+        except OSError:
+            continue
+        try:
+            dead = try_lock(fd)  # no one holds its lock: its writer was killed
+        except OSError:  # no locks here (Windows, some network disks): none is known to be dead
+            dead = False
+        finally:
+            os.close(fd)
+        if dead:
+            left.unlink(missing_ok=True)
+    for left in folder.glob(f".*.{CACHE_NEW_TAG}-*"):
+        with contextlib.suppress(OSError):
+            if time.time() - left.stat().st_mtime > 60:
+                left.unlink()
+
+
+def _disk_can_hold(folder: Path, nbytes: int) -> bool:
+    """Whether the disk of folder (or of its nearest existing parent) keeps 1 GiB and 5% free
+    after nbytes more: a cache over the memory budget must not fill the disk."""
+    usage = _disk_usage(folder)
+    return usage is not None and usage.free - nbytes >= max(2**30, 0.05 * usage.total)
+
+
+def _disk_usage(folder: Path):
+    """shutil.disk_usage of folder, or of its nearest existing parent; None when unreadable."""
+    folder = folder.absolute()
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        return shutil.disk_usage(folder)
+    except OSError:
+        return None
+
+
+DECODE_CHUNK = 256  # images a worker decodes at a time in preload(); progress is reported per chunk
+DISK_RESERVE = 16 * 2**20  # free space a cache file under the memory budget leaves on its disk
+CACHE_FORMAT = 3  # part of every disk cache file's name: raise it when decode_image changes pixels
 
 
 def epoch_order(num_samples: int, seed: int, epoch: int) -> np.ndarray:
@@ -477,22 +870,15 @@ def epoch_order(num_samples: int, seed: int, epoch: int) -> np.ndarray:
 
 
 class EpochBatchSampler(DistributedSampler):
-    """Yields one Batch per batch: an int64 NumPy array of indices, with the seed and epoch that
-    key the samples' random transforms; epoch e's order depends on (seed, e) only.
-
-    Arrays rather than lists: the dataset turns one into a tensor without copying, and it pickles
-    cheaply to worker processes.
-
-    Each call to iter() plays the next epoch, unless set_epoch() chose one. With world_size > 1,
-    every global batch of `batch_size` is split between the ranks (rank r takes every
-    world_size-th index), so all ranks together see exactly what one process would. rank and
-    world_size default to the process group's when the sampler is iterated (so a loader made
-    before the group, or sent to spawned processes, shards right).
-
-    A DistributedSampler (it shards by itself), so that tools which give a loader one unless it
-    has one, such as Lightning's Trainer, leave it as it is rather than split the data twice.
-    DistributedSampler.__init__ is not called: it needs a process group when the sampler is made.
-    """
+    """Yields one Batch per batch: an int64 NumPy array of indices (turned into a tensor without
+    a copy, pickled cheaply to workers), with the seed and epoch that key the samples' random
+    transforms; epoch e's order depends on (seed, e) only. Each iter() plays the next epoch,
+    unless set_epoch() chose one. With world_size > 1, every global batch of `batch_size` is split
+    between the ranks (rank r takes every world_size-th index), so all ranks together see exactly
+    what one process would; rank and world_size default to the process group's when iterated (a
+    loader made before the group, or sent to spawned processes, shards right). A
+    DistributedSampler, so that Lightning's Trainer leaves it as it is rather than split the data
+    twice; its __init__ is not called, as it needs a process group when the sampler is made."""
 
     def __init__(self, num_samples: int, batch_size: int, *, shuffle: bool, drop_last: bool,
                  seed: int = 0, rank: int | None = None, world_size: int | None = None) -> None:
@@ -551,3 +937,115 @@ class EpochBatchSampler(DistributedSampler):
             mine = batch[rank::world_size]
             if len(mine):
                 yield Batch(mine, self.seed, epoch)
+
+
+class Batch(NamedTuple):
+    """A batch request, as the loaders' sampler sends it: the samples, and the (seed, epoch) that
+    key each sample's random transform, so that augmentation does not depend on which worker
+    process runs it, nor on what ran before (a resumed run sees the same images)."""
+    indices: np.ndarray  # (B,) int64
+    seed: int
+    epoch: int
+
+
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """The seed of sample `index`'s random transform in `epoch`: a function of the three alone."""
+    return int(np.random.SeedSequence([seed, epoch, index]).generate_state(1)[0])
+
+
+# ---- files written whole or not at all, and folder locks -----------------------------------------
+
+# In the names of this project's temporary files, and only there: a clean-up removes no other.
+TEMP_TAG = "csvimg-tmp"  # results, split.csv, make_subset.py's folders (its copy is pinned equal)
+CACHE_NEW_TAG, CACHE_TEMP_TAG = "csvimg-cache-new", "csvimg-cache-tmp"  # the disk cache's
+
+
+def write_atomic(path: str | Path, data: bytes) -> None:
+    """Write `data` to `path` whole or not at all: into a temporary file beside it, fsynced, then
+    renamed over it, so that a reader (or a run killed meanwhile) finds the old file or the new."""
+    with atomic_file(Path(path)) as (fd, _), open(fd, "wb", closefd=False) as f:
+        f.write(data)
+
+
+@contextlib.contextmanager
+def atomic_file(path: Path, *, locked: bool = False):
+    """(fd, name) of a new temporary file beside `path`, in a new file's usual mode; when the block
+    ends without an error, it is fsynced and renamed over `path`, else removed. locked: flock'd
+    while it is written, and named so that _remove_leftovers takes it for a killed run's only once
+    the lock is gone (the disk cache: other runs fill the same folder at the same time)."""
+    tag = CACHE_NEW_TAG if locked else TEMP_TAG
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{tag}-")
+    try:
+        normal_file_mode(tmp)  # mkstemp's 0600 would hide the file from others sharing the folder
+        if locked:
+            with contextlib.suppress(OSError):  # no locks here: the name alone then
+                try_lock(fd)
+            locked_name = tmp.replace(f".{CACHE_NEW_TAG}-", f".{CACHE_TEMP_TAG}-")
+            os.replace(tmp, locked_name)  # once locked: _remove_leftovers looks at these only
+            tmp = locked_name
+        yield fd, tmp
+        os.fsync(fd)  # the bytes are on disk before the name says the file is whole
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)  # left only when the block failed
+        os.close(fd)  # and with it, the lock
+
+
+def normal_file_mode(path: str | Path) -> None:
+    """The mode a new file gets from open(): 0666 less the umask (mkstemp makes it 0600)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
+
+
+def try_lock(fd: int) -> bool:
+    """An exclusive flock on the open file fd, taken without waiting: True; False when another
+    process holds it. Released when fd closes, also when the process is killed. Raises OSError
+    where files cannot be locked (Windows has no flock)."""
+    if fcntl is None:
+        raise OSError(errno.ENOSYS, "files cannot be locked here (no fcntl.flock)")
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
+
+
+class LockFileError(ValueError):
+    """A lock file that is not ours to use: a link, not a regular file, or another user's."""
+
+
+def open_lock(path: Path, fix: str) -> int:
+    """Open (or create, mode 0644 less the umask) the lock file `path`, never following a symbolic
+    link and never using a file with other names (hard links): a planted link would make the pid
+    written into the lock overwrite its target. fix: what the user can do instead, for the error.
+    make_subset.py has its own copy (it is copied alone); a test pins the two alike."""
+    flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(path, flags, 0o644)
+    except PermissionError:
+        owner = path.stat().st_uid if path.exists() else "?"
+        raise LockFileError(f"{path} cannot be opened for writing (it belongs to user id {owner}; "
+                            f"another user's run uses this folder); {fix}") from None
+    except OSError:
+        if os.path.islink(path):
+            raise LockFileError(f"{path} is a symbolic link, which is not followed (it may point "
+                                f"at a file of someone else's); remove it, or {fix}") from None
+        raise
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
+        os.close(fd)
+        what = "not a regular file" if not stat.S_ISREG(st.st_mode) else \
+            f"a file with {st.st_nlink} names (hard links)"
+        raise LockFileError(f"{path} is {what}, so it is not used as a lock; remove it, or {fix}")
+    return fd
+
+
+def lock_or_holder(fd: int) -> str | None:
+    """Take the open lock file fd (try_lock) and write this process's id into it; None then. When
+    another process holds it: that process's id, and nothing is taken. For a results folder."""
+    if not try_lock(fd):
+        return os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return None

@@ -55,13 +55,14 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
-from dataset import TEMP_TAG, CsvImageDataset, DatasetError, parse_image_size
+from dataset import DatasetError, parse_image_size
 from evaluate import (REPORT_FILES, RunError, compute_accuracy, compute_confusion_matrix,
                       distributed, evaluate_model, global_settings_kept, saved_model_accuracy, model_from_checkpoint, move_aside, predict,
                       read_checkpoint, saved_model_config, set_all_seeds, set_deterministic,
-                      sum_over_ranks, to_input, write_atomic, write_reports)
-from loaders import (SPLITS, folder_layout, loaders_from_datasets, make_datasets, make_loader,
-                     split_csv)
+                      sum_over_ranks, to_input, write_reports)
+from loaders import (SPLITS, TEMP_TAG, DecodedImages, LockFileError, decoded, folder_layout,
+                     lock_or_holder, loaders_from_datasets, make_datasets, make_loader, open_lock,
+                     split_csv, write_atomic)
 from model import MODELS, ModelConfig, PretrainedWeightsMissing, build_model
 
 # ---- the lecture's loop --------------------------------------------------------------------------
@@ -331,7 +332,7 @@ class RunConfig:
                            "run") from None
 
 
-def run_config(settings: Settings, datasets: list[CsvImageDataset],
+def run_config(settings: Settings, datasets: list[DecodedImages],
                saved: RunConfig | None) -> RunConfig:
     """The run's settings from the flags and the data; a model or optimisation flag left out
     takes the checkpoint's value (saved: --resume, --evaluate), else its default."""
@@ -488,8 +489,6 @@ def results_folder(results_dir: Path, move: tuple[str, ...], main_process: bool)
     if not main_process:  # under torchrun, rank 0 holds the folder for every rank
         yield
         return
-    from make_subset import LockFileError, lock_or_holder, open_lock
-
     results_dir.mkdir(parents=True, exist_ok=True)
     try:
         fd = open_lock(results_dir / ".lock", "pass another --results-dir")
@@ -718,7 +717,7 @@ def augmentation():
 
 
 def build_datasets(data: DataSettings, sources: list[tuple], device: torch.device,
-                   evaluating: bool) -> list[CsvImageDataset]:
+                   evaluating: bool) -> list[DecodedImages]:
     """Train, valid and test datasets, read as the data flags say; a --batch-size larger than
     the train split is refused (its last partial batch is dropped: no batch would be left)."""
     cache_dir = data.disk_cache()
@@ -726,11 +725,12 @@ def build_datasets(data: DataSettings, sources: list[tuple], device: torch.devic
         print(f"Disk cache of decoded images: {cache_dir} (--no-disk-cache: none)")
     # On a GPU, batches travel as uint8 and are scaled there (to_input): a quarter of the bytes
     dataset_kwargs = {"pixels": "uint8" if device.type == "cuda" else "float01",
-                      "cache_mb": data.cache_mb, "file_column": data.file_column,
-                      "label_column": data.label_column, "mode": data.mode,
-                      "image_size": data.image_size, "encoding": data.encoding,
-                      "num_classes": data.num_classes, "cache_dir": cache_dir}
-    datasets = make_datasets(sources, dataset_kwargs, augmentation() if data.augment else None)
+                      "file_column": data.file_column, "label_column": data.label_column,
+                      "mode": data.mode, "image_size": data.image_size,
+                      "encoding": data.encoding, "num_classes": data.num_classes}
+    datasets = decoded(make_datasets(sources, dataset_kwargs,
+                                     augmentation() if data.augment else None),
+                       cache_mb=data.cache_mb, cache_dir=cache_dir)  # each split's decoded images
     if data.batch_size > len(datasets[0]) and not evaluating:
         raise RunError(f"--batch-size {data.batch_size} is larger than the {len(datasets[0])} "
                        "training images (the last partial batch is dropped, so no batch would be "
@@ -740,7 +740,7 @@ def build_datasets(data: DataSettings, sources: list[tuple], device: torch.devic
 
 def prepare_data(data: DataSettings, *, split_path: Path, seed: int, evaluating: bool,
                  keep_split: bool, rank: int, world_size: int,
-                 device: torch.device) -> tuple[list[CsvImageDataset], tuple]:
+                 device: torch.device) -> tuple[list[DecodedImages], tuple]:
     """The train, valid and test datasets, and the loaders (train, valid, test, train_eval)."""
     ddp = world_size > 1 or distributed()
     sources = data_sources(data, split_path, main_process=rank == 0, keep_split=keep_split)
@@ -783,7 +783,7 @@ def describe_workers(loaders: dict[str, DataLoader]) -> str:
     return "; ".join(f"{', '.join(names)}: {decision}" for decision, names in by_decision.items())
 
 
-def channel_stats(ds: CsvImageDataset, num_workers: int = 0) -> tuple[list[float], list[float]]:
+def channel_stats(ds: DecodedImages, num_workers: int = 0) -> tuple[list[float], list[float]]:
     """Per-channel mean and std of ds's pixels in [0, 1], before any transform; exact: integer
     sums of the decoded uint8 pixels (from the cache; decoded one by one when it is off)."""
     cache = ds.preload(num_workers=num_workers)

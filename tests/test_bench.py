@@ -31,9 +31,10 @@ def test_bench_smoke_writes_a_complete_report(tmp_path, capsys):
     for name in ("ours (names in NumPy arrays)", "lecture (names in a pandas column)"):
         assert len(report["worker_memory"][name]["end_mib"]) == 2  # one figure per worker
     assert "| read the disk cache (a second process) |" in out and "| 2,000 |" in out
-    # Issue 17's rows: a CsvImageDataset through torch's own DataLoader, with and without workers and preload.
+    # Issue 17's rows: a CsvImageDataset's DecodedImages through torch's own DataLoader, with and without workers and
+    # preload.
     assert len(report["plain"]) == 4 and all(m["warm_img_s"] > 0 for m in report["plain"].values())
-    assert "| plain DataLoader, 2 workers, after ds.preload(): they read the one copy |" in out
+    assert "| plain DataLoader, 2 workers, after store.preload(): they read the one copy |" in out
     # Issue 19's rows: seconds per epoch of each model, beside the MLP's.
     assert set(report["models"]) == {"mlp", "cnn", "resnet18"}
     assert all(m["epoch_s"] > 0 and m["parameters"] > 0 for m in report["models"].values())

@@ -17,11 +17,14 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from torch.utils.data import DataLoader
 
 import dataset as dataset_module
+import loaders as loaders_module
 import train
 from conftest import ROOT, write_csv, write_png
-from dataset import CsvImageDataset, DecodeProgress, ImageLoadError
+from dataset import CsvImageDataset, ImageLoadError
+from loaders import DecodedImages, DecodeProgress, get_dataloaders
 
 
 @pytest.fixture
@@ -37,9 +40,10 @@ def photos(tmp_path):
     return tmp_path
 
 
-def build(folder, **kwargs) -> CsvImageDataset:
-    return CsvImageDataset(folder / "labels.csv", folder / "img", file_column="path", label_column="label",
-                           mode="RGB", image_size=(12, 10), **kwargs)
+def build(folder, **store_kwargs) -> DecodedImages:
+    """The photos' decoded-image store; store_kwargs: cache_mb, cache_dir."""
+    return DecodedImages(CsvImageDataset(folder / "labels.csv", folder / "img", file_column="path",
+                                         label_column="label", mode="RGB", image_size=(12, 10)), **store_kwargs)
 
 
 def cache_files(folder) -> list[str]:
@@ -48,7 +52,7 @@ def cache_files(folder) -> list[str]:
 
 @pytest.fixture
 def small_chunks(monkeypatch):
-    monkeypatch.setattr(dataset_module, "DECODE_CHUNK", 5)  # 24 images: 5 chunks, the last one short
+    monkeypatch.setattr(loaders_module, "DECODE_CHUNK", 5)  # 24 images: 5 chunks, the last one short
 
 
 def test_workers_decode_bit_for_bit_what_one_process_decodes(photos, small_chunks):
@@ -132,11 +136,11 @@ def test_a_changed_file_is_decoded_again_even_with_the_same_size_and_time(photos
 def test_other_rows_mode_or_size_get_their_own_cache_files(photos):
     cache = photos / "cache"
     build(photos, cache_dir=cache).preload()
-    gray = CsvImageDataset(photos / "labels.csv", photos / "img", file_column="path", label_column="label",
-                           mode="L", image_size=(12, 10), cache_dir=cache)
+    gray = DecodedImages(CsvImageDataset(photos / "labels.csv", photos / "img", file_column="path",
+                                         label_column="label", mode="L", image_size=(12, 10)), cache_dir=cache)
     assert gray.preload().shape == (24, 1, 12, 10)
-    small = CsvImageDataset(photos / "labels.csv", photos / "img", file_column="path", label_column="label",
-                            mode="RGB", image_size=6, cache_dir=cache)
+    small = DecodedImages(CsvImageDataset(photos / "labels.csv", photos / "img", file_column="path",
+                                          label_column="label", mode="RGB", image_size=6), cache_dir=cache)
     assert small.preload().shape == (24, 3, 6, 6)
     text = (photos / "labels.csv").read_text().splitlines()
     write_csv(photos / "labels.csv", "\n".join(text[:1] + text[2:]) + "\n")  # one row fewer
@@ -148,14 +152,15 @@ def test_other_rows_mode_or_size_get_their_own_cache_files(photos):
     write_csv(split, "path,label,split\n" + "".join(
         f"p{i:02d}.png,{i % 3},{('train', 'valid', 'test')[i % 3]}\n" for i in range(24)))
     for name in ("train", "valid", "test"):
-        CsvImageDataset(split, photos / "img", file_column="path", label_column="label", mode="RGB",
-                        image_size=(12, 10), split=("split", name), cache_dir=photos / "c2").preload()
+        DecodedImages(CsvImageDataset(split, photos / "img", file_column="path", label_column="label", mode="RGB",
+                                      image_size=(12, 10), split=("split", name)), cache_dir=photos / "c2").preload()
     assert [f.split("-")[:2] for f in cache_files(photos / "c2")] == [["split", n] for n in ("test", "train", "valid")]
     # The same rows from a copy of the CSV elsewhere (train.py's RESULTS/split.csv): the same file.
     (photos / "copy").mkdir()
     (photos / "copy" / "split.csv").write_bytes(split.read_bytes())
-    again = CsvImageDataset(photos / "copy" / "split.csv", photos / "img", file_column="path", label_column="label",
-                            mode="RGB", image_size=(12, 10), split=("split", "train"), cache_dir=photos / "c2")
+    again = DecodedImages(CsvImageDataset(photos / "copy" / "split.csv", photos / "img", file_column="path",
+                                          label_column="label", mode="RGB", image_size=(12, 10),
+                                          split=("split", "train")), cache_dir=photos / "c2")
     again.preload()
     assert "read from the disk cache" in again.cache_decision and len(cache_files(photos / "c2")) == 3
 
@@ -189,8 +194,8 @@ def test_a_failed_fill_leaves_no_cache_file_and_a_killed_ones_leftover_is_remove
     script = textwrap.dedent(f"""
         import sys, time
         sys.path.insert(0, {str(ROOT)!r})
-        import dataset
-        dataset.DECODE_CHUNK = 5
+        import dataset, loaders
+        loaders.DECODE_CHUNK = 5
         real = dataset.decode_image
         calls = []
         def slow(*args, **kwargs):
@@ -200,9 +205,9 @@ def test_a_failed_fill_leaves_no_cache_file_and_a_killed_ones_leftover_is_remove
                 time.sleep(600)
             return real(*args, **kwargs)
         dataset.decode_image = slow
-        dataset.CsvImageDataset({str(photos / 'labels.csv')!r}, {str(photos / 'img')!r}, file_column="path",
-                                label_column="label", mode="RGB", image_size=(12, 10),
-                                cache_dir={str(cache)!r}).preload()
+        loaders.DecodedImages(dataset.CsvImageDataset({str(photos / 'labels.csv')!r}, {str(photos / 'img')!r},
+                                                      file_column="path", label_column="label", mode="RGB",
+                                                      image_size=(12, 10)), cache_dir={str(cache)!r}).preload()
     """)
     with subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True) as child:
         assert child.stdout.readline().strip() == "filling"
@@ -224,9 +229,10 @@ def test_two_processes_filling_one_cache_at_once_both_get_the_right_pixels(photo
     script = textwrap.dedent(f"""
         import sys, hashlib
         sys.path.insert(0, {str(ROOT)!r})
-        import dataset
-        ds = dataset.CsvImageDataset({str(photos / 'labels.csv')!r}, {str(photos / 'img')!r}, file_column="path",
-                                     label_column="label", mode="RGB", image_size=(12, 10), cache_dir={str(cache)!r})
+        import dataset, loaders
+        ds = loaders.DecodedImages(dataset.CsvImageDataset({str(photos / 'labels.csv')!r}, {str(photos / 'img')!r},
+                                                           file_column="path", label_column="label", mode="RGB",
+                                                           image_size=(12, 10)), cache_dir={str(cache)!r})
         print(hashlib.sha256(ds.preload().numpy().tobytes()).hexdigest())
     """)
     children = [subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
@@ -258,7 +264,7 @@ def test_a_full_disk_means_one_warning_memory_only_and_no_file_left(photos, monk
 
     if full == "free space":  # the check before any file is written
         usage = type(shutil.disk_usage(photos))
-        monkeypatch.setattr(dataset_module.shutil, "disk_usage", lambda path: usage(2 * 2**20, 2**20, 2**20))
+        monkeypatch.setattr(loaders_module.shutil, "disk_usage", lambda path: usage(2 * 2**20, 2**20, 2**20))
     else:  # the disk filled after that check: the blocks are claimed before decoding writes to them
         if not hasattr(os, "posix_fallocate"):
             pytest.skip("no posix_fallocate here")
@@ -266,7 +272,7 @@ def test_a_full_disk_means_one_warning_memory_only_and_no_file_left(photos, monk
         def no_space(fd, offset, length):
             raise OSError(errno.ENOSPC, "No space left on device")
 
-        monkeypatch.setattr(dataset_module.os, "posix_fallocate", no_space)
+        monkeypatch.setattr(loaders_module.os, "posix_fallocate", no_space)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         ds = build(photos, cache_dir=photos / "cache")
@@ -289,8 +295,10 @@ def test_a_real_full_disk_ends_in_memory_not_in_a_bus_error(photos, tmp_path):
         script = textwrap.dedent(f"""
             import sys, warnings; sys.path.insert(0, {str(ROOT)!r})
             from dataset import CsvImageDataset
-            ds = CsvImageDataset({str(photos / "labels.csv")!r}, {str(photos / "img")!r}, file_column="path",
-                                 label_column="label", mode="RGB", image_size=(12, 10), cache_dir={str(disk)!r})
+            from loaders import DecodedImages
+            ds = DecodedImages(CsvImageDataset({str(photos / "labels.csv")!r}, {str(photos / "img")!r},
+                                               file_column="path", label_column="label", mode="RGB",
+                                               image_size=(12, 10)), cache_dir={str(disk)!r})
             print(ds.preload().shape)""")
         run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
         assert run.returncode == 0 and "torch.Size([24, 3, 12, 10])" in run.stdout, run.stderr
@@ -303,7 +311,7 @@ def test_over_the_memory_budget_the_disk_cache_still_holds_them_when_the_disk_ca
     plain = build(photos).preload()  # 24 x 3x12x10 uint8 = 8,640 bytes; budgets below are smaller
     rows = [3, 0, 17]
     usage = type(shutil.disk_usage(photos))
-    monkeypatch.setattr(dataset_module.shutil, "disk_usage", lambda path: usage(100 * 2**30, 10 * 2**30, 90 * 2**30))
+    monkeypatch.setattr(loaders_module.shutil, "disk_usage", lambda path: usage(100 * 2**30, 10 * 2**30, 90 * 2**30))
     mapped = build(photos, cache_mb=0.005, cache_dir=photos / "cache")
     assert "in a memory-mapped file, over the memory budget" in mapped.cache_decision
     assert torch.equal(mapped.preload(), plain) and "decoded into the disk cache" in mapped.cache_decision
@@ -311,11 +319,11 @@ def test_over_the_memory_budget_the_disk_cache_still_holds_them_when_the_disk_ca
     assert torch.equal(again[rows][0], build(photos)[rows][0]) and "read from the disk cache" in again.cache_decision
     assert build(photos, cache_mb=0, cache_dir=photos / "cache").preload() is None  # 0: never cache
     # A disk that cannot spare the bytes: no cache; batches decoded as they are read.
-    monkeypatch.setattr(dataset_module.shutil, "disk_usage", lambda path: usage(100 * 2**30, 99 * 2**30, 2**30))
+    monkeypatch.setattr(loaders_module.shutil, "disk_usage", lambda path: usage(100 * 2**30, 99 * 2**30, 2**30))
     tight = build(photos, cache_mb=0.005, cache_dir=photos / "other")
     assert "cannot spare" in tight.cache_decision and tight.preload() is None
     assert torch.equal(tight[rows][0], build(photos)[rows][0]) and not (photos / "other").exists()
-    monkeypatch.setattr(dataset_module.shutil, "disk_usage", lambda path: usage(100 * 2**30, 10 * 2**30, 90 * 2**30))
+    monkeypatch.setattr(loaders_module.shutil, "disk_usage", lambda path: usage(100 * 2**30, 10 * 2**30, 90 * 2**30))
     # Over budget and not writable: one warning, and batches decoded as they are read.
     (photos / "a-file").write_text("not a folder")
     with warnings.catch_warnings(record=True) as caught:
@@ -328,8 +336,8 @@ def test_over_the_memory_budget_the_disk_cache_still_holds_them_when_the_disk_ca
 
 def test_per_row_data_lives_in_arrays_not_python_lists(photos):
     ds = build(photos)
-    for value in vars(ds).values():  # nothing per row as Python objects, which forked workers would copy
-        assert not (isinstance(value, (list, tuple, dict)) and len(value) >= len(ds))
+    for value in [*vars(ds).values(), *vars(ds.dataset).values()]:  # nothing per row as Python objects, which
+        assert not (isinstance(value, (list, tuple, dict)) and len(value) >= len(ds))  # forked workers would copy
     samples = ds.rows
     assert samples.names.dtype == np.uint8 and samples.labels.dtype == np.int64 and samples.lines.dtype == np.int64
     assert samples[3].file == "p03.png" and samples[3].line == 5 and samples[3].label == 0
@@ -386,3 +394,51 @@ def test_a_file_replaced_under_a_run_that_decodes_as_it_reads_stops_it_with_a_se
     with pytest.raises(ImageLoadError, match=r"line 3: 'p01.png': the file changed after the rows were checked"):
         ds[[0, 1]]
     assert torch.equal(build(photos, cache_mb=0)[[0]][0], first[:1])  # a new dataset reads the new files
+
+
+# ---- issue 28: the cache left the dataset for loaders.DecodedImages -------------------------------------
+
+def test_the_datasets_old_cache_keywords_and_preload_name_the_store_that_took_them(photos, tiny_data):
+    columns = {"file_column": "path", "label_column": "label", "mode": "RGB", "image_size": (12, 10)}
+    moved = (r"CsvImageDataset no longer caches: wrap it, store = DecodedImages\(ds, cache_mb=\.\.\., "
+             r"cache_dir=\.\.\.\) in loaders.py")
+    for old in ({"cache_mb": 0}, {"cache_dir": photos / "cache"}):
+        with pytest.raises(TypeError, match=moved + rf"; {next(iter(old))}= goes there"):
+            CsvImageDataset(photos / "labels.csv", photos / "img", **columns, **old)
+    ds = CsvImageDataset(photos / "labels.csv", photos / "img", **columns)
+    for name in ("preload", "cache_decision", "in_memory", "cache_file"):
+        with pytest.raises(AttributeError, match=moved + rf", then store\.{name}"):
+            getattr(ds, name)
+    assert not hasattr(ds, "preload") and not (photos / "cache").exists()
+    with pytest.raises(TypeError, match="unexpected keyword argument 'imagesize'"):  # any other: Python's own
+        CsvImageDataset(photos / "labels.csv", photos / "img", imagesize=8)
+    with pytest.raises(AttributeError, match="has no attribute 'nonsense'"):
+        ds.nonsense
+    for old in ({"cache_mb": 0}, {"cache_dir": photos / "cache"}):  # the loaders' dataset_kwargs go to the dataset
+        with pytest.raises(TypeError, match=moved + rf"; {next(iter(old))}= goes there \(or to get_dataloaders\)"):
+            get_dataloaders(8, tiny_data, dataset_kwargs=old)
+
+
+def test_the_documented_fast_path_through_a_plain_dataloader_decodes_each_image_once(photos, monkeypatch):
+    """store = DecodedImages(ds, ...); store.preload(num_workers=2); DataLoader(store, ...), as loaders.py's
+    docstring and docs/large-datasets.md give it: the batches are the dataset's, decoded by no worker."""
+    ds = CsvImageDataset(photos / "labels.csv", photos / "img", file_column="path", label_column="label", mode="RGB",
+                         image_size=(12, 10))
+    expected = torch.stack([ds[i][0] for i in range(len(ds))])  # (24, 3, 12, 10) float32, each decoded now
+    store = DecodedImages(ds, cache_mb=1024, cache_dir=photos / "cache")
+    assert store.preload(num_workers=2).shape == (24, 3, 12, 10)
+    assert "decoded into the disk cache" in store.cache_decision
+    assert (store.classes, store.targets, store.image_size, store.rows) == (ds.classes, ds.targets, (12, 10), ds.rows)
+
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("decoded although the store holds the pixels")
+    monkeypatch.setattr(dataset_module, "decode_image", no_decoding)  # forked workers inherit it
+    for workers in (0, 2):
+        batches = list(DataLoader(store, batch_size=8, shuffle=False, num_workers=workers))
+        assert torch.equal(torch.cat([images for images, _ in batches]), expected)
+        assert torch.cat([labels for _, labels in batches]).tolist() == ds.targets
+    shuffled = DataLoader(store, batch_size=8, shuffle=True, generator=torch.Generator().manual_seed(0))
+    assert sorted(torch.cat([labels for _, labels in shuffled]).tolist()) == sorted(ds.targets)
+    with pytest.raises(AttributeError):
+        store.classes = ["read", "only"]  # the dataset's facts are read through, not copied
+

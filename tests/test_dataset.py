@@ -16,7 +16,7 @@ import torch
 import dataset as dataset_module
 from conftest import ROOT, write_csv, write_png
 from dataset import CsvImageDataset, DatasetError, ImageLoadError
-from loaders import get_dataloaders, get_dataloaders_from_split_csv, make_datasets, make_loader
+from loaders import DecodedImages, get_dataloaders, get_dataloaders_from_split_csv, make_datasets, make_loader
 
 
 def good_csv(tmp_path, rows="a.png,0\nb.png,1\nc.png,2\nd.png,0\ne.png,1\nf.png,2\n"):
@@ -164,7 +164,7 @@ def make_broken(tmp_path, damage: str):
 @pytest.mark.parametrize("damage", ["truncated", "corrupt", "size"])
 def test_bad_image_is_named_when_the_cache_is_filled(tmp_path, damage):
     csv = make_broken(tmp_path, damage)
-    ds = CsvImageDataset(csv, tmp_path / "img")
+    ds = DecodedImages(CsvImageDataset(csv, tmp_path / "img"))
     with pytest.raises(ImageLoadError, match=r"(?s)x.csv.*line 7: 'bad.png'"):
         ds.preload()
 
@@ -172,7 +172,7 @@ def test_bad_image_is_named_when_the_cache_is_filled(tmp_path, damage):
 @pytest.mark.parametrize("damage", ["truncated", "size"])
 def test_bad_image_is_named_from_a_worker_process(tmp_path, damage):
     csv = make_broken(tmp_path, damage)
-    ds = CsvImageDataset(csv, tmp_path / "img", cache_mb=0)
+    ds = DecodedImages(CsvImageDataset(csv, tmp_path / "img"), cache_mb=0)
     loader = make_loader(ds, 3, shuffle=False, drop_last=False, seed=0, loader_kwargs={"num_workers": 2})
     with pytest.raises(ImageLoadError, match=r"(?s)x.csv.*line 7: 'bad.png'"):
         for _ in loader:
@@ -205,7 +205,7 @@ def test_check_command_missing_column_exits_non_zero(small_folder, capsys):
 def test_workers_with_spawn_start_method(tiny_data):
     ctx = multiprocessing.get_context("spawn")
     spawned, _, _ = get_dataloaders(batch_size=8, data_dir=tiny_data, seed=4, num_workers=1,
-                                    dataset_kwargs={"cache_mb": 0}, loader_kwargs={"multiprocessing_context": ctx})
+                                    cache_mb=0, loader_kwargs={"multiprocessing_context": ctx})
     plain, _, _ = get_dataloaders(batch_size=8, data_dir=tiny_data, seed=4)
     assert torch.equal(torch.cat([x for x, _ in spawned]), torch.cat([x for x, _ in plain]))
 
@@ -219,7 +219,7 @@ def test_workers_under_a_low_open_file_limit(tiny_data):
         for workers in (2, 4):
             for cache_mb in (0, 1024):
                 train, valid, _ = get_dataloaders(8, {str(tiny_data)!r}, num_workers=workers,
-                                                  dataset_kwargs={{"cache_mb": cache_mb}},
+                                                  cache_mb=cache_mb,
                                                   loader_kwargs={{"persistent_workers": cache_mb > 0}})
                 for epoch in range(3):
                     n = sum(len(y) for _, y in train) + sum(len(y) for _, y in valid)
@@ -241,9 +241,10 @@ def test_valid_and_test_share_the_training_classes_with_integer_labels(tmp_path)
     assert [loader.dataset.classes for loader in loaders] == [["0", "1", "2"]] * 3
 
 
-@pytest.mark.parametrize("cache_mb", [1024, 0])
+@pytest.mark.parametrize("cache_mb", [1024, 0, None])
 def test_batch_index_out_of_range_is_an_index_error(small_folder, cache_mb):
-    ds = CsvImageDataset(good_csv(small_folder), small_folder / "img", cache_mb=cache_mb)
+    ds = CsvImageDataset(good_csv(small_folder), small_folder / "img")  # None: the dataset, decoding each item
+    ds = ds if cache_mb is None else DecodedImages(ds, cache_mb=cache_mb)
     for bad in ([0, 6], [-1], [[0, 1]]):
         with pytest.raises(IndexError, match=r"flat list of ints in \[0, 6\)"):
             ds[bad]

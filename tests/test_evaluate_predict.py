@@ -11,10 +11,9 @@ import torch
 from PIL import Image
 
 import train
-from dataset import TEMP_TAG
 from conftest import write_csv, write_png
 from dataset import DatasetError
-from loaders import get_dataloaders
+from loaders import TEMP_TAG, get_dataloaders
 from model import MLP
 
 

@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from dataset import CsvImageDataset
-from loaders import EpochBatchSampler, folder_layout, get_dataloaders
+from loaders import DecodedImages, EpochBatchSampler, folder_layout, get_dataloaders
 from model import MLP
 
 
@@ -95,16 +95,16 @@ def test_iterating_valid_and_test_does_not_change_the_training_order(tiny_data):
 
 
 def test_fast_path_pixels_equal_pillow_and_uncached_path(tiny_data):
-    cached = CsvImageDataset(tiny_data / "mnist_train.csv", tiny_data / "mnist_train", pixels="uint8")
-    uncached = CsvImageDataset(tiny_data / "mnist_train.csv", tiny_data / "mnist_train", pixels="uint8", cache_mb=0)
+    plain = CsvImageDataset(tiny_data / "mnist_train.csv", tiny_data / "mnist_train", pixels="uint8")
+    cached, uncached = DecodedImages(plain), DecodedImages(plain, cache_mb=0)
     assert "keeping decoded" in cached.cache_decision and "not keeping" in uncached.cache_decision
     indices = list(range(len(cached)))
     a, b = cached[indices][0], uncached[indices][0]
-    assert a.dtype == torch.uint8 and torch.equal(a, b)
+    assert a.dtype == torch.uint8 and torch.equal(a, b) and torch.equal(plain[indices][0], a)
     for i in (0, 17, 39):
         with Image.open(cached.rows[i].path) as im:
             assert torch.equal(a[i, 0], torch.from_numpy(np.array(im)))
-        for ds in (cached, uncached):
+        for ds in (cached, uncached, plain):
             image, label = ds[i]
             assert torch.equal(image, a[i]) and label == ds.targets[i]
 
@@ -121,7 +121,7 @@ def test_sampler_splits_each_global_batch_between_ranks():
 
 def test_lecture_keywords_num_workers_and_batch_size_factor_eval(tiny_data):
     train, valid, test = get_dataloaders(batch_size=4, data_dir=tiny_data, num_workers=1, batch_size_factor_eval=3,
-                                         dataset_kwargs={"cache_mb": 0})  # decoding per batch: workers help
+                                         cache_mb=0)  # decoding per batch: workers help
     assert train.num_workers == valid.num_workers == 1
     assert [len(y) for _, y in valid] == [12, 8] and [len(y) for _, y in train] == [4] * 10
 
@@ -136,20 +136,19 @@ def roll(image: torch.Tensor) -> torch.Tensor:
 def test_workers_only_where_they_have_work_and_the_same_batches(tiny_data, tmp_path, monkeypatch, case):
     import shutil
 
-    import dataset as dataset_module
+    import loaders as loaders_module
     usage = type(shutil.disk_usage(tmp_path))  # a disk that can spare a cache over the budget, whatever this one's
-    monkeypatch.setattr(dataset_module.shutil, "disk_usage", lambda path: usage(100 * 2**30, 10 * 2**30, 90 * 2**30))
+    monkeypatch.setattr(loaders_module.shutil, "disk_usage", lambda path: usage(100 * 2**30, 10 * 2**30, 90 * 2**30))
     options = {"memory": ({}, None), "memory+transform": ({}, roll),
                "memory+transform, not persistent": ({}, roll),
                "decode per batch": ({"cache_mb": 0}, None),
                "mapped over budget": ({"cache_mb": 0.001, "cache_dir": tmp_path / "c"}, None)}
-    dataset_kwargs, transform = options[case]
+    store_kwargs, transform = options[case]  # cache_mb, cache_dir: each split's DecodedImages
     asked = {"num_workers": 2, "persistent_workers": True, "prefetch_factor": 3}  # dropped with the workers
     if case.endswith("not persistent"):
         asked = {"num_workers": 2, "persistent_workers": False}
-    loaders = get_dataloaders(8, tiny_data, seed=3, train_transforms=transform, dataset_kwargs=dataset_kwargs,
-                              loader_kwargs=asked)
-    plain = get_dataloaders(8, tiny_data, seed=3, train_transforms=transform, dataset_kwargs=dataset_kwargs)
+    loaders = get_dataloaders(8, tiny_data, seed=3, train_transforms=transform, **store_kwargs, loader_kwargs=asked)
+    plain = get_dataloaders(8, tiny_data, seed=3, train_transforms=transform, **store_kwargs)
     train, valid = loaders[0], loaders[1]
     if case == "mapped over budget":
         assert "memory-mapped file, over the memory budget" in train.dataset.cache_decision
@@ -173,11 +172,11 @@ def test_workers_only_where_they_have_work_and_the_same_batches(tiny_data, tmp_p
 def test_make_loader_decodes_with_its_workers_before_it_gathers_in_this_process(tiny_data, monkeypatch):
     from loaders import make_loader
     decodes = []
-    real = CsvImageDataset._decode_into
-    monkeypatch.setattr(CsvImageDataset, "_decode_into",
+    real = DecodedImages._decode_into
+    monkeypatch.setattr(DecodedImages, "_decode_into",
                         lambda self, out, num_workers, progress: decodes.append(num_workers) or
                         real(self, out, num_workers, progress))
-    ds = CsvImageDataset(tiny_data / "mnist_train.csv", tiny_data / "mnist_train")
+    ds = CsvImageDataset(tiny_data / "mnist_train.csv", tiny_data / "mnist_train")  # wrapped in a DecodedImages
     loader = make_loader(ds, 8, shuffle=True, drop_last=True, seed=0, loader_kwargs={"num_workers": 2})
     assert decodes == [2] and loader.num_workers == 0  # decoded once, by the workers, when the loader was made
     assert sum(len(y) for _, y in loader) == 40 and decodes == [2]
@@ -242,7 +241,7 @@ def test_a_users_collate_fn_or_worker_init_fn_keeps_the_workers_and_worker_only_
         tiny_data, tmp_path, monkeypatch):
     import shutil
 
-    import dataset as dataset_module
+    import loaders as loaders_module
     from loaders import make_loader
     collated = get_dataloaders(8, tiny_data, seed=3, loader_kwargs={"num_workers": 2, "collate_fn": _first_of_each})
     assert collated[0].num_workers == 2 and "2 workers run your collate_fn" in collated[0].workers_decision
@@ -257,9 +256,47 @@ def test_a_users_collate_fn_or_worker_init_fn_keeps_the_workers_and_worker_only_
     assert torch.equal(epoch_images(timed[1]), epoch_images(plain[1]))
     # Over the memory budget, make_loader on its own fills the disk cache that its sentence names.
     usage = type(shutil.disk_usage(tmp_path))
-    monkeypatch.setattr(dataset_module.shutil, "disk_usage", lambda path: usage(100 * 2**30, 10 * 2**30, 90 * 2**30))
-    ds = CsvImageDataset(tiny_data / "mnist_train.csv", tiny_data / "mnist_train", cache_mb=0.001,
-                         cache_dir=tmp_path / "c")
+    monkeypatch.setattr(loaders_module.shutil, "disk_usage", lambda path: usage(100 * 2**30, 10 * 2**30, 90 * 2**30))
+    ds = DecodedImages(CsvImageDataset(tiny_data / "mnist_train.csv", tiny_data / "mnist_train"), cache_mb=0.001,
+                       cache_dir=tmp_path / "c")
     loader = make_loader(ds, 8, shuffle=False, drop_last=False, seed=0, loader_kwargs={"num_workers": 2})
     assert "from the memory-mapped disk cache" in loader.workers_decision
     assert len(list((tmp_path / "c").glob("*.npy"))) == 1 and ds.cache_file is not None
+
+
+def test_the_loaders_folder_lock_is_make_subsets_and_write_atomic_leaves_old_or_new(tmp_path):
+    """train.py takes a results folder's lock from loaders.py; make_subset.py keeps its own copy (it is copied
+    alone): the two behave alike, sentences and all."""
+    import os
+
+    import loaders
+    import make_subset
+    seen = []
+    for module in (loaders, make_subset):
+        folder = tmp_path / module.__name__
+        folder.mkdir()
+        fd, again = (module.open_lock(folder / ".lock", "pass another --results-dir") for _ in range(2))
+        try:
+            assert module.lock_or_holder(fd) is None  # taken, with this process's id written in
+            assert module.lock_or_holder(again) == str(os.getpid())  # a second taker is told the holder
+        finally:
+            os.close(fd)
+            os.close(again)
+        os.symlink(folder / "elsewhere", folder / ".link")
+        os.link(folder / ".lock", folder / ".hard")
+        for planted in (".link", ".hard"):
+            with pytest.raises(module.LockFileError) as caught:
+                module.open_lock(folder / planted, "pass another --results-dir")
+            seen.append(str(caught.value).replace(str(folder), "FOLDER"))
+    assert seen[:2] == seen[2:] and "symbolic link" in seen[0] and "2 names (hard links)" in seen[1]
+    target = tmp_path / "out" / "metrics.csv"
+    target.parent.mkdir()
+    loaders.write_atomic(target, b"old")
+    with pytest.raises(TypeError):
+        loaders.write_atomic(target, "not bytes")  # fails half-way: the old file stays, no temporary is left
+    assert target.read_bytes() == b"old" and os.listdir(target.parent) == ["metrics.csv"]
+    loaders.write_atomic(target, b"new")
+    assert target.read_bytes() == b"new" and os.listdir(target.parent) == ["metrics.csv"]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert target.stat().st_mode & 0o777 == 0o666 & ~umask  # a new file's mode, not mkstemp's 0600

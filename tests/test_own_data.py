@@ -15,7 +15,7 @@ import dataset as dataset_module
 import train
 from conftest import ROOT, write_csv, write_png
 from dataset import CsvImageDataset, DatasetError, ImageLoadError, decode_image
-from loaders import get_dataloaders, get_dataloaders_from_split_csv, make_datasets, split_csv
+from loaders import DecodedImages, get_dataloaders, get_dataloaders_from_split_csv, make_datasets, split_csv
 from make_shapes import make_shapes
 
 
@@ -50,8 +50,8 @@ def test_exif_orientation_is_applied(tmp_path):
 
 def test_image_size_resizes_mixed_sizes_before_the_cache(tmp_path):
     csv = make_shapes(tmp_path, per_class=4)
-    ds = CsvImageDataset(csv, tmp_path, file_column="path", label_column="label", mode="RGB",
-                         image_size=(12, 16), pixels="uint8")
+    ds = DecodedImages(CsvImageDataset(csv, tmp_path, file_column="path", label_column="label", mode="RGB",
+                                       image_size=(12, 16), pixels="uint8"))
     assert ds.classes == ["circle", "square", "triangle"]
     assert "12 x 3x12x16 uint8" in ds.cache_decision and ds.preload().shape == (12, 3, 12, 16)
     images, labels = ds[np.arange(12)]
@@ -63,7 +63,7 @@ def test_image_size_resizes_mixed_sizes_before_the_cache(tmp_path):
 
 def test_without_image_size_mixed_sizes_are_an_error_that_says_how_to_fix_it(tmp_path):
     csv = make_shapes(tmp_path, per_class=2)
-    ds = CsvImageDataset(csv, tmp_path, file_column="path", label_column="label")
+    ds = DecodedImages(CsvImageDataset(csv, tmp_path, file_column="path", label_column="label"))
     with pytest.raises(ImageLoadError, match=r"line 3: 'images/circle/001.jpg'.*image_size="):
         ds.preload()
 

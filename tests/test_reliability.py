@@ -159,6 +159,7 @@ def test_an_oversized_first_image_is_the_one_blamed(tmp_path, capsys):
     import numpy as np
 
     import dataset as dataset_module
+    from loaders import DecodedImages
     from conftest import write_csv, write_png
 
     write_png(tmp_path / "img" / "big.png", np.zeros((40, 40), dtype=np.uint8))
@@ -168,7 +169,7 @@ def test_an_oversized_first_image_is_the_one_blamed(tmp_path, capsys):
     assert dataset_module.main([str(csv), str(tmp_path / "img")]) == 1
     out = capsys.readouterr().out
     assert "1 bad row(s)" in out and "line 2: 'big.png': size 40x40 (HxW) differs from the commonest, 8x8" in out
-    ds = dataset_module.CsvImageDataset(csv, tmp_path / "img")
+    ds = DecodedImages(dataset_module.CsvImageDataset(csv, tmp_path / "img"))
     with pytest.raises(dataset_module.ImageSizeError, match=r"1 bad row.*\n  line 2: 'big.png'"):
         ds.preload()
 
@@ -186,6 +187,7 @@ def test_a_bad_first_row_is_named_with_its_line(tmp_path, capsys, damage, monkey
     from PIL import Image
 
     import dataset as dataset_module
+    from loaders import DecodedImages
     from conftest import write_csv, write_png
 
     for i in range(3):
@@ -201,7 +203,7 @@ def test_a_bad_first_row_is_named_with_its_line(tmp_path, capsys, damage, monkey
     assert "line 2: 'first.png': cannot decode the image" in out and "1 bad row(s)" in out
     if damage == "not an image":
         with pytest.raises(dataset_module.ImageLoadError, match=r"x.csv, line 2: 'first.png'"):
-            dataset_module.CsvImageDataset(csv, tmp_path / "img").preload()
+            DecodedImages(dataset_module.CsvImageDataset(csv, tmp_path / "img")).preload()
 
 
 def test_only_this_projects_temporaries_are_removed_from_shared_folders(tiny_data, tmp_path, photos_like=None):

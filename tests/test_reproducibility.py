@@ -186,12 +186,12 @@ def test_ctrl_c_right_after_a_resume_points_back_to_the_resumed_checkpoint(tiny_
 @pytest.fixture(scope="module")
 def chunks_data(tmp_path_factory):
     """1,100 train (5 decode chunks), 40 valid, 40 test real digits, and a run of reference."""
-    import dataset
+    import loaders
 
     root = tmp_path_factory.mktemp("chunks")
     make_subset.main(["--out-dir", str(root / "data"), "--train-size", "1100", "--valid-size", "40",
                       "--test-size", "40"])
-    assert 1100 > 4 * dataset.DECODE_CHUNK  # several chunks, so that workers share the decode
+    assert 1100 > 4 * loaders.DECODE_CHUNK  # several chunks, so that workers share the decode
     with pytest.MonkeyPatch.context() as patch:
         no_figures(patch)
         big_run(root / "data", root / "reference", "--num-workers", "0", "--no-disk-cache", epochs=2)

@@ -16,7 +16,7 @@ from torch.utils.data import (ConcatDataset, DataLoader, DistributedSampler, Sub
 import dataset
 from conftest import write_csv, write_png
 from dataset import CsvImageDataset
-from loaders import EpochBatchSampler, loaders_from_datasets, make_loader
+from loaders import DecodedImages, EpochBatchSampler, loaders_from_datasets, make_loader
 
 
 @pytest.fixture
@@ -56,24 +56,27 @@ def count_decodes(monkeypatch, tmp_path):
 def test_a_plain_dataloader_with_workers_decodes_each_item_once_not_the_dataset_per_worker(numbered, tmp_path,
                                                                                            monkeypatch):
     decodes = count_decodes(monkeypatch, tmp_path)
-    ds = CsvImageDataset(*numbered)
+    plain = CsvImageDataset(*numbered)  # decodes each item it is asked for, in any process
+    assert sorted(i for images, _ in DataLoader(plain, batch_size=32, num_workers=2) for i in row_numbers(images)) \
+        == list(range(300)) and decodes() == 300
+    ds = DecodedImages(plain)  # not preloaded: a worker decodes its items, it does not fill a cache of its own
     loader = DataLoader(ds, batch_size=32, shuffle=True, num_workers=2)
     for epoch in (1, 2):
         seen = [i for images, _ in loader for i in row_numbers(images)]
         assert sorted(seen) == list(range(300))
-        assert decodes() == 300 * epoch  # each item once per epoch read (it was 300 per worker)
+        assert decodes() == 300 + 300 * epoch  # each item once per epoch read (it was 300 per worker)
     assert ds._cache is None  # no worker's copy of the pixels came back, and none is held here
     ds.preload()  # the fastest way: decode once here, before the workers start; they share it
-    assert decodes() == 900
+    assert decodes() == 1200
     assert sorted(i for images, _ in loader for i in row_numbers(images)) == list(range(300))
-    assert decodes() == 900
+    assert decodes() == 1200
 
 
 @pytest.mark.skipif(multiprocessing.get_start_method() != "fork", reason="counts decodes through fork")
 def test_workers_map_a_disk_cache_file_that_exists_instead_of_decoding(numbered, tmp_path, monkeypatch):
-    CsvImageDataset(*numbered, cache_dir=tmp_path / "cache").preload()  # an earlier run filled it
+    DecodedImages(CsvImageDataset(*numbered), cache_dir=tmp_path / "cache").preload()  # an earlier run filled it
     decodes = count_decodes(monkeypatch, tmp_path)
-    ds = CsvImageDataset(*numbered, cache_dir=tmp_path / "cache")
+    ds = DecodedImages(CsvImageDataset(*numbered), cache_dir=tmp_path / "cache")
     seen = [i for images, _ in DataLoader(ds, batch_size=50, num_workers=2) for i in row_numbers(images)]
     assert seen == list(range(300)) and decodes() == 0
 
@@ -188,24 +191,27 @@ def test_concat_of_datasets_whose_images_cannot_share_a_batch_is_one_sentence(nu
 def test_a_random_transform_on_ds_of_a_list_draws_anew_each_call_as_ds_of_i_does(numbered):
     from torchvision.transforms import v2
 
-    ds = CsvImageDataset(*numbered, transform=v2.RandomAffine(degrees=30, translate=(0.3, 0.3)))
-    torch.manual_seed(0)
-    a, b = ds[[1, 2, 3, 4]][0], ds[[1, 2, 3, 4]][0]
-    assert not torch.equal(a, b)  # it was frozen: the same draws every call
-    torch.manual_seed(0)
-    assert torch.equal(ds[[1, 2, 3, 4]][0], a)  # from the global RNG, so seeded runs repeat
+    plain = CsvImageDataset(*numbered, transform=v2.RandomAffine(degrees=30, translate=(0.3, 0.3)))
+    for ds in (plain, DecodedImages(plain)):  # each image decoded now, or from the store: the same draws
+        torch.manual_seed(0)
+        a, b = ds[[1, 2, 3, 4]][0], ds[[1, 2, 3, 4]][0]
+        assert not torch.equal(a, b)  # it was frozen: the same draws every call
+        torch.manual_seed(0)
+        assert torch.equal(ds[[1, 2, 3, 4]][0], a)  # from the global RNG, so seeded runs repeat
+        torch.manual_seed(0)
+        assert torch.equal(plain[[1, 2, 3, 4]][0], a)
 
 
 def test_a_memory_mapped_cache_pickles_as_its_file_not_its_pixels(numbered, tmp_path):
     import pickle
 
-    ds = CsvImageDataset(*numbered, cache_dir=tmp_path / "cache")
+    ds = DecodedImages(CsvImageDataset(*numbered), cache_dir=tmp_path / "cache")
     before = len(pickle.dumps(ds))
     pixels = ds.preload()
     assert pixels is not None and ds.cache_file is not None
     assert len(pickle.dumps(ds)) < before + pixels.numel() // 2  # the pixels went to every spawned worker
     copy = pickle.loads(pickle.dumps(ds))
     assert torch.equal(copy.preload(), pixels) and "read from the disk cache" in copy.cache_decision
-    in_memory = CsvImageDataset(*numbered)
+    in_memory = DecodedImages(CsvImageDataset(*numbered))
     in_memory.preload()  # no file to map it from: the pixels themselves go
     assert torch.equal(pickle.loads(pickle.dumps(in_memory))._cache, pixels)
