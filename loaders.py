@@ -57,7 +57,7 @@ import time
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import NamedTuple
+from typing import NamedTuple, TypedDict, Unpack
 
 import numpy as np
 import pandas as pd
@@ -82,30 +82,44 @@ SPLITS = ("train", "valid", "test")
 
 
 def get_dataloaders(batch_size: int, data_dir: str | Path = "data", num_workers: int = 0,
-                    seed: int = 123, *, csv_path: str | Path | None = None,
-                    img_dir: str | Path | None = None, split_column: str = "split",
-                    batch_size_factor_eval: int = 1, train_transforms: Transform | None = None,
+                    seed: int = 123, *, train_transforms: Transform | None = None,
                     test_transforms: Transform | None = None,
-                    image_size: int | tuple[int, int] | None = None, cache_mb: float = 1024,
-                    cache_dir: str | Path | None = None, dataset_kwargs: dict | None = None,
-                    loader_kwargs: dict | None = None) -> tuple[DataLoader, DataLoader, DataLoader]:
+                    **options: Unpack[LoaderOptions]) -> tuple[DataLoader, DataLoader, DataLoader]:
     """The lecture's loaders: data_dir/mnist_{train,valid,test}.csv listing the images in
     data_dir/mnist_{train,valid,test}/, as make_subset.py writes them; or, given csv_path, that
-    one CSV whose `split_column` says train / valid / test, its file names relative to img_dir
-    (default: the CSV's folder). Valid and test batches hold batch_size * batch_size_factor_eval
-    images (they only measure accuracy). cache_mb, cache_dir: each split's DecodedImages'
-    (dataset_kwargs go to CsvImageDataset, which refuses them with a sentence)."""
+    one CSV whose split_column says train / valid / test. `options`: see LoaderOptions."""
+    unknown = sorted(set(options) - set(LoaderOptions.__annotations__))
+    if unknown:
+        raise TypeError(f"get_dataloaders() got unexpected keyword argument(s) {unknown}; its "
+                        f"options are {sorted(LoaderOptions.__annotations__)}")
+    csv_path, img_dir = options.get("csv_path"), options.get("img_dir")
     if csv_path is None:
         sources = folder_layout(data_dir)
     else:
         folder = Path(csv_path).parent if img_dir is None else Path(img_dir)
-        sources = [(Path(csv_path), folder, (split_column, split)) for split in SPLITS]
-    datasets = make_datasets(sources, {"image_size": image_size, **(dataset_kwargs or {})},
+        column = options.get("split_column", "split")
+        sources = [(Path(csv_path), folder, (column, split)) for split in SPLITS]
+    datasets = make_datasets(sources, {"image_size": options.get("image_size"),
+                                       **(options.get("dataset_kwargs") or {})},
                              train_transforms, test_transforms)
-    return loaders_from_datasets(*decoded(datasets, cache_mb, cache_dir), batch_size=batch_size,
-                                 eval_batch_size=batch_size * batch_size_factor_eval, seed=seed,
-                                 loader_kwargs={"num_workers": num_workers,
-                                                **(loader_kwargs or {})})
+    stores = decoded(datasets, options.get("cache_mb", 1024), options.get("cache_dir"))
+    return loaders_from_datasets(
+        *stores, batch_size=batch_size,
+        eval_batch_size=batch_size * options.get("batch_size_factor_eval", 1), seed=seed,
+        loader_kwargs={"num_workers": num_workers, **(options.get("loader_kwargs") or {})})
+
+
+class LoaderOptions(TypedDict, total=False):
+    """get_dataloaders' other keywords, each optional."""
+    csv_path: str | Path  # one CSV with a split column, instead of data_dir's three
+    img_dir: str | Path  # the folder csv_path's file names are relative to (default: its folder)
+    split_column: str  # csv_path's column saying train / valid / test (default "split")
+    batch_size_factor_eval: int  # valid and test batches hold batch_size * this (default 1)
+    image_size: int | tuple[int, int]  # resize every image to this as it is decoded
+    cache_mb: float  # each split's DecodedImages: memory budget (default 1024)
+    cache_dir: str | Path  # and folder of the disk cache (default: none)
+    dataset_kwargs: dict  # to every CsvImageDataset (mode, pixels, file_column, ...)
+    loader_kwargs: dict  # to every torch DataLoader (persistent_workers, pin_memory, ...)
 
 
 def get_dataloaders_from_split_csv(csv_path: str | Path, img_dir: str | Path, batch_size: int,
