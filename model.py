@@ -145,15 +145,16 @@ MODELS = ("mlp", "cnn", "resnet18")
 
 @dataclasses.dataclass
 class ModelConfig:
-    """What decides the network. A train.py flag of the same name sets each of the first four
-    (--model, --hidden, --pretrained; the rest come from the data, mean and std from
-    --normalize); each default is written here alone."""
+    """What decides the network; each default is written here alone. image_size, channels and
+    num_classes come from the data, mean and std from it with train.py --normalize; a train.py
+    flag of the same name sets each of the others (--model, --hidden, --pretrained), and train.py
+    takes a field added here from the checkpoint, records and compares it without more code."""
+    image_size: tuple[int, int] = (28, 28)  # (H, W)
+    channels: int = 1
+    num_classes: int = 10
     model: str = "mlp"  # one of MODELS
     hidden: int = 100  # the MLP's hidden units
     pretrained: bool = False  # resnet18 from ImageNet's weights
-    channels: int = 1
-    image_size: tuple[int, int] = (28, 28)  # (H, W)
-    num_classes: int = 10
     mean: list[float] | None = None  # per channel: inputs normalised inside the model
     std: list[float] | None = None
 

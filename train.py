@@ -229,9 +229,13 @@ class TrainConfig:
         return dataclasses.replace(self, lr=lr, weight_decay=decay)
 
 
-# Flags that --resume, --evaluate and --predict take from the checkpoint when left out.
-INHERITED = {ModelConfig: ("model", "hidden", "pretrained"),
-             TrainConfig: ("optimizer", "lr", "momentum", "weight_decay", "lr_schedule")}
+# The fields set from the data and the run, not by a flag of their own; every other field of
+# ModelConfig and TrainConfig is a flag that --resume, --evaluate and --predict take from the
+# checkpoint when it is left out.
+FROM_DATA = {ModelConfig: ("image_size", "channels", "num_classes", "mean", "std"),
+             TrainConfig: ("schedule_epochs", "batch_size", "seed", "augment")}
+INHERITED = {cls: tuple(f.name for f in dataclasses.fields(cls) if f.name not in FROM_DATA[cls])
+             for cls in FROM_DATA}
 
 
 @dataclasses.dataclass
@@ -285,9 +289,7 @@ class RunConfig:
     # Not compared (the data fingerprint is): a moved data folder is the same data.
     data_files: list | None = None
 
-    ORDER = ("data", "mode", "image_size", "channels", "num_classes", "model", "hidden",
-             "pretrained", "mean", "std", "optimizer", "lr", "momentum", "weight_decay",
-             "lr_schedule", "schedule_epochs", "batch_size", "seed", "augment")
+    ORDER = ("data", "mode", *(f.name for cls in FROM_DATA for f in dataclasses.fields(cls)))
     DATA_FIELDS = ("data", "channels", "num_classes", "mode", "image_size")
 
     def flat(self) -> dict:
