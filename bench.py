@@ -607,6 +607,9 @@ def bench_worker_memory(folder: Path, size: int, batch_size: int) -> dict:
     return results
 
 
+SECTIONS = "loaders,scaling,end_to_end,startup,decode,rows,workers,plain,models,photos,busy,cached_workers"
+
+
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description="Data loading and training benchmarks.",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -623,7 +626,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--rows", default="30000,300000", help="CSV sizes for the row-checking rows (comma separated)")
     p.add_argument("--model-epochs", type=int, default=3, help="epochs per model in the models rows")
     p.add_argument("--photos", type=int, default=40, help="generated 3000x2000 JPEGs in the photos rows")
-    p.add_argument("--sections", default="loaders,scaling,end_to_end,startup,decode,rows,workers,plain,models,photos,busy,cached_workers",
+    p.add_argument("--sections", default=SECTIONS,
                    help="which parts to run (comma separated)")
     p.add_argument("--memory-of", help=argparse.SUPPRESS)  # internal: measure one loader in this process
     p.add_argument("--memory-data", nargs=3, type=Path, help=argparse.SUPPRESS)

@@ -76,10 +76,12 @@ class CsvImageDataset(Dataset):
                  skip_bad_rows: bool = False, image_size: int | tuple[int, int] | None = None,
                  encoding: str = "utf-8", background: tuple[int, int, int] = (255, 255, 255),
                  **removed) -> None:
-        for name in removed:  # what nothing took: the cache's get a sentence, the rest Python's
+        for name, value in removed.items():  # the cache's get a sentence, the rest Python's
+            if name not in ("cache_mb", "cache_dir"):
+                raise TypeError(f"CsvImageDataset() got an unexpected keyword argument {name!r}")
             raise TypeError(f"{CACHE_MOVED}; {name}= goes there (or to get_dataloaders)"
-                            if name in ("cache_mb", "cache_dir") else
-                            f"CsvImageDataset() got an unexpected keyword argument {name!r}")
+                            + ("; for no cache (cache_mb=0), leave it out: the dataset alone "
+                               "decodes each item as it is asked for" if value == 0 else ""))
         if mode not in MODES:
             raise ValueError(f"mode must be 'L', 'RGB' or 'auto', got {mode!r}")
         if pixels not in PIXELS:
@@ -247,7 +249,9 @@ class CsvImageDataset(Dataset):
 
     def __getattr__(self, name: str):
         """Only for a name the dataset does not have: the cache's name where it went."""
-        raise AttributeError(f"{CACHE_MOVED}, then store.{name}" if name in CACHE_ATTRIBUTES else
+        raise AttributeError(f"{CACHE_MOVED}, then store.{name}"
+                             + ("(num_workers=...)" if name == "preload" else "")
+                             if name in CACHE_ATTRIBUTES else
                              f"{type(self).__name__!r} object has no attribute {name!r}")
 
 

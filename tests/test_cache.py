@@ -410,6 +410,10 @@ def test_the_datasets_old_cache_keywords_and_preload_name_the_store_that_took_th
         with pytest.raises(AttributeError, match=moved + rf", then store\.{name}"):
             getattr(ds, name)
     assert not hasattr(ds, "preload") and not (photos / "cache").exists()
+    with pytest.raises(TypeError, match=r"for no cache \(cache_mb=0\), leave it out"):  # what the old 0 meant
+        CsvImageDataset(photos / "labels.csv", photos / "img", **columns, cache_mb=0)
+    with pytest.raises(AttributeError, match=r"then store\.preload\(num_workers=\.\.\.\)$"):
+        ds.preload(num_workers=2)
     with pytest.raises(TypeError, match="unexpected keyword argument 'imagesize'"):  # any other: Python's own
         CsvImageDataset(photos / "labels.csv", photos / "img", imagesize=8)
     with pytest.raises(AttributeError, match="has no attribute 'nonsense'"):
