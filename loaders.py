@@ -55,6 +55,7 @@ import sys
 import tempfile
 import time
 import warnings
+import weakref
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NamedTuple, TypedDict, Unpack
@@ -129,6 +130,8 @@ def get_dataloaders_from_split_csv(csv_path: str | Path, img_dir: str | Path, ba
     """Loaders for one CSV whose `split_column` says train / valid / test, and one image folder:
     get_dataloaders(batch_size, csv_path=..., img_dir=...), whose keywords `options` are. For a
     CSV without a split column, split_csv() writes a copy with one."""
+    if "data_dir" in options:
+        raise TypeError("get_dataloaders_from_split_csv() takes csv_path and img_dir, not data_dir")
     return get_dataloaders(batch_size, num_workers=num_workers, seed=seed, csv_path=csv_path,
                            img_dir=img_dir, split_column=split_column, **options)
 
@@ -410,14 +413,20 @@ def _generator_from_state(state: bytes) -> PicklableGenerator:
     return generator
 
 
+# The store the loaders gave each CsvImageDataset passed to them bare; gone with the dataset.
+_DEFAULT_STORES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
 def as_batch_dataset(dataset: Dataset, stores: dict[int, DecodedImages] | None = None) -> Dataset:
     """dataset itself when it is a DecodedImages (or a DatasetView), a DecodedImages of it (with
     the default budget, no disk cache) when it is a CsvImageDataset, else a DatasetView of it.
     stores: the DecodedImages made so far, by id of their dataset, so that one is made for each."""
     stores = {} if stores is None else stores
     if isinstance(dataset, CsvImageDataset):
-        if id(dataset) not in stores:
-            stores[id(dataset)] = DecodedImages(dataset)
+        if id(dataset) not in stores:  # one per dataset, across calls too: decoded once, one copy
+            if dataset not in _DEFAULT_STORES:
+                _DEFAULT_STORES[dataset] = DecodedImages(dataset)
+            stores[id(dataset)] = _DEFAULT_STORES[dataset]
         return stores[id(dataset)]
     return dataset if isinstance(dataset, (DecodedImages, DatasetView)) else \
         DatasetView(dataset, stores)
@@ -770,7 +779,12 @@ class DecodedImages(Dataset):
     csv_path = property(lambda self: self.dataset.csv_path)
     split = property(lambda self: self.dataset.split)
     rows = property(lambda self: self.dataset.rows)
-    transform = property(lambda self: self.dataset.transform)
+    transform = property(lambda self: self.dataset.transform,
+                         lambda self, value: setattr(self.dataset, "transform", value))
+    class_to_idx = property(lambda self: self.dataset.class_to_idx)  # ImageFolder's attributes
+    samples = property(lambda self: self.dataset.samples)
+    imgs = property(lambda self: self.dataset.imgs)
+    problems = property(lambda self: self.dataset.problems)
     pixels = property(lambda self: self.dataset.pixels)
 
 

@@ -13,6 +13,7 @@ rebuild the same modules from the checkpoint alone.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import os
 
 import torch
@@ -163,6 +164,9 @@ class ModelConfig:
         """The model's part of a checkpoint's "config" (train.py's, which holds more keys). One of
         an earlier version has no "channels": it follows from num_features / (H * W)."""
         saved = dict(saved)
+        missing = [k for k in ("image_size", "num_classes") if k not in saved]
+        if missing:  # what the data gave: no default stands in for it
+            raise KeyError(f"no {', '.join(missing)}")
         if "channels" not in saved:
             h, w = saved["image_size"]
             saved["channels"] = saved["num_features"] // (h * w)
@@ -172,15 +176,37 @@ class ModelConfig:
         return config
 
 
-def build_model(config: ModelConfig | str, *args, load_weights: bool = True,
-                **kwargs) -> nn.Module:
-    """The network a ModelConfig describes, for images of (channels, *image_size); or
-    build_model(name, channels, image_size, num_classes, hidden=..., pretrained=..., mean=...,
-    std=...). pretrained (resnet18 only): ImageNet's weights, loaded unless load_weights is False (a
-    checkpoint's weights go in next). The same config always builds the same modules."""
-    if isinstance(config, str):
-        fields = ("model", "channels", "image_size", "num_classes", "hidden", "pretrained")
-        config = ModelConfig(**dict(zip(fields, (config, *args))), **kwargs)
+# build_model's arguments before ModelConfig, which it still takes.
+_OLD_CALL = inspect.Signature([inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                                                 default=default)
+                               for name, default in [
+                                   ("name", inspect.Parameter.empty),
+                                   ("channels", inspect.Parameter.empty),
+                                   ("image_size", inspect.Parameter.empty),
+                                   ("num_classes", inspect.Parameter.empty), ("hidden", 100),
+                                   ("pretrained", False), ("load_weights", True), ("mean", None),
+                                   ("std", None)]])
+
+
+def _called_with(name, *args, **kwargs) -> tuple[ModelConfig, bool]:
+    """(the ModelConfig, load_weights) of a build_model call, in either form."""
+    if isinstance(name, ModelConfig):
+        return name, inspect.signature(lambda load_weights=True: None).bind(
+            *args, **kwargs).arguments.get("load_weights", True)
+    values = _OLD_CALL.bind(name, *args, **kwargs)
+    values.apply_defaults()
+    values = dict(values.arguments)
+    load_weights = values.pop("load_weights")
+    return ModelConfig(model=values.pop("name"), **values), load_weights
+
+
+def build_model(name: ModelConfig | str, *args, **kwargs) -> nn.Module:
+    """The network a ModelConfig describes, for images of (channels, *image_size):
+    build_model(config, load_weights=True); or, as before ModelConfig, build_model(name, channels,
+    image_size, num_classes, hidden=100, pretrained=False, load_weights=True, mean=None,
+    std=None). pretrained (resnet18 only): ImageNet's weights, loaded unless load_weights is False
+    (a checkpoint's weights go in next). The same config always builds the same modules."""
+    config, load_weights = _called_with(name, *args, **kwargs)
     name, size = config.model, tuple(config.image_size)
     if name == "mlp":
         net = MLP(num_features=config.channels * size[0] * size[1], num_hidden=config.hidden,

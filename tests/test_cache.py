@@ -446,3 +446,23 @@ def test_the_documented_fast_path_through_a_plain_dataloader_decodes_each_image_
     with pytest.raises(AttributeError):
         store.classes = ["read", "only"]  # the dataset's facts are read through, not copied
 
+
+
+def test_loaders_of_one_dataset_share_its_decoded_images_across_calls(tiny_data, monkeypatch):
+    """Two loader calls on one bare CsvImageDataset decode it once and hold one copy, as when the cache
+    was the dataset's (a red team counted 2,300 decodes where there had been 1,300)."""
+    import dataset as dataset_module
+    from loaders import loaders_from_datasets, make_loader
+    calls = []
+    real = dataset_module.decode_image
+    monkeypatch.setattr(dataset_module, "decode_image", lambda *a, **k: (calls.append(1), real(*a, **k))[1])
+    ds = CsvImageDataset(tiny_data / "mnist_train.csv", tiny_data / "mnist_train")
+    first = make_loader(ds, 8, shuffle=False, drop_last=False, seed=0)
+    second = loaders_from_datasets(ds, ds, ds, batch_size=8)[0]
+    for loader in (first, second):
+        for _ in loader:
+            pass
+    assert len(calls) == len(ds) == 40 and first.dataset is second.dataset
+    assert first.dataset.class_to_idx == ds.class_to_idx and first.dataset.samples[0] == ds.samples[0]
+    first.dataset.transform = None  # read through, and set through, as on the dataset
+    assert ds.transform is None

@@ -320,3 +320,28 @@ def test_a_loss_that_diverges_still_draws_its_figure():
     fig = plot.plot_training_loss([2.3, float("nan"), float("inf"), 1.0], 2)
     assert fig.axes[0].get_ylim()[1] == pytest.approx(2.3 * 1.05)
     plt.close(fig)
+
+
+def test_build_model_takes_a_config_and_every_older_call_shape():
+    """build_model(ModelConfig(...)) and the calls of before it, positional or by keyword, with the
+    same errors for missing arguments (a red team found them defaulted or dropped)."""
+    from model import MLP, ModelConfig
+    assert isinstance(build_model(name="cnn", channels=1, image_size=(28, 28), num_classes=10), ConvNet)
+    wrapped = build_model("mlp", 1, (28, 28), 10, 100, False, True, [0.5], [0.25])  # mean and std, 8th and 9th
+    assert isinstance(wrapped, Normalized) and wrapped.mean.item() == 0.5 and wrapped.std.item() == 0.25
+    assert isinstance(build_model(ModelConfig(channels=3, image_size=(8, 8), num_classes=4)), MLP)
+    with pytest.raises(TypeError, match="num_classes"):
+        build_model("mlp", 1, (28, 28))
+    with pytest.raises(TypeError):
+        build_model(ModelConfig(), True, 6)  # a config takes load_weights alone
+
+
+def test_a_checkpoint_config_without_its_data_shape_is_refused_not_defaulted(tiny_data, tmp_path, without_figures):
+    run(tiny_data, tmp_path / "r", epochs=1)
+    for key in ("num_classes", "image_size"):
+        checkpoint = torch.load(tmp_path / "r" / "checkpoint.pt", weights_only=True)
+        del checkpoint["config"][key]
+        torch.save(checkpoint, tmp_path / f"no_{key}.pt")
+        for use in (["--evaluate", "--data-dir", str(tiny_data)], ["--predict", str(tiny_data / "mnist_test")]):
+            with pytest.raises(SystemExit, match=rf"settings \(its 'config'\) are not those train.py writes .*{key}"):
+                train.main([*use, "--checkpoint", str(tmp_path / f"no_{key}.pt"), "--results-dir", str(tmp_path / "x")])
