@@ -279,7 +279,8 @@ def predict(path: str, checkpoint: dict, checkpoint_path: Path, results_dir: Pat
         ds, unreadable, in_csv = images_to_predict(Path(path), columns, img_dir, encoding,
                                                    Path(tmp), options)
     labelled = ds is not None and ds.targets[0] >= 0
-    predicted = predicted_rows(model, ds, classes, device, unreadable, in_csv) if ds is not None else []
+    predicted = [] if ds is None else predicted_rows(model, ds, classes, device, unreadable,
+                                                     in_csv)
     if not predicted:
         raise DatasetError(f"{path}: no image could be read, so nothing was predicted:\n"
                            + "\n".join(f"  {f!r}: {why}" for f, _, why in unreadable[:10]))

@@ -57,9 +57,10 @@ from torch.utils.data import DataLoader
 
 from dataset import DatasetError, parse_image_size
 from evaluate import (REPORT_FILES, RunError, compute_accuracy, compute_confusion_matrix,
-                      distributed, evaluate_model, global_settings_kept, saved_model_accuracy, model_from_checkpoint, move_aside, predict,
-                      read_checkpoint, saved_model_config, set_all_seeds, set_deterministic,
-                      sum_over_ranks, to_input, write_reports)
+                      distributed, evaluate_model, global_settings_kept, model_from_checkpoint,
+                      move_aside, predict, read_checkpoint, saved_model_accuracy,
+                      saved_model_config, set_all_seeds, set_deterministic, sum_over_ranks,
+                      to_input, write_reports)
 from loaders import (SPLITS, TEMP_TAG, DecodedImages, LockFileError, decoded, folder_layout,
                      lock_or_holder, loaders_from_datasets, make_datasets, make_loader, open_lock,
                      split_csv, write_atomic)
@@ -992,8 +993,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                       help="share of each class for test")
     data.add_argument("--split-seed", type=_at_least(0, int), default=DataSettings.split_seed,
                       help="seed of the drawn split (apart from --seed: a new seed keeps the split)")
-    data.add_argument("--file-column", default=DataSettings.file_column, help="column with the file names")
-    data.add_argument("--label-column", default=DataSettings.label_column, help="column with the labels")
+    data.add_argument("--file-column", default=DataSettings.file_column,
+                      help="column with the file names")
+    data.add_argument("--label-column", default=DataSettings.label_column,
+                      help="column with the labels")
     data.add_argument("--mode", default=DataSettings.mode, choices=["auto", "L", "RGB"],
                       help="gray (L, 1 channel) or RGB (3); auto: L when every image is gray, "
                            "else RGB, from the files' headers")
@@ -1041,7 +1044,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                               help="number of epochs")
     optimisation.add_argument("--seed", type=_seed, default=Settings.seed,
                               help="seed for the weights and the data order (0 to 2**32 - 1)")
-    optimisation.add_argument("--batch-size", type=_at_least(1, int), default=DataSettings.batch_size,
+    optimisation.add_argument("--batch-size", type=_at_least(1, int),
+                              default=DataSettings.batch_size,
                               help="minibatch size (under torchrun: the global batch, split "
                                    "between ranks)")
     optimisation.add_argument("--eval-batch-size", type=_at_least(1, int),
@@ -1092,7 +1096,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     hardware = p.add_argument_group("device and processes")
     hardware.add_argument("--device", default=Settings.device,
                           help="auto (cuda, then mps, else cpu), or any torch device")
-    hardware.add_argument("--dist-timeout", type=_minutes, default=Settings.dist_timeout, metavar="MINUTES",
+    hardware.add_argument("--dist-timeout", type=_minutes, default=Settings.dist_timeout,
+                          metavar="MINUTES",
                           help="under torchrun: how long a process waits for the others at each "
                                "exchange, rank 0's first decode of the data included, before it "
                                "stops with an error (torch's default)")
