@@ -40,32 +40,29 @@ class CsvImageDataset(Dataset):
         images/        00000.png  cats/00001.png
 
     Args:
-        csv_path, img_dir: the CSV (a header line, then one row per image) and the folder its
-            file names are relative to.
-        transform: optional callable on one image, a uint8 tensor (C, H, W), such as a torchvision
-            v2 transform; images may differ in size if the transform makes them equal.
-        file_column, label_column: column names; label_column=None for unlabelled rows (images
-            to predict), whose label is -1.
-        mode: Pillow mode every image is converted to ("L" gray, 1 channel; "RGB", 3 channels);
-            "auto": L when every image is gray, else RGB, from the files' headers.
-        pixels: what images come out as: "float01" (float32 in [0, 1], the default, what
-            v2.ToDtype(torch.float32, scale=True) gives), "float255" (float32, 0-255) or "uint8"
-            (to be scaled later, e.g. on the GPU after the copy).
-        classes: class names in index order, for a text label column (so that train, valid and
-            test share one mapping); by default the sorted names found.
+        csv_path, img_dir: the CSV (a header line, then a row per image) and the folder its file
+            names are relative to.
+        transform: optional callable on one uint8 image (C, H, W), such as a torchvision v2
+            transform; it may make images of different sizes equal.
+        file_column, label_column: column names; label_column=None: unlabelled rows (label -1).
+        mode: "L" (gray, 1 channel), "RGB" (3), or "auto": L when every file's header is gray.
+        pixels: "float01" (float32 in [0, 1], as v2.ToDtype(torch.float32, scale=True) gives),
+            "float255" (float32, 0-255) or "uint8" (to scale later, e.g. on the GPU).
+        classes: class names in index order, for a text label column, so that train, valid and
+            test share one mapping; by default the sorted names found.
         num_classes: labels must be below this, when given.
         split: (column, value): keep only the rows whose column holds value (one CSV, all splits).
         skip_bad_rows: drop bad rows with a warning that counts them, instead of raising.
-        image_size: resize every image to this (H, W), or N x N for an int, as it is decoded
-            (antialiased). Without it, images must share one size.
+        image_size: resize every image to (H, W), or N x N for an int, as it is decoded
+            (antialiased); without it, images must share one size.
         encoding: the CSV's text encoding ("utf-8" also reads a byte order mark; spreadsheet
             exports are often "latin-1" or "cp1252").
         background: the colour transparent images are laid over (white, as a page shows them).
 
-    Attributes, as ImageFolder's: `samples` (samples[i] is (path, class_index)), `imgs` (the
-    same), `classes`, `class_to_idx`, `targets` (list of int); and `rows` (rows[i] is
-    Sample(path, label, line, file); NumPy arrays inside), `image_size` (H, W), `channels`,
-    `mode_decision` (why this mode), `problems` (the bad rows: (line, file, what)).
+    Attributes as ImageFolder's: `samples` and `imgs` (item i is (path, class_index)), `classes`,
+    `class_to_idx`, `targets` (list of int); also `rows` (rows[i] is Sample(path, label, line,
+    file)), `image_size` (H, W), `channels`, `mode_decision` (why this mode), `problems` (the bad
+    rows: (line, file, what)).
     """
 
     def __init__(self, csv_path: str | Path, img_dir: str | Path,
@@ -123,13 +120,13 @@ class CsvImageDataset(Dataset):
         return len(self.rows)
 
     def load_image(self, i: int) -> torch.Tensor:
-        """Pixels of sample i decoded now, (C, H, W) uint8, a copy the caller may write to. With
-        no transform to make sizes equal, a size other than image_size is an ImageSizeError."""
+        """Sample i decoded now, (C, H, W) uint8, a copy the caller may write to. Without a
+        transform to make sizes equal, a size other than image_size is an ImageSizeError."""
         return torch.from_numpy(self._read(i, same_size=self.transform is None).copy())
 
     def make_sample(self, i: int, image: torch.Tensor) -> tuple[torch.Tensor, int]:
-        """(image, label) of sample i from its pixels, (C, H, W) uint8: the transform, then the
-        dtype `pixels` asks for. What ds[i] returns; a store of decoded pixels passes its own."""
+        """What ds[i] returns, from sample i's pixels (C, H, W) uint8: the transform, then the
+        dtype `pixels` asks for. A store of decoded pixels passes its own."""
         if self.transform is not None:
             image = self.apply_transform(i, image)
         return to_pixels(image, self.pixels), self.rows[i].label
@@ -147,9 +144,8 @@ class CsvImageDataset(Dataset):
     imgs = samples  # ImageFolder's other name for the same list
 
     def get_batch(self, indices) -> tuple[torch.Tensor, torch.Tensor]:
-        """Images (B, C, H, W) and labels (B,) int64 of the samples at `indices` (a list, NumPy
-        array or tensor of ints), decoded now: what a DataLoader's collate makes of B items. The
-        transform draws from the global RNG, as ds[i] does."""
+        """Images (B, C, H, W) and labels (B,) int64 at `indices` (ints in a list, array or
+        tensor), as collate stacks B items; the transform draws from the global RNG as ds[i]."""
         rows, labels = self.batch_rows(indices)
         if self.transform is None:
             return to_pixels(self.load_images(rows.tolist()), self.pixels), labels
@@ -171,15 +167,14 @@ class CsvImageDataset(Dataset):
     def load_images(self, indices: Sequence[int]) -> torch.Tensor:
         """(B, C, H, W) uint8 pixels of same-sized images, decoded now straight into one array."""
         batch = np.empty((len(indices), self.channels, *self.image_size), dtype=np.uint8)
-        for j, i in enumerate(indices):  # numpy assignment: a fraction of torch's per-call cost
+        for j, i in enumerate(indices):  # NumPy's assignment costs a fraction of torch's
             batch[j] = self._read(i, same_size=True)
         return torch.from_numpy(batch)
 
     def apply_transform(self, i: int, image: torch.Tensor,
                         load_image: Callable[[int], torch.Tensor] | None = None) -> torch.Tensor:
-        """The transform on sample i's image, (C, H, W); an output whose shape differs from image
-        0's (which the batch could not be stacked with) raises ImageLoadError naming the file.
-        load_image: where image 0 comes from (a store passes its own, so nothing is decoded)."""
+        """The transform on sample i's image (C, H, W); an output shaped unlike image 0's, which a
+        batch cannot stack, is an ImageLoadError. load_image: a store's source of image 0."""
         with one_intra_op_thread():
             out = self.transform(image)
             if self._transformed_shape is None:
@@ -206,8 +201,7 @@ class CsvImageDataset(Dataset):
                 for sample, size in zip(self.rows, sizes) if size not in (None, common)]
 
     def size_error(self) -> ImageSizeError:
-        """An ImageSizeError listing every image not of the commonest size, a line each: for when
-        decoding them all met one that differs."""
+        """An ImageSizeError naming every image not of the commonest size, a line each."""
         return ImageSizeError(problems_message(self.csv_path, self.size_problems(), len(self),
                                                self._check_command, by_reason=False))
 
@@ -225,9 +219,8 @@ class CsvImageDataset(Dataset):
                            "Pillow can open")
 
     def _read(self, i: int, same_size: bool) -> np.ndarray:
-        """Sample i decoded by Pillow, (C, H, W) uint8; errors name the file and its CSV line. A
-        file whose size or times differ from when the rows were checked was replaced meanwhile
-        (make_subset.py --force under a running job): an error, not other images used silently."""
+        """Sample i decoded, (C, H, W) uint8. A file unlike when its row was checked was replaced
+        meanwhile (make_subset.py --force under a running job): an error, not other images."""
         path = self.rows[i].path
         try:
             pixels = decode_image(path, self.mode, self.resize, self.background)
@@ -240,11 +233,10 @@ class CsvImageDataset(Dataset):
                                  "other images in. Start the run again to use the new files")
         if same_size and pixels.shape[1:] != tuple(self.image_size):
             (height, width), first = self.image_size, self._size_from
-            raise ImageSizeError(
-                f"{self.where(i)}: image is {pixels.shape[1]}x{pixels.shape[2]} (HxW) but the "
-                f"first image ({first!r}) is {height}x{width}; "
-                "images of different sizes cannot be batched: pass image_size= (--image-size) "
-                "to resize them as they are read")
+            raise ImageSizeError(f"{self.where(i)}: image is {pixels.shape[1]}x{pixels.shape[2]} "
+                                 f"(HxW) but the first image ({first!r}) is {height}x{width}; "
+                                 "images of different sizes cannot be batched: pass image_size= "
+                                 "(--image-size) to resize them as they are read")
         return pixels
 
     def __getattr__(self, name: str):
@@ -282,7 +274,6 @@ EXPECTED_INDEX = "(expected a class index >= 0)"
 MAX_LABEL = 2**31  # a class index must fit an int32, as a label tensor on any device
 MAX_LISTED_PROBLEMS = 20
 SEPARATORS = (",", ";", "\t")  # a spreadsheet's export in much of Europe uses ';'
-# The usual spellings of each split, matched in any case: "Train", "VAL", "Testing" are splits too.
 SPLIT_SPELLINGS = {"train": ("train", "training"), "valid": ("valid", "val", "validation", "dev"),
                    "test": ("test", "testing")}
 # What Pillow raises for a file it cannot decode: truncated, corrupt, unknown format, too large.
@@ -298,36 +289,30 @@ CACHE_MOVED = ("CsvImageDataset no longer caches: wrap it, store = DecodedImages
 
 def decode_image(path: str, mode: str, size: tuple[int, int] | None = None,
                  background: tuple[int, int, int] = (255, 255, 255)) -> np.ndarray:
-    """Pixels of one image file as a viewer shows it, channels first: (C, H, W) uint8.
-
-    EXIF orientation is applied (phone photos stand upright), 16-bit images are scaled to 8 bits
-    (never clipped), transparent images are laid over `background` (white, as a page shows them;
-    dropping the alpha would turn a black drawing on a transparent sheet all black), the image is
-    converted to `mode` and, given a size (H, W), resized to it (bilinear, antialiased). A
-    read-only view of Pillow's own bytes (np.array(im) would copy). A change to the pixels it
-    gives must raise CACHE_FORMAT in loaders.py, so that no disk cache serves the old ones.
-    """
+    """One image file as a viewer shows it, (C, H, W) uint8, a read-only view of Pillow's bytes:
+    upright by its EXIF orientation, 16 bits scaled (not clipped) to 8, transparency laid over
+    `background` (dropping alpha would turn a black drawing on a transparent sheet all black),
+    converted to `mode`, resized to `size` (H, W) if given. A change to these pixels must raise
+    CACHE_FORMAT in loaders.py, so that no disk cache serves the old ones."""
     with Image.open(path) as im:  # closes the file even when decoding fails
         orientation = exif_orientation(im)
         if size is not None and im.format == "JPEG":
-            # libjpeg decodes at 1/2, 1/4 or 1/8 scale in the DCT domain: the smallest scale not
-            # below the target (W, H) as stored (a turned photo's sides swap), several times
-            # faster for a large photo; the resize below then works on fewer pixels
+            # libjpeg decodes at 1/2, 1/4 or 1/8 scale, not below the target (W, H) as stored (a
+            # turned photo's sides swap): fewer pixels to decode and to resize
             im.draft(im.mode, upright_size(im, (size[1], size[0])))
         if orientation != 1:
             im = ImageOps.exif_transpose(im)
-        if im.mode in WIDE_GRAY_MODES:
-            im = _gray_16_to_8(im)
+        if im.mode in WIDE_GRAY_MODES:  # v * 255 / 65535 rounded; convert("L") clips at 255
+            wide = np.clip(np.asarray(im).astype(np.int64), 0, 65535)
+            im = Image.fromarray(((wide * 255 + 32767) // 65535).astype(np.uint8), "L")
         if has_transparency(im):
             im = Image.alpha_composite(Image.new("RGBA", im.size, (*background, 255)),
                                        im.convert("RGBA"))
         if im.mode != mode:
             im = im.convert(mode)
         if size is not None and im.size != (size[1], size[0]):
-            # reducing_gap=3: a shrink by 6x or more first averages whole blocks of pixels (as
-            # draft does for JPEGs), leaving at least 3x to resample: a large PNG's resize several
-            # times faster, within a grey level of the exact one (Pillow: "indistinguishable ...
-            # in most cases"; figures in docs/performance.md)
+            # reducing_gap=3: a shrink of 6x or more first averages blocks of pixels, leaving 3x
+            # or more to resample: faster, within a grey level of the exact resize
             im = im.resize((size[1], size[0]), Image.Resampling.BILINEAR, reducing_gap=3.0)
         pixels = np.frombuffer(im.tobytes(), dtype=np.uint8)
         return pixels.reshape(im.height, im.width, len(im.getbands())).transpose(2, 0, 1)
@@ -339,22 +324,14 @@ def exif_orientation(im: Image.Image) -> int:
 
 
 def upright_size(im: Image.Image, size: tuple[int, int] | None = None) -> tuple[int, int]:
-    """im's (W, H) as a viewer shows it, or any `size` (W, H) turned the same way (its own
-    inverse): the sides swap when the EXIF orientation is a quarter turn (5 to 8), as a phone
-    photo's is."""
+    """im's (W, H) as a viewer shows it, or `size` (W, H) turned alike (its own inverse): the
+    sides swap for a quarter-turn EXIF orientation (5 to 8), as a phone photo's."""
     width, height = im.size if size is None else size
     return (height, width) if exif_orientation(im) in (5, 6, 7, 8) else (width, height)
 
 
 def has_transparency(im: Image.Image) -> bool:
     return im.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in im.info
-
-
-def _gray_16_to_8(im: Image.Image) -> Image.Image:
-    """A 16-bit gray image as 8 bits, v * 255 / 65535 rounded (Pillow's convert("L") would clip
-    every value above 255 to white)."""
-    wide = np.clip(np.asarray(im).astype(np.int64), 0, 65535)
-    return Image.fromarray(((wide * 255 + 32767) // 65535).astype(np.uint8), "L")
 
 
 def is_gray(im: Image.Image) -> bool:
@@ -367,8 +344,7 @@ def is_gray(im: Image.Image) -> bool:
 
 
 def auto_mode(rows: Samples) -> tuple[str, str]:
-    """("L" or "RGB", why) for mode="auto": L when every image is gray, else RGB, read from the
-    files' headers; stops at the first colour image. An unreadable file is the decoder's to name."""
+    """("L" or "RGB", why) for mode="auto", from the files' headers: RGB at the first colour one."""
     for sample in rows:
         if colour := _header(sample.path, lambda im: None if is_gray(im) else im.mode):
             return "RGB", f"mode=auto: RGB, {sample.file!r} is in colour ({colour})"
@@ -376,8 +352,8 @@ def auto_mode(rows: Samples) -> tuple[str, str]:
 
 
 def _header(path: str, read: Callable[[Image.Image], object]):
-    """read(im) of the image at path, opened without decoding (Pillow reads the header only);
-    None when Pillow cannot open it (decoding it names it, with its line)."""
+    """read(im) of the image at path, header only; None if Pillow cannot open it (the decoder
+    names it, with its line)."""
     try:
         with Image.open(path) as im:
             return read(im)
@@ -387,10 +363,9 @@ def _header(path: str, read: Callable[[Image.Image], object]):
 
 @contextlib.contextmanager
 def one_intra_op_thread():
-    """torch's intra-op thread pool down to one thread for the block, then back (about a
-    microsecond). A transform's ops on one small image, split across threads, wait for each
-    other, and far longer when another process holds a core (docs/performance.md). DataLoader
-    workers run on one thread already, so each image is transformed alike in any process."""
+    """torch's intra-op threads down to one for the block: a transform's ops on one small image,
+    split across threads, wait for each other, far longer when another process holds a core.
+    DataLoader workers run on one thread already, so each image is transformed alike anywhere."""
     threads = torch.get_num_threads()
     if threads > 1:
         torch.set_num_threads(1)
@@ -402,10 +377,9 @@ def one_intra_op_thread():
 
 
 def to_float01(images: torch.Tensor) -> torch.Tensor:
-    """uint8 images, (C, H, W) or (B, C, H, W), -> float32 in [0, 1]: bit for bit what
-    v2.ToDtype(torch.float32, scale=True) gives (a test pins it), without importing torchvision.
-    One multiply for a whole batch; on the CPU in NumPy, on one thread: torch would split it across
-    its intra-op threads, which wait for each other whenever another process holds a core."""
+    """uint8 images, (C, H, W) or (B, C, H, W), -> float32 in [0, 1], bit for bit as
+    v2.ToDtype(torch.float32, scale=True) (a test pins it). On the CPU in NumPy, on one thread:
+    torch's intra-op threads wait for each other whenever another process holds a core."""
     if images.device.type == "cpu":
         out = images.numpy().astype(np.float32)
         out *= np.float32(1.0 / 255)
@@ -414,8 +388,8 @@ def to_float01(images: torch.Tensor) -> torch.Tensor:
 
 
 def to_pixels(images: torch.Tensor, pixels: str) -> torch.Tensor:
-    """uint8 images as `pixels` asks (see CsvImageDataset); anything else, e.g. the float output of
-    a user's transform, is returned as it is."""
+    """uint8 images as `pixels` asks (see CsvImageDataset); anything else, e.g. a transform's
+    float output, as it is."""
     if images.dtype != torch.uint8 or pixels == "uint8":
         return images
     return to_float01(images) if pixels == "float01" else images.to(torch.float32)
@@ -427,10 +401,8 @@ def make_dataset(csv_path: Path, img_dir: Path, *, file_column: str, label_colum
                  split: tuple[str, str] | None = None, classes: Sequence[str] | None = None,
                  num_classes: int | None = None,
                  encoding: str = "utf-8") -> tuple[Samples, list[str], list[Problem]]:
-    """Check every row of the CSV. Returns the good rows as Samples, the class names, and the bad
-    rows as (line, file, what is wrong), sorted by line. Raises DatasetError only when the CSV or
-    the folder cannot be read at all. Whole-column checks, one lstat per file: linear in the rows,
-    a few microseconds each."""
+    """Check every row of the CSV: (the good rows, the class names, the bad rows as (line, file,
+    what is wrong) by line). A DatasetError only when the CSV or folder cannot be read at all."""
     if not img_dir.is_dir():
         raise DatasetError(f"image folder not found: {img_dir} "
                            f"(it should hold the files named in {csv_path})")
@@ -472,17 +444,16 @@ def split_names(column: pd.Series) -> pd.Series:
 
 
 def split_spellings(value: str) -> tuple[str, ...]:
-    """What a split value matches: its usual spellings for train / valid / test (in any of them),
-    else itself, in lower case."""
+    """What a split value matches, in lower case: the usual spellings of train / valid / test
+    ("Val": valid, val, validation, dev), else itself."""
     value = value.strip().lower()
     return next((names for names in SPLIT_SPELLINGS.values() if value in names), (value,))
 
 
 class Samples(Sequence):
-    """The good rows of a CSV: samples[i] is Sample(path, label, line, file). In NumPy arrays (the
-    file names UTF-8 encoded end to end), not Python objects: forked DataLoader workers read arrays
-    without touching their pages, where each read of an object writes its reference count, so
-    that a worker slowly copies a list of 300,000 names page by page (pytorch#13246)."""
+    """The good rows of a CSV: samples[i] is Sample(path, label, line, file). NumPy arrays, not
+    Python objects: reading an object writes its reference count, so that each forked DataLoader
+    worker would slowly copy a list of names page by page (pytorch#13246)."""
 
     def __init__(self, root: str, files: Sequence[str], labels: np.ndarray, lines: np.ndarray,
                  stats: np.ndarray) -> None:
@@ -500,9 +471,7 @@ class Samples(Sequence):
 
     def files(self) -> list[str]:
         """Every file name, in order."""
-        raw = self.names.tobytes()
-        return [raw[a:b].decode("utf-8", "surrogateescape")
-                for a, b in zip(self.offsets[:-1].tolist(), self.offsets[1:].tolist())]
+        return [self.file(i) for i in range(len(self))]
 
     def file(self, i: int) -> str:
         """Row i's file name as the CSV gives it."""
@@ -527,9 +496,8 @@ class PathsAndLabels(Sequence):
 
     def __getitem__(self, i):
         if isinstance(i, slice):
-            return [self[j] for j in range(*i.indices(len(self)))]
-        path, label, _, _ = self.rows[i]
-        return path, label
+            return [row[:2] for row in self.rows[i]]
+        return self.rows[i][:2]
 
 
 def check_command(csv_path: Path, img_dir: Path, file_column: str, label_column: str | None,
@@ -546,8 +514,7 @@ def check_command(csv_path: Path, img_dir: Path, file_column: str, label_column:
 
 
 def csv_separator(csv_path: str | Path, encoding: str = "utf-8") -> str:
-    """The separator of a CSV: of ',', ';' and tab, the one its header line holds most of (',' on
-    a tie, or when it holds none: a one-column CSV)."""
+    """Of ',', ';' and tab, the one the CSV's header holds most of (',' on a tie or for none)."""
     with open(csv_path, encoding=encoding, errors="replace", newline="") as f:
         header = f.readline()
     counts = [header.count(s) for s in SEPARATORS]
@@ -564,8 +531,10 @@ def read_csv(csv_path: Path, columns: Sequence[str], encoding: str = "utf-8") ->
         header = pd.read_csv(csv_path, nrows=0, encoding=encoding, sep=sep).columns
         missing = [c for c in columns if c not in header]
         if missing:
+            hint = (" (one column: the header seems to be separated by '|', not commas)"
+                    if len(header) == 1 and "|" in str(header[0]) else "")
             raise DatasetError(f"{csv_path}: no column(s) {missing}; the columns are "
-                               f"{list(header)}{_separator_hint(header)}. Pass file_column= / "
+                               f"{list(header)}{hint}. Pass file_column= / "
                                "label_column= / split= (--file-column / --label-column / "
                                "--split-column) with the right names.")
         # Only empty cells are missing values: a file called "NA" stays a file name.
@@ -586,17 +555,10 @@ def read_csv(csv_path: Path, columns: Sequence[str], encoding: str = "utf-8") ->
     return df
 
 
-def _separator_hint(header: Sequence[str]) -> str:
-    """For a header read as one column: '|' seems to separate it (',', ';' and tab are read)."""
-    if len(header) == 1 and "|" in str(header[0]):
-        return " (one column: the header seems to be separated by '|', not commas)"
-    return ""
-
-
 def _parse_labels(values: pd.Series, classes: Sequence[str] | None,
                   num_classes: int | None) -> tuple[np.ndarray, list[str], np.ndarray]:
-    """(labels (N,) int64, -1 where bad; the class names; what is wrong with each row, None when
-    nothing): whole-column operations, with a Python loop over the bad rows only."""
+    """(labels (N,) int64, -1 where bad; the class names; what is wrong with each row or None):
+    whole-column operations, with a Python loop over the bad rows only."""
     what = np.full(len(values), None, dtype=object)
     original = values.to_numpy(dtype=object)
     texts = None
@@ -653,9 +615,8 @@ def _parse_labels(values: pd.Series, classes: Sequence[str] | None,
 
 
 def _reject_far_labels(labels: np.ndarray, what: np.ndarray) -> None:
-    """Integer labels are class indices, so the largest one sets the number of classes: a typo
-    such as 1000000 among 0-9 would make a million classes. Without num_classes, a label of at
-    least max(10, 2 x the number of distinct labels) is an error (set to -1, with its reason)."""
+    """The largest integer label sets the number of classes: a typo such as 1000000 among 0-9
+    would make a million. So without num_classes, a label >= max(10, 2 x distinct labels) is bad."""
     distinct = np.unique(labels[labels >= 0])
     limit = max(10, 2 * len(distinct))
     for j in np.flatnonzero(labels >= limit):
@@ -667,9 +628,8 @@ def _reject_far_labels(labels: np.ndarray, what: np.ndarray) -> None:
 
 def _check_repeats(keys: pd.Series, labels: np.ndarray, lines: np.ndarray, good: np.ndarray,
                    what: np.ndarray) -> np.ndarray:
-    """One file, one label: among the good rows, a later row of a file listed above with another
-    label gets a problem in `what`; with the same label it is marked in the returned mask (and
-    dropped, with a warning). A hash per row, and a loop over the repeated files only."""
+    """One file, one label: of the good rows, a later row of a file listed above gets a problem in
+    `what` for another label, or for the same one is marked in the mask returned (to drop)."""
     listed = keys[good]
     later = listed.duplicated(keep="first")
     repeated = np.zeros(len(keys), dtype=bool)
@@ -688,14 +648,11 @@ def _check_repeats(keys: pd.Series, labels: np.ndarray, lines: np.ndarray, good:
 
 
 def _check_files(files: list[str], root: Path) -> tuple[np.ndarray, np.ndarray]:
-    """What is wrong with each row's file name, None where it names a regular file inside root;
-    and each good file's file_identity, (N, 5) int64. One lstat per file: only names that pass
-    through a symbolic link (the file or a folder, each folder looked at once) pay for a full
-    realpath, which must stay inside root."""
+    """What is wrong with each file name (None: a regular file inside root), and file_identity
+    (N, 5) int64. One lstat per file; only a path through a symbolic link pays for a realpath."""
     what = np.full(len(files), None, dtype=object)
     stats = np.zeros((len(files), 5), dtype=np.int64)
-    # Plain substring tests (a regular expression costs several times more per name) pick the
-    # names that may break a rule; _name_problem decides.
+    # Cheap substring tests pick the names that may break a rule; _name_problem decides.
     for j in [j for j, f in enumerate(files)
               if not f or f[0] in "/\\" or f[1:2] == ":" or ".." in f or "\0" in f]:
         what[j] = _name_problem(files[j])
@@ -731,9 +688,8 @@ def _check_files(files: list[str], root: Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 def file_identity(st: os.stat_result) -> tuple[int, int, int, int, int]:
-    """(size, mtime_ns, ctime_ns, device, inode): what says a file is the one checked, unchanged
-    (the disk cache's key, the check that it was not replaced), and which file it is whatever its
-    name (two names, links or not, of one file are one file)."""
+    """(size, mtime_ns, ctime_ns, device, inode): the file checked, unchanged (the disk cache's
+    key, the check that it was not replaced), whatever name or link reaches it."""
     return st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_dev, st.st_ino
 
 
@@ -752,8 +708,7 @@ def _name_problem(name: str) -> str | None:
 
 
 def _linked_folders(files: list[str], root: Path) -> set[str]:
-    """The folders (as the names spell them, relative to root) that are, or are inside, a
-    symbolic link: each distinct folder is looked at once, not once per file."""
+    """The folders in `files` (relative to root) that are, or are inside, a symbolic link."""
     is_link: dict[str, bool] = {"": False}
 
     def through_link(folder: str) -> bool:
@@ -769,9 +724,8 @@ def _linked_folders(files: list[str], root: Path) -> set[str]:
 
 def check_dataset(csv_path: str | Path, img_dir: str | Path,
                   **dataset_kwargs) -> tuple[dict, list[Problem]]:
-    """Validate every row and decode every image; returns (summary, problems) instead of raising.
-    dataset_kwargs: CsvImageDataset's file_column, label_column, mode, num_classes, split,
-    image_size, encoding."""
+    """Every row checked and every image decoded: (summary, problems), not an error. dataset_kwargs:
+    CsvImageDataset's file_column, label_column, mode, num_classes, split, image_size, encoding."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
@@ -849,10 +803,9 @@ def odd_class_warnings(datasets: Sequence[CsvImageDataset]) -> list[str]:
 def problems_message(csv_path: Path, problems: list[Problem], n_rows: int, command: str,
                      limit: int | None = MAX_LISTED_PROBLEMS, *, by_reason: bool | None = None,
                      list_rows: bool = True) -> str:
-    """The bad rows as one message. by_reason=None: a line each with its hint when every reason
-    is different, else by_reason=True: grouped by reason with counts, each hint once, then (with
-    list_rows) the rows without their hints; False: a line each. `limit` rows at most, then how
-    many more and `command`, which lists them all (check_command)."""
+    """The bad rows as one message. by_reason=True: grouped by reason with counts, each hint once,
+    then (with list_rows) the rows without hints; False: a line each; None: True if a reason
+    repeats. `limit` rows at most, then how many more and `command`, which lists them all."""
     groups = problem_groups(problems)
     if by_reason is None:
         by_reason = any(count > 1 for count, *_ in groups)
