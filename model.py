@@ -13,6 +13,7 @@ rebuild the same modules from the checkpoint alone.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import inspect
 import os
 
@@ -116,10 +117,12 @@ def resnet18(channels: int, num_classes: int, image_size: tuple[int, int],
 
 def load_backbone(net: nn.Module, weights) -> None:
     """torchvision's `weights` into net, all but its head (fc): read from
-    $TORCH_HOME/hub/checkpoints/ when the file is there, else downloaded there (its hash checked).
-    Read with weights_only=True, so a planted file cannot run code. Offline without the file, or
-    a file that is damaged or holds other weights: PretrainedWeightsMissing, a sentence that
-    names the file and what to do."""
+    $TORCH_HOME/hub/checkpoints/ when the file is there, else downloaded there. Read with
+    weights_only=True, so a planted file cannot run code. The file must hold exactly ResNet-18's
+    tensors (another ResNet's hold ResNet-18's names and more), all finite, and its sha256 must
+    start with the prefix in its published name (torch.hub checks it only when it downloads).
+    Otherwise, or offline without the file: PretrainedWeightsMissing, a sentence that names the
+    file and what to do."""
     file = os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(weights.url))
     fix = (f"download {weights.url} on a machine that is online and put it at {file} (or set "
            "TORCH_HOME to the folder whose hub/checkpoints/ holds it)")
@@ -132,13 +135,49 @@ def load_backbone(net: nn.Module, weights) -> None:
     except Exception as e:  # noqa: BLE001  (a damaged file: pickle, zip and EOF errors)
         raise PretrainedWeightsMissing(f"{file} is damaged or not a weights file "
                                        f"({type(e).__name__}): delete it and {fix}") from None
-    backbone = {k: v for k, v in net.state_dict().items() if not k.startswith("fc.")}
-    wrong = sorted(k for k in backbone if k not in state or state[k].shape != backbone[k].shape)
+    backbone = {k: v.shape for k, v in net.state_dict().items() if not k.startswith("fc.")}
+    problem = weights_problem(state, backbone, file)
+    if problem is not None:
+        raise PretrainedWeightsMissing(f"{file} {problem}: delete it and {fix}")
+    net.load_state_dict({k: v for k, v in state.items() if not k.startswith("fc.")}, strict=False)
+
+
+def weights_problem(state: dict, backbone: dict[str, torch.Size], file: str) -> str | None:
+    """What keeps `state` from being the published weights of a net whose tensors but the head's
+    (fc) have these names and shapes: missing, extra or misshapen tensors, values that are not
+    finite, a sha256 other than the one the file's name announces ("resnet18-f37072fd.pth":
+    f37072fd...); None when nothing."""
+    wrong = sorted(k for k in backbone if not (isinstance(state.get(k), torch.Tensor)
+                                               and state[k].shape == backbone[k]))
     if wrong:
-        raise PretrainedWeightsMissing(f"{file} does not hold ResNet-18's ImageNet weights "
-                                       f"({len(wrong)} of {len(backbone)} tensors missing or of "
-                                       f"another shape, such as {wrong[0]}): delete it and {fix}")
-    net.load_state_dict({k: state[k] for k in backbone}, strict=False)
+        return (f"does not hold ResNet-18's ImageNet weights ({len(wrong)} of {len(backbone)} "
+                f"tensors missing or of another shape, such as {wrong[0]})")
+    extra = sorted(k for k in state if k not in backbone and k not in ("fc.weight", "fc.bias"))
+    if extra:
+        return (f"holds {len(extra)} tensors ResNet-18 does not have, such as {extra[0]}: the "
+                "weights of another network")
+    bad = [k for k, v in state.items()
+           if isinstance(v, torch.Tensor) and v.is_floating_point() and not v.isfinite().all()]
+    if bad:
+        more = f" and {len(bad) - 1} more tensors" if len(bad) > 1 else ""
+        return f"holds NaN or infinite values, in {bad[0]}{more}"
+    prefix = published_sha256_prefix(file)
+    if prefix:
+        digest = hashlib.sha256()
+        with open(file, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+        if not digest.hexdigest().startswith(prefix):
+            return (f"is not the published file: its sha256 begins {digest.hexdigest()[:12]}, "
+                    f"the published one's {prefix}")
+    return None
+
+
+def published_sha256_prefix(file: str) -> str:
+    """The start of the file's sha256 that torchvision writes in its name, as torch.hub reads it:
+    "resnet18-f37072fd.pth" -> "f37072fd"; "" for a name without one."""
+    match = torch.hub.HASH_REGEX.search(os.path.basename(file))
+    return match.group(1) if match else ""
 
 
 MODELS = ("mlp", "cnn", "resnet18")

@@ -4,6 +4,7 @@ best.pt and early stopping, pretrained weights from a planted file, and --normal
 from __future__ import annotations
 
 import csv
+import hashlib
 import os
 import re
 import subprocess
@@ -14,6 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
+import model
 import train
 from conftest import ROOT
 from model import ConvNet, Normalized, build_model
@@ -159,19 +161,24 @@ def test_a_new_run_moves_the_old_best_pt_aside_with_the_rest(tiny_data, tmp_path
 
 # ---- pretrained weights: planted where torchvision looks, or one sentence ------------------------
 
-def plant_resnet18_weights(torch_home) -> dict:
+def plant_resnet18_weights(torch_home, monkeypatch) -> dict:
+    """ResNet-18's tensors, values of our own, where torchvision looks; the hash its name announces
+    is made that of this file (the real one's cannot be planted offline)."""
     from torchvision.models import ResNet18_Weights, resnet18
     torch.manual_seed(42)
     state = resnet18().state_dict()  # ImageNet's shapes (1000 classes), values of our own
     folder = torch_home / "hub" / "checkpoints"
     folder.mkdir(parents=True)
-    torch.save(state, folder / os.path.basename(ResNet18_Weights.IMAGENET1K_V1.url))
+    file = folder / os.path.basename(ResNet18_Weights.IMAGENET1K_V1.url)
+    torch.save(state, file)
+    own = hashlib.sha256(file.read_bytes()).hexdigest()[:8]
+    monkeypatch.setattr(model, "published_sha256_prefix", lambda name: own)
     return state
 
 
 def test_pretrained_resnet18_starts_from_the_planted_weights_with_imagenet_normalisation(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    planted = plant_resnet18_weights(tmp_path / "torch")
+    planted = plant_resnet18_weights(tmp_path / "torch", monkeypatch)
     model = build_model("resnet18", 1, (32, 32), 5, pretrained=True).eval()
     assert isinstance(model, Normalized) and model.repeat_to == 3
     for key, value in model.net.state_dict().items():
@@ -199,7 +206,7 @@ def test_pretrained_weights_missing_offline_is_one_sentence_naming_the_file(tiny
 
 def test_train_py_fine_tunes_from_planted_weights_and_predict_needs_no_file(tiny_data, tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    plant_resnet18_weights(tmp_path / "torch")
+    plant_resnet18_weights(tmp_path / "torch", monkeypatch)
     history = run(tiny_data, tmp_path / "r", "--model", "resnet18", "--pretrained", "--optimizer", "adam", epochs=1)
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty"))  # the checkpoint holds every weight
     result = train.main(["--evaluate", "--batch-size", "8", "--data-dir", str(tiny_data),
@@ -268,6 +275,38 @@ def test_a_planted_weights_file_never_runs_code_and_a_bad_one_is_a_sentence(tmp_
     with pytest.raises(PretrainedWeightsMissing, match=re.escape(message)):
         build_model("resnet18", 3, (64, 64), 5, pretrained=True)
     assert not (tmp_path / "pwned").exists()
+
+
+@pytest.mark.parametrize("planted, message", [
+    ("resnet34", "holds 96 tensors ResNet-18 does not have, such as layer1.2.bn1.bias: the weights "
+                 "of another network"),
+    ("nan", "holds NaN or infinite values, in conv1.weight: delete it"),
+    ("unpublished", "is not the published file: its sha256 begins "),
+])
+def test_pretrained_weights_are_refused_unless_resnet18s_published_finite_file(tmp_path, monkeypatch, planted,
+                                                                               message):
+    from torchvision.models import ResNet18_Weights, resnet18, resnet34
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    file = tmp_path / "torch" / "hub" / "checkpoints" / os.path.basename(ResNet18_Weights.IMAGENET1K_V1.url)
+    file.parent.mkdir(parents=True)
+    state = (resnet34() if planted == "resnet34" else resnet18()).state_dict()  # ResNet-34 has 18's names too
+    if planted == "nan":
+        state["conv1.weight"][0, 0, 0, 0] = float("nan")
+    torch.save(state, file)
+    own = hashlib.sha256(file.read_bytes()).hexdigest()[:8]
+    if planted != "unpublished":  # each file would pass the hash check: the contents refuse it
+        monkeypatch.setattr(model, "published_sha256_prefix", lambda name: own)
+    with pytest.raises(model.PretrainedWeightsMissing, match=re.escape(message)):
+        build_model("resnet18", 3, (64, 64), 5, pretrained=True)
+    if planted == "unpublished":
+        assert f"begins {hashlib.sha256(file.read_bytes()).hexdigest()[:12]}, the published one's f37072fd" \
+            in str(pytest.raises(model.PretrainedWeightsMissing, build_model, "resnet18", 3, (64, 64), 5,
+                                 pretrained=True).value)
+
+
+def test_the_published_hash_is_read_from_the_files_name_as_torch_hub_reads_it():
+    assert model.published_sha256_prefix("/x/hub/checkpoints/resnet18-f37072fd.pth") == "f37072fd"
+    assert model.published_sha256_prefix("weights.pth") == ""
 
 
 def test_batchnorm_on_a_batch_of_one_at_1x1_is_a_sentence(tiny_data, tmp_path):
