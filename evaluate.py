@@ -19,6 +19,7 @@ import csv
 import io
 import os
 import random
+import stat
 import sys
 import tempfile
 import warnings
@@ -86,8 +87,7 @@ def global_settings_kept():
 
 
 def to_input(images: torch.Tensor, device: torch.device | str) -> torch.Tensor:
-    """Move a batch to the device; uint8 batches are scaled to float32 [0, 1] there, as the
-    dataset would."""
+    """A batch on the device; uint8 scaled to float32 [0, 1] there, as the dataset would."""
     images = images.to(device, non_blocking=True)
     return images if images.is_floating_point() else to_float01(images)
 
@@ -122,8 +122,7 @@ def accuracy_of(cm: torch.Tensor) -> float:
 
 class RunError(Exception):
     """What stops a train.py run with a sentence: train.main turns it into "train.py: error:
-    <message>" and the exit status (1, or 2 for a flag that does not fit the data), once.
-    message None: the sentence was printed already (or there is none: an interrupt)."""
+    <message>" and the exit status (1, or 2 for a flag), once; None: printed already, or none."""
 
     def __init__(self, message: str | None, status: int = 1) -> None:
         super().__init__(message or "")
@@ -191,13 +190,22 @@ CHECKPOINT_KEYS = ("model", "optimizer", "epoch", "history", "config", "rng")
 
 
 def read_checkpoint(path: Path) -> dict:
-    """torch.load(weights_only=True), to the CPU, of a checkpoint that train.py wrote; anything
-    else (a truncated, empty or foreign file) is one sentence, not torch's internals."""
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-        missing = [k for k in CHECKPOINT_KEYS if k not in checkpoint]
-    except Exception as e:  # noqa: BLE001  (torch raises many kinds for a damaged file)
-        missing, checkpoint = [f"readable content ({type(e).__name__})"], None
+    """torch.load(weights_only=True), to the CPU, of a checkpoint train.py wrote; anything else
+    (damaged, foreign, unreadable, a FIFO: not waited on) is one sentence, not torch's internals."""
+    try:  # O_NONBLOCK: opening a FIFO would wait for a writer forever
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except OSError as e:
+        raise RunError(f"{path} cannot be read ({e.strerror}): pass a --checkpoint this user may "
+                       "read, or ask its owner for read access") from None
+    with open(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise RunError(f"{path} is not a regular file (a FIFO, device or socket): pass the "
+                           "--checkpoint file of a train.py run")
+        try:
+            checkpoint = torch.load(f, map_location="cpu", weights_only=True)
+            missing = [k for k in CHECKPOINT_KEYS if k not in checkpoint]
+        except Exception as e:  # noqa: BLE001  (torch raises many kinds for a damaged file)
+            missing, checkpoint = [f"readable content ({type(e).__name__})"], None
     if missing:
         raise RunError(f"{path} is damaged or not a checkpoint of train.py (no "
                        f"{', '.join(missing)}). Start afresh without --resume (move the file away "
@@ -272,6 +280,10 @@ def predict(path: str, checkpoint: dict, checkpoint_path: Path, results_dir: Pat
         raise RunError(f"{checkpoint_path} does not say its classes, mode and image size (it "
                        "predates them): train again to use --predict")
     classes = [str(c) for c in checkpoint["classes"]]
+    outputs = saved_model_config(checkpoint, checkpoint_path).num_classes
+    if len(classes) != outputs:  # an edited file: a prediction would have no name
+        raise RunError(f"{checkpoint_path} names {len(classes)} classes but its model has "
+                       f"{outputs} outputs; pass the --checkpoint of a train.py run")
     model = model_from_checkpoint(checkpoint, checkpoint_path, device).eval()
     options = {"mode": checkpoint["mode"], "image_size": tuple(checkpoint["image_size"]),
                "classes": classes}
@@ -355,7 +367,10 @@ def images_to_predict(path: Path, columns: tuple[str, str], img_dir: str | None,
     user's CSV): one image file, every image file in a folder and below it (sorted by path), or
     the rows of a CSV (labelled when it has the label column)."""
     file_column, label_column = columns
-    in_csv = not path.is_dir() and path.suffix.lower() not in image_extensions()
+    if not path.is_dir() and not path.is_file():  # opening a FIFO would wait for a writer
+        raise DatasetError(f"{path} is neither a folder nor a regular file (a FIFO, device or "
+                           "socket): pass an image, a folder of images or a CSV")
+    in_csv = not path.is_dir() and not is_image_file(path)
     if not in_csv:  # the listing is ours: its lines and name are not shown
         names = image_files_below(path) if path.is_dir() else [path.name]
         if not names:
@@ -382,6 +397,17 @@ def images_to_predict(path: Path, columns: tuple[str, str], img_dir: str | None,
         if len(unreadable) == 0:
             raise
         return None, unreadable, in_csv
+
+
+def is_image_file(path: Path) -> bool:
+    """An image by its extension, else by its content (a photo without one is not a CSV)."""
+    if path.suffix.lower() in image_extensions():
+        return True
+    try:
+        with Image.open(path):
+            return True
+    except Exception:  # noqa: BLE001  (not an image: Pillow's many kinds of refusal)
+        return False
 
 
 def image_extensions() -> set[str]:

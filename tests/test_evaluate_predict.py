@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import re
 import csv
+import os
+import re
 
 import numpy as np
 import pytest
@@ -348,3 +349,46 @@ def test_evaluate_without_data_flags_names_the_data_it_was_trained_on_and_builds
     with pytest.raises(SystemExit, match=re.escape(f"was trained on {data / 'mnist_train.csv'} (40 rows)")):
         train.main(["--evaluate", "--checkpoint", str(results / "checkpoint.pt"), "--results-dir", str(tmp_path / "e")])
     assert not (tmp_path / "elsewhere" / "data").exists()
+
+
+# ---- issue 29: files that are not what they seem ---------------------------------------------------
+
+def test_predict_reads_an_image_without_an_extension_and_refuses_an_edited_class_list(trained, tmp_path):
+    _, results, _, _ = trained
+    scan = tmp_path / "scan"  # a PNG without an extension: an image, not a CSV to decode as text
+    write_png(tmp_path / "scan.png", np.full((28, 28), 90, dtype=np.uint8)).rename(scan)
+    rows = read_rows(train.main(["--predict", str(scan), "--results-dir", str(tmp_path / "p"),
+                                 "--checkpoint", str(results / "checkpoint.pt")]))
+    assert rows[1][0] == "scan" and rows[1][1] in [str(i) for i in range(10)]
+    checkpoint = torch.load(results / "checkpoint.pt", weights_only=True)
+    checkpoint["classes"] = checkpoint["classes"][:3]  # shorter than the model's 10 outputs
+    torch.save(checkpoint, tmp_path / "edited.pt")
+    with pytest.raises(SystemExit, match=r"edited.pt names 3 classes but its model has 10 outputs"):
+        train.main(["--predict", str(scan), "--results-dir", str(tmp_path / "q"),
+                    "--checkpoint", str(tmp_path / "edited.pt")])
+
+
+def test_a_checkpoint_that_cannot_be_read_or_is_a_fifo_is_a_sentence_not_damaged_or_a_hang(tmp_path,
+                                                                                             monkeypatch):
+    import subprocess
+    import sys
+
+    import evaluate
+    from conftest import ROOT
+    fifo = tmp_path / "checkpoint.pt"
+    os.mkfifo(fifo)
+    code = f"import sys; sys.path.insert(0, {str(ROOT)!r}); import evaluate, pathlib\n" \
+           f"evaluate.read_checkpoint(pathlib.Path({str(fifo)!r}))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
+    assert "is not a regular file (a FIFO, device or socket)" in done.stderr
+    real_open = os.open
+
+    def refused(path, *args, **kwargs):  # what a file of another user's gives (root reads anything)
+        if str(path).endswith("theirs.pt"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(evaluate.os, "open", refused)
+    with pytest.raises(evaluate.RunError, match=r"theirs.pt cannot be read \(Permission denied\)") as e:
+        evaluate.read_checkpoint(tmp_path / "theirs.pt")
+    assert "damaged" not in e.value.message
