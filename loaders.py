@@ -5,16 +5,15 @@ listed in CSVs, each image decoded once, in an order fixed by (seed, epoch).
     for images, labels in train_loader:   # (64, 1, 28, 28) float32 in [0, 1], (64,) int64
         ...
 
-Layouts:
-    get_dataloaders(...)                 data/mnist_{split}.csv + data/mnist_{split}/ for each split
-    get_dataloaders(..., csv_path=CSV, img_dir=DIR), or get_dataloaders_from_split_csv(CSV, DIR,
-        batch_size): one CSV with a split column, one image folder (split_csv() adds the column)
-    loaders_from_datasets(...)           any three datasets you built, or Subsets / ConcatDatasets
-                                         of them (random_split)
+Layouts: data_dir/mnist_{split}.csv + data_dir/mnist_{split}/ for each split (get_dataloaders);
+one CSV with a split column and one image folder (get_dataloaders(..., csv_path=, img_dir=), or
+get_dataloaders_from_split_csv; split_csv() adds the column); any three datasets you built, or
+Subsets / ConcatDatasets of them as random_split makes (loaders_from_datasets).
 
 Each dataset is wrapped in a DecodedImages, the decoded-image store: its first pass decodes every
 image once, in num_workers processes, into one uint8 tensor (within cache_mb MiB) that every epoch
-and worker reads or, with cache_dir=, a file there that later runs map. For your own DataLoader:
+and worker reads or, with cache_dir=, a file there that later runs map. Transforms run after it, on
+one uint8 image (C, H, W), as torchvision's v2 transforms do. For your own DataLoader:
 
     store = DecodedImages(ds, cache_mb=1024, cache_dir="cache")  # ds: a CsvImageDataset
     store.preload(num_workers=2)    # decode all once, before any DataLoader worker starts
@@ -22,9 +21,8 @@ and worker reads or, with cache_dir=, a file there that later runs map. For your
 
 The train loader reshuffles every epoch and drops the last partial batch; valid and test keep
 their order and every sample; no file may be in two splits. Epoch e's order depends only on
-(seed, e), each sample's random transform on (seed, e, index); set_epoch(e) on loader.sampler
-picks one. So runs are exact for any num_workers, after a resume, and under torchrun or Lightning,
-where each process takes its share of every batch. Transforms take one uint8 image (C, H, W).
+(seed, e) (set_epoch(e) on loader.sampler picks e), each sample's random transform on (seed, e,
+index): exact for any num_workers, after a resume, and under torchrun or Lightning.
 
 Also here, for every file of this project's that must be whole or absent: write_atomic, and a
 folder's lock (open_lock, lock_or_holder). Needs dataset.py beside it.
@@ -134,10 +132,9 @@ def folder_layout(data_dir: str | Path) -> list[tuple[Path, Path, None]]:
 def make_datasets(sources: Sequence[tuple], dataset_kwargs: dict | None = None,
                   train_transforms: Transform | None = None,
                   test_transforms: Transform | None = None) -> list[CsvImageDataset]:
-    """Train, valid and test datasets from three (csv_path, img_dir, split) sources, split being
-    None or (column, value). They share one mapping of classes, the union over the splits (a
-    warning names any class that training has no example of). A file in two splits is an error:
-    a test set that overlaps training fools you."""
+    """Train, valid and test datasets from three (csv_path, img_dir, split) sources, split None or
+    (column, value), with one mapping of classes (the union over the splits) and one mode. A file
+    in two splits is an error: a test set that overlaps training fools you."""
     kwargs = dict(dataset_kwargs or {})
     _refuse_unknown_splits(sources, kwargs.get("file_column", "File Name"),
                            kwargs.get("encoding", "utf-8"))
@@ -154,17 +151,16 @@ def make_datasets(sources: Sequence[tuple], dataset_kwargs: dict | None = None,
         if mixed:
             for ds in datasets:
                 ds.mode_decision = colour[0].mode_decision  # the split that made it RGB says why
-    used = {i for ds in datasets for i in set(ds.targets)}
-    empty = [name for i, name in enumerate(classes) if i not in used]
-    if empty:
-        warnings.warn(empty_classes_message(empty, classes), stacklevel=2)
-    for message in odd_class_warnings(datasets):
-        warnings.warn(message, stacklevel=2)
-    in_eval = {classes[i] for ds in datasets[1:] for i in set(ds.targets)}
-    unseen = sorted(in_eval - {classes[i] for i in set(datasets[0].targets)})
+    seen = [set(ds.targets) for ds in datasets]  # the class indices of each split
+    empty = [name for i, name in enumerate(classes) if not any(i in s for s in seen)]
+    messages = [empty_classes_message(empty, classes)] if empty else []
+    messages += odd_class_warnings(datasets)
+    unseen = sorted({classes[i] for s in seen[1:] for i in s} - {classes[i] for i in seen[0]})
     if unseen:
-        warnings.warn(f"the training split has no example of class(es) {unseen} (they are in valid "
-                      "or test): the model cannot learn them", stacklevel=2)
+        messages.append(f"the training split has no example of class(es) {unseen} (they are in "
+                        "valid or test): the model cannot learn them")
+    for message in messages:
+        warnings.warn(message, stacklevel=2)
     _refuse_overlap(datasets)
     return datasets
 
@@ -197,8 +193,7 @@ def _refuse_unknown_splits(sources: Sequence[tuple], file_column: str, encoding:
 
 
 def union_of_classes(per_split: Sequence[list[str]]) -> list[str]:
-    """The classes of a run: for integer labels 0 to the largest label in any split, for class
-    names every name of any split, sorted."""
+    """The classes of a run: 0 to the largest integer label of any split, or every name, sorted."""
     if all(names == [str(i) for i in range(len(names))] for names in per_split):
         return [str(i) for i in range(max(len(names) for names in per_split))]
     return sorted(set().union(*per_split))
@@ -230,11 +225,9 @@ def _refuse_overlap(datasets: Sequence[CsvImageDataset]) -> None:
 def split_csv(csv_path: str | Path, out_path: str | Path, *, label_column: str = "Class Label",
               valid_fraction: float = 0.1, test_fraction: float = 0.1, seed: int = 0,
               encoding: str = "utf-8", file_column: str | None = None) -> Path:
-    """Write every row of csv_path to out_path with a `split` column added: of each class's rows,
-    round(n * test_fraction) go to test and round(n * valid_fraction) to valid, drawn with NumPy
-    from (seed, class); the rest to train. The same arguments give the same bytes, written whole or
-    not at all, in the input's encoding. file_column: checked to exist too, so that one error names
-    every missing column."""
+    """Write csv_path's rows to out_path with a `split` column: of each class's n rows, round(n *
+    test_fraction) go to test and round(n * valid_fraction) to valid, drawn from (seed, class), the
+    rest to train; the same arguments give the same bytes. file_column: checked to exist too."""
     csv_path, out_path = Path(csv_path), Path(out_path)
     if not (0 <= valid_fraction and 0 <= test_fraction and valid_fraction + test_fraction < 1):
         raise ValueError(f"valid_fraction {valid_fraction} and test_fraction {test_fraction} must "
@@ -298,9 +291,8 @@ def make_loader(dataset: Dataset, batch_size: int, *, shuffle: bool, drop_last: 
                 loader_kwargs: dict | None = None, rank: int | None = None,
                 world_size: int | None = None) -> DataLoader:
     """A DataLoader that fetches whole batches with dataset[Batch of indices] (dataset: as
-    loaders_from_datasets takes them). loader_kwargs go to torch's DataLoader, but for OWN_OPTIONS;
-    a collate_fn of yours gets a list of (image, label) samples, as in a plain DataLoader.
-    rank / world_size: the sampler's (default: the process group's)."""
+    loaders_from_datasets takes them). loader_kwargs, but OWN_OPTIONS, go to torch's DataLoader;
+    a collate_fn gets [(image, label)] as in a plain one. rank / world_size: the group's if None."""
     kwargs = dict(loader_kwargs or {})
     own = [key for key in OWN_OPTIONS if key in kwargs]
     if own:
@@ -317,8 +309,7 @@ def make_loader(dataset: Dataset, batch_size: int, *, shuffle: bool, drop_last: 
     kwargs, decision = plan_workers(dataset, kwargs)
     sampler = EpochBatchSampler(len(dataset), batch_size, shuffle=shuffle, drop_last=drop_last,
                                 seed=seed, rank=rank, world_size=world_size)
-    # batch_size=None: the sampler yields batches. Its own generator, so that starting an
-    # iterator never draws from the global RNG.
+    # batch_size=None: the sampler yields batches; its own generator leaves the global RNG be.
     loader = DataLoader(dataset, batch_size=None, sampler=sampler,
                         generator=PicklableGenerator().manual_seed(seed), **kwargs)
     loader.workers_decision = decision
@@ -330,12 +321,10 @@ WORKER_OPTIONS = ("persistent_workers", "prefetch_factor", "multiprocessing_cont
 
 
 def plan_workers(dataset: Dataset, loader_kwargs: dict) -> tuple[dict, str]:
-    """(loader_kwargs as the DataLoader gets them, a sentence saying where batches are made).
-    Workers help where a batch is work: decoding, a transform, or your collate_fn (your
-    worker_init_fn asks for them too). A batch of images in memory with none of these is one
-    gather, which workers would only copy between processes, so it is made here; num_workers then
-    serves the first pass's decoding. Workers with work on images in memory persist between epochs
-    (unless loader_kwargs says otherwise): starting them every epoch costs more than they save."""
+    """(loader_kwargs for the DataLoader, a sentence saying where batches are made). Workers help
+    where a batch is work: decoding, a transform, your collate_fn or worker_init_fn. A batch of
+    images in memory without these is one gather, which workers would only copy, so it is made
+    here; with work, they persist: starting them every epoch costs more than they save."""
     kwargs = dict(loader_kwargs)
     workers = kwargs.get("num_workers", 0)
     if not workers:
@@ -364,25 +353,21 @@ def plan_workers(dataset: Dataset, loader_kwargs: dict) -> tuple[dict, str]:
 
 
 def _collate_samples(collate_fn: Callable, batch: tuple[torch.Tensor, torch.Tensor]):
-    """A user's collate_fn on a fetched batch, given as a plain DataLoader gives it: a list of
-    (image (C, H, W), label int) samples."""
+    """Your collate_fn on a fetched batch as a plain DataLoader gives it: [(image, label int)]."""
     images, labels = batch
     return collate_fn(list(zip(images.unbind(0), labels.tolist())))
 
 
 class PicklableGenerator(torch.Generator):
-    """A torch.Generator that pickles as its state's bytes: a plain one's state tensor goes as a
-    file descriptor, so a loader holding one could not go to a spawned process, as Lightning's
-    ddp_spawn sends it ("bad value(s) in fds_to_keep", pytorch#146828)."""
+    """A torch.Generator pickled as its state's bytes: a plain one's state tensor goes as a file
+    descriptor, so its loader could not go to a spawned process (ddp_spawn; pytorch#146828)."""
 
     def __reduce__(self):
         return _generator_from_state, (self.get_state().numpy().tobytes(),)
 
 
 def _generator_from_state(state: bytes) -> PicklableGenerator:
-    generator = PicklableGenerator()
-    generator.set_state(torch.frombuffer(bytearray(state), dtype=torch.uint8))
-    return generator
+    return PicklableGenerator().set_state(torch.frombuffer(bytearray(state), dtype=torch.uint8))
 
 
 # The store the loaders gave each CsvImageDataset passed to them bare; gone with the dataset.
@@ -400,10 +385,9 @@ def as_batch_dataset(dataset: Dataset) -> Dataset:
 
 
 class DatasetView(Dataset):
-    """A Subset or ConcatDataset of DecodedImages or CsvImageDatasets (nested in any way, as
-    random_split and `+` make them), fetched a batch at a time as a DecodedImages is: view[Batch
-    or indices] -> (images (B, C, H, W), labels (B,)); view[i] -> (image, label). Item i is row
-    row_of[i] of parts[part_of[i]], a DecodedImages (a CsvImageDataset's own)."""
+    """A Subset or ConcatDataset of DecodedImages or CsvImageDatasets, nested in any way (as
+    random_split and `+` make them), batched as a DecodedImages is: view[Batch or indices] ->
+    (B, C, H, W), (B,). Item i is row row_of[i] of parts[part_of[i]], a DecodedImages."""
 
     def __init__(self, dataset: Dataset) -> None:
         self.dataset = dataset
@@ -446,11 +430,9 @@ class DatasetView(Dataset):
 
     @property
     def targets(self) -> list[int]:
-        labels = np.zeros(len(self), dtype=np.int64)
-        for k, part in enumerate(self.parts):
-            mine = self.part_of == k
-            labels[mine] = part.rows.labels[self.row_of[mine]]
-        return labels.tolist()
+        first = np.cumsum([0] + [len(part) for part in self.parts])  # of each part's rows
+        labels = np.concatenate([part.rows.labels for part in self.parts])
+        return labels[first[self.part_of] + self.row_of].tolist()
 
     def __getitem__(self, index):
         if not isinstance(index, Batch) and np.ndim(index) == 0:
@@ -484,12 +466,11 @@ class DecodedImages(Dataset):
     """A CsvImageDataset's images, each decoded once and kept: in memory, one (N, C, H, W) uint8
     tensor, when they take at most cache_mb MiB (0 = never); over that, with cache_dir, in a
     memory-mapped file there when the disk can spare it; else decoded as batches are read.
-    store[i] is ds[i] (the transform runs on a copy); store[indices or Batch] is a batch, (B, C,
-    H, W) and (B,) int64, in one gather. cache_dir: one .npy file per split and settings, written
-    whole or not at all, keyed on the rows, each file's size and times, mode, image size and the
-    decoder's version (a changed file is decoded again); not writable: a warning, and memory only
+    store[i] is ds[i]; store[indices or Batch] is a batch, (B, C, H, W) and (B,) int64, in one
+    gather. cache_dir: one .npy file per split, written whole or not at all, named by the rows,
+    files and settings (a changed file is decoded again); not writable: a warning, and memory only
     (or none, over cache_mb). Attributes: `dataset`, `cache_decision` (where the images are kept,
-    and why), `cache_file` (once preload() used it), and the dataset's facts (end of the class)."""
+    and why), `cache_file` (once preload() used it), and the dataset's own, read through."""
 
     def __init__(self, dataset: CsvImageDataset, cache_mb: float = 1024,
                  cache_dir: str | Path | None = None) -> None:
@@ -519,9 +500,8 @@ class DecodedImages(Dataset):
         return self.dataset.load_image(i)
 
     def get_batch(self, indices) -> tuple[torch.Tensor, torch.Tensor]:
-        """Images (B, C, H, W) and labels (B,) int64 of the samples at `indices` (a list, NumPy
-        array or tensor of ints, or a Batch): one gather from the cache instead of B
-        __getitem__ calls and a collate. The loaders fetch every batch this way."""
+        """Images (B, C, H, W) and labels (B,) int64 at `indices` (ints, or a Batch): one gather
+        from the cache instead of B __getitem__ calls and a collate: how the loaders fetch."""
         key = None
         if isinstance(indices, Batch):  # from the loaders: the transform's randomness is keyed
             indices, key = indices.indices, (indices.seed, indices.epoch)
@@ -537,19 +517,17 @@ class DecodedImages(Dataset):
 
     def preload(self, num_workers: int = 0,
                 progress: bool | Callable[[int, int], None] = True) -> torch.Tensor | None:
-        """Decode every image into the cache now, once; returns it, (N, C, H, W) uint8, or None
-        when the cache is off. num_workers processes share the decoding (the pixels are bit for bit
-        one process's); with cache_dir, a file there that matches is mapped instead. progress: True
-        shows a line on stderr when decoding takes over 2 s; or a callable (done, total). Call it
-        before DataLoader workers start, so that they share one copy (the loaders do)."""
+        """Decode every image into the cache now, once: (N, C, H, W) uint8, or None when it is off.
+        num_workers processes share the decoding (bit for bit one process's pixels); a matching
+        cache_dir file is mapped instead. progress: True, a line on stderr after 2 s; or a callable
+        (done, total). Call it before DataLoader workers start, so that they share one copy."""
         if self._use_cache and self._cache is None:
             try:
                 self._cache = self._load_or_decode(num_workers, progress)
             except ImageSizeError as e:
                 if self.transform is None:  # name every image that is not of the commonest size
                     raise self.dataset.size_error() from e
-                # The transform is to make the sizes equal: decode on every access instead.
-                self._use_cache = False
+                self._use_cache = False  # the transform makes the sizes equal: decode every time
                 self.cache_decision = f"not keeping decoded images in memory: sizes differ ({e})"
         return self._cache
 
@@ -572,9 +550,8 @@ class DecodedImages(Dataset):
         return state
 
     def _cached(self) -> torch.Tensor | None:
-        """The cache, filled on first use (preload); None when it is off. A DataLoader worker whose
-        main process has not filled it maps a whole disk cache file (shared pages) if there is one,
-        else decodes just its items: filling the cache would decode, and copy, the whole dataset."""
+        """The cache, filled on first use (preload); None when off. A worker whose main process did
+        not fill it maps a disk cache file if any, else decodes its own items, not the whole set."""
         if not self._use_cache:
             return None
         if self._cache is None and get_worker_info() is not None:
@@ -587,9 +564,8 @@ class DecodedImages(Dataset):
 
     def _transformed_batch(self, indices: Sequence[int],
                            key: tuple[int, int] | None) -> torch.Tensor:
-        """(B, C, H, W): the transform on each image; with key = (seed, epoch), sample i's random
-        numbers come from sample_seed(seed, epoch, i) alone, whichever process runs it (the global
-        RNG left as it was); without (store[list] called directly), from the global RNG."""
+        """(B, C, H, W), the transform on each image: with key = (seed, epoch), drawing from
+        sample_seed(seed, epoch, i) alone (the global RNG left be); without, from the global RNG."""
         images = []
         with torch.random.fork_rng(devices=[]) if key is not None else contextlib.nullcontext():
             for i in indices:
@@ -599,8 +575,8 @@ class DecodedImages(Dataset):
         return torch.stack(images)
 
     def _plan_cache(self, cache_mb: float) -> tuple[bool, str]:
-        """In memory when the pixels fit cache_mb; over it, in a cache_dir file that is memory-
-        mapped (the system keeps in memory what fits), when the disk can spare it."""
+        """In memory within cache_mb; over it, a memory-mapped cache_dir file (the system keeps in
+        memory what fits) when the disk can spare it."""
         height, width = self.image_size
         self._cache_bytes = len(self) * self.channels * height * width
         self._budget_bytes = cache_mb * 2**20
@@ -618,8 +594,7 @@ class DecodedImages(Dataset):
         return False, f"not keeping decoded images in memory: {what}"
 
     def _load_or_decode(self, num_workers: int, progress) -> torch.Tensor:
-        """The (N, C, H, W) uint8 cache: memory-mapped from cache_dir when a file there matches,
-        else decoded (into a new file there, renamed into place when whole)."""
+        """The (N, C, H, W) uint8 cache: a matching cache_dir file, or decoded (into a new one)."""
         shape = (len(self), self.channels, *self.image_size)
         if self.cache_dir is None:
             pixels = np.empty(shape, dtype=np.uint8)
@@ -669,9 +644,8 @@ class DecodedImages(Dataset):
         return _open_cached(path, shape)
 
     def _cache_file_name(self) -> str:
-        """<csv name>[-<split>]-<decoded how: split, folder, mode, size, background, decoder>-
-        <the rows: file names, sizes and times>.npy; any change makes another name. Not the CSV's
-        path: a copy of the rows elsewhere (train.py's RESULTS/split.csv) finds the same file."""
+        """<csv name>[-<split>]-<hash of how decoded>-<hash of the rows' files, sizes, times>.npy:
+        any change gives another name. Not the CSV's path: a copy of the rows finds the same one."""
         settings = hashlib.sha256(repr((
             CACHE_FORMAT, Image.__version__, np.__version__, self.split, self.rows.root,
             self.mode, self.image_size, self.dataset.background)).encode())
@@ -683,17 +657,15 @@ class DecodedImages(Dataset):
         return f"{name}-{settings.hexdigest()[:12]}-{rows.hexdigest()[:20]}.npy"
 
     def _decode_into(self, out: np.ndarray, num_workers: int, progress) -> None:
-        """Decode every image into out, (N, C, H, W) uint8, a chunk at a time: here, or in
-        num_workers processes (torch DataLoader workers), each writing whole chunks."""
+        """Decode every image into out, (N, C, H, W) uint8, by chunks: here or in workers."""
         chunks = [range(start, min(start + DECODE_CHUNK, len(self)))
                   for start in range(0, len(self), DECODE_CHUNK)]
         what = f"Decoding {self.csv_path}" + (" ({} {})".format(*self.split) if self.split else "")
         report = progress if callable(progress) else DecodeProgress(what) if progress else None
         if num_workers > 0 and len(chunks) > 1:
-            # in_order=False: a chunk is placed when done, so a slowed worker leaves none waiting.
-            # Its own generator: starting workers must not move the global RNG. Forked on Linux
-            # even where spawning is the default (ddp_spawn, Python 3.14's forkserver): a spawned
-            # worker imports torch before its first image.
+            # in_order=False: a slowed worker leaves none waiting. Its own generator: the global
+            # RNG stays put. Forked on Linux even where spawning is the default (ddp_spawn, Python
+            # 3.14's forkserver): a spawned worker imports torch before its first image.
             fork = "fork" if sys.platform.startswith("linux") else None
             results = DataLoader(_DecodeChunks(self.dataset, chunks), batch_size=None,
                                  in_order=False, num_workers=min(num_workers, len(chunks)),
@@ -757,9 +729,8 @@ class DecodeProgress:
 
 
 class _DecodeChunks(Dataset):
-    """(k, chunk k of a dataset's rows decoded, (B, C, H, W) uint8): what preload's worker
-    processes run. An error is returned, not raised, so that it reaches the main process as it
-    was (a worker's raise arrives wrapped in its traceback)."""
+    """(k, chunk k of the rows decoded, (B, C, H, W) uint8), in preload's workers. An error is
+    returned, not raised, to reach the main process as it was, not wrapped in a traceback."""
 
     def __init__(self, dataset: CsvImageDataset, chunks: list[range]) -> None:
         self.dataset, self.chunks = dataset, chunks
@@ -781,9 +752,7 @@ def _open_cached(path: Path, shape: tuple[int, ...]) -> torch.Tensor | None:
         pixels = np.load(path, mmap_mode="c")
     except (OSError, ValueError):  # none yet, not a .npy file, or cut short: decode, write anew
         return None
-    if pixels.shape != shape or pixels.dtype != np.uint8:
-        return None
-    return torch.from_numpy(pixels)
+    return torch.from_numpy(pixels) if pixels.shape == shape and pixels.dtype == np.uint8 else None
 
 
 def _remove_leftovers(folder: Path) -> None:
@@ -825,20 +794,18 @@ CACHE_FORMAT = 3  # part of every disk cache file's name: raise it when decode_i
 
 
 def epoch_order(num_samples: int, seed: int, epoch: int) -> np.ndarray:
-    """A permutation of range(num_samples) that depends on (seed, epoch) and nothing else: NumPy's
-    SeedSequence mixes both into PCG64's 128-bit state (torch.manual_seed would keep only the low
-    32 bits of a combined seed, so nearby seeds could share their orders)."""
+    """A permutation of range(num_samples) that depends on (seed, epoch) alone: NumPy's SeedSequence
+    mixes both into PCG64's state (torch.manual_seed keeps 32 bits: nearby seeds could collide)."""
     return np.random.default_rng([seed, epoch]).permutation(num_samples)
 
 
 class EpochBatchSampler(DistributedSampler):
-    """Yields one Batch per batch: an int64 NumPy array of indices (a tensor without a copy, cheap
-    to pickle) with the seed and epoch that key the samples' random transforms. Each iter() plays
-    the next epoch, unless set_epoch() chose one. With world_size > 1, rank r takes every
-    world_size-th index of each global batch: all ranks together see what one process would. rank
-    and world_size default to the process group's when iterated (a loader made before the group,
-    or sent to spawned processes, shards right). A DistributedSampler, so that Lightning's Trainer
-    does not split the data twice; its __init__ (which needs a process group) is not called."""
+    """Yields one Batch per batch: int64 NumPy indices (a tensor without a copy, cheap to pickle),
+    and the seed and epoch that key their random transforms. Each iter() plays the next epoch,
+    unless set_epoch() chose one. Rank r takes every world_size-th index of each global batch, so
+    the ranks together see what one process would; both default to the group's when iterated (a
+    loader made before it, or sent to spawned processes, shards right). A DistributedSampler, so
+    that Lightning does not split the data twice; its __init__ (needing a group) is not called."""
 
     def __init__(self, num_samples: int, batch_size: int, *, shuffle: bool, drop_last: bool,
                  seed: int = 0, rank: int | None = None, world_size: int | None = None) -> None:
@@ -851,8 +818,7 @@ class EpochBatchSampler(DistributedSampler):
             raise ValueError(f"seed must be in [0, 2**32), got {seed}")
         self.dataset_size, self.batch_size = num_samples, batch_size
         self.shuffle, self.drop_last, self.seed = shuffle, drop_last, seed
-        self._rank, self._world_size = rank, world_size
-        self.epoch = 0
+        self._rank, self._world_size, self.epoch = rank, world_size, 0
         self._check_divisible()  # now, where the process group is known already
 
     @property
@@ -893,9 +859,8 @@ class EpochBatchSampler(DistributedSampler):
 
 
 class Batch(NamedTuple):
-    """A batch request, as the loaders' sampler sends it: the samples, and the (seed, epoch) that
-    key each sample's random transform, so that augmentation does not depend on which worker
-    process runs it, nor on what ran before (a resumed run sees the same images)."""
+    """A batch request from the loaders' sampler: the samples, and the (seed, epoch) that key each
+    sample's random transform, whichever worker runs it and whatever ran before (a resume)."""
     indices: np.ndarray  # (B,) int64
     seed: int
     epoch: int
@@ -947,9 +912,8 @@ def atomic_file(path: Path, *, locked: bool = False):
 
 
 def try_lock(fd: int) -> bool:
-    """An exclusive flock on the open file fd, taken without waiting: True; False when another
-    process holds it. Released when fd closes, also when the process is killed. Raises OSError
-    where files cannot be locked (Windows has no flock)."""
+    """An exclusive flock on the open file fd, not waiting: True, or False when another process
+    holds it (released when fd closes, even if killed); OSError where there is none (Windows)."""
     if fcntl is None:
         raise OSError(errno.ENOSYS, "files cannot be locked here (no fcntl.flock)")
     try:
