@@ -5,37 +5,24 @@ listed in CSVs, each image decoded once, in an order fixed by (seed, epoch).
     for images, labels in train_loader:   # (64, 1, 28, 28) float32 in [0, 1], (64,) int64
         ...
 
-Layouts:
-    get_dataloaders(...)                 data/mnist_{split}.csv + data/mnist_{split}/ for each split
-    get_dataloaders(..., csv_path=CSV, img_dir=DIR), or get_dataloaders_from_split_csv(CSV, DIR,
-        batch_size): one CSV with a split column, one image folder (split_csv() adds the column)
-    loaders_from_datasets(...)           any three datasets you built, or Subsets / ConcatDatasets
-                                         of them (random_split)
+Layouts: data_dir/mnist_{split}.csv + data_dir/mnist_{split}/ for each split (get_dataloaders);
+one CSV with a split column and one image folder (get_dataloaders(..., csv_path=, img_dir=), or
+get_dataloaders_from_split_csv; split_csv() adds the column); any three datasets you built, or
+Subsets / ConcatDatasets of them as random_split makes (loaders_from_datasets).
 
-DecodedImages, the decoded-image store, wraps a CsvImageDataset (which decodes the item asked
-for): the first pass decodes every image once, in num_workers processes, into one uint8 tensor
-that every epoch and worker reads (up to cache_mb MiB); with cache_dir=, into a file there that
-later runs map instead of decoding. The loaders wrap each dataset in one. With a DataLoader of
-your own (any sampler), the fast path is one call more than the plain one:
+Each dataset is wrapped in a DecodedImages, the decoded-image store: its first pass decodes every
+image once, in num_workers processes, into one uint8 tensor (within cache_mb MiB) that every epoch
+and worker reads or, with cache_dir=, a file there that later runs map. Transforms run after it, on
+one uint8 image (C, H, W), as torchvision's v2 transforms do. For your own DataLoader:
 
     store = DecodedImages(ds, cache_mb=1024, cache_dir="cache")  # ds: a CsvImageDataset
     store.preload(num_workers=2)    # decode all once, before any DataLoader worker starts
     DataLoader(store, batch_size=64, shuffle=True)               # store[i] is ds[i], from memory
 
-The loaders fetch whole batches with one store[Batch of indices] call; batches of images in
-memory are gathered in this process, where workers would only copy them, unless a transform gives
-workers work (`loader.workers_decision` says which). train_transforms (train only) and
-test_transforms take one uint8 image (C, H, W), as torchvision's v2 transforms do, and run after
-the store; each sample's random numbers come from (seed, epoch, index), so augmented runs are
-exact for any num_workers and after a resume. Options go where they act: `dataset_kwargs` to
-every CsvImageDataset (mode, pixels, file_column, ...), cache_mb / cache_dir to every
-DecodedImages, `loader_kwargs` to every torch DataLoader (persistent_workers, pin_memory, ...).
-
 The train loader reshuffles every epoch and drops the last partial batch; valid and test keep
 their order and every sample; no file may be in two splits. Epoch e's order depends only on
-(seed, e), not on num_workers, earlier iterations or any global random state: `set_epoch(e)` on
-`loader.sampler` picks one, as with DistributedSampler. Under torchrun or Lightning, each process
-takes its share of every batch (the sampler is a DistributedSampler: Lightning adds none).
+(seed, e) (set_epoch(e) on loader.sampler picks e), each sample's random transform on (seed, e,
+index): exact for any num_workers, after a resume, and under torchrun or Lightning.
 
 Also here, for every file of this project's that must be whole or absent: write_atomic, and a
 folder's lock (open_lock, lock_or_holder). Needs dataset.py beside it.
@@ -127,9 +114,8 @@ def get_dataloaders_from_split_csv(csv_path: str | Path, img_dir: str | Path, ba
                                    num_workers: int = 0, seed: int = 123, *,
                                    split_column: str = "split",
                                    **options) -> tuple[DataLoader, DataLoader, DataLoader]:
-    """Loaders for one CSV whose `split_column` says train / valid / test, and one image folder:
-    get_dataloaders(batch_size, csv_path=..., img_dir=...), whose keywords `options` are. For a
-    CSV without a split column, split_csv() writes a copy with one."""
+    """get_dataloaders(batch_size, csv_path=..., img_dir=..., **options): one CSV whose
+    `split_column` says train / valid / test. split_csv() adds that column to a CSV."""
     if "data_dir" in options:
         raise TypeError("get_dataloaders_from_split_csv() takes csv_path and img_dir, not data_dir")
     return get_dataloaders(batch_size, num_workers=num_workers, seed=seed, csv_path=csv_path,
@@ -146,10 +132,9 @@ def folder_layout(data_dir: str | Path) -> list[tuple[Path, Path, None]]:
 def make_datasets(sources: Sequence[tuple], dataset_kwargs: dict | None = None,
                   train_transforms: Transform | None = None,
                   test_transforms: Transform | None = None) -> list[CsvImageDataset]:
-    """Train, valid and test datasets from three (csv_path, img_dir, split) sources, split being
-    None or (column, value). They share one mapping of classes, the union over the splits (a
-    warning names any class that training has no example of). A file in two splits is an error:
-    a test set that overlaps training fools you."""
+    """Train, valid and test datasets from three (csv_path, img_dir, split) sources, split None or
+    (column, value), with one mapping of classes (the union over the splits) and one mode. A file
+    in two splits is an error: a test set that overlaps training fools you."""
     kwargs = dict(dataset_kwargs or {})
     _refuse_unknown_splits(sources, kwargs.get("file_column", "File Name"),
                            kwargs.get("encoding", "utf-8"))
@@ -166,17 +151,16 @@ def make_datasets(sources: Sequence[tuple], dataset_kwargs: dict | None = None,
         if mixed:
             for ds in datasets:
                 ds.mode_decision = colour[0].mode_decision  # the split that made it RGB says why
-    used = {i for ds in datasets for i in set(ds.targets)}
-    empty = [name for i, name in enumerate(classes) if i not in used]
-    if empty:
-        warnings.warn(empty_classes_message(empty, classes), stacklevel=2)
-    for message in odd_class_warnings(datasets):
-        warnings.warn(message, stacklevel=2)
-    in_eval = {classes[i] for ds in datasets[1:] for i in set(ds.targets)}
-    unseen = sorted(in_eval - {classes[i] for i in set(datasets[0].targets)})
+    seen = [set(ds.targets) for ds in datasets]  # the class indices of each split
+    empty = [name for i, name in enumerate(classes) if not any(i in s for s in seen)]
+    messages = [empty_classes_message(empty, classes)] if empty else []
+    messages += odd_class_warnings(datasets)
+    unseen = sorted({classes[i] for s in seen[1:] for i in s} - {classes[i] for i in seen[0]})
     if unseen:
-        warnings.warn(f"the training split has no example of class(es) {unseen} (they are in valid "
-                      "or test): the model cannot learn them", stacklevel=2)
+        messages.append(f"the training split has no example of class(es) {unseen} (they are in "
+                        "valid or test): the model cannot learn them")
+    for message in messages:
+        warnings.warn(message, stacklevel=2)
     _refuse_overlap(datasets)
     return datasets
 
@@ -197,26 +181,19 @@ def _refuse_unknown_splits(sources: Sequence[tuple], file_column: str, encoding:
     for (csv, column), known in by_csv.items():
         # With the file column: a row whose split cell alone is empty is not a blank line.
         values = read_csv(csv, [file_column, column], encoding)[column]
-        names = split_names(values)
-        unknown = values[~names.isin(known)].fillna("").astype(str).str.strip()
+        unknown = values[~split_names(values).isin(known)].fillna("").astype(str).str.strip()
         if len(unknown):
-            counts = ", ".join(f"{v!r} ({n} row{'s' if n > 1 else ''}, first on line {line})"
-                               for v, n, line in _counts_with_first_line(unknown))
+            groups = sorted(unknown.groupby(unknown, sort=False), key=lambda vg: -len(vg[1]))
+            counts = ", ".join(f"{v!r} ({len(g)} row{'s' if len(g) > 1 else ''}, first on line "
+                               f"{int(g.index[0])})" for v, g in groups)  # commonest first
             raise DatasetError(
                 f"{csv}: column {column!r} has values that are not a split: {counts}. Each row "
                 "must say train (or training), valid (val, validation, dev) or test (testing), in "
                 "any case; change those cells in the CSV, or drop the rows you do not want")
 
 
-def _counts_with_first_line(values: pd.Series) -> list[tuple[str, int, int]]:
-    """(value, how many rows, the first row's line) of each distinct value, commonest first."""
-    groups = values.groupby(values, sort=False)
-    return sorted(((v, len(g), int(g.index[0])) for v, g in groups), key=lambda t: -t[1])
-
-
 def union_of_classes(per_split: Sequence[list[str]]) -> list[str]:
-    """The classes of a run: for integer labels 0 to the largest label in any split, for class
-    names every name of any split, sorted."""
+    """The classes of a run: 0 to the largest integer label of any split, or every name, sorted."""
     if all(names == [str(i) for i in range(len(names))] for names in per_split):
         return [str(i) for i in range(max(len(names) for names in per_split))]
     return sorted(set().union(*per_split))
@@ -248,12 +225,9 @@ def _refuse_overlap(datasets: Sequence[CsvImageDataset]) -> None:
 def split_csv(csv_path: str | Path, out_path: str | Path, *, label_column: str = "Class Label",
               valid_fraction: float = 0.1, test_fraction: float = 0.1, seed: int = 0,
               encoding: str = "utf-8", file_column: str | None = None) -> Path:
-    """Write every row of csv_path to out_path with a `split` column added: of each class's rows,
-    round(n * test_fraction) go to test and round(n * valid_fraction) to valid, drawn with NumPy
-    from (seed, class); the rest to train. The same arguments give the same bytes; the file is
-    written whole or not at all, in the input's encoding. Then:
-    get_dataloaders_from_split_csv(out_path, ...). file_column: checked to exist too, so that
-    one error names every missing column."""
+    """Write csv_path's rows to out_path with a `split` column: of each class's n rows, round(n *
+    test_fraction) go to test and round(n * valid_fraction) to valid, drawn from (seed, class), the
+    rest to train; the same arguments give the same bytes. file_column: checked to exist too."""
     csv_path, out_path = Path(csv_path), Path(out_path)
     if not (0 <= valid_fraction and 0 <= test_fraction and valid_fraction + test_fraction < 1):
         raise ValueError(f"valid_fraction {valid_fraction} and test_fraction {test_fraction} must "
@@ -288,12 +262,10 @@ def loaders_from_datasets(
         train: Dataset, valid: Dataset, test: Dataset, *, batch_size: int,
         eval_batch_size: int | None = None, seed: int = 123,
         loader_kwargs: dict | None = None) -> tuple[DataLoader, DataLoader, DataLoader]:
-    """Train loader (reshuffled, drop_last) and valid / test loaders (fixed order, every sample).
-    Each is a DecodedImages or a CsvImageDataset (wrapped in one, one per dataset however often it
-    comes: Subsets of one dataset share its decoded images), or a Subset / ConcatDataset of them
-    (what random_split gives)."""
-    stores: dict[int, DecodedImages] = {}
-    views = [as_batch_dataset(ds, stores) for ds in (train, valid, test)]
+    """Train loader (reshuffled, drop_last) and valid / test loaders (fixed order, every sample) of
+    DecodedImages or CsvImageDatasets (one store each, however often it comes), or Subsets /
+    ConcatDatasets of them (what random_split gives)."""
+    views = [as_batch_dataset(ds) for ds in (train, valid, test)]
     leaves = {id(leaf): leaf for view in views for leaf in _leaves_of(view)}
     for store in leaves.values():  # decode once, before the loaders' workers start
         store.preload(num_workers=(loader_kwargs or {}).get("num_workers", 0))
@@ -306,11 +278,9 @@ def loaders_from_datasets(
                       "(Subset(ds, idx)).", stacklevel=2)
     eval_batch_size = eval_batch_size or batch_size
     options = {"seed": seed, "loader_kwargs": loader_kwargs}
-    return (
-        make_loader(views[0], batch_size, shuffle=True, drop_last=True, **options),
-        make_loader(views[1], eval_batch_size, shuffle=False, drop_last=False, **options),
-        make_loader(views[2], eval_batch_size, shuffle=False, drop_last=False, **options),
-    )
+    return (make_loader(views[0], batch_size, shuffle=True, drop_last=True, **options),
+            make_loader(views[1], eval_batch_size, shuffle=False, drop_last=False, **options),
+            make_loader(views[2], eval_batch_size, shuffle=False, drop_last=False, **options))
 
 
 # What the loaders set themselves; in loader_kwargs they would change what the promises rest on.
@@ -320,11 +290,9 @@ OWN_OPTIONS = ("batch_size", "shuffle", "sampler", "batch_sampler", "drop_last",
 def make_loader(dataset: Dataset, batch_size: int, *, shuffle: bool, drop_last: bool, seed: int,
                 loader_kwargs: dict | None = None, rank: int | None = None,
                 world_size: int | None = None) -> DataLoader:
-    """A DataLoader that fetches whole batches with dataset[Batch of indices]; loader_kwargs go to
-    torch's DataLoader as they are (num_workers, persistent_workers, pin_memory, ...), but for
-    the options the loaders set (OWN_OPTIONS), and collate_fn, which gets a list of (image,
-    label) samples as in a plain DataLoader. dataset: as loaders_from_datasets takes them.
-    rank / world_size: the sampler's (default: the process group's)."""
+    """A DataLoader that fetches whole batches with dataset[Batch of indices] (dataset: as
+    loaders_from_datasets takes them). loader_kwargs, but OWN_OPTIONS, go to torch's DataLoader;
+    a collate_fn gets [(image, label)] as in a plain one. rank / world_size: the group's if None."""
     kwargs = dict(loader_kwargs or {})
     own = [key for key in OWN_OPTIONS if key in kwargs]
     if own:
@@ -341,11 +309,9 @@ def make_loader(dataset: Dataset, batch_size: int, *, shuffle: bool, drop_last: 
     kwargs, decision = plan_workers(dataset, kwargs)
     sampler = EpochBatchSampler(len(dataset), batch_size, shuffle=shuffle, drop_last=drop_last,
                                 seed=seed, rank=rank, world_size=world_size)
-    loader = DataLoader(
-        dataset, batch_size=None, sampler=sampler,  # batch_size=None: the sampler yields batches
-        # Its own generator, so that starting an iterator never draws from the global RNG.
-        generator=PicklableGenerator().manual_seed(seed), **kwargs,
-    )
+    # batch_size=None: the sampler yields batches; its own generator leaves the global RNG be.
+    loader = DataLoader(dataset, batch_size=None, sampler=sampler,
+                        generator=PicklableGenerator().manual_seed(seed), **kwargs)
     loader.workers_decision = decision
     return loader
 
@@ -355,21 +321,17 @@ WORKER_OPTIONS = ("persistent_workers", "prefetch_factor", "multiprocessing_cont
 
 
 def plan_workers(dataset: Dataset, loader_kwargs: dict) -> tuple[dict, str]:
-    """(loader_kwargs as the DataLoader gets them, a sentence saying where batches are made).
-    Workers help where a batch is work: decoding, a transform, or a collate_fn of yours (and a
-    worker_init_fn of yours asks for them). A batch of images in memory with none of these is one
-    gather, which workers would only copy between processes (runs several times as long:
-    docs/performance.md), so it is made here; num_workers then serves the first pass's decoding.
-    Workers with work on images in memory stay alive between epochs (persistent_workers, unless
-    loader_kwargs says otherwise): starting them every epoch costs more than they save."""
+    """(loader_kwargs for the DataLoader, a sentence saying where batches are made). Workers help
+    where a batch is work: decoding, a transform, your collate_fn or worker_init_fn. A batch of
+    images in memory without these is one gather, which workers would only copy, so it is made
+    here; with work, they persist: starting them every epoch costs more than they save."""
     kwargs = dict(loader_kwargs)
     workers = kwargs.get("num_workers", 0)
     if not workers:
         return kwargs, "no workers: batches are made in this process"
     leaves = _leaves_of(dataset)
-    for leaf in leaves:
-        if not leaf.decodes_every_pass:  # decoded by the workers now (nothing when done), so
-            leaf.preload(num_workers=workers)  # that the batches read the cache, as said below
+    for leaf in leaves:  # decoded by the workers now (nothing when done or off), so that the
+        leaf.preload(num_workers=workers)  # batches read the cache, as said below
     if not all(leaf.in_memory for leaf in leaves):
         how = ("decode each batch" if all(leaf.decodes_every_pass for leaf in leaves) else
                "read each batch from the memory-mapped disk cache, over the memory budget"
@@ -391,58 +353,46 @@ def plan_workers(dataset: Dataset, loader_kwargs: dict) -> tuple[dict, str]:
 
 
 def _collate_samples(collate_fn: Callable, batch: tuple[torch.Tensor, torch.Tensor]):
-    """A user's collate_fn on a fetched batch, given as a plain DataLoader gives it: a list of
-    (image (C, H, W), label int) samples."""
+    """Your collate_fn on a fetched batch as a plain DataLoader gives it: [(image, label int)]."""
     images, labels = batch
     return collate_fn(list(zip(images.unbind(0), labels.tolist())))
 
 
 class PicklableGenerator(torch.Generator):
-    """A torch.Generator that pickles as its state's bytes. A plain one pickles its state as a
-    tensor, which torch.multiprocessing sends as a file descriptor; a loader holding one then
-    cannot go to a spawned process ("bad value(s) in fds_to_keep", pytorch#146828), as Lightning's
-    ddp_spawn sends it."""
+    """A torch.Generator pickled as its state's bytes: a plain one's state tensor goes as a file
+    descriptor, so its loader could not go to a spawned process (ddp_spawn; pytorch#146828)."""
 
     def __reduce__(self):
         return _generator_from_state, (self.get_state().numpy().tobytes(),)
 
 
 def _generator_from_state(state: bytes) -> PicklableGenerator:
-    generator = PicklableGenerator()
-    generator.set_state(torch.frombuffer(bytearray(state), dtype=torch.uint8))
-    return generator
+    return PicklableGenerator().set_state(torch.frombuffer(bytearray(state), dtype=torch.uint8))
 
 
 # The store the loaders gave each CsvImageDataset passed to them bare; gone with the dataset.
 _DEFAULT_STORES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def as_batch_dataset(dataset: Dataset, stores: dict[int, DecodedImages] | None = None) -> Dataset:
+def as_batch_dataset(dataset: Dataset) -> Dataset:
     """dataset itself when it is a DecodedImages (or a DatasetView), a DecodedImages of it (with
-    the default budget, no disk cache) when it is a CsvImageDataset, else a DatasetView of it.
-    stores: the DecodedImages made so far, by id of their dataset, so that one is made for each."""
-    stores = {} if stores is None else stores
+    the default budget, no disk cache) when it is a CsvImageDataset, else a DatasetView of it."""
     if isinstance(dataset, CsvImageDataset):
-        if id(dataset) not in stores:  # one per dataset, across calls too: decoded once, one copy
-            if dataset not in _DEFAULT_STORES:
-                _DEFAULT_STORES[dataset] = DecodedImages(dataset)
-            stores[id(dataset)] = _DEFAULT_STORES[dataset]
-        return stores[id(dataset)]
-    return dataset if isinstance(dataset, (DecodedImages, DatasetView)) else \
-        DatasetView(dataset, stores)
+        if dataset not in _DEFAULT_STORES:  # one per dataset, across calls too: decoded once
+            _DEFAULT_STORES[dataset] = DecodedImages(dataset)
+        return _DEFAULT_STORES[dataset]
+    return dataset if isinstance(dataset, (DecodedImages, DatasetView)) else DatasetView(dataset)
 
 
 class DatasetView(Dataset):
-    """A Subset or ConcatDataset of DecodedImages or CsvImageDatasets (nested in any way, as
-    random_split and `+` make them), fetched a batch at a time as a DecodedImages is: view[Batch
-    or indices] -> (images (B, C, H, W), labels (B,)); view[i] -> (image, label). Item i is row
-    row_of[i] of parts[part_of[i]], a DecodedImages (a CsvImageDataset's own, from stores)."""
+    """A Subset or ConcatDataset of DecodedImages or CsvImageDatasets, nested in any way (as
+    random_split and `+` make them), batched as a DecodedImages is: view[Batch or indices] ->
+    (B, C, H, W), (B,). Item i is row row_of[i] of parts[part_of[i]], a DecodedImages."""
 
-    def __init__(self, dataset: Dataset, stores: dict[int, DecodedImages] | None = None) -> None:
+    def __init__(self, dataset: Dataset) -> None:
         self.dataset = dataset
         self.parts: list[DecodedImages] = []
-        part_of, self.row_of = self._resolve(dataset, {} if stores is None else stores)
-        self.part_of = part_of  # (N,) int64
+        self.part_of, self.row_of = self._resolve(dataset)  # (N,) int64 each
         self.classes = self.parts[0].classes if self.parts else []
         if any(part.classes != self.classes for part in self.parts):
             raise ValueError("the datasets joined in this ConcatDataset have different classes "
@@ -452,26 +402,24 @@ class DatasetView(Dataset):
         if len(shapes) > 1:
             raise ValueError("the datasets joined in this ConcatDataset give images of different "
                              "shapes or types (channels, height, width, pixels: "
-                             f"{sorted(shapes)}), "
-                             "which cannot share a batch; pass the same mode=, image_size= and "
-                             "pixels= to each CsvImageDataset")
+                             f"{sorted(shapes)}), which cannot share a batch; pass the same "
+                             "mode=, image_size= and pixels= to each CsvImageDataset")
 
-    def _resolve(self, dataset, stores: dict) -> tuple[np.ndarray, np.ndarray]:
+    def _resolve(self, dataset) -> tuple[np.ndarray, np.ndarray]:
         """(part_of, row_of), each (len(dataset),) int64, of a dataset nested in any way."""
         if isinstance(dataset, (CsvImageDataset, DecodedImages)):
-            dataset = as_batch_dataset(dataset, stores)
+            dataset = as_batch_dataset(dataset)
             part = next((k for k, p in enumerate(self.parts) if p is dataset), len(self.parts))
             if part == len(self.parts):  # a dataset met twice (tr + tr) is one part
                 self.parts.append(dataset)
             return np.full(len(dataset), part, dtype=np.int64), np.arange(len(dataset))
         if isinstance(dataset, Subset):
-            part_of, row_of = self._resolve(dataset.dataset, stores)
+            part_of, row_of = self._resolve(dataset.dataset)
             indices = np.asarray(dataset.indices, dtype=np.int64)
             return part_of[indices], row_of[indices]
         if isinstance(dataset, ConcatDataset):
-            pairs = [self._resolve(d, stores) for d in dataset.datasets]
-            return (np.concatenate([p for p, _ in pairs]).astype(np.int64),
-                    np.concatenate([r for _, r in pairs]).astype(np.int64))
+            pairs = [self._resolve(d) for d in dataset.datasets]
+            return tuple(np.concatenate(arrays).astype(np.int64) for arrays in zip(*pairs))
         raise TypeError(f"the loaders take a CsvImageDataset or DecodedImages, or a Subset or "
                         f"ConcatDataset of them (what random_split gives); got "
                         f"{type(dataset).__name__}. For another kind of dataset, use torch's "
@@ -482,11 +430,9 @@ class DatasetView(Dataset):
 
     @property
     def targets(self) -> list[int]:
-        labels = np.zeros(len(self), dtype=np.int64)
-        for k, part in enumerate(self.parts):
-            mine = self.part_of == k
-            labels[mine] = part.rows.labels[self.row_of[mine]]
-        return labels.tolist()
+        first = np.cumsum([0] + [len(part) for part in self.parts])  # of each part's rows
+        labels = np.concatenate([part.rows.labels for part in self.parts])
+        return labels[first[self.part_of] + self.row_of].tolist()
 
     def __getitem__(self, index):
         if not isinstance(index, Batch) and np.ndim(index) == 0:
@@ -498,8 +444,7 @@ class DatasetView(Dataset):
         images = labels = None
         for k in np.unique(parts):
             mine = np.flatnonzero(parts == k)
-            # The parts' rows are numbered from 0 each: another seed per part keeps their random
-            # transforms apart.
+            # Parts number their rows from 0 each: a seed per part keeps their transforms apart.
             ask = (Batch(rows[mine], batch.seed + (int(k) << 32), batch.epoch) if batch
                    else rows[mine])
             part_images, part_labels = self.parts[k][ask]
@@ -521,17 +466,11 @@ class DecodedImages(Dataset):
     """A CsvImageDataset's images, each decoded once and kept: in memory, one (N, C, H, W) uint8
     tensor, when they take at most cache_mb MiB (0 = never); over that, with cache_dir, in a
     memory-mapped file there when the disk can spare it; else decoded as batches are read.
-    store[i] is ds[i] (the dataset's transform runs on a copy); store[indices or Batch] is a batch,
-    (B, C, H, W) and (B,) int64, in one gather. Use with a DataLoader: the module docstring.
-
-    cache_dir: one .npy file per split and settings, written whole or not at all, that later runs
-    map instead of decoding; keyed on the rows, each file's size and times, mode, image size and
-    the decoder's version (a changed file is decoded again). Not writable: a warning, and memory
-    only (or no cache, over cache_mb). Attributes: `dataset`, `cache_decision` (where the images
-    are kept, and why), `cache_file` (once preload() used it), and the dataset's facts read
-    through (classes, targets, mode, mode_decision, image_size, channels, csv_path, split, rows,
-    transform, pixels).
-    """
+    store[i] is ds[i]; store[indices or Batch] is a batch, (B, C, H, W) and (B,) int64, in one
+    gather. cache_dir: one .npy file per split, written whole or not at all, named by the rows,
+    files and settings (a changed file is decoded again); not writable: a warning, and memory only
+    (or none, over cache_mb). Attributes: `dataset`, `cache_decision` (where the images are kept,
+    and why), `cache_file` (once preload() used it), and the dataset's own, read through."""
 
     def __init__(self, dataset: CsvImageDataset, cache_mb: float = 1024,
                  cache_dir: str | Path | None = None) -> None:
@@ -549,8 +488,7 @@ class DecodedImages(Dataset):
         return len(self.dataset)
 
     def __getitem__(self, index):
-        """store[i] -> (image (C, H, W), label int), as ds[i]; store[indices or Batch] -> a batch
-        (get_batch)."""
+        """store[i] -> (image (C, H, W), label int), as ds[i]; store[indices or Batch]: a batch."""
         if isinstance(index, Batch) or np.ndim(index) != 0:
             return self.get_batch(index)
         return self.dataset.make_sample(index, self.load_image(index))
@@ -562,9 +500,8 @@ class DecodedImages(Dataset):
         return self.dataset.load_image(i)
 
     def get_batch(self, indices) -> tuple[torch.Tensor, torch.Tensor]:
-        """Images (B, C, H, W) and labels (B,) int64 of the samples at `indices` (a list, NumPy
-        array or tensor of ints, or a Batch): one gather from the cache instead of B
-        __getitem__ calls and a collate. The loaders fetch every batch this way."""
+        """Images (B, C, H, W) and labels (B,) int64 at `indices` (ints, or a Batch): one gather
+        from the cache instead of B __getitem__ calls and a collate: how the loaders fetch."""
         key = None
         if isinstance(indices, Batch):  # from the loaders: the transform's randomness is keyed
             indices, key = indices.indices, (indices.seed, indices.epoch)
@@ -572,8 +509,7 @@ class DecodedImages(Dataset):
         if self.transform is not None:
             images = self._transformed_batch(rows.tolist(), key)
         elif self._cached() is not None:
-            # NumPy's take: as fast as index_select on one thread, and on one thread always (see
-            # to_float01): the batch's gather does not wait for torch's thread pool
+            # NumPy's take runs on one thread: the gather does not wait for torch's thread pool.
             images = torch.from_numpy(np.take(self._cache.numpy(), rows.numpy(), axis=0))
         else:
             images = self.dataset.load_images(rows.tolist())
@@ -581,26 +517,23 @@ class DecodedImages(Dataset):
 
     def preload(self, num_workers: int = 0,
                 progress: bool | Callable[[int, int], None] = True) -> torch.Tensor | None:
-        """Decode every image into the cache now, once; returns it, (N, C, H, W) uint8, or None
-        when the cache is off. num_workers processes share the decoding (the pixels are bit for bit
-        one process's); with cache_dir, a file there that matches is mapped instead. progress: True
-        shows a line on stderr when decoding takes over 2 s; or a callable (done, total). Call it
-        before DataLoader workers start, so that they share one copy (the loaders do)."""
+        """Decode every image into the cache now, once: (N, C, H, W) uint8, or None when it is off.
+        num_workers processes share the decoding (bit for bit one process's pixels); a matching
+        cache_dir file is mapped instead. progress: True, a line on stderr after 2 s; or a callable
+        (done, total). Call it before DataLoader workers start, so that they share one copy."""
         if self._use_cache and self._cache is None:
             try:
                 self._cache = self._load_or_decode(num_workers, progress)
             except ImageSizeError as e:
                 if self.transform is None:  # name every image that is not of the commonest size
                     raise self.dataset.size_error() from e
-                # The transform is to make the sizes equal: decode on every access instead.
-                self._use_cache = False
+                self._use_cache = False  # the transform makes the sizes equal: decode every time
                 self.cache_decision = f"not keeping decoded images in memory: sizes differ ({e})"
         return self._cache
 
     @property
     def in_memory(self) -> bool:
-        """Whether preload() keeps the images in memory (within cache_mb): a batch is one gather.
-        False when decoded every pass, or mapped from a disk cache file over the budget."""
+        """Whether the images are kept in memory (within cache_mb): a batch is one gather."""
         return self._use_cache and self._cache_bytes <= self._budget_bytes
 
     @property
@@ -617,11 +550,8 @@ class DecodedImages(Dataset):
         return state
 
     def _cached(self) -> torch.Tensor | None:
-        """The cache, filled on first use (preload); None when it is off. In a DataLoader worker
-        whose main process has not filled it, a whole disk cache file is mapped if there is one
-        (its pages are shared), else None: a worker that filled the cache would decode the whole
-        dataset, and hold a copy of it, to serve its share of the items, so it decodes just those.
-        Fill it before the workers start (the loaders do) to share one copy."""
+        """The cache, filled on first use (preload); None when off. A worker whose main process did
+        not fill it maps a disk cache file if any, else decodes its own items, not the whole set."""
         if not self._use_cache:
             return None
         if self._cache is None and get_worker_info() is not None:
@@ -634,9 +564,8 @@ class DecodedImages(Dataset):
 
     def _transformed_batch(self, indices: Sequence[int],
                            key: tuple[int, int] | None) -> torch.Tensor:
-        """(B, C, H, W): the transform on each image; with key = (seed, epoch), sample i's random
-        numbers come from sample_seed(seed, epoch, i) alone, whichever process runs it (the global
-        RNG left as it was); without (store[list] called directly), from the global RNG."""
+        """(B, C, H, W), the transform on each image: with key = (seed, epoch), drawing from
+        sample_seed(seed, epoch, i) alone (the global RNG left be); without, from the global RNG."""
         images = []
         with torch.random.fork_rng(devices=[]) if key is not None else contextlib.nullcontext():
             for i in indices:
@@ -646,17 +575,18 @@ class DecodedImages(Dataset):
         return torch.stack(images)
 
     def _plan_cache(self, cache_mb: float) -> tuple[bool, str]:
-        """In memory when the pixels fit cache_mb; over it, in a cache_dir file that is memory-
-        mapped (the system keeps in memory what fits), when the disk can spare it."""
-        self._cache_bytes = len(self) * self.channels * self.image_size[0] * self.image_size[1]
-        self._budget_bytes = cache_mb * 2**20
+        """In memory within cache_mb; over it, a memory-mapped cache_dir file (the system keeps in
+        memory what fits) when the disk can spare it."""
         height, width = self.image_size
+        self._cache_bytes = len(self) * self.channels * height * width
+        self._budget_bytes = cache_mb * 2**20
         self._cache_what = what = (f"{len(self)} x {self.channels}x{height}x{width} uint8 = "
                                    f"{self._cache_bytes / 2**20:.1f} MiB, budget {cache_mb:g} MiB")
         if 0 < self._cache_bytes <= self._budget_bytes:
             return True, f"keeping decoded images in memory: {what}"
         if cache_mb > 0 and self.cache_dir is not None:
-            if _disk_can_hold(self.cache_dir, self._cache_bytes):
+            usage = _disk_usage(self.cache_dir)  # keeps 1 GiB and 5% free: not a full disk
+            if usage and usage.free - self._cache_bytes >= max(2**30, 0.05 * usage.total):
                 return True, ("keeping decoded images in a memory-mapped file, over the memory "
                               f"budget: {what}")
             return False, (f"not keeping decoded images: {what}, and the disk of {self.cache_dir} "
@@ -664,15 +594,13 @@ class DecodedImages(Dataset):
         return False, f"not keeping decoded images in memory: {what}"
 
     def _load_or_decode(self, num_workers: int, progress) -> torch.Tensor:
-        """The (N, C, H, W) uint8 cache: memory-mapped from cache_dir when a file there matches,
-        else decoded (into a new file there, renamed into place when whole)."""
+        """The (N, C, H, W) uint8 cache: a matching cache_dir file, or decoded (into a new one)."""
         shape = (len(self), self.channels, *self.image_size)
         if self.cache_dir is None:
             pixels = np.empty(shape, dtype=np.uint8)
             self._decode_into(pixels, num_workers, progress)
             return torch.from_numpy(pixels)
-        path = self.cache_dir / self._cache_file_name()
-        self.cache_file = path
+        self.cache_file = path = self.cache_dir / self._cache_file_name()
         if (cached := _open_cached(path, shape)) is not None:
             self.cache_decision += "; read from the disk cache"
             return cached
@@ -692,11 +620,22 @@ class DecodedImages(Dataset):
                 self._decode_into(pixels, num_workers, progress)
                 pixels.flush()
                 pixels = None  # unmapped before the file is renamed into place
-        except OSError as e:  # a read-only data folder, a full disk: decode, in memory only
+        except OSError as e:  # a read-only data folder, a full disk: decode without the file
             if decoding:
                 raise
             pixels = None
-            return self._without_disk_cache(e, num_workers, progress)
+            fits = self._cache_bytes <= self._budget_bytes
+            warnings.warn(f"no disk cache of decoded images: cannot write in {self.cache_dir} "
+                          f"({e.strerror or e}); " + ("decoding in memory" if fits else
+                          "over the memory budget, so images are decoded as batches are read"),
+                          stacklevel=3)
+            self.cache_dir = self.cache_file = None
+            if fits:
+                return self._load_or_decode(num_workers, progress)
+            self._use_cache = False
+            self.cache_decision = (f"not keeping decoded images: {self._cache_what}, and the "
+                                   "disk cache cannot be written")
+            return None
         settings = path.name.rsplit("-", 1)[0]
         for older in self.cache_dir.glob(settings + "-*.npy"):  # the same rows and settings, files
             if older != path and re.fullmatch(r"[0-9a-f]{20}\.npy", older.name[len(settings) + 1:]):
@@ -704,28 +643,9 @@ class DecodedImages(Dataset):
         self.cache_decision += "; decoded into the disk cache"
         return _open_cached(path, shape)
 
-    def _without_disk_cache(self, error: OSError, num_workers: int,
-                            progress) -> torch.Tensor | None:
-        """After cache_dir could not take the file: one warning, then the pixels in memory when
-        they fit the budget, else decoded as batches are read."""
-        fits = self._cache_bytes <= self._budget_bytes
-        warnings.warn(f"no disk cache of decoded images: cannot write in {self.cache_dir} "
-                      f"({error.strerror or error}); " + ("decoding in memory" if fits else
-                      "over the memory budget, so images are decoded as batches are read"),
-                      stacklevel=4)
-        self.cache_dir = self.cache_file = None
-        if not fits:
-            self._use_cache = False
-            self.cache_decision = (f"not keeping decoded images: {self._cache_what}, and the "
-                                   "disk cache cannot be written")
-            return None
-        return self._load_or_decode(num_workers, progress)
-
     def _cache_file_name(self) -> str:
-        """<csv name>[-<split>]-<decoded how: split, folder, mode, size, background, decoder>-
-        <the rows: file names, sizes and times>.npy; any change makes another name."""
-        # Not the CSV's path: a copy of the same rows elsewhere (train.py's RESULTS/split.csv)
-        # finds the same file, rather than adding one per copy.
+        """<csv name>[-<split>]-<hash of how decoded>-<hash of the rows' files, sizes, times>.npy:
+        any change gives another name. Not the CSV's path: a copy of the rows finds the same one."""
         settings = hashlib.sha256(repr((
             CACHE_FORMAT, Image.__version__, np.__version__, self.split, self.rows.root,
             self.mode, self.image_size, self.dataset.background)).encode())
@@ -737,18 +657,15 @@ class DecodedImages(Dataset):
         return f"{name}-{settings.hexdigest()[:12]}-{rows.hexdigest()[:20]}.npy"
 
     def _decode_into(self, out: np.ndarray, num_workers: int, progress) -> None:
-        """Decode every image into out, (N, C, H, W) uint8, a chunk at a time: here, or in
-        num_workers processes (torch DataLoader workers), each writing whole chunks."""
+        """Decode every image into out, (N, C, H, W) uint8, by chunks: here or in workers."""
         chunks = [range(start, min(start + DECODE_CHUNK, len(self)))
                   for start in range(0, len(self), DECODE_CHUNK)]
         what = f"Decoding {self.csv_path}" + (" ({} {})".format(*self.split) if self.split else "")
         report = progress if callable(progress) else DecodeProgress(what) if progress else None
         if num_workers > 0 and len(chunks) > 1:
-            # in_order=False: a chunk is placed when it is done, so a worker slowed down by
-            # something else on the machine does not leave the other one waiting. Its own
-            # generator: starting workers draws their seeds, which must not move the global RNG.
-            # Forked on Linux even where the default is to spawn (Lightning's ddp_spawn ranks,
-            # Python 3.14's forkserver): a spawned worker imports torch before its first image.
+            # in_order=False: a slowed worker leaves none waiting. Its own generator: the global
+            # RNG stays put. Forked on Linux even where spawning is the default (ddp_spawn, Python
+            # 3.14's forkserver): a spawned worker imports torch before its first image.
             fork = "fork" if sys.platform.startswith("linux") else None
             results = DataLoader(_DecodeChunks(self.dataset, chunks), batch_size=None,
                                  in_order=False, num_workers=min(num_workers, len(chunks)),
@@ -798,12 +715,10 @@ class DecodeProgress:
         self.start, self.last = time.monotonic(), None
 
     def __call__(self, done: int, total: int) -> None:
-        now = time.monotonic()
+        now, terminal = time.monotonic(), self.stream.isatty()
         elapsed, finished = now - self.start, done >= total
-        terminal = self.stream.isatty()
-        every = 1 if terminal else 10
-        if elapsed < self.after or (self.last is not None and now - self.last < every
-                                    and not finished):
+        recent = self.last is not None and now - self.last < (1 if terminal else 10)
+        if elapsed < self.after or (recent and not finished):
             return
         rate = done / elapsed
         status = f"done in {elapsed:.1f} s" if finished else f"{(total - done) / rate:.0f} s left"
@@ -814,9 +729,8 @@ class DecodeProgress:
 
 
 class _DecodeChunks(Dataset):
-    """(k, chunk k of a dataset's rows decoded, (B, C, H, W) uint8): what preload's worker
-    processes run. An error is returned, not raised, so that it reaches the main process as it
-    was (a worker's raise arrives wrapped in its traceback)."""
+    """(k, chunk k of the rows decoded, (B, C, H, W) uint8), in preload's workers. An error is
+    returned, not raised, to reach the main process as it was, not wrapped in a traceback."""
 
     def __init__(self, dataset: CsvImageDataset, chunks: list[range]) -> None:
         self.dataset, self.chunks = dataset, chunks
@@ -838,9 +752,7 @@ def _open_cached(path: Path, shape: tuple[int, ...]) -> torch.Tensor | None:
         pixels = np.load(path, mmap_mode="c")
     except (OSError, ValueError):  # none yet, not a .npy file, or cut short: decode, write anew
         return None
-    if pixels.shape != shape or pixels.dtype != np.uint8:
-        return None
-    return torch.from_numpy(pixels)
+    return torch.from_numpy(pixels) if pixels.shape == shape and pixels.dtype == np.uint8 else None
 
 
 def _remove_leftovers(folder: Path) -> None:
@@ -865,13 +777,6 @@ def _remove_leftovers(folder: Path) -> None:
                 left.unlink()
 
 
-def _disk_can_hold(folder: Path, nbytes: int) -> bool:
-    """Whether the disk of folder (or of its nearest existing parent) keeps 1 GiB and 5% free
-    after nbytes more: a cache over the memory budget must not fill the disk."""
-    usage = _disk_usage(folder)
-    return usage is not None and usage.free - nbytes >= max(2**30, 0.05 * usage.total)
-
-
 def _disk_usage(folder: Path):
     """shutil.disk_usage of folder, or of its nearest existing parent; None when unreadable."""
     folder = folder.absolute()
@@ -889,24 +794,18 @@ CACHE_FORMAT = 3  # part of every disk cache file's name: raise it when decode_i
 
 
 def epoch_order(num_samples: int, seed: int, epoch: int) -> np.ndarray:
-    """A permutation of range(num_samples) that depends on (seed, epoch) and nothing else.
-
-    NumPy's SeedSequence mixes both numbers into PCG64's 128-bit state. (torch.manual_seed would
-    keep only the low 32 bits of a combined seed, so nearby seeds could share their orders.)
-    """
+    """A permutation of range(num_samples) that depends on (seed, epoch) alone: NumPy's SeedSequence
+    mixes both into PCG64's state (torch.manual_seed keeps 32 bits: nearby seeds could collide)."""
     return np.random.default_rng([seed, epoch]).permutation(num_samples)
 
 
 class EpochBatchSampler(DistributedSampler):
-    """Yields one Batch per batch: an int64 NumPy array of indices (turned into a tensor without
-    a copy, pickled cheaply to workers), with the seed and epoch that key the samples' random
-    transforms; epoch e's order depends on (seed, e) only. Each iter() plays the next epoch,
-    unless set_epoch() chose one. With world_size > 1, every global batch of `batch_size` is split
-    between the ranks (rank r takes every world_size-th index), so all ranks together see exactly
-    what one process would; rank and world_size default to the process group's when iterated (a
-    loader made before the group, or sent to spawned processes, shards right). A
-    DistributedSampler, so that Lightning's Trainer leaves it as it is rather than split the data
-    twice; its __init__ is not called, as it needs a process group when the sampler is made."""
+    """Yields one Batch per batch: int64 NumPy indices (a tensor without a copy, cheap to pickle),
+    and the seed and epoch that key their random transforms. Each iter() plays the next epoch,
+    unless set_epoch() chose one. Rank r takes every world_size-th index of each global batch, so
+    the ranks together see what one process would; both default to the group's when iterated (a
+    loader made before it, or sent to spawned processes, shards right). A DistributedSampler, so
+    that Lightning does not split the data twice; its __init__ (needing a group) is not called."""
 
     def __init__(self, num_samples: int, batch_size: int, *, shuffle: bool, drop_last: bool,
                  seed: int = 0, rank: int | None = None, world_size: int | None = None) -> None:
@@ -919,21 +818,18 @@ class EpochBatchSampler(DistributedSampler):
             raise ValueError(f"seed must be in [0, 2**32), got {seed}")
         self.dataset_size, self.batch_size = num_samples, batch_size
         self.shuffle, self.drop_last, self.seed = shuffle, drop_last, seed
-        self._rank, self._world_size = rank, world_size
-        self.epoch = 0
+        self._rank, self._world_size, self.epoch = rank, world_size, 0
         self._check_divisible()  # now, where the process group is known already
 
     @property
     def rank(self) -> int:
-        if self._rank is None and dist.is_available() and dist.is_initialized():
-            return dist.get_rank()
-        return self._rank or 0
+        grouped = self._rank is None and dist.is_available() and dist.is_initialized()
+        return dist.get_rank() if grouped else self._rank or 0
 
     @property
     def world_size(self) -> int:
-        if self._world_size is None and dist.is_available() and dist.is_initialized():
-            return dist.get_world_size()
-        return self._world_size or 1
+        grouped = self._world_size is None and dist.is_available() and dist.is_initialized()
+        return dist.get_world_size() if grouped else self._world_size or 1
 
     num_replicas = world_size  # DistributedSampler's name
 
@@ -943,9 +839,6 @@ class EpochBatchSampler(DistributedSampler):
                              f"{self.world_size} processes, so every process gets an equal share "
                              "of each batch")
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
     def __len__(self) -> int:
         full, rest = divmod(self.dataset_size, self.batch_size)
         return full + int(not self.drop_last and rest > self.rank)
@@ -954,10 +847,8 @@ class EpochBatchSampler(DistributedSampler):
         self._check_divisible()
         rank, world_size = self.rank, self.world_size
         epoch, self.epoch = self.epoch, self.epoch + 1
-        if self.shuffle:
-            order = epoch_order(self.dataset_size, self.seed, epoch)
-        else:
-            order = np.arange(self.dataset_size)
+        order = (epoch_order(self.dataset_size, self.seed, epoch) if self.shuffle
+                 else np.arange(self.dataset_size))
         for start in range(0, self.dataset_size, self.batch_size):
             batch = order[start:start + self.batch_size]
             if self.drop_last and len(batch) < self.batch_size:
@@ -968,9 +859,8 @@ class EpochBatchSampler(DistributedSampler):
 
 
 class Batch(NamedTuple):
-    """A batch request, as the loaders' sampler sends it: the samples, and the (seed, epoch) that
-    key each sample's random transform, so that augmentation does not depend on which worker
-    process runs it, nor on what ran before (a resumed run sees the same images)."""
+    """A batch request from the loaders' sampler: the samples, and the (seed, epoch) that key each
+    sample's random transform, whichever worker runs it and whatever ran before (a resume)."""
     indices: np.ndarray  # (B,) int64
     seed: int
     epoch: int
@@ -1004,7 +894,9 @@ def atomic_file(path: Path, *, locked: bool = False):
     tag = CACHE_NEW_TAG if locked else TEMP_TAG
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{tag}-")
     try:
-        normal_file_mode(tmp)  # mkstemp's 0600 would hide the file from others sharing the folder
+        umask = os.umask(0)  # mkstemp's 0600 would hide the file from others sharing the folder:
+        os.umask(umask)  # the mode open() gives a new file instead, 0666 less the umask
+        os.chmod(tmp, 0o666 & ~umask)
         if locked:
             with contextlib.suppress(OSError):  # no locks here: the name alone then
                 try_lock(fd)
@@ -1019,17 +911,9 @@ def atomic_file(path: Path, *, locked: bool = False):
         os.close(fd)  # and with it, the lock
 
 
-def normal_file_mode(path: str | Path) -> None:
-    """The mode a new file gets from open(): 0666 less the umask (mkstemp makes it 0600)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, 0o666 & ~umask)
-
-
 def try_lock(fd: int) -> bool:
-    """An exclusive flock on the open file fd, taken without waiting: True; False when another
-    process holds it. Released when fd closes, also when the process is killed. Raises OSError
-    where files cannot be locked (Windows has no flock)."""
+    """An exclusive flock on the open file fd, not waiting: True, or False when another process
+    holds it (released when fd closes, even if killed); OSError where there is none (Windows)."""
     if fcntl is None:
         raise OSError(errno.ENOSYS, "files cannot be locked here (no fcntl.flock)")
     try:
