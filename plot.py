@@ -16,6 +16,8 @@ train.py picks the file-only Agg backend.
 
 from __future__ import annotations
 
+import io
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -210,8 +212,21 @@ def _image_grid(images: torch.Tensor, titles: list[str]) -> plt.Figure:
     return fig
 
 
+TEMP_TAG = "csvimg-tmp"  # loaders.py's: train.py removes a killed run's leftovers by it
+
+
 def _maybe_save(fig: plt.Figure, results_dir: str | Path | None, name: str) -> plt.Figure:
+    """Save fig whole or not at all (a full disk or a kill leaves the earlier file): drawn into
+    memory, written beside it, then renamed over it."""
     if results_dir is not None:
-        Path(results_dir).mkdir(parents=True, exist_ok=True)
-        fig.savefig(Path(results_dir) / name, dpi=100)
+        path = Path(results_dir) / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        buffer = io.BytesIO()
+        fig.savefig(buffer, dpi=100, format=path.suffix[1:])
+        tmp = path.with_name(f".{name}.{TEMP_TAG}-{os.getpid()}")
+        try:
+            tmp.write_bytes(buffer.getvalue())
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
     return fig

@@ -199,6 +199,8 @@ def test_folder_layout_is_what_make_subset_writes(tiny_data):
 
     assert make_subset.SPLITS == loaders.SPLITS  # make_subset.py imports no sibling: a pinned copy
     assert make_subset.TEMP_TAG == loaders.TEMP_TAG  # the temporaries' tag that clean-ups look for
+    import plot
+    assert plot.TEMP_TAG == loaders.TEMP_TAG  # plot.py's figures too
     for csv, img_dir, split in folder_layout(tiny_data):
         assert csv.is_file() and img_dir.is_dir() and split is None
     assert sorted(p.name for p in tiny_data.iterdir() if not p.name.startswith(".")) == sorted(

@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import matplotlib.pyplot as plt
+import pytest
 import torch
 
 import plot
@@ -146,3 +147,25 @@ def test_the_accuracy_figure_ticks_whole_epochs():
     ticks = fig.axes[0].get_xticks()
     assert len(ticks) >= 2 and all(float(t).is_integer() for t in ticks)
     plt.close(fig)
+
+
+def test_a_figure_is_saved_whole_or_not_at_all_on_a_full_disk(tmp_path, monkeypatch):
+    import errno
+    import os
+    from pathlib import Path
+
+    fig = plot.plot_accuracy([10.0, 20.0], [5.0, 15.0], tmp_path)
+    plt.close(fig)
+    before = (tmp_path / "accuracy.png").read_bytes()
+    real_write = Path.write_bytes
+
+    def full(self, data):  # the disk fills halfway through the file
+        real_write(self, data[:len(data) // 2])
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self))
+
+    monkeypatch.setattr(Path, "write_bytes", full)
+    with pytest.raises(OSError, match="No space left"):
+        plot.plot_accuracy([10.0, 20.0, 30.0], [5.0, 15.0, 25.0], tmp_path)
+    plt.close("all")
+    assert (tmp_path / "accuracy.png").read_bytes() == before  # the earlier figure, whole
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["accuracy.png"]  # no half-written file
