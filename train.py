@@ -10,14 +10,9 @@ checkpoints, plots.
     python train.py --evaluate                              # the saved model, on the test split
     python train.py --predict new-images/                   # a folder or CSV: predictions.csv
 
-Writes into --results-dir: metrics.csv (one row per epoch), checkpoint.pt (model, optimizer,
-schedule, history, every RNG state, the run's settings, and the classes, mode and image size that
-say how to read new images; after each epoch, atomically), best.pt (the same, of the best
-validation epoch), loss.png, accuracy.png and examples.png; from the test split,
-confusion_matrix.csv / .png, per_class.csv and mistakes.png; with --csv and no --split-column,
-split.csv (every row of the CSV and the split drawn for it, by class).
-Same seed, same data, same machine and library versions: bit-identical weights, whatever
---num-workers, and after any number of interruptions and --resume.
+Writes checkpoints, metrics, figures and the test split's reports into --results-dir (each file:
+docs/files.md). Same seed, same data, same machine and library versions: bit-identical weights,
+whatever --num-workers, and after any number of interruptions and --resume.
 
 In a notebook, train_model is the lecture's (set_all_seeds, set_deterministic and compute_accuracy
 are in evaluate.py, and importable from here too); its result unpacks as the lecture's does:
@@ -53,7 +48,6 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader
 
 from dataset import DatasetError, parse_image_size
 from evaluate import (REPORT_FILES, RunError, compute_accuracy, compute_confusion_matrix,
@@ -92,13 +86,11 @@ def train_model(model: torch.nn.Module, num_epochs: int, train_loader, valid_loa
     and the train / validation accuracy after each epoch, then the test accuracy if test_loader
     is given.
 
-    history: a History to continue (resume), which is extended in place; epochs it already holds are
-    skipped. Epoch e's training order is set with train_loader.sampler.set_epoch(e), so it does not
-    depend on how the loaders were used before. train_eval_loader (default: train_loader) is what
-    train accuracy is measured on. on_epoch_end(history) runs after each epoch (train.py saves the
-    checkpoint there); a Ctrl-C during that step waits until it is done. scheduler: a learning
-    rate schedule, stepped after every batch. early_stopping=N: stop once N epochs have passed
-    without a better validation accuracy than the best so far.
+    history: a History to continue (resume), extended in place; the epochs it holds are skipped.
+    Each loader's sampler.set_epoch(e) fixes epoch e's order, whatever the loaders did before.
+    train_eval_loader (default: train_loader) measures train accuracy. on_epoch_end(history)
+    runs after each epoch (train.py saves there); scheduler is stepped after every batch;
+    early_stopping=N stops after N epochs without a better validation accuracy.
     """
     history = history if history is not None else History()
     start = time.perf_counter()
@@ -155,7 +147,7 @@ def _mean_over_ranks(loss: torch.Tensor) -> float:
     return sum_over_ranks(loss.detach().clone()).item() / world_size
 
 
-# ---- the run's settings: built once in main from the flags -------------------------------------
+# ---- the run's settings: built once in main from the flags ---------------------------------------
 
 DEFAULT_DATA_DIR = "data"
 OPTIMIZERS, LR_SCHEDULES = ("sgd", "adam", "adamw"), ("constant", "cosine", "onecycle")
@@ -200,8 +192,7 @@ class DataSettings:
         return Path(self.img_dir) if self.img_dir is not None else Path(self.csv).parent
 
     def disk_cache(self) -> Path | None:
-        """--cache-dir, else .cache in the image folder; none with --no-disk-cache or
-        --cache-mb 0 (no cache anywhere)."""
+        """--cache-dir, else .cache in the image folder; None if --no-disk-cache or --cache-mb 0."""
         if self.no_disk_cache or self.cache_mb == 0:
             return None
         return Path(self.cache_dir or self.image_folder() / ".cache")
@@ -394,7 +385,7 @@ def refuse_other_model_flags(given: dict, saved: ModelConfig, use: str, path: Pa
                        "a model")
 
 
-# ---- checkpoints and resume: atomic files that torch.load(weights_only=True) reads -------------
+# ---- checkpoints and resume: atomic files that torch.load(weights_only=True) reads ---------------
 
 def save_checkpoint(path: Path, checkpoint: dict) -> None:
     buffer = io.BytesIO()
@@ -477,7 +468,7 @@ def set_rng_states(states: dict) -> None:
     random.setstate((version, tuple(mt_state), gauss_next))
 
 
-# ---- the results folder: one run at a time, nothing overwritten ------------------------------
+# ---- the results folder: one run at a time, nothing overwritten ----------------------------------
 
 RESULT_FILES = ("checkpoint.pt", "best.pt", "metrics.csv", "loss.png", "accuracy.png",
                 "examples.png", *REPORT_FILES, "split.csv", "predictions.csv")
@@ -502,8 +493,8 @@ def results_folder(results_dir: Path, move: tuple[str, ...], main_process: bool)
         if holder is not None:
             raise RunError(f"{results_dir} is in use by another train.py run (process {holder}); "
                            "wait for it to finish, or pass another --results-dir")
-        for name in RESULT_FILES:  # only this project's temporaries: nobody else of ours
-            for leftover in results_dir.glob(f".{name}.{TEMP_TAG}-*"):  # writes while we hold it
+        for name in RESULT_FILES:  # our temporaries only: nothing of ours writes here meanwhile
+            for leftover in results_dir.glob(f".{name}.{TEMP_TAG}-*"):
                 leftover.unlink(missing_ok=True)
         move_aside(results_dir, move)
         yield
@@ -559,7 +550,7 @@ def results_to_move(settings: Settings) -> tuple[str, ...]:
     return RESULT_FILES if not settings.resume else ()
 
 
-# ---- signals: Ctrl-C and SIGTERM keep the last whole checkpoint ------------------------------
+# ---- signals: Ctrl-C and SIGTERM keep the last whole checkpoint ----------------------------------
 
 class Terminated(KeyboardInterrupt):
     """SIGTERM, what a cluster's scheduler sends before it kills a job: handled as a Ctrl-C (the
@@ -606,7 +597,7 @@ def ctrl_c_deferred():
         raise Terminated if signal.SIGTERM in received else KeyboardInterrupt
 
 
-# ---- torchrun: one process per device -------------------------------------------------------
+# ---- torchrun: one process per device ------------------------------------------------------------
 
 def pick_device(name: str, local_rank: int) -> torch.device:
     if name != "auto":
@@ -667,18 +658,23 @@ def peers_answer(rank: int, minutes: float):
                        "dataset takes longer.") from None
 
 
-# ---- the data: sources, datasets and loaders -------------------------------------------------
+# ---- the data: sources, datasets and loaders -----------------------------------------------------
 
 def data_sources(data: DataSettings, split_path: Path, main_process: bool,
                  keep_split: bool = False) -> list[tuple]:
     """(csv, image folder, split) of train, valid and test: the three-CSV folder, or one CSV with
-    a split column, or one without, whose split is drawn into split_path. Only the main process
-    (rank 0) builds the default data or writes split.csv. keep_split (--resume, --evaluate): an
-    existing split_path is the split the model was trained on (main() has compared it with the
-    split drawn now, before anything was written), so it is kept."""
+    a split column, or one without, whose split is drawn into split_path. Only rank 0 builds the
+    default data when missing (or waits for the run building it) or writes split.csv. keep_split
+    (--resume, --evaluate): an existing split_path is the one the model was trained on (run()
+    compared it with the split drawn now, before writing anything), so it is kept."""
     if data.csv is None:
         if main_process and data.data_dir == DEFAULT_DATA_DIR:
-            ensure_default_data(Path(data.data_dir))
+            import make_subset  # only needed the first time
+
+            try:
+                make_subset.ensure_dataset(Path(data.data_dir))
+            except make_subset.LockFileError as e:
+                raise RunError(str(e)) from None
         return folder_layout(data.data_dir)
     csv, split_column = data.csv, data.split_column
     if split_column is None:  # draw one, kept with the results
@@ -698,17 +694,6 @@ def same_split_or_refuse(csv: str, split_path: Path, split_options: dict) -> Non
                        "--valid-fraction or --test-fraction changed); it is left as it is. Use "
                        "the flags and CSV of that run, or start afresh without --resume / "
                        "--evaluate.")
-
-
-def ensure_default_data(data_dir: Path) -> None:
-    """Build data/ with make_subset.py's defaults when it is missing (or wait for the run that
-    builds it)."""
-    import make_subset  # only needed the first time
-
-    try:
-        make_subset.ensure_dataset(data_dir)
-    except make_subset.LockFileError as e:
-        raise RunError(str(e)) from None
 
 
 def augmentation():
@@ -771,19 +756,13 @@ def prepare_data(data: DataSettings, *, split_path: Path, seed: int, evaluating:
           f"images from {data.csv or data.data_dir + '/'}, read as {train_ds.mode} "
           f"({train_ds.mode_decision}); {train_ds.cache_decision}; "
           f"device {device}" + (f"; {world_size} processes" if world_size > 1 else ""))
-    if data.num_workers:
-        print(f"Workers (--num-workers {data.num_workers}): " + describe_workers(
-            dict(zip(("train", "valid", "test"), loaders))))
+    if data.num_workers:  # where each loader makes its batches; loaders that agree named once
+        by_decision: dict[str, list[str]] = {}
+        for name, loader in zip(SPLITS, loaders):
+            by_decision.setdefault(loader.workers_decision, []).append(name)
+        print(f"Workers (--num-workers {data.num_workers}): "
+              + "; ".join(f"{', '.join(names)}: {why}" for why, names in by_decision.items()))
     return datasets, (*loaders, train_eval_loader)
-
-
-def describe_workers(loaders: dict[str, DataLoader]) -> str:
-    """Where each loader makes its batches (loaders.plan_workers), loaders that agree named once:
-    'train, valid, test: batches are gathered in this process ...'."""
-    by_decision: dict[str, list[str]] = {}
-    for name, loader in loaders.items():
-        by_decision.setdefault(loader.workers_decision, []).append(name)
-    return "; ".join(f"{', '.join(names)}: {decision}" for decision, names in by_decision.items())
 
 
 def channel_stats(ds: DecodedImages, num_workers: int = 0) -> tuple[list[float], list[float]]:
@@ -803,7 +782,7 @@ def channel_stats(ds: DecodedImages, num_workers: int = 0) -> tuple[list[float],
     return mean, std  # std 1.0 for a channel that is one colour: nothing to divide
 
 
-# ---- training, and what comes after it -------------------------------------------------------
+# ---- training, and what comes after it -----------------------------------------------------------
 
 def make_optimizer(config: TrainConfig, params) -> torch.optim.Optimizer:
     if config.optimizer == "sgd":
@@ -835,36 +814,28 @@ class Session:
     hints: dict  # the commands to print after an interrupt: "resume", "evaluate"
 
 
-def new_model(config: RunConfig, device: torch.device, resuming: bool) -> torch.nn.Module:
-    try:
-        return build_model(config.net, load_weights=not resuming).to(device)
-    except PretrainedWeightsMissing as e:
-        raise RunError(str(e), status=2) from None
-    except ValueError as e:  # an image too small for the model
-        raise RunError(str(e)) from None
-
-
 def fit(settings: Settings, config: RunConfig, classes: list[str], loaders: tuple,
         session: Session, checkpoint: dict | None) -> tuple[torch.nn.Module, torch.nn.Module,
                                                                History]:
     """Build the model, optimizer and schedule (or restore them, --resume), then train; returns
     (model, the model as trained (DDP's wrapper under torchrun), history)."""
     train_loader, valid_loader, test_loader, train_eval_loader = loaders
-    model = new_model(config, session.device, settings.resume)
+    try:
+        model = build_model(config.net, load_weights=not settings.resume).to(session.device)
+    except PretrainedWeightsMissing as e:
+        raise RunError(str(e), status=2) from None
+    except ValueError as e:  # an image too small for the model
+        raise RunError(str(e)) from None
     optimizer = make_optimizer(config.train, model.parameters())
     scheduler = make_scheduler(config.train, optimizer, len(train_loader))
-    history = History()
-    if settings.resume:
-        history = load_run(checkpoint, session.checkpoint_path, model, optimizer, scheduler,
-                           settings.epochs)
+    history = load_run(checkpoint, session.checkpoint_path, model, optimizer, scheduler,
+                       settings.epochs) if settings.resume else History()
     net = model
     if distributed():
         device_ids = [session.device.index] if session.device.type == "cuda" else None
         net = DistributedDataParallel(model, device_ids=device_ids)
-    save = None
-    if session.rank == 0:
-        save = functools.partial(save_run, session.results_dir, model, optimizer, scheduler,
-                                 config, classes)
+    save = functools.partial(save_run, session.results_dir, model, optimizer, scheduler, config,
+                             classes) if session.rank == 0 else None  # rank 0 alone writes
     try:
         train_model(net, settings.epochs, train_loader, valid_loader, test_loader,
                     optimizer=optimizer, device=session.device, history=history,
@@ -934,8 +905,6 @@ def write_figures(history: History, model: torch.nn.Module, test_loader, results
         plt.close(figure)
 
 
-# ---- command line ------------------------------------------------------------------------------
-
 # ---- command line --------------------------------------------------------------------------------
 
 def _at_least(minimum: float, kind: type, *limits: tuple[Callable, str]):
@@ -960,8 +929,8 @@ _FLOAT32 = (lambda v: 0 < v <= torch.finfo(torch.float32).max,  # the weights ar
             "must be a number > 0 that float32 holds")
 _positive_float = _at_least(0.0, float, _FLOAT32)
 _finite = _at_least(0.0, float, (lambda v: v != float("inf"), "must be a finite number"))
-_minutes = _at_least(0.0, float, _FLOAT32, (lambda v: 0.05 <= v <= 7 * 24 * 60,  # torch's socket
-                                            "must be from 0.05 (3 s) to 10080 (a week)"))  # timeouts
+_minutes = _at_least(0.0, float, _FLOAT32, (lambda v: 0.05 <= v <= 7 * 24 * 60,  # torch's timeouts
+                                            "must be from 0.05 (3 s) to 10080 (a week)"))
 _seed = _at_least(0, int, (lambda v: v < 2**32,
                            "must be below 2**32 (NumPy's and the data order's limit)"))
 _fraction = _at_least(0.0, float, (lambda v: v < 1, "must be below 1"))
@@ -992,7 +961,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     data.add_argument("--test-fraction", type=_fraction, default=DataSettings.test_fraction,
                       help="share of each class for test")
     data.add_argument("--split-seed", type=_at_least(0, int), default=DataSettings.split_seed,
-                      help="seed of the drawn split (apart from --seed: a new seed keeps the split)")
+                      help="seed of the drawn split (apart from --seed: a new seed keeps the "
+                           "split)")
     data.add_argument("--file-column", default=DataSettings.file_column,
                       help="column with the file names")
     data.add_argument("--label-column", default=DataSettings.label_column,
@@ -1039,38 +1009,35 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                        help="feed the model (x - mean) / std per channel, of the train split's "
                             "pixels; kept in the checkpoint, so --predict applies it too")
 
-    optimisation = p.add_argument_group("optimisation")
-    optimisation.add_argument("--epochs", type=_at_least(1, int), default=Settings.epochs,
-                              help="number of epochs")
-    optimisation.add_argument("--seed", type=_seed, default=Settings.seed,
-                              help="seed for the weights and the data order (0 to 2**32 - 1)")
-    optimisation.add_argument("--batch-size", type=_at_least(1, int),
-                              default=DataSettings.batch_size,
-                              help="minibatch size (under torchrun: the global batch, split "
-                                   "between ranks)")
-    optimisation.add_argument("--eval-batch-size", type=_at_least(1, int),
-                              default=DataSettings.eval_batch_size,
-                              help="batch size for measuring accuracy (does not change the "
-                                   "results)")
-    optimisation.add_argument("--optimizer", choices=OPTIMIZERS, default=None,
-                              help="sgd is the lecture's" + inherited % TrainConfig.optimizer)
-    optimisation.add_argument("--lr", type=_positive_float, default=None,
-                              help=f"learning rate (default: {DEFAULT_LR['sgd']:g} for sgd, the lecture's; "
-                                   f"{DEFAULT_LR['adam']:g} for adam and adamw; with --resume: the "
-                                   "checkpoint's)")
-    optimisation.add_argument("--momentum", type=_finite, default=None,
-                              help="SGD's momentum" + inherited % f"{TrainConfig.momentum:g}")
-    optimisation.add_argument("--weight-decay", type=_finite, default=None,
-                              help="L2 penalty (decoupled for adamw)"
-                                   + inherited % "0; 0.01 for adamw, torch's")
-    optimisation.add_argument("--lr-schedule", choices=LR_SCHEDULES, default=None,
-                              help="the learning rate over the run, set after every batch: "
-                                   "cosine decays to 0; onecycle warms up for 30%% of the "
-                                   "batches to --lr, then anneals"
-                                   + inherited % TrainConfig.lr_schedule)
-    optimisation.add_argument("--early-stopping", type=_at_least(1, int), default=None,
-                              metavar="N", help="stop after N epochs without a better validation "
-                                                "accuracy (default: train every epoch)")
+    optim = p.add_argument_group("optimisation")
+    optim.add_argument("--epochs", type=_at_least(1, int), default=Settings.epochs,
+                       help="number of epochs")
+    optim.add_argument("--seed", type=_seed, default=Settings.seed,
+                       help="seed for the weights and the data order (0 to 2**32 - 1)")
+    optim.add_argument("--batch-size", type=_at_least(1, int), default=DataSettings.batch_size,
+                       help="minibatch size (under torchrun: the global batch, split between "
+                            "ranks)")
+    optim.add_argument("--eval-batch-size", type=_at_least(1, int),
+                       default=DataSettings.eval_batch_size,
+                       help="batch size for measuring accuracy (does not change the results)")
+    optim.add_argument("--optimizer", choices=OPTIMIZERS, default=None,
+                       help="sgd is the lecture's" + inherited % TrainConfig.optimizer)
+    optim.add_argument("--lr", type=_positive_float, default=None,
+                       help=f"learning rate (default: {DEFAULT_LR['sgd']:g} for sgd, the "
+                            f"lecture's; {DEFAULT_LR['adam']:g} for adam and adamw; with "
+                            "--resume: the checkpoint's)")
+    optim.add_argument("--momentum", type=_finite, default=None,
+                       help="SGD's momentum" + inherited % f"{TrainConfig.momentum:g}")
+    optim.add_argument("--weight-decay", type=_finite, default=None,
+                       help="L2 penalty (decoupled for adamw)"
+                            + inherited % "0; 0.01 for adamw, torch's")
+    optim.add_argument("--lr-schedule", choices=LR_SCHEDULES, default=None,
+                       help="the learning rate over the run, set after every batch: cosine "
+                            "decays to 0; onecycle warms up for 30%% of the batches to --lr, "
+                            "then anneals" + inherited % TrainConfig.lr_schedule)
+    optim.add_argument("--early-stopping", type=_at_least(1, int), default=None, metavar="N",
+                       help="stop after N epochs without a better validation accuracy "
+                            "(default: train every epoch)")
 
     outputs = p.add_argument_group("outputs, and using a saved model (which trains nothing)")
     outputs.add_argument("--results-dir", default=None,
@@ -1090,8 +1057,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                          help="the checkpoint to use, such as RESULTS_DIR/best.pt (default: "
                               "RESULTS_DIR/checkpoint.pt)")
     outputs.add_argument("--logging-interval", type=_at_least(1, int),
-                         default=Settings.logging_interval,
-                         help="print the loss every N batches")
+                         default=Settings.logging_interval, help="print the loss every N batches")
 
     hardware = p.add_argument_group("device and processes")
     hardware.add_argument("--device", default=Settings.device,
@@ -1124,10 +1090,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                 f"python make_subset.py --out-dir {args.data_dir})")
     if sum((args.resume, args.evaluate, args.predict is not None)) > 1:
         p.error("--resume, --evaluate and --predict: choose one")
-    uses_checkpoint = args.resume or args.evaluate or args.predict is not None
     if args.results_dir is None:  # the reports of another folder's model go beside it
         args.results_dir = str(Path(args.checkpoint).parent) if args.checkpoint and \
-            uses_checkpoint else "results"
+            resuming else "results"
     checkpoint = Path(args.checkpoint or Path(args.results_dir) / "checkpoint.pt")
     if args.resume and not checkpoint.is_file():
         p.error(f"--resume: no checkpoint at {checkpoint}")
@@ -1153,8 +1118,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-
-# ---- main: the program, top to bottom ----------------------------------------------------------
+# ---- main: the program, top to bottom ------------------------------------------------------------
 
 @global_settings_kept()  # set_deterministic() is for this run, not for whoever calls main()
 @sigterm_as_interrupt()
@@ -1185,8 +1149,9 @@ def hints_for(argv: list[str] | None, resuming: bool) -> dict:
 def run(settings: Settings, hints: dict) -> History | Path:
     data, checkpoint_path, results_dir = settings.data, settings.checkpoint, settings.results_dir
     move = results_to_move(settings)
+    reads_checkpoint = settings.resume or settings.evaluate  # and compares its run with this one
     trained_split = checkpoint_path.resolve().parent / "split.csv"  # the checkpoint run's split
-    if (settings.resume or settings.evaluate) and data.csv and data.split_column is None \
+    if reads_checkpoint and data.csv and data.split_column is None \
             and trained_split.is_file():  # refused before anything is moved or written
         same_split_or_refuse(data.csv, trained_split, data.split_options())
     if settings.predict is not None:  # needs the checkpoint and the new images, nothing else
@@ -1205,8 +1170,7 @@ def run(settings: Settings, hints: dict) -> History | Path:
             finished_checkpoint(checkpoint_path, results_dir), \
             peers_answer(rank, settings.dist_timeout):
         # One run at a time in a results folder; earlier results it would overwrite went aside.
-        checkpoint = read_checkpoint(checkpoint_path) if settings.resume or settings.evaluate \
-            else None
+        checkpoint = read_checkpoint(checkpoint_path) if reads_checkpoint else None
         saved = None if checkpoint is None else RunConfig.from_checkpoint(checkpoint["config"],
                                                                           checkpoint_path)
         if saved is not None:
@@ -1216,7 +1180,7 @@ def run(settings: Settings, hints: dict) -> History | Path:
                 refuse_evaluate_without_data(data, saved, checkpoint_path)
         datasets, loaders = prepare_data(
             data, split_path=results_dir / "split.csv", seed=settings.seed,
-            evaluating=settings.evaluate, keep_split=settings.resume or settings.evaluate,
+            evaluating=settings.evaluate, keep_split=reads_checkpoint,
             rank=rank, world_size=world_size, device=device)
         config, classes = run_config(settings, datasets, saved), datasets[0].classes
         session = Session(rank, device, results_dir, checkpoint_path, hints)
