@@ -28,9 +28,12 @@ import argparse
 import contextlib
 import dataclasses
 import datetime
+import errno
 import functools
 import hashlib
+import importlib
 import io
+import math
 import os
 import random
 import shlex
@@ -55,9 +58,9 @@ from evaluate import (REPORT_FILES, RunError, compute_accuracy, compute_confusio
                       move_aside, predict, read_checkpoint, saved_model_accuracy,
                       saved_model_config, set_all_seeds, set_deterministic, sum_over_ranks,
                       to_input, write_reports)
-from loaders import (SPLITS, TEMP_TAG, DecodedImages, LockFileError, decoded, folder_layout,
-                     lock_or_holder, loaders_from_datasets, make_datasets, make_loader, open_lock,
-                     split_csv, write_atomic)
+from loaders import (SPLITS, TEMP_TAG, DecodedImages, LockFileError, atomic_file, decoded,
+                     folder_layout, lock_or_holder, loaders_from_datasets, make_datasets,
+                     make_loader, open_lock, split_csv)
 from model import MODELS, ModelConfig, PretrainedWeightsMissing, build_model
 
 # ---- the lecture's loop --------------------------------------------------------------------------
@@ -114,6 +117,9 @@ def train_model(model: torch.nn.Module, num_epochs: int, train_loader, valid_loa
             if scheduler is not None:
                 scheduler.step()
             history.minibatch_loss.append(_mean_over_ranks(loss))
+            if not math.isfinite(history.minibatch_loss[-1]):  # every rank sees the same mean
+                raise LossNotFinite(f"the loss is {history.minibatch_loss[-1]} at epoch "
+                                    f"{epoch + 1}, batch {batch_idx}: training diverged")
             if batch_idx % logging_interval == 0:
                 print(f"Epoch: {epoch + 1:03d}/{num_epochs:03d} "
                       f"| Batch {batch_idx:04d}/{len(train_loader):04d} "
@@ -133,6 +139,10 @@ def train_model(model: torch.nn.Module, num_epochs: int, train_loader, valid_loa
         history.test_acc = compute_accuracy(model, test_loader, device)
         print(f"Test accuracy: {history.test_acc:.2f}%")
     return history
+
+
+class LossNotFinite(ArithmeticError):
+    """The loss became NaN or infinite: the weights are lost, so train_model stops there."""
 
 
 def best_epoch(history: History) -> int:
@@ -387,12 +397,6 @@ def refuse_other_model_flags(given: dict, saved: ModelConfig, use: str, path: Pa
 
 # ---- checkpoints and resume: atomic files that torch.load(weights_only=True) reads ---------------
 
-def save_checkpoint(path: Path, checkpoint: dict) -> None:
-    buffer = io.BytesIO()
-    torch.save(checkpoint, buffer)
-    write_atomic(path, buffer.getvalue())
-
-
 def save_run(results_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
              scheduler, config: RunConfig, classes: list[str], history: History) -> None:
     """checkpoint.pt and metrics.csv after an epoch: everything --resume needs, and what a
@@ -406,12 +410,37 @@ def save_run(results_dir: Path, model: torch.nn.Module, optimizer: torch.optim.O
         "config": saved, "classes": list(classes), "mode": config.mode,
         "image_size": saved["image_size"], "rng": rng_states(),
         "versions": {"torch": str(torch.__version__)}}
-    # best.pt first: a kill between the two files leaves the previous checkpoint.pt, whose
+    buffer = io.BytesIO()
+    torch.save(checkpoint, buffer)
+    # best.pt renamed first: a kill between the two leaves the previous checkpoint.pt, whose
     # --resume replays this epoch and writes the same best.pt again
-    if best_epoch(history) == len(history.valid_acc):
-        save_checkpoint(results_dir / "best.pt", checkpoint)
-    save_checkpoint(results_dir / "checkpoint.pt", checkpoint)
-    write_atomic(results_dir / "metrics.csv", metrics_csv(history))
+    files = [(results_dir / "best.pt", buffer.getvalue())] if \
+        best_epoch(history) == len(history.valid_acc) else []
+    files += [(results_dir / "checkpoint.pt", buffer.getvalue()),
+              (results_dir / "metrics.csv", metrics_csv(history))]
+    try:
+        write_together(files)
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        epoch = len(history.train_acc)
+        need = sum(len(data) for _, data in files) / 2**20
+        kept = (f"{results_dir / 'checkpoint.pt'} still holds epoch {epoch - 1}, so free that "
+                "much and resume with --resume" if epoch > 1 else "nothing was saved yet, so "
+                "free that much and run again")
+        raise RunError(f"the disk holding {results_dir} is full ({e.strerror}): epoch {epoch}'s "
+                       f"files ({', '.join(p.name for p, _ in files)}) need {need:.1f} MiB "
+                       f"there; {kept}") from None
+
+
+def write_together(files: list[tuple[Path, bytes]]) -> None:
+    """Each (path, bytes) written whole beside its path before any is renamed over it, in the
+    order given: a full disk or a kill while writing leaves every earlier file as it was."""
+    with contextlib.ExitStack() as stack:
+        for path, data in reversed(files):  # the stack renames the last one entered first
+            fd, _ = stack.enter_context(atomic_file(path))
+            with open(fd, "wb", closefd=False) as f:
+                f.write(data)
 
 
 def metrics_csv(history: History) -> bytes:
@@ -849,6 +878,13 @@ def fit(settings: Settings, config: RunConfig, classes: list[str], loaders: tupl
                        "channel in training, but a batch of one image reaches a 1x1 feature map: "
                        "pass a larger --batch-size (per process under torchrun) or "
                        "--image-size") from None
+    except LossNotFinite as e:
+        saved = len(history.train_acc)
+        raise RunError(f"{e}. The usual cause is a learning rate too high for this model and data "
+                       f"(--lr {config.train.lr:g}: try a tenth of it), else weights or images "
+                       "holding NaN. Nothing of this epoch was saved; "
+                       + (f"{session.checkpoint_path} holds epoch {saved}" if saved else
+                          "no checkpoint was written")) from None
     except KeyboardInterrupt as e:
         saved = len(history.train_acc)  # train_model extends history in place, saving each
         how = "Terminated (SIGTERM)" if isinstance(e, Terminated) else "Interrupted"
@@ -1126,14 +1162,47 @@ def main(argv: list[str] | None = None) -> History | Path:
     """train.py's program; returns the History of a training or --evaluate run, or --predict's
     predictions.csv. A RunError below becomes SystemExit here, with its sentence, once."""
     settings = Settings.from_args(parse_args(argv))
+    # What torch imports on first use (an optimizer, the deterministic switch: 900 modules, a
+    # second), imported whole: a Ctrl-C inside left them half-imported, and the next use raised
+    # AttributeError instead of the interrupt.
+    with ctrl_c_deferred():
+        for name in ("torch._dynamo", "torch._inductor.config"):
+            importlib.import_module(name)
+    hints = hints_for(argv, settings.resume)
     try:
-        return run(settings, hints_for(argv, settings.resume))
+        return run(settings, hints)
+    except (OSError, RuntimeError) as e:
+        message = outside_cause(e, settings, hints)
+        if message is None:
+            raise
+        raise SystemExit(f"train.py: error: {message}") from None
     except RunError as e:
         if e.message is not None and e.status == 1:
             raise SystemExit(f"train.py: error: {e.message}") from None
         if e.message is not None:
             print(f"train.py: error: {e.message}", file=sys.stderr)
         raise SystemExit(e.status) from None
+
+
+def outside_cause(e: Exception, settings: Settings, hints: dict) -> str | None:
+    """A sentence for what stopped the run from outside: a full disk, a DataLoader worker killed
+    (most often by the out-of-memory killer); None for anything else."""
+    resume = ""
+    if not (settings.evaluate or settings.predict) and settings.checkpoint.is_file():
+        resume = (f". The checkpoint of the last finished epoch is in {settings.checkpoint}; "
+                  f"resume with: {hints['resume']}")
+    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+        where = Path(e.filename).parent if isinstance(e.filename, str) else settings.results_dir
+        return (f"the disk holding {where} is full ({e.strerror}): free some space there and run "
+                "again (every file is written whole or not at all, so none was left "
+                f"half-written){resume}")
+    text = str(e)
+    if isinstance(e, RuntimeError) and "DataLoader worker" in text and (
+            "exited unexpectedly" in text or "killed by signal" in text):
+        return (f"a DataLoader worker process stopped ({text.splitlines()[0].strip()}); one "
+                "killed by signal Killed is most often the out-of-memory killer: pass a smaller "
+                f"--num-workers (0: none) or --cache-mb, or free memory{resume}")
+    return None
 
 
 def hints_for(argv: list[str] | None, resuming: bool) -> dict:

@@ -10,6 +10,8 @@ import re
 import subprocess
 import sys
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -315,11 +317,18 @@ def test_batchnorm_on_a_batch_of_one_at_1x1_is_a_sentence(tiny_data, tmp_path):
 
 
 def test_best_pt_is_written_before_checkpoint_pt(tiny_data, tmp_path, monkeypatch):
-    written = []
-    save = train.save_checkpoint
-    monkeypatch.setattr(train, "save_checkpoint", lambda path, c: (written.append(path.name), save(path, c)))
+    renamed, replace = [], os.replace
+
+    def recording(src, dst):
+        renamed.append((Path(dst).name, sorted(p.name for p in Path(dst).parent.iterdir() if p.name != ".lock")))
+        replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", recording)
     run(tiny_data, tmp_path / "r", epochs=1)
-    assert written == ["best.pt", "checkpoint.pt"]  # a kill between the two: resume replays the epoch
+    saved = [(name, files) for name, files in renamed if name in ("best.pt", "checkpoint.pt", "metrics.csv")]
+    assert [name for name, _ in saved] == ["best.pt", "checkpoint.pt", "metrics.csv"]  # a kill between: resume
+    # replays the epoch. And all three were written whole before the first was renamed: a full disk leaves none.
+    assert len([f for f in saved[0][1] if f.startswith(".")]) == 3
 
 
 def test_an_edited_checkpoint_and_a_damaged_best_pt_are_sentences(tiny_data, tmp_path, capsys):

@@ -4,6 +4,7 @@ results kept, leftovers removed, damaged checkpoints and unusable flags as one s
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -257,3 +258,93 @@ def test_another_users_lock_is_a_sentence(tiny_data, tmp_path, monkeypatch):
         train.main(flags(tiny_data, results))
     assert f"{results / '.lock'} cannot be opened for writing (it belongs to user id" in str(info.value)
     assert "another user's run uses this folder); pass another --results-dir" in str(info.value)
+
+
+# ---- issue 29: what stops a run from outside, and a run that diverges --------------------------------
+
+def test_a_loss_that_becomes_nan_stops_the_run_with_the_last_good_checkpoint_and_no_best_pt_from_it(
+        tiny_data, tmp_path, monkeypatch, without_figures):
+    calls, real = [], train.F.cross_entropy
+
+    def diverging(logits, labels):  # finite for epoch 1 (5 batches of 8), NaN from epoch 2's third batch
+        calls.append(1)
+        loss = real(logits, labels)
+        return loss * float("nan") if len(calls) == 8 else loss
+
+    monkeypatch.setattr(train.F, "cross_entropy", diverging)
+    with pytest.raises(SystemExit, match=r"the loss is nan at epoch 2, batch 2: training diverged\. The usual "
+                                         r"cause is a learning rate too high .*\(--lr 0\.1: try a tenth of it\)"):
+        train.main(flags(tiny_data, tmp_path / "r", epochs=3))
+    for name in ("checkpoint.pt", "best.pt"):  # epoch 1's, as it was saved
+        assert torch.load(tmp_path / "r" / name, weights_only=True)["epoch"] == 1
+    assert (tmp_path / "r" / "metrics.csv").read_text().count("\n") == 2  # the header and epoch 1
+
+
+def test_a_full_disk_at_the_second_epoch_keeps_the_first_epochs_files_whole(tiny_data, tmp_path, monkeypatch,
+                                                                             without_figures):
+    import errno
+    fsyncs, real = [], os.fsync
+
+    def full(fd):  # epoch 1 saves best.pt, checkpoint.pt, metrics.csv; epoch 2's first file finds the disk full
+        if os.path.dirname(os.readlink(f"/proc/self/fd/{fd}")) == str(tmp_path / "r"):  # not the disk cache
+            fsyncs.append(fd)
+        if len(fsyncs) == 4:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(fd)
+
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(SystemExit) as e:
+        train.main(flags(tiny_data, tmp_path / "r", epochs=3))
+    message = str(e.value.code)
+    assert re.match(rf"train.py: error: the disk holding {re.escape(str(tmp_path / 'r'))} is full \(No space left "
+                    r"on device\): epoch 2's files \((best.pt, )?checkpoint.pt, metrics.csv\) need 0\.\d MiB there; "
+                    r".*checkpoint.pt still holds epoch 1, so free that much and resume with --resume", message), message
+    for name in ("checkpoint.pt", "best.pt"):
+        assert torch.load(tmp_path / "r" / name, weights_only=True)["epoch"] == 1
+    assert sorted(p.name for p in (tmp_path / "r").iterdir()) == [".lock", "best.pt", "checkpoint.pt", "metrics.csv"]
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real 900 KiB tmpfs (root with mount rights only): two MLP checkpoints fit, a third does not."""
+    folder = tmp_path / "small"
+    folder.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=900k", "tmpfs", str(folder)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (not root, or no mount rights): the patched-fsync test covers it")
+    yield folder
+    subprocess.run(["umount", "-l", str(folder)], check=True)
+
+
+def test_a_real_full_disk_is_a_sentence_and_the_last_checkpoint_stays(tiny_data, small_disk):
+    done = subprocess.run([sys.executable, str(ROOT / "train.py"), *flags(tiny_data, small_disk / "r", epochs=3)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr[-2000:]
+    assert f"train.py: error: the disk holding {small_disk / 'r'} is full (No space left on device)" in done.stderr
+    checkpoint = torch.load(small_disk / "r" / "checkpoint.pt", weights_only=True)
+    best = torch.load(small_disk / "r" / "best.pt", weights_only=True)
+    assert best["epoch"] <= checkpoint["epoch"] and checkpoint["epoch"] >= 1  # no best.pt newer than it
+    assert f"still holds epoch {checkpoint['epoch']}" in done.stderr
+    assert not [p for p in (small_disk / "r").iterdir() if p.name.startswith(".") and p.name != ".lock"]
+
+
+def test_a_killed_dataloader_worker_is_a_sentence_naming_the_cause_and_the_resume_command(tiny_data, tmp_path,
+                                                                                           monkeypatch):
+    import dataset
+    real = dataset.CsvImageDataset._read
+
+    def read(self, i, same_size):  # in a worker, once epoch 2 began: what the out-of-memory killer does
+        if torch.utils.data.get_worker_info() is not None and (tmp_path / "r" / "checkpoint.pt").exists():
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real(self, i, same_size)
+
+    monkeypatch.setattr(dataset.CsvImageDataset, "_read", read)
+    with pytest.raises(SystemExit) as e:
+        train.main(flags(tiny_data, tmp_path / "r", "--num-workers", "2", "--cache-mb", "0", epochs=3))
+    message = str(e.value.code)
+    assert re.match(r"train.py: error: a DataLoader worker process stopped \(DataLoader worker \(pid.*\) (is killed "
+                    r"by signal: Killed|exited unexpectedly).*\); one killed by signal Killed is most often the "
+                    r"out-of-memory killer: pass a smaller --num-workers \(0: none\) or --cache-mb, or free memory\. "
+                    r"The checkpoint of the last finished epoch is in .*checkpoint.pt; resume with: python train.py "
+                    r".* --resume$", message, re.S), message
+    assert torch.load(tmp_path / "r" / "checkpoint.pt", weights_only=True)["epoch"] == 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import os
 import signal
 import subprocess
@@ -131,16 +132,23 @@ def test_checkpoint_holds_every_rng_state_in_weights_only_form(tiny_data, tmp_pa
 
 def test_a_crash_during_a_checkpoint_save_keeps_the_previous_one(tmp_path, monkeypatch):
     path = tmp_path / "checkpoint.pt"
-    train.save_checkpoint(path, {"model": {"w": torch.ones(3)}, "epoch": 1})
+
+    def save(epoch: int) -> None:
+        buffer = io.BytesIO()
+        torch.save({"model": {"w": torch.ones(3) * epoch}, "epoch": epoch}, buffer)
+        train.write_together([(tmp_path / "best.pt", buffer.getvalue()), (path, buffer.getvalue())])
+
+    save(1)
 
     def killed(fd):
         raise KeyboardInterrupt  # as if stopped between write and rename
 
     monkeypatch.setattr(os, "fsync", killed)
     with pytest.raises(KeyboardInterrupt):
-        train.save_checkpoint(path, {"model": {"w": torch.zeros(3)}, "epoch": 2})
+        save(2)
     assert torch.load(path, weights_only=True)["epoch"] == 1
-    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]
+    assert torch.load(tmp_path / "best.pt", weights_only=True)["epoch"] == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pt", "checkpoint.pt"]
 
 
 def test_ctrl_c_saves_exits_130_and_resume_matches_an_uninterrupted_run(tiny_data, tmp_path):
