@@ -210,3 +210,61 @@ def test_out_dir_that_is_the_current_folder_is_a_usage_error(tmp_path, monkeypat
     with pytest.raises(SystemExit) as info:
         make_subset.main(["--out-dir", "."])
     assert info.value.code == 2 and "is the folder you are in" in capsys.readouterr().err
+
+
+# ---- issue 29: a lock file that is no regular file is a sentence, never a wait -------------------------
+
+
+LOCK_PROBE = """
+import json, os, socket, stat, sys
+from pathlib import Path
+sys.path.insert(0, sys.argv[1])
+import loaders, make_subset
+folder, posix = Path(sys.argv[2]), sys.argv[3] == "posix"
+real_open = os.open
+def strict_posix_open(path, flags, *args, **kwargs):
+    # POSIX leaves an O_RDWR open of a FIFO undefined; where it waits like a writer's, so does this
+    if os.path.exists(path) and stat.S_ISFIFO(os.stat(path).st_mode) and not flags & os.O_NONBLOCK:
+        flags = flags & ~os.O_RDWR | os.O_WRONLY
+    return real_open(path, flags, *args, **kwargs)
+if posix:
+    os.open = strict_posix_open
+os.mkfifo(folder / "fifo")
+server = socket.socket(socket.AF_UNIX)
+server.bind(str(folder / "socket"))
+(folder / "folder").mkdir()
+seen = {}
+for module in (loaders, make_subset):
+    for name in ("fifo", "socket", "folder"):
+        try:
+            os.close(module.open_lock(folder / name, "pass another --results-dir"))
+            seen[module.__name__ + " " + name] = "opened"
+        except module.LockFileError as e:
+            seen[module.__name__ + " " + name] = str(e)
+print(json.dumps(seen))
+"""
+
+
+@pytest.mark.parametrize("system", ["linux", "posix"])
+def test_a_lock_file_that_is_a_fifo_socket_or_folder_is_a_sentence_not_a_hang(tmp_path, system):
+    try:  # a regression hangs in open(): the timeout turns it into a failure
+        run = subprocess.run([sys.executable, "-c", LOCK_PROBE, str(ROOT), str(tmp_path), system],
+                             capture_output=True, text=True, timeout=60)
+    except subprocess.TimeoutExpired:
+        pytest.fail("open_lock waited on a FIFO named like the lock file")
+    assert run.returncode == 0, run.stderr[-2000:]
+    seen = json.loads(run.stdout)
+    for name in ("fifo", "socket", "folder"):
+        assert seen[f"loaders {name}"] == seen[f"make_subset {name}"] == (
+            f"{tmp_path / name} is not a regular file, so it is not used as a lock; remove it, or pass "
+            "another --results-dir")
+
+
+def test_make_subset_with_a_fifo_as_its_lock_file_stops_with_a_sentence(tmp_path):
+    os.mkfifo(tmp_path / ".d.lock")
+    run = subprocess.run([sys.executable, str(ROOT / "make_subset.py"), "--out-dir", str(tmp_path / "d"), *SIZES],
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode == 1 and run.stderr == (f"make_subset.py: error: {tmp_path / '.d.lock'} is not a regular "
+                                                  "file, so it is not used as a lock; remove it, or choose another "
+                                                  "--out-dir\n")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".d.lock"]
