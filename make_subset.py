@@ -17,7 +17,8 @@ Splits are disjoint and balanced by class, drawn with --seed (fixed by default),
 arguments give byte-identical files on every machine. The whole folder is written next to its final
 place and swapped in at once: an interrupted run leaves the previous dataset, complete, or none.
 An existing dataset is only replaced with --force, and only if make_subset.py made it: a folder that
-holds anything else (your results, notes, a link) is refused, and nothing in it is removed.
+holds anything else (your results, notes, a link) is refused, and nothing in it is removed. A full
+disk is a sentence with the space needed, and the previous dataset stays.
 """
 
 from __future__ import annotations
@@ -67,7 +68,7 @@ class IdxError(ValueError):
 
 class OutDirError(OSError):
     """--out-dir cannot take the new dataset (files of others in it, a dataset there without
-    --force); the message names what was found and what to do."""
+    --force, a full disk); the message names what was found and what to do."""
 
 
 def read_idx(path: str | Path, expected_ndim: int) -> np.ndarray:
@@ -302,15 +303,27 @@ def write_dataset(out_dir: str | Path, splits: dict[str, tuple[np.ndarray, np.nd
     """Write all splits into a temporary sibling folder, then swap it into place as a whole.
     One run at a time per folder: a lock file beside it (flock, released even by a kill) makes a
     second run refuse, and only the lock holder cleans up temporaries, so it never removes the
-    folder another run is writing."""
+    folder another run is writing. A full disk or a folder that cannot be written is an
+    OutDirError with the fix; the previous dataset stays."""
     out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    lock = open_lock(out_dir.parent / f".{out_dir.name}.lock", "choose another --out-dir")
+    had_dataset = out_dir.is_dir()
     try:
-        _hold(lock, out_dir)
-        return _write_dataset(out_dir, splits, force=force, meta=meta)
-    finally:
-        os.close(lock)
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        lock = open_lock(out_dir.parent / f".{out_dir.name}.lock", "choose another --out-dir")
+        try:
+            _hold(lock, out_dir)
+            return _write_dataset(out_dir, splits, force=force, meta=meta)
+        finally:
+            os.close(lock)
+    except OSError as e:  # the temporary folder is gone by now (_write_dataset's finally)
+        if e.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
+            raise OutDirError(_no_space(out_dir, splits, had_dataset)) from None
+        if e.errno in (errno.EROFS, errno.EACCES, errno.EPERM):  # a read-only disk or folder
+            raise OutDirError(f"cannot write the new dataset beside {out_dir}: "
+                              f"{e.filename or out_dir.parent}: {e.strerror}; "
+                              f"{out_dir if had_dataset else 'nothing'} is unchanged; choose "
+                              "another --out-dir") from None
+        raise
 
 
 def _hold(lock: int, out_dir: Path) -> None:
@@ -446,6 +459,37 @@ def _listing(folder: Path, names: list[str], few: int = 3) -> str:
     shown = [name + "/" * ((folder / name).is_dir() and not (folder / name).is_symlink())
              for name in names[:few]]
     return ", ".join(shown) + (f" and {len(names) - few} more" if len(names) > few else "")
+
+
+def _no_space(out_dir: Path, splits: dict[str, tuple[np.ndarray, np.ndarray]],
+              had_dataset: bool) -> str:
+    """The sentence for a full disk, with roughly the space the new dataset takes: each image a
+    PNG of at most about its pixel bytes, each file whole blocks of the disk."""
+    folder = out_dir.parent
+    vfs = os.statvfs(folder) if hasattr(os, "statvfs") else None
+    block = vfs.f_frsize if vfs else 4096
+
+    def blocks(size: int) -> int:
+        return -(-size // block) * block
+
+    needed = blocks(256)  # the marker
+    for images, _ in splits.values():
+        pixels = int(np.prod(images.shape[1:]))
+        needed += blocks(block) + len(images) * blocks(pixels + 100) + blocks(16 * len(images) + 32)
+    free = f" and {_size(vfs.f_bavail * vfs.f_frsize)} is free" if vfs else ""
+    images = sum(len(labels) for _, labels in splits.values())
+    beside, kept = ("", "nothing was left behind")
+    if had_dataset:
+        beside = ", written beside the previous dataset before the swap"
+        kept = f"{out_dir} is unchanged"
+    return (f"no space left in {folder} for the new dataset: it needs about {_size(needed)} "
+            f"({images} images{beside}){free}; {kept}; free some space, or choose an --out-dir "
+            "on another disk")
+
+
+def _size(n: int) -> str:
+    return f"{n / 1e9:.1f} GB" if n >= 1e9 else f"{n / 1e6:.1f} MB" if n >= 1e6 else \
+        f"{max(n // 1000, 1)} KB"
 
 
 def _download_mnist(root: str | Path) -> tuple[tuple[np.ndarray, np.ndarray], ...]:

@@ -707,7 +707,7 @@ def ensure_default_data(data_dir: Path) -> None:
 
     try:
         make_subset.ensure_dataset(data_dir)
-    except (make_subset.LockFileError, make_subset.OutDirError) as e:  # a CSV gone, others' files
+    except (make_subset.LockFileError, make_subset.OutDirError) as e:  # a CSV gone, a full disk
         raise RunError(str(e)) from None
 
 

@@ -212,7 +212,7 @@ def test_out_dir_that_is_the_current_folder_is_a_usage_error(tmp_path, monkeypat
     assert info.value.code == 2 and "is the folder you are in" in capsys.readouterr().err
 
 
-# ---- issue 29: --force replaces only its own files; a dataset with a CSV deleted ---------------------------
+# ---- issue 29: --force replaces only its own files; a dataset with a CSV deleted; a full disk ----------------
 
 
 def folder_state(folder: Path) -> dict[str, str]:
@@ -385,6 +385,52 @@ def test_a_dataset_with_a_csv_deleted_is_named_and_force_rebuilds_it(tmp_path, m
     assert str(caught.value) == f"train.py: error: {info.value}"
     make_subset.main(["--out-dir", "data", *SIZES, "--force"])
     assert complete_state(out) == make_subset.DEFAULT_SEED
+
+
+def test_a_full_disk_is_a_sentence_and_the_previous_dataset_stays(tmp_path, monkeypatch):
+    import errno
+
+    from PIL import Image
+
+    out = make_subset.main(["--out-dir", str(tmp_path / "d"), *SIZES])
+    before = file_hashes(out)
+    real, saved = Image.Image.save, []
+
+    def disk_fills_up(self, fp, *args, **kwargs):
+        if len(saved) == 40:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        saved.append(fp)
+        return real(self, fp, *args, **kwargs)
+
+    monkeypatch.setattr(Image.Image, "save", disk_fills_up)
+    with pytest.raises(make_subset.OutDirError) as info:
+        make_subset.main(["--out-dir", str(out), *SIZES, "--seed", "2", "--force"])
+    message = str(info.value)
+    assert message.startswith(f"no space left in {tmp_path} for the new dataset: it needs about ")
+    assert f"{out} is unchanged; free some space, or choose an --out-dir on another disk" in message
+    assert file_hashes(out) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".d.lock", "d"]
+
+
+def test_a_real_full_disk_is_a_sentence_and_the_previous_dataset_stays(tmp_path):
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1M", "tmpfs", str(disk)], capture_output=True,
+                             text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a 1 MB tmpfs here (needs root or CAP_SYS_ADMIN): {mounted.stderr.strip()}")
+    try:
+        out = make_subset.main(["--out-dir", str(disk / "d"), *SIZES])
+        before = file_hashes(out)
+        run = subprocess.run([sys.executable, str(ROOT / "make_subset.py"), "--out-dir", str(out), "--force"],
+                             capture_output=True, text=True, timeout=120)  # 768 images: about 3 MB
+        assert run.returncode == 1 and "Traceback" not in run.stderr
+        assert run.stderr.startswith(f"make_subset.py: error: no space left in {disk} for the new dataset: it "
+                                     "needs about 3.")
+        assert file_hashes(out) == before
+        assert sorted(p.name for p in disk.iterdir()) == [".d.lock", "d"]
+    finally:
+        subprocess.run(["umount", str(disk)], check=True)
 
 
 # ---- issue 29: a lock file that is no regular file is a sentence, never a wait -------------------------
