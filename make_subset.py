@@ -199,6 +199,11 @@ def check_out_dir(out_dir: Path, force: bool) -> None:
             f"pass --out-dir {out_dir.resolve()}, or remove the link")
     if not out_dir.exists():
         return
+    if os.path.ismount(out_dir):  # renamed neither away nor into: the swap would fail half-way
+        raise OutDirError(
+            f"{out_dir} is a mount point (a disk of its own); make_subset.py writes the new "
+            "dataset beside its folder and swaps it in at that name, which a mount point cannot "
+            f"take; pass a folder inside it, e.g. --out-dir {out_dir / 'data'}")
     if not out_dir.is_dir():
         raise OutDirError(f"{out_dir} is a file, not a folder; move it, or choose another "
                           "--out-dir")
@@ -319,9 +324,9 @@ def write_dataset(out_dir: str | Path, splits: dict[str, tuple[np.ndarray, np.nd
         if e.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
             raise OutDirError(_no_space(out_dir, splits, had_dataset)) from None
         if e.errno in (errno.EROFS, errno.EACCES, errno.EPERM):  # a read-only disk or folder
+            kept = f"{out_dir} is unchanged" if had_dataset else "nothing was written"
             raise OutDirError(f"cannot write the new dataset beside {out_dir}: "
-                              f"{e.filename or out_dir.parent}: {e.strerror}; "
-                              f"{out_dir if had_dataset else 'nothing'} is unchanged; choose "
+                              f"{e.filename or out_dir.parent}: {e.strerror}; {kept}; choose "
                               "another --out-dir") from None
         raise
 
@@ -402,6 +407,7 @@ def ensure_dataset(out_dir: Path) -> None:
             if lock_or_holder(lock) is not None:  # another run builds it: wait
                 print(f"Waiting for another run to finish building {out_dir}/ ...")
                 fcntl.flock(lock, fcntl.LOCK_EX)
+            recover(out_dir)  # a swap a kill cut in two: the previous dataset comes back first
         finally:
             os.close(lock)  # main() takes the lock again itself
         if complete():
@@ -571,3 +577,8 @@ if __name__ == "__main__":
         main()
     except (FileExistsError, FileNotFoundError, ValueError, OutDirError) as e:  # LockFileError too
         sys.exit(f"make_subset.py: error: {e}")
+    except KeyboardInterrupt:  # Ctrl-C: the temporary folder is gone, the swap is whole or undone
+        print("\nmake_subset.py: interrupted; no dataset was left half-written: --out-dir holds "
+              "the previous one or the new one, whole (the next run finishes a swap cut short)",
+              file=sys.stderr)
+        sys.exit(130)

@@ -489,3 +489,53 @@ def test_make_subset_with_a_fifo_as_its_lock_file_stops_with_a_sentence(tmp_path
                                                   "file, so it is not used as a lock; remove it, or choose another "
                                                   "--out-dir\n")
     assert sorted(p.name for p in tmp_path.iterdir()) == [".d.lock"]
+
+
+# ---- issue 29, the red team's second pass: Ctrl-C, a mount point, a read-only disk, a swap cut in two -------
+
+
+def test_ctrl_c_while_writing_is_a_sentence_and_keeps_the_previous_dataset(tmp_path):
+    out = make_subset.main(["--out-dir", str(tmp_path / "d"), *SIZES])
+    before = file_hashes(out)
+    run = subprocess.Popen([sys.executable, str(ROOT / "make_subset.py"), "--out-dir", str(out), "--force",
+                            "--train-size", "4900", "--valid-size", "40", "--test-size", "40"],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while not list(tmp_path.glob(".d.csvimg-tmp-*")) and time.time() < deadline:  # it is writing
+        time.sleep(0.02)
+    run.send_signal(signal.SIGINT)
+    _, err = run.communicate(timeout=60)
+    assert run.returncode == 130 and "Traceback" not in err
+    assert err.strip() == ("make_subset.py: interrupted; no dataset was left half-written: --out-dir holds the "
+                           "previous one or the new one, whole (the next run finishes a swap cut short)")
+    assert file_hashes(out) == before and sorted(p.name for p in tmp_path.iterdir()) == [".d.lock", "d"]
+
+
+def test_a_swap_cut_in_two_is_finished_by_train_pys_first_run_not_refused(tmp_path):
+    """Without renameat2 the swap is two renames; a kill between them leaves no out_dir, only the
+    previous dataset under a temporary name: the next run puts it back rather than building anew."""
+    out = make_subset.main(["--out-dir", str(tmp_path / "d"), *SIZES])
+    before = file_hashes(out)
+    os.rename(out, tmp_path / f".d.{make_subset.OLD_TAG}-abc")
+    make_subset.ensure_dataset(out)
+    assert file_hashes(out) == before and sorted(p.name for p in tmp_path.iterdir()) == [".d.lock", "d"]
+
+
+def test_a_mount_point_or_a_read_only_disk_as_out_dir_is_a_sentence(tmp_path):
+    disk = tmp_path / "d"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1M", "tmpfs", str(disk)], capture_output=True,
+                             text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (needs root or CAP_SYS_ADMIN): {mounted.stderr.strip()}")
+    try:
+        with pytest.raises(make_subset.OutDirError, match=f"is a mount point .* --out-dir {disk / 'data'}$"):
+            make_subset.main(["--out-dir", str(disk), *SIZES])  # the swap's rename would fail half-way
+        subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True)
+        with pytest.raises(make_subset.OutDirError) as info:
+            make_subset.main(["--out-dir", str(disk / "data"), *SIZES])
+        assert str(info.value) == (f"cannot write the new dataset beside {disk / 'data'}: {disk / '.data.lock'}: "
+                                   "Read-only file system; nothing was written; choose another --out-dir")
+        assert os.listdir(disk) == []
+    finally:
+        subprocess.run(["umount", str(disk)], check=True)
