@@ -26,9 +26,9 @@ from __future__ import annotations
 import argparse
 import ctypes
 import ctypes.util
+import errno
 import gzip
 import json
-import errno
 import os
 import re
 import stat
@@ -243,13 +243,13 @@ def recover(out_dir: Path) -> None:
     # Our names exactly (mkdtemp's suffix has no dot): not the temporaries of a folder named
     # "d.csvimg-tmp-x" beside "d", and no glob, which would read "[" in out_dir's name
     ours = re.compile(rf"\.{re.escape(out_dir.name)}\.({TEMP_TAG}|{OLD_TAG})-[a-z0-9_]+")
-    names = sorted(name for name in os.listdir(parent) if ours.fullmatch(name))
-    for name in names:
-        if f".{TEMP_TAG}-" in name:
-            _remove_own(parent / name, out_dir)
-    for name in names:
-        old = parent / name
-        if f".{OLD_TAG}-" not in name:
+    matches = [ours.fullmatch(name) for name in sorted(os.listdir(parent))]
+    found = [(m.group(1), parent / m.group(0)) for m in matches if m]
+    for tag, leftover in found:
+        if tag == TEMP_TAG:
+            _remove_own(leftover, out_dir)
+    for tag, old in found:
+        if tag != OLD_TAG:
             continue
         if not os.path.lexists(out_dir) and old.is_dir() and not old.is_symlink():
             os.rename(old, out_dir)  # killed between the two renames of the fallback swap
