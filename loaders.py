@@ -932,10 +932,16 @@ def open_lock(path: Path, fix: str) -> int:
     link and never using a file with other names (hard links): a planted link would make the pid
     written into the lock overwrite its target. fix: what the user can do instead, for the error.
     make_subset.py has its own copy (it is copied alone); a test pins the two alike."""
-    flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+    # O_NONBLOCK: nothing named like the lock may make open() wait (a device waiting for its line,
+    # a FIFO where POSIX leaves O_RDWR undefined); a regular file's reads, writes, flock ignore it
+    flags = (os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+             | getattr(os, "O_NONBLOCK", 0))
     try:
         fd = os.open(path, flags, 0o644)
     except PermissionError:
+        if not os.path.lexists(path):
+            raise LockFileError(f"{path} cannot be created ({path.parent} is not writable for "
+                                f"this user); {fix}") from None
         owner = path.stat().st_uid if path.exists() else "?"
         raise LockFileError(f"{path} cannot be opened for writing (it belongs to user id {owner}; "
                             f"another user's run uses this folder); {fix}") from None
@@ -943,6 +949,9 @@ def open_lock(path: Path, fix: str) -> int:
         if os.path.islink(path):
             raise LockFileError(f"{path} is a symbolic link, which is not followed (it may point "
                                 f"at a file of someone else's); remove it, or {fix}") from None
+        if os.path.lexists(path) and not stat.S_ISREG(os.lstat(path).st_mode):
+            raise LockFileError(f"{path} is not a regular file, so it is not used as a lock; "
+                                f"remove it, or {fix}") from None  # a socket or a folder
         raise
     st = os.fstat(fd)
     if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:

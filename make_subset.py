@@ -16,7 +16,9 @@ What it writes (default --out-dir data/):
 Splits are disjoint and balanced by class, drawn with --seed (fixed by default), so the same
 arguments give byte-identical files on every machine. The whole folder is written next to its final
 place and swapped in at once: an interrupted run leaves the previous dataset, complete, or none.
-An existing dataset is only replaced with --force, and only if make_subset.py made it.
+An existing dataset is only replaced with --force, and only if make_subset.py made it: a folder that
+holds anything else (your results, notes, a link) is refused, and nothing in it is removed. A full
+disk is a sentence with the space needed, and the previous dataset stays.
 """
 
 from __future__ import annotations
@@ -24,14 +26,16 @@ from __future__ import annotations
 import argparse
 import ctypes
 import ctypes.util
+import errno
 import gzip
 import json
 import os
-import shutil
+import re
 import stat
 import struct
 import sys
 import tempfile
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -47,10 +51,24 @@ MARKER = ".make_subset.json"
 # In the names of this project's temporary files and folders, and only there: a clean-up removes
 # nothing else (".notes.tmp-1" is someone else's).
 TEMP_TAG, OLD_TAG = "csvimg-tmp", "csvimg-old"
+# What make_subset.py writes into --out-dir, known by name (and kind): --force replaces these and
+# nothing else, and every clean-up removes only these.
+OWN_FILES = (MARKER, *(f"mnist_{split}.csv" for split in SPLITS))
+OWN_FOLDERS = tuple(f"mnist_{split}" for split in SPLITS)
+OWN_IMAGE = re.compile(r"\d{5,}\.png")  # write_split's 00000.png, ...
+# train.py's disk cache of decoded images (.cache in the data folder, unless --cache-dir): not
+# make_subset.py's, so never removed, and no reason to refuse either: its files are named by the
+# images' sizes and times, never read for other images. It moves into the new dataset.
+CARRIED = (".cache",)
 
 
 class IdxError(ValueError):
     """An IDX file that is not what its header promises."""
+
+
+class OutDirError(OSError):
+    """--out-dir cannot take the new dataset (files of others in it, a dataset there without
+    --force, a full disk); the message names what was found and what to do."""
 
 
 def read_idx(path: str | Path, expected_ndim: int) -> np.ndarray:
@@ -152,19 +170,137 @@ def _exchange(a: Path, b: Path) -> bool:
     return rc == 0
 
 
+def not_ours(folder: Path) -> list[str]:
+    """What in folder make_subset.py did not write, as names relative to folder, sorted: anything
+    but its CSVs, marker and image folders, and in an image folder anything but 00000.png, ...
+    A link, or another kind of entry than ours under one of our names, is not ours either."""
+    found = []
+    with os.scandir(folder) as entries:
+        for entry in sorted(entries, key=lambda e: e.name):
+            if entry.name in OWN_FILES and entry.is_file(follow_symlinks=False):
+                continue
+            if entry.name in OWN_FOLDERS and entry.is_dir(follow_symlinks=False):
+                with os.scandir(entry.path) as images:
+                    found += sorted(f"{entry.name}/{image.name}" for image in images
+                                    if not (OWN_IMAGE.fullmatch(image.name)
+                                            and image.is_file(follow_symlinks=False)))
+                continue
+            found.append(entry.name)
+    return found
+
+
+def check_out_dir(out_dir: Path, force: bool) -> None:
+    """Raise OutDirError unless out_dir can take a new dataset: it is missing or empty, or it holds
+    make_subset.py's own files and nothing else (and then a complete dataset only with force)."""
+    if out_dir.is_symlink():  # the swap would replace the link itself, not the folder it names
+        raise OutDirError(
+            f"{out_dir} is a symbolic link (to {os.readlink(out_dir)}); make_subset.py swaps a new "
+            "folder in at that name, which would replace the link, not the folder it points to; "
+            f"pass --out-dir {out_dir.resolve()}, or remove the link")
+    if not out_dir.exists():
+        return
+    if os.path.ismount(out_dir):  # renamed neither away nor into: the swap would fail half-way
+        raise OutDirError(
+            f"{out_dir} is a mount point (a disk of its own); make_subset.py writes the new "
+            "dataset beside its folder and swaps it in at that name, which a mount point cannot "
+            f"take; pass a folder inside it, e.g. --out-dir {out_dir / 'data'}")
+    if not out_dir.is_dir():
+        raise OutDirError(f"{out_dir} is a file, not a folder; move it, or choose another "
+                          "--out-dir")
+    others = [name for name in not_ours(out_dir) if name not in CARRIED]
+    if others:
+        raise OutDirError(
+            f"{out_dir} holds files make_subset.py did not write: {_listing(out_dir, others)}; it "
+            f"replaces only its own (mnist_*.csv, their image folders and {MARKER}), so it "
+            f"removed nothing: move them out of {out_dir}, or choose another --out-dir")
+    present = sorted(set(os.listdir(out_dir)) - set(CARRIED))
+    if not present:
+        return
+    if MARKER not in present:
+        raise OutDirError(
+            f"{out_dir} holds {', '.join(present)} but no {MARKER}, so make_subset.py did not "
+            f"make it (or its {MARKER} was deleted); move them out of {out_dir}, or choose "
+            "another --out-dir")
+    if force:
+        return
+    missing = [name for name in (*OWN_FILES, *OWN_FOLDERS) if name not in present]
+    if missing:
+        raise OutDirError(
+            f"{out_dir} holds an incomplete dataset ({', '.join(missing)} "
+            f"{'is' if len(missing) == 1 else 'are'} missing); rebuild it with --force (python "
+            f"make_subset.py --out-dir {out_dir} --force), which replaces only make_subset.py's "
+            "own files")
+    raise OutDirError(f"{out_dir} already holds a dataset made by make_subset.py; pass --force to "
+                      "replace it, or choose another --out-dir")
+
+
 def recover(out_dir: Path) -> None:
-    """Undo what a killed run left beside out_dir: drop temporaries, restore a moved-away dataset.
-    write_dataset runs it first."""
+    """Undo what a killed run left beside out_dir: clear its temporaries, restore a moved-away
+    dataset. write_dataset runs it first."""
     parent = out_dir.parent
     if not parent.is_dir():
         return
-    for leftover in parent.glob(f".{out_dir.name}.{TEMP_TAG}-*"):
-        shutil.rmtree(leftover, ignore_errors=True)
-    for old in sorted(parent.glob(f".{out_dir.name}.{OLD_TAG}-*")):
-        if not out_dir.exists():
+    # Our names exactly (mkdtemp's suffix has no dot): not the temporaries of a folder named
+    # "d.csvimg-tmp-x" beside "d", and no glob, which would read "[" in out_dir's name
+    ours = re.compile(rf"\.{re.escape(out_dir.name)}\.({TEMP_TAG}|{OLD_TAG})-[a-z0-9_]+")
+    matches = [ours.fullmatch(name) for name in sorted(os.listdir(parent))]
+    found = [(m.group(1), parent / m.group(0)) for m in matches if m]
+    for tag, leftover in found:
+        if tag == TEMP_TAG:
+            _remove_own(leftover, out_dir)
+    for tag, old in found:
+        if tag != OLD_TAG:
+            continue
+        if not os.path.lexists(out_dir) and old.is_dir() and not old.is_symlink():
             os.rename(old, out_dir)  # killed between the two renames of the fallback swap
         else:
-            shutil.rmtree(old, ignore_errors=True)
+            _remove_own(old, out_dir)
+
+
+def _remove_own(folder: Path, out_dir: Path) -> None:
+    """Remove a folder of ours (a temporary, or the dataset a swap moved out of out_dir) by
+    removing our own files in it, by name. A file of someone else's in it was saved into out_dir
+    in the moment before the swap: it goes back into out_dir; one that cannot stays, with a
+    warning. A link or file named like our folder is not ours: left alone."""
+    if folder.is_symlink() or not folder.is_dir():
+        return
+    others = not_ours(folder)
+    for name in others:
+        target = out_dir / name
+        into = target.parent
+        if into.is_dir() and not into.is_symlink() and not os.path.lexists(target):
+            os.rename(folder / name, target)
+    for name in OWN_FILES:
+        if (folder / name).is_file() and not (folder / name).is_symlink():
+            (folder / name).unlink()
+    for name in OWN_FOLDERS:
+        images = folder / name
+        if images.is_dir() and not images.is_symlink():
+            with os.scandir(images) as entries:
+                for image in entries:
+                    if OWN_IMAGE.fullmatch(image.name) and image.is_file(follow_symlinks=False):
+                        os.unlink(image.path)
+            _rmdir_if_empty(images)
+    _rmdir_if_empty(folder)
+    if others:
+        kept = not_ours(folder) if folder.exists() else []
+        moved = [name for name in others if name not in kept and name not in CARRIED]
+        if moved:
+            warnings.warn(f"{_listing(out_dir, moved)} appeared in {out_dir} while make_subset.py "
+                          "replaced it; moved into the new dataset there (make_subset.py removes "
+                          "only its own files)", stacklevel=2)
+        if kept:
+            warnings.warn(f"{_listing(folder, kept)} appeared in {out_dir} while make_subset.py "
+                          f"replaced it, and could not go back there (the new dataset has those "
+                          f"names); kept in {folder}: move them where you want them", stacklevel=2)
+
+
+def _rmdir_if_empty(folder: Path) -> None:
+    try:
+        os.rmdir(folder)
+    except OSError as e:
+        if e.errno not in (errno.ENOTEMPTY, errno.EEXIST):  # not empty: something of someone else's
+            raise
 
 
 def write_dataset(out_dir: str | Path, splits: dict[str, tuple[np.ndarray, np.ndarray]], *,
@@ -172,15 +308,27 @@ def write_dataset(out_dir: str | Path, splits: dict[str, tuple[np.ndarray, np.nd
     """Write all splits into a temporary sibling folder, then swap it into place as a whole.
     One run at a time per folder: a lock file beside it (flock, released even by a kill) makes a
     second run refuse, and only the lock holder cleans up temporaries, so it never removes the
-    folder another run is writing."""
+    folder another run is writing. A full disk or a folder that cannot be written is an
+    OutDirError with the fix; the previous dataset stays."""
     out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    lock = open_lock(out_dir.parent / f".{out_dir.name}.lock", "choose another --out-dir")
+    had_dataset = out_dir.is_dir()
     try:
-        _hold(lock, out_dir)
-        return _write_dataset(out_dir, splits, force=force, meta=meta)
-    finally:
-        os.close(lock)
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        lock = open_lock(out_dir.parent / f".{out_dir.name}.lock", "choose another --out-dir")
+        try:
+            _hold(lock, out_dir)
+            return _write_dataset(out_dir, splits, force=force, meta=meta)
+        finally:
+            os.close(lock)
+    except OSError as e:  # the temporary folder is gone by now (_write_dataset's finally)
+        if e.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
+            raise OutDirError(_no_space(out_dir, splits, had_dataset)) from None
+        if e.errno in (errno.EROFS, errno.EACCES, errno.EPERM):  # a read-only disk or folder
+            kept = f"{out_dir} is unchanged" if had_dataset else "nothing was written"
+            raise OutDirError(f"cannot write the new dataset beside {out_dir}: "
+                              f"{e.filename or out_dir.parent}: {e.strerror}; {kept}; choose "
+                              "another --out-dir") from None
+        raise
 
 
 def _hold(lock: int, out_dir: Path) -> None:
@@ -198,17 +346,26 @@ def open_lock(path: Path, fix: str) -> int:
     """Open (or create, mode 0644 less the umask) the lock file `path`, never following a symbolic
     link and never using a file with other names (hard links): a planted link would make the pid
     written into the lock overwrite its target. fix: what the user can do instead, for the error."""
-    flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+    # O_NONBLOCK: nothing named like the lock may make open() wait (a device waiting for its line,
+    # a FIFO where POSIX leaves O_RDWR undefined); a regular file's reads, writes, flock ignore it
+    flags = (os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+             | getattr(os, "O_NONBLOCK", 0))
     try:
         fd = os.open(path, flags, 0o644)
     except PermissionError:
+        if not os.path.lexists(path):
+            raise LockFileError(f"{path} cannot be created ({path.parent} is not writable for "
+                                f"this user); {fix}") from None
         owner = path.stat().st_uid if path.exists() else "?"
         raise LockFileError(f"{path} cannot be opened for writing (it belongs to user id {owner}; "
                             f"another user's run uses this folder); {fix}") from None
-    except OSError as e:
+    except OSError:
         if os.path.islink(path):
             raise LockFileError(f"{path} is a symbolic link, which is not followed (it may point "
                                 f"at a file of someone else's); remove it, or {fix}") from None
+        if os.path.lexists(path) and not stat.S_ISREG(os.lstat(path).st_mode):
+            raise LockFileError(f"{path} is not a regular file, so it is not used as a lock; "
+                                f"remove it, or {fix}") from None  # a socket or a folder
         raise
     st = os.fstat(fd)
     if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
@@ -250,10 +407,12 @@ def ensure_dataset(out_dir: Path) -> None:
             if lock_or_holder(lock) is not None:  # another run builds it: wait
                 print(f"Waiting for another run to finish building {out_dir}/ ...")
                 fcntl.flock(lock, fcntl.LOCK_EX)
+            recover(out_dir)  # a swap a kill cut in two: the previous dataset comes back first
         finally:
             os.close(lock)  # main() takes the lock again itself
         if complete():
             return
+        check_out_dir(out_dir, force=False)  # a CSV deleted, files of others: say so, build nothing
         print(f"No dataset in {out_dir}/: building it with make_subset.py's defaults "
               "(bundled MNIST digits)")
         try:
@@ -267,38 +426,76 @@ def ensure_dataset(out_dir: Path) -> None:
 def _write_dataset(out_dir: Path, splits: dict[str, tuple[np.ndarray, np.ndarray]], *,
                    force: bool, meta: dict) -> Path:
     recover(out_dir)  # safe: we hold the lock, so no other run is writing beside out_dir
-    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
-        if not force:
-            raise FileExistsError(f"{out_dir} already exists and is not empty; "
-                                  "pass --force to replace it")
-        if not (out_dir / MARKER).is_file():
-            raise FileExistsError(
-                f"refusing to replace {out_dir}: it has no {MARKER}, so make_subset.py did not "
-                "make it; choose another --out-dir"
-            )
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.{TEMP_TAG}-", dir=out_dir.parent))
+    check_out_dir(out_dir, force)
+    tmp: Path | None = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.{TEMP_TAG}-",
+                                             dir=out_dir.parent))
     umask = os.umask(0)
     os.umask(umask)
-    tmp.chmod(0o777 & ~umask)  # mkdtemp makes it 0700; the dataset gets a normal folder's mode
     try:
+        tmp.chmod(0o777 & ~umask)  # mkdtemp makes it 0700; the dataset gets a normal folder's mode
         for name, (images, labels) in splits.items():
             write_split(tmp, name, images, labels)
         marker = json.dumps(meta, indent=2, sort_keys=True) + "\n"
         (tmp / MARKER).write_text(marker, encoding="utf-8")
-        if not out_dir.exists():
+        try:  # again: a file of someone else's may have been saved into out_dir meanwhile
+            check_out_dir(out_dir, force=True)
+        except OutDirError as e:
+            raise OutDirError(f"the new dataset was not swapped in: {e}") from None
+        for name in CARRIED:  # in place the moment the new dataset is
+            if os.path.lexists(out_dir / name):
+                os.rename(out_dir / name, tmp / name)
+        # What lands in out_dir between that check and the swap goes into the swapped-out folder:
+        # _remove_own moves it back into out_dir, never away
+        if not os.path.lexists(out_dir):
             os.rename(tmp, out_dir)
-        elif not any(out_dir.iterdir()):
-            os.rmdir(out_dir)
-            os.rename(tmp, out_dir)
+            tmp = None
         elif not _exchange(tmp, out_dir):
             old = tmp.with_name(tmp.name.replace(f".{TEMP_TAG}-", f".{OLD_TAG}-"))
             os.rename(out_dir, old)
             os.rename(tmp, out_dir)  # a kill between these two renames is undone by recover
             tmp = old
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)  # after a swap, tmp holds the previous dataset
+        if tmp is not None:  # after a swap, tmp holds the previous dataset
+            _remove_own(tmp, out_dir)
     return out_dir
+
+
+def _listing(folder: Path, names: list[str], few: int = 3) -> str:
+    """A few of names (a folder with a trailing /), then how many more, for a sentence."""
+    shown = [name + "/" * ((folder / name).is_dir() and not (folder / name).is_symlink())
+             for name in names[:few]]
+    return ", ".join(shown) + (f" and {len(names) - few} more" if len(names) > few else "")
+
+
+def _no_space(out_dir: Path, splits: dict[str, tuple[np.ndarray, np.ndarray]],
+              had_dataset: bool) -> str:
+    """The sentence for a full disk, with roughly the space the new dataset takes: each image a
+    PNG of at most about its pixel bytes, each file whole blocks of the disk."""
+    folder = out_dir.parent
+    vfs = os.statvfs(folder) if hasattr(os, "statvfs") else None
+    block = vfs.f_frsize if vfs else 4096
+
+    def blocks(size: int) -> int:
+        return -(-size // block) * block
+
+    needed = blocks(256)  # the marker
+    for images, _ in splits.values():
+        pixels = int(np.prod(images.shape[1:]))
+        needed += blocks(block) + len(images) * blocks(pixels + 100) + blocks(16 * len(images) + 32)
+    free = f" and {_size(vfs.f_bavail * vfs.f_frsize)} is free" if vfs else ""
+    images = sum(len(labels) for _, labels in splits.values())
+    beside, kept = ("", "nothing was left behind")
+    if had_dataset:
+        beside = ", written beside the previous dataset before the swap"
+        kept = f"{out_dir} is unchanged"
+    return (f"no space left in {folder} for the new dataset: it needs about {_size(needed)} "
+            f"({images} images{beside}){free}; {kept}; free some space, or choose an --out-dir "
+            "on another disk")
+
+
+def _size(n: int) -> str:
+    return f"{n / 1e9:.1f} GB" if n >= 1e9 else f"{n / 1e6:.1f} MB" if n >= 1e6 else \
+        f"{max(n // 1000, 1)} KB"
 
 
 def _download_mnist(root: str | Path) -> tuple[tuple[np.ndarray, np.ndarray], ...]:
@@ -332,7 +529,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--download-root", default="downloads",
                    help="where --download keeps the raw files")
     p.add_argument("--force", action="store_true",
-                   help="replace an existing dataset made by this script")
+                   help="replace an existing dataset made by this script (only its own files: "
+                        "a folder that holds anything else is refused, nothing removed)")
     args = p.parse_args(argv)
     out, here = Path(args.out_dir).resolve(), Path.cwd().resolve()
     if out == here or out in here.parents:
@@ -377,5 +575,10 @@ def main(argv: list[str] | None = None) -> Path:
 if __name__ == "__main__":
     try:
         main()
-    except (FileExistsError, FileNotFoundError, ValueError) as e:  # LockFileError too
+    except (FileExistsError, FileNotFoundError, ValueError, OutDirError) as e:  # LockFileError too
         sys.exit(f"make_subset.py: error: {e}")
+    except KeyboardInterrupt:  # Ctrl-C: the temporary folder is gone, the swap is whole or undone
+        print("\nmake_subset.py: interrupted; no dataset was left half-written: --out-dir holds "
+              "the previous one or the new one, whole (the next run finishes a swap cut short)",
+              file=sys.stderr)
+        sys.exit(130)

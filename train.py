@@ -700,9 +700,9 @@ def data_sources(data: DataSettings, split_path: Path, main_process: bool,
         if main_process and data.data_dir == DEFAULT_DATA_DIR:
             import make_subset  # only needed the first time
 
-            try:
+            try:  # OutDirError: a CSV of it gone, a full disk
                 make_subset.ensure_dataset(Path(data.data_dir))
-            except make_subset.LockFileError as e:
+            except (make_subset.LockFileError, make_subset.OutDirError) as e:
                 raise RunError(str(e)) from None
         return folder_layout(data.data_dir)
     csv, split_column = data.csv, data.split_column
