@@ -227,7 +227,8 @@ def split_csv(csv_path: str | Path, out_path: str | Path, *, label_column: str =
               encoding: str = "utf-8", file_column: str | None = None) -> Path:
     """Write csv_path's rows to out_path with a `split` column: of each class's n rows, round(n *
     test_fraction) go to test and round(n * valid_fraction) to valid, drawn from (seed, class), the
-    rest to train; the same arguments give the same bytes. file_column: checked to exist too."""
+    rest to train; the same arguments give the same bytes. file_column: checked to exist, and a
+    file listed on several rows drawn once (its first row's class), all its rows in one split."""
     csv_path, out_path = Path(csv_path), Path(out_path)
     if not (0 <= valid_fraction and 0 <= test_fraction and valid_fraction + test_fraction < 1):
         raise ValueError(f"valid_fraction {valid_fraction} and test_fraction {test_fraction} must "
@@ -246,12 +247,16 @@ def split_csv(csv_path: str | Path, out_path: str | Path, *, label_column: str =
                            "'split', --split-column split) instead of drawing a new split")
     labels = rows[label_column].str.strip()
     split = np.full(len(rows), "train", dtype=object)
+    files = rows[file_column].str.strip() if file_column is not None else None
+    first = np.ones(len(rows), bool) if files is None else ~files.duplicated().to_numpy()
     for k, label in enumerate(sorted(labels.unique())):
-        members = np.flatnonzero((labels == label).to_numpy())
+        members = np.flatnonzero((labels == label).to_numpy() & first)
         order = members[np.random.default_rng([seed, k]).permutation(len(members))]
         n_test, n_valid = (int(len(members) * f + 0.5) for f in (test_fraction, valid_fraction))
         split[order[:n_test]] = "test"
         split[order[n_test:n_test + n_valid]] = "valid"
+    if not first.all():  # a file listed twice goes where its first row went: never in two splits
+        split = files.map(dict(zip(files[first], split[first]))).to_numpy()
     out_path.parent.mkdir(parents=True, exist_ok=True)
     text = rows.assign(split=split).to_csv(index=False, lineterminator="\n")
     write_atomic(out_path, text.encode(encoding))

@@ -38,6 +38,7 @@ import os
 import random
 import shlex
 import signal
+import stat
 import sys
 import tempfile
 import threading
@@ -542,8 +543,9 @@ def finished_checkpoint(checkpoint_path: Path, results_dir: Path):
     if not folder.is_dir() or folder == results_dir.resolve():
         yield  # results_folder holds this folder's lock already
         return
-    try:  # read-only: a shared lock needs no write access (another user's folder of checkpoints)
-        fd = os.open(folder / ".lock", os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    try:  # read-only: a shared lock needs no write access (another user's folder of checkpoints);
+        # O_NONBLOCK: a FIFO in its place would wait for a writer forever
+        fd = os.open(folder / ".lock", os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0))
     except FileNotFoundError:
         yield  # no lock file: no train.py run has written there since it was made
         return
@@ -551,6 +553,9 @@ def finished_checkpoint(checkpoint_path: Path, results_dir: Path):
         raise RunError(f"{folder / '.lock'} cannot be used as a lock ({e.strerror}; a symbolic "
                        "link is not followed); remove it, or pass another --checkpoint") from None
     try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise RunError(f"{folder / '.lock'} cannot be used as a lock (it is not a regular file: "
+                           "a FIFO, device or socket); remove it, or pass another --checkpoint")
         try:
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -566,17 +571,21 @@ def finished_checkpoint(checkpoint_path: Path, results_dir: Path):
 def results_to_move(settings: Settings) -> tuple[str, ...]:
     """What this run would overwrite in its results folder, to be moved to version_N first: all
     of a new run's files; resuming or evaluating any checkpoint but this folder's checkpoint.pt
-    (another folder's, or another file here), all its files or its reports; earlier predictions."""
+    (another folder's, or another file here), all its files or its reports; earlier predictions.
+    A file this run reads (--csv results/split.csv, a drawn split reused) stays, to be read."""
     own = (settings.results_dir / "checkpoint.pt").resolve()
     reading = settings.checkpoint.resolve()
+    names: tuple[str, ...] = RESULT_FILES if not settings.resume else ()
     if settings.predict is not None:  # predict() moves the earlier one when it has a new one
-        return ()
-    if settings.evaluate:  # and, from another folder, the split it reads, which replaces this one's
+        names = ()
+    elif settings.evaluate:  # and, from another folder, the split it reads, replacing this one's
         other_folder = reading.parent != own.parent
-        return (*REPORT_FILES, *(["split.csv"] if other_folder else [])) if reading != own else ()
-    if settings.resume and reading != own:  # the file resumed from stays where it is, to be read
-        return tuple(n for n in RESULT_FILES if (settings.results_dir / n).resolve() != reading)
-    return RESULT_FILES if not settings.resume else ()
+        names = (*REPORT_FILES, *(["split.csv"] if other_folder else [])) if reading != own else ()
+    elif settings.resume and reading != own:  # the file resumed from stays where it is
+        names = RESULT_FILES
+    read = {reading} if settings.resume or settings.evaluate else set()
+    read |= {Path(settings.data.csv).resolve()} if settings.data.csv else set()
+    return tuple(n for n in names if (settings.results_dir / n).resolve() not in read)
 
 
 # ---- signals: Ctrl-C and SIGTERM keep the last whole checkpoint ----------------------------------

@@ -392,3 +392,23 @@ def test_a_checkpoint_that_cannot_be_read_or_is_a_fifo_is_a_sentence_not_damaged
     with pytest.raises(evaluate.RunError, match=r"theirs.pt cannot be read \(Permission denied\)") as e:
         evaluate.read_checkpoint(tmp_path / "theirs.pt")
     assert "damaged" not in e.value.message
+
+
+def test_a_fifo_named_lock_beside_another_folders_checkpoint_is_a_sentence_not_a_hang(trained, tmp_path):
+    import shutil
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+    tiny_data, results, _, _ = trained
+    other = tmp_path / "other"
+    other.mkdir()
+    shutil.copy(results / "checkpoint.pt", other / "checkpoint.pt")
+    os.mkfifo(other / ".lock")
+    for use in (["--predict", str(tiny_data / "mnist_test")], ["--evaluate", "--data-dir", str(tiny_data)]):
+        done = subprocess.run([sys.executable, str(ROOT / "train.py"), *use, "--checkpoint",
+                               str(other / "checkpoint.pt"), "--results-dir", str(tmp_path / "p")],
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr[-2000:]
+        assert "other/.lock cannot be used as a lock (it is not a regular file: a FIFO, device or socket)" \
+            in done.stderr

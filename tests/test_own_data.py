@@ -530,3 +530,29 @@ def test_the_training_errors_check_command_runs_as_printed_and_names_every_missi
     assert "30 row(s)" in capsys.readouterr().out  # every row of every split, not the first 20 of one
     with pytest.raises(DatasetError, match=r"no column\(s\) \['File Name', 'Class Label'\]"):
         train.main(["--csv", str(csv), "--results-dir", str(tmp_path / "s")])  # both named at once
+
+
+# ---- issue 29: the drawn split, reused ---------------------------------------------------------------
+
+def test_a_drawn_split_of_rows_listing_files_twice_is_usable_and_reusing_it_moves_nothing(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    rows = ["path,label"]
+    for i in range(40):
+        write_png(tmp_path / "img" / f"{i}.png", rng.integers(0, 255, (8, 8), dtype=np.uint8))
+        rows.append(f"img/{i}.png,{i % 2}")
+    write_csv(tmp_path / "labels.csv", "\n".join(rows + rows[1:]) + "\n")  # every file listed twice
+    split_csv(tmp_path / "labels.csv", tmp_path / "split.csv", label_column="label", file_column="path",
+              valid_fraction=0.2, test_fraction=0.2)
+    drawn = pd.read_csv(tmp_path / "split.csv")
+    assert (drawn.groupby("path")["split"].nunique() == 1).all()  # a file's rows share one split
+    assert drawn.drop_duplicates("path")["split"].value_counts().to_dict() == {"train": 24, "valid": 8, "test": 8}
+    flags = ["--file-column", "path", "--label-column", "label", "--epochs", "1", "--batch-size", "8",
+             "--results-dir", str(tmp_path / "r")]
+    with pytest.warns(UserWarning, match="list a file already listed above"):
+        train.main(["--csv", str(tmp_path / "labels.csv"), *flags])
+    split = (tmp_path / "r" / "split.csv").read_bytes()
+    with pytest.warns(UserWarning, match="list a file already listed above"):  # reused as docs/own-data.md shows
+        train.main(["--csv", str(tmp_path / "r" / "split.csv"), "--split-column", "split", "--img-dir",
+                    str(tmp_path), *flags])
+    assert (tmp_path / "r" / "split.csv").read_bytes() == split  # read where it is, not moved to version_1
+    assert not (tmp_path / "r" / "version_1" / "split.csv").exists()
