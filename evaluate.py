@@ -17,6 +17,7 @@ import contextlib
 import copy
 import csv
 import io
+import math
 import os
 import random
 import stat
@@ -33,7 +34,7 @@ from PIL import Image
 
 from dataset import CsvImageDataset, DatasetError, csv_separator, make_dataset, read_csv, to_float01
 from loaders import TEMP_TAG, make_loader, write_atomic
-from model import ModelConfig, build_model
+from model import ModelConfig, build_model, refuse_beyond_memory
 
 
 @torch.no_grad()
@@ -280,10 +281,17 @@ def predict(path: str, checkpoint: dict, checkpoint_path: Path, results_dir: Pat
         raise RunError(f"{checkpoint_path} does not say its classes, mode and image size (it "
                        "predates them): train again to use --predict")
     classes = [str(c) for c in checkpoint["classes"]]
-    outputs = saved_model_config(checkpoint, checkpoint_path).num_classes
-    if len(classes) != outputs:  # an edited file: a prediction would have no name
+    config = saved_model_config(checkpoint, checkpoint_path)  # an edited file's sizes: refused
+    if len(classes) != config.num_classes:  # (a prediction with no name, or no memory for it)
         raise RunError(f"{checkpoint_path} names {len(classes)} classes but its model has "
-                       f"{outputs} outputs; pass the --checkpoint of a train.py run")
+                       f"{config.num_classes} outputs; pass the --checkpoint of a train.py run")
+    try:
+        refuse_beyond_memory(f"{PREDICT_BATCH} images of {config.channels}x{config.image_size[0]}x"
+                             f"{config.image_size[1]} ({checkpoint_path}'s size)", PREDICT_BATCH
+                             * config.channels * math.prod(config.image_size), "pass the "
+                             "--checkpoint of a train.py run")
+    except ValueError as e:
+        raise RunError(str(e)) from None
     model = model_from_checkpoint(checkpoint, checkpoint_path, device).eval()
     options = {"mode": checkpoint["mode"], "image_size": tuple(checkpoint["image_size"]),
                "classes": classes}

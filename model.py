@@ -239,6 +239,18 @@ def _called_with(name, *args, **kwargs) -> tuple[ModelConfig, bool]:
     return ModelConfig(model=values.pop("name"), **values), load_weights
 
 
+def refuse_beyond_memory(what: str, nbytes: int, fix: str) -> None:
+    """ValueError, a sentence, when `what` needs more bytes than this machine has memory: refused
+    before torch tries to allocate it (a MemoryError, or the machine swapping to a halt)."""
+    try:
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):  # no sysconf (Windows): nothing to compare with
+        return
+    if nbytes > memory:
+        raise ValueError(f"{what} would take {nbytes / 2**30:,.1f} GiB, more than this machine's "
+                         f"{memory / 2**30:,.1f} GiB of memory: {fix}")
+
+
 def build_model(name: ModelConfig | str, *args, **kwargs) -> nn.Module:
     """The network a ModelConfig describes, for images of (channels, *image_size):
     build_model(config, load_weights=True); or, as before ModelConfig, build_model(name, channels,
@@ -248,8 +260,11 @@ def build_model(name: ModelConfig | str, *args, **kwargs) -> nn.Module:
     config, load_weights = _called_with(name, *args, **kwargs)
     name, size = config.model, tuple(config.image_size)
     if name == "mlp":
-        net = MLP(num_features=config.channels * size[0] * size[1], num_hidden=config.hidden,
-                  num_classes=config.num_classes)
+        features = config.channels * size[0] * size[1]
+        refuse_beyond_memory(f"an MLP on {config.channels}x{size[0]}x{size[1]} images (its "
+                             f"{features:,} x {config.hidden} weights)", 4 * features * config.hidden,
+                             "pass a smaller --image-size or --hidden")
+        net = MLP(num_features=features, num_hidden=config.hidden, num_classes=config.num_classes)
     elif name == "cnn":
         if min(size) < 8:
             raise ValueError(f"--model cnn needs images of at least 8x8, got {size[0]}x{size[1]}: "

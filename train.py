@@ -62,7 +62,8 @@ from evaluate import (REPORT_FILES, RunError, compute_accuracy, compute_confusio
 from loaders import (SPLITS, TEMP_TAG, DecodedImages, LockFileError, atomic_file, decoded,
                      folder_layout, lock_or_holder, loaders_from_datasets, make_datasets,
                      make_loader, open_lock, split_csv)
-from model import MODELS, ModelConfig, PretrainedWeightsMissing, build_model
+from model import (MODELS, ModelConfig, PretrainedWeightsMissing, build_model,
+                   refuse_beyond_memory)
 
 # ---- the lecture's loop --------------------------------------------------------------------------
 
@@ -554,8 +555,9 @@ def finished_checkpoint(checkpoint_path: Path, results_dir: Path):
                        "link is not followed); remove it, or pass another --checkpoint") from None
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise RunError(f"{folder / '.lock'} cannot be used as a lock (it is not a regular file: "
-                           "a FIFO, device or socket); remove it, or pass another --checkpoint")
+            raise RunError(f"{folder / '.lock'} cannot be used as a lock (it is not a regular "
+                           "file: a FIFO, device or socket); remove it, or pass another "
+                           "--checkpoint")
         try:
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -757,6 +759,14 @@ def build_datasets(data: DataSettings, sources: list[tuple], device: torch.devic
     datasets = decoded(make_datasets(sources, dataset_kwargs,
                                      augmentation() if data.augment else None),
                        cache_mb=data.cache_mb, cache_dir=cache_dir)  # each split's decoded images
+    channels, (height, width) = datasets[0].channels, datasets[0].image_size
+    try:  # before the first pass decodes anything at that size
+        batch = max(data.batch_size, data.eval_batch_size)
+        refuse_beyond_memory(f"a batch of {batch} images of {channels}x{height}x{width} as float32",
+                             4 * batch * channels * height * width,
+                             "pass a smaller --image-size (or --batch-size, --eval-batch-size)")
+    except ValueError as e:
+        raise RunError(str(e), status=2) from None
     if data.batch_size > len(datasets[0]) and not evaluating:
         raise RunError(f"--batch-size {data.batch_size} is larger than the {len(datasets[0])} "
                        "training images (the last partial batch is dropped, so no batch would be "

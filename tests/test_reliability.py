@@ -348,3 +348,23 @@ def test_a_killed_dataloader_worker_is_a_sentence_naming_the_cause_and_the_resum
                     r"The checkpoint of the last finished epoch is in .*checkpoint.pt; resume with: python train.py "
                     r".* --resume$", message, re.S), message
     assert torch.load(tmp_path / "r" / "checkpoint.pt", weights_only=True)["epoch"] == 1
+
+
+def test_sizes_that_cannot_fit_in_memory_are_refused_before_anything_is_allocated(tiny_data, tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:  # 256 x 200000 x 200000 float32: far beyond any machine
+        train.main(flags(tiny_data, tmp_path / "r", "--image-size", "200000", "--model", "cnn"))
+    assert e.value.code == 2
+    assert re.search(r"train.py: error: a batch of 256 images of 1x200000x200000 as float32 would take "
+                     r"[\d,]+\.\d GiB, more than this machine's [\d,.]+ GiB of memory", capsys.readouterr().err)
+    train.main(flags(tiny_data, tmp_path / "r", epochs=1))
+    checkpoint = torch.load(tmp_path / "r" / "checkpoint.pt", weights_only=True)
+    checkpoint["config"]["image_size"] = checkpoint["image_size"] = [200000, 200000]  # edited
+    torch.save(checkpoint, tmp_path / "edited.pt")
+    with pytest.raises(SystemExit, match=r"256 images of 1x200000x200000 \(.*edited.pt's size\) would take "
+                                         r"[\d,]+\.\d GiB, more than this machine's"):
+        train.main(["--predict", str(tiny_data / "mnist_test"), "--checkpoint", str(tmp_path / "edited.pt"),
+                    "--results-dir", str(tmp_path / "p")])
+    from model import build_model
+    with pytest.raises(ValueError, match=r"an MLP on 1x28x28 images \(its 784 x 10000000000000 weights\) "
+                                         r"would take [\d,]+\.\d GiB, more than"):
+        build_model("mlp", 1, (28, 28), 10, hidden=10**13)
