@@ -268,8 +268,8 @@ class ImageSizeError(ImageLoadError):
 
 Problem = tuple[int, str, str]  # a bad row: (CSV line, file name, what is wrong)
 MODES, PIXELS = ("L", "RGB", "auto"), ("float01", "float255", "uint8")
-WIDE_GRAY_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")  # 16-bit PNGs open as one of these
-GRAY_MODES = ("1", "L", "LA", "La", "F", *WIDE_GRAY_MODES)
+WIDE_GRAY_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")  # more than 8 bits: _to_8_bits
+GRAY_MODES = ("1", "L", "LA", "La", *WIDE_GRAY_MODES)
 EXPECTED_INDEX = "(expected a class index >= 0)"
 MAX_LABEL = 2**31  # a class index must fit an int32, as a label tensor on any device
 MAX_LISTED_PROBLEMS = 20
@@ -290,21 +290,21 @@ CACHE_MOVED = ("CsvImageDataset no longer caches: wrap it, store = DecodedImages
 def decode_image(path: str, mode: str, size: tuple[int, int] | None = None,
                  background: tuple[int, int, int] = (255, 255, 255)) -> np.ndarray:
     """One image file as a viewer shows it, (C, H, W) uint8, a read-only view of Pillow's bytes:
-    upright by its EXIF orientation, 16 bits scaled (not clipped) to 8, transparency laid over
-    `background` (dropping alpha would turn a black drawing on a transparent sheet all black),
-    converted to `mode`, resized to `size` (H, W) if given. A change to these pixels must raise
-    CACHE_FORMAT in loaders.py, so that no disk cache serves the old ones."""
+    upright by its EXIF orientation, 16 bits scaled (not clipped) to 8, float or 32-bit integer
+    gray by its range (_to_8_bits), transparency laid over `background` (dropping alpha would
+    turn a black drawing on a transparent sheet all black), converted to `mode`, resized to `size`
+    (H, W) if given. A change to these pixels must raise CACHE_FORMAT in loaders.py, so that no
+    disk cache serves the old ones."""
     with Image.open(path) as im:  # closes the file even when decoding fails
-        orientation = exif_orientation(im)
+        orientation, sixteen = exif_orientation(im), is_16_bit(im)  # im.format: before turning
         if size is not None and im.format == "JPEG":
             # libjpeg decodes at 1/2, 1/4 or 1/8 scale, not below the target (W, H) as stored (a
             # turned photo's sides swap): fewer pixels to decode and to resize
             im.draft(im.mode, upright_size(im, (size[1], size[0])))
         if orientation != 1:
             im = ImageOps.exif_transpose(im)
-        if im.mode in WIDE_GRAY_MODES:  # v * 255 / 65535 rounded; convert("L") clips at 255
-            wide = np.clip(np.asarray(im).astype(np.int64), 0, 65535)
-            im = Image.fromarray(((wide * 255 + 32767) // 65535).astype(np.uint8), "L")
+        if im.mode in WIDE_GRAY_MODES:
+            im = _to_8_bits(im, sixteen)
         if has_transparency(im):
             im = Image.alpha_composite(Image.new("RGBA", im.size, (*background, 255)),
                                        im.convert("RGBA"))
@@ -316,6 +316,43 @@ def decode_image(path: str, mode: str, size: tuple[int, int] | None = None,
             im = im.resize((size[1], size[0]), Image.Resampling.BILINEAR, reducing_gap=3.0)
         pixels = np.frombuffer(im.tobytes(), dtype=np.uint8)
         return pixels.reshape(im.height, im.width, len(im.getbands())).transpose(2, 0, 1)
+
+
+def _to_8_bits(im: Image.Image, sixteen: bool) -> Image.Image:
+    """A gray image of more than 8 bits (WIDE_GRAY_MODES) as "L", or "LA" when one gray value is
+    transparent (a 16-bit PNG's tRNS). 16 bits: v * 255 / 65535 rounded (convert("L") would clip
+    at 255). Float: 0..1 (scikit-image's and tifffile's convention) times 255 rounded, else 0..255
+    as Pillow reads it, rounded; 32-bit integer: 0..255 as it is. Any other range, NaN or infinity
+    is a ValueError: a stretch of each image's own min..max (ImageJ's display) would change every
+    image's brightness on its own. So a float image all in 0..1 reads as 0..1, even one meant as
+    0..255 (then all but black)."""
+    wide = np.asarray(im)  # (H, W) uint16, int32 or float32
+    if sixteen:
+        levels = (np.clip(wide.astype(np.int64), 0, 65535) * 255 + 32767) // 65535
+    elif im.mode == "F" and not np.isfinite(wide).all():
+        raise ValueError(f"float pixels include NaN or infinity ({np.sum(~np.isfinite(wide))} of "
+                         f"{wide.size}); expected finite values: replace them before saving")
+    else:
+        low, high, kind = wide.min(), wide.max(), "float" if im.mode == "F" else "integer"
+        if kind == "float" and 0 <= low and high <= 1:
+            levels = np.rint(wide.astype(np.float64) * 255)
+        elif 0 <= low and high <= 255:
+            levels = np.rint(wide)
+        else:
+            raise ValueError(f"{kind} pixels from {low:g} to {high:g}; expected 0..255"
+                             + (" or 0..1" if kind == "float" else "") + ": scale them into that "
+                             "range, or save the image as 8 or 16 bits (PNG, TIFF)")
+    levels = levels.astype(np.uint8)
+    if isinstance(im.info.get("transparency"), int):  # the transparent gray, as stored
+        return Image.fromarray(np.dstack([levels, (wide != im.info["transparency"]) * 255]
+                                         ).astype(np.uint8))  # (H, W, 2): "LA"
+    return Image.fromarray(levels)
+
+
+def is_16_bit(im: Image.Image) -> bool:
+    """A 16-bit gray image: Pillow opens 16-bit PNG and TIFF as "I;16" (or "I;16B"), 16-bit PGM
+    (and PNG in older Pillow) as "I"; other "I" images, such as a TIFF's, are 32-bit."""
+    return im.mode.startswith("I;16") or (im.mode == "I" and im.format in ("PNG", "PPM"))
 
 
 def exif_orientation(im: Image.Image) -> int:
@@ -743,7 +780,9 @@ def check_dataset(csv_path: str | Path, img_dir: str | Path,
             with Image.open(sample.path) as im:
                 sizes[f"{im.size[1]}x{im.size[0]}"] += 1  # HxW, as --image-size takes it
                 modes[im.mode] += 1
-                notes["16-bit, scaled to 8 bits"] += im.mode in WIDE_GRAY_MODES
+                if im.mode in WIDE_GRAY_MODES:
+                    notes["16-bit, scaled to 8 bits" if is_16_bit(im) else "32-bit float or "
+                          "integer, 0..1 scaled by 255 or 0..255 as it is"] += 1
                 notes["turned upright by their EXIF orientation"] += exif_orientation(im) != 1
                 notes["with transparency, laid over white"] += has_transparency(im)
             decode_image(sample.path, ds.mode, ds.resize, ds.background)  # as training will

@@ -34,6 +34,49 @@ def test_16_bit_png_is_scaled_not_clipped(tmp_path):
     assert decode_image(str(tmp_path / "deep.png"), "RGB")[:, 0, 2].tolist() == [128, 128, 128]
 
 
+def test_float_and_32_bit_integer_images_are_scaled_by_their_range_or_refused_by_name(tmp_path, capsys):
+    """Float 0..1 is scaled by 255, float or 32-bit integer 0..255 taken as it is (Pillow's own
+    reading); NaN, infinity or another range are refused with the file and its CSV line."""
+    images = {"unit.tif": np.array([[0, 0.25, 0.5, 1]], dtype=np.float32),
+              "levels.tif": np.array([[0, 1.5, 100.4, 255]], dtype=np.float32),
+              "flat.tif": np.full((1, 4), 0.5, dtype=np.float32),
+              "int.tif": np.array([[0, 1, 100, 255]], dtype=np.int32),
+              "nan.tif": np.array([[0, np.nan, 0.5, 1]], dtype=np.float32),
+              "wide.tif": np.array([[-1, 0, 300, 2]], dtype=np.float32),
+              "deep.tif": np.array([[0, 1, 4095, 2]], dtype=np.int32)}
+    for name, values in images.items():
+        Image.fromarray(values).save(tmp_path / name)
+    for name, mode in (("unit.tif", "F"), ("int.tif", "I")):
+        with Image.open(tmp_path / name) as im:
+            assert im.mode == mode
+    pixels = {name: decode_image(str(tmp_path / name), "L")[0, 0].tolist() for name in list(images)[:4]}
+    assert pixels == {"unit.tif": [0, 64, 128, 255], "levels.tif": [0, 2, 100, 255],
+                      "flat.tif": [128] * 4, "int.tif": [0, 1, 100, 255]}
+    csv = write_csv(tmp_path / "x.csv", "File Name,Class Label\n" + "".join(f"{n},0\n" for n in images))
+    assert dataset_module.main([str(csv), str(tmp_path)]) == 1
+    out = capsys.readouterr().out
+    assert "line 6: 'nan.tif': cannot decode the image: float pixels include NaN or infinity" in out
+    assert "line 7: 'wide.tif': cannot decode the image: float pixels from -1 to 300;" in out
+    assert "line 8: 'deep.tif': cannot decode the image: integer pixels from 0 to 4095;" in out
+    assert "3 bad row(s) out of 7" in out and "OK" not in out
+
+
+def test_16_bit_gray_as_pillow_opens_it_keeps_its_scaling(tmp_path):
+    values = np.array([[0, 257, 32768, 65535]], dtype=np.uint16)
+    for name in ("deep.pgm", "deep.tif"):  # Pillow opens 16-bit PGM as "I", 16-bit TIFF as "I;16"
+        Image.fromarray(values).save(tmp_path / name)
+        assert decode_image(str(tmp_path / name), "L").tolist() == [[[0, 1, 128, 255]]]
+
+
+def test_a_16_bit_png_with_a_transparent_gray_is_laid_over_the_background(tmp_path):
+    Image.fromarray(np.array([[0, 257, 32768, 65535]], dtype=np.uint16)).save(tmp_path / "t.png", transparency=257)
+    with Image.open(tmp_path / "t.png") as im:
+        assert im.mode == "I;16" and im.info["transparency"] == 257
+    assert decode_image(str(tmp_path / "t.png"), "L").tolist() == [[[0, 255, 128, 255]]]  # white
+    black = decode_image(str(tmp_path / "t.png"), "RGB", background=(0, 0, 0))
+    assert black[:, 0, 1].tolist() == [0, 0, 0] and black[:, 0, 2].tolist() == [128, 128, 128]
+
+
 def test_exif_orientation_is_applied(tmp_path):
     pixels = np.zeros((20, 40, 3), dtype=np.uint8)
     pixels[:, :20] = 255  # left half white: landscape as stored
