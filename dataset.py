@@ -12,6 +12,7 @@ Works alone (copy this file); each image decoded once, and fast batches: loaders
 from __future__ import annotations
 
 import argparse
+import codecs
 import contextlib
 import os
 import re
@@ -274,6 +275,9 @@ EXPECTED_INDEX = "(expected a class index >= 0)"
 MAX_LABEL = 2**31  # a class index must fit an int32, as a label tensor on any device
 MAX_LISTED_PROBLEMS = 20
 SEPARATORS = (",", ";", "\t")  # a spreadsheet's export in much of Europe uses ';'
+# UTF-32 LE's mark first: it begins with UTF-16 LE's.
+BYTE_ORDER_MARKS = ((codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"),
+                    (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16"))
 SPLIT_SPELLINGS = {"train": ("train", "training"), "valid": ("valid", "val", "validation", "dev"),
                    "test": ("test", "testing")}
 # What Pillow raises for a file it cannot decode: truncated, corrupt, unknown format, too large.
@@ -552,24 +556,62 @@ def check_command(csv_path: Path, img_dir: Path, file_column: str, label_column:
 
 def csv_separator(csv_path: str | Path, encoding: str = "utf-8") -> str:
     """Of ',', ';' and tab, the one the CSV's header holds most of (',' on a tie or for none)."""
+    return _csv_start(csv_path, encoding)[2]
+
+
+def csv_columns(csv_path: str | Path, encoding: str = "utf-8") -> list[str]:
+    """The names in the CSV's header line, read as read_csv reads it (errors named there)."""
+    encoding, above, sep = _csv_start(csv_path, encoding)
+    return list(pd.read_csv(csv_path, nrows=0, encoding=encoding, sep=sep, header=above,
+                            skip_blank_lines=False).columns)
+
+
+def csv_encoding(csv_path: str | Path, encoding: str = "utf-8") -> str:
+    """`encoding`, or for the default utf-8 the UTF-16 or UTF-32 that the file's byte order mark
+    names (Excel's "Unicode Text" export is UTF-16 LE with one); Python's codec drops the mark."""
+    if encoding.lower().replace("_", "-") not in ("utf-8", "utf8"):
+        return encoding
+    with open(csv_path, "rb") as f:
+        start = f.read(4)
+    return next((name for mark, name in BYTE_ORDER_MARKS if start.startswith(mark)), encoding)
+
+
+def _csv_start(csv_path: str | Path, encoding: str) -> tuple[str, int, str]:
+    """(csv_encoding, how many blank lines lie above the header: pandas' header=, the separator).
+    Blank as pandas' own default skips it, so that every reader finds this header: spaces only
+    (a tab is a cell in a tab-separated file; a line of separators, a row of empty cells)."""
+    encoding, above = csv_encoding(csv_path, encoding), 0
     with open(csv_path, encoding=encoding, errors="replace", newline="") as f:
-        header = f.readline()
+        # newline="": "\r", "\n" and "\r\n" end a line, as for pandas (whose skiprows= miscounts
+        # "\r\r", a blank line in an old Mac export: header= does not)
+        for header in f:
+            if header.strip(" \r\n\ufeff"):
+                break
+            above += 1
+        else:
+            raise pd.errors.EmptyDataError("no header line")
     counts = [header.count(s) for s in SEPARATORS]
-    return SEPARATORS[counts.index(max(counts))]
+    return encoding, above, SEPARATORS[counts.index(max(counts))]
 
 
 def read_csv(csv_path: Path, columns: Sequence[str], encoding: str = "utf-8") -> pd.DataFrame:
-    """The CSV with the given columns as found (separated by ',', ';' or tabs: csv_separator);
-    the index is each row's 1-based line number."""
+    """The CSV with the given columns as found (separated by ',', ';' or tabs: csv_separator;
+    UTF-16 or UTF-32 by a byte order mark: csv_encoding); the index is each row's 1-based line
+    number in the file."""
     if not csv_path.is_file():
         raise DatasetError(f"CSV file not found: {csv_path}")
     try:
-        sep = csv_separator(csv_path, encoding)
-        header = pd.read_csv(csv_path, nrows=0, encoding=encoding, sep=sep).columns
+        header = csv_columns(csv_path, encoding)
+        encoding, above, sep = _csv_start(csv_path, encoding)
         missing = [c for c in columns if c not in header]
         if missing:
             hint = (" (one column: the header seems to be separated by '|', not commas)"
-                    if len(header) == 1 and "|" in str(header[0]) else "")
+                    if len(header) == 1 and "|" in header[0] else
+                    " (a NUL byte beside each letter: UTF-16 without a byte order mark? Pass "
+                    "encoding='utf-16-le' (--encoding utf-16-le), or utf-16-be)"
+                    if any("\0" in name for name in header) else
+                    " (a row of empty cells above the header? Delete it)"
+                    if all(name.startswith("Unnamed: ") for name in header) else "")
             raise DatasetError(f"{csv_path}: no column(s) {missing}; the columns are "
                                f"{list(header)}{hint}. Pass file_column= / "
                                "label_column= / split= (--file-column / --label-column / "
@@ -577,16 +619,16 @@ def read_csv(csv_path: Path, columns: Sequence[str], encoding: str = "utf-8") ->
         # Only empty cells are missing values: a file called "NA" stays a file name.
         df = pd.read_csv(csv_path, usecols=list(columns), dtype={columns[0]: str}, sep=sep,
                          encoding=encoding, skip_blank_lines=False, keep_default_na=False,
-                         na_values=[""])
+                         na_values=[""], header=above)
     except pd.errors.EmptyDataError:
-        raise DatasetError(f"{csv_path}: the file is empty; expected a header line with columns "
-                           f"{list(columns)}") from None
+        raise DatasetError(f"{csv_path}: the file is empty or blank; expected a header line with "
+                           f"columns {list(columns)}") from None
     except UnicodeDecodeError as e:
         raise DatasetError(f"{csv_path}: not {encoding} text ({e.reason} at byte {e.start}); pass "
                            "its encoding, e.g. encoding='latin-1' (--encoding latin-1) for a "
                            "spreadsheet export") from None
-    df.index = df.index + 2  # line 1 is the header; blank lines keep their numbers ...
-    df = df[~df.isna().all(axis=1)]  # ... and are then dropped: they hold no row
+    df.index = df.index + above + 2  # the header is line above + 1; blank rows keep their numbers,
+    df = df[~df.isna().all(axis=1)]  # then are dropped: they hold no row
     if len(df) == 0:
         raise DatasetError(f"{csv_path}: no data rows below the header")
     return df

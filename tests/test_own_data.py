@@ -164,6 +164,25 @@ def test_a_csv_that_is_not_utf8_says_which_encoding_to_pass_and_a_bom_still_work
     assert CsvImageDataset(small_folder / "bom.csv", small_folder / "img").targets == [1]
 
 
+@pytest.mark.parametrize("encoding", ["utf-16-le", "utf-16-be", "utf-32-le", "utf-32-be"])
+def test_a_utf16_or_utf32_csv_is_read_by_its_byte_order_mark(small_folder, encoding, capsys):
+    """Excel's "Unicode Text" export: UTF-16 LE with a byte order mark, tab-separated."""
+    text = "\ufeffFile Name\tClass Label\na.png\tcaf\xe9\nb.png\tth\xe9\nzzz.png\tth\xe9\n"
+    csv = small_folder / "unicode.txt"
+    csv.write_bytes(text.encode(encoding))
+    with pytest.warns(UserWarning, match="line 4: 'zzz.png'"):
+        ds = CsvImageDataset(csv, small_folder / "img", skip_bad_rows=True)
+    assert ds.classes == ["caf\xe9", "th\xe9"] and ds.targets == [0, 1] and ds.problems[0][0] == 4
+    assert dataset_module.csv_separator(csv) == "\t"  # and --predict's header, as the dataset reads it:
+    assert dataset_module.csv_columns(csv) == ["File Name", "Class Label"]
+    assert dataset_module.main([str(csv), str(small_folder / "img")]) == 1
+    assert "line 4: 'zzz.png': file not found" in capsys.readouterr().out
+    csv.write_bytes(text[1:].encode("utf-16-le"))  # no mark: not guessed, but named
+    with pytest.raises(DatasetError, match=r"\(a NUL byte beside each letter: UTF-16 without a byte order mark\? "
+                                           r"Pass encoding='utf-16-le' \(--encoding utf-16-le\), or utf-16-be\)"):
+        CsvImageDataset(csv, small_folder / "img")
+
+
 @pytest.mark.parametrize("separator", [";", "\t"])
 def test_semicolon_and_tab_separated_csvs_are_read_by_every_reader(small_folder, tmp_path, separator, capsys):
     """A European spreadsheet's export (';') or a TSV: the dataset, the check command, the split writer,
