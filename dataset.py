@@ -56,8 +56,8 @@ class CsvImageDataset(Dataset):
         skip_bad_rows: drop bad rows with a warning that counts them, instead of raising.
         image_size: resize every image to (H, W), or N x N for an int, as it is decoded
             (antialiased); without it, images must share one size.
-        encoding: the CSV's text encoding ("utf-8" also reads a byte order mark; spreadsheet
-            exports are often "latin-1" or "cp1252").
+        encoding: the CSV's text encoding ("utf-8" also reads a byte order mark, and one of
+            UTF-16 or UTF-32 as that; spreadsheet exports are often "latin-1" or "cp1252").
         background: the colour transparent images are laid over (white, as a page shows them).
 
     Attributes as ImageFolder's: `samples` and `imgs` (item i is (path, class_index)), `classes`,
@@ -275,9 +275,6 @@ EXPECTED_INDEX = "(expected a class index >= 0)"
 MAX_LABEL = 2**31  # a class index must fit an int32, as a label tensor on any device
 MAX_LISTED_PROBLEMS = 20
 SEPARATORS = (",", ";", "\t")  # a spreadsheet's export in much of Europe uses ';'
-# UTF-32 LE's mark first: it begins with UTF-16 LE's.
-BYTE_ORDER_MARKS = ((codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"),
-                    (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16"))
 SPLIT_SPELLINGS = {"train": ("train", "training"), "valid": ("valid", "val", "validation", "dev"),
                    "test": ("test", "testing")}
 # What Pillow raises for a file it cannot decode: truncated, corrupt, unknown format, too large.
@@ -323,13 +320,11 @@ def decode_image(path: str, mode: str, size: tuple[int, int] | None = None,
 
 
 def _to_8_bits(im: Image.Image, sixteen: bool) -> Image.Image:
-    """A gray image of more than 8 bits (WIDE_GRAY_MODES) as "L", or "LA" when one gray value is
-    transparent (a 16-bit PNG's tRNS). 16 bits: v * 255 / 65535 rounded (convert("L") would clip
-    at 255). Float: 0..1 (scikit-image's and tifffile's convention) times 255 rounded, else 0..255
-    as Pillow reads it, rounded; 32-bit integer: 0..255 as it is. Any other range, NaN or infinity
-    is a ValueError: a stretch of each image's own min..max (ImageJ's display) would change every
-    image's brightness on its own. So a float image all in 0..1 reads as 0..1, even one meant as
-    0..255 (then all but black)."""
+    """A gray image of over 8 bits as "L", or "LA" when a gray is transparent (a 16-bit PNG's
+    tRNS). 16 bits: v * 255 / 65535 rounded (convert("L") clips at 255). Float: 0..1 (as scikit-
+    image and tifffile write it) times 255, else 0..255 as Pillow reads it; 32-bit integer: 0..255.
+    Other ranges, NaN and infinity are a ValueError: a stretch of each image's own min..max would
+    change each one's brightness alone. A 0..255 float image all below 1 reads as 0..1."""
     wide = np.asarray(im)  # (H, W) uint16, int32 or float32
     if sixteen:
         levels = (np.clip(wide.astype(np.int64), 0, 65535) * 255 + 32767) // 65535
@@ -569,11 +564,13 @@ def csv_columns(csv_path: str | Path, encoding: str = "utf-8") -> list[str]:
 def csv_encoding(csv_path: str | Path, encoding: str = "utf-8") -> str:
     """`encoding`, or for the default utf-8 the UTF-16 or UTF-32 that the file's byte order mark
     names (Excel's "Unicode Text" export is UTF-16 LE with one); Python's codec drops the mark."""
-    if encoding.lower().replace("_", "-") not in ("utf-8", "utf8"):
+    if codecs.lookup(encoding).name != "utf-8":
         return encoding
     with open(csv_path, "rb") as f:
         start = f.read(4)
-    return next((name for mark, name in BYTE_ORDER_MARKS if start.startswith(mark)), encoding)
+    if start in (codecs.BOM_UTF32_LE, codecs.BOM_UTF32_BE):  # before UTF-16 LE's, its beginning
+        return "utf-32"
+    return "utf-16" if start[:2] in (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE) else encoding
 
 
 def _csv_start(csv_path: str | Path, encoding: str) -> tuple[str, int, str]:
