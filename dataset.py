@@ -321,10 +321,11 @@ def decode_image(path: str, mode: str, size: tuple[int, int] | None = None,
 
 def _to_8_bits(im: Image.Image, sixteen: bool) -> Image.Image:
     """A gray image of over 8 bits as "L", or "LA" when a gray is transparent (a 16-bit PNG's
-    tRNS). 16 bits: v * 255 / 65535 rounded (convert("L") clips at 255). Float: 0..1 (as scikit-
-    image and tifffile write it) times 255, else 0..255 as Pillow reads it; 32-bit integer: 0..255.
-    Other ranges, NaN and infinity are a ValueError: a stretch of each image's own min..max would
-    change each one's brightness alone. A 0..255 float image all below 1 reads as 0..1."""
+    tRNS). 16 bits: v * 255 / 65535 rounded (convert("L") clips at 255). Float topping below 2:
+    0..1 (as scikit-image and tifffile write it) times 255; else, and 32-bit integer: 0..255 as
+    Pillow reads it. Rounded levels outside 0..255 (a resize's overshoot to 1.2, say), NaN and
+    infinity are a ValueError, not clipped or stretched: a stretch of each image's own min..max
+    would change each one's brightness alone. A 0..255 float image all below 1 reads as 0..1."""
     wide = np.asarray(im)  # (H, W) uint16, int32 or float32
     if sixteen:
         levels = (np.clip(wide.astype(np.int64), 0, 65535) * 255 + 32767) // 65535
@@ -333,14 +334,11 @@ def _to_8_bits(im: Image.Image, sixteen: bool) -> Image.Image:
                          f"{wide.size}); expected finite values: replace them before saving")
     else:
         low, high, kind = wide.min(), wide.max(), "float" if im.mode == "F" else "integer"
-        if kind == "float" and 0 <= low and high <= 1:
-            levels = np.rint(wide.astype(np.float64) * 255)
-        elif 0 <= low and high <= 255:
-            levels = np.rint(wide)
-        else:
-            raise ValueError(f"{kind} pixels from {low:g} to {high:g}; expected 0..255"
-                             + (" or 0..1" if kind == "float" else "") + ": scale them into that "
-                             "range, or save the image as 8 or 16 bits (PNG, TIFF)")
+        levels = np.rint(wide.astype(np.float64) * (255 if kind == "float" and high < 2 else 1))
+        if levels.min() < 0 or levels.max() > 255:  # within half a level: -1e-7 is 0
+            raise ValueError(f"{kind} pixels from {low:g} to {high:g}; expected 0..255" + (
+                " or, topping below 2, 0..1" if kind == "float" else "") + ": clip or scale "
+                "them into that range, or save the image as 8 or 16 bits (PNG, TIFF)")
     levels = levels.astype(np.uint8)
     if isinstance(im.info.get("transparency"), int):  # the transparent gray, as stored
         return Image.fromarray(np.dstack([levels, (wide != im.info["transparency"]) * 255]

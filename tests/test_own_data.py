@@ -36,29 +36,33 @@ def test_16_bit_png_is_scaled_not_clipped(tmp_path):
 
 def test_float_and_32_bit_integer_images_are_scaled_by_their_range_or_refused_by_name(tmp_path, capsys):
     """Float 0..1 is scaled by 255, float or 32-bit integer 0..255 taken as it is (Pillow's own
-    reading); NaN, infinity or another range are refused with the file and its CSV line."""
+    reading), each to within half a grey level; NaN, infinity or another range (a resize's
+    overshoot too) are refused with the file and its CSV line."""
     images = {"unit.tif": np.array([[0, 0.25, 0.5, 1]], dtype=np.float32),
               "levels.tif": np.array([[0, 1.5, 100.4, 255]], dtype=np.float32),
               "flat.tif": np.full((1, 4), 0.5, dtype=np.float32),
               "int.tif": np.array([[0, 1, 100, 255]], dtype=np.int32),
+              "noise.tif": np.array([[-1e-7, 0.5, 1.0000001, 1]], dtype=np.float32),
               "nan.tif": np.array([[0, np.nan, 0.5, 1]], dtype=np.float32),
               "wide.tif": np.array([[-1, 0, 300, 2]], dtype=np.float32),
-              "deep.tif": np.array([[0, 1, 4095, 2]], dtype=np.int32)}
+              "deep.tif": np.array([[0, 1, 4095, 2]], dtype=np.int32),
+              "overshoot.tif": np.array([[0, 0.5, 1.2, 1]], dtype=np.float32)}
     for name, values in images.items():
         Image.fromarray(values).save(tmp_path / name)
     for name, mode in (("unit.tif", "F"), ("int.tif", "I")):
         with Image.open(tmp_path / name) as im:
             assert im.mode == mode
-    pixels = {name: decode_image(str(tmp_path / name), "L")[0, 0].tolist() for name in list(images)[:4]}
+    pixels = {name: decode_image(str(tmp_path / name), "L")[0, 0].tolist() for name in list(images)[:5]}
     assert pixels == {"unit.tif": [0, 64, 128, 255], "levels.tif": [0, 2, 100, 255],
-                      "flat.tif": [128] * 4, "int.tif": [0, 1, 100, 255]}
+                      "flat.tif": [128] * 4, "int.tif": [0, 1, 100, 255], "noise.tif": [0, 128, 255, 255]}
     csv = write_csv(tmp_path / "x.csv", "File Name,Class Label\n" + "".join(f"{n},0\n" for n in images))
     assert dataset_module.main([str(csv), str(tmp_path)]) == 1
     out = capsys.readouterr().out
-    assert "line 6: 'nan.tif': cannot decode the image: float pixels include NaN or infinity" in out
-    assert "line 7: 'wide.tif': cannot decode the image: float pixels from -1 to 300;" in out
-    assert "line 8: 'deep.tif': cannot decode the image: integer pixels from 0 to 4095;" in out
-    assert "3 bad row(s) out of 7" in out and "OK" not in out
+    assert "line 7: 'nan.tif': cannot decode the image: float pixels include NaN or infinity" in out
+    assert "line 8: 'wide.tif': cannot decode the image: float pixels from -1 to 300;" in out
+    assert "line 9: 'deep.tif': cannot decode the image: integer pixels from 0 to 4095;" in out
+    assert "line 10: 'overshoot.tif': cannot decode the image: float pixels from 0 to 1.2; expected" in out
+    assert "4 bad row(s) out of 9" in out and "OK" not in out
 
 
 def test_16_bit_gray_as_pillow_opens_it_keeps_its_scaling(tmp_path):
