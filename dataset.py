@@ -306,6 +306,8 @@ def decode_image(path: str, mode: str, size: tuple[int, int] | None = None,
             im = ImageOps.exif_transpose(im)
         if im.mode in WIDE_GRAY_MODES:
             im = _to_8_bits(im, sixteen)
+        if im.mode == "LAB":  # Pillow's convert("RGB") gives other colours (50, 0, 0: blue)
+            raise ValueError("CIELab colours (Pillow mode LAB) are not read: save it as RGB")
         if has_transparency(im):
             im = Image.alpha_composite(Image.new("RGBA", im.size, (*background, 255)),
                                        im.convert("RGBA"))

@@ -72,6 +72,12 @@ def test_16_bit_gray_as_pillow_opens_it_keeps_its_scaling(tmp_path):
         assert decode_image(str(tmp_path / name), "L").tolist() == [[[0, 1, 128, 255]]]
 
 
+def test_a_cielab_tiff_is_refused_not_read_in_other_colours(tmp_path):
+    Image.new("LAB", (2, 1), (50, 0, 0)).save(tmp_path / "lab.tif")  # mid gray, which Pillow makes blue
+    with pytest.raises(ValueError, match=r"CIELab colours \(Pillow mode LAB\) are not read: save it as RGB"):
+        decode_image(str(tmp_path / "lab.tif"), "RGB")
+
+
 def test_a_16_bit_png_with_a_transparent_gray_is_laid_over_the_background(tmp_path):
     Image.fromarray(np.array([[0, 257, 32768, 65535]], dtype=np.uint16)).save(tmp_path / "t.png", transparency=257)
     with Image.open(tmp_path / "t.png") as im:
