@@ -620,10 +620,11 @@ def read_csv(csv_path: Path, columns: Sequence[str], encoding: str = "utf-8") ->
     except pd.errors.EmptyDataError:
         raise DatasetError(f"{csv_path}: the file is empty or blank; expected a header line with "
                            f"columns {list(columns)}") from None
-    except UnicodeDecodeError as e:
-        raise DatasetError(f"{csv_path}: not {encoding} text ({e.reason} at byte {e.start}); pass "
-                           "its encoding, e.g. encoding='latin-1' (--encoding latin-1) for a "
-                           "spreadsheet export") from None
+    except UnicodeError as e:  # a byte that is no character, or utf-16 without its mark
+        reason = f"{e.reason} at byte {e.start}" if isinstance(e, UnicodeDecodeError) else e
+        raise DatasetError(f"{csv_path}: not {encoding} text ({reason}); pass its encoding, e.g. "
+                           "encoding='latin-1' (--encoding latin-1) for a spreadsheet "
+                           "export") from None
     df.index = df.index + above + 2  # the header is line above + 1; blank rows keep their numbers,
     df = df[~df.isna().all(axis=1)]  # then are dropped: they hold no row
     if len(df) == 0:

@@ -187,6 +187,9 @@ def test_a_utf16_or_utf32_csv_is_read_by_its_byte_order_mark(small_folder, encod
     assert dataset_module.csv_columns(csv) == ["File Name", "Class Label"]
     assert dataset_module.main([str(csv), str(small_folder / "img")]) == 1
     assert "line 4: 'zzz.png': file not found" in capsys.readouterr().out
+    write_csv(csv, "File Name,Class Label\na.png,1\n")  # UTF-8, said to be UTF-16: a sentence, no traceback
+    with pytest.raises(DatasetError, match=r"unicode.txt: not utf-16 text \(UTF-16 stream does not start with BOM\)"):
+        CsvImageDataset(csv, small_folder / "img", encoding="utf-16")
     csv.write_bytes(text[1:].encode("utf-16-le"))  # no mark: not guessed, but named
     with pytest.raises(DatasetError, match=r"\(a NUL byte beside each letter: UTF-16 without a byte order mark\? "
                                            r"Pass encoding='utf-16-le' \(--encoding utf-16-le\), or utf-16-be\)"):
