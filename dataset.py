@@ -12,6 +12,7 @@ Works alone (copy this file); each image decoded once, and fast batches: loaders
 from __future__ import annotations
 
 import argparse
+import codecs
 import contextlib
 import os
 import re
@@ -55,8 +56,8 @@ class CsvImageDataset(Dataset):
         skip_bad_rows: drop bad rows with a warning that counts them, instead of raising.
         image_size: resize every image to (H, W), or N x N for an int, as it is decoded
             (antialiased); without it, images must share one size.
-        encoding: the CSV's text encoding ("utf-8" also reads a byte order mark; spreadsheet
-            exports are often "latin-1" or "cp1252").
+        encoding: the CSV's text encoding ("utf-8" also reads a byte order mark, and one of
+            UTF-16 or UTF-32 as that; spreadsheet exports are often "latin-1" or "cp1252").
         background: the colour transparent images are laid over (white, as a page shows them).
 
     Attributes as ImageFolder's: `samples` and `imgs` (item i is (path, class_index)), `classes`,
@@ -268,8 +269,8 @@ class ImageSizeError(ImageLoadError):
 
 Problem = tuple[int, str, str]  # a bad row: (CSV line, file name, what is wrong)
 MODES, PIXELS = ("L", "RGB", "auto"), ("float01", "float255", "uint8")
-WIDE_GRAY_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")  # 16-bit PNGs open as one of these
-GRAY_MODES = ("1", "L", "LA", "La", "F", *WIDE_GRAY_MODES)
+WIDE_GRAY_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")  # more than 8 bits: _to_8_bits
+GRAY_MODES = ("1", "L", "LA", "La", *WIDE_GRAY_MODES)
 EXPECTED_INDEX = "(expected a class index >= 0)"
 MAX_LABEL = 2**31  # a class index must fit an int32, as a label tensor on any device
 MAX_LISTED_PROBLEMS = 20
@@ -290,21 +291,23 @@ CACHE_MOVED = ("CsvImageDataset no longer caches: wrap it, store = DecodedImages
 def decode_image(path: str, mode: str, size: tuple[int, int] | None = None,
                  background: tuple[int, int, int] = (255, 255, 255)) -> np.ndarray:
     """One image file as a viewer shows it, (C, H, W) uint8, a read-only view of Pillow's bytes:
-    upright by its EXIF orientation, 16 bits scaled (not clipped) to 8, transparency laid over
-    `background` (dropping alpha would turn a black drawing on a transparent sheet all black),
-    converted to `mode`, resized to `size` (H, W) if given. A change to these pixels must raise
-    CACHE_FORMAT in loaders.py, so that no disk cache serves the old ones."""
+    upright by its EXIF orientation, 16 bits scaled (not clipped) to 8, float or 32-bit integer
+    gray by its range (_to_8_bits), transparency laid over `background` (dropping alpha would
+    turn a black drawing on a transparent sheet all black), converted to `mode`, resized to `size`
+    (H, W) if given. A change to these pixels must raise CACHE_FORMAT in loaders.py, so that no
+    disk cache serves the old ones."""
     with Image.open(path) as im:  # closes the file even when decoding fails
-        orientation = exif_orientation(im)
+        orientation, sixteen = exif_orientation(im), is_16_bit(im)  # im.format: before turning
         if size is not None and im.format == "JPEG":
             # libjpeg decodes at 1/2, 1/4 or 1/8 scale, not below the target (W, H) as stored (a
             # turned photo's sides swap): fewer pixels to decode and to resize
             im.draft(im.mode, upright_size(im, (size[1], size[0])))
         if orientation != 1:
             im = ImageOps.exif_transpose(im)
-        if im.mode in WIDE_GRAY_MODES:  # v * 255 / 65535 rounded; convert("L") clips at 255
-            wide = np.clip(np.asarray(im).astype(np.int64), 0, 65535)
-            im = Image.fromarray(((wide * 255 + 32767) // 65535).astype(np.uint8), "L")
+        if im.mode in WIDE_GRAY_MODES:
+            im = _to_8_bits(im, sixteen)
+        if im.mode == "LAB":  # Pillow's convert("RGB") gives other colours (50, 0, 0: blue)
+            raise ValueError("CIELab colours (Pillow mode LAB) are not read: save it as RGB")
         if has_transparency(im):
             im = Image.alpha_composite(Image.new("RGBA", im.size, (*background, 255)),
                                        im.convert("RGBA"))
@@ -316,6 +319,39 @@ def decode_image(path: str, mode: str, size: tuple[int, int] | None = None,
             im = im.resize((size[1], size[0]), Image.Resampling.BILINEAR, reducing_gap=3.0)
         pixels = np.frombuffer(im.tobytes(), dtype=np.uint8)
         return pixels.reshape(im.height, im.width, len(im.getbands())).transpose(2, 0, 1)
+
+
+def _to_8_bits(im: Image.Image, sixteen: bool) -> Image.Image:
+    """A gray image of over 8 bits as "L", or "LA" when a gray is transparent (a 16-bit PNG's
+    tRNS). 16 bits: v * 255 / 65535 rounded (convert("L") clips at 255). Float topping below 2:
+    0..1 (as scikit-image and tifffile write it) times 255; else, and 32-bit integer: 0..255 as
+    Pillow reads it. Rounded levels outside 0..255 (a resize's overshoot to 1.2, say), NaN and
+    infinity are a ValueError, not clipped or stretched: a stretch of each image's own min..max
+    would change each one's brightness alone. A 0..255 float image all below 1 reads as 0..1."""
+    wide = np.asarray(im)  # (H, W) uint16, int32 or float32
+    if sixteen:
+        levels = (np.clip(wide.astype(np.int64), 0, 65535) * 255 + 32767) // 65535
+    elif im.mode == "F" and not np.isfinite(wide).all():
+        raise ValueError(f"float pixels include NaN or infinity ({np.sum(~np.isfinite(wide))} of "
+                         f"{wide.size}); expected finite values: replace them before saving")
+    else:
+        low, high, kind = wide.min(), wide.max(), "float" if im.mode == "F" else "integer"
+        levels = np.rint(wide.astype(np.float64) * (255 if kind == "float" and high < 2 else 1))
+        if levels.min() < 0 or levels.max() > 255:  # within half a level: -1e-7 is 0
+            raise ValueError(f"{kind} pixels from {low:g} to {high:g}; expected 0..255" + (
+                " or, topping below 2, 0..1" if kind == "float" else "") + ": clip or scale "
+                "them into that range, or save the image as 8 or 16 bits (PNG, TIFF)")
+    levels = levels.astype(np.uint8)
+    if isinstance(im.info.get("transparency"), int):  # the transparent gray, as stored
+        return Image.fromarray(np.dstack([levels, (wide != im.info["transparency"]) * 255]
+                                         ).astype(np.uint8))  # (H, W, 2): "LA"
+    return Image.fromarray(levels)
+
+
+def is_16_bit(im: Image.Image) -> bool:
+    """A 16-bit gray image: Pillow opens 16-bit PNG and TIFF as "I;16" (or "I;16B"), 16-bit PGM
+    (and PNG in older Pillow) as "I"; other "I" images, such as a TIFF's, are 32-bit."""
+    return im.mode.startswith("I;16") or (im.mode == "I" and im.format in ("PNG", "PPM"))
 
 
 def exif_orientation(im: Image.Image) -> int:
@@ -515,24 +551,64 @@ def check_command(csv_path: Path, img_dir: Path, file_column: str, label_column:
 
 def csv_separator(csv_path: str | Path, encoding: str = "utf-8") -> str:
     """Of ',', ';' and tab, the one the CSV's header holds most of (',' on a tie or for none)."""
+    return _csv_start(csv_path, encoding)[2]
+
+
+def csv_columns(csv_path: str | Path, encoding: str = "utf-8") -> list[str]:
+    """The names in the CSV's header line, read as read_csv reads it (errors named there)."""
+    encoding, above, sep = _csv_start(csv_path, encoding)
+    return list(pd.read_csv(csv_path, nrows=0, encoding=encoding, sep=sep, header=above,
+                            skip_blank_lines=False).columns)
+
+
+def csv_encoding(csv_path: str | Path, encoding: str = "utf-8") -> str:
+    """`encoding`, or for the default utf-8 the UTF-16 or UTF-32 that the file's byte order mark
+    names (Excel's "Unicode Text" export is UTF-16 LE with one); Python's codec drops the mark."""
+    if codecs.lookup(encoding).name != "utf-8":
+        return encoding
+    with open(csv_path, "rb") as f:
+        start = f.read(4)
+    if start in (codecs.BOM_UTF32_LE, codecs.BOM_UTF32_BE):  # before UTF-16 LE's, its beginning
+        return "utf-32"
+    return "utf-16" if start[:2] in (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE) else encoding
+
+
+def _csv_start(csv_path: str | Path, encoding: str) -> tuple[str, int, str]:
+    """(csv_encoding, how many blank lines lie above the header: pandas' header=, the separator).
+    Blank as pandas' own default skips it, so that every reader finds this header: spaces only
+    (a tab is a cell in a tab-separated file; a line of separators, a row of empty cells)."""
+    encoding, above = csv_encoding(csv_path, encoding), 0
     with open(csv_path, encoding=encoding, errors="replace", newline="") as f:
-        header = f.readline()
+        # newline="": "\r", "\n" and "\r\n" end a line, as for pandas (whose skiprows= miscounts
+        # "\r\r", a blank line in an old Mac export: header= does not)
+        for header in f:
+            if header.strip(" \r\n\ufeff"):
+                break
+            above += 1
+        else:
+            raise pd.errors.EmptyDataError("no header line")
     counts = [header.count(s) for s in SEPARATORS]
-    return SEPARATORS[counts.index(max(counts))]
+    return encoding, above, SEPARATORS[counts.index(max(counts))]
 
 
 def read_csv(csv_path: Path, columns: Sequence[str], encoding: str = "utf-8") -> pd.DataFrame:
-    """The CSV with the given columns as found (separated by ',', ';' or tabs: csv_separator);
-    the index is each row's 1-based line number."""
+    """The CSV with the given columns as found (separated by ',', ';' or tabs: csv_separator;
+    UTF-16 or UTF-32 by a byte order mark: csv_encoding); the index is each row's 1-based line
+    number in the file."""
     if not csv_path.is_file():
         raise DatasetError(f"CSV file not found: {csv_path}")
     try:
-        sep = csv_separator(csv_path, encoding)
-        header = pd.read_csv(csv_path, nrows=0, encoding=encoding, sep=sep).columns
+        header = csv_columns(csv_path, encoding)
+        encoding, above, sep = _csv_start(csv_path, encoding)
         missing = [c for c in columns if c not in header]
         if missing:
             hint = (" (one column: the header seems to be separated by '|', not commas)"
-                    if len(header) == 1 and "|" in str(header[0]) else "")
+                    if len(header) == 1 and "|" in header[0] else
+                    " (a NUL byte beside each letter: UTF-16 without a byte order mark? Pass "
+                    "encoding='utf-16-le' (--encoding utf-16-le), or utf-16-be)"
+                    if any("\0" in name for name in header) else
+                    " (a row of empty cells above the header? Delete it)"
+                    if all(name.startswith("Unnamed: ") for name in header) else "")
             raise DatasetError(f"{csv_path}: no column(s) {missing}; the columns are "
                                f"{list(header)}{hint}. Pass file_column= / "
                                "label_column= / split= (--file-column / --label-column / "
@@ -540,16 +616,17 @@ def read_csv(csv_path: Path, columns: Sequence[str], encoding: str = "utf-8") ->
         # Only empty cells are missing values: a file called "NA" stays a file name.
         df = pd.read_csv(csv_path, usecols=list(columns), dtype={columns[0]: str}, sep=sep,
                          encoding=encoding, skip_blank_lines=False, keep_default_na=False,
-                         na_values=[""])
+                         na_values=[""], header=above)
     except pd.errors.EmptyDataError:
-        raise DatasetError(f"{csv_path}: the file is empty; expected a header line with columns "
-                           f"{list(columns)}") from None
-    except UnicodeDecodeError as e:
-        raise DatasetError(f"{csv_path}: not {encoding} text ({e.reason} at byte {e.start}); pass "
-                           "its encoding, e.g. encoding='latin-1' (--encoding latin-1) for a "
-                           "spreadsheet export") from None
-    df.index = df.index + 2  # line 1 is the header; blank lines keep their numbers ...
-    df = df[~df.isna().all(axis=1)]  # ... and are then dropped: they hold no row
+        raise DatasetError(f"{csv_path}: the file is empty or blank; expected a header line with "
+                           f"columns {list(columns)}") from None
+    except UnicodeError as e:  # a byte that is no character, or utf-16 without its mark
+        reason = f"{e.reason} at byte {e.start}" if isinstance(e, UnicodeDecodeError) else e
+        raise DatasetError(f"{csv_path}: not {encoding} text ({reason}); pass its encoding, e.g. "
+                           "encoding='latin-1' (--encoding latin-1) for a spreadsheet "
+                           "export") from None
+    df.index = df.index + above + 2  # the header is line above + 1; blank rows keep their numbers,
+    df = df[~df.isna().all(axis=1)]  # then are dropped: they hold no row
     if len(df) == 0:
         raise DatasetError(f"{csv_path}: no data rows below the header")
     return df
@@ -743,7 +820,9 @@ def check_dataset(csv_path: str | Path, img_dir: str | Path,
             with Image.open(sample.path) as im:
                 sizes[f"{im.size[1]}x{im.size[0]}"] += 1  # HxW, as --image-size takes it
                 modes[im.mode] += 1
-                notes["16-bit, scaled to 8 bits"] += im.mode in WIDE_GRAY_MODES
+                if im.mode in WIDE_GRAY_MODES:
+                    notes["16-bit, scaled to 8 bits" if is_16_bit(im) else "32-bit float or "
+                          "integer, 0..1 scaled by 255 or 0..255 as it is"] += 1
                 notes["turned upright by their EXIF orientation"] += exif_orientation(im) != 1
                 notes["with transparency, laid over white"] += has_transparency(im)
             decode_image(sample.path, ds.mode, ds.resize, ds.background)  # as training will

@@ -27,12 +27,11 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
 import torch.distributed as dist
 from PIL import Image
 
-from dataset import CsvImageDataset, DatasetError, csv_separator, make_dataset, read_csv, to_float01
+from dataset import CsvImageDataset, DatasetError, csv_columns, make_dataset, read_csv, to_float01
 from loaders import TEMP_TAG, make_loader, write_atomic
 from model import ModelConfig, build_model, refuse_beyond_memory
 
@@ -389,10 +388,10 @@ def images_to_predict(path: Path, columns: tuple[str, str], img_dir: str | None,
                                      "encoding": "utf-8"}
     else:
         read_csv(path, [file_column], encoding)  # a missing file or column: named errors
-        header = pd.read_csv(path, nrows=0, encoding=encoding, sep=csv_separator(path, encoding))
+        header = csv_columns(path, encoding)  # below blank lines; UTF-16 by its byte order mark
         folder, csv_path = Path(img_dir) if img_dir else path.parent, path
         kwargs = {"file_column": file_column, "encoding": encoding,
-                  "label_column": label_column if label_column in header.columns else None}
+                  "label_column": label_column if label_column in header else None}
     _, _, problems = make_dataset(csv_path, folder, classes=options["classes"], **kwargs)
     unreadable = [(file, line if in_csv else 0, f"line {line}: {what}" if in_csv else what)
                   for line, file, what in problems]

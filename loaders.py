@@ -795,7 +795,7 @@ def _disk_usage(folder: Path):
 
 DECODE_CHUNK = 256  # images a worker decodes at a time in preload(); progress is reported per chunk
 DISK_RESERVE = 16 * 2**20  # free space a cache file under the memory budget leaves on its disk
-CACHE_FORMAT = 3  # part of every disk cache file's name: raise it when decode_image changes pixels
+CACHE_FORMAT = 4  # part of every disk cache file's name: raise it when decode_image changes pixels
 
 
 def epoch_order(num_samples: int, seed: int, epoch: int) -> np.ndarray:

@@ -103,6 +103,24 @@ def test_blank_lines_keep_the_line_numbers_right(small_folder):
     assert "line 5: 'zzz.png'" in message
 
 
+@pytest.mark.parametrize("above", ["\n", "\r\n \r\n", "\ufeff\n\n", "\r\r"])
+def test_blank_lines_above_a_semicolon_header_are_skipped_and_lines_stay_the_files(small_folder, above, capsys):
+    end = "\r" if above == "\r\r" else "\n"  # "\r\r": an old Mac export, lines ended by "\r" alone
+    rows = end.join(["File Name;Class Label", "a.png;1", "", "zzz.png;1", ""])
+    csv = write_csv(small_folder / "labels.csv", above + rows)
+    header = above.count(end) + 1  # the header's 1-based line
+    assert dataset_module.csv_separator(csv) == ";" and dataset_module.csv_columns(csv) == ["File Name", "Class Label"]
+    with pytest.raises(DatasetError, match=rf"1 bad row\(s\) out of 2:\n  line {header + 3}: 'zzz.png'"):
+        CsvImageDataset(csv, small_folder / "img")
+    with pytest.warns(UserWarning, match="1 bad row"):
+        assert [s.line for s in CsvImageDataset(csv, small_folder / "img", skip_bad_rows=True).rows] == [header + 1]
+    assert dataset_module.main([str(csv), str(small_folder / "img")]) == 1
+    assert f"line {header + 3}: 'zzz.png': file not found" in capsys.readouterr().out
+    write_csv(csv, ";;\n" + rows)  # a spreadsheet's empty first row: cells, which pandas reads as a header
+    with pytest.raises(DatasetError, match=r"the columns are \['Unnamed: 0', .*\] \(a row of empty cells above the header"):
+        CsvImageDataset(csv, small_folder / "img")
+
+
 def test_skip_bad_rows_warns_with_a_count_and_keeps_the_rest(small_folder):
     csv = good_csv(small_folder, "a.png,1\nzzz.png,1\nb.png,-3\nc.png,2\n")
     with pytest.warns(UserWarning, match="2 bad row"):

@@ -34,6 +34,59 @@ def test_16_bit_png_is_scaled_not_clipped(tmp_path):
     assert decode_image(str(tmp_path / "deep.png"), "RGB")[:, 0, 2].tolist() == [128, 128, 128]
 
 
+def test_float_and_32_bit_integer_images_are_scaled_by_their_range_or_refused_by_name(tmp_path, capsys):
+    """Float 0..1 is scaled by 255, float or 32-bit integer 0..255 taken as it is (Pillow's own
+    reading), each to within half a grey level; NaN, infinity or another range (a resize's
+    overshoot too) are refused with the file and its CSV line."""
+    images = {"unit.tif": np.array([[0, 0.25, 0.5, 1]], dtype=np.float32),
+              "levels.tif": np.array([[0, 1.5, 100.4, 255]], dtype=np.float32),
+              "flat.tif": np.full((1, 4), 0.5, dtype=np.float32),
+              "int.tif": np.array([[0, 1, 100, 255]], dtype=np.int32),
+              "noise.tif": np.array([[-1e-7, 0.5, 1.0000001, 1]], dtype=np.float32),
+              "nan.tif": np.array([[0, np.nan, 0.5, 1]], dtype=np.float32),
+              "wide.tif": np.array([[-1, 0, 300, 2]], dtype=np.float32),
+              "deep.tif": np.array([[0, 1, 4095, 2]], dtype=np.int32),
+              "overshoot.tif": np.array([[0, 0.5, 1.2, 1]], dtype=np.float32)}
+    for name, values in images.items():
+        Image.fromarray(values).save(tmp_path / name)
+    for name, mode in (("unit.tif", "F"), ("int.tif", "I")):
+        with Image.open(tmp_path / name) as im:
+            assert im.mode == mode
+    pixels = {name: decode_image(str(tmp_path / name), "L")[0, 0].tolist() for name in list(images)[:5]}
+    assert pixels == {"unit.tif": [0, 64, 128, 255], "levels.tif": [0, 2, 100, 255],
+                      "flat.tif": [128] * 4, "int.tif": [0, 1, 100, 255], "noise.tif": [0, 128, 255, 255]}
+    csv = write_csv(tmp_path / "x.csv", "File Name,Class Label\n" + "".join(f"{n},0\n" for n in images))
+    assert dataset_module.main([str(csv), str(tmp_path)]) == 1
+    out = capsys.readouterr().out
+    assert "line 7: 'nan.tif': cannot decode the image: float pixels include NaN or infinity" in out
+    assert "line 8: 'wide.tif': cannot decode the image: float pixels from -1 to 300;" in out
+    assert "line 9: 'deep.tif': cannot decode the image: integer pixels from 0 to 4095;" in out
+    assert "line 10: 'overshoot.tif': cannot decode the image: float pixels from 0 to 1.2; expected" in out
+    assert "4 bad row(s) out of 9" in out and "OK" not in out
+
+
+def test_16_bit_gray_as_pillow_opens_it_keeps_its_scaling(tmp_path):
+    values = np.array([[0, 257, 32768, 65535]], dtype=np.uint16)
+    for name in ("deep.pgm", "deep.tif"):  # Pillow opens 16-bit PGM as "I", 16-bit TIFF as "I;16"
+        Image.fromarray(values).save(tmp_path / name)
+        assert decode_image(str(tmp_path / name), "L").tolist() == [[[0, 1, 128, 255]]]
+
+
+def test_a_cielab_tiff_is_refused_not_read_in_other_colours(tmp_path):
+    Image.new("LAB", (2, 1), (50, 0, 0)).save(tmp_path / "lab.tif")  # mid gray, which Pillow makes blue
+    with pytest.raises(ValueError, match=r"CIELab colours \(Pillow mode LAB\) are not read: save it as RGB"):
+        decode_image(str(tmp_path / "lab.tif"), "RGB")
+
+
+def test_a_16_bit_png_with_a_transparent_gray_is_laid_over_the_background(tmp_path):
+    Image.fromarray(np.array([[0, 257, 32768, 65535]], dtype=np.uint16)).save(tmp_path / "t.png", transparency=257)
+    with Image.open(tmp_path / "t.png") as im:
+        assert im.mode == "I;16" and im.info["transparency"] == 257
+    assert decode_image(str(tmp_path / "t.png"), "L").tolist() == [[[0, 255, 128, 255]]]  # white
+    black = decode_image(str(tmp_path / "t.png"), "RGB", background=(0, 0, 0))
+    assert black[:, 0, 1].tolist() == [0, 0, 0] and black[:, 0, 2].tolist() == [128, 128, 128]
+
+
 def test_exif_orientation_is_applied(tmp_path):
     pixels = np.zeros((20, 40, 3), dtype=np.uint8)
     pixels[:, :20] = 255  # left half white: landscape as stored
@@ -119,6 +172,28 @@ def test_a_csv_that_is_not_utf8_says_which_encoding_to_pass_and_a_bom_still_work
     assert ds.classes == ["café", "thé"]
     (small_folder / "bom.csv").write_bytes("\ufeffFile Name,Class Label\na.png,1\n".encode("utf-8"))
     assert CsvImageDataset(small_folder / "bom.csv", small_folder / "img").targets == [1]
+
+
+@pytest.mark.parametrize("encoding", ["utf-16-le", "utf-16-be", "utf-32-le", "utf-32-be"])
+def test_a_utf16_or_utf32_csv_is_read_by_its_byte_order_mark(small_folder, encoding, capsys):
+    """Excel's "Unicode Text" export: UTF-16 LE with a byte order mark, tab-separated."""
+    text = "\ufeffFile Name\tClass Label\na.png\tcaf\xe9\nb.png\tth\xe9\nzzz.png\tth\xe9\n"
+    csv = small_folder / "unicode.txt"
+    csv.write_bytes(text.encode(encoding))
+    with pytest.warns(UserWarning, match="line 4: 'zzz.png'"):
+        ds = CsvImageDataset(csv, small_folder / "img", skip_bad_rows=True)
+    assert ds.classes == ["caf\xe9", "th\xe9"] and ds.targets == [0, 1] and ds.problems[0][0] == 4
+    assert dataset_module.csv_separator(csv) == "\t"  # and --predict's header, as the dataset reads it:
+    assert dataset_module.csv_columns(csv) == ["File Name", "Class Label"]
+    assert dataset_module.main([str(csv), str(small_folder / "img")]) == 1
+    assert "line 4: 'zzz.png': file not found" in capsys.readouterr().out
+    write_csv(csv, "File Name,Class Label\na.png,1\n")  # UTF-8, said to be UTF-16: a sentence, no traceback
+    with pytest.raises(DatasetError, match=r"unicode.txt: not utf-16 text \(UTF-16 stream does not start with BOM\)"):
+        CsvImageDataset(csv, small_folder / "img", encoding="utf-16")
+    csv.write_bytes(text[1:].encode("utf-16-le"))  # no mark: not guessed, but named
+    with pytest.raises(DatasetError, match=r"\(a NUL byte beside each letter: UTF-16 without a byte order mark\? "
+                                           r"Pass encoding='utf-16-le' \(--encoding utf-16-le\), or utf-16-be\)"):
+        CsvImageDataset(csv, small_folder / "img")
 
 
 @pytest.mark.parametrize("separator", [";", "\t"])
