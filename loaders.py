@@ -55,7 +55,7 @@ from PIL import Image
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, Subset, get_worker_info
 from torch.utils.data.distributed import DistributedSampler
 
-from dataset import (CsvImageDataset, DatasetError, ImageSizeError, csv_separator,
+from dataset import (CsvImageDataset, DatasetError, ImageSizeError, csv_encoding, csv_separator,
                      empty_classes_message, odd_class_warnings, read_csv, split_names,
                      split_spellings, to_pixels)
 
@@ -235,6 +235,7 @@ def split_csv(csv_path: str | Path, out_path: str | Path, *, label_column: str =
                          "be at least 0, with a sum below 1")
     # named errors: no file, no column, encoding
     read_csv(csv_path, [c for c in (file_column, label_column) if c is not None], encoding)
+    encoding = csv_encoding(csv_path, encoding)  # a UTF-16 or UTF-32 byte order mark's
     try:
         rows = pd.read_csv(csv_path, dtype=str, keep_default_na=False, encoding=encoding,
                            sep=csv_separator(csv_path, encoding))

@@ -631,3 +631,12 @@ def test_a_drawn_split_of_rows_listing_files_twice_is_usable_and_reusing_it_move
                     str(tmp_path), *flags])
     assert (tmp_path / "r" / "split.csv").read_bytes() == split  # read where it is, not moved to version_1
     assert not (tmp_path / "r" / "version_1" / "split.csv").exists()
+
+
+def test_the_split_writer_reads_a_utf16_export_by_its_byte_order_mark_and_keeps_its_encoding(tmp_path):
+    rows = ["path\tlabel"] + [f"{i}.png\t{'cat' if i % 2 else 'dog'}" for i in range(20)]
+    (tmp_path / "labels.txt").write_text("\r\n".join(rows) + "\r\n", encoding="utf-16")  # Excel's "Unicode Text"
+    out = split_csv(tmp_path / "labels.txt", tmp_path / "split.csv", label_column="label", file_column="path")
+    drawn = pd.read_csv(out, encoding="utf-16")
+    assert list(drawn.columns) == ["path", "label", "split"] and len(drawn) == 20
+    assert drawn["split"].value_counts().to_dict() == {"train": 16, "valid": 2, "test": 2}
