@@ -678,8 +678,25 @@ def process_group(device_name: str, batch_size: int, timeout_minutes: float):
     yield rank, world_size, device
     # Done (an error skips this: torchrun stops the others): wait for rank 0's files, since gloo
     # may abort a rank that leaves early, then leave the group on every path, --evaluate's too.
-    dist.barrier()
+    barrier(rank, "rank 0 writes the figures and reports")
     dist.destroy_process_group()
+
+
+WAIT_NOTICE_S = 60.0  # a wait at an exchange longer than this is said, once
+
+
+def barrier(rank: int, what: str) -> None:
+    """dist.barrier(); one that lasts over a minute says on stderr what it waits for (the
+    default --dist-timeout is 30 minutes of silence otherwise)."""
+    notice = threading.Timer(WAIT_NOTICE_S, lambda: print(
+        f"train.py: process {rank} has waited {WAIT_NOTICE_S / 60:g} min for the others: {what} "
+        "(it stops after --dist-timeout)", file=sys.stderr, flush=True))
+    notice.daemon = True
+    notice.start()
+    try:
+        dist.barrier()
+    finally:
+        notice.cancel()
 
 
 @contextlib.contextmanager
@@ -781,7 +798,7 @@ def prepare_data(data: DataSettings, *, split_path: Path, seed: int, evaluating:
     ddp = world_size > 1 or distributed()
     sources = data_sources(data, split_path, main_process=rank == 0, keep_split=keep_split)
     if ddp:
-        dist.barrier()  # the others wait for rank 0's data (and split.csv)
+        barrier(rank, "rank 0 checks the data (and builds data/ or writes split.csv)")
     set_deterministic()
     set_all_seeds(seed)
     datasets = build_datasets(data, sources, device, evaluating)
@@ -789,7 +806,7 @@ def prepare_data(data: DataSettings, *, split_path: Path, seed: int, evaluating:
         if rank == 0:
             for ds in datasets:
                 ds.preload(num_workers=data.num_workers)
-        dist.barrier()
+        barrier(rank, "rank 0 decodes the images into the disk cache")
     loader_kwargs = {"num_workers": data.num_workers, "pin_memory": device.type == "cuda"}
     if data.persistent_workers and data.num_workers:
         loader_kwargs["persistent_workers"] = True  # else the loaders choose (plan_workers)

@@ -368,3 +368,16 @@ def test_sizes_that_cannot_fit_in_memory_are_refused_before_anything_is_allocate
     with pytest.raises(ValueError, match=r"an MLP on 1x28x28 images \(its 784 x 10000000000000 weights\) "
                                          r"would take [\d,]+\.\d GiB, more than"):
         build_model("mlp", 1, (28, 28), 10, hidden=10**13)
+
+
+def test_a_wait_for_the_other_processes_longer_than_the_notice_says_what_it_waits_for(monkeypatch, capsys):
+    import time
+    monkeypatch.setattr(train, "WAIT_NOTICE_S", 0.05)
+    monkeypatch.setattr(train.dist, "barrier", lambda: time.sleep(0.5))  # rank 0 still decoding
+    train.barrier(1, "rank 0 decodes the images into the disk cache")
+    assert capsys.readouterr().err == ("train.py: process 1 has waited 0.000833333 min for the others: rank 0 "
+                                       "decodes the images into the disk cache (it stops after --dist-timeout)\n")
+    monkeypatch.setattr(train.dist, "barrier", lambda: None)  # a prompt answer: not a word
+    train.barrier(1, "rank 0 writes the figures and reports")
+    time.sleep(0.1)
+    assert capsys.readouterr().err == ""
