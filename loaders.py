@@ -43,6 +43,7 @@ import tempfile
 import time
 import warnings
 import weakref
+import zlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NamedTuple, TypedDict, Unpack
@@ -474,7 +475,8 @@ class DecodedImages(Dataset):
     memory-mapped file there when the disk can spare it; else decoded as batches are read.
     store[i] is ds[i]; store[indices or Batch] is a batch, (B, C, H, W) and (B,) int64, in one
     gather. cache_dir: one .npy file per split, written whole or not at all, named by the rows,
-    files and settings (a changed file is decoded again); not writable: a warning, and memory only
+    files and settings (a changed file is decoded again), a crc32 per chunk of images checked when
+    mapped (damaged: a warning, decoded and written anew); not writable: a warning, and memory only
     (or none, over cache_mb). Attributes: `dataset`, `cache_decision` (where the images are kept,
     and why), `cache_file` (once preload() used it), and the dataset's own, read through."""
 
@@ -549,7 +551,7 @@ class DecodedImages(Dataset):
 
     def __getstate__(self) -> dict:
         """What pickles to a spawned process (a DataLoader worker, a ddp_spawn rank): a cache mapped
-        from its file goes as the file's name, mapped again there, not as a copy of the pixels."""
+        from its file goes as the file's name, mapped again there (checked here: not again)."""
         state = self.__dict__.copy()
         if self.cache_file is not None and self._cache is not None:
             state["_cache"], state["_looked_for_file"] = None, False
@@ -564,7 +566,8 @@ class DecodedImages(Dataset):
             if self.cache_dir is not None and not self._looked_for_file:
                 self._looked_for_file = True  # once per worker, not once per item
                 shape = (len(self), self.channels, *self.image_size)
-                self._cache = _open_cached(self.cache_dir / self._cache_file_name(), shape)
+                self._cache = _open_cached(self.cache_dir / self._cache_file_name(), shape,
+                                           check=self.cache_file is None)  # else checked there
             return self._cache
         return self.preload()
 
@@ -620,10 +623,13 @@ class DecodedImages(Dataset):
             _remove_leftovers(path.parent)
             with atomic_file(path, locked=True) as (fd, tmp):
                 pixels = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
-                if hasattr(os, "posix_fallocate"):  # the blocks now, or ENOSPC now: a disk that
-                    os.posix_fallocate(fd, 0, os.fstat(fd).st_size)  # fills later kills by SIGBUS
+                end = pixels.offset + pixels.nbytes  # then _cache_tail: 4 bytes a chunk, and 8
+                if hasattr(os, "posix_fallocate"):  # the blocks now, or ENOSPC now: not a SIGBUS
+                    os.posix_fallocate(fd, 0, end + 4 * -(-len(self) // DECODE_CHUNK) + 8)  # later
                 decoding = True  # from here on an error is the decoder's (or the disk's): raised
                 self._decode_into(pixels, num_workers, progress)
+                os.lseek(fd, end, os.SEEK_SET)
+                os.write(fd, _cache_tail(pixels, DECODE_CHUNK))
                 pixels.flush()
                 pixels = None  # unmapped before the file is renamed into place
         except OSError as e:  # a read-only data folder, a full disk: decode without the file
@@ -647,7 +653,7 @@ class DecodedImages(Dataset):
             if older != path and re.fullmatch(r"[0-9a-f]{20}\.npy", older.name[len(settings) + 1:]):
                 older.unlink(missing_ok=True)  # since changed; names of that shape alone are ours
         self.cache_decision += "; decoded into the disk cache"
-        return _open_cached(path, shape)
+        return _open_cached(path, shape, check=False)  # summed as written (or by who renamed it)
 
     def _cache_file_name(self) -> str:
         """<csv name>[-<split>]-<hash of how decoded>-<hash of the rows' files, sizes, times>.npy:
@@ -751,14 +757,46 @@ class _DecodeChunks(Dataset):
             return k, e
 
 
-def _open_cached(path: Path, shape: tuple[int, ...]) -> torch.Tensor | None:
+def _open_cached(path: Path, shape: tuple[int, ...], check: bool = True) -> torch.Tensor | None:
     """A whole cache file's pixels, memory-mapped copy-on-write (the file is never written; forked
-    workers share its pages); None when there is none or it does not hold `shape` uint8."""
+    workers share its pages); None when there is none, or, with a warning naming it, when it is
+    damaged (_check_cache; check: each chunk's sum computed again): its images are decoded again."""
     try:
         pixels = np.load(path, mmap_mode="c")
-    except (OSError, ValueError):  # none yet, not a .npy file, or cut short: decode, write anew
+        with open(path, "rb") as f:
+            f.seek(pixels.offset + pixels.nbytes)
+            _check_cache(pixels, shape, f.read(), check)
+        return torch.from_numpy(pixels)
+    except (FileNotFoundError, NotADirectoryError):
         return None
-    return torch.from_numpy(pixels) if pixels.shape == shape and pixels.dtype == np.uint8 else None
+    except Exception as e:  # unreadable, cut short, not a .npy file (a ValueError, a TokenError)
+        warnings.warn(f"disk cache file {path} is damaged or unreadable ({e}): decoding its images "
+                      "again", stacklevel=4)
+        return None
+
+
+def _check_cache(pixels: np.ndarray, shape: tuple[int, ...], tail: bytes, check: bool) -> None:
+    """A ValueError unless a cache file of `pixels` (its .npy part) and then `tail` holds `shape`
+    uint8, then _cache_tail, the same when computed again (check)."""
+    chunk, tag = np.frombuffer(tail[-8:].rjust(8, b"\0"), "<u4").tolist()  # 0, 0: too short
+    if (pixels.shape, pixels.dtype) != (shape, np.uint8):
+        raise ValueError(f"it holds {pixels.dtype} {pixels.shape}, not uint8 {shape}")
+    if tag != CACHE_TAG or not chunk or len(tail) != 4 * -(-len(pixels) // chunk) + 8:
+        raise ValueError(f"{len(tail)} bytes after the pixels, not their checksums")
+    sums = np.frombuffer(_cache_tail(pixels, chunk) if check else tail, "<u4")
+    if len(bad := np.flatnonzero(sums != np.frombuffer(tail, "<u4"))):
+        first = int(bad[0]) * chunk
+        raise ValueError(f"images {first} to {min(first + chunk, len(pixels)) - 1} differ from "
+                         "their checksum")
+
+
+def _cache_tail(pixels: np.ndarray, chunk: int) -> bytes:
+    """What follows a disk cache file's pixels (N, C, H, W): the crc32 of each `chunk` images, then
+    chunk and CACHE_TAG, uint32 little-endian. crc32 catches corruption, not malice: 4 GB/s here."""
+    flat = pixels.reshape(-1)  # (a Fortran-ordered header's pixels are copied: their sums differ)
+    step = flat.size // len(pixels) * chunk
+    sums = [zlib.crc32(flat[start:start + step]) for start in range(0, flat.size, step)]
+    return np.array([*sums, chunk, CACHE_TAG], "<u4").tobytes()
 
 
 def _remove_leftovers(folder: Path) -> None:
@@ -796,7 +834,8 @@ def _disk_usage(folder: Path):
 
 DECODE_CHUNK = 256  # images a worker decodes at a time in preload(); progress is reported per chunk
 DISK_RESERVE = 16 * 2**20  # free space a cache file under the memory budget leaves on its disk
-CACHE_FORMAT = 4  # part of every disk cache file's name: raise it when decode_image changes pixels
+CACHE_FORMAT = 5  # in every disk cache file's name: raised when decode_image's pixels or the file
+CACHE_TAG = 0x31435243  # change (4: float images' pixels, 5: checksums). b"CRC1": its last 4 bytes
 
 
 def epoch_order(num_samples: int, seed: int, epoch: int) -> np.ndarray:

@@ -466,3 +466,67 @@ def test_loaders_of_one_dataset_share_its_decoded_images_across_calls(tiny_data,
     assert first.dataset.class_to_idx == ds.class_to_idx and first.dataset.samples[0] == ds.samples[0]
     first.dataset.transform = None  # read through, and set through, as on the dataset
     assert ds.transform is None
+
+
+# ---- issue 29: a disk cache file's pixels carry a checksum per chunk, checked when it is mapped ---------
+
+def damage(path, how: str) -> None:
+    """Damage a filled cache file as a disk or a copy could: flip bytes (its size kept), or cut it."""
+    data = bytearray(path.read_bytes())
+    start = np.load(path, mmap_mode="r").offset  # the pixels follow the .npy header
+    end = start + 24 * 3 * 12 * 10  # photos: 24 x 3x12x10 uint8
+    at = {"a pixel": start + 1000, "the last chunk's pixels": end - 50, "the header": 20,
+          "the bytes after the pixels": end + 2}.get(how)
+    if at is not None:
+        data[at:at + 3] = bytes(b ^ 0x5A for b in data[at:at + 3])
+    elif how == "cut short after the pixels":
+        del data[end:]
+    else:  # cut short inside the pixels
+        del data[end - 7:]
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("how", ["a pixel", "the last chunk's pixels", "the header", "the bytes after the pixels",
+                                 "cut short after the pixels", "cut short inside the pixels"])
+def test_a_damaged_cache_file_is_named_in_one_warning_decoded_again_and_rewritten(photos, small_chunks, how):
+    """Red team, issue 29: bytes flipped in a cache file of the right size were read as pixels (40 of 40 rows
+    wrong). 24 images in chunks of 5: the last chunk (20-23) is short."""
+    cache = photos / "cache"
+    plain = build(photos).preload()
+    build(photos, cache_dir=cache).preload()
+    (name,) = cache_files(cache)
+    damage(cache / name, how)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        again = build(photos, cache_dir=cache)
+        pixels = again.preload()
+    assert torch.equal(pixels, plain) and "decoded into the disk cache" in again.cache_decision  # never the bad bytes
+    messages = [str(w.message) for w in caught]
+    assert len(messages) == 1 and str(cache / name) in messages[0] and "damaged" in messages[0], messages
+    if how == "the last chunk's pixels":
+        assert "images 20 to 23 " in messages[0]  # the chunk that failed, named by its rows
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # rewritten: the next run reads it without a word
+        later = build(photos, cache_dir=cache)
+        assert torch.equal(later.preload(), plain) and "read from the disk cache" in later.cache_decision
+    assert cache_files(cache) == [name]
+
+
+def test_the_checksums_chunk_size_is_the_files_own(photos, small_chunks, monkeypatch):
+    """A file filled in chunks of 5 is checked in chunks of 5 by a run whose DECODE_CHUNK differs."""
+    cache = photos / "cache"
+    build(photos, cache_dir=cache).preload()
+    monkeypatch.setattr(loaders_module, "DECODE_CHUNK", 256)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        again = build(photos, cache_dir=cache)
+        assert torch.equal(again.preload(), build(photos).preload()) and "read from the disk cache" in again.cache_decision
+
+
+def test_a_loader_worker_that_maps_a_damaged_file_decodes_its_items_instead(photos, small_chunks):
+    cache = photos / "cache"
+    build(photos, cache_dir=cache).preload()
+    damage(cache / cache_files(cache)[0], "the last chunk's pixels")
+    store = build(photos, cache_dir=cache)  # not preloaded: each worker maps the file itself
+    images = torch.cat([batch[0] for batch in DataLoader(store, batch_size=8, num_workers=2)])
+    assert torch.equal(images, build(photos)[list(range(24))][0])
