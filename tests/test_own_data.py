@@ -372,12 +372,17 @@ def test_train_py_reports_a_data_error_as_one_sentence_without_a_traceback(tmp_p
 
 
 @pytest.mark.filterwarnings("ignore:.*already listed above")  # expected: each split dedupes its own
-def test_a_file_listed_twice_and_drawn_into_two_splits_is_an_error(tmp_path):
+def test_a_file_listed_twice_is_drawn_into_one_split_and_into_two_by_a_split_column_is_an_error(tmp_path):
     csv = make_shapes(tmp_path / "shapes", per_class=10)
     lines = csv.read_text(encoding="utf-8").splitlines()
     csv.write_text("\n".join(lines + lines[1:]) + "\n", encoding="utf-8")  # every file twice
-    with pytest.raises(DatasetError, match=r"file\(s\) in two splits"):
+    with pytest.warns(UserWarning, match="list a file already listed above"):  # issue 29: drawn once per file
         own_run(csv, tmp_path / "r", epochs=1)
+    split = pd.read_csv(tmp_path / "r" / "split.csv")
+    split.loc[len(lines) - 1:, "split"] = "test"  # the second listing of each file: all in test now
+    split.to_csv(tmp_path / "shapes" / "split.csv", index=False)
+    with pytest.raises(DatasetError, match=r"file\(s\) in two splits"):
+        own_run(tmp_path / "shapes" / "split.csv", tmp_path / "r2", "--split-column", "split", epochs=1)
 
 
 def test_check_command_counts_exif_rotated_images(tmp_path, capsys):
