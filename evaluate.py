@@ -234,6 +234,10 @@ def model_from_checkpoint(checkpoint: dict, path: Path, device: torch.device) ->
         raise RunError(f"{path}'s weights do not fit the model its config names "
                        f"({type(e).__name__}: {first}); pass the --checkpoint of a train.py "
                        "run") from None
+    if bad := [k for k, v in model.state_dict().items() if v.is_floating_point()
+               and not v.isfinite().all()]:  # a diverged run's, or an edited file
+        raise RunError(f"{path}'s weights hold NaN or infinite values ({bad[0]}): its predictions "
+                       "would mean nothing; pass the --checkpoint of a run that trained well")
     return model.to(device)
 
 

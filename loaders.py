@@ -610,11 +610,15 @@ class DecodedImages(Dataset):
             self._decode_into(pixels, num_workers, progress)
             return torch.from_numpy(pixels)
         self.cache_file = path = self.cache_dir / self._cache_file_name()
-        if (cached := _open_cached(path, shape)) is not None:
+        odd = path.exists() and not path.is_file()  # a FIFO blocks np.load, a folder the rename
+        if not odd and (cached := _open_cached(path, shape)) is not None:
             self.cache_decision += "; read from the disk cache"
             return cached
         pixels, decoding = None, False
         try:
+            if odd:  # not ours to replace
+                raise OSError(errno.EEXIST, f"{path.name} there is not a regular file but a FIFO, "
+                                            "folder or device")
             self.cache_dir.mkdir(parents=True, exist_ok=True)
             free = getattr(_disk_usage(self.cache_dir), "free", 0)
             if free < self._cache_bytes + DISK_RESERVE:  # checked before any file is written

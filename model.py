@@ -126,6 +126,9 @@ def load_backbone(net: nn.Module, weights) -> None:
     file = os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(weights.url))
     fix = (f"download {weights.url} on a machine that is online and put it at {file} (or set "
            "TORCH_HOME to the folder whose hub/checkpoints/ holds it)")
+    if os.path.exists(file) and not os.path.isfile(file):  # a FIFO would block torch.load forever
+        raise PretrainedWeightsMissing(f"{file} is not a regular file (a FIFO, folder or device): "
+                                       f"remove it and {fix}")
     try:
         state = torch.hub.load_state_dict_from_url(weights.url, progress=False, check_hash=True,
                                                    weights_only=True, map_location="cpu")
@@ -262,8 +265,8 @@ def build_model(name: ModelConfig | str, *args, **kwargs) -> nn.Module:
     if name == "mlp":
         features = config.channels * size[0] * size[1]
         refuse_beyond_memory(f"an MLP on {config.channels}x{size[0]}x{size[1]} images (its "
-                             f"{features:,} x {config.hidden} weights)", 4 * features * config.hidden,
-                             "pass a smaller --image-size or --hidden")
+                             f"{features:,} x {config.hidden} weights)",
+                             4 * features * config.hidden, "pass a smaller --image-size or --hidden")
         net = MLP(num_features=features, num_hidden=config.hidden, num_classes=config.num_classes)
     elif name == "cnn":
         if min(size) < 8:

@@ -47,6 +47,15 @@ import warnings
 from collections.abc import Callable
 from pathlib import Path
 
+if __name__ == "__main__":  # a Ctrl-C or SIGTERM while torch is imported (a second or more): one
+    def _stopped_while_starting(signum, frame):  # line and the signal's status, not a traceback
+        how = "terminated" if signum == signal.SIGTERM else "interrupted"
+        print(f"\ntrain.py: {how} while starting; nothing was written", file=sys.stderr)
+        os._exit(128 + signum)
+
+    for _signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(_signum, _stopped_while_starting)
+
 import numpy as np
 import torch
 import torch.distributed as dist
@@ -1166,6 +1175,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.results_dir = str(Path(args.checkpoint).parent) if args.checkpoint and \
             resuming else "results"
     checkpoint = Path(args.checkpoint or Path(args.results_dir) / "checkpoint.pt")
+    if resuming and checkpoint.exists() and not checkpoint.is_file():  # never opened
+        p.error(f"--checkpoint {checkpoint} is not a regular file (a FIFO, folder or device)")
     if args.resume and not checkpoint.is_file():
         p.error(f"--resume: no checkpoint at {checkpoint}")
     if (args.evaluate or args.predict) and not checkpoint.is_file():
@@ -1343,6 +1354,8 @@ if __name__ == "__main__":
     # A script writes figure files and opens no window. Set for matplotlib, which is imported
     # only when figures are drawn.
     os.environ["MPLBACKEND"] = "Agg"
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # from here on: KeyboardInterrupt
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # (main turns SIGTERM into one, Terminated)
     warnings.formatwarning = lambda message, *args, **kwargs: f"train.py: warning: {message}\n"
     try:
         main()

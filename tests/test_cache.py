@@ -375,8 +375,11 @@ def test_a_bad_image_read_by_a_loader_worker_is_reported_as_one_sentence(photos)
     for workers in (0, 2):  # cache_mb=0: images are decoded as batches are read, in the workers
         loader = make_loader(build(photos, cache_mb=0), 8, shuffle=False, drop_last=False, seed=0,
                              loader_kwargs={"num_workers": workers})
+        batches = iter(loader)
         with pytest.raises(ImageLoadError) as caught:
-            list(loader)
+            list(batches)
+        if workers:  # now: left to the garbage collector, its workers take 5 s each to join
+            batches._shutdown_workers()
         messages.append(train.error_message(caught.value))
     assert "Traceback" in str(caught.value)  # torch's report of the worker's error ...
     assert messages[1] == messages[0] and messages[0].endswith("cannot decode the image: cannot identify "
@@ -530,3 +533,29 @@ def test_a_loader_worker_that_maps_a_damaged_file_decodes_its_items_instead(phot
     store = build(photos, cache_dir=cache)  # not preloaded: each worker maps the file itself
     images = torch.cat([batch[0] for batch in DataLoader(store, batch_size=8, num_workers=2)])
     assert torch.equal(images, build(photos)[list(range(24))][0])
+
+
+# ---- issue 29, from the red team: what is planted where a cache file goes ---------------------------------
+
+@pytest.mark.parametrize("planted", ["fifo", "folder"])
+def test_a_fifo_or_folder_at_a_cache_files_name_is_left_alone_and_the_images_decoded_in_memory(photos, planted):
+    expected = build(photos, cache_mb=100).preload()
+    store = build(photos, cache_dir=photos / "cache")
+    path = photos / "cache" / store._cache_file_name()
+    path.parent.mkdir()
+    os.mkfifo(path) if planted == "fifo" else path.mkdir()
+
+    def hung(signum, frame):
+        raise TimeoutError("the store waited on the planted file")
+
+    previous = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(20)
+    try:
+        with pytest.warns(UserWarning, match=r"no disk cache of decoded images: cannot write in .*cache \(.*\.npy "
+                                             r"there is not a regular file but a FIFO, folder or device\)"):
+            pixels = store.preload()
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+    assert torch.equal(pixels, expected)
+    assert (path.is_fifo() if planted == "fifo" else path.is_dir()) and len(list(path.parent.iterdir())) == 1

@@ -393,3 +393,27 @@ def test_a_checkpoint_config_without_its_data_shape_is_refused_not_defaulted(tin
         for use in (["--evaluate", "--data-dir", str(tiny_data)], ["--predict", str(tiny_data / "mnist_test")]):
             with pytest.raises(SystemExit, match=rf"settings \(its 'config'\) are not those train.py writes .*{key}"):
                 train.main([*use, "--checkpoint", str(tmp_path / f"no_{key}.pt"), "--results-dir", str(tmp_path / "x")])
+
+
+def test_a_fifo_planted_as_the_pretrained_weights_is_a_sentence_not_a_hang(tmp_path, monkeypatch):
+    from torchvision.models import ResNet18_Weights
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    file = tmp_path / "torch" / "hub" / "checkpoints" / os.path.basename(ResNet18_Weights.IMAGENET1K_V1.url)
+    file.parent.mkdir(parents=True)
+    os.mkfifo(file)
+    code = (f"import sys; sys.path.insert(0, {str(ROOT)!r}); from model import build_model\n"
+            "build_model('resnet18', 3, (64, 64), 5, pretrained=True)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "TORCH_HOME": str(tmp_path / "torch")})
+    assert f"PretrainedWeightsMissing: {file} is not a regular file (a FIFO, folder or device): remove it" \
+        in done.stderr
+
+
+def test_a_checkpoint_whose_weights_hold_nan_is_refused_by_predict_and_evaluate(tiny_data, tmp_path):
+    run(tiny_data, tmp_path / "r", epochs=1)
+    checkpoint = torch.load(tmp_path / "r" / "checkpoint.pt", weights_only=True)
+    checkpoint["model"]["layers.1.weight"][0, 0] = float("nan")
+    torch.save(checkpoint, tmp_path / "nan.pt")
+    for use in (["--predict", str(tiny_data / "mnist_test")], ["--evaluate", "--data-dir", str(tiny_data)]):
+        with pytest.raises(SystemExit, match=r"nan.pt's weights hold NaN or infinite values \(layers.1.weight\)"):
+            train.main([*use, "--checkpoint", str(tmp_path / "nan.pt"), "--results-dir", str(tmp_path / "p")])

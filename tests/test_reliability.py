@@ -8,6 +8,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -381,3 +382,25 @@ def test_a_wait_for_the_other_processes_longer_than_the_notice_says_what_it_wait
     train.barrier(1, "rank 0 writes the figures and reports")
     time.sleep(0.1)
     assert capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize("signum, status, how", [(signal.SIGINT, 130, "interrupted"),
+                                                 (signal.SIGTERM, 143, "terminated")])
+def test_a_signal_while_train_py_imports_torch_is_one_line_and_the_signals_status(tmp_path, signum, status, how):
+    run = subprocess.Popen([sys.executable, str(ROOT / "train.py"), "--epochs", "1", "--results-dir",
+                            str(tmp_path / "r")], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(0.15)  # torch's import takes a second or more
+    run.send_signal(signum)
+    out, err = run.communicate(timeout=60)
+    assert run.returncode == status and err == f"\ntrain.py: {how} while starting; nothing was written\n", err
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_fifo_or_folder_given_as_the_checkpoint_is_named_so(tmp_path, capsys):
+    os.mkfifo(tmp_path / "c.pt")
+    (tmp_path / "d.pt").mkdir()
+    for name in ("c.pt", "d.pt"):
+        with pytest.raises(SystemExit):
+            train.main(["--evaluate", "--checkpoint", str(tmp_path / name)])
+        assert f"--checkpoint {tmp_path / name} is not a regular file (a FIFO, folder or device)" \
+            in capsys.readouterr().err
