@@ -192,9 +192,13 @@ def test_bad_image_is_named_from_a_worker_process(tmp_path, damage):
     csv = make_broken(tmp_path, damage)
     ds = DecodedImages(CsvImageDataset(csv, tmp_path / "img"), cache_mb=0)
     loader = make_loader(ds, 3, shuffle=False, drop_last=False, seed=0, loader_kwargs={"num_workers": 2})
-    with pytest.raises(ImageLoadError, match=r"(?s)x.csv.*line 7: 'bad.png'"):
-        for _ in loader:
-            pass
+    batches = iter(loader)
+    try:
+        with pytest.raises(ImageLoadError, match=r"(?s)x.csv.*line 7: 'bad.png'"):
+            for _ in batches:
+                pass
+    finally:  # now: left to the garbage collector, the stopped iterator's workers take 5 s each to join
+        batches._shutdown_workers()
 
 
 def test_check_command_clean_dataset(tiny_data, capsys):
