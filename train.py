@@ -1246,9 +1246,10 @@ def outside_cause(e: Exception, settings: Settings, hints: dict) -> str | None:
     text = str(e)
     if isinstance(e, RuntimeError) and "DataLoader worker" in text and (
             "exited unexpectedly" in text or "killed by signal" in text):
+        smaller = "--num-workers (0: none)" + (" or --cache-mb" if settings.data.cache_mb else "")
         return (f"a DataLoader worker process stopped ({text.splitlines()[0].strip()}); one "
                 "killed by signal Killed is most often the out-of-memory killer: pass a smaller "
-                f"--num-workers (0: none) or --cache-mb, or free memory{resume}")
+                f"{smaller}, or free memory{resume}")
     return None
 
 

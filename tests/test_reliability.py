@@ -345,7 +345,7 @@ def test_a_killed_dataloader_worker_is_a_sentence_naming_the_cause_and_the_resum
     message = str(e.value.code)
     assert re.match(r"train.py: error: a DataLoader worker process stopped \(DataLoader worker \(pid.*\) (is killed "
                     r"by signal: Killed|exited unexpectedly).*\); one killed by signal Killed is most often the "
-                    r"out-of-memory killer: pass a smaller --num-workers \(0: none\) or --cache-mb, or free memory\. "
+                    r"out-of-memory killer: pass a smaller --num-workers \(0: none\), or free memory\. "  # --cache-mb is 0
                     r"The checkpoint of the last finished epoch is in .*checkpoint.pt; resume with: python train.py "
                     r".* --resume$", message, re.S), message
     assert torch.load(tmp_path / "r" / "checkpoint.pt", weights_only=True)["epoch"] == 1
