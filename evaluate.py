@@ -448,14 +448,19 @@ def image_files_below(folder: Path) -> list[str]:
     return sorted(names)
 
 
-def move_aside(results_dir: Path, names: tuple[str, ...]) -> None:
-    """Those of `names` that results_dir holds go into a new results_dir/version_N."""
+def move_aside(results_dir: Path, names: tuple[str, ...], into: Path | None = None) -> Path | None:
+    """Those of `names` that results_dir holds go into a new results_dir/version_N (or `into`, the
+    one an earlier call made); returns the folder, or None when none of them is there."""
     earlier = [name for name in names if (results_dir / name).exists()]
-    if earlier:
+    if not earlier:
+        return into
+    version = into
+    if version is None:
         taken = {int(p.name[8:]) for p in results_dir.glob("version_*") if p.name[8:].isdigit()}
         version = results_dir / f"version_{max(taken, default=0) + 1}"
         version.mkdir()
-        for name in earlier:
-            os.replace(results_dir / name, version / name)
-        what = " and ".join(earlier) if len(earlier) <= 2 else "results"  # e.g. predictions.csv
-        print(f"Earlier {what} in {results_dir} moved to {version}/")
+    for name in earlier:
+        os.replace(results_dir / name, version / name)
+    what = " and ".join(earlier) if len(earlier) <= 2 else "results"  # e.g. predictions.csv
+    print(f"Earlier {what} in {results_dir} moved to {version}/")
+    return version

@@ -515,11 +515,11 @@ RESULT_FILES = ("checkpoint.pt", "best.pt", "metrics.csv", "loss.png", "accuracy
 
 
 @contextlib.contextmanager
-def results_folder(results_dir: Path, move: tuple[str, ...], main_process: bool):
+def results_folder(results_dir: Path, main_process: bool):
     """Hold results_dir while the block runs: an OS lock (flock) that a killed run releases too,
     so a second run into the same folder stops with a message naming the first. This run's
-    leftovers of an earlier kill (temporary files) are removed. Earlier files named in `move`
-    (results this run would overwrite) go into results_dir/version_N first."""
+    leftovers of an earlier kill (temporary files) are removed. (run() moves the earlier results
+    this run would overwrite into results_dir/version_N once its checks passed.)"""
     if not main_process:  # under torchrun, rank 0 holds the folder for every rank
         yield
         return
@@ -536,7 +536,6 @@ def results_folder(results_dir: Path, move: tuple[str, ...], main_process: bool)
         for name in RESULT_FILES:  # our temporaries only: nothing of ours writes here meanwhile
             for leftover in results_dir.glob(f".{name}.{TEMP_TAG}-*"):
                 leftover.unlink(missing_ok=True)
-        move_aside(results_dir, move)
         yield
     finally:
         os.close(fd)
@@ -1266,13 +1265,16 @@ def hints_for(argv: list[str] | None, resuming: bool) -> dict:
 def run(settings: Settings, hints: dict) -> History | Path:
     data, checkpoint_path, results_dir = settings.data, settings.checkpoint, settings.results_dir
     move = results_to_move(settings)
+    # split.csv goes aside once the checkpoint passed, when this run draws a new one as it reads the
+    # data; the rest once the data passed too: a refused run moves nothing
+    first = tuple(n for n in move if n == "split.csv" and data.csv and data.split_column is None)
     reads_checkpoint = settings.resume or settings.evaluate  # and compares its run with this one
     trained_split = checkpoint_path.resolve().parent / "split.csv"  # the checkpoint run's split
     if reads_checkpoint and data.csv and data.split_column is None \
             and trained_split.is_file():  # refused before anything is moved or written
         same_split_or_refuse(data.csv, trained_split, data.split_options())
     if settings.predict is not None:  # needs the checkpoint and the new images, nothing else
-        with results_folder(results_dir, move, True), \
+        with results_folder(results_dir, True), \
                 finished_checkpoint(checkpoint_path, results_dir):
             checkpoint = read_checkpoint(checkpoint_path)
             refuse_other_model_flags(settings.given, saved_model_config(checkpoint,
@@ -1283,10 +1285,10 @@ def run(settings: Settings, hints: dict) -> History | Path:
                            encoding=data.encoding, device=pick_device(settings.device, 0))
     with process_group(settings.device, data.batch_size, settings.dist_timeout) as (
             rank, world_size, device), \
-            results_folder(results_dir, move, main_process=rank == 0), \
+            results_folder(results_dir, main_process=rank == 0), \
             finished_checkpoint(checkpoint_path, results_dir), \
             peers_answer(rank, settings.dist_timeout):
-        # One run at a time in a results folder; earlier results it would overwrite went aside.
+        # One run at a time in a results folder.
         checkpoint = read_checkpoint(checkpoint_path) if reads_checkpoint else None
         saved = None if checkpoint is None else RunConfig.from_checkpoint(checkpoint["config"],
                                                                           checkpoint_path)
@@ -1295,6 +1297,7 @@ def run(settings: Settings, hints: dict) -> History | Path:
             refuse_other_model_flags(settings.given, saved.net, use, checkpoint_path)
             if settings.evaluate:
                 refuse_evaluate_without_data(data, saved, checkpoint_path)
+        moved_into = move_aside(results_dir, first) if rank == 0 else None
         datasets, loaders = prepare_data(
             data, split_path=results_dir / "split.csv", seed=settings.seed,
             evaluating=settings.evaluate, keep_split=reads_checkpoint,
@@ -1302,9 +1305,13 @@ def run(settings: Settings, hints: dict) -> History | Path:
         config, classes = run_config(settings, datasets, saved), datasets[0].classes
         session = Session(rank, device, results_dir, checkpoint_path, hints)
         if settings.evaluate:
-            return evaluate(checkpoint, saved, config, classes, loaders[2], session)
-        if settings.resume:
+            refuse_other_data(checkpoint, saved, config, classes, checkpoint_path)
+        elif settings.resume:
             check_resume(saved, config, checkpoint_path)
+        if rank == 0:
+            move_aside(results_dir, tuple(n for n in move if n not in first), into=moved_into)
+        if settings.evaluate:
+            return evaluate(checkpoint, classes, loaders[2], session)
         model, net, history = fit(settings, config, classes, loaders, session, checkpoint)
         finish(model, net, history, loaders[2], classes, session)
         return history
@@ -1321,17 +1328,21 @@ def refuse_evaluate_without_data(data: DataSettings, saved: RunConfig, path: Pat
                        "or --data-dir)")
 
 
-def evaluate(checkpoint: dict, saved: RunConfig, config: RunConfig, classes: list[str],
-             test_loader, session: Session) -> History:
-    """--evaluate: the saved model on the test split, with the reports of a training run; the
-    checkpoint and metrics.csv are left as they are."""
-    path = session.checkpoint_path
+def refuse_other_data(checkpoint: dict, saved: RunConfig, config: RunConfig, classes: list[str],
+                      path: Path) -> None:
+    """--evaluate of a checkpoint trained on other data than the flags read is refused."""
     differences = saved.differences(config, only=RunConfig.DATA_FIELDS)
     if checkpoint.get("classes", list(classes)) != list(classes):
         differences.append(f"classes: checkpoint has {checkpoint['classes']}, the data {classes}")
     if differences:
         raise RunError(f"cannot --evaluate {path}: it was trained on other data:\n  "
                        + "\n  ".join(differences) + "\nUse the data flags of the training run.")
+
+
+def evaluate(checkpoint: dict, classes: list[str], test_loader, session: Session) -> History:
+    """--evaluate: the saved model on the test split, with the reports of a training run; the
+    checkpoint and metrics.csv are left as they are."""
+    path = session.checkpoint_path
     model = model_from_checkpoint(checkpoint, path, session.device)
     test_acc = evaluate_model(model, test_loader, classes, session.results_dir, session.device,
                               session.rank)

@@ -645,3 +645,17 @@ def test_the_split_writer_reads_a_utf16_export_by_its_byte_order_mark_and_keeps_
     drawn = pd.read_csv(out, encoding="utf-16")
     assert list(drawn.columns) == ["path", "label", "split"] and len(drawn) == 20
     assert drawn["split"].value_counts().to_dict() == {"train": 16, "valid": 2, "test": 2}
+
+
+def test_a_run_refused_by_its_data_or_checkpoint_moves_no_earlier_results(tmp_path):
+    csv = make_shapes(tmp_path / "shapes", per_class=10)
+    own_run(csv, tmp_path / "r", epochs=1)
+    before = sorted(p.name for p in (tmp_path / "r").iterdir())
+    split = tmp_path / "r" / "split.csv"
+    with pytest.raises(DatasetError, match=r"no column\(s\) \['File Name'\]"):  # a reused split, a column left out
+        train.main(["--csv", str(split), "--split-column", "split", "--img-dir", str(tmp_path / "shapes"),
+                    "--epochs", "1", "--results-dir", str(tmp_path / "r")])
+    (tmp_path / "foreign.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(SystemExit, match="is damaged or not a checkpoint of train.py"):
+        own_run(csv, tmp_path / "r", "--evaluate", "--checkpoint", str(tmp_path / "foreign.pt"), epochs=1)
+    assert sorted(p.name for p in (tmp_path / "r").iterdir()) == before  # no version_1: nothing went aside
