@@ -430,7 +430,7 @@ def image_files_below(folder: Path) -> list[str]:
     """Every image file in folder and below, as sorted relative names, through linked subfolders
     that stay inside it (once each); a link that leads out of it is named on stderr and skipped."""
     extensions = image_extensions()
-    root, names, seen, skipped = folder.resolve(), [], set(), []
+    root, names, seen, skipped, others = folder.resolve(), [], set(), [], []
     for here, dirs, files in os.walk(folder, followlinks=True):
         real = Path(here).resolve()
         if not real.is_relative_to(root) or real in seen:  # out of the folder, or a loop
@@ -442,9 +442,15 @@ def image_files_below(folder: Path) -> list[str]:
             file = Path(here) / name
             if file.suffix.lower() in extensions and file.is_file():
                 names.append(file.relative_to(folder).as_posix())
+            elif not any(part.startswith(".") for part in file.relative_to(folder).parts):
+                others.append(file.relative_to(folder).as_posix())  # hidden ones go unsaid
     for link in skipped:
         print(f"train.py: warning: skipped {link}: a link to {link.resolve()}, outside {folder}",
               file=sys.stderr)
+    if others:  # said, not dropped in silence: an image saved without an extension is one
+        print(f"train.py: warning: skipped {len(others)} file(s) in {folder} that are not image "
+              f"files by their extension, such as {sorted(others)[0]!r} (list them in a CSV, or "
+              "pass one as --predict FILE, to predict them)", file=sys.stderr)
     return sorted(names)
 
 

@@ -412,3 +412,19 @@ def test_a_fifo_named_lock_beside_another_folders_checkpoint_is_a_sentence_not_a
         assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr[-2000:]
         assert "other/.lock cannot be used as a lock (it is not a regular file: a FIFO, device or socket)" \
             in done.stderr
+
+
+def test_predict_on_a_folder_names_the_files_it_skips_for_their_extension(trained, tmp_path, capsys):
+    _, results, _, _ = trained
+    folder = tmp_path / "new"
+    write_png(folder / "a.png", np.full((28, 28), 30, dtype=np.uint8))
+    write_png(folder / "b.png", np.full((28, 28), 60, dtype=np.uint8)).rename(folder / "scan")  # no extension
+    (folder / "notes.txt").write_text("not an image")
+    (folder / ".DS_Store").write_bytes(b"\0")  # hidden: a system's, not the user's
+    capsys.readouterr()
+    rows = read_rows(train.main(["--predict", str(folder), "--results-dir", str(tmp_path / "p"),
+                                 "--checkpoint", str(results / "checkpoint.pt")]))
+    assert [row[0] for row in rows[1:]] == ["a.png"]
+    assert (f"train.py: warning: skipped 2 file(s) in {folder} that are not image files by their extension, "
+            "such as 'notes.txt' (list them in a CSV, or pass one as --predict FILE, to predict them)") \
+        in capsys.readouterr().err
