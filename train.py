@@ -740,7 +740,13 @@ def data_sources(data: DataSettings, split_path: Path, main_process: bool,
                 make_subset.ensure_dataset(Path(data.data_dir))
             except (make_subset.LockFileError, make_subset.OutDirError) as e:
                 raise RunError(str(e)) from None
-        return folder_layout(data.data_dir)
+        sources = folder_layout(data.data_dir)
+        missing = [csv.name for csv, _, _ in sources if not csv.is_file()]
+        if missing and (Path(data.data_dir) / ".make_subset.json").is_file():  # make_subset's
+            raise RunError(f"{data.data_dir} holds an incomplete dataset ({', '.join(missing)} "
+                           "missing); rebuild it with python make_subset.py --out-dir "
+                           f"{data.data_dir} --force, which replaces only its own files")
+        return sources
     csv, split_column = data.csv, data.split_column
     if split_column is None:  # draw one, kept with the results
         if main_process and not (keep_split and split_path.is_file()):

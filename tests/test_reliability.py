@@ -404,3 +404,14 @@ def test_a_fifo_or_folder_given_as_the_checkpoint_is_named_so(tmp_path, capsys):
             train.main(["--evaluate", "--checkpoint", str(tmp_path / name)])
         assert f"--checkpoint {tmp_path / name} is not a regular file (a FIFO, folder or device)" \
             in capsys.readouterr().err
+
+
+def test_a_make_subset_folder_missing_a_csv_names_the_rebuild_command_whatever_its_name(tmp_path):
+    import make_subset
+    make_subset.main(["--out-dir", str(tmp_path / "digits"), "--train-size", "16", "--valid-size", "8",
+                      "--test-size", "8"])
+    (tmp_path / "digits" / "mnist_valid.csv").unlink()
+    with pytest.raises(SystemExit, match=re.escape(
+            f"{tmp_path / 'digits'} holds an incomplete dataset (mnist_valid.csv missing); rebuild it with "
+            f"python make_subset.py --out-dir {tmp_path / 'digits'} --force, which replaces only its own files")):
+        train.main(flags(tmp_path / "digits", tmp_path / "r", epochs=1))
