@@ -33,7 +33,7 @@ from PIL import Image
 
 from dataset import CsvImageDataset, DatasetError, csv_columns, make_dataset, read_csv, to_float01
 from loaders import TEMP_TAG, make_loader, write_atomic
-from model import ModelConfig, build_model, refuse_beyond_memory
+from model import ModelConfig, build_model, non_finite, refuse_beyond_memory
 
 
 @torch.no_grad()
@@ -234,8 +234,7 @@ def model_from_checkpoint(checkpoint: dict, path: Path, device: torch.device) ->
         raise RunError(f"{path}'s weights do not fit the model its config names "
                        f"({type(e).__name__}: {first}); pass the --checkpoint of a train.py "
                        "run") from None
-    if bad := [k for k, v in model.state_dict().items() if v.is_floating_point()
-               and not v.isfinite().all()]:  # a diverged run's, or an edited file
+    if bad := non_finite(model.state_dict()):  # a diverged run's, or an edited file
         raise RunError(f"{path}'s weights hold NaN or infinite values ({bad[0]}): its predictions "
                        "would mean nothing; pass the --checkpoint of a run that trained well")
     return model.to(device)

@@ -159,8 +159,7 @@ def weights_problem(state: dict, backbone: dict[str, torch.Size], file: str) -> 
     if extra:
         return (f"holds {len(extra)} tensors ResNet-18 does not have, such as {extra[0]}: the "
                 "weights of another network")
-    bad = [k for k, v in state.items()
-           if isinstance(v, torch.Tensor) and v.is_floating_point() and not v.isfinite().all()]
+    bad = non_finite(state)
     if bad:
         more = f" and {len(bad) - 1} more tensors" if len(bad) > 1 else ""
         return f"holds NaN or infinite values, in {bad[0]}{more}"
@@ -174,6 +173,12 @@ def weights_problem(state: dict, backbone: dict[str, torch.Size], file: str) -> 
             return (f"is not the published file: its sha256 begins {digest.hexdigest()[:12]}, "
                     f"the published one's {prefix}")
     return None
+
+
+def non_finite(state: dict) -> list[str]:
+    """The names of a state_dict's float tensors that hold NaN or an infinity."""
+    return [k for k, v in state.items()
+            if isinstance(v, torch.Tensor) and v.is_floating_point() and not v.isfinite().all()]
 
 
 def published_sha256_prefix(file: str) -> str:
