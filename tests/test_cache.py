@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader
 import dataset as dataset_module
 import loaders as loaders_module
 import train
-from conftest import ROOT, write_csv, write_png
+from conftest import ROOT, tmpfs, write_csv, write_png
 from dataset import CsvImageDataset, ImageLoadError
 from loaders import DecodedImages, DecodeProgress, get_dataloaders
 
@@ -286,11 +286,7 @@ def test_a_full_disk_means_one_warning_memory_only_and_no_file_left(photos, monk
 
 @pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("mount"), reason="mounts a small tmpfs: needs root")
 def test_a_real_full_disk_ends_in_memory_not_in_a_bus_error(photos, tmp_path):
-    disk = tmp_path / "tiny-disk"
-    disk.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(disk)], capture_output=True).returncode:
-        pytest.skip("cannot mount a tmpfs here")
-    try:
+    with tmpfs(tmp_path / "tiny-disk", "64k") as disk:
         (disk / "filler").write_bytes(b"x" * 60_000)  # one 4 KiB page left: the 8,640-byte split does not fit
         script = textwrap.dedent(f"""
             import sys, warnings; sys.path.insert(0, {str(ROOT)!r})
@@ -303,8 +299,6 @@ def test_a_real_full_disk_ends_in_memory_not_in_a_bus_error(photos, tmp_path):
         run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
         assert run.returncode == 0 and "torch.Size([24, 3, 12, 10])" in run.stdout, run.stderr
         assert "no disk cache of decoded images" in run.stderr and os.listdir(disk) == ["filler"]
-    finally:
-        subprocess.run(["umount", str(disk)], check=False)
 
 
 def test_over_the_memory_budget_the_disk_cache_still_holds_them_when_the_disk_can_spare_it(photos, monkeypatch):

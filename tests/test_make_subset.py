@@ -20,7 +20,7 @@ import pytest
 import torchvision
 
 import make_subset
-from conftest import ROOT
+from conftest import ROOT, tmpfs
 
 SIZES = ["--train-size", "30", "--valid-size", "20", "--test-size", "10"]
 
@@ -413,13 +413,7 @@ def test_a_full_disk_is_a_sentence_and_the_previous_dataset_stays(tmp_path, monk
 
 
 def test_a_real_full_disk_is_a_sentence_and_the_previous_dataset_stays(tmp_path):
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1M", "tmpfs", str(disk)], capture_output=True,
-                             text=True)
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a 1 MB tmpfs here (needs root or CAP_SYS_ADMIN): {mounted.stderr.strip()}")
-    try:
+    with tmpfs(tmp_path / "disk", "1M") as disk:
         out = make_subset.main(["--out-dir", str(disk / "d"), *SIZES])
         before = file_hashes(out)
         run = subprocess.run([sys.executable, str(ROOT / "make_subset.py"), "--out-dir", str(out), "--force"],
@@ -429,8 +423,6 @@ def test_a_real_full_disk_is_a_sentence_and_the_previous_dataset_stays(tmp_path)
                                      "needs about 3.")
         assert file_hashes(out) == before
         assert sorted(p.name for p in disk.iterdir()) == [".d.lock", "d"]
-    finally:
-        subprocess.run(["umount", str(disk)], check=True)
 
 
 # ---- issue 29: a lock file that is no regular file is a sentence, never a wait -------------------------
@@ -522,13 +514,7 @@ def test_a_swap_cut_in_two_is_finished_by_train_pys_first_run_not_refused(tmp_pa
 
 
 def test_a_mount_point_or_a_read_only_disk_as_out_dir_is_a_sentence(tmp_path):
-    disk = tmp_path / "d"
-    disk.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1M", "tmpfs", str(disk)], capture_output=True,
-                             text=True)
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here (needs root or CAP_SYS_ADMIN): {mounted.stderr.strip()}")
-    try:
+    with tmpfs(tmp_path / "d", "1M") as disk:
         with pytest.raises(make_subset.OutDirError, match=f"is a mount point .* --out-dir {disk / 'data'}$"):
             make_subset.main(["--out-dir", str(disk), *SIZES])  # the swap's rename would fail half-way
         subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True)
@@ -537,5 +523,3 @@ def test_a_mount_point_or_a_read_only_disk_as_out_dir_is_a_sentence(tmp_path):
         assert str(info.value) == (f"cannot write the new dataset beside {disk / 'data'}: {disk / '.data.lock'}: "
                                    "Read-only file system; nothing was written; choose another --out-dir")
         assert os.listdir(disk) == []
-    finally:
-        subprocess.run(["umount", str(disk)], check=True)
