@@ -797,6 +797,240 @@ def _linked_folders(files: list[str], root: Path) -> set[str]:
     return {folder for folder in {f.rpartition("/")[0] for f in files} if through_link(folder)}
 
 
+# ---- a folder of class folders: the same table a CSV gives ---------------------------------------
+
+FOLDER_LAYOUTS = ("expected class folders (DIR/cat/1.png, DIR/dog/2.png: torchvision's ImageFolder, "
+                  "Keras's image_dataset_from_directory, fastai's from_folder), split folders "
+                  "above them (DIR/train/cat/1.png, DIR/valid/... or DIR/val/..., DIR/test/...; a "
+                  "test folder may hold its images directly, unlabelled), or a metadata.csv with "
+                  "a file_name column (Hugging Face's imagefolder)")
+METADATA_FILE = "metadata.csv"  # Hugging Face imagefolder's table, in a split folder or at the top
+CACHE_FOLDER = ".cache"  # the disk cache's default place in the image folder: no user file
+
+
+class FolderListing(NamedTuple):
+    table: pd.DataFrame  # file (relative, '/'), label (None: unlabelled), split (with split folders)
+    layout: str  # the layout recognised, in words
+    skipped: dict[str, list[str]]  # why -> the names skipped for it (SKIP_REASONS)
+
+
+SKIP_REASONS = ("not image files by their extension", "hidden", "beside the class or split folders",
+                "linked folders")
+
+
+def list_image_folder(folder: str | Path, *, label_column: str | None = None,
+                      encoding: str = "utf-8") -> pd.DataFrame:
+    """A folder of class folders as the table a CSV gives: columns file (relative to folder,
+    '/'-separated), label (the class folder's name; None for an unlabelled test image) and, when
+    there are split folders, split (train, valid or test). Rows by split, class, then file.
+
+        DIR/cat/1.png  DIR/dog/2.png                  ImageFolder, image_dataset_from_directory
+        DIR/train/cat/1.png  DIR/val/dog/2.png        split folders (train; valid, val; test)
+        DIR/test/3.png                                a test folder without classes: unlabelled
+        DIR/train/metadata.csv  DIR/train/1.png       Hugging Face imagefolder: file_name column
+
+    label_column: metadata.csv's label column (default: 'label' when it has one, else the class
+    folders the files are in). Skipped files (not images by extension, hidden, beside the class
+    folders) and linked folders already listed are counted in one warning. Use it as a CSV:
+    table.to_csv(path, index=False), then CsvImageDataset(path, folder, file_column="file",
+    label_column="label", split=("split", "train"))."""
+    listing = scan_image_folder(folder, label_column=label_column, encoding=encoding)
+    if message := skipped_message(Path(folder), listing.skipped):
+        warnings.warn(message, stacklevel=2)
+    return listing.table
+
+
+def scan_image_folder(folder: str | Path, *, label_column: str | None = None,
+                      encoding: str = "utf-8") -> FolderListing:
+    """list_image_folder's table, with the layout recognised and what was skipped (no warning)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DatasetError(f"image folder not found: {folder}")
+    walker = _FolderWalker(folder)
+    dirs, files = walker.entries("")
+    splits: dict[str, str] = {}  # split folder -> train / valid / test
+    for name in dirs:
+        split = next((s for s, names in SPLIT_SPELLINGS.items() if name.lower() in names), None)
+        if split in splits.values():
+            other = next(d for d, s in splits.items() if s == split)
+            raise DatasetError(f"{folder}: two folders of the {split} split, {other!r} and "
+                               f"{name!r}; keep one")
+        if split is not None:
+            splits[name] = split
+    if splits and len(splits) < len(dirs):
+        raise DatasetError(f"{folder}: split folders ({', '.join(splits)}) beside other folders "
+                           f"({', '.join(d for d in dirs if d not in splits)}); "
+                           f"{FOLDER_LAYOUTS}")
+    if (folder / METADATA_FILE).is_file():  # one table for the whole folder
+        rows, layout = walker.metadata_rows("", None, label_column, encoding)
+        rows = [(file, label, _split_of(file)) for file, label, _ in rows]
+        splits = {"": "found"} if any(split for _, _, split in rows) else {}
+        layouts = [layout]
+    else:
+        if not dirs and not files:
+            raise DatasetError(f"{folder}: empty (no files, no folders); {FOLDER_LAYOUTS}")
+        parts = [(name, splits[name]) for name in sorted(splits, key=lambda d: list(
+            SPLIT_SPELLINGS).index(splits[d]))] if splits else [("", None)]
+        if splits:  # files beside the split folders
+            walker.skipped["beside the class or split folders"] += files
+        rows, layouts = [], []
+        for rel, split in parts:
+            if (folder / rel / METADATA_FILE).is_file():
+                found, layout = walker.metadata_rows(rel, split, label_column, encoding)
+            else:
+                found, layout = walker.class_folder_rows(
+                    rel, split, walker.entries(rel) if rel else (dirs, files))
+            rows += found
+            layouts.append(f"{rel}/: {layout}" if rel else layout)
+        walker.follow_links(rows)
+        listed = {(r[1], r[2]) for r in rows}
+        for path, label, split in walker.classes:  # after the links: a class may be one
+            if (label, split) not in listed and not path.is_symlink():  # a link: named skipped
+                raise DatasetError(f"{path}: a class folder with no images (files ending in .png, "
+                                   f".jpg, ... or another image extension); {FOLDER_LAYOUTS}")
+    order = list(SPLIT_SPELLINGS)
+    rows.sort(key=lambda r: (order.index(r[2]) if r[2] else -1, r[1] or "", r[0]))
+    table = pd.DataFrame(rows, columns=["file", "label", "split"])
+    if not splits:
+        table = table.drop(columns="split")
+    return FolderListing(table, "; ".join(layouts), walker.skipped)
+
+
+def skipped_message(folder: Path, skipped: dict[str, list[str]]) -> str | None:
+    """What the listing of folder skipped, in one line; None when nothing was."""
+    parts = [f"{len(names)} {why} (such as {sorted(names)[0]!r})" for why, names in skipped.items()
+             if names and why != "linked folders"]
+    parts += [f"linked folder {name}" for name in skipped["linked folders"]]
+    return f"{folder}: skipped " + "; ".join(parts) if parts else None
+
+
+def _split_of(file: str) -> str | None:
+    """The split a metadata.csv at the top names by the file's first folder (train/1.png), if any."""
+    first = file.partition("/")[0].lower() if "/" in file else ""
+    return next((s for s, names in SPLIT_SPELLINGS.items() if first in names), None)
+
+
+class _FolderWalker:
+    """Walks one image folder: lists images, counts what it skips, and reads each real folder once
+    (a linked subfolder is followed after every real one, so that a link to a folder listed
+    anyway is skipped, and a loop of links ends)."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder, self.root = folder, os.path.realpath(folder)
+        self.extensions = image_extensions()
+        self.seen = {self.root}  # real paths of the folders listed
+        self.skipped: dict[str, list[str]] = {why: [] for why in SKIP_REASONS}
+        self.links: list[tuple[str, str | None, str | None]] = []  # (rel, label, split) to follow
+        self.classes: list[tuple[Path, str, str | None]] = []  # (path, label, split) of each class
+
+    def entries(self, rel: str) -> tuple[list[str], list[str]]:
+        """(folders, files) in folder/rel, sorted, hidden ones counted as skipped."""
+        dirs, files = [], []
+        for entry in sorted(os.scandir(self.folder / rel), key=lambda e: e.name):
+            if entry.name.startswith("."):
+                if not (rel == "" and entry.name == CACHE_FOLDER):
+                    self.skipped["hidden"].append(_join(rel, entry.name))
+            elif entry.is_dir():
+                dirs.append(entry.name)
+            elif entry.name != METADATA_FILE:
+                files.append(entry.name)
+        return dirs, files
+
+    def images(self, rel: str, label: str | None, split: str | None) -> list[tuple]:
+        """(file, label, split) of each image in folder/rel and below, its linked subfolders
+        kept for follow_links; rel may be a link."""
+        real = os.path.realpath(self.folder / rel)
+        if real in self.seen or not (real + os.sep).startswith(self.root + os.sep):
+            why = ("a link to a folder already listed" if real in self.seen else
+                   f"a link to {real}, outside {self.folder}")
+            self.skipped["linked folders"].append(f"{rel!r} ({why})")
+            return []
+        self.seen.add(real)
+        rows = []
+        dirs, files = self.entries(rel)
+        for name in files:
+            self._add_file(_join(rel, name), label, split, rows)
+        for name in dirs:
+            sub = _join(rel, name)
+            if os.path.islink(self.folder / sub):
+                self.links.append((sub, label, split))
+            else:
+                rows += self.images(sub, label, split)
+        return rows
+
+    def _add_file(self, file: str, label: str | None, split: str | None, rows: list) -> None:
+        if Path(file).suffix.lower() in self.extensions and (self.folder / file).is_file():
+            rows.append((file, label, split))
+        else:
+            self.skipped["not image files by their extension"].append(file)
+
+    def follow_links(self, rows: list) -> None:
+        """The linked subfolders, each after every real folder was listed (a link's own links
+        after it), into rows: once each, and not a folder listed already."""
+        while self.links:
+            rows += self.images(*self.links.pop(0))
+
+    def class_folder_rows(self, rel: str, split: str | None,
+                          entries: tuple[list[str], list[str]]) -> tuple[list[tuple], str]:
+        """The rows of folder/rel's class folders (entries: its folders and files); a test folder
+        without class folders: unlabelled rows. Files beside the class folders are skipped; a
+        linked class folder is followed last (follow_links)."""
+        (dirs, files), here = entries, self.folder / rel
+        if not dirs:
+            if split == "test" and files:  # Kaggle's test/ folder: images to predict
+                rows: list[tuple] = []
+                for name in files:
+                    self._add_file(_join(rel, name), None, split, rows)
+                if rows:
+                    return rows, f"{len(rows)} images without class folders (unlabelled)"
+            raise DatasetError(f"{here}: no class folders" + (
+                f" ({len(files)} files directly in it)" if files else "") + f"; {FOLDER_LAYOUTS}")
+        self.skipped["beside the class or split folders"] += [_join(rel, name) for name in files]
+        rows = []
+        for name in dirs:
+            self.classes.append((here / name, name, split))
+            if os.path.islink(here / name):
+                self.links.append((_join(rel, name), name, split))
+            else:
+                rows += self.images(_join(rel, name), name, split)
+        return rows, f"{len(dirs)} class folders"
+
+    def metadata_rows(self, rel: str, split: str | None, label_column: str | None,
+                      encoding: str) -> tuple[list[tuple], str]:
+        """The rows metadata.csv in folder/rel lists: file_name relative to that folder; the
+        label from label_column, else 'label', else the folder each file is in."""
+        path = self.folder / rel / METADATA_FILE
+        table = read_csv(path, ["file_name"], encoding)  # named errors: no column, encoding
+        columns = csv_columns(path, encoding)
+        if label_column is not None and label_column not in columns:
+            raise DatasetError(f"{path}: no column {label_column!r}; the columns are {columns}")
+        column = label_column or ("label" if "label" in columns else None)
+        if column is not None:
+            table = read_csv(path, ["file_name", column], encoding)
+        rows = []
+        for i, name in zip(table.index, table["file_name"].fillna("").astype(str)):
+            name = name.strip().replace("\\", "/")
+            if column is not None:
+                value = table.at[i, column]
+                label = None if pd.isna(value) or str(value).strip() == "" else str(value).strip()
+            else:  # as Hugging Face: the folder the file is in, below the metadata's folder
+                parent = name.rpartition("/")[0].rpartition("/")[2]
+                label = parent if parent and (rel or _split_of(name) is None or
+                                              name.count("/") > 1) else None
+            rows.append((_join(rel, name), label, split))
+        source = f"labels from column {column!r}" if column else "labels from the class folders"
+        return rows, f"{METADATA_FILE} ({len(rows)} rows, {source})"
+
+
+def _join(rel: str, name: str) -> str:
+    return f"{rel}/{name}" if rel else name
+
+
+def image_extensions() -> set[str]:
+    """The file name endings of the formats Pillow can open (".png", ".jpg", ...)."""
+    return {e for e, fmt in Image.registered_extensions().items() if fmt in Image.OPEN}
+
+
 # ---- the check command ---------------------------------------------------------------------------
 
 def check_dataset(csv_path: str | Path, img_dir: str | Path,
