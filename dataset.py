@@ -811,11 +811,12 @@ CACHE_FOLDER = ".cache"  # the disk cache's default place in the image folder: n
 class FolderListing(NamedTuple):
     table: pd.DataFrame  # file (relative, '/'), label (None: unlabelled), split (with split folders)
     layout: str  # the layout recognised, in words
-    skipped: dict[str, list[str]]  # why -> the names skipped for it (SKIP_REASONS)
+    skipped: dict[str, list[str]]  # why (a key of SKIP_REASONS) -> the names skipped for it
 
 
-SKIP_REASONS = ("not image files by their extension", "hidden", "beside the class or split folders",
-                "linked folders")
+SKIP_REASONS = {"not images": "file(s) not images by their extension",
+                "hidden": "hidden file(s) or folder(s)",
+                "beside": "file(s) beside the class or split folders", "links": "linked folder(s)"}
 
 
 def list_image_folder(folder: str | Path, *, label_column: str | None = None,
@@ -872,7 +873,7 @@ def scan_image_folder(folder: str | Path, *, label_column: str | None = None,
         parts = [(name, splits[name]) for name in sorted(splits, key=lambda d: list(
             SPLIT_SPELLINGS).index(splits[d]))] if splits else [("", None)]
         if splits:  # files beside the split folders
-            walker.skipped["beside the class or split folders"] += files
+            walker.skipped["beside"] += files
         rows, layouts = [], []
         for rel, split in parts:
             if (folder / rel / METADATA_FILE).is_file():
@@ -898,9 +899,9 @@ def scan_image_folder(folder: str | Path, *, label_column: str | None = None,
 
 def skipped_message(folder: Path, skipped: dict[str, list[str]]) -> str | None:
     """What the listing of folder skipped, in one line; None when nothing was."""
-    parts = [f"{len(names)} {why} (such as {sorted(names)[0]!r})" for why, names in skipped.items()
-             if names and why != "linked folders"]
-    parts += [f"linked folder {name}" for name in skipped["linked folders"]]
+    parts = [f"{len(names)} {SKIP_REASONS[why]} (such as {sorted(names)[0]!r})"
+             for why, names in skipped.items() if names and why != "links"]
+    parts += [f"linked folder {name}" for name in skipped["links"]]
     return f"{folder}: skipped " + "; ".join(parts) if parts else None
 
 
@@ -941,9 +942,9 @@ class _FolderWalker:
         kept for follow_links; rel may be a link."""
         real = os.path.realpath(self.folder / rel)
         if real in self.seen or not (real + os.sep).startswith(self.root + os.sep):
-            why = ("a link to a folder already listed" if real in self.seen else
-                   f"a link to {real}, outside {self.folder}")
-            self.skipped["linked folders"].append(f"{rel!r} ({why})")
+            why = (f"a link to {os.path.relpath(real, self.root)!r}, listed already"
+                   if real in self.seen else f"a link to {real}, outside {self.folder}")
+            self.skipped["links"].append(f"{rel!r} ({why})")
             return []
         self.seen.add(real)
         rows = []
@@ -962,7 +963,7 @@ class _FolderWalker:
         if Path(file).suffix.lower() in self.extensions and (self.folder / file).is_file():
             rows.append((file, label, split))
         else:
-            self.skipped["not image files by their extension"].append(file)
+            self.skipped["not images"].append(file)
 
     def follow_links(self, rows: list) -> None:
         """The linked subfolders, each after every real folder was listed (a link's own links
@@ -982,10 +983,10 @@ class _FolderWalker:
                 for name in files:
                     self._add_file(_join(rel, name), None, split, rows)
                 if rows:
-                    return rows, f"{len(rows)} images without class folders (unlabelled)"
+                    return rows, f"{len(rows)} image(s) without class folders (unlabelled)"
             raise DatasetError(f"{here}: no class folders" + (
-                f" ({len(files)} files directly in it)" if files else "") + f"; {FOLDER_LAYOUTS}")
-        self.skipped["beside the class or split folders"] += [_join(rel, name) for name in files]
+                f" ({len(files)} file(s) directly in it)" if files else "") + f"; {FOLDER_LAYOUTS}")
+        self.skipped["beside"] += [_join(rel, name) for name in files]
         rows = []
         for name in dirs:
             self.classes.append((here / name, name, split))
