@@ -19,6 +19,7 @@ import re
 import shlex
 import stat
 import sys
+import tempfile
 import warnings
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -1167,9 +1168,11 @@ def parse_image_size(text: str) -> tuple[int, int]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="Check a CSV + image folder without training: every "
-                                            "row, every image. Exit status 0 when clean, else 1.")
-    p.add_argument("csv_path")
-    p.add_argument("img_dir")
+                                            "row, every image. Exit status 0 when clean, else 1. "
+                                            "A folder alone: its class folders (as train.py "
+                                            "--image-folder lists them).")
+    p.add_argument("csv_path", help="the CSV; or a folder of class folders, without img_dir")
+    p.add_argument("img_dir", nargs="?", help="the folder the CSV's file names are relative to")
     p.add_argument("--file-column", default="File Name",
                    help="column with the file names (default: %(default)s)")
     p.add_argument("--label-column", default="Class Label",
@@ -1185,6 +1188,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--encoding", default="utf-8", help="the CSV's text encoding (default: utf-8)")
     p.add_argument("--all", action="store_true", help="list every bad row, not the first 20")
     args = p.parse_args(argv)
+    if args.img_dir is None:
+        if not Path(args.csv_path).is_dir():
+            p.error("the following arguments are required: img_dir (or give a folder of class "
+                    "folders alone)")
+        if args.split_column is not None:
+            p.error("a folder's split folders are its split: pass --split alone")
+        label = None if args.label_column == "Class Label" else args.label_column
+        return check_folder_command(Path(args.csv_path), label_column=label, mode=args.mode,
+                                    num_classes=args.num_classes, split=args.split,
+                                    image_size=args.image_size, encoding=args.encoding,
+                                    list_all=args.all)
     if (args.split_column is None) != (args.split is None):
         p.error("--split-column and --split go together")
     split = (args.split_column, args.split) if args.split_column else None
@@ -1205,25 +1219,90 @@ def main(argv: list[str] | None = None) -> int:
             print(f"hint: no file was found: the CSV's names are looked up below {args.img_dir}; "
                   "is that the folder that holds them?")
         return 1
-    print(f"{args.csv_path}: {summary['rows']} rows, {len(summary['classes'])} classes")
-    print("classes: " + ", ".join(f"{name}: {n}" for name, n in summary["classes"].items()))
+    return print_check(Path(args.csv_path), summary, problems, command, args.image_size,
+                       args.all)
+
+
+def print_check(name: Path, summary: dict, problems: list[Problem], command: str,
+                image_size: tuple[int, int] | None, list_all: bool, unlabelled: bool = False
+                ) -> int:
+    """The check command's report of check_dataset's (summary, problems); its exit status.
+    unlabelled: rows without labels (a folder's test images, for --predict)."""
+    if unlabelled:
+        print(f"{name}: {summary['rows']} rows without labels (for --predict)")
+    else:
+        print(f"{name}: {summary['rows']} rows, {len(summary['classes'])} classes")
+        print("classes: " + ", ".join(f"{name}: {n}" for name, n in summary["classes"].items()))
     sizes = Counter(summary["sizes"]).most_common()
     print("image sizes (HxW): " + ", ".join(f"{s}: {n}" for s, n in sizes[:5])
           + (f", and {len(sizes) - 5} other sizes" if len(sizes) > 5 else ""))
     print("image modes: " + ", ".join(f"{m}: {n}" for m, n in summary["modes"].items())
           + f" (converted to {summary['mode']}: {summary['mode_decision']})"
-          + (f", resized to {args.image_size[0]}x{args.image_size[1]} (HxW)" if args.image_size
-             else ""))
+          + (f", resized to {image_size[0]}x{image_size[1]} (HxW)" if image_size else ""))
     for note, n in summary["notes"].items():
         print(f"{n} image(s) {note}")
     for warning in summary["warnings"]:
         print(f"warning: {warning}")
     if problems:
-        print(problems_message(Path(args.csv_path), problems, summary["rows"], command,
-                               None if args.all else MAX_LISTED_PROBLEMS))
+        print(problems_message(name, problems, summary["rows"], command,
+                               None if list_all else MAX_LISTED_PROBLEMS))
         return 1
     print("OK: no problems found")
     return 0
+
+
+def check_folder_command(folder: Path, *, label_column: str | None, mode: str,
+                         num_classes: int | None, split: str | None,
+                         image_size: tuple[int, int] | None, encoding: str,
+                         list_all: bool) -> int:
+    """`python dataset.py DIR`: the folder listed (list_image_folder), then its labelled rows
+    checked as a CSV's and its unlabelled ones (a test folder without classes) as --predict's.
+    Lines are those of the listing, as train.py --image-folder writes it to split.csv."""
+    try:
+        listing = scan_image_folder(folder, label_column=label_column, encoding=encoding)
+    except DatasetError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(f"{folder}: {listing.layout}")
+    print(f"warning: {skipped_message(folder, listing.skipped)}" if any(listing.skipped.values())
+          else "skipped: nothing")
+    table = listing.table
+    labelled = table["label"].notna()
+    if split is not None and "split" not in table:
+        print(f"error: {folder} has no split folders; leave out --split", file=sys.stderr)
+        return 1
+    chosen = table["split"].isin(split_spellings(split)[:1]) if split is not None else True
+    if split is not None and not chosen.any():
+        print(f"error: {folder}: no {split!r} split folder; its splits are "
+              f"{sorted(set(table['split']), key=list(SPLIT_SPELLINGS).index)}", file=sys.stderr)
+        return 1
+    table = table.assign(checked=np.where(labelled & chosen, "labelled",
+                                          np.where(chosen, "unlabelled", "")))
+    command = shlex.join(["python", "dataset.py", str(folder), "--all"])
+    status = 0
+    with tempfile.TemporaryDirectory(prefix="csvimg-tmp-") as tmp:
+        path = Path(tmp) / "listing.csv"
+        table.to_csv(path, index=False, lineterminator="\n")
+        for kind, label in (("labelled", "label"), ("unlabelled", None)):
+            if not (table["checked"] == kind).any():
+                continue
+            try:
+                summary, problems = check_dataset(
+                    path, folder, file_column="file", label_column=label, mode=mode,
+                    num_classes=num_classes, split=("checked", kind), image_size=image_size)
+            except DatasetError as e:
+                print(f"error: {str(e).replace(str(path), f'{folder} (listed)')}", file=sys.stderr)
+                return 1
+            summary["warnings"] = [w.replace(str(path), f"{folder} (listed)")
+                                   for w in summary["warnings"]]
+            if summary["mode"] == "-":
+                print(problems_message(folder, problems, summary["rows"], command,
+                                       by_reason=True, list_rows=False))
+                status = 1
+                continue
+            status |= print_check(folder, summary, problems, command, image_size, list_all,
+                                  unlabelled=label is None)
+    return status
 
 
 if __name__ == "__main__":
