@@ -70,6 +70,17 @@ def test_an_image_folder_tree_is_the_table_a_csv_gives_by_class_then_file(tmp_pa
     assert ds[4][1] == 1
 
 
+def test_the_listing_is_torchvisions_imagefolder_order_on_its_own_layout(tmp_path):
+    datasets = pytest.importorskip("torchvision.datasets")
+    root = image_folder_tree(tmp_path / "pets")
+    image(root / "cat" / "B" / "x.png")  # upper case sorts first; a deeper folder
+    image(root / "Cow" / "a.jpg")
+    torchvision_tree = datasets.ImageFolder(str(root))
+    table = list_image_folder(root)
+    assert [os.path.relpath(path, root) for path, _ in torchvision_tree.samples] == table["file"].tolist()
+    assert [torchvision_tree.classes[k] for _, k in torchvision_tree.samples] == table["label"].tolist()
+
+
 @pytest.mark.parametrize("valid_name", ["val", "valid", "validation"])
 def test_train_val_test_folders_become_the_split_column(tmp_path, valid_name):
     root = split_tree(tmp_path / "data", valid_name)
