@@ -866,11 +866,11 @@ def scan_image_folder(folder: str | Path, *, label_column: str | None = None,
     if (folder / METADATA_FILE).is_file():  # one table for the whole folder
         rows, layout = walker.metadata_rows("", None, label_column, encoding)
         rows = [(file, label, _split_of(file)) for file, label, _ in rows]
-        splits = {"": "found"} if any(split for _, _, split in rows) else {}
-        layouts = [layout]
+        has_split, layouts = any(split for _, _, split in rows), [layout]
     else:
         if not dirs and not files:
             raise DatasetError(f"{folder}: empty (no files, no folders); {FOLDER_LAYOUTS}")
+        has_split = bool(splits)
         parts = [(name, splits[name]) for name in sorted(splits, key=lambda d: list(
             SPLIT_SPELLINGS).index(splits[d]))] if splits else [("", None)]
         if splits:  # files beside the split folders
@@ -893,7 +893,7 @@ def scan_image_folder(folder: str | Path, *, label_column: str | None = None,
     order = list(SPLIT_SPELLINGS)
     rows.sort(key=lambda r: (order.index(r[2]) if r[2] else -1, r[1] or "", r[0]))
     table = pd.DataFrame(rows, columns=["file", "label", "split"])
-    if not splits:
+    if not has_split:
         table = table.drop(columns="split")
     return FolderListing(table, "; ".join(layouts), walker.skipped)
 
@@ -928,7 +928,11 @@ class _FolderWalker:
     def entries(self, rel: str) -> tuple[list[str], list[str]]:
         """(folders, files) in folder/rel, sorted, hidden ones counted as skipped."""
         dirs, files = [], []
-        for entry in sorted(os.scandir(self.folder / rel), key=lambda e: e.name):
+        try:
+            found = sorted(os.scandir(self.folder / rel), key=lambda e: e.name)
+        except OSError as e:  # a folder we may not enter
+            raise DatasetError(f"{self.folder / rel}: cannot be listed ({e.strerror})") from None
+        for entry in found:
             if entry.name.startswith("."):
                 if not (rel == "" and entry.name == CACHE_FOLDER):
                     self.skipped["hidden"].append(_join(rel, entry.name))
@@ -1004,9 +1008,10 @@ class _FolderWalker:
         path = self.folder / rel / METADATA_FILE
         table = read_csv(path, ["file_name"], encoding)  # named errors: no column, encoding
         columns = csv_columns(path, encoding)
-        if label_column is not None and label_column not in columns:
+        if label_column is not None and label_column not in columns and split != "test":
             raise DatasetError(f"{path}: no column {label_column!r}; the columns are {columns}")
-        column = label_column or ("label" if "label" in columns else None)
+        # a test split's metadata without labels (a competition's): unlabelled, for --predict
+        column = next((c for c in (label_column or "label",) if c in columns), None)
         if column is not None:
             table = read_csv(path, ["file_name", column], encoding)
         rows = []

@@ -111,6 +111,10 @@ def test_hugging_face_metadata_csv_in_split_folders_gives_labels_from_its_column
         list_image_folder(root, label_column="species")
     table = list_image_folder(root / "train", label_column="species")  # metadata.csv at the top
     assert table.to_dict("records") == [{"file": "cat0.png", "label": "felis"}]
+    write_csv(root / "test" / "metadata.csv", "file_name\ncat0.png\ndog0.png\n")  # a competition's test set
+    write_csv(root / "train" / "metadata.csv", "file_name,label\ncat0.png,cat\ndog0.png,dog\n")
+    table = list_image_folder(root, label_column="label")
+    assert table[table["split"] == "test"]["label"].isna().all() and table["label"].notna().sum() == 4
     image(tmp_path / "top" / "train" / "cat" / "a.png")
     write_csv(tmp_path / "top" / "metadata.csv", "file_name,size\ntrain/cat/a.png,4\n")
     table = list_image_folder(tmp_path / "top")  # one metadata.csv at the top: the split from the path
