@@ -288,7 +288,8 @@ def test_image_folder_flag_errors(tmp_path, capsys):
     for argv, message in (
             (["--image-folder", str(root), "--csv", str(csv)], "--image-folder, --csv and --data-dir: choose one"),
             (["--image-folder", str(tmp_path / "none")], f"--image-folder {tmp_path / 'none'}: no such folder"),
-            (["--image-folder", str(root), "--split-column", "s"], "--split-column goes with --csv")):
+            (["--image-folder", str(root), "--split-column", "s"], "--split-column goes with --csv"),
+            (["--image-folder", str(root), "--predict", str(root)], "--predict PATH reads its own folder or CSV")):
         with pytest.raises(SystemExit):
             train.main(argv)
         assert message in capsys.readouterr().err
