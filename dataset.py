@@ -6,6 +6,8 @@
 
 ds[i] decodes image i as a viewer shows it. Every row is checked when the dataset is built, and a
 bad row is named with its CSV line; `python dataset.py CSV IMG_DIR` checks one without training.
+A folder of class folders (DIR/cat/1.png) becomes the same table: list_image_folder, and
+`python dataset.py DIR` checks it.
 Works alone (copy this file); each image decoded once, and fast batches: loaders.DecodedImages.
 """
 
