@@ -6,6 +6,8 @@
 
 ds[i] decodes image i as a viewer shows it. Every row is checked when the dataset is built, and a
 bad row is named with its CSV line; `python dataset.py CSV IMG_DIR` checks one without training.
+A folder of class folders (DIR/cat/1.png) becomes the same table: list_image_folder, and
+`python dataset.py DIR` checks it.
 Works alone (copy this file); each image decoded once, and fast batches: loaders.DecodedImages.
 """
 
@@ -19,6 +21,7 @@ import re
 import shlex
 import stat
 import sys
+import tempfile
 import warnings
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -797,6 +800,246 @@ def _linked_folders(files: list[str], root: Path) -> set[str]:
     return {folder for folder in {f.rpartition("/")[0] for f in files} if through_link(folder)}
 
 
+# ---- a folder of class folders: the same table a CSV gives ---------------------------------------
+
+FOLDER_LAYOUTS = ("expected class folders (DIR/cat/1.png, DIR/dog/2.png: torchvision's ImageFolder, "
+                  "Keras's image_dataset_from_directory, fastai's from_folder), split folders "
+                  "above them (DIR/train/cat/1.png, DIR/valid/... or DIR/val/..., DIR/test/...; a "
+                  "test folder may hold its images directly, unlabelled), or a metadata.csv with "
+                  "a file_name column (Hugging Face's imagefolder)")
+METADATA_FILE = "metadata.csv"  # Hugging Face imagefolder's table, in a split folder or at the top
+CACHE_FOLDER = ".cache"  # the disk cache's default place in the image folder: no user file
+
+
+class FolderListing(NamedTuple):
+    table: pd.DataFrame  # file (relative, '/'), label (None: unlabelled), split (with split folders)
+    layout: str  # the layout recognised, in words
+    skipped: dict[str, list[str]]  # why (a key of SKIP_REASONS) -> the names skipped for it
+
+
+SKIP_REASONS = {"not images": "file(s) not images by their extension",
+                "hidden": "hidden file(s) or folder(s)",
+                "beside": "file(s) beside the class or split folders", "links": "linked folder(s)"}
+
+
+def list_image_folder(folder: str | Path, *, label_column: str | None = None,
+                      encoding: str = "utf-8") -> pd.DataFrame:
+    """A folder of class folders as the table a CSV gives: columns file (relative to folder,
+    '/'-separated), label (the class folder's name; None for an unlabelled test image) and, when
+    there are split folders, split (train, valid or test). Rows by split, class, then file.
+
+        DIR/cat/1.png  DIR/dog/2.png                  ImageFolder, image_dataset_from_directory
+        DIR/train/cat/1.png  DIR/val/dog/2.png        split folders (train; valid, val; test)
+        DIR/test/3.png                                a test folder without classes: unlabelled
+        DIR/train/metadata.csv  DIR/train/1.png       Hugging Face imagefolder: file_name column
+
+    label_column: metadata.csv's label column (default: 'label' when it has one, else the class
+    folders the files are in). Skipped files (not images by extension, hidden, beside the class
+    folders) and linked folders already listed are counted in one warning. Use it as a CSV:
+    table.to_csv(path, index=False), then CsvImageDataset(path, folder, file_column="file",
+    label_column="label", split=("split", "train"))."""
+    listing = scan_image_folder(folder, label_column=label_column, encoding=encoding)
+    if message := skipped_message(Path(folder), listing.skipped):
+        warnings.warn(message, stacklevel=2)
+    return listing.table
+
+
+def scan_image_folder(folder: str | Path, *, label_column: str | None = None,
+                      encoding: str = "utf-8") -> FolderListing:
+    """list_image_folder's table, with the layout recognised and what was skipped (no warning)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DatasetError(f"image folder not found: {folder}")
+    walker = _FolderWalker(folder)
+    dirs, files = walker.entries("")
+    splits: dict[str, str] = {}  # split folder -> train / valid / test
+    for name in dirs:
+        split = next((s for s, names in SPLIT_SPELLINGS.items() if name.lower() in names), None)
+        if split in splits.values():
+            other = next(d for d, s in splits.items() if s == split)
+            raise DatasetError(f"{folder}: two folders of the {split} split, {other!r} and "
+                               f"{name!r}; keep one")
+        if split is not None:
+            splits[name] = split
+    if splits and len(splits) < len(dirs):
+        raise DatasetError(f"{folder}: split folders ({', '.join(splits)}) beside other folders "
+                           f"({', '.join(d for d in dirs if d not in splits)}); "
+                           f"{FOLDER_LAYOUTS}")
+    if (folder / METADATA_FILE).is_file():  # one table for the whole folder
+        rows, layout = walker.metadata_rows("", None, label_column, encoding)
+        rows = [(file, label, _split_of(file)) for file, label, _ in rows]
+        has_split, layouts = any(split for _, _, split in rows), [layout]
+    else:
+        if not dirs and not files:
+            raise DatasetError(f"{folder}: empty (no files, no folders); {FOLDER_LAYOUTS}")
+        has_split = bool(splits)
+        parts = [(name, splits[name]) for name in sorted(splits, key=lambda d: list(
+            SPLIT_SPELLINGS).index(splits[d]))] if splits else [("", None)]
+        if splits:  # files beside the split folders
+            walker.skipped["beside"] += files
+        rows, layouts = [], []
+        for rel, split in parts:
+            if (folder / rel / METADATA_FILE).is_file():
+                found, layout = walker.metadata_rows(rel, split, label_column, encoding)
+            else:
+                found, layout = walker.class_folder_rows(
+                    rel, split, walker.entries(rel) if rel else (dirs, files))
+            rows += found
+            layouts.append(f"{rel}/: {layout}" if rel else layout)
+        walker.follow_links(rows)
+        listed = {(r[1], r[2]) for r in rows}
+        for path, label, split in walker.classes:  # after the links: a class may be one
+            if (label, split) not in listed and not path.is_symlink():  # a link: named skipped
+                raise DatasetError(f"{path}: a class folder with no images (files ending in .png, "
+                                   f".jpg, ... or another image extension); {FOLDER_LAYOUTS}")
+    order = list(SPLIT_SPELLINGS)
+    rows.sort(key=lambda r: (order.index(r[2]) if r[2] else -1, r[1] or "", r[0]))
+    table = pd.DataFrame(rows, columns=["file", "label", "split"])
+    if not has_split:
+        table = table.drop(columns="split")
+    return FolderListing(table, "; ".join(layouts), walker.skipped)
+
+
+def skipped_message(folder: Path, skipped: dict[str, list[str]]) -> str | None:
+    """What the listing of folder skipped, in one line; None when nothing was."""
+    parts = [f"{len(names)} {SKIP_REASONS[why]} (such as {sorted(names)[0]!r})"
+             for why, names in skipped.items() if names and why != "links"]
+    parts += [f"linked folder {name}" for name in skipped["links"]]
+    return f"{folder}: skipped " + "; ".join(parts) if parts else None
+
+
+def _split_of(file: str) -> str | None:
+    """The split a metadata.csv at the top names by the file's first folder (train/1.png), if any."""
+    first = file.partition("/")[0].lower() if "/" in file else ""
+    return next((s for s, names in SPLIT_SPELLINGS.items() if first in names), None)
+
+
+class _FolderWalker:
+    """Walks one image folder: lists images, counts what it skips, and reads each real folder once
+    (a linked subfolder is followed after every real one, so that a link to a folder listed
+    anyway is skipped, and a loop of links ends)."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder, self.root = folder, os.path.realpath(folder)
+        self.extensions = image_extensions()
+        self.seen = {self.root}  # real paths of the folders listed
+        self.skipped: dict[str, list[str]] = {why: [] for why in SKIP_REASONS}
+        self.links: list[tuple[str, str | None, str | None]] = []  # (rel, label, split) to follow
+        self.classes: list[tuple[Path, str, str | None]] = []  # (path, label, split) of each class
+
+    def entries(self, rel: str) -> tuple[list[str], list[str]]:
+        """(folders, files) in folder/rel, sorted, hidden ones counted as skipped."""
+        dirs, files = [], []
+        try:
+            found = sorted(os.scandir(self.folder / rel), key=lambda e: e.name)
+        except OSError as e:  # a folder we may not enter
+            raise DatasetError(f"{self.folder / rel}: cannot be listed ({e.strerror})") from None
+        for entry in found:
+            if entry.name.startswith("."):
+                if not (rel == "" and entry.name == CACHE_FOLDER):
+                    self.skipped["hidden"].append(_join(rel, entry.name))
+            elif entry.is_dir():
+                dirs.append(entry.name)
+            elif entry.name != METADATA_FILE:
+                files.append(entry.name)
+        return dirs, files
+
+    def images(self, rel: str, label: str | None, split: str | None) -> list[tuple]:
+        """(file, label, split) of each image in folder/rel and below, its linked subfolders
+        kept for follow_links; rel may be a link."""
+        real = os.path.realpath(self.folder / rel)
+        if real in self.seen or not (real + os.sep).startswith(self.root + os.sep):
+            why = (f"a link to {os.path.relpath(real, self.root)!r}, listed already"
+                   if real in self.seen else f"a link to {real}, outside {self.folder}")
+            self.skipped["links"].append(f"{rel!r} ({why})")
+            return []
+        self.seen.add(real)
+        rows = []
+        dirs, files = self.entries(rel)
+        for name in files:
+            self._add_file(_join(rel, name), label, split, rows)
+        for name in dirs:
+            sub = _join(rel, name)
+            if os.path.islink(self.folder / sub):
+                self.links.append((sub, label, split))
+            else:
+                rows += self.images(sub, label, split)
+        return rows
+
+    def _add_file(self, file: str, label: str | None, split: str | None, rows: list) -> None:
+        if Path(file).suffix.lower() in self.extensions and (self.folder / file).is_file():
+            rows.append((file, label, split))
+        else:
+            self.skipped["not images"].append(file)
+
+    def follow_links(self, rows: list) -> None:
+        """The linked subfolders, each after every real folder was listed (a link's own links
+        after it), into rows: once each, and not a folder listed already."""
+        while self.links:
+            rows += self.images(*self.links.pop(0))
+
+    def class_folder_rows(self, rel: str, split: str | None,
+                          entries: tuple[list[str], list[str]]) -> tuple[list[tuple], str]:
+        """The rows of folder/rel's class folders (entries: its folders and files); a test folder
+        without class folders: unlabelled rows. Files beside the class folders are skipped; a
+        linked class folder is followed last (follow_links)."""
+        (dirs, files), here = entries, self.folder / rel
+        if not dirs:
+            if split == "test" and files:  # Kaggle's test/ folder: images to predict
+                rows: list[tuple] = []
+                for name in files:
+                    self._add_file(_join(rel, name), None, split, rows)
+                if rows:
+                    return rows, f"{len(rows)} image(s) without class folders (unlabelled)"
+            raise DatasetError(f"{here}: no class folders" + (
+                f" ({len(files)} file(s) directly in it)" if files else "") + f"; {FOLDER_LAYOUTS}")
+        self.skipped["beside"] += [_join(rel, name) for name in files]
+        rows = []
+        for name in dirs:
+            self.classes.append((here / name, name, split))
+            if os.path.islink(here / name):
+                self.links.append((_join(rel, name), name, split))
+            else:
+                rows += self.images(_join(rel, name), name, split)
+        return rows, f"{len(dirs)} class folders"
+
+    def metadata_rows(self, rel: str, split: str | None, label_column: str | None,
+                      encoding: str) -> tuple[list[tuple], str]:
+        """The rows metadata.csv in folder/rel lists: file_name relative to that folder; the
+        label from label_column, else 'label', else the folder each file is in."""
+        path = self.folder / rel / METADATA_FILE
+        table = read_csv(path, ["file_name"], encoding)  # named errors: no column, encoding
+        columns = csv_columns(path, encoding)
+        if label_column is not None and label_column not in columns and split != "test":
+            raise DatasetError(f"{path}: no column {label_column!r}; the columns are {columns}")
+        # a test split's metadata without labels (a competition's): unlabelled, for --predict
+        column = next((c for c in (label_column or "label",) if c in columns), None)
+        if column is not None:
+            table = read_csv(path, ["file_name", column], encoding)
+        rows = []
+        for i, name in zip(table.index, table["file_name"].fillna("").astype(str)):
+            name = name.strip().replace("\\", "/")
+            if column is not None:
+                value = table.at[i, column]
+                label = None if pd.isna(value) or str(value).strip() == "" else str(value).strip()
+            else:  # as Hugging Face: the folder the file is in, below the metadata's folder
+                parent = name.rpartition("/")[0].rpartition("/")[2]
+                label = parent if parent and (rel or _split_of(name) is None or
+                                              name.count("/") > 1) else None
+            rows.append((_join(rel, name), label, split))
+        source = f"labels from column {column!r}" if column else "labels from the class folders"
+        return rows, f"{METADATA_FILE} ({len(rows)} rows, {source})"
+
+
+def _join(rel: str, name: str) -> str:
+    return f"{rel}/{name}" if rel else name
+
+
+def image_extensions() -> set[str]:
+    """The file name endings of the formats Pillow can open (".png", ".jpg", ...)."""
+    return {e for e, fmt in Image.registered_extensions().items() if fmt in Image.OPEN}
+
+
 # ---- the check command ---------------------------------------------------------------------------
 
 def check_dataset(csv_path: str | Path, img_dir: str | Path,
@@ -932,9 +1175,11 @@ def parse_image_size(text: str) -> tuple[int, int]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="Check a CSV + image folder without training: every "
-                                            "row, every image. Exit status 0 when clean, else 1.")
-    p.add_argument("csv_path")
-    p.add_argument("img_dir")
+                                            "row, every image. Exit status 0 when clean, else 1. "
+                                            "A folder alone: its class folders (as train.py "
+                                            "--image-folder lists them).")
+    p.add_argument("csv_path", help="the CSV; or a folder of class folders, without img_dir")
+    p.add_argument("img_dir", nargs="?", help="the folder the CSV's file names are relative to")
     p.add_argument("--file-column", default="File Name",
                    help="column with the file names (default: %(default)s)")
     p.add_argument("--label-column", default="Class Label",
@@ -950,6 +1195,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--encoding", default="utf-8", help="the CSV's text encoding (default: utf-8)")
     p.add_argument("--all", action="store_true", help="list every bad row, not the first 20")
     args = p.parse_args(argv)
+    if args.img_dir is None:
+        if not Path(args.csv_path).is_dir():
+            p.error("the following arguments are required: img_dir (or give a folder of class "
+                    "folders alone)")
+        if args.split_column is not None:
+            p.error("a folder's split folders are its split: pass --split alone")
+        label = None if args.label_column == "Class Label" else args.label_column
+        return check_folder_command(Path(args.csv_path), label_column=label, mode=args.mode,
+                                    num_classes=args.num_classes, split=args.split,
+                                    image_size=args.image_size, encoding=args.encoding,
+                                    list_all=args.all)
     if (args.split_column is None) != (args.split is None):
         p.error("--split-column and --split go together")
     split = (args.split_column, args.split) if args.split_column else None
@@ -970,25 +1226,90 @@ def main(argv: list[str] | None = None) -> int:
             print(f"hint: no file was found: the CSV's names are looked up below {args.img_dir}; "
                   "is that the folder that holds them?")
         return 1
-    print(f"{args.csv_path}: {summary['rows']} rows, {len(summary['classes'])} classes")
-    print("classes: " + ", ".join(f"{name}: {n}" for name, n in summary["classes"].items()))
+    return print_check(Path(args.csv_path), summary, problems, command, args.image_size,
+                       args.all)
+
+
+def print_check(name: Path, summary: dict, problems: list[Problem], command: str,
+                image_size: tuple[int, int] | None, list_all: bool, unlabelled: bool = False
+                ) -> int:
+    """The check command's report of check_dataset's (summary, problems); its exit status.
+    unlabelled: rows without labels (a folder's test images, for --predict)."""
+    if unlabelled:
+        print(f"{name}: {summary['rows']} rows without labels (for --predict)")
+    else:
+        print(f"{name}: {summary['rows']} rows, {len(summary['classes'])} classes")
+        print("classes: " + ", ".join(f"{name}: {n}" for name, n in summary["classes"].items()))
     sizes = Counter(summary["sizes"]).most_common()
     print("image sizes (HxW): " + ", ".join(f"{s}: {n}" for s, n in sizes[:5])
           + (f", and {len(sizes) - 5} other sizes" if len(sizes) > 5 else ""))
     print("image modes: " + ", ".join(f"{m}: {n}" for m, n in summary["modes"].items())
           + f" (converted to {summary['mode']}: {summary['mode_decision']})"
-          + (f", resized to {args.image_size[0]}x{args.image_size[1]} (HxW)" if args.image_size
-             else ""))
+          + (f", resized to {image_size[0]}x{image_size[1]} (HxW)" if image_size else ""))
     for note, n in summary["notes"].items():
         print(f"{n} image(s) {note}")
     for warning in summary["warnings"]:
         print(f"warning: {warning}")
     if problems:
-        print(problems_message(Path(args.csv_path), problems, summary["rows"], command,
-                               None if args.all else MAX_LISTED_PROBLEMS))
+        print(problems_message(name, problems, summary["rows"], command,
+                               None if list_all else MAX_LISTED_PROBLEMS))
         return 1
     print("OK: no problems found")
     return 0
+
+
+def check_folder_command(folder: Path, *, label_column: str | None, mode: str,
+                         num_classes: int | None, split: str | None,
+                         image_size: tuple[int, int] | None, encoding: str,
+                         list_all: bool) -> int:
+    """`python dataset.py DIR`: the folder listed (list_image_folder), then its labelled rows
+    checked as a CSV's and its unlabelled ones (a test folder without classes) as --predict's.
+    Lines are those of the listing, as train.py --image-folder writes it to split.csv."""
+    try:
+        listing = scan_image_folder(folder, label_column=label_column, encoding=encoding)
+    except DatasetError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(f"{folder}: {listing.layout}")
+    print(f"warning: {skipped_message(folder, listing.skipped)}" if any(listing.skipped.values())
+          else "skipped: nothing")
+    table = listing.table
+    labelled = table["label"].notna()
+    if split is not None and "split" not in table:
+        print(f"error: {folder} has no split folders; leave out --split", file=sys.stderr)
+        return 1
+    chosen = table["split"].isin(split_spellings(split)[:1]) if split is not None else True
+    if split is not None and not chosen.any():
+        print(f"error: {folder}: no {split!r} split folder; its splits are "
+              f"{sorted(set(table['split']), key=list(SPLIT_SPELLINGS).index)}", file=sys.stderr)
+        return 1
+    table = table.assign(checked=np.where(labelled & chosen, "labelled",
+                                          np.where(chosen, "unlabelled", "")))
+    command = shlex.join(["python", "dataset.py", str(folder), "--all"])
+    status = 0
+    with tempfile.TemporaryDirectory(prefix="csvimg-tmp-") as tmp:
+        path = Path(tmp) / "listing.csv"
+        table.to_csv(path, index=False, lineterminator="\n")
+        for kind, label in (("labelled", "label"), ("unlabelled", None)):
+            if not (table["checked"] == kind).any():
+                continue
+            try:
+                summary, problems = check_dataset(
+                    path, folder, file_column="file", label_column=label, mode=mode,
+                    num_classes=num_classes, split=("checked", kind), image_size=image_size)
+            except DatasetError as e:
+                print(f"error: {str(e).replace(str(path), f'{folder} (listed)')}", file=sys.stderr)
+                return 1
+            summary["warnings"] = [w.replace(str(path), f"{folder} (listed)")
+                                   for w in summary["warnings"]]
+            if summary["mode"] == "-":
+                print(problems_message(folder, problems, summary["rows"], command,
+                                       by_reason=True, list_rows=False))
+                status = 1
+                continue
+            status |= print_check(folder, summary, problems, command, image_size, list_all,
+                                  unlabelled=label is None)
+    return status
 
 
 if __name__ == "__main__":

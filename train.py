@@ -7,6 +7,7 @@ checkpoints, plots.
     python train.py --csv photos/labels.csv --file-column path --label-column label \
         --mode RGB --image-size 32 --augment                # your own images, any size and format
     torchrun --standalone --nproc_per_node=2 train.py --epochs 3 --seed 123
+    python train.py --image-folder photos/ --image-size 32  # class folders: photos/cat/1.jpg
     python train.py --evaluate                              # the saved model, on the test split
     python train.py --predict new-images/                   # a folder or CSV: predictions.csv
 
@@ -62,7 +63,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
-from dataset import DatasetError, parse_image_size
+from dataset import DatasetError, parse_image_size, scan_image_folder, skipped_message
 from evaluate import (REPORT_FILES, RunError, compute_accuracy, compute_confusion_matrix,
                       distributed, evaluate_model, global_settings_kept, model_from_checkpoint,
                       move_aside, predict, read_checkpoint, saved_model_accuracy,
@@ -70,7 +71,7 @@ from evaluate import (REPORT_FILES, RunError, compute_accuracy, compute_confusio
                       to_input, write_reports)
 from loaders import (SPLITS, TEMP_TAG, DecodedImages, LockFileError, atomic_file, decoded,
                      folder_layout, lock_or_holder, loaders_from_datasets, make_datasets,
-                     make_loader, open_lock, split_csv)
+                     make_loader, open_lock, split_csv, write_atomic)
 from model import (MODELS, ModelConfig, PretrainedWeightsMissing, build_model,
                    refuse_beyond_memory)
 
@@ -181,6 +182,7 @@ class DataSettings:
     data_dir: str = DEFAULT_DATA_DIR
     csv: str | None = None
     img_dir: str | None = None
+    class_folders: str | None = None  # --image-folder: listed into split.csv (listed())
     split_column: str | None = None
     valid_fraction: float = 0.1
     test_fraction: float = 0.1
@@ -205,6 +207,14 @@ class DataSettings:
         return {"label_column": self.label_column, "file_column": self.file_column,
                 "seed": self.split_seed, "valid_fraction": self.valid_fraction,
                 "test_fraction": self.test_fraction, "encoding": self.encoding}
+
+    def listed(self, split_path: Path) -> DataSettings:
+        """--image-folder DIR as the run it is: --csv split_path (the folder's listing) --img-dir
+        DIR --split-column split, the column and encoding flags as given; else self."""
+        if self.class_folders is None:
+            return self
+        return dataclasses.replace(self, csv=str(split_path), img_dir=self.class_folders,
+                                   split_column="split")
 
     def image_folder(self) -> Path:
         """The folder the images are in: --data-dir, or --img-dir (default: the CSV's folder)."""
@@ -747,6 +757,11 @@ def data_sources(data: DataSettings, split_path: Path, main_process: bool,
                            "missing); rebuild it with python make_subset.py --out-dir "
                            f"{data.data_dir} --force, which replaces only its own files")
         return sources
+    if data.class_folders is not None and main_process and not (keep_split
+                                                                and split_path.is_file()):
+        listed, layout = folder_listing(data)  # what --csv split_path reads
+        write_atomic(split_path, listed)
+        print(f"Image folder {data.class_folders}: {layout}; listed into {split_path}")
     csv, split_column = data.csv, data.split_column
     if split_column is None:  # draw one, kept with the results
         if main_process and not (keep_split and split_path.is_file()):
@@ -765,6 +780,37 @@ def same_split_or_refuse(csv: str, split_path: Path, split_options: dict) -> Non
                        "--valid-fraction or --test-fraction changed); it is left as it is. Use "
                        "the flags and CSV of that run, or start afresh without --resume / "
                        "--evaluate.")
+
+
+def folder_listing(data: DataSettings) -> tuple[bytes, str]:
+    """--image-folder's split.csv (bytes) and the layout found, in words: the folder's listing,
+    its columns named as --file-column and --label-column say, and where it has no split folders,
+    a split drawn as for a CSV without a split column. Skipped files: one warning."""
+    label = None if data.label_column == DataSettings.label_column else data.label_column
+    listing = scan_image_folder(data.class_folders, label_column=label, encoding=data.encoding)
+    if message := skipped_message(Path(data.class_folders), listing.skipped):
+        warnings.warn(message, stacklevel=2)
+    table = listing.table.rename(columns={"file": data.file_column, "label": data.label_column})
+    text = table.to_csv(index=False, lineterminator="\n").encode(data.encoding)
+    if "split" in table.columns:
+        return text, listing.layout
+    with tempfile.TemporaryDirectory(prefix=f"{TEMP_TAG}-") as tmp:
+        (Path(tmp) / "listing.csv").write_bytes(text)
+        drawn = split_csv(Path(tmp) / "listing.csv", Path(tmp) / "split.csv",
+                          **data.split_options())
+        return drawn.read_bytes(), f"{listing.layout}, no split folders: split drawn"
+
+
+def same_listing_or_refuse(data: DataSettings, split_path: Path) -> None:
+    """The folder's listing now must be split_path, the one the checkpoint was trained on."""
+    if folder_listing(data)[0] != split_path.read_bytes():
+        raise RunError(f"the listing of --image-folder {data.class_folders} with these flags "
+                       f"differs from {split_path}, the one the checkpoint's run was trained on "
+                       "(images added, removed or renamed, or --split-seed, --valid-fraction or "
+                       "--test-fraction changed); it is left as it is. Restore the folder, or "
+                       f"train on that listing as it is (--csv {split_path} --img-dir "
+                       f"{data.class_folders} --split-column split), or start afresh without "
+                       "--resume / --evaluate.")
 
 
 def augmentation():
@@ -835,6 +881,15 @@ def prepare_data(data: DataSettings, *, split_path: Path, seed: int, evaluating:
           f"images from {data.csv or data.data_dir + '/'}, read as {train_ds.mode} "
           f"({train_ds.mode_decision}); {train_ds.cache_decision}; "
           f"device {device}" + (f"; {world_size} processes" if world_size > 1 else ""))
+    if data.class_folders is not None:  # the listing is the data: a CSV run reads it alike
+        flags = [f for flag, value, default in (
+            ("--file-column", data.file_column, DataSettings.file_column),
+            ("--label-column", data.label_column, DataSettings.label_column),
+            ("--encoding", data.encoding, DataSettings.encoding)) if value != default
+            for f in (flag, value)]
+        print(f"Image folder read as its listing, {data.csv}: the same data as "
+              + shlex.join(["--csv", data.csv, "--img-dir", data.class_folders,
+                            "--split-column", "split", *flags]))
     if data.num_workers:  # where each loader makes its batches; loaders that agree named once
         by_decision: dict[str, list[str]] = {}
         for name, loader in zip(SPLITS, loaders):
@@ -1040,6 +1095,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     data.add_argument("--csv", help="CSV listing every image (instead of --data-dir)")
     data.add_argument("--img-dir", help="folder the CSV's file names are relative to "
                                         "(default: the CSV's folder)")
+    data.add_argument("--image-folder", dest="class_folders", metavar="DIR",
+                      help="a folder of class folders (DIR/cat/1.png), with split folders above "
+                           "them where there are (train; valid or val; test), or Hugging Face's "
+                           "metadata.csv, instead of --csv: listed into RESULTS_DIR/split.csv, "
+                           "which the run then reads as a CSV")
     data.add_argument("--split-column", help="column saying train, valid or test for each row "
                                              "(default: none; a split is drawn by class)")
     data.add_argument("--valid-fraction", type=_fraction, default=DataSettings.valid_fraction,
@@ -1163,6 +1223,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.csv is not None and args.data_dir != DEFAULT_DATA_DIR:
         p.error("--csv and --data-dir: choose one (one CSV for all images, or the folder of "
                 "three CSVs)")
+    if args.class_folders is not None:
+        if args.csv is not None or args.data_dir != DEFAULT_DATA_DIR:
+            p.error("--image-folder, --csv and --data-dir: choose one")
+        if args.predict is not None:
+            p.error("--predict PATH reads its own folder or CSV; leave out --image-folder")
+        if not Path(args.class_folders).is_dir():
+            p.error(f"--image-folder {args.class_folders}: no such folder")
     if args.split_column is not None and args.csv is None:
         p.error("--split-column goes with --csv")
     if args.img_dir is not None and args.csv is None and args.predict is None:
@@ -1273,12 +1340,18 @@ def run(settings: Settings, hints: dict) -> History | Path:
     move = results_to_move(settings)
     # split.csv goes aside once the checkpoint passed, when this run draws a new one as it reads the
     # data; the rest once the data passed too: a refused run moves nothing
-    first = tuple(n for n in move if n == "split.csv" and data.csv and data.split_column is None)
+    first = tuple(n for n in move if n == "split.csv" and (
+        data.class_folders or data.csv and data.split_column is None))
     reads_checkpoint = settings.resume or settings.evaluate  # and compares its run with this one
     trained_split = checkpoint_path.resolve().parent / "split.csv"  # the checkpoint run's split
     if reads_checkpoint and data.csv and data.split_column is None \
             and trained_split.is_file():  # refused before anything is moved or written
         same_split_or_refuse(data.csv, trained_split, data.split_options())
+    if reads_checkpoint and data.class_folders and trained_split.is_file():
+        same_listing_or_refuse(data, trained_split)
+    # --image-folder: from here on, the CSV run of its listing (split.csv, written by data_sources)
+    data = data.listed(results_dir / "split.csv")
+    settings = dataclasses.replace(settings, data=data)
     if settings.predict is not None:  # needs the checkpoint and the new images, nothing else
         with results_folder(results_dir, True), \
                 finished_checkpoint(checkpoint_path, results_dir):
