@@ -348,8 +348,12 @@ def write_predictions(model: torch.nn.Module, found: ToPredict, classes: list[st
     predicted = [] if found.ds is None else predicted_rows(model, found.ds, classes, device,
                                                            unreadable, found.in_csv)
     if not predicted:
+        placeholders = all("is not one of the classes" in why for _, _, why in unreadable)
         raise DatasetError(f"{source}: no image could be read, so nothing was predicted:\n"
-                           + "\n".join(f"  {f!r}: {why}" for f, _, why in unreadable[:10]))
+                           + "\n".join(f"  {f!r}: {why}" for f, _, why in unreadable[:10])
+                           + ("\nA sample submission's placeholder labels? --predict-columns "
+                              "ID,LABEL does not read the LABEL column, and writes a submission"
+                              if placeholders else ""))
     labelled = submission is None and found.ds.targets[0] >= 0
     if submission is None:
         rows = prediction_table(predicted, unreadable, len(classes), found.in_csv, labelled,
@@ -458,6 +462,10 @@ def report_predictions(out: Path, rows: list[list], checkpoint_path: Path,
     if labelled:
         correct = sum(row[1] == row[-2] for row in done)
         print(f"Accuracy: {100.0 * correct / len(done):.2f}% ({correct} of {len(done)})")
+        if len(done) > 1 and len({row[-2] for row in done}) == 1:
+            warnings.warn(f"every image's true class is {done[0][-2]!r}: if the label column holds "
+                          "a sample submission's placeholders, this accuracy means nothing "
+                          "(--predict-columns ID,LABEL does not read it, and writes a submission)")
 
 
 def images_to_predict(path: Path, columns: tuple[str, str | None], img_dir: str | None,
@@ -495,7 +503,11 @@ def images_to_predict(path: Path, columns: tuple[str, str | None], img_dir: str 
             kwargs = {"file_column": "File Name", "encoding": "utf-8",
                       "label_column": "Class Label" if label_column else None}
         listed = list(zip(table.index.tolist(), files.tolist()))
-    _, _, problems = make_dataset(csv_path, folder, classes=options["classes"], **kwargs)
+    with warnings.catch_warnings(record=True) as said:  # (a repeated row): the user's file named
+        warnings.simplefilter("always")
+        _, _, problems = make_dataset(csv_path, folder, classes=options["classes"], **kwargs)
+    for warning in said:
+        warnings.warn(str(warning.message).replace(str(csv_path), str(path)), stacklevel=2)
     unreadable = [(file, line if in_csv else 0, f"line {line}: {what}" if in_csv else what)
                   for line, file, what in problems]
     try:
