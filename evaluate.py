@@ -367,6 +367,11 @@ def write_predictions(model: torch.nn.Module, found: ToPredict, classes: list[st
     write_atomic(out, csv_bytes(rows))
     report_predictions(out, rows, model_path, [] if submission else unreadable, labelled,
                        classes)
+    endings = {Path(file).suffix for _, file in found.listed}  # a folder's: ".png", say
+    if submission and not found.in_csv and not file_suffix and len(endings) == 1:
+        ending = endings.pop()
+        print(f"The ids keep their {ending}: pass --file-suffix {ending} for ids without it, as a "
+              "sample_submission.csv has them")
     return out
 
 

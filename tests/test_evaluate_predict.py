@@ -487,6 +487,10 @@ def test_predict_a_kaggle_test_folder_and_sample_submission_writes_a_submission_
     assert [row[0] for row in by_table] == [row[0] for row in sample]  # the ids, header and order exactly
     assert sorted(by_table[1:]) == sorted(by_folder[1:])  # the placeholder 0s were not read: no label error
     assert "Accuracy" not in capsys.readouterr().out
+    with_ending = read_rows(predict_kaggle(kaggle, tmp_path / "e", "--predict", str(kaggle / "test"),
+                                           "--predict-columns", "id,label"))
+    assert with_ending[1][0] == "a9.png" and "The ids keep their .png: pass --file-suffix .png for ids without " \
+        "it, as a sample_submission.csv has them" in capsys.readouterr().out
 
 
 def test_predict_without_predict_columns_names_rows_by_id_and_says_when_labels_look_like_placeholders(
