@@ -348,7 +348,9 @@ def write_predictions(model: torch.nn.Module, found: ToPredict, classes: list[st
     predicted = [] if found.ds is None else predicted_rows(model, found.ds, classes, device,
                                                            unreadable, found.in_csv)
     if not predicted:
-        placeholders = all("is not one of the classes" in why for _, _, why in unreadable)
+        reasons = {why.partition(": ")[2] for _, _, why in unreadable}  # without "line N"
+        placeholders = len(unreadable) > 1 and len(reasons) == 1 and \
+            "is not one of the classes" in reasons.pop()  # one label on every row
         raise DatasetError(f"{source}: no image could be read, so nothing was predicted:\n"
                            + "\n".join(f"  {f!r}: {why}" for f, _, why in unreadable[:10])
                            + ("\nA sample submission's placeholder labels? --predict-columns "
