@@ -288,7 +288,8 @@ class ToPredict(NamedTuple):
         """A dataset built elsewhere (such as the unlabelled test rows of a training table): its
         rows, and the bad rows it skipped as unreadable."""
         bad = [(file, line, f"line {line}: {what}") for line, file, what in ds.problems]
-        listed = sorted([(row.line, row.file) for row in ds.rows] + [(line, file) for file, line, _ in bad])
+        listed = sorted([(row.line, row.file) for row in ds.rows]
+                        + [(line, file) for file, line, _ in bad])
         return cls(ds, bad, listed, True)
 
 
@@ -345,6 +346,7 @@ def write_predictions(model: torch.nn.Module, found: ToPredict, classes: list[st
     one that cannot be read is an error, and nothing is written). source and model_path name the
     images and the model in messages."""
     unreadable = list(found.unreadable)
+    model.eval()
     predicted = [] if found.ds is None else predicted_rows(model, found.ds, classes, device,
                                                            unreadable, found.in_csv)
     if not predicted:
@@ -367,8 +369,7 @@ def write_predictions(model: torch.nn.Module, found: ToPredict, classes: list[st
     out = results_dir / "predictions.csv"
     move_aside(results_dir, ("predictions.csv",))  # only now: a refused --predict moves nothing
     write_atomic(out, csv_bytes(rows))
-    report_predictions(out, rows, model_path, [] if submission else unreadable, labelled,
-                       classes)
+    report_predictions(out, rows, model_path, unreadable, labelled, classes)
     endings = {Path(file).suffix for _, file in found.listed}  # a folder's: ".png", say
     if submission and not found.in_csv and not file_suffix and len(endings) == 1:
         ending = endings.pop()
