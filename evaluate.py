@@ -328,8 +328,15 @@ def predict(path: str, checkpoint: dict, checkpoint_path: Path, results_dir: Pat
     if submission is not None:  # the LABEL column is what we fill in, not a truth
         columns = (submission[0], None)
     with tempfile.TemporaryDirectory(prefix=f"{TEMP_TAG}-") as tmp:
-        found = images_to_predict(Path(path), columns, img_dir, encoding, Path(tmp), options,
-                                  file_suffix=file_suffix)
+        try:
+            found = images_to_predict(Path(path), columns, img_dir, encoding, Path(tmp), options,
+                                      file_suffix=file_suffix)
+        except DatasetError as e:  # the ids are in --predict-columns ID, not --file-column
+            if submission is None or not str(e).startswith(f"{path}: no column(s) "):
+                raise
+            raise DatasetError(f"{path}: no column {columns[0]!r} of ids; the columns are "
+                               f"{csv_columns(Path(path), encoding)}: pass --predict-columns "
+                               "ID,LABEL with the ids' column first") from None
     return write_predictions(model, found, classes, device, results_dir, source=Path(path),
                              model_path=checkpoint_path, submission=submission,
                              file_suffix=file_suffix)

@@ -549,6 +549,10 @@ def test_predict_columns_must_be_two_names_and_go_with_predict(kaggle, tmp_path,
         with pytest.raises(SystemExit) as info:
             predict_kaggle(kaggle, tmp_path / "p", *flags)
         assert info.value.code == 2 and message in capsys.readouterr().err
+    with pytest.raises(DatasetError, match=r"sample_submission.csv: no column 'ImageId' of ids; the columns are "
+                                           r"\['id', 'label'\]: pass --predict-columns ID,LABEL with the ids' column first"):
+        predict_kaggle(kaggle, tmp_path / "p", "--predict", str(kaggle / "sample_submission.csv"), "--img-dir",
+                       str(kaggle / "test"), "--predict-columns", "ImageId,Label")
 
 
 def test_predict_names_each_linked_subfolder_to_a_folder_read_already_in_one_line_and_a_loop_ends(kaggle,
