@@ -274,8 +274,8 @@ def test_predict_refuses_a_checkpoint_that_a_running_train_py_is_writing(tiny_da
     assert not (tmp_path / "elsewhere" / "predictions.csv").exists()
 
 
-def test_predict_follows_linked_subfolders_inside_the_folder_and_names_one_that_leads_out(tiny_data, tmp_path,
-                                                                                         capsys):
+def test_predict_lists_linked_subfolders_images_once_and_names_each_link_inside_or_out(tiny_data, tmp_path,
+                                                                                        capsys):
     import os
     import shutil
 
@@ -293,6 +293,8 @@ def test_predict_follows_linked_subfolders_inside_the_folder_and_names_one_that_
     assert len(files) == 21 and "sub/first.png" in files  # away/ is skipped: it used to be, without a word
     captured = capsys.readouterr()
     assert "Predicted 21 images" in captured.out and f"skipped {new / 'away'}: a link to {outside}" in captured.err
+    assert f"skipped {new / 'linked'}: a link to {new / 'real'}, a folder of {new}" in captured.err  # named now
+    assert all(f.startswith(("real/", "sub/")) for f in files)  # under their own path, whatever the walk's order
 
 
 def test_another_checkpoint_in_the_same_folder_or_through_a_link_is_another_runs(tiny_data, tmp_path):
