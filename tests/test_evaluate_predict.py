@@ -598,3 +598,14 @@ def test_write_predictions_of_a_dataset_built_elsewhere(kaggle, tmp_path, capsys
     with pytest.raises(DatasetError, match="1 of 3 images could not be read, so no submission"):
         write_predictions(model, ToPredict.of(ds), checkpoint["classes"], torch.device("cpu"), tmp_path / "p",
                           source=table, model_path=path, submission=("id", "label"))
+
+
+def test_a_submission_past_one_prediction_batch_has_every_image(kaggle, tmp_path):
+    from evaluate import PREDICT_BATCH
+
+    ids = [f"x{i:04d}" for i in range(PREDICT_BATCH + 45)]
+    for i, name in enumerate(ids):
+        write_png(tmp_path / "test" / f"{name}.png", np.full((8, 8, 3), (i * 7) % 256, dtype=np.uint8))
+    rows = read_rows(predict_kaggle(kaggle, tmp_path / "p", "--predict", str(tmp_path / "test"), "--predict-columns",
+                                    "id,label", "--file-suffix", ".png"))
+    assert [row[0] for row in rows[1:]] == ids and {row[1] for row in rows[1:]} <= {"cat", "dog"}
