@@ -25,8 +25,10 @@ import sys
 import tempfile
 import warnings
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
+import pandas as pd
 import torch
 import torch.distributed as dist
 from PIL import Image
@@ -271,14 +273,40 @@ PREDICT_BATCH = 256  # images decoded and predicted at a time: memory stays smal
 Unreadable = tuple[str, int, str]  # (file, CSV line or 0 for a folder's image, why)
 
 
+class ToPredict(NamedTuple):
+    """The images --predict was asked for: the readable ones (a dataset, or None when none is),
+    the others as [(file, line, why)], every one as [(line or 0, file)] in the order that
+    predictions.csv keeps (the table's rows; a folder's files by name), and whether the lines are
+    those of the user's table (else a folder's listing, whose lines are not shown)."""
+    ds: CsvImageDataset | None
+    unreadable: list[Unreadable]
+    listed: list[tuple[int, str]]
+    in_csv: bool
+
+    @classmethod
+    def of(cls, ds: CsvImageDataset) -> ToPredict:
+        """A dataset built elsewhere (such as the unlabelled test rows of a training table): its
+        rows, and the bad rows it skipped as unreadable."""
+        bad = [(file, line, f"line {line}: {what}") for line, file, what in ds.problems]
+        listed = sorted([(row.line, row.file) for row in ds.rows]
+                        + [(line, file) for file, line, _ in bad])
+        return cls(ds, bad, listed, True)
+
+
 @torch.no_grad()
 def predict(path: str, checkpoint: dict, checkpoint_path: Path, results_dir: Path, *,
             columns: tuple[str, str], img_dir: str | None, encoding: str,
-            device: torch.device) -> Path:
+            device: torch.device, submission: tuple[str, str] | None = None,
+            file_suffix: str = "") -> Path:
     """--predict: the checkpoint's classes for one image, the images of a folder or those of a
     CSV, read in the checkpoint's mode and size, into results_dir/predictions.csv (written whole,
     or not at all). An image that cannot be read is named in a warning and gets a row with an
-    empty prediction and the reason; none readable at all is an error."""
+    empty prediction and the reason; none readable at all is an error.
+
+    submission=(ID, LABEL) (--predict-columns): a table's ids are read from its ID column (its
+    LABEL column, placeholders in a sample submission, is not read), and predictions.csv holds
+    exactly those two columns: write_predictions. file_suffix (--file-suffix): the files are the
+    ids + suffix; the ids are written without it, for a folder too."""
     if "classes" not in checkpoint:
         raise RunError(f"{checkpoint_path} does not say its classes, mode and image size (it "
                        "predates them): train again to use --predict")
@@ -297,29 +325,63 @@ def predict(path: str, checkpoint: dict, checkpoint_path: Path, results_dir: Pat
     model = model_from_checkpoint(checkpoint, checkpoint_path, device).eval()
     options = {"mode": checkpoint["mode"], "image_size": tuple(checkpoint["image_size"]),
                "classes": classes}
+    if submission is not None:  # the LABEL column is what we fill in, not a truth
+        columns = (submission[0], None)
     with tempfile.TemporaryDirectory(prefix=f"{TEMP_TAG}-") as tmp:
-        ds, unreadable, in_csv = images_to_predict(Path(path), columns, img_dir, encoding,
-                                                   Path(tmp), options)
-    labelled = ds is not None and ds.targets[0] >= 0
-    predicted = [] if ds is None else predicted_rows(model, ds, classes, device, unreadable,
-                                                     in_csv)
+        try:
+            found = images_to_predict(Path(path), columns, img_dir, encoding, Path(tmp), options,
+                                      file_suffix=file_suffix)
+        except DatasetError as e:  # the ids are in --predict-columns ID, not --file-column
+            if submission is None or not str(e).startswith(f"{path}: no column(s) "):
+                raise
+            raise DatasetError(f"{path}: no column {columns[0]!r} of ids; the columns are "
+                               f"{csv_columns(Path(path), encoding)}: pass --predict-columns "
+                               "ID,LABEL with the ids' column first") from None
+    return write_predictions(model, found, classes, device, results_dir, source=Path(path),
+                             model_path=checkpoint_path, submission=submission,
+                             file_suffix=file_suffix)
+
+
+@torch.no_grad()
+def write_predictions(model: torch.nn.Module, found: ToPredict, classes: list[str],
+                      device: torch.device, results_dir: Path, *, source: Path, model_path: Path,
+                      submission: tuple[str, str] | None = None, file_suffix: str = "") -> Path:
+    """Predict found's images (ToPredict.of(ds) for a dataset of your own) and write
+    results_dir/predictions.csv (an earlier one moves to version_N), printing what
+    report_predictions says; returns its path. Without submission: prediction_table's columns.
+    With submission=(ID, LABEL): exactly those two columns, a row for every image (submission_table;
+    one that cannot be read is an error, and nothing is written). source and model_path name the
+    images and the model in messages."""
+    unreadable = list(found.unreadable)
+    model.eval()
+    predicted = [] if found.ds is None else predicted_rows(model, found.ds, classes, device,
+                                                           unreadable, found.in_csv)
     if not predicted:
-        raise DatasetError(f"{path}: no image could be read, so nothing was predicted:\n"
-                           + "\n".join(f"  {f!r}: {why}" for f, _, why in unreadable[:10]))
-    k = min(3, len(classes))
-    head = ["file", "predicted", "probability"]
-    head += [f"top{j}{suffix}" for j in range(1, k + 1) for suffix in ("", "_probability")]
-    head += ["true"] if labelled else []
-    # By CSV line for a CSV (its order), by name for a folder; unreadable rows sorted among them.
-    rows = [(line if in_csv else file, cells + [""]) for file, line, cells in predicted]
-    rows += [(line if in_csv else file, [file] + [""] * (len(head) - 1) + [why])
-             for file, line, why in unreadable]
-    rows = [head + ["problem"]] + [cells for _, cells in sorted(rows, key=lambda r: r[0])]
+        reasons = {why.partition(": ")[2] for _, _, why in unreadable}  # without "line N"
+        placeholders = len(unreadable) > 1 and len(reasons) == 1 and \
+            "is not one of the classes" in reasons.pop()  # one label on every row
+        raise DatasetError(f"{source}: no image could be read, so nothing was predicted:\n"
+                           + "\n".join(f"  {f!r}: {why}" for f, _, why in unreadable[:10])
+                           + ("\nA sample submission's placeholder labels? --predict-columns "
+                              "ID,LABEL does not read the LABEL column, and writes a submission"
+                              if placeholders else ""))
+    labelled = submission is None and found.ds.targets[0] >= 0
+    if submission is None:
+        rows = prediction_table(predicted, unreadable, len(classes), found.in_csv, labelled,
+                                file_suffix)
+    else:
+        rows = submission_table(predicted, unreadable, found.listed, submission, source,
+                                file_suffix)
     results_dir.mkdir(parents=True, exist_ok=True)
     out = results_dir / "predictions.csv"
     move_aside(results_dir, ("predictions.csv",))  # only now: a refused --predict moves nothing
     write_atomic(out, csv_bytes(rows))
-    report_predictions(out, rows, checkpoint_path, unreadable, labelled, classes)
+    report_predictions(out, rows, model_path, unreadable, labelled, classes)
+    endings = {Path(file).suffix for _, file in found.listed}  # a folder's: ".png", say
+    if submission and not found.in_csv and not file_suffix and len(endings) == 1:
+        ending = endings.pop()
+        print(f"The ids keep their {ending}: pass --file-suffix {ending} for ids without it, as a "
+              "sample_submission.csv has them")
     return out
 
 
@@ -354,13 +416,59 @@ def predicted_rows(model: torch.nn.Module, ds: CsvImageDataset, classes: list[st
     return out
 
 
+def prediction_table(predicted: list[tuple], unreadable: list[Unreadable], num_classes: int,
+                     in_csv: bool, labelled: bool, file_suffix: str = "") -> list[list]:
+    """predictions.csv's rows, header first: file (the id: as the table has it, a folder's path
+    without file_suffix), predicted, probability, the top 3 with theirs, true (when labelled) and
+    problem. By CSV line for a CSV (its order), by name for a folder; unreadable rows among them."""
+    k = min(3, num_classes)
+    head = ["file", "predicted", "probability"]
+    head += [f"top{j}{suffix}" for j in range(1, k + 1) for suffix in ("", "_probability")]
+    head += ["true"] if labelled else []
+    rows = [(line if in_csv else file, [without_suffix(file, file_suffix)] + cells[1:] + [""])
+            for file, line, cells in predicted]
+    rows += [(line if in_csv else file,
+              [without_suffix(file, file_suffix)] + [""] * (len(head) - 1) + [why])
+             for file, line, why in unreadable]
+    return [head + ["problem"]] + [cells for _, cells in sorted(rows, key=lambda r: r[0])]
+
+
+def submission_table(predicted: list[tuple], unreadable: list[Unreadable],
+                     listed: list[tuple[int, str]], columns: tuple[str, str], source: Path,
+                     file_suffix: str = "") -> list[list]:
+    """predictions.csv as a submission (Kaggle's sample_submission.csv form): the header ID,LABEL,
+    then for every image asked for, in `listed`'s order, its id and the predicted class name. A
+    row left out would be a silent hole, so an image that cannot be read is an error naming it."""
+    named = {file: cells[1] for file, _, cells in predicted}
+    missing = [(line, file) for line, file in listed if file not in named]
+    if missing:
+        why = {file: reason for file, _, reason in unreadable}
+        more = f"\n  ... and {len(missing) - 10} more" if len(missing) > 10 else ""
+        raise DatasetError(
+            f"{source}: {len(missing)} of {len(listed)} images could not be read, so no "
+            "submission was written (it would lack their rows):\n"
+            + "\n".join(f"  {file!r}: {why.get(file, 'not read')}" for _, file in missing[:10])
+            + f"{more}\nReplace or remove them; without --predict-columns, predictions.csv "
+            "holds every readable image and the reason for each other")
+    return [list(columns)] + [[without_suffix(file, file_suffix), named[file]]
+                              for _, file in listed]
+
+
+def without_suffix(file: str, suffix: str) -> str:
+    """The id of a file named id + suffix (--file-suffix .png: "a1b2.png" is "a1b2")."""
+    return file[:-len(suffix)] if suffix and file.endswith(suffix) else file
+
+
 def report_predictions(out: Path, rows: list[list], checkpoint_path: Path,
                        unreadable: list[Unreadable], labelled: bool, classes: list[str]) -> None:
     """The lines --predict prints: where the file is (and one image's class), the unreadable
     images in a warning, and the accuracy when the CSV had labels."""
-    done = [row for row in rows[1:] if not row[-1]]
+    done = [row for row in rows[1:] if not row[-1]] if rows[0][-1] == "problem" else rows[1:]
+    one = "" if len(rows) != 2 else f"\n{rows[1][0]}: {rows[1][1]}" + (
+        f" ({rows[1][2]})" if len(rows[1]) > 2 else "")
     print(f"Predicted {len(done)} image{'s' if len(done) != 1 else ''} with {checkpoint_path}: "
-          f"{out}" + (f"\n{rows[1][0]}: {rows[1][1]} ({rows[1][2]})" if len(rows) == 2 else ""))
+          f"{out}" + ("" if rows[0][-1] == "problem" else f" (columns {','.join(rows[0])})")
+          + one)
     if unreadable:
         warnings.warn(f"{len(unreadable)} of {len(done) + len(unreadable)} images could not be "
                       "read; they have rows with an empty prediction and the reason in "
@@ -369,13 +477,18 @@ def report_predictions(out: Path, rows: list[list], checkpoint_path: Path,
     if labelled:
         correct = sum(row[1] == row[-2] for row in done)
         print(f"Accuracy: {100.0 * correct / len(done):.2f}% ({correct} of {len(done)})")
+        if len(done) > 1 and len({row[-2] for row in done}) == 1:
+            warnings.warn(f"every image's true class is {done[0][-2]!r}: if the label column holds "
+                          "a sample submission's placeholders, this accuracy means nothing "
+                          "(--predict-columns ID,LABEL does not read it, and writes a submission)")
 
 
-def images_to_predict(path: Path, columns: tuple[str, str], img_dir: str | None, encoding: str,
-                      tmp: Path, options: dict) -> tuple[CsvImageDataset | None, list, bool]:
-    """(the readable rows, or None; [(file, line, why)] of the others; whether they came from the
-    user's CSV): one image file, every image file in a folder and below it (sorted by path), or
-    the rows of a CSV (labelled when it has the label column)."""
+def images_to_predict(path: Path, columns: tuple[str, str | None], img_dir: str | None,
+                      encoding: str, tmp: Path, options: dict, *,
+                      file_suffix: str = "") -> ToPredict:
+    """The images asked for: one image file, every image file in a folder and below it (sorted
+    by path), or the rows of a CSV (labelled when it has the label column; columns[1] None: not
+    read). With file_suffix, a CSV's cells are ids and its files are id + suffix."""
     file_column, label_column = columns
     if not path.is_dir() and not path.is_file():  # opening a FIFO would wait for a writer
         raise DatasetError(f"{path} is neither a folder nor a regular file (a FIFO, device or "
@@ -389,24 +502,51 @@ def images_to_predict(path: Path, columns: tuple[str, str], img_dir: str | None,
         listing.write_bytes(csv_bytes([["File Name"]] + [[n] for n in names]))
         csv_path, kwargs = listing, {"file_column": "File Name", "label_column": None,
                                      "encoding": "utf-8"}
+        listed = [(0, n) for n in names]
     else:
         read_csv(path, [file_column], encoding)  # a missing file or column: named errors
         header = csv_columns(path, encoding)  # below blank lines; UTF-16 by its byte order mark
+        label_column = label_column if label_column in header else None
+        table = read_csv(path, [file_column] + ([label_column] if label_column else []), encoding)
         folder, csv_path = Path(img_dir) if img_dir else path.parent, path
-        kwargs = {"file_column": file_column, "encoding": encoding,
-                  "label_column": label_column if label_column in header else None}
-    _, _, problems = make_dataset(csv_path, folder, classes=options["classes"], **kwargs)
+        kwargs = {"file_column": file_column, "encoding": encoding, "label_column": label_column}
+        files = table[file_column].fillna("").astype(str)
+        if file_suffix:  # the files are id + suffix: our listing names them, at the same lines
+            files = files + file_suffix
+            csv_path = id_listing(tmp / "images.csv", files, table[label_column]
+                                  if label_column else None)
+            kwargs = {"file_column": "File Name", "encoding": "utf-8",
+                      "label_column": "Class Label" if label_column else None}
+        listed = list(zip(table.index.tolist(), files.tolist()))
+    with warnings.catch_warnings(record=True) as said:  # (a repeated row): the user's file named
+        warnings.simplefilter("always")
+        _, _, problems = make_dataset(csv_path, folder, classes=options["classes"], **kwargs)
+    for warning in said:
+        warnings.warn(str(warning.message).replace(str(csv_path), str(path)), stacklevel=2)
     unreadable = [(file, line if in_csv else 0, f"line {line}: {what}" if in_csv else what)
                   for line, file, what in problems]
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the skipped rows are listed by predict instead
-            return CsvImageDataset(csv_path, folder, skip_bad_rows=True, **kwargs,
-                                   **options), unreadable, in_csv
+            ds = CsvImageDataset(csv_path, folder, skip_bad_rows=True, **kwargs, **options)
     except DatasetError:
         if len(unreadable) == 0:
             raise
-        return None, unreadable, in_csv
+        ds = None
+    return ToPredict(ds, unreadable, listed, in_csv)
+
+
+def id_listing(listing: Path, files: pd.Series, labels: pd.Series | None) -> Path:
+    """A CSV of `files` (and labels), each row at the line its index names (the user's table's
+    line: blank lines between, which are no rows), so that messages name the table's lines."""
+    rows, line = [["File Name"] + (["Class Label"] if labels is not None else [])], 1
+    for i, (at, file) in enumerate(files.items()):
+        rows += [[]] * (at - line - 1)  # a blank line: no row
+        label = labels.iat[i] if labels is not None else None
+        rows.append([file] + ([] if labels is None else ["" if pd.isna(label) else str(label)]))
+        line = at
+    listing.write_bytes(csv_bytes(rows))
+    return listing
 
 
 def is_image_file(path: Path) -> bool:
@@ -426,26 +566,27 @@ def image_extensions() -> set[str]:
 
 
 def image_files_below(folder: Path) -> list[str]:
-    """Every image file in folder and below, as sorted relative names, through linked subfolders
-    that stay inside it (once each); a link that leads out of it is named on stderr and skipped."""
+    """Every image file in folder and below, as sorted relative names (a linked file counts).
+    A linked subfolder is not entered, and is named on stderr in one line: one that leads inside
+    the folder holds images listed already under their own path (or is a loop), one that leads
+    out of it is not the folder's."""
     extensions = image_extensions()
-    root, names, seen, skipped, others = folder.resolve(), [], set(), [], []
-    for here, dirs, files in os.walk(folder, followlinks=True):
-        real = Path(here).resolve()
-        if not real.is_relative_to(root) or real in seen:  # out of the folder, or a loop
-            skipped += [] if real in seen else [Path(here)]
-            dirs[:] = []
-            continue
-        seen.add(real)
+    root, names, others = folder.resolve(), [], []
+    for here, dirs, files in os.walk(folder):  # a link to a folder is in dirs, not entered
+        for name in sorted(d for d in dirs if os.path.islink(os.path.join(here, d))):
+            link = Path(here) / name
+            real = Path(os.path.realpath(link))  # a loop of links resolves as far as it can
+            where = (f"outside {folder}" if not real.is_relative_to(root) else
+                     f"{folder} itself" if real == root else
+                     f"a folder of {folder} whose images are listed under their own path")
+            print(f"train.py: warning: skipped {link}: a link to {real}, {where}",
+                  file=sys.stderr)
         for name in files:
             file = Path(here) / name
             if file.suffix.lower() in extensions and file.is_file():
                 names.append(file.relative_to(folder).as_posix())
             elif not any(part.startswith(".") for part in file.relative_to(folder).parts):
                 others.append(file.relative_to(folder).as_posix())  # hidden ones go unsaid
-    for link in skipped:
-        print(f"train.py: warning: skipped {link}: a link to {link.resolve()}, outside {folder}",
-              file=sys.stderr)
     if others:  # said, not dropped in silence: an image saved without an extension is one
         print(f"train.py: warning: skipped {len(others)} file(s) in {folder} that are not image "
               f"files by their extension, such as {sorted(others)[0]!r} (list them in a CSV, or "

@@ -189,6 +189,7 @@ class DataSettings:
     split_seed: int = 0
     file_column: str = "File Name"
     label_column: str = "Class Label"
+    file_suffix: str | None = None
     mode: str = "auto"
     image_size: tuple[int, int] | None = None
     encoding: str = "utf-8"
@@ -276,6 +277,7 @@ class Settings:
     resume: bool = False
     evaluate: bool = False
     predict: str | None = None
+    predict_columns: tuple[str, str] | None = None
     device: str = "auto"
     dist_timeout: float = 30.0
 
@@ -1077,6 +1079,15 @@ _seed = _at_least(0, int, (lambda v: v < 2**32,
 _fraction = _at_least(0.0, float, (lambda v: v < 1, "must be below 1"))
 
 
+def _two_columns(text: str) -> tuple[str, str]:
+    """--predict-columns: "ID,LABEL", two different column names."""
+    names = tuple(name.strip() for name in text.split(","))
+    if len(names) != 2 or not all(names) or names[0] == names[1]:
+        raise argparse.ArgumentTypeError(f"expected two column names, ID,LABEL (such as id,label "
+                                         f"from sample_submission.csv), got {text!r}")
+    return names
+
+
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Defaults shown, but not None: those flags say in their help what happens without them."""
 
@@ -1113,6 +1124,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                       help="column with the file names")
     data.add_argument("--label-column", default=DataSettings.label_column,
                       help="column with the labels")
+    data.add_argument("--file-suffix", metavar="SUFFIX",
+                      help="with --predict: the files are named id + SUFFIX (.png: Kaggle's ids); "
+                           "predictions.csv names them by id, without it")
     data.add_argument("--mode", default=DataSettings.mode, choices=["auto", "L", "RGB"],
                       help="gray (L, 1 channel) or RGB (3); auto: L when every image is gray, "
                            "else RGB, from the files' headers")
@@ -1199,6 +1213,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                          help="the class of every image in a folder (and its subfolders) or "
                               "listed in a CSV (label column optional), into "
                               "RESULTS_DIR/predictions.csv")
+    outputs.add_argument("--predict-columns", type=_two_columns, metavar="ID,LABEL",
+                         help="with --predict: predictions.csv is a submission, exactly these two "
+                              "columns (id,label from Kaggle's sample_submission.csv): each "
+                              "image's id and predicted class, in the table's row order; a table's "
+                              "ids are read from its ID column, its LABEL column is not read")
     outputs.add_argument("--checkpoint",
                          help="the checkpoint to use, such as RESULTS_DIR/best.pt (default: "
                               "RESULTS_DIR/checkpoint.pt)")
@@ -1241,6 +1260,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.data_dir != DEFAULT_DATA_DIR and not Path(args.data_dir).is_dir():
         p.error(f"--data-dir {args.data_dir}: no such folder (make one with: "
                 f"python make_subset.py --out-dir {args.data_dir})")
+    if args.predict_columns is not None and args.predict is None:
+        p.error("--predict-columns goes with --predict")
+    if args.file_suffix and args.predict is None:
+        p.error("--file-suffix goes with --predict")
     if sum((args.resume, args.evaluate, args.predict is not None)) > 1:
         p.error("--resume, --evaluate and --predict: choose one")
     if args.results_dir is None:  # the reports of another folder's model go beside it
@@ -1361,7 +1384,8 @@ def run(settings: Settings, hints: dict) -> History | Path:
                                      "--predict with", checkpoint_path)
             return predict(settings.predict, checkpoint, checkpoint_path, results_dir,
                            columns=(data.file_column, data.label_column), img_dir=data.img_dir,
-                           encoding=data.encoding, device=pick_device(settings.device, 0))
+                           encoding=data.encoding, device=pick_device(settings.device, 0),
+                           submission=settings.predict_columns, file_suffix=data.file_suffix or "")
     with process_group(settings.device, data.batch_size, settings.dist_timeout) as (
             rank, world_size, device), \
             results_folder(results_dir, main_process=rank == 0), \

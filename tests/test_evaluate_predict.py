@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import os
 import re
+import shutil
 
 import numpy as np
 import pytest
@@ -273,8 +274,8 @@ def test_predict_refuses_a_checkpoint_that_a_running_train_py_is_writing(tiny_da
     assert not (tmp_path / "elsewhere" / "predictions.csv").exists()
 
 
-def test_predict_follows_linked_subfolders_inside_the_folder_and_names_one_that_leads_out(tiny_data, tmp_path,
-                                                                                         capsys):
+def test_predict_lists_linked_subfolders_images_once_and_names_each_link_inside_or_out(tiny_data, tmp_path,
+                                                                                        capsys):
     import os
     import shutil
 
@@ -292,6 +293,8 @@ def test_predict_follows_linked_subfolders_inside_the_folder_and_names_one_that_
     assert len(files) == 21 and "sub/first.png" in files  # away/ is skipped: it used to be, without a word
     captured = capsys.readouterr()
     assert "Predicted 21 images" in captured.out and f"skipped {new / 'away'}: a link to {outside}" in captured.err
+    assert f"skipped {new / 'linked'}: a link to {new / 'real'}, a folder of {new}" in captured.err  # named now
+    assert all(f.startswith(("real/", "sub/")) for f in files)  # under their own path, whatever the walk's order
 
 
 def test_another_checkpoint_in_the_same_folder_or_through_a_link_is_another_runs(tiny_data, tmp_path):
@@ -428,3 +431,181 @@ def test_predict_on_a_folder_names_the_files_it_skips_for_their_extension(traine
     assert (f"train.py: warning: skipped 2 file(s) in {folder} that are not image files by their extension, "
             "such as 'notes.txt' (list them in a CSV, or pass one as --predict FILE, to predict them)") \
         in capsys.readouterr().err
+
+
+# ---- predictions for a submission (issue 30, point 8): Kaggle's layout -------------------------
+
+KAGGLE_TEST_IDS = ["t3", "a9", "t1", "b0", "t2"]  # sample_submission.csv's order: not sorted
+
+
+@pytest.fixture(scope="module")
+def kaggle(tmp_path_factory):
+    """A Kaggle competition folder, and a 1-epoch model of it (in model/), shared by the tests
+    below: train.csv (id,label; the file column names <id>.png until --file-suffix reads ids
+    there), train/<id>.png of cats (light) and dogs (dark), test/<id>.png and
+    sample_submission.csv (id,label, the label a placeholder 0)."""
+    from conftest import no_figures
+
+    root = tmp_path_factory.mktemp("kaggle")
+    rng = np.random.default_rng(30)
+    lines = ["id,label"]
+    for i in range(20):  # 10 a class: the drawn split gives each one valid and one test image
+        label = "cat" if i % 2 else "dog"
+        base = 200 if label == "cat" else 40
+        write_png(root / "train" / f"{i:04d}.png", rng.integers(base, base + 50, (8, 8, 3), dtype=np.uint8))
+        lines.append(f"{i:04d}.png,{label}")
+    write_csv(root / "train.csv", "\n".join(lines) + "\n")
+    for j, name in enumerate(KAGGLE_TEST_IDS):
+        base = 200 if j % 2 else 40
+        write_png(root / "test" / f"{name}.png", rng.integers(base, base + 50, (8, 8, 3), dtype=np.uint8))
+    write_csv(root / "sample_submission.csv", "id,label\n" + "".join(f"{n},0\n" for n in KAGGLE_TEST_IDS))
+    with pytest.MonkeyPatch.context() as patch:
+        no_figures(patch)
+        train.main(["--csv", str(root / "train.csv"), "--file-column", "id", "--label-column", "label",
+                    "--img-dir", str(root / "train"), "--epochs", "1", "--batch-size", "8",
+                    "--results-dir", str(root / "model")])
+    return root
+
+
+def predict_kaggle(root, results, *flags: str):
+    return train.main(["--checkpoint", str(root / "model" / "checkpoint.pt"), "--results-dir", str(results),
+                       *flags])
+
+
+def test_predict_a_kaggle_test_folder_and_sample_submission_writes_a_submission_as_it_stands(kaggle, tmp_path,
+                                                                                             capsys):
+    sample = read_rows(kaggle / "sample_submission.csv")
+    by_folder = read_rows(predict_kaggle(kaggle, tmp_path / "f", "--predict", str(kaggle / "test"),
+                                         "--predict-columns", "id,label", "--file-suffix", ".png"))
+    assert by_folder[0] == ["id", "label"] and all(len(row) == 2 for row in by_folder)
+    assert [row[0] for row in by_folder[1:]] == sorted(KAGGLE_TEST_IDS)  # a folder: by name, no .png
+    assert {row[1] for row in by_folder[1:]} <= {"cat", "dog"}  # class names, not indices
+    said = capsys.readouterr().out
+    assert f"Predicted 5 images with {kaggle / 'model' / 'checkpoint.pt'}: {tmp_path / 'f' / 'predictions.csv'} " \
+           "(columns id,label)" in said and "Accuracy" not in said
+    by_table = read_rows(predict_kaggle(kaggle, tmp_path / "t", "--predict", str(kaggle / "sample_submission.csv"),
+                                        "--img-dir", str(kaggle / "test"), "--predict-columns", "id,label",
+                                        "--file-suffix", ".png"))
+    assert [row[0] for row in by_table] == [row[0] for row in sample]  # the ids, header and order exactly
+    assert sorted(by_table[1:]) == sorted(by_folder[1:])  # the placeholder 0s were not read: no label error
+    assert "Accuracy" not in capsys.readouterr().out
+    with_ending = read_rows(predict_kaggle(kaggle, tmp_path / "e", "--predict", str(kaggle / "test"),
+                                           "--predict-columns", "id,label"))
+    assert with_ending[1][0] == "a9.png" and "The ids keep their .png: pass --file-suffix .png for ids without " \
+        "it, as a sample_submission.csv has them" in capsys.readouterr().out
+
+
+def test_predict_without_predict_columns_names_rows_by_id_and_says_when_labels_look_like_placeholders(
+        kaggle, tmp_path, capsys):
+    rows = read_rows(predict_kaggle(kaggle, tmp_path / "p", "--predict", str(kaggle / "test"), "--file-suffix",
+                                    ".png"))
+    assert rows[0][:2] == ["file", "predicted"] and rows[0][-1] == "problem"  # today's columns stay
+    assert [row[0] for row in rows[1:]] == sorted(KAGGLE_TEST_IDS)
+    flags = ["--img-dir", str(kaggle / "test"), "--file-column", "id", "--label-column", "label", "--file-suffix",
+             ".png"]  # the label column asked for: read as the truth, as today
+    with pytest.warns(UserWarning, match="every image's true class is 'cat': if the label column holds a sample "
+                                         "submission's placeholders, this accuracy means nothing"):
+        predict_kaggle(kaggle, tmp_path / "p", "--predict", str(kaggle / "sample_submission.csv"), *flags)
+    assert "Accuracy: " in capsys.readouterr().out  # 0 is class index 0, cat
+    text = write_csv(tmp_path / "s.csv", "id,label\nt1,?\nt3,?\n")
+    with pytest.raises(DatasetError, match=r"line 2: label '\?' is not one of the classes(.|\n)*"
+                                           r"placeholder labels\? --predict-columns ID,LABEL does not read"):
+        predict_kaggle(kaggle, tmp_path / "p", "--predict", str(text), *flags)
+
+
+def test_a_submission_with_an_unreadable_image_is_refused_naming_it_and_nothing_is_written(kaggle, tmp_path):
+    test = tmp_path / "test"
+    shutil.copytree(kaggle / "test", test)
+    (test / "t2.png").write_bytes((test / "t2.png").read_bytes()[:40])  # truncated
+    (test / "b0.png").unlink()  # listed in the table, not on disk
+    sample = write_csv(tmp_path / "sample_submission.csv", (kaggle / "sample_submission.csv").read_text())
+    first = predict_kaggle(kaggle, tmp_path / "p", "--predict", str(kaggle / "test"), "--predict-columns",
+                           "id,label", "--file-suffix", ".png").read_bytes()
+    with pytest.raises(DatasetError) as info:
+        predict_kaggle(kaggle, tmp_path / "p", "--predict", str(sample), "--img-dir", str(test),
+                       "--predict-columns", "id,label", "--file-suffix", ".png")
+    said = str(info.value)
+    assert said.startswith(f"{sample}: 2 of 5 images could not be read, so no submission was written (it "
+                           "would lack their rows):\n  'b0.png': line 5: file not found")
+    assert "'t2.png': line 6: " in said and "without --predict-columns, predictions.csv holds every" in said
+    with pytest.raises(DatasetError, match=r"1 of 4 images could not be read, so no submission(.|\n)*'t2.png'"):
+        predict_kaggle(kaggle, tmp_path / "p", "--predict", str(test), "--predict-columns", "id,label")
+    assert (tmp_path / "p" / "predictions.csv").read_bytes() == first and not (tmp_path / "p" / "version_1").exists()
+
+
+def test_a_submission_keeps_every_row_of_the_table_a_repeated_id_included(kaggle, tmp_path):
+    sample = write_csv(tmp_path / "s.csv", "\n\nid,label\nt1,0\n\nt3,0\nt1,0\n")  # blank lines: no rows
+    with pytest.warns(UserWarning, match=f"^{sample}: 1 row"):  # the user's table named, not our listing
+        rows = read_rows(predict_kaggle(kaggle, tmp_path / "p", "--predict", str(sample), "--img-dir",
+                                        str(kaggle / "test"), "--predict-columns", "id,label", "--file-suffix",
+                                        ".png"))
+    assert [row[0] for row in rows] == ["id", "t1", "t3", "t1"] and rows[1] == rows[3]
+
+
+def test_predict_columns_must_be_two_names_and_go_with_predict(kaggle, tmp_path, capsys):
+    for flags, message in [(["--predict", str(kaggle / "test"), "--predict-columns", "id"],
+                            "expected two column names, ID,LABEL (such as id,label from sample_submission.csv)"),
+                           (["--predict", str(kaggle / "test"), "--predict-columns", "id,id"], "got 'id,id'"),
+                           (["--predict-columns", "id,label"], "--predict-columns goes with --predict"),
+                           (["--file-suffix", ".png"], "--file-suffix goes with --predict")]:
+        with pytest.raises(SystemExit) as info:
+            predict_kaggle(kaggle, tmp_path / "p", *flags)
+        assert info.value.code == 2 and message in capsys.readouterr().err
+    with pytest.raises(DatasetError, match=r"sample_submission.csv: no column 'ImageId' of ids; the columns are "
+                                           r"\['id', 'label'\]: pass --predict-columns ID,LABEL with the ids' column first"):
+        predict_kaggle(kaggle, tmp_path / "p", "--predict", str(kaggle / "sample_submission.csv"), "--img-dir",
+                       str(kaggle / "test"), "--predict-columns", "ImageId,Label")
+
+
+def test_predict_names_each_linked_subfolder_to_a_folder_read_already_in_one_line_and_a_loop_ends(kaggle,
+                                                                                                 tmp_path, capsys):
+    new = tmp_path / "new"
+    shutil.copytree(kaggle / "test", new / "b_real")
+    os.symlink(new / "b_real", new / "a_sibling")  # sorts first: its images still come under b_real/
+    os.symlink(new, new / "b_real" / "up")  # the folder itself
+    os.symlink(new / "loop2", new / "loop1")  # a loop of links: neither folder nor file
+    os.symlink(new / "loop1", new / "loop2")
+    capsys.readouterr()
+    rows = read_rows(predict_kaggle(kaggle, tmp_path / "p", "--predict", str(new)))
+    assert [row[0] for row in rows[1:]] == [f"b_real/{n}.png" for n in sorted(KAGGLE_TEST_IDS)]
+    err = capsys.readouterr().err.splitlines()
+    assert [line for line in err if "a_sibling" in line] == [
+        f"train.py: warning: skipped {new / 'a_sibling'}: a link to {new / 'b_real'}, a folder of {new} whose "
+        "images are listed under their own path"]
+    assert [line for line in err if "/up" in line] == [
+        f"train.py: warning: skipped {new / 'b_real' / 'up'}: a link to {new}, {new} itself"]
+    assert "skipped 2 file(s)" in "\n".join(err)  # the looping links: counted among the files skipped
+
+
+def test_write_predictions_of_a_dataset_built_elsewhere(kaggle, tmp_path, capsys):
+    """The interface for unlabelled test rows of a training table: a dataset, the model and its
+    classes -> predictions.csv, in either form."""
+    from dataset import CsvImageDataset
+    from evaluate import ToPredict, model_from_checkpoint, read_checkpoint, write_predictions
+
+    path = kaggle / "model" / "checkpoint.pt"
+    checkpoint = read_checkpoint(path)
+    model = model_from_checkpoint(checkpoint, path, torch.device("cpu")).eval()
+    table = write_csv(tmp_path / "rows.csv", "id,label\nt1.png,\nmissing.png,\nt3.png,\n")
+    with pytest.warns(UserWarning, match="skipping bad rows"):
+        ds = CsvImageDataset(table, kaggle / "test", file_column="id", label_column=None, mode=checkpoint["mode"],
+                             image_size=tuple(checkpoint["image_size"]), classes=checkpoint["classes"],
+                             skip_bad_rows=True)
+    with pytest.warns(UserWarning, match="1 of 3 images could not be read"):
+        out = write_predictions(model, ToPredict.of(ds), checkpoint["classes"], torch.device("cpu"), tmp_path / "p",
+                                source=table, model_path=path)
+    assert [row[0] for row in read_rows(out)] == ["file", "t1.png", "missing.png", "t3.png"]
+    with pytest.raises(DatasetError, match="1 of 3 images could not be read, so no submission"):
+        write_predictions(model, ToPredict.of(ds), checkpoint["classes"], torch.device("cpu"), tmp_path / "p",
+                          source=table, model_path=path, submission=("id", "label"))
+
+
+def test_a_submission_past_one_prediction_batch_has_every_image(kaggle, tmp_path):
+    from evaluate import PREDICT_BATCH
+
+    ids = [f"x{i:04d}" for i in range(PREDICT_BATCH + 45)]
+    for i, name in enumerate(ids):
+        write_png(tmp_path / "test" / f"{name}.png", np.full((8, 8, 3), (i * 7) % 256, dtype=np.uint8))
+    rows = read_rows(predict_kaggle(kaggle, tmp_path / "p", "--predict", str(tmp_path / "test"), "--predict-columns",
+                                    "id,label", "--file-suffix", ".png"))
+    assert [row[0] for row in rows[1:]] == ids and {row[1] for row in rows[1:]} <= {"cat", "dog"}
