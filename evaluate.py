@@ -296,7 +296,7 @@ def predict(path: str, checkpoint: dict, checkpoint_path: Path, results_dir: Pat
         raise RunError(str(e)) from None
     model = model_from_checkpoint(checkpoint, checkpoint_path, device).eval()
     options = {"mode": checkpoint["mode"], "image_size": tuple(checkpoint["image_size"]),
-               "classes": classes}
+               "classes": classes, "resize": checkpoint.get("resize", "squish")}  # old: squish
     with tempfile.TemporaryDirectory(prefix=f"{TEMP_TAG}-") as tmp:
         ds, unreadable, in_csv = images_to_predict(Path(path), columns, img_dir, encoding,
                                                    Path(tmp), options)
