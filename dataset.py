@@ -361,9 +361,13 @@ def _resize(im: Image.Image, size: tuple[int, int], resize: str) -> Image.Image:
     if resize == "crop":
         if im.size == (out_w, out_h):
             return im
-        scale = max(out_w / im.width, out_h / im.height)
-        box_w, box_h = out_w / scale, out_h / scale  # the source's part that is kept
-        left, top = (im.width - box_w) / 2, (im.height - box_h) / 2
+        # The source's part kept, of the target's shape: the whole width when the target is the
+        # wider of the two (compared in integers), else the whole height
+        if out_w * im.height >= out_h * im.width:
+            box_w, box_h = float(im.width), im.width * out_h / out_w
+        else:
+            box_w, box_h = im.height * out_w / out_h, float(im.height)
+        left, top = (im.width - box_w) / 2, (im.height - box_h) / 2  # never below 0
         return im.resize((out_w, out_h), Image.Resampling.BILINEAR,
                          box=(left, top, left + box_w, top + box_h), reducing_gap=3.0)
     fit = scaled_size(im.size, size, "pad")  # (W, H)
