@@ -356,7 +356,7 @@ def scaled_size(image: tuple[int, int], size: tuple[int, int], resize: str) -> t
 def _resize(im: Image.Image, size: tuple[int, int], resize: str) -> Image.Image:
     """im at `size` (H, W), its shape kept. crop: one resample of the centred box of the target's
     shape (fractional: no half-pixel shift), the short side fitting; pad: scaled to fit inside
-    (scaled_size), pasted centred (left / top get the odd pixel's half less) on PAD_COLOUR."""
+    (scaled_size), pasted centred on PAD_COLOUR (an odd leftover pixel to the right / bottom)."""
     out_w, out_h = size[1], size[0]
     if resize == "crop":
         if im.size == (out_w, out_h):
