@@ -188,7 +188,7 @@ def test_rgba_keeps_alpha_from_every_source_mode(tmp_path):
     assert decode_image(str(tmp_path / "RGBA.png"), "RGB")[:, 0, 1].tolist() == [255] * 3  # over white
 
 
-def test_rgba_dataset_has_four_channels_and_auto_never_picks_it(tmp_path):
+def test_rgba_dataset_has_four_channels_and_auto_never_picks_it(tmp_path, capsys):
     rows = ["path,label"]
     for i in range(4):
         pixels = np.zeros((2, 6, 4), dtype=np.uint8)
@@ -206,6 +206,11 @@ def test_rgba_dataset_has_four_channels_and_auto_never_picks_it(tmp_path):
     assert padded[3][0][:, 0].tolist() == [[0] * 6] * 4  # the pad is transparent black
     auto = CsvImageDataset(table, tmp_path, file_column="path", label_column="label", mode="auto")
     assert auto.mode == "RGB" and auto.channels == 3
+    argv = [str(table), str(tmp_path), "--file-column", "path", "--label-column", "label"]
+    assert dataset_module.main(argv + ["--mode", "RGBA"]) == 0
+    assert "4 image(s) with transparency, kept (RGBA)" in capsys.readouterr().out
+    assert dataset_module.main(argv) == 0
+    assert "4 image(s) with transparency, laid over white" in capsys.readouterr().out
 
 
 # ---- train.py: the flag, the checkpoint, --predict, --resume, --evaluate -----------------------------------
