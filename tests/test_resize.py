@@ -314,7 +314,7 @@ def test_random_crop_under_augment_is_exact_across_workers_and_resume(tmp_path):
     csv = make_shapes(tmp_path / "shapes", per_class=8)  # 24 photos, 20 x 24 to 80 x 80 pixels
     run = ["--csv", str(csv), "--file-column", "path", "--label-column", "label", "--mode", "RGB",
            "--image-size", "16", "--resize", "crop", "--augment", "--batch-size", "8",
-           "--seed", "4", "--no-disk-cache"]  # 20 train images: 2 batches an epoch
+           "--seed", "4", "--no-disk-cache"]  # 18 to 20 train images (as drawn): 2 batches an epoch
 
     def crop_run(results, *extra, epochs=2):
         return train.main([*run, "--epochs", str(epochs), "--results-dir", str(tmp_path / results),
