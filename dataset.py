@@ -49,7 +49,9 @@ class CsvImageDataset(Dataset):
         transform: optional callable on one uint8 image (C, H, W), such as a torchvision v2
             transform; it may make images of different sizes equal.
         file_column, label_column: column names; label_column=None: unlabelled rows (label -1).
-        mode: "L" (gray, 1 channel), "RGB" (3), or "auto": L when every file's header is gray.
+        mode: "L" (gray, 1 channel), "RGB" (3), "RGBA" (4: transparency kept as the 4th
+            channel, not laid over `background`), or "auto": L when every file's header is gray,
+            else RGB (never RGBA).
         pixels: "float01" (float32 in [0, 1], as v2.ToDtype(torch.float32, scale=True) gives),
             "float255" (float32, 0-255) or "uint8" (to scale later, e.g. on the GPU).
         classes: class names in index order, for a text label column, so that train, valid and
@@ -62,6 +64,9 @@ class CsvImageDataset(Dataset):
         encoding: the CSV's text encoding ("utf-8" also reads a byte order mark, and one of
             UTF-16 or UTF-32 as that; spreadsheet exports are often "latin-1" or "cp1252").
         background: the colour transparent images are laid over (white, as a page shows them).
+        resize: how image_size is reached when an image's shape differs: "squish" (stretched to
+            it), "crop" (the short side scaled to fit, the long side centre-cropped) or "pad"
+            (scaled to fit inside, centred, the rest black: PAD_COLOUR; transparent under RGBA).
 
     Attributes as ImageFolder's: `samples` and `imgs` (item i is (path, class_index)), `classes`,
     `class_to_idx`, `targets` (list of int); also `rows` (rows[i] is Sample(path, label, line,
@@ -76,7 +81,7 @@ class CsvImageDataset(Dataset):
                  num_classes: int | None = None, split: tuple[str, str] | None = None,
                  skip_bad_rows: bool = False, image_size: int | tuple[int, int] | None = None,
                  encoding: str = "utf-8", background: tuple[int, int, int] = (255, 255, 255),
-                 **removed) -> None:
+                 resize: str = "squish", **removed) -> None:
         for name, value in removed.items():  # the cache's get a sentence, the rest Python's
             if name not in ("cache_mb", "cache_dir"):
                 raise TypeError(f"CsvImageDataset() got an unexpected keyword argument {name!r}")
@@ -84,13 +89,17 @@ class CsvImageDataset(Dataset):
                             + ("; for no cache (cache_mb=0), leave it out: the dataset alone "
                                "decodes each item as it is asked for" if value == 0 else ""))
         if mode not in MODES:
-            raise ValueError(f"mode must be 'L', 'RGB' or 'auto', got {mode!r}")
+            raise ValueError(f"mode must be 'L', 'RGB', 'RGBA' or 'auto', got {mode!r}")
         if pixels not in PIXELS:
             raise ValueError(f"pixels must be one of {PIXELS}, got {pixels!r}")
+        if resize not in RESIZE_METHODS:
+            raise ValueError(f"resize must be one of {RESIZE_METHODS}, got {resize!r}")
+        if resize != "squish" and image_size is None:
+            raise ValueError(f"resize={resize!r} goes with image_size= (the size to {resize} to)")
         self.csv_path, self.img_dir, self.split = Path(csv_path), Path(img_dir), split
         self.transform, self.mode, self.pixels = transform, mode, pixels
-        self.background = background
-        self.resize = (image_size, image_size) if isinstance(image_size, int) else image_size
+        self.background, self.resize = background, resize
+        self.resize_to = (image_size, image_size) if isinstance(image_size, int) else image_size
         self.rows, self.classes, self.problems = make_dataset(
             self.csv_path, self.img_dir, file_column=file_column, label_column=label_column,
             split=split, classes=classes, num_classes=num_classes, encoding=encoding)
@@ -108,8 +117,8 @@ class CsvImageDataset(Dataset):
         self.mode_decision = f"mode={mode}"
         if mode == "auto":  # from the files' headers: no decoding
             self.mode, self.mode_decision = auto_mode(self.rows)
-        self.channels = 3 if self.mode == "RGB" else 1
-        self.image_size = self.resize or self._first_size()  # (H, W) every image must have
+        self.channels = CHANNELS[self.mode]
+        self.image_size = self.resize_to or self._first_size()  # (H, W) every image must have
         self._labels = torch.from_numpy(self.rows.labels)  # (N,) int64: for a batch's labels
         self._transformed_shape: torch.Size | None = None  # of image 0, to name an odd one
 
@@ -195,7 +204,7 @@ class CsvImageDataset(Dataset):
     def size_problems(self) -> list[Problem]:
         """The images not of the commonest size (upright), as (line, file, what); none when
         image_size resizes them all. Reads every header: only called when sizes differ."""
-        if self.resize is not None:
+        if self.resize_to is not None:
             return []
         sizes = [_header(sample.path, upright_size) for sample in self.rows]  # (W, H); None: named
         (common, n), = Counter(s for s in sizes if s is not None).most_common(1)  # by the decoder
@@ -227,7 +236,7 @@ class CsvImageDataset(Dataset):
         meanwhile (make_subset.py --force under a running job): an error, not other images."""
         path = self.rows[i].path
         try:
-            pixels = decode_image(path, self.mode, self.resize, self.background)
+            pixels = decode_image(path, self.mode, self.resize_to, self.background, self.resize)
             st = os.stat(path)
         except DECODE_ERRORS as e:
             raise ImageLoadError(f"{self.where(i)}: cannot decode the image: {e}") from e
@@ -271,7 +280,10 @@ class ImageSizeError(ImageLoadError):
 
 
 Problem = tuple[int, str, str]  # a bad row: (CSV line, file name, what is wrong)
-MODES, PIXELS = ("L", "RGB", "auto"), ("float01", "float255", "uint8")
+MODES, PIXELS = ("L", "RGB", "RGBA", "auto"), ("float01", "float255", "uint8")
+CHANNELS = {"L": 1, "RGB": 3, "RGBA": 4}  # of each mode a dataset decodes to
+RESIZE_METHODS = ("squish", "crop", "pad")  # how image_size is reached (CsvImageDataset's resize)
+PAD_COLOUR = 0  # resize="pad": black (L 0, RGB (0, 0, 0)); under RGBA transparent black
 WIDE_GRAY_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")  # more than 8 bits: _to_8_bits
 GRAY_MODES = ("1", "L", "LA", "La", *WIDE_GRAY_MODES)
 EXPECTED_INDEX = "(expected a class index >= 0)"
@@ -292,36 +304,83 @@ CACHE_MOVED = ("CsvImageDataset no longer caches: wrap it, store = DecodedImages
 # ---- pixels: one image as a viewer shows it, and the dtype asked for ---------------------------
 
 def decode_image(path: str, mode: str, size: tuple[int, int] | None = None,
-                 background: tuple[int, int, int] = (255, 255, 255)) -> np.ndarray:
+                 background: tuple[int, int, int] = (255, 255, 255),
+                 resize: str = "squish") -> np.ndarray:
     """One image file as a viewer shows it, (C, H, W) uint8, a read-only view of Pillow's bytes:
     upright by its EXIF orientation, 16 bits scaled (not clipped) to 8, float or 32-bit integer
     gray by its range (_to_8_bits), transparency laid over `background` (dropping alpha would
-    turn a black drawing on a transparent sheet all black), converted to `mode`, resized to `size`
-    (H, W) if given. A change to these pixels must raise CACHE_FORMAT in loaders.py, so that no
-    disk cache serves the old ones."""
+    turn a black drawing on a transparent sheet all black) unless `mode` is RGBA, converted to
+    `mode`, resized to `size` (H, W) if given, by `resize` (squish, crop or pad: _resize). A
+    change to these pixels must raise CACHE_FORMAT in loaders.py, so that no disk cache serves
+    the old ones."""
     with Image.open(path) as im:  # closes the file even when decoding fails
         orientation, sixteen = exif_orientation(im), is_16_bit(im)  # im.format: before turning
         if size is not None and im.format == "JPEG":
             # libjpeg decodes at 1/2, 1/4 or 1/8 scale, not below the target (W, H) as stored (a
             # turned photo's sides swap): fewer pixels to decode and to resize
-            im.draft(im.mode, upright_size(im, (size[1], size[0])))
+            target = (size[1], size[0]) if resize == "squish" else \
+                scaled_size(upright_size(im), size, resize)  # the whole image, scaled: (W, H)
+            im.draft(im.mode, upright_size(im, target))
         if orientation != 1:
             im = ImageOps.exif_transpose(im)
         if im.mode in WIDE_GRAY_MODES:
             im = _to_8_bits(im, sixteen)
         if im.mode == "LAB":  # Pillow's convert("RGB") gives other colours (50, 0, 0: blue)
             raise ValueError("CIELab colours (Pillow mode LAB) are not read: save it as RGB")
-        if has_transparency(im):
+        if has_transparency(im) and mode != "RGBA":  # RGBA keeps it: convert() carries alpha
             im = Image.alpha_composite(Image.new("RGBA", im.size, (*background, 255)),
-                                       im.convert("RGBA"))
+                                       im.convert("RGBA"))  # (a palette's or a gray's tRNS too)
         if im.mode != mode:
             im = im.convert(mode)
-        if size is not None and im.size != (size[1], size[0]):
+        if size is not None and resize != "squish":
+            im = _resize(im, size, resize)
+        elif size is not None and im.size != (size[1], size[0]):
             # reducing_gap=3: a shrink of 6x or more first averages blocks of pixels, leaving 3x
             # or more to resample: faster, within a grey level of the exact resize
             im = im.resize((size[1], size[0]), Image.Resampling.BILINEAR, reducing_gap=3.0)
         pixels = np.frombuffer(im.tobytes(), dtype=np.uint8)
         return pixels.reshape(im.height, im.width, len(im.getbands())).transpose(2, 0, 1)
+
+
+def scaled_size(image: tuple[int, int], size: tuple[int, int], resize: str) -> tuple[int, int]:
+    """(W, H) of a whole `image` (W, H) scaled, keeping its shape, to reach `size` (H, W): for
+    "crop" the smallest that covers size, for "pad" the largest that fits inside it (at least a
+    pixel a side); for "squish", size itself."""
+    (width, height), (out_h, out_w) = image, size
+    if resize == "squish":
+        return out_w, out_h
+    scale = (max if resize == "crop" else min)(out_w / width, out_h / height)
+    scaled_w, scaled_h = round(width * scale), round(height * scale)
+    if resize == "crop":
+        return max(out_w, scaled_w), max(out_h, scaled_h)
+    return max(1, min(out_w, scaled_w)), max(1, min(out_h, scaled_h))
+
+
+def _resize(im: Image.Image, size: tuple[int, int], resize: str) -> Image.Image:
+    """im at `size` (H, W), its shape kept. crop: one resample of the centred box of the target's
+    shape (fractional: no half-pixel shift), the short side fitting; pad: scaled to fit inside
+    (scaled_size), pasted centred on PAD_COLOUR (an odd leftover pixel to the right / bottom)."""
+    out_w, out_h = size[1], size[0]
+    if resize == "crop":
+        if im.size == (out_w, out_h):
+            return im
+        # The source's part kept, of the target's shape: the whole width when the target is the
+        # wider of the two (compared in integers), else the whole height
+        if out_w * im.height >= out_h * im.width:
+            box_w, box_h = float(im.width), im.width * out_h / out_w
+        else:
+            box_w, box_h = im.height * out_w / out_h, float(im.height)
+        left, top = (im.width - box_w) / 2, (im.height - box_h) / 2  # never below 0
+        return im.resize((out_w, out_h), Image.Resampling.BILINEAR,
+                         box=(left, top, left + box_w, top + box_h), reducing_gap=3.0)
+    fit = scaled_size(im.size, size, "pad")  # (W, H)
+    if fit != im.size:
+        im = im.resize(fit, Image.Resampling.BILINEAR, reducing_gap=3.0)
+    if fit == (out_w, out_h):
+        return im
+    canvas = Image.new(im.mode, (out_w, out_h), (PAD_COLOUR,) * len(im.getbands()))
+    canvas.paste(im, ((out_w - fit[0]) // 2, (out_h - fit[1]) // 2))  # alpha copied, not blended
+    return canvas
 
 
 def _to_8_bits(im: Image.Image, sixteen: bool) -> Image.Image:
@@ -1045,7 +1104,8 @@ def image_extensions() -> set[str]:
 def check_dataset(csv_path: str | Path, img_dir: str | Path,
                   **dataset_kwargs) -> tuple[dict, list[Problem]]:
     """Every row checked and every image decoded: (summary, problems), not an error. dataset_kwargs:
-    CsvImageDataset's file_column, label_column, mode, num_classes, split, image_size, encoding."""
+    CsvImageDataset's file_column, label_column, mode, num_classes, split, image_size, encoding,
+    resize."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
@@ -1067,8 +1127,9 @@ def check_dataset(csv_path: str | Path, img_dir: str | Path,
                     notes["16-bit, scaled to 8 bits" if is_16_bit(im) else "32-bit float or "
                           "integer, 0..1 scaled by 255 or 0..255 as it is"] += 1
                 notes["turned upright by their EXIF orientation"] += exif_orientation(im) != 1
-                notes["with transparency, laid over white"] += has_transparency(im)
-            decode_image(sample.path, ds.mode, ds.resize, ds.background)  # as training will
+                notes["with transparency, kept (RGBA)" if ds.mode == "RGBA" else
+                      "with transparency, laid over white"] += has_transparency(im)
+            decode_image(sample.path, ds.mode, ds.resize_to, ds.background, ds.resize)  # as read
         except DECODE_ERRORS as e:
             problems.append((sample.line, sample.file, f"cannot decode the image: {e}"))
     # The commonest size is the reference, not the first row's.
@@ -1185,16 +1246,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--label-column", default="Class Label",
                    help="column with the labels (default: %(default)s)")
     p.add_argument("--mode", default="auto", choices=MODES,
-                   help="image mode: auto is L when every image is gray, else RGB "
-                        "(default: %(default)s)")
+                   help="image mode: auto is L when every image is gray, else RGB; RGBA keeps "
+                        "transparency as a 4th channel (default: %(default)s)")
     p.add_argument("--num-classes", type=int, default=None, help="labels must be below this")
     p.add_argument("--split-column", default=None, help="column naming each row's split")
     p.add_argument("--split", default=None, help="check only rows of this split")
     p.add_argument("--image-size", type=parse_image_size, default=None,
                    help="resize every image to N x N or HxW as it is read")
+    p.add_argument("--resize", default="squish", choices=RESIZE_METHODS,
+                   help="with --image-size, an image of another shape is squish: stretched, crop: "
+                        "its short side fitted and the rest centre-cropped, pad: fitted inside "
+                        "and centred on black (default: %(default)s)")
     p.add_argument("--encoding", default="utf-8", help="the CSV's text encoding (default: utf-8)")
     p.add_argument("--all", action="store_true", help="list every bad row, not the first 20")
     args = p.parse_args(argv)
+    if args.resize != "squish" and args.image_size is None:
+        p.error(f"--resize {args.resize} goes with --image-size (the size to {args.resize} to)")
     if args.img_dir is None:
         if not Path(args.csv_path).is_dir():
             p.error("the following arguments are required: img_dir (or give a folder of class "
@@ -1205,7 +1272,7 @@ def main(argv: list[str] | None = None) -> int:
         return check_folder_command(Path(args.csv_path), label_column=label, mode=args.mode,
                                     num_classes=args.num_classes, split=args.split,
                                     image_size=args.image_size, encoding=args.encoding,
-                                    list_all=args.all)
+                                    list_all=args.all, resize=args.resize)
     if (args.split_column is None) != (args.split is None):
         p.error("--split-column and --split go together")
     split = (args.split_column, args.split) if args.split_column else None
@@ -1213,7 +1280,8 @@ def main(argv: list[str] | None = None) -> int:
         summary, problems = check_dataset(
             args.csv_path, args.img_dir, file_column=args.file_column,
             label_column=args.label_column, mode=args.mode, num_classes=args.num_classes,
-            split=split, image_size=args.image_size, encoding=args.encoding)
+            split=split, image_size=args.image_size, encoding=args.encoding,
+            resize=args.resize)
     except DatasetError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
@@ -1227,12 +1295,12 @@ def main(argv: list[str] | None = None) -> int:
                   "is that the folder that holds them?")
         return 1
     return print_check(Path(args.csv_path), summary, problems, command, args.image_size,
-                       args.all)
+                       args.all, resize=args.resize)
 
 
 def print_check(name: Path, summary: dict, problems: list[Problem], command: str,
-                image_size: tuple[int, int] | None, list_all: bool, unlabelled: bool = False
-                ) -> int:
+                image_size: tuple[int, int] | None, list_all: bool, unlabelled: bool = False,
+                resize: str = "squish") -> int:
     """The check command's report of check_dataset's (summary, problems); its exit status.
     unlabelled: rows without labels (a folder's test images, for --predict)."""
     if unlabelled:
@@ -1245,7 +1313,8 @@ def print_check(name: Path, summary: dict, problems: list[Problem], command: str
           + (f", and {len(sizes) - 5} other sizes" if len(sizes) > 5 else ""))
     print("image modes: " + ", ".join(f"{m}: {n}" for m, n in summary["modes"].items())
           + f" (converted to {summary['mode']}: {summary['mode_decision']})"
-          + (f", resized to {image_size[0]}x{image_size[1]} (HxW)" if image_size else ""))
+          + (f", resized to {image_size[0]}x{image_size[1]} (HxW)" if image_size else "")
+          + (f" by {resize}" if resize != "squish" else ""))
     for note, n in summary["notes"].items():
         print(f"{n} image(s) {note}")
     for warning in summary["warnings"]:
@@ -1261,7 +1330,7 @@ def print_check(name: Path, summary: dict, problems: list[Problem], command: str
 def check_folder_command(folder: Path, *, label_column: str | None, mode: str,
                          num_classes: int | None, split: str | None,
                          image_size: tuple[int, int] | None, encoding: str,
-                         list_all: bool) -> int:
+                         list_all: bool, resize: str = "squish") -> int:
     """`python dataset.py DIR`: the folder listed (list_image_folder), then its labelled rows
     checked as a CSV's and its unlabelled ones (a test folder without classes) as --predict's.
     Lines are those of the listing, as train.py --image-folder writes it to split.csv."""
@@ -1296,7 +1365,8 @@ def check_folder_command(folder: Path, *, label_column: str | None, mode: str,
             try:
                 summary, problems = check_dataset(
                     path, folder, file_column="file", label_column=label, mode=mode,
-                    num_classes=num_classes, split=("checked", kind), image_size=image_size)
+                    num_classes=num_classes, split=("checked", kind), image_size=image_size,
+                    resize=resize)
             except DatasetError as e:
                 print(f"error: {str(e).replace(str(path), f'{folder} (listed)')}", file=sys.stderr)
                 return 1
@@ -1308,7 +1378,7 @@ def check_folder_command(folder: Path, *, label_column: str | None, mode: str,
                 status = 1
                 continue
             status |= print_check(folder, summary, problems, command, image_size, list_all,
-                                  unlabelled=label is None)
+                                  unlabelled=label is None, resize=resize)
     return status
 
 

@@ -324,7 +324,7 @@ def predict(path: str, checkpoint: dict, checkpoint_path: Path, results_dir: Pat
         raise RunError(str(e)) from None
     model = model_from_checkpoint(checkpoint, checkpoint_path, device).eval()
     options = {"mode": checkpoint["mode"], "image_size": tuple(checkpoint["image_size"]),
-               "classes": classes}
+               "classes": classes, "resize": checkpoint.get("resize", "squish")}  # old: squish
     if submission is not None:  # the LABEL column is what we fill in, not a truth
         columns = (submission[0], None)
     with tempfile.TemporaryDirectory(prefix=f"{TEMP_TAG}-") as tmp:

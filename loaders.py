@@ -107,7 +107,7 @@ class LoaderOptions(TypedDict, total=False):
     image_size: int | tuple[int, int]  # resize every image to this as it is decoded
     cache_mb: float  # each split's DecodedImages: memory budget (default 1024)
     cache_dir: str | Path  # and folder of the disk cache (default: none)
-    dataset_kwargs: dict  # to every CsvImageDataset (mode, pixels, file_column, ...)
+    dataset_kwargs: dict  # to every CsvImageDataset (mode, pixels, file_column, resize, ...)
     loader_kwargs: dict  # to every torch DataLoader (persistent_workers, pin_memory, ...)
 
 
@@ -662,9 +662,11 @@ class DecodedImages(Dataset):
     def _cache_file_name(self) -> str:
         """<csv name>[-<split>]-<hash of how decoded>-<hash of the rows' files, sizes, times>.npy:
         any change gives another name. Not the CSV's path: a copy of the rows finds the same one."""
+        # resize="squish" adds nothing: the names of caches written before crop and pad stay valid
+        how = () if self.resize == "squish" else (self.resize,)
         settings = hashlib.sha256(repr((
             CACHE_FORMAT, Image.__version__, np.__version__, self.split, self.rows.root,
-            self.mode, self.image_size, self.dataset.background)).encode())
+            self.mode, self.image_size, self.dataset.background, *how)).encode())
         rows = hashlib.sha256(settings.digest())
         for array in (self.rows.offsets, self.rows.names, self.rows.stats):
             rows.update(memoryview(np.ascontiguousarray(array)).cast("B"))
@@ -708,6 +710,7 @@ class DecodedImages(Dataset):
     mode = property(lambda self: self.dataset.mode)
     mode_decision = property(lambda self: self.dataset.mode_decision)
     image_size = property(lambda self: self.dataset.image_size)  # (H, W)
+    resize = property(lambda self: self.dataset.resize)  # squish, crop or pad
     channels = property(lambda self: self.dataset.channels)
     csv_path = property(lambda self: self.dataset.csv_path)
     split = property(lambda self: self.dataset.split)

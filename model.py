@@ -103,6 +103,10 @@ def resnet18(channels: int, num_classes: int, image_size: tuple[int, int],
     from torchvision.models import resnet18 as tv_resnet18
 
     net = tv_resnet18(num_classes=num_classes)
+    if pretrained and channels not in (1, 3):  # 4 (RGBA): no weights learned for alpha
+        raise ValueError(f"pretrained ResNet-18 takes gray (1 channel, repeated) or RGB (3) "
+                         f"images, not {channels} channels: read them as RGB (transparency "
+                         "laid over white), or train without pretrained weights")
     if pretrained:
         if load_weights:
             load_backbone(net, ResNet18_Weights.IMAGENET1K_V1)

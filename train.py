@@ -63,7 +63,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
-from dataset import DatasetError, parse_image_size, scan_image_folder, skipped_message
+from dataset import (RESIZE_METHODS, DatasetError, parse_image_size, scan_image_folder,
+                     skipped_message)
 from evaluate import (REPORT_FILES, RunError, compute_accuracy, compute_confusion_matrix,
                       distributed, evaluate_model, global_settings_kept, model_from_checkpoint,
                       move_aside, predict, read_checkpoint, saved_model_accuracy,
@@ -192,6 +193,7 @@ class DataSettings:
     file_suffix: str | None = None
     mode: str = "auto"
     image_size: tuple[int, int] | None = None
+    resize: str | None = None  # squish, crop or pad; None: the checkpoint's, else squish
     encoding: str = "utf-8"
     num_classes: int | None = None
     augment: bool = False
@@ -313,13 +315,16 @@ class RunConfig:
     # Where the data came from, for messages: [csv path, split value or None, rows] per split.
     # Not compared (the data fingerprint is): a moved data folder is the same data.
     data_files: list | None = None
+    resize: str = "squish"  # how images reach image_size (--resize); a checkpoint without: squish
 
-    ORDER = ("data", "mode", *(f.name for cls in FROM_DATA for f in dataclasses.fields(cls)))
-    DATA_FIELDS = ("data", "channels", "num_classes", "mode", "image_size")
+    ORDER = ("data", "mode", "resize",
+             *(f.name for cls in FROM_DATA for f in dataclasses.fields(cls)))
+    DATA_FIELDS = ("data", "channels", "num_classes", "mode", "resize", "image_size")
 
     def flat(self) -> dict:
         """The compared settings, one level, as the checkpoint holds them (image_size a list)."""
-        values = {"data": self.data, "mode": self.mode, **dataclasses.asdict(self.net),
+        values = {"data": self.data, "mode": self.mode, "resize": self.resize,
+                  **dataclasses.asdict(self.net),
                   **dataclasses.asdict(self.train)}
         values["image_size"] = list(self.net.image_size)
         return {name: values[name] for name in self.ORDER}
@@ -352,7 +357,7 @@ class RunConfig:
                                    if f.name in saved})
             return cls(data=saved["data"], mode=saved["mode"],
                        net=ModelConfig.from_checkpoint(saved), train=train.resolved(),
-                       data_files=saved.get("data_files"))
+                       data_files=saved.get("data_files"), resize=saved.get("resize", "squish"))
         except (KeyError, TypeError, ValueError) as e:
             raise RunError(f"{path}'s settings (its 'config') are not those train.py writes "
                            f"({type(e).__name__}: {e}); pass the --checkpoint of a train.py "
@@ -381,7 +386,7 @@ def run_config(settings: Settings, datasets: list[DecodedImages],
     return RunConfig(data=data_fingerprint([ds.csv_path for ds in datasets]), mode=train_ds.mode,
                      net=net, train=train,
                      data_files=[[str(ds.csv_path), ds.split[1] if ds.split else None, len(ds)]
-                                 for ds in datasets])
+                                 for ds in datasets], resize=train_ds.resize)
 
 
 def describe_data(data_files: list | None) -> str:
@@ -423,15 +428,15 @@ def refuse_other_model_flags(given: dict, saved: ModelConfig, use: str, path: Pa
 def save_run(results_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
              scheduler, config: RunConfig, classes: list[str], history: History) -> None:
     """checkpoint.pt and metrics.csv after an epoch: everything --resume needs, and what a
-    checkpoint alone needs to read new images (classes, mode, image_size); the same checkpoint
-    as best.pt too when the epoch's validation accuracy is the best so far."""
+    checkpoint alone needs to read new images (classes, mode, resize, image_size); the same
+    checkpoint as best.pt too when the epoch's validation accuracy is the best so far."""
     saved = config.as_checkpoint()
     checkpoint = {
         "model": model.state_dict(), "optimizer": optimizer.state_dict(),
         "scheduler": None if scheduler is None else scheduler.state_dict(),
         "epoch": len(history.train_acc), "history": dataclasses.asdict(history),
         "config": saved, "classes": list(classes), "mode": config.mode,
-        "image_size": saved["image_size"], "rng": rng_states(),
+        "resize": config.resize, "image_size": saved["image_size"], "rng": rng_states(),
         "versions": {"torch": str(torch.__version__)}}
     buffer = io.BytesIO()
     torch.save(checkpoint, buffer)
@@ -815,12 +820,24 @@ def same_listing_or_refuse(data: DataSettings, split_path: Path) -> None:
                        "--resume / --evaluate.")
 
 
-def augmentation():
+def augmentation(resize: str = "squish", image_size: tuple[int, int] | None = None):
     """--augment: a small random rotation and shift, which suit small images of any class; no
-    flips, which would mirror digits and letters."""
+    flips, which would mirror digits and letters. Under --resize crop a random crop first: a part
+    of 80% to 100% of each side of the image as decoded (the centre crop, at image_size (H, W),
+    the size every split is decoded and cached at), anywhere in it, scaled back to image_size.
+    Like every transform, it draws from each sample's own seed: exact for any --num-workers and
+    after --resume."""
     from torchvision.transforms import v2  # imported only when asked for
 
-    return v2.RandomAffine(degrees=10, translate=(0.1, 0.1))
+    affine = v2.RandomAffine(degrees=10, translate=(0.1, 0.1))
+    if resize != "crop":
+        return affine
+    aspect = image_size[1] / image_size[0]  # W / H: the crop keeps the image's shape
+    return v2.Compose([v2.RandomResizedCrop(image_size, scale=(CROP_SIDE[0] ** 2, 1.0),
+                                            ratio=(aspect, aspect), antialias=True), affine])
+
+
+CROP_SIDE = (0.8, 1.0)  # --augment's random crop under --resize crop: this share of each side
 
 
 def build_datasets(data: DataSettings, sources: list[tuple], device: torch.device,
@@ -834,9 +851,10 @@ def build_datasets(data: DataSettings, sources: list[tuple], device: torch.devic
     dataset_kwargs = {"pixels": "uint8" if device.type == "cuda" else "float01",
                       "file_column": data.file_column, "label_column": data.label_column,
                       "mode": data.mode, "image_size": data.image_size,
-                      "encoding": data.encoding, "num_classes": data.num_classes}
-    datasets = decoded(make_datasets(sources, dataset_kwargs,
-                                     augmentation() if data.augment else None),
+                      "encoding": data.encoding, "num_classes": data.num_classes,
+                      "resize": data.resize or "squish"}
+    augment = augmentation(data.resize or "squish", data.image_size) if data.augment else None
+    datasets = decoded(make_datasets(sources, dataset_kwargs, augment),
                        cache_mb=data.cache_mb, cache_dir=cache_dir)  # each split's decoded images
     channels, (height, width) = datasets[0].channels, datasets[0].image_size
     try:  # before the first pass decodes anything at that size
@@ -881,7 +899,9 @@ def prepare_data(data: DataSettings, *, split_path: Path, seed: int, evaluating:
                                     drop_last=False, seed=seed, loader_kwargs=loader_kwargs)
     print(f"Data: {len(train_ds)} train, {len(datasets[1])} valid, {len(datasets[2])} test "
           f"images from {data.csv or data.data_dir + '/'}, read as {train_ds.mode} "
-          f"({train_ds.mode_decision}); {train_ds.cache_decision}; "
+          f"({train_ds.mode_decision})" + (", resized to {}x{} (HxW) by {}".format(
+              *train_ds.image_size, train_ds.resize) if train_ds.resize != "squish" else "")
+          + f"; {train_ds.cache_decision}; "
           f"device {device}" + (f"; {world_size} processes" if world_size > 1 else ""))
     if data.class_folders is not None:  # the listing is the data: a CSV run reads it alike
         flags = [f for flag, value, default in (
@@ -1127,12 +1147,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     data.add_argument("--file-suffix", metavar="SUFFIX",
                       help="with --predict: the files are named id + SUFFIX (.png: Kaggle's ids); "
                            "predictions.csv names them by id, without it")
-    data.add_argument("--mode", default=DataSettings.mode, choices=["auto", "L", "RGB"],
+    data.add_argument("--mode", default=DataSettings.mode, choices=["auto", "L", "RGB", "RGBA"],
                       help="gray (L, 1 channel) or RGB (3); auto: L when every image is gray, "
-                           "else RGB, from the files' headers")
+                           "else RGB, from the files' headers; RGBA (4) keeps transparency "
+                           "instead of laying it over white")
     data.add_argument("--image-size", type=parse_image_size, default=None,
                       help="resize every image to N x N or HxW as it is read (default: images "
                            "must share one size)")
+    data.add_argument("--resize", choices=RESIZE_METHODS, default=None,
+                      help="how --image-size is reached by an image of another shape: squish "
+                           "(stretched), crop (the short side fitted, the rest centre-cropped; "
+                           "under --augment a random crop in training) or pad (fitted inside, "
+                           "centred on black) (default: the checkpoint's with --resume, "
+                           "--evaluate or --predict, else squish)")
     data.add_argument("--encoding", default=DataSettings.encoding, help="the CSV's text encoding")
     data.add_argument("--num-classes", type=_at_least(1, int), default=None,
                       help="integer labels are 0 to N-1 (default: up to the largest label, which "
@@ -1236,6 +1263,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     resuming = args.resume or args.evaluate or args.predict is not None  # the model is recorded
     if args.pretrained and args.model != "resnet18" and not (resuming and args.model is None):
         p.error("--pretrained goes with --model resnet18 (the weights are ResNet-18's)")
+    if args.pretrained and args.mode == "RGBA":
+        p.error("--pretrained and --mode RGBA: the ImageNet weights take 3 colour channels, not "
+                "4; pass --mode RGB (transparency laid over white), or leave --pretrained out")
+    if args.resize not in (None, "squish") and args.image_size is None and not resuming:
+        p.error(f"--resize {args.resize} goes with --image-size (the size to {args.resize} to)")
     if args.pretrained and args.normalize:
         p.error("--pretrained and --normalize: choose one (the pretrained model is fed the "
                 "ImageNet mean and std it was trained with)")
@@ -1382,6 +1414,8 @@ def run(settings: Settings, hints: dict) -> History | Path:
             refuse_other_model_flags(settings.given, saved_model_config(checkpoint,
                                                                         checkpoint_path),
                                      "--predict with", checkpoint_path)
+            refuse_other_resize(data.resize, checkpoint.get("resize", "squish"), "--predict with",
+                                checkpoint_path)
             return predict(settings.predict, checkpoint, checkpoint_path, results_dir,
                            columns=(data.file_column, data.label_column), img_dir=data.img_dir,
                            encoding=data.encoding, device=pick_device(settings.device, 0),
@@ -1400,6 +1434,7 @@ def run(settings: Settings, hints: dict) -> History | Path:
             refuse_other_model_flags(settings.given, saved.net, use, checkpoint_path)
             if settings.evaluate:
                 refuse_evaluate_without_data(data, saved, checkpoint_path)
+            data = checkpoint_resize(data, saved, checkpoint_path, settings.evaluate)
         moved_into = move_aside(results_dir, first) if rank == 0 else None
         datasets, loaders = prepare_data(
             data, split_path=results_dir / "split.csv", seed=settings.seed,
@@ -1418,6 +1453,30 @@ def run(settings: Settings, hints: dict) -> History | Path:
         model, net, history = fit(settings, config, classes, loaders, session, checkpoint)
         finish(model, net, history, loaders[2], classes, session)
         return history
+
+
+def checkpoint_resize(data: DataSettings, saved: RunConfig, path: Path,
+                      evaluating: bool) -> DataSettings:
+    """The data flags with --resize left out taken from the checkpoint (--resume, --evaluate);
+    another --resize is refused before any image is read; crop and pad need --image-size, which
+    is not taken (a data flag, as --csv: the user repeats it)."""
+    refuse_other_resize(data.resize, saved.resize, "--evaluate" if evaluating else
+                        "--resume from", path)
+    resize = data.resize or saved.resize
+    if resize != "squish" and data.image_size is None:
+        h, w = saved.net.image_size
+        raise RunError(f"{path} was trained with --resize {resize}, which goes with --image-size: "
+                       f"pass that run's --image-size ({h}x{w})")
+    return dataclasses.replace(data, resize=resize)
+
+
+def refuse_other_resize(given: str | None, saved: str, use: str, path: Path) -> None:
+    """--predict, --evaluate and --resume read images as the checkpoint's run did: another
+    --resize is refused."""
+    if given is not None and given != saved:
+        raise RunError(f"cannot {use} {path}: its model was trained on images read with "
+                       f"--resize {saved}, not {given}; leave --resize out (the checkpoint's is "
+                       "used)")
 
 
 def refuse_evaluate_without_data(data: DataSettings, saved: RunConfig, path: Path) -> None:
