@@ -119,7 +119,7 @@ class LoaderOptions(TypedDict, total=False):
     csv_path: str | Path  # one CSV with a split column, instead of data_dir's three
     img_dir: str | Path  # the folder csv_path's file names are relative to (default: its folder)
     split_column: str  # csv_path's column saying train / valid / test (default "split")
-    valid_column: str  # or csv_path's True / False column marking the valid rows (fastai's is_valid)
+    valid_column: str  # or its True / False column marking the valid rows (fastai's is_valid)
     batch_size_factor_eval: int  # valid and test batches hold batch_size * this (default 1)
     image_size: int | tuple[int, int]  # resize every image to this as it is decoded
     cache_mb: float  # each split's DecodedImages: memory budget (default 1024)
@@ -238,7 +238,7 @@ def split_rows(source: tuple, file_column: str, label_column: str | None,
     mine = df[split_names(df[column]).isin(split_spellings(value))]
     if label_column is None:
         return len(mine), len(mine), found
-    labels = mine[label_column].fillna("").astype(str).str.strip()
+    labels = mine[label_column].dropna().astype(str).str.strip()
     return len(mine), int((labels != "").sum()), found
 
 
@@ -414,7 +414,7 @@ def split_csv(csv_path: str | Path, out_path: str | Path, *, label_column: str =
     members = [np.flatnonzero((labels == label).to_numpy() & first) for label in classes]
     sizes = np.array([len(m) for m in members], dtype=np.int64)
     n_test, n_valid = draw_counts(sizes, fractions["test"], fractions["valid"])
-    for name, counts in (("test", n_test), ("valid", n_valid)):
+    for name, counts in (("valid", n_valid), ("test", n_test)):
         if fractions[name] > 0 and counts.sum() == 0:
             n, f = int(sizes.sum()), fractions[name]
             why = (f"{f:g} x {n} rounds to 0; pass a larger --{name}-fraction ({name}_fraction), "

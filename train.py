@@ -1101,13 +1101,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                              "the valid rows, the rest train (fastai's is_valid); "
                                              "no test unless --test-fraction")
     data.add_argument("--valid-fraction", type=_fraction, default=None,
-                      help=f"share of the table (or of its train rows) drawn for valid (default: "
-                           f"{DEFAULT_FRACTION} without --split-column; with it, only when the "
-                           "column has no valid rows)")
+                      help="share of the table drawn for valid; with --split-column, of its "
+                           "train rows, when the column has no valid rows "
+                           f"(default: {DEFAULT_FRACTION})")
     data.add_argument("--test-fraction", type=_fraction, default=None,
-                      help=f"share of the table drawn for test (default: {DEFAULT_FRACTION} "
-                           "without --split-column or --valid-column; with them, none; 0: no "
-                           "test split, the reports are of valid)")
+                      help="share of the table drawn for test; with --split-column or "
+                           "--valid-column, none unless given; 0: no test split, the reports are "
+                           f"of valid (default: {DEFAULT_FRACTION})")
     data.add_argument("--split-seed", type=_at_least(0, int), default=DataSettings.split_seed,
                       help="seed of the drawn split (apart from --seed: a new seed keeps the "
                            "split)")
