@@ -164,7 +164,7 @@ def make_datasets(sources: Sequence[tuple | None], dataset_kwargs: dict | None =
     label_column = kwargs.get("label_column", "Class Label")
     sources = list(sources)
     _refuse_unknown_splits([s for s in sources if s is not None], file_column, encoding)
-    _refuse_no_valid(sources[1], file_column, encoding)
+    _refuse_no_valid(sources[1] if len(sources) > 1 else None, file_column, encoding)
     if len(sources) > 2 and sources[2] is not None and sources[2][2] is not None and (
             split_rows(sources[2], file_column, label_column, encoding)[1] == 0):
         sources[2] = None  # no test rows, or none with a label: no test split
