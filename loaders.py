@@ -56,9 +56,9 @@ from PIL import Image
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, Subset, get_worker_info
 from torch.utils.data.distributed import DistributedSampler
 
-from dataset import (CsvImageDataset, DatasetError, ImageSizeError, csv_encoding, csv_separator,
-                     empty_classes_message, odd_class_warnings, read_csv, split_names,
-                     split_spellings, to_pixels)
+from dataset import (SPLIT_SPELLINGS, CsvImageDataset, DatasetError, ImageSizeError,
+                     csv_encoding, csv_separator, empty_classes_message, odd_class_warnings,
+                     read_csv, split_names, split_spellings, to_pixels)
 
 try:
     import fcntl
@@ -73,24 +73,40 @@ SPLITS = ("train", "valid", "test")
 def get_dataloaders(batch_size: int, data_dir: str | Path = "data", num_workers: int = 0,
                     seed: int = 123, *, train_transforms: Transform | None = None,
                     test_transforms: Transform | None = None,
-                    **options: Unpack[LoaderOptions]) -> tuple[DataLoader, DataLoader, DataLoader]:
+                    **options: Unpack[LoaderOptions]) -> tuple[DataLoader, DataLoader,
+                                                               DataLoader | None]:
     """The lecture's loaders: data_dir/mnist_{train,valid,test}.csv listing the images in
     data_dir/mnist_{train,valid,test}/, as make_subset.py writes them; or, given csv_path, that
-    one CSV whose split_column says train / valid / test. `options`: see LoaderOptions."""
+    one CSV whose split_column says train / valid / test, or whose valid_column (True / False,
+    1 / 0, yes / no) marks the valid rows, the rest train. `options`: see LoaderOptions.
+
+    The test loader is None when the table has no labelled test rows (train + valid only, as
+    fastai's and Keras's layouts are, or a Kaggle test set whose label cells are empty)."""
     unknown = sorted(set(options) - set(LoaderOptions.__annotations__))
     if unknown:
         raise TypeError(f"get_dataloaders() got unexpected keyword argument(s) {unknown}; its "
                         f"options are {sorted(LoaderOptions.__annotations__)}")
     csv_path, img_dir = options.get("csv_path"), options.get("img_dir")
+    dataset_kwargs = {"image_size": options.get("image_size"),
+                      **(options.get("dataset_kwargs") or {})}
     if csv_path is None:
+        if options.get("valid_column") is not None:
+            raise TypeError("valid_column= goes with csv_path= (one CSV of every image)")
         sources = folder_layout(data_dir)
     else:
         folder = Path(csv_path).parent if img_dir is None else Path(img_dir)
-        column = options.get("split_column", "split")
-        sources = [(Path(csv_path), folder, (column, split)) for split in SPLITS]
-    datasets = make_datasets(sources, {"image_size": options.get("image_size"),
-                                       **(options.get("dataset_kwargs") or {})},
-                             train_transforms, test_transforms)
+        valid_column = options.get("valid_column")
+        if valid_column is not None:
+            if options.get("split_column") is not None:
+                raise TypeError("split_column= and valid_column=: pass one (a column naming each "
+                                "row's split, or a True / False column marking the valid rows)")
+            sources = valid_column_sources(Path(csv_path), folder, valid_column,
+                                           dataset_kwargs.get("file_column", "File Name"),
+                                           dataset_kwargs.get("encoding", "utf-8"))
+        else:
+            column = options.get("split_column") or "split"
+            sources = [(Path(csv_path), folder, (column, split)) for split in SPLITS]
+    datasets = make_datasets(sources, dataset_kwargs, train_transforms, test_transforms)
     stores = decoded(datasets, options.get("cache_mb", 1024), options.get("cache_dir"))
     return loaders_from_datasets(
         *stores, batch_size=batch_size,
@@ -103,6 +119,7 @@ class LoaderOptions(TypedDict, total=False):
     csv_path: str | Path  # one CSV with a split column, instead of data_dir's three
     img_dir: str | Path  # the folder csv_path's file names are relative to (default: its folder)
     split_column: str  # csv_path's column saying train / valid / test (default "split")
+    valid_column: str  # or its True / False column marking the valid rows (fastai's is_valid)
     batch_size_factor_eval: int  # valid and test batches hold batch_size * this (default 1)
     image_size: int | tuple[int, int]  # resize every image to this as it is decoded
     cache_mb: float  # each split's DecodedImages: memory budget (default 1024)
@@ -113,14 +130,18 @@ class LoaderOptions(TypedDict, total=False):
 
 def get_dataloaders_from_split_csv(csv_path: str | Path, img_dir: str | Path, batch_size: int,
                                    num_workers: int = 0, seed: int = 123, *,
-                                   split_column: str = "split",
-                                   **options) -> tuple[DataLoader, DataLoader, DataLoader]:
+                                   split_column: str = "split", valid_column: str | None = None,
+                                   **options) -> tuple[DataLoader, DataLoader, DataLoader | None]:
     """get_dataloaders(batch_size, csv_path=..., img_dir=..., **options): one CSV whose
-    `split_column` says train / valid / test. split_csv() adds that column to a CSV."""
+    `split_column` says train / valid / test (test loader None when it has no labelled test
+    rows), or whose `valid_column` (True / False, 1 / 0, yes / no) marks the valid rows, the rest
+    train (no test). split_csv() adds a split column to a CSV, drawing what it lacks."""
     if "data_dir" in options:
         raise TypeError("get_dataloaders_from_split_csv() takes csv_path and img_dir, not data_dir")
+    column = {"split_column": split_column} if valid_column is None else {
+        "valid_column": valid_column}
     return get_dataloaders(batch_size, num_workers=num_workers, seed=seed, csv_path=csv_path,
-                           img_dir=img_dir, split_column=split_column, **options)
+                           img_dir=img_dir, **column, **options)
 
 
 def folder_layout(data_dir: str | Path) -> list[tuple[Path, Path, None]]:
@@ -130,46 +151,61 @@ def folder_layout(data_dir: str | Path) -> list[tuple[Path, Path, None]]:
     return [(data_dir / f"mnist_{s}.csv", data_dir / f"mnist_{s}", None) for s in SPLITS]
 
 
-def make_datasets(sources: Sequence[tuple], dataset_kwargs: dict | None = None,
+def make_datasets(sources: Sequence[tuple | None], dataset_kwargs: dict | None = None,
                   train_transforms: Transform | None = None,
-                  test_transforms: Transform | None = None) -> list[CsvImageDataset]:
+                  test_transforms: Transform | None = None) -> list[CsvImageDataset | None]:
     """Train, valid and test datasets from three (csv_path, img_dir, split) sources, split None or
     (column, value), with one mapping of classes (the union over the splits) and one mode. A file
-    in two splits is an error: a test set that overlaps training fools you."""
+    in two splits is an error: a test set that overlaps training fools you. The test dataset is
+    None when its source is, or when its table has no labelled test rows: none (train + valid
+    only), or each with an empty label cell (a Kaggle test set, to predict: unlabelled_test)."""
     kwargs = dict(dataset_kwargs or {})
-    _refuse_unknown_splits(sources, kwargs.get("file_column", "File Name"),
-                           kwargs.get("encoding", "utf-8"))
+    file_column, encoding = kwargs.get("file_column", "File Name"), kwargs.get("encoding", "utf-8")
+    label_column = kwargs.get("label_column", "Class Label")
+    sources = list(sources)
+    _refuse_unknown_splits([s for s in sources if s is not None], file_column, encoding)
+    _refuse_no_valid(sources[1] if len(sources) > 1 else None, file_column, encoding)
+    if len(sources) > 2 and sources[2] is not None and sources[2][2] is not None and (
+            split_rows(sources[2], file_column, label_column, encoding)[1] == 0):
+        sources[2] = None  # no test rows, or none with a label: no test split
     transforms = [train_transforms] + [test_transforms] * (len(sources) - 1)
-    datasets = [CsvImageDataset(csv, folder, t, split=split, **kwargs)
-                for (csv, folder, split), t in zip(sources, transforms)]
-    classes = kwargs.get("classes") or union_of_classes([ds.classes for ds in datasets])
-    colour = [ds for ds in datasets if ds.mode == "RGB"]  # mode="auto": RGB if any split is
-    mixed = 0 < len(colour) < len(datasets)
-    if mixed or any(ds.classes != classes for ds in datasets):  # one mapping of classes and one
+
+    def read(kwargs: dict) -> list[CsvImageDataset | None]:
+        return [None if source is None else CsvImageDataset(*source[:2], t, split=source[2],
+                                                             **kwargs)
+                for source, t in zip(sources, transforms)]
+
+    datasets = read(kwargs)
+    present = [ds for ds in datasets if ds is not None]
+    classes = kwargs.get("classes") or union_of_classes([ds.classes for ds in present])
+    colour = [ds for ds in present if ds.mode == "RGB"]  # mode="auto": RGB if any split is
+    mixed = 0 < len(colour) < len(present)
+    if mixed or any(ds.classes != classes for ds in present):  # one mapping of classes and one
         kwargs.update(classes=classes, **({"mode": "RGB"} if mixed else {}))  # mode: read again
-        datasets = [CsvImageDataset(csv, folder, t, split=split, **kwargs)
-                    for (csv, folder, split), t in zip(sources, transforms)]
+        datasets = read(kwargs)
+        present = [ds for ds in datasets if ds is not None]
         if mixed:
-            for ds in datasets:
+            for ds in present:
                 ds.mode_decision = colour[0].mode_decision  # the split that made it RGB says why
-    seen = [set(ds.targets) for ds in datasets]  # the class indices of each split
+    seen = [set(ds.targets) for ds in present]  # the class indices of each split
     empty = [name for i, name in enumerate(classes) if not any(i in s for s in seen)]
     messages = [empty_classes_message(empty, classes)] if empty else []
-    messages += odd_class_warnings(datasets)
+    messages += odd_class_warnings(present)
     unseen = sorted({classes[i] for s in seen[1:] for i in s} - {classes[i] for i in seen[0]})
     if unseen:
         messages.append(f"the training split has no example of class(es) {unseen} (they are in "
                         "valid or test): the model cannot learn them")
     for message in messages:
         warnings.warn(message, stacklevel=2)
-    _refuse_overlap(datasets)
+    _refuse_overlap(present)  # train, valid (and test): SPLITS' order
     return datasets
 
 
-def decoded(datasets: Sequence[CsvImageDataset], cache_mb: float = 1024,
-            cache_dir: str | Path | None = None) -> list[DecodedImages]:
-    """Each dataset in a DecodedImages of its own, with one budget and cache folder."""
-    return [DecodedImages(ds, cache_mb=cache_mb, cache_dir=cache_dir) for ds in datasets]
+def decoded(datasets: Sequence[CsvImageDataset | None], cache_mb: float = 1024,
+            cache_dir: str | Path | None = None) -> list[DecodedImages | None]:
+    """Each dataset in a DecodedImages of its own, with one budget and cache folder (None: None)."""
+    return [None if ds is None else DecodedImages(ds, cache_mb=cache_mb, cache_dir=cache_dir)
+            for ds in datasets]
 
 
 def _refuse_unknown_splits(sources: Sequence[tuple], file_column: str, encoding: str) -> None:
@@ -184,13 +220,97 @@ def _refuse_unknown_splits(sources: Sequence[tuple], file_column: str, encoding:
         values = read_csv(csv, [file_column, column], encoding)[column]
         unknown = values[~split_names(values).isin(known)].fillna("").astype(str).str.strip()
         if len(unknown):
-            groups = sorted(unknown.groupby(unknown, sort=False), key=lambda vg: -len(vg[1]))
-            counts = ", ".join(f"{v!r} ({len(g)} row{'s' if len(g) > 1 else ''}, first on line "
-                               f"{int(g.index[0])})" for v, g in groups)  # commonest first
             raise DatasetError(
-                f"{csv}: column {column!r} has values that are not a split: {counts}. Each row "
+                f"{csv}: column {column!r} has values that are not a split: "
+                f"{_value_counts(unknown)}. Each row "
                 "must say train (or training), valid (val, validation, dev) or test (testing), in "
                 "any case; change those cells in the CSV, or drop the rows you do not want")
+
+
+def split_rows(source: tuple, file_column: str, label_column: str | None,
+               encoding: str) -> tuple[int, int, list[str]]:
+    """(rows, rows with a label, the values the column holds) of the split a (csv, folder,
+    (column, value)) source names. A label cell empty or blank is no label."""
+    csv, _, (column, value) = source
+    columns = [file_column, column] + ([label_column] if label_column not in (None, column) else [])
+    df = read_csv(Path(csv), columns, encoding)
+    found = sorted(df[column].dropna().astype(str).str.strip().unique())
+    mine = df[split_names(df[column]).isin(split_spellings(value))]
+    if label_column is None:
+        return len(mine), len(mine), found
+    labels = mine[label_column].dropna().astype(str).str.strip()
+    return len(mine), int((labels != "").sum()), found
+
+
+def unlabelled_test(source: tuple | None, file_column: str, label_column: str,
+                    encoding: str) -> int:
+    """How many test rows a (csv, folder, (column, "test")) source's table holds when every one
+    has an empty label cell (a Kaggle test set: not trained on, predicted); else 0."""
+    if source is None or source[2] is None:
+        return 0
+    rows, labelled, _ = split_rows(source, file_column, label_column, encoding)
+    return rows if labelled == 0 else 0
+
+
+def _refuse_no_valid(source: tuple | None, file_column: str, encoding: str) -> None:
+    """A table whose split column has no valid rows: a DatasetError saying how to draw them."""
+    if source is None or source[2] is None or source[2][1] != "valid":
+        return
+    rows, _, found = split_rows(source, file_column, None, encoding)
+    if rows == 0:
+        csv, _, (column, _) = source
+        raise DatasetError(
+            f"{csv}: no rows with {column} == 'valid' (values found: {found}); a run needs "
+            "validation rows (they choose the best epoch). Draw them from the train rows with "
+            f"--valid-fraction F (in Python: split_csv(..., split_column={column!r}, "
+            "valid_fraction=F)), or mark some rows valid in the CSV")
+
+
+FLAGS = {"true": True, "yes": True, "1": True, "1.0": True,  # "1.0": pandas' reading of a
+         "false": False, "no": False, "0": False, "0.0": False}  # 1 / 0 column with a blank line
+
+
+def valid_flags(csv_path: Path, column: str, other_column: str, encoding: str) -> pd.Series:
+    """A valid column's cells as bool (True: valid), indexed by CSV line: True / False, 1 / 0,
+    yes / no, in any case. Any other value is a DatasetError naming the values, their counts and
+    first lines. other_column: any column of the table, so that blank lines are told apart."""
+    values = read_csv(csv_path, [column, other_column], encoding)[column]  # as text: first column
+    flags = split_names(values).map(FLAGS)
+    bad = values[flags.isna()].fillna("").astype(str).str.strip()
+    if len(bad):
+        raise DatasetError(f"{csv_path}: column {column!r} has values that are not True / False: "
+                           f"{_value_counts(bad)}. Each row must say True, 1 or yes (valid) or "
+                           "False, 0 or no (train), in any case")
+    if not flags.any():
+        raise DatasetError(f"{csv_path}: column {column!r} marks no row valid (all {len(flags)} "
+                           "are False); mark some True, or leave the column out to draw a split")
+    if flags.all():
+        raise DatasetError(f"{csv_path}: column {column!r} marks every row valid (all "
+                           f"{len(flags)} are True): no row is left to train on")
+    return flags.astype(bool)
+
+
+def valid_column_sources(csv_path: Path, folder: Path, column: str, file_column: str,
+                         encoding: str) -> list[tuple | None]:
+    """Train, valid and (none) test sources of a table whose `column` marks the valid rows: the
+    split values are the spellings its cells have, as make_dataset reads them (one each)."""
+    flags = valid_flags(csv_path, column, file_column, encoding)
+    seen = split_names(read_csv(csv_path, [file_column, column], encoding)[column])
+    spellings = [sorted(set(seen[flags == value])) for value in (False, True)]
+    if any(len(names) > 1 for names in spellings):
+        mixed = next(names for names in spellings if len(names) > 1)
+        raise DatasetError(f"{csv_path}: column {column!r} writes one value in several ways "
+                           f"({', '.join(map(repr, mixed))}); write each alike (True / False, "
+                           "1 / 0 or yes / no)")
+    return [(csv_path, folder, (column, names[0])) for names in spellings] + [None]
+
+
+def _value_counts(values: pd.Series) -> str:
+    """"'x' (3 rows, first on line 5), 'y' (1 row, first on line 9)": commonest first, values
+    indexed by CSV line."""
+    groups = sorted(values.groupby(values, sort=False), key=lambda vg: -len(vg[1]))
+    return ", ".join(f"{v!r} ({len(g)} row{'s' if len(g) > 1 else ''}, first on line "
+                     f"{int(g.index[0])})" for v, g in groups)
 
 
 def union_of_classes(per_split: Sequence[list[str]]) -> list[str]:
@@ -224,18 +344,37 @@ def _refuse_overlap(datasets: Sequence[CsvImageDataset]) -> None:
 
 
 def split_csv(csv_path: str | Path, out_path: str | Path, *, label_column: str = "Class Label",
-              valid_fraction: float = 0.1, test_fraction: float = 0.1, seed: int = 0,
-              encoding: str = "utf-8", file_column: str | None = None) -> Path:
-    """Write csv_path's rows to out_path with a `split` column: of each class's n rows, round(n *
-    test_fraction) go to test and round(n * valid_fraction) to valid, drawn from (seed, class), the
-    rest to train; the same arguments give the same bytes. file_column: checked to exist, and a
-    file listed on several rows drawn once (its first row's class), all its rows in one split."""
+              valid_fraction: float | None = None, test_fraction: float | None = None,
+              seed: int = 0, encoding: str = "utf-8", file_column: str | None = None,
+              split_column: str | None = None, valid_column: str | None = None) -> Path:
+    """Write csv_path's rows to out_path with a `split` column, valid and test rows drawn from the
+    train rows: every row of a table without a split; those its split_column says train (the
+    others keep theirs); or those its valid_column (True / False, 1 / 0, yes / no) marks False,
+    its True rows being valid.
+
+    A fraction None draws DEFAULT_FRACTION for a split the table lacks, none for one it has (a
+    number for that is an error); 0 draws none. Of the N rows drawn from, round(N * fraction) go
+    to each split, shared among the classes by largest remainder (draw_counts: each class keeps a
+    training row); which rows is drawn from (seed, class), so the same arguments give the same
+    bytes. A split asked for that would be empty is an error, before any image is read.
+    file_column: checked to exist, and a file listed on several rows drawn once (its first row's
+    class), all its rows in one split."""
     csv_path, out_path = Path(csv_path), Path(out_path)
-    if not (0 <= valid_fraction and 0 <= test_fraction and valid_fraction + test_fraction < 1):
-        raise ValueError(f"valid_fraction {valid_fraction} and test_fraction {test_fraction} must "
-                         "be at least 0, with a sum below 1")
+    if split_column is not None and valid_column is not None:
+        raise ValueError("split_column and valid_column: pass one (a column naming each row's "
+                         "split, or a True / False column marking the valid rows)")
+    if valid_column is not None and valid_fraction is not None:
+        raise ValueError(f"valid_column {valid_column!r} marks the valid rows: leave "
+                         "valid_fraction out (--valid-fraction)")
+    _check_fractions(valid_fraction, test_fraction)
     # named errors: no file, no column, encoding
-    read_csv(csv_path, [c for c in (file_column, label_column) if c is not None], encoding)
+    columns = [c for c in (file_column, label_column, split_column, valid_column) if c is not None]
+    read_csv(csv_path, columns, encoding)
+    if split_column is not None:  # values that are no split: named, with counts and lines
+        _refuse_unknown_splits([(csv_path, None, (split_column, s)) for s in SPLITS],
+                               columns[0], encoding)
+    flags = None if valid_column is None else valid_flags(csv_path, valid_column, columns[0],
+                                                          encoding)
     encoding = csv_encoding(csv_path, encoding)  # a UTF-16 or UTF-32 byte order mark's
     try:
         rows = pd.read_csv(csv_path, dtype=str, keep_default_na=False, encoding=encoding,
@@ -244,35 +383,115 @@ def split_csv(csv_path: str | Path, out_path: str | Path, *, label_column: str =
         raise DatasetError(f"{csv_path}: not {encoding} text ({e.reason} at byte {e.start}); pass "
                            "its encoding, e.g. encoding='latin-1' (--encoding latin-1) for a "
                            "spreadsheet export") from None
-    if "split" in rows.columns:
+    if "split" in rows.columns and split_column != "split":
         raise DatasetError(f"{csv_path} already has a 'split' column: use it (split_column="
                            "'split', --split-column split) instead of drawing a new split")
+    if split_column is not None:
+        name_of = {s: name for name, spellings in SPLIT_SPELLINGS.items() for s in spellings}
+        split = split_names(rows[split_column]).map(name_of).fillna("").to_numpy(dtype=object)
+    elif flags is not None:  # a cell left empty (a blank row's) is train: the dataset drops it
+        split = np.where(split_names(rows[valid_column]).map(FLAGS).fillna(False).astype(bool),
+                         "valid", "train").astype(object)
+    else:
+        split = np.full(len(rows), "train", dtype=object)
+    fractions = {}
+    for name, fraction in (("test", test_fraction), ("valid", valid_fraction)):
+        if fraction is not None and fraction > 0 and (split == name).any():
+            flag = f"{name}_fraction (--{name}-fraction)"
+            raise DatasetError(f"{csv_path}: column {split_column or valid_column!r} has {name} "
+                               f"rows already: leave {flag} out to keep them, or drop the column "
+                               "to draw every split")
+        fractions[name] = fraction if fraction is not None else \
+            0.0 if (split == name).any() else DEFAULT_FRACTION
+    _check_fractions(fractions["valid"], fractions["test"])
+    pool = split == "train"  # the rows drawn from
     labels = rows[label_column].str.strip()
-    split = np.full(len(rows), "train", dtype=object)
     files = rows[file_column].str.strip() if file_column is not None else None
-    first = np.ones(len(rows), bool) if files is None else ~files.duplicated().to_numpy()
-    for k, label in enumerate(sorted(labels.unique())):
-        members = np.flatnonzero((labels == label).to_numpy() & first)
-        order = members[np.random.default_rng([seed, k]).permutation(len(members))]
-        n_test, n_valid = (int(len(members) * f + 0.5) for f in (test_fraction, valid_fraction))
-        split[order[:n_test]] = "test"
-        split[order[n_test:n_test + n_valid]] = "valid"
-    if not first.all():  # a file listed twice goes where its first row went: never in two splits
-        split = files.map(dict(zip(files[first], split[first]))).to_numpy()
+    first = pool.copy()  # of a file listed on several train rows, its first
+    if files is not None:
+        first &= ~files.where(pool).duplicated().to_numpy()
+    classes = sorted(labels[first].unique())
+    members = [np.flatnonzero((labels == label).to_numpy() & first) for label in classes]
+    sizes = np.array([len(m) for m in members], dtype=np.int64)
+    n_test, n_valid = draw_counts(sizes, fractions["test"], fractions["valid"])
+    for name, counts in (("valid", n_valid), ("test", n_test)):
+        if fractions[name] > 0 and counts.sum() == 0:
+            n, f = int(sizes.sum()), fractions[name]
+            why = (f"{f:g} x {n} rounds to 0; pass a larger --{name}-fraction ({name}_fraction), "
+                   f"at least {0.5 / max(n, 1):.3g}, or list more images" if _rounded(n * f) == 0
+                   else "every class keeps one image for training, and no class has one to "
+                   "spare; list more images of each class")
+            raise DatasetError(f"{csv_path}: the {name} split would be empty: {name}_fraction "
+                               f"{f:g} of the {n} rows to draw from gives no {name} row ({why})")
+    for k, label in enumerate(classes):
+        order = members[k][np.random.default_rng([seed, k]).permutation(len(members[k]))]
+        split[order[:n_test[k]]] = "test"
+        split[order[n_test[k]:n_test[k] + n_valid[k]]] = "valid"
+    if files is not None and not first[pool].all():  # a file listed twice goes where its first
+        drawn = dict(zip(files[first], split[first]))  # row went: never in two splits
+        split[pool] = files[pool].map(drawn).to_numpy()
     out_path.parent.mkdir(parents=True, exist_ok=True)
     text = rows.assign(split=split).to_csv(index=False, lineterminator="\n")
     write_atomic(out_path, text.encode(encoding))
     return out_path
 
 
+DEFAULT_FRACTION = 0.1  # of the rows to draw from, for valid and for test (split_csv)
+
+
+def _check_fractions(valid_fraction: float | None, test_fraction: float | None) -> None:
+    given = [f for f in (valid_fraction, test_fraction) if f is not None]
+    if not (all(0 <= f for f in given) and sum(given) < 1):
+        raise ValueError(f"valid_fraction {valid_fraction} and test_fraction {test_fraction} must "
+                         "be at least 0, with a sum below 1")
+
+
+def draw_counts(sizes: np.ndarray, test_fraction: float,
+                valid_fraction: float) -> tuple[np.ndarray, np.ndarray]:
+    """How many of each class's rows (sizes, (K,) int64) go to test and to valid: of all N rows,
+    round(N * fraction) each, shared in proportion to the class sizes by largest remainder (each
+    class gets the floor or the ceiling of its share; ties: the larger class, then the first). A
+    class keeps one row for training, and one of 3 or more rows one for valid when test takes
+    from it too, so a class never goes whole to test; a share that would break this goes to the
+    next classes in that order."""
+    n = int(sizes.sum())
+    keep = 1 + ((sizes >= 3) & (valid_fraction > 0))  # kept from test: training's, valid's
+    n_test = _largest_remainder(_rounded(n * test_fraction), sizes, np.maximum(sizes - keep, 0))
+    n_valid = _largest_remainder(_rounded(n * valid_fraction), sizes,
+                                 np.maximum(sizes - 1 - n_test, 0))
+    return n_test, n_valid
+
+
+def _rounded(x: float) -> int:
+    """Half up, as a person rounds (Python's round() takes 2.5 to 2); 1e-9: 0.3 * 30 is 8.99..."""
+    return int(x + 0.5 + 1e-9)
+
+
+def _largest_remainder(total: int, sizes: np.ndarray, caps: np.ndarray) -> np.ndarray:
+    """total shared among classes in proportion to sizes ((K,) int64), none above its cap: the
+    floor of each share, then one more each by largest remainder (ties: the larger class, then
+    the first), again while some are left and some class has room."""
+    if total == 0 or sizes.sum() == 0:
+        return np.zeros(len(sizes), dtype=np.int64)
+    floor, remainder = np.divmod(total * sizes, sizes.sum())  # exact integers
+    counts = np.minimum(floor, caps)
+    order = np.lexsort((np.arange(len(sizes)), -sizes, -remainder))  # the last key sorts first
+    while (left := total - int(counts.sum())) > 0:
+        room = [k for k in order if counts[k] < caps[k]]
+        if not room:
+            break
+        counts[room[:left]] += 1
+    return counts
+
+
 def loaders_from_datasets(
-        train: Dataset, valid: Dataset, test: Dataset, *, batch_size: int,
+        train: Dataset, valid: Dataset, test: Dataset | None, *, batch_size: int,
         eval_batch_size: int | None = None, seed: int = 123,
-        loader_kwargs: dict | None = None) -> tuple[DataLoader, DataLoader, DataLoader]:
+        loader_kwargs: dict | None = None) -> tuple[DataLoader, DataLoader, DataLoader | None]:
     """Train loader (reshuffled, drop_last) and valid / test loaders (fixed order, every sample) of
     DecodedImages or CsvImageDatasets (one store each, however often it comes), or Subsets /
-    ConcatDatasets of them (what random_split gives)."""
-    views = [as_batch_dataset(ds) for ds in (train, valid, test)]
+    ConcatDatasets of them (what random_split gives). test None: the test loader is None."""
+    views = [as_batch_dataset(ds) for ds in (train, valid, test) if ds is not None]
     leaves = {id(leaf): leaf for view in views for leaf in _leaves_of(view)}
     for store in leaves.values():  # decode once, before the loaders' workers start
         store.preload(num_workers=(loader_kwargs or {}).get("num_workers", 0))
@@ -287,6 +506,7 @@ def loaders_from_datasets(
     options = {"seed": seed, "loader_kwargs": loader_kwargs}
     return (make_loader(views[0], batch_size, shuffle=True, drop_last=True, **options),
             make_loader(views[1], eval_batch_size, shuffle=False, drop_last=False, **options),
+            None if test is None else
             make_loader(views[2], eval_batch_size, shuffle=False, drop_last=False, **options))
 
 

@@ -63,16 +63,17 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
-from dataset import (RESIZE_METHODS, DatasetError, parse_image_size, scan_image_folder,
-                     skipped_message)
+from dataset import (RESIZE_METHODS, DatasetError, parse_image_size, read_csv,
+                     scan_image_folder, skipped_message, split_names, split_spellings)
 from evaluate import (REPORT_FILES, RunError, compute_accuracy, compute_confusion_matrix,
-                      distributed, evaluate_model, global_settings_kept, model_from_checkpoint,
-                      move_aside, predict, read_checkpoint, saved_model_accuracy,
-                      saved_model_config, set_all_seeds, set_deterministic, sum_over_ranks,
-                      to_input, write_reports)
-from loaders import (SPLITS, TEMP_TAG, DecodedImages, LockFileError, atomic_file, decoded,
-                     folder_layout, lock_or_holder, loaders_from_datasets, make_datasets,
-                     make_loader, open_lock, split_csv, write_atomic)
+                      csv_bytes, distributed, evaluate_model, global_settings_kept,
+                      model_from_checkpoint, move_aside, predict, read_checkpoint,
+                      saved_model_accuracy, saved_model_config, set_all_seeds, set_deterministic,
+                      sum_over_ranks, to_input, write_reports)
+from loaders import (DEFAULT_FRACTION, SPLITS, TEMP_TAG, DecodedImages, LockFileError,
+                     atomic_file, decoded, folder_layout, lock_or_holder, loaders_from_datasets,
+                     make_datasets, make_loader, open_lock, split_csv, unlabelled_test,
+                     write_atomic)
 from model import (MODELS, ModelConfig, PretrainedWeightsMissing, build_model,
                    refuse_beyond_memory)
 
@@ -185,8 +186,9 @@ class DataSettings:
     img_dir: str | None = None
     class_folders: str | None = None  # --image-folder: listed into split.csv (listed())
     split_column: str | None = None
-    valid_fraction: float = 0.1
-    test_fraction: float = 0.1
+    valid_column: str | None = None
+    valid_fraction: float | None = None  # None: not given (DEFAULT_FRACTION where a split is drawn)
+    test_fraction: float | None = None
     split_seed: int = 0
     file_column: str = "File Name"
     label_column: str = "Class Label"
@@ -205,11 +207,22 @@ class DataSettings:
     batch_size: int = 64
     eval_batch_size: int = 256
 
+    def draws_split(self) -> bool:
+        """Whether the run draws a split into results/split.csv: a CSV without a split column
+        (valid and test, 0.1 each by default), with --valid-column (test only with
+        --test-fraction), or with a split column and a fraction given (what it lacks)."""
+        return self.csv is not None and self.class_folders is None and (
+            self.split_column is None or self.valid_fraction is not None
+            or self.test_fraction is not None)  # a folder's listing draws its own (listed())
+
     def split_options(self) -> dict:
-        """split_csv's arguments for a CSV without a split column."""
+        """split_csv's arguments for a split this run draws (draws_split)."""
+        own_column = self.split_column is not None or self.valid_column is not None
+        test = self.test_fraction if self.test_fraction is not None or not own_column else 0.0
         return {"label_column": self.label_column, "file_column": self.file_column,
                 "seed": self.split_seed, "valid_fraction": self.valid_fraction,
-                "test_fraction": self.test_fraction, "encoding": self.encoding}
+                "test_fraction": test, "encoding": self.encoding,
+                "split_column": self.split_column, "valid_column": self.valid_column}
 
     def listed(self, split_path: Path) -> DataSettings:
         """--image-folder DIR as the run it is: --csv split_path (the folder's listing) --img-dir
@@ -383,6 +396,7 @@ def run_config(settings: Settings, datasets: list[DecodedImages],
                   channels=train_ds.channels, image_size=tuple(train_ds.image_size),
                   num_classes=len(train_ds.classes), mean=mean, std=std)
     net.pretrained = bool(net.pretrained)
+    datasets = [ds for ds in datasets if ds is not None]  # test: none (no test split)
     return RunConfig(data=data_fingerprint([ds.csv_path for ds in datasets]), mode=train_ds.mode,
                      net=net, train=train,
                      data_files=[[str(ds.csv_path), ds.split[1] if ds.split else None, len(ds)]
@@ -770,11 +784,43 @@ def data_sources(data: DataSettings, split_path: Path, main_process: bool,
         write_atomic(split_path, listed)
         print(f"Image folder {data.class_folders}: {layout}; listed into {split_path}")
     csv, split_column = data.csv, data.split_column
-    if split_column is None:  # draw one, kept with the results
+    if data.draws_split():  # draw one (or what the table's split lacks), kept with the results
         if main_process and not (keep_split and split_path.is_file()):
             split_csv(csv, split_path, **data.split_options())
         csv, split_column = split_path, "split"
     return [(Path(csv), data.image_folder(), (split_column, split)) for split in SPLITS]
+
+
+def unlabelled_source(data: DataSettings, split_path: Path) -> tuple | None:
+    """The (csv, folder, (column, "test")) of the table's test rows when they have no labels (a
+    Kaggle test set in the table), else None."""
+    if data.csv is None:
+        return None
+    csv, column = (split_path, "split") if data.draws_split() else (data.csv, data.split_column)
+    source = (Path(csv), data.image_folder(), (column, "test"))
+    return source if unlabelled_test(source, data.file_column, data.label_column,
+                                     data.encoding) else None
+
+
+def predict_test_rows(source: tuple, data: DataSettings, session: Session) -> Path:
+    """The table's unlabelled test rows, not trained on or scored, predicted by the last epoch's
+    model into predictions.csv as --predict writes it: a listing of them alone, each on its line
+    of the table (blank lines between), so that a message names the table's line."""
+    csv, folder, (column, _) = source
+    table = read_csv(csv, [data.file_column, column], data.encoding)
+    files = table[data.file_column][split_names(table[column]).isin(split_spellings("test"))]
+    lines = [""] * (int(files.index.max()) - 1)  # the table's lines 2 to the last test row's
+    for line, name in files.items():
+        lines[line - 2] = csv_bytes([[name]]).decode().rstrip("\n")
+    checkpoint_path = session.results_dir / "checkpoint.pt"
+    print(f"The {len(files)} test rows of {data.csv} have no labels: not trained on or scored, but "
+          f"predicted by the last epoch's model ({checkpoint_path}) into predictions.csv")
+    with tempfile.TemporaryDirectory(prefix=f"{TEMP_TAG}-") as tmp:
+        listing = Path(tmp) / Path(csv).name
+        listing.write_bytes(csv_bytes([[data.file_column]]) + ("\n".join(lines) + "\n").encode())
+        return predict(str(listing), read_checkpoint(checkpoint_path), checkpoint_path,
+                       session.results_dir, columns=(data.file_column, data.label_column),
+                       img_dir=str(folder), encoding="utf-8", device=session.device)
 
 
 def same_split_or_refuse(csv: str, split_path: Path, split_options: dict) -> None:
@@ -799,13 +845,19 @@ def folder_listing(data: DataSettings) -> tuple[bytes, str]:
         warnings.warn(message, stacklevel=2)
     table = listing.table.rename(columns={"file": data.file_column, "label": data.label_column})
     text = table.to_csv(index=False, lineterminator="\n").encode(data.encoding)
-    if "split" in table.columns:
+    has_split = "split" in table.columns
+    if has_split and data.valid_fraction is None and data.test_fraction is None:
         return text, listing.layout
+    # no split folders: a split drawn as for a CSV; split folders and a fraction given: the
+    # splits they lack drawn from their train rows, as for a CSV's split column
+    options = dataclasses.replace(data, split_column="split" if has_split else None)
     with tempfile.TemporaryDirectory(prefix=f"{TEMP_TAG}-") as tmp:
         (Path(tmp) / "listing.csv").write_bytes(text)
         drawn = split_csv(Path(tmp) / "listing.csv", Path(tmp) / "split.csv",
-                          **data.split_options())
-        return drawn.read_bytes(), f"{listing.layout}, no split folders: split drawn"
+                          **options.split_options())
+        return drawn.read_bytes(), listing.layout + (
+            ": the splits it lacks drawn from train" if has_split else
+            ", no split folders: split drawn")
 
 
 def same_listing_or_refuse(data: DataSettings, split_path: Path) -> None:
@@ -884,7 +936,7 @@ def prepare_data(data: DataSettings, *, split_path: Path, seed: int, evaluating:
     datasets = build_datasets(data, sources, device, evaluating)
     if ddp and data.disk_cache() is not None:  # rank 0 fills the disk cache; the others read it
         if rank == 0:
-            for ds in datasets:
+            for ds in filter(None, datasets):
                 ds.preload(num_workers=data.num_workers)
         barrier(rank, "rank 0 decodes the images into the disk cache")
     loader_kwargs = {"num_workers": data.num_workers, "pin_memory": device.type == "cuda"}
@@ -897,7 +949,8 @@ def prepare_data(data: DataSettings, *, split_path: Path, seed: int, evaluating:
         loader_kwargs=loader_kwargs)
     train_eval_loader = make_loader(train_ds, data.eval_batch_size, shuffle=False,
                                     drop_last=False, seed=seed, loader_kwargs=loader_kwargs)
-    print(f"Data: {len(train_ds)} train, {len(datasets[1])} valid, {len(datasets[2])} test "
+    test = "no test" if datasets[2] is None else f"{len(datasets[2])} test"
+    print(f"Data: {len(train_ds)} train, {len(datasets[1])} valid, {test} "
           f"images from {data.csv or data.data_dir + '/'}, read as {train_ds.mode} "
           f"({train_ds.mode_decision})" + (", resized to {}x{} (HxW) by {}".format(
               *train_ds.image_size, train_ds.resize) if train_ds.resize != "squish" else "")
@@ -915,10 +968,18 @@ def prepare_data(data: DataSettings, *, split_path: Path, seed: int, evaluating:
     if data.num_workers:  # where each loader makes its batches; loaders that agree named once
         by_decision: dict[str, list[str]] = {}
         for name, loader in zip(SPLITS, loaders):
-            by_decision.setdefault(loader.workers_decision, []).append(name)
+            if loader is not None:
+                by_decision.setdefault(loader.workers_decision, []).append(name)
         print(f"Workers (--num-workers {data.num_workers}): "
               + "; ".join(f"{', '.join(names)}: {why}" for why, names in by_decision.items()))
+    if loaders[2] is None:  # the valid loader stands in: train_model's test_loader, the reports
+        print(NO_TEST_SPLIT)
+        loaders = (loaders[0], loaders[1], loaders[1])
     return datasets, (*loaders, train_eval_loader)
+
+
+NO_TEST_SPLIT = ("No test split: the test accuracy and reports below are of the validation split, "
+                 "which chose the best epoch, so they are optimistic")
 
 
 def channel_stats(ds: DecodedImages, num_workers: int = 0) -> tuple[list[float], list[float]]:
@@ -1132,11 +1193,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                            "metadata.csv, instead of --csv: listed into RESULTS_DIR/split.csv, "
                            "which the run then reads as a CSV")
     data.add_argument("--split-column", help="column saying train, valid or test for each row "
-                                             "(default: none; a split is drawn by class)")
-    data.add_argument("--valid-fraction", type=_fraction, default=DataSettings.valid_fraction,
-                      help="share of each class for valid")
-    data.add_argument("--test-fraction", type=_fraction, default=DataSettings.test_fraction,
-                      help="share of each class for test")
+                                             "(default: none; a split is drawn by class); with "
+                                             "no test rows, or only unlabelled ones, the reports "
+                                             "are of valid")
+    data.add_argument("--valid-column", help="a True / False (1 / 0, yes / no) column marking "
+                                             "the valid rows, the rest train (fastai's is_valid); "
+                                             "no test unless --test-fraction")
+    data.add_argument("--valid-fraction", type=_fraction, default=None,
+                      help="share of the table drawn for valid; with --split-column, of its "
+                           "train rows, when the column has no valid rows "
+                           f"(default: {DEFAULT_FRACTION})")
+    data.add_argument("--test-fraction", type=_fraction, default=None,
+                      help="share of the table drawn for test; with --split-column or "
+                           "--valid-column, none unless given; 0: no test split, the reports are "
+                           f"of valid (default: {DEFAULT_FRACTION})")
     data.add_argument("--split-seed", type=_at_least(0, int), default=DataSettings.split_seed,
                       help="seed of the drawn split (apart from --seed: a new seed keeps the "
                            "split)")
@@ -1283,9 +1353,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             p.error(f"--image-folder {args.class_folders}: no such folder")
     if args.split_column is not None and args.csv is None:
         p.error("--split-column goes with --csv")
+    if args.valid_column is not None and args.csv is None:
+        p.error("--valid-column goes with --csv")
+    if args.valid_column is not None and args.split_column is not None:
+        p.error("--valid-column and --split-column: choose one (a True / False column marking the "
+                "valid rows, or a column naming each row's split)")
+    if args.valid_column is not None and args.valid_fraction is not None:
+        p.error("--valid-column marks the valid rows: leave --valid-fraction out")
+    if args.valid_fraction == 0:
+        p.error("--valid-fraction 0: a run needs validation rows (they choose the best epoch)")
     if args.img_dir is not None and args.csv is None and args.predict is None:
         p.error("--img-dir goes with --csv or --predict")
-    if args.valid_fraction + args.test_fraction >= 1:
+    own_column = args.split_column is not None or args.valid_column is not None
+    fractions = [(0.0 if own else DEFAULT_FRACTION) if f is None else f for f, own in (
+        (args.valid_fraction, args.valid_column is not None), (args.test_fraction, own_column))]
+    if sum(fractions) >= 1:
         p.error("--valid-fraction and --test-fraction must add up to less than 1")
     if args.csv is not None and not Path(args.csv).is_file():
         p.error(f"--csv {args.csv}: no such file")
@@ -1396,11 +1478,11 @@ def run(settings: Settings, hints: dict) -> History | Path:
     # split.csv goes aside once the checkpoint passed, when this run draws a new one as it reads the
     # data; the rest once the data passed too: a refused run moves nothing
     first = tuple(n for n in move if n == "split.csv" and (
-        data.class_folders or data.csv and data.split_column is None))
+        data.class_folders or data.draws_split()))
     reads_checkpoint = settings.resume or settings.evaluate  # and compares its run with this one
     trained_split = checkpoint_path.resolve().parent / "split.csv"  # the checkpoint run's split
-    if reads_checkpoint and data.csv and data.split_column is None \
-            and trained_split.is_file():  # refused before anything is moved or written
+    # a different split: refused before anything is moved or written
+    if reads_checkpoint and data.draws_split() and trained_split.is_file():
         same_split_or_refuse(data.csv, trained_split, data.split_options())
     if reads_checkpoint and data.class_folders and trained_split.is_file():
         same_listing_or_refuse(data, trained_split)
@@ -1452,6 +1534,9 @@ def run(settings: Settings, hints: dict) -> History | Path:
             return evaluate(checkpoint, classes, loaders[2], session)
         model, net, history = fit(settings, config, classes, loaders, session, checkpoint)
         finish(model, net, history, loaders[2], classes, session)
+        to_predict = unlabelled_source(data, results_dir / "split.csv")
+        if to_predict is not None and rank == 0:
+            predict_test_rows(to_predict, data, session)
         return history
 
 
