@@ -296,3 +296,43 @@ def test_image_folder_flag_errors(tmp_path, capsys):
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a clean folder lists without a warning
         assert len(list_image_folder(root)) == 6
+
+
+def test_train_on_train_and_valid_folders_without_test_reports_on_valid(tmp_path, capsys, without_figures):
+    """Keras's image_dataset_from_directory(validation_split) export and most downloads: train/ and val/ only."""
+    root = split_tree(tmp_path / "data")
+    for f in (root / "test").rglob("*.png"):
+        f.unlink()
+    for d in sorted((root / "test").rglob("*"), reverse=True) + [root / "test"]:
+        d.rmdir()
+    history = run(tmp_path, root)
+    out = capsys.readouterr().out
+    assert "Data: 6 train, 2 valid, no test images from" in out
+    assert out.count("No test split: the test accuracy and reports below are of the validation split") == 1
+    assert len(history.valid_acc) == 1
+
+
+def test_a_kaggle_folder_with_an_unlabelled_test_folder_trains_and_predicts_the_test_images(
+        tmp_path, capsys, without_figures):
+    """Kaggle's train/<class>/ with test/ holding images alone: trained on train (valid drawn from it when
+    --valid-fraction is given), the test images predicted into predictions.csv, not trained on."""
+    root = tmp_path / "kaggle"
+    for k, name in enumerate(["cat", "dog"]):
+        for i in range(5):
+            image(root / "train" / name / f"{name}{i}.png", 40 + 150 * k)
+    for i in range(3):
+        image(root / "test" / f"t{i}.png", 40 + 150 * (i % 2))
+    run(tmp_path, root, "--valid-fraction", "0.2")
+    out = capsys.readouterr().out
+    split = pd.read_csv(tmp_path / "r" / "split.csv", keep_default_na=False)
+    assert split["split"].value_counts().to_dict() == {"train": 8, "valid": 2, "test": 3}
+    assert (split.loc[split["split"] == "test", "Class Label"] == "").all()  # unlabelled, as listed
+    assert "the splits it lacks drawn from train" in out
+    assert "Data: 8 train, 2 valid, no test images from" in out
+    predictions = pd.read_csv(tmp_path / "r" / "predictions.csv")
+    assert predictions.iloc[:, 0].tolist() == ["test/t0.png", "test/t1.png", "test/t2.png"]
+    assert set(predictions.iloc[:, 1]) <= {"cat", "dog"}
+    # without --valid-fraction the run says what to pass
+    with pytest.raises(DatasetError, match="no rows with split == 'valid' .* Draw them from the train rows "
+                                           "with --valid-fraction F"):
+        run(tmp_path / "again", root)
