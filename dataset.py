@@ -1005,7 +1005,8 @@ def _name_problem(name: str) -> str | None:
         return "empty file name"
     if name.startswith(("/", "\\")) or (name[1:2] == ":" and name[0].isalpha() and (
             os.name == "nt" or name[2:3] in ("/", "\\"))):  # C:\x; on POSIX a:b.png is a name
-        return "absolute path; file names must be relative to img_dir"
+        return ("absolute path; file names must be relative to img_dir (leave img_dir out, "
+                "--img-dir, to read absolute paths as written)")
     if ".." in name.replace("\\", "/").split("/"):
         return "contains '..'; file names must stay inside img_dir"
     if "\0" in name:
@@ -1143,12 +1144,13 @@ def problems_message(csv_path: str | Path, problems: list[Problem], n_rows: int,
 
 def problem_groups(problems: list[Problem]) -> list[tuple[int, str, str | None, list[int]]]:
     """The bad rows grouped by what is wrong, commonest first: (count, the first row's reason
-    without its hint, the hint after ';' or None, the first lines)."""
+    without its hint, the first hint after ';' or None, the first lines)."""
     groups: dict[str, list] = {}
     for line, _, what in problems:
         reason, _, hint = what.partition("; ")
         key = re.sub(r"'[^']*'|\d+|/\S*", "#", reason)  # names, numbers and paths aside
         group = groups.setdefault(key, [0, reason, hint or None, []])
+        group[2] = group[2] or hint or None  # a row's hint, where the first has none
         group[0] += 1
         if len(group[3]) < 5:
             group[3].append(line)

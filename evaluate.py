@@ -31,7 +31,8 @@ import torch
 import torch.distributed as dist
 from PIL import Image
 
-from dataset import CsvImageDataset, DatasetError, csv_columns, make_dataset, read_csv, to_float01
+from dataset import (CsvImageDataset, DatasetError, FileNames, csv_columns, make_dataset, read_csv,
+                     to_float01)
 from loaders import TEMP_TAG, make_loader, write_atomic
 from model import ModelConfig, build_model, non_finite, refuse_beyond_memory
 
@@ -274,11 +275,12 @@ Unreadable = tuple[str, int, str]  # (file, CSV line or 0 for a folder's image, 
 @torch.no_grad()
 def predict(path: str, checkpoint: dict, checkpoint_path: Path, results_dir: Path, *,
             columns: tuple[str, str], img_dir: str | None, encoding: str,
-            device: torch.device) -> Path:
+            device: torch.device, file_names: tuple[str, str] = ("", "")) -> Path:
     """--predict: the checkpoint's classes for one image, the images of a folder or those of a
     CSV, read in the checkpoint's mode and size, into results_dir/predictions.csv (written whole,
     or not at all). An image that cannot be read is named in a warning and gets a row with an
-    empty prediction and the reason; none readable at all is an error."""
+    empty prediction and the reason; none readable at all is an error. file_names: a CSV's
+    (--file-prefix, --file-suffix)."""
     if "classes" not in checkpoint:
         raise RunError(f"{checkpoint_path} does not say its classes, mode and image size (it "
                        "predates them): train again to use --predict")
@@ -299,7 +301,7 @@ def predict(path: str, checkpoint: dict, checkpoint_path: Path, results_dir: Pat
                "classes": classes}
     with tempfile.TemporaryDirectory(prefix=f"{TEMP_TAG}-") as tmp:
         ds, unreadable, in_csv = images_to_predict(Path(path), columns, img_dir, encoding,
-                                                   Path(tmp), options)
+                                                   Path(tmp), options, file_names)
     labelled = ds is not None and ds.targets[0] >= 0
     predicted = [] if ds is None else predicted_rows(model, ds, classes, device, unreadable,
                                                      in_csv)
@@ -372,15 +374,18 @@ def report_predictions(out: Path, rows: list[list], checkpoint_path: Path,
 
 
 def images_to_predict(path: Path, columns: tuple[str, str], img_dir: str | None, encoding: str,
-                      tmp: Path, options: dict) -> tuple[CsvImageDataset | None, list, bool]:
+                      tmp: Path, options: dict, file_names: tuple[str, str] = ("", "")
+                      ) -> tuple[CsvImageDataset | None, list, bool]:
     """(the readable rows, or None; [(file, line, why)] of the others; whether they came from the
     user's CSV): one image file, every image file in a folder and below it (sorted by path), or
-    the rows of a CSV (labelled when it has the label column)."""
+    the rows of a CSV (labelled when it has the label column; file_names: its (prefix, suffix);
+    without img_dir, absolute names are read as written)."""
     file_column, label_column = columns
     if not path.is_dir() and not path.is_file():  # opening a FIFO would wait for a writer
         raise DatasetError(f"{path} is neither a folder nor a regular file (a FIFO, device or "
                            "socket): pass an image, a folder of images or a CSV")
     in_csv = not path.is_dir() and not is_image_file(path)
+    naming = FileNames()
     if not in_csv:  # the listing is ours: its lines and name are not shown
         names = image_files_below(path) if path.is_dir() else [path.name]
         if not names:
@@ -395,14 +400,17 @@ def images_to_predict(path: Path, columns: tuple[str, str], img_dir: str | None,
         folder, csv_path = Path(img_dir) if img_dir else path.parent, path
         kwargs = {"file_column": file_column, "encoding": encoding,
                   "label_column": label_column if label_column in header else None}
-    _, _, problems = make_dataset(csv_path, folder, classes=options["classes"], **kwargs)
+        naming = FileNames(*file_names, absolute=not img_dir)
+    _, _, problems = make_dataset(csv_path, folder, classes=options["classes"], names=naming,
+                                  **kwargs)
     unreadable = [(file, line if in_csv else 0, f"line {line}: {what}" if in_csv else what)
                   for line, file, what in problems]
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the skipped rows are listed by predict instead
-            return CsvImageDataset(csv_path, folder, skip_bad_rows=True, **kwargs,
-                                   **options), unreadable, in_csv
+            return CsvImageDataset(csv_path, folder, skip_bad_rows=True, **kwargs, **options,
+                                   file_prefix=naming.prefix, file_suffix=naming.suffix,
+                                   absolute_paths=naming.absolute), unreadable, in_csv
     except DatasetError:
         if len(unreadable) == 0:
             raise

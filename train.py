@@ -185,8 +185,11 @@ class DataSettings:
     valid_fraction: float = 0.1
     test_fraction: float = 0.1
     split_seed: int = 0
-    file_column: str = "File Name"
+    file_column: str = "File Name"  # a name, or a 0-based position ("0") no column is named
     label_column: str = "Class Label"
+    no_header: bool = False
+    file_prefix: str = ""
+    file_suffix: str = ""
     mode: str = "auto"
     image_size: tuple[int, int] | None = None
     encoding: str = "utf-8"
@@ -204,7 +207,18 @@ class DataSettings:
         """split_csv's arguments for a CSV without a split column."""
         return {"label_column": self.label_column, "file_column": self.file_column,
                 "seed": self.split_seed, "valid_fraction": self.valid_fraction,
-                "test_fraction": self.test_fraction, "encoding": self.encoding}
+                "test_fraction": self.test_fraction, "encoding": self.encoding,
+                "header": not self.no_header}
+
+    def table_options(self) -> dict:
+        """How the dataset reads the table's rows and finds each row's file. The split drawn into
+        split.csv has a header line of its own (columns by position, 0, 1, ..., for a CSV without
+        one). Without --img-dir, absolute names are read as written; with it, they are refused."""
+        return {"file_column": self.file_column, "label_column": self.label_column,
+                "header": not (self.no_header and self.split_column is not None),
+                "file_prefix": self.file_prefix, "file_suffix": self.file_suffix,
+                "absolute_paths": self.csv is not None and self.img_dir is None,
+                "encoding": self.encoding}
 
     def image_folder(self) -> Path:
         """The folder the images are in: --data-dir, or --img-dir (default: the CSV's folder)."""
@@ -784,9 +798,8 @@ def build_datasets(data: DataSettings, sources: list[tuple], device: torch.devic
         print(f"Disk cache of decoded images: {cache_dir} (--no-disk-cache: none)")
     # On a GPU, batches travel as uint8 and are scaled there (to_input): a quarter of the bytes
     dataset_kwargs = {"pixels": "uint8" if device.type == "cuda" else "float01",
-                      "file_column": data.file_column, "label_column": data.label_column,
-                      "mode": data.mode, "image_size": data.image_size,
-                      "encoding": data.encoding, "num_classes": data.num_classes}
+                      **data.table_options(), "mode": data.mode, "image_size": data.image_size,
+                      "num_classes": data.num_classes}
     datasets = decoded(make_datasets(sources, dataset_kwargs,
                                      augmentation() if data.augment else None),
                        cache_mb=data.cache_mb, cache_dir=cache_dir)  # each split's decoded images
@@ -1039,7 +1052,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                            f"'{DEFAULT_DATA_DIR}' is built with make_subset.py when missing")
     data.add_argument("--csv", help="CSV listing every image (instead of --data-dir)")
     data.add_argument("--img-dir", help="folder the CSV's file names are relative to "
-                                        "(default: the CSV's folder)")
+                                        "(default: the CSV's folder, and absolute names are "
+                                        "read as written; given, they are refused)")
     data.add_argument("--split-column", help="column saying train, valid or test for each row "
                                              "(default: none; a split is drawn by class)")
     data.add_argument("--valid-fraction", type=_fraction, default=DataSettings.valid_fraction,
@@ -1050,9 +1064,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                       help="seed of the drawn split (apart from --seed: a new seed keeps the "
                            "split)")
     data.add_argument("--file-column", default=DataSettings.file_column,
-                      help="column with the file names")
+                      help="column with the file names, or its 0-based position (a column "
+                           "named so wins)")
     data.add_argument("--label-column", default=DataSettings.label_column,
-                      help="column with the labels")
+                      help="column with the labels, or its 0-based position; whole numbers "
+                           "are class indices, any other text makes every label a class name")
+    data.add_argument("--no-header", action="store_true",
+                      help="the CSV's first line is a row: name columns by position "
+                           "(--file-column 0 --label-column 1)")
+    data.add_argument("--file-prefix", default=DataSettings.file_prefix,
+                      help="put before each file name (the file read is IMG_DIR/PREFIX+NAME+"
+                           "SUFFIX), e.g. train/")
+    data.add_argument("--file-suffix", default=DataSettings.file_suffix,
+                      help="put after each file name, e.g. .jpg for ids without an extension")
     data.add_argument("--mode", default=DataSettings.mode, choices=["auto", "L", "RGB"],
                       help="gray (L, 1 channel) or RGB (3); auto: L when every image is gray, "
                            "else RGB, from the files' headers")
@@ -1167,6 +1191,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--split-column goes with --csv")
     if args.img_dir is not None and args.csv is None and args.predict is None:
         p.error("--img-dir goes with --csv or --predict")
+    if args.no_header and args.csv is None:
+        p.error("--no-header goes with --csv")
     if args.valid_fraction + args.test_fraction >= 1:
         p.error("--valid-fraction and --test-fraction must add up to less than 1")
     if args.csv is not None and not Path(args.csv).is_file():
@@ -1288,7 +1314,8 @@ def run(settings: Settings, hints: dict) -> History | Path:
                                      "--predict with", checkpoint_path)
             return predict(settings.predict, checkpoint, checkpoint_path, results_dir,
                            columns=(data.file_column, data.label_column), img_dir=data.img_dir,
-                           encoding=data.encoding, device=pick_device(settings.device, 0))
+                           encoding=data.encoding, device=pick_device(settings.device, 0),
+                           file_names=(data.file_prefix, data.file_suffix))
     with process_group(settings.device, data.batch_size, settings.dist_timeout) as (
             rank, world_size, device), \
             results_folder(results_dir, main_process=rank == 0), \
