@@ -533,7 +533,7 @@ def _check_headers(paths: list[str], root: Path,
                 sizes[j] = upright_size(im)
                 colours[j] = "" if is_gray(im) else im.mode
         except DECODE_ERRORS as e:
-            what[j] = f"not an image that Pillow can read ({e})"
+            what[j] = f"cannot read the image's header: {e}"
     return what, sizes, colours
 
 

@@ -806,7 +806,7 @@ def test_a_listed_file_that_is_no_image_is_a_bad_row_before_anything_is_decoded(
                                              "3.png,0\n4.png,1\n")
     decoded = []
     monkeypatch.setattr(dataset_module, "decode_image", lambda *a, **k: decoded.append(a) or None)
-    with pytest.raises(DatasetError, match=r"line 4: 'notes.png': not an image that Pillow can read"):
+    with pytest.raises(DatasetError, match=r"line 4: 'notes.png': cannot read the image's header: cannot identify image file"):
         CsvImageDataset(csv, tmp_path / "img")
     with pytest.warns(UserWarning, match=r"skipping bad rows: .*1 bad row\(s\) out of 6"):
         ds = CsvImageDataset(csv, tmp_path / "img", skip_bad_rows=True, mode="auto")
