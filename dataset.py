@@ -1218,7 +1218,8 @@ def main(argv: list[str] | None = None) -> int:
     if summary["mode"] == "-":  # no good row: only the reasons
         print(problems_message(Path(args.csv_path), problems, summary["rows"], command,
                                by_reason=True, list_rows=False))
-        if all(what.startswith("file not found") for _, _, what in problems):
+        if all(what.startswith("file not found") and "; found " not in what  # else the flag
+               for _, _, what in problems):  # to pass is named above
             folder = args.img_dir or f"{Path(args.csv_path).parent} (the CSV's folder)"
             print(f"hint: no file was found: the CSV's names are looked up below {folder}; "
                   "is that the folder that holds them?")
