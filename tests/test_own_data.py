@@ -859,3 +859,18 @@ def test_train_reads_a_kaggle_table_with_file_suffix_for_two_epochs(tmp_path, ca
     with pytest.raises(DatasetError, match="pass --file-suffix .png"):  # without the flag: the error names it
         train.main(["--csv", str(csv), "--img-dir", str(tmp_path / "train"), "--file-column", "0",
                     "--label-column", "1", "--epochs", "1", "--results-dir", str(tmp_path / "r2")])
+
+
+def test_train_reads_a_headerless_table_of_absolute_paths_without_img_dir_and_refuses_them_with_it(tmp_path, capsys):
+    (tmp_path / "train").mkdir()
+    (tmp_path / "list").mkdir()
+    tool_images(tmp_path / "train", [f"{k}" for k in range(24)])
+    csv = write_csv(tmp_path / "list" / "labels.csv", "".join(f"{tmp_path / 'train' / f'{k}.png'},{['a', 'b'][k % 2]}\n"
+                                                              for k in range(24)))  # no header, absolute paths
+    flags = ["--csv", str(csv), "--no-header", "--file-column", "0", "--label-column", "1", "--epochs", "1",
+             "--batch-size", "4"]
+    history = train.main([*flags, "--results-dir", str(tmp_path / "r")])
+    assert len(history.train_acc) == 1 and "Data: 20 train, 2 valid, 2 test images" in capsys.readouterr().out
+    assert (tmp_path / "r" / "split.csv").read_text().splitlines()[0] == "0,1,split"  # its own header: positions
+    with pytest.raises(DatasetError, match=r"such as: absolute path\n.*leave img_dir out, --img-dir"):
+        train.main([*flags, "--img-dir", str(tmp_path), "--results-dir", str(tmp_path / "r2")])
