@@ -841,6 +841,10 @@ def test_the_check_command_takes_the_new_flags_and_says_where_names_are_looked_u
     assert "pass --file-suffix .png (file_suffix='.png')" in out
     headless = write_csv(tmp_path / "headless.csv", "".join(f"{tmp_path / 'train' / f'img{k:03d}.png'},{k % 2}\n"
                                                            for k in range(12)))
+    assert dataset_module.check_command(  # what an error of a run with these flags tells you to paste
+        csv, None, "0", "1", "utf-8", header=False, names=dataset_module.FileNames("train/", ".png")) == (
+        f"python dataset.py {csv} --file-column 0 --label-column 1 --file-prefix train/ --file-suffix .png "
+        "--no-header --all")
     assert dataset_module.main([str(headless), "--no-header", "--file-column", "0", "--label-column", "1"]) == 0
     assert "absolute paths read as written\n" in capsys.readouterr().out
     assert dataset_module.main([str(headless), str(tmp_path), "--no-header", "--file-column", "0",
