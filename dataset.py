@@ -508,7 +508,8 @@ def make_dataset(csv_path: Path | pd.DataFrame, img_dir: Path | None, *, file_co
         warnings.warn(f"{source}: {int(repeated.sum())} row(s) list a file already listed above "
                       "with the same label; each file is used once", stacklevel=3)
     # Every file still good: its header (not its pixels), once: mode="auto" and the size use it
-    header_what, sizes, colours = _check_headers(paths, root, (what == None) & ~repeated)  # noqa: E711
+    good = (what == None) & ~repeated  # noqa: E711
+    header_what, sizes, colours = _check_headers(paths, root, good)
     what = np.where(header_what != None, header_what, what)  # noqa: E711
     bad = what != None  # noqa: E711  (element-wise: the rows with a problem named)
     keep = ~bad & ~repeated
@@ -811,11 +812,11 @@ def _holds_names(values: pd.Series, source: str, column: Column) -> bool:
         return False
     if whole.sum() > (~whole).sum():
         others = distinct[~whole].tolist()
+        shown = ", ".join(map(repr, others[:5])) + (", ..." if len(others) > 5 else "")
         warnings.warn(f"{source}: label column {column!r} holds {int(whole.sum())} distinct whole "
-                      f"numbers and {len(others)} other value(s) ({', '.join(map(repr, others[:5]))}"
-                      f"{', ...' if len(others) > 5 else ''}), so every label is read as a class "
-                      "name, sorted as text ('10' before '2'); if those are typos of class "
-                      "indices, correct them in the table", stacklevel=4)
+                      f"numbers and {len(others)} other value(s) ({shown}), so every label is "
+                      "read as a class name, sorted as text ('10' before '2'); if those are "
+                      "typos of class indices, correct them in the table", stacklevel=4)
     return True
 
 
