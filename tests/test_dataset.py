@@ -68,6 +68,15 @@ def test_each_bad_row_is_named_with_its_line_and_file(small_folder, rows, line, 
     assert "labels.csv" in message and "1 bad row(s)" in message
 
 
+@pytest.mark.parametrize("other", ["2.5", "two", "inf"])
+def test_a_text_label_that_is_not_a_whole_number_makes_the_column_class_names(small_folder, other):
+    """Issue 30 reversed the cases `2.5`, `two` and `inf` among integers above (they were refused as
+    'not a whole number'): such a column holds class names, all of them, sorted as text."""
+    ds = CsvImageDataset(write_csv(small_folder / "labels.csv", f"File Name,Class Label\na.png,1\nb.png,{other}\n"),
+                         small_folder / "img")
+    assert ds.classes == ["1", other] and ds.targets == [0, 1]  # "1" sorts first as text
+
+
 def test_labels_at_or_above_num_classes(small_folder):
     message = error_of(small_folder, "File Name,Class Label\na.png,1\nb.png,3\n", num_classes=3)
     assert "line 3:" in message and "out of range: expected 0 to 2" in message
@@ -174,6 +183,14 @@ def make_broken(tmp_path, damage: str):
     rows = [f"{i}.png,{i % 2}" for i in range(8)]
     rows.insert(5, "bad.png,1")
     return write_csv(tmp_path / "x.csv", "File Name,Class Label\n" + "\n".join(rows) + "\n")
+
+
+def test_a_corrupt_header_is_named_at_the_row_check_before_anything_is_decoded(tmp_path):
+    """Issue 30 moved this case of the test below (then found when the cache was filled) to the row check."""
+    csv = make_broken(tmp_path, "corrupt")
+    with pytest.raises(DatasetError, match=r"x.csv: 1 bad row\(s\) out of 9:\n  line 7: 'bad.png': cannot read the "
+                                           r"image's header"):
+        CsvImageDataset(csv, tmp_path / "img")
 
 
 @pytest.mark.parametrize("damage", ["truncated", "size"])  # corrupt: named at the row check (issue 30)
