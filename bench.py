@@ -748,7 +748,8 @@ def format_report(r: dict) -> str:
                   "| first pass | seconds | img/s | time / cold, 0 workers |", "| --- | ---: | ---: | ---: |"]
         lines += [f"| {name} | {sec:.2f} | {d['size'] / sec:,.0f} | {sec / base:.2f}x |" for name, sec in d["seconds"].items()]
     if "rows" in r:
-        lines += ["", "Building a dataset without decoding (every row checked: names, labels, one lstat a file, repeats), "
+        lines += ["", "Building a dataset without decoding (every row checked: names, labels, one lstat and one header "
+                  "read a file, repeats), "
                   f"each in a new process, median of {r['repeats']}:", "",
                   "| rows | microseconds a row | peak memory growth MiB |", "| ---: | ---: | ---: |"]
         lines += [f"| {int(n):,} | {m['us_per_row']:.1f} | {m['peak_growth_mib']:.0f} |" for n, m in r["rows"].items()]

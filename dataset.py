@@ -44,11 +44,20 @@ class CsvImageDataset(Dataset):
         images/        00000.png  cats/00001.png
 
     Args:
-        csv_path, img_dir: the CSV (a header line, then a row per image) and the folder its file
-            names are relative to.
+        csv_path: the CSV (a header line, then a row per image), or a pandas DataFrame of the
+            same rows (messages then name its rows by their index label: "row index 'b'").
+        img_dir: the folder the file names are relative to; None (the default): the CSV's folder
+            (the working directory for a DataFrame), and absolute names are read as written.
         transform: optional callable on one uint8 image (C, H, W), such as a torchvision v2
             transform; it may make images of different sizes equal.
-        file_column, label_column: column names; label_column=None: unlabelled rows (label -1).
+        file_column, label_column: column names, or 0-based positions (ints; a string of digits
+            that no column is named is a position too); label_column=None: unlabelled rows
+            (label -1). Integer labels are class indices; a text column with any value that is not
+            a whole number holds class names, all of them ("2019" among "cat", "dog" too).
+        header: False: the first line is a row too; columns by position only.
+        file_prefix, file_suffix: the file read is img_dir / (file_prefix + name + file_suffix),
+            e.g. file_suffix=".jpg" for ids without an extension; `rows[i].file` stays the name.
+        absolute_paths: read absolute names as written (default: when img_dir is None).
         mode: "L" (gray, 1 channel), "RGB" (3), "RGBA" (4: transparency kept as the 4th
             channel, not laid over `background`), or "auto": L when every file's header is gray,
             else RGB (never RGBA).
@@ -71,17 +80,21 @@ class CsvImageDataset(Dataset):
     Attributes as ImageFolder's: `samples` and `imgs` (item i is (path, class_index)), `classes`,
     `class_to_idx`, `targets` (list of int); also `rows` (rows[i] is Sample(path, label, line,
     file)), `image_size` (H, W), `channels`, `mode_decision` (why this mode), `problems` (the bad
-    rows: (line, file, what)).
+    rows: (line, file, what)), `source` (the CSV's path or "DataFrame", for messages), `names_rule`
+    (where the names are looked up). Every listed file's header is read when the dataset is built:
+    a file that is not an image is a bad row; a truncated one is found when it is decoded.
     """
 
-    def __init__(self, csv_path: str | Path, img_dir: str | Path,
+    def __init__(self, csv_path: str | Path | pd.DataFrame, img_dir: str | Path | None = None,
                  transform: Callable[[torch.Tensor], torch.Tensor] | None = None, *,
-                 file_column: str = "File Name", label_column: str | None = "Class Label",
+                 file_column: Column = "File Name", label_column: Column | None = "Class Label",
                  mode: str = "L", pixels: str = "float01", classes: Sequence[str] | None = None,
                  num_classes: int | None = None, split: tuple[str, str] | None = None,
                  skip_bad_rows: bool = False, image_size: int | tuple[int, int] | None = None,
                  encoding: str = "utf-8", background: tuple[int, int, int] = (255, 255, 255),
-                 resize: str = "squish", **removed) -> None:
+                 header: bool = True, file_prefix: str = "", file_suffix: str = "",
+                 absolute_paths: bool | None = None, resize: str = "squish",
+                 **removed) -> None:
         for name, value in removed.items():  # the cache's get a sentence, the rest Python's
             if name not in ("cache_mb", "cache_dir"):
                 raise TypeError(f"CsvImageDataset() got an unexpected keyword argument {name!r}")
@@ -96,23 +109,31 @@ class CsvImageDataset(Dataset):
             raise ValueError(f"resize must be one of {RESIZE_METHODS}, got {resize!r}")
         if resize != "squish" and image_size is None:
             raise ValueError(f"resize={resize!r} goes with image_size= (the size to {resize} to)")
-        self.csv_path, self.img_dir, self.split = Path(csv_path), Path(img_dir), split
-        self.transform, self.mode, self.pixels = transform, mode, pixels
+        table = csv_path if isinstance(csv_path, pd.DataFrame) else Path(csv_path)
+        self.csv_path = None if isinstance(table, pd.DataFrame) else table  # None: a DataFrame
+        self.source, self.row_names = table_name(table), RowNames.of(table)
+        self.img_dir = None if img_dir is None else Path(img_dir)
+        self.split, self.transform, self.mode, self.pixels = split, transform, mode, pixels
         self.background, self.resize = background, resize
         self.resize_to = (image_size, image_size) if isinstance(image_size, int) else image_size
+        names = FileNames(file_prefix, file_suffix,
+                          img_dir is None if absolute_paths is None else absolute_paths)
         self.rows, self.classes, self.problems = make_dataset(
-            self.csv_path, self.img_dir, file_column=file_column, label_column=label_column,
-            split=split, classes=classes, num_classes=num_classes, encoding=encoding)
-        self._check_command = check_command(self.csv_path, self.img_dir, file_column,
-                                            label_column, encoding)
+            table, self.img_dir, file_column=file_column, label_column=label_column,
+            split=split, classes=classes, num_classes=num_classes, encoding=encoding,
+            header=header, names=names)
+        self.names_rule = names_rule(self.rows, names)
+        self._check_command = check_command(table, self.img_dir, file_column, label_column,
+                                            encoding, header=header, names=names)
         if self.problems:
             rows = len(self.rows) + len({line for line, _, _ in self.problems})
-            message = problems_message(self.csv_path, self.problems, rows, self._check_command)
+            message = problems_message(self.source, self.problems, rows, self._check_command,
+                                       row_names=self.row_names)
             if not skip_bad_rows:
                 raise DatasetError(message)
             warnings.warn(f"skipping bad rows: {message}", stacklevel=2)
         if not self.rows:
-            raise DatasetError(f"{self.csv_path}: every row is bad; nothing left to load")
+            raise DatasetError(f"{self.source}: every row is bad; nothing left to load")
         self.class_to_idx = {name: i for i, name in enumerate(self.classes)}
         self.mode_decision = f"mode={mode}"
         if mode == "auto":  # from the files' headers: no decoding
@@ -203,33 +224,37 @@ class CsvImageDataset(Dataset):
 
     def size_problems(self) -> list[Problem]:
         """The images not of the commonest size (upright), as (line, file, what); none when
-        image_size resizes them all. Reads every header: only called when sizes differ."""
+        image_size resizes them all. From the sizes in the headers read at the row check."""
         if self.resize_to is not None:
             return []
-        sizes = [_header(sample.path, upright_size) for sample in self.rows]  # (W, H); None: named
-        (common, n), = Counter(s for s in sizes if s is not None).most_common(1)  # by the decoder
+        sizes = [tuple(size) for size in self.rows.sizes.tolist()]  # (W, H) read at the row check
+        (common, n), = Counter(sizes).most_common(1)
         return [(sample.line, sample.file, f"size {size[1]}x{size[0]} (HxW) differs from the "
                  f"commonest, {common[1]}x{common[0]} ({n} of {len(sizes)} images); cannot be "
                  "batched: pass image_size= (--image-size) to resize them as they are read")
-                for sample, size in zip(self.rows, sizes) if size not in (None, common)]
+                for sample, size in zip(self.rows, sizes) if size != common]
 
     def size_error(self) -> ImageSizeError:
         """An ImageSizeError naming every image not of the commonest size, a line each."""
-        return ImageSizeError(problems_message(self.csv_path, self.size_problems(), len(self),
-                                               self._check_command, by_reason=False))
+        return ImageSizeError(problems_message(self.source, self.size_problems(), len(self),
+                                               self._check_command, by_reason=False,
+                                               row_names=self.row_names))
 
     def where(self, i: int) -> str:
-        """Sample i's place, for messages: "<csv>, line <n>: '<file>'"."""
-        return f"{self.csv_path}, line {self.rows[i].line}: {self.rows[i].file!r}"
+        """Sample i's place, for messages: "<csv>, line <n>: '<file>'" (a DataFrame's: "DataFrame,
+        row index <label>: '<file>'")."""
+        return f"{self.place(self.rows[i].line)}: {self.rows[i].file!r}"
+
+    def place(self, line: int) -> str:
+        """A row's place, for messages: "<csv>, line <n>" or "DataFrame, row index <label>"."""
+        return f"{self.source}, {self.row_names(line)}"
 
     def _first_size(self) -> tuple[int, int]:
-        """(H, W) of the first image whose header can be read, upright (EXIF orientation)."""
-        for sample in self.rows:
-            if (size := _header(sample.path, upright_size)) is not None:  # else named when decoded
-                self._size_from = sample.file
-                return size[1], size[0]
-        raise DatasetError(f"{self.csv_path}: none of the {len(self)} files is an image that "
-                           "Pillow can open")
+        """(H, W) of the first image, upright (EXIF orientation), from its header read at the
+        row check: every kept row's header was readable."""
+        self._size_from = self.rows.file(0)
+        width, height = self.rows.sizes[0].tolist()
+        return height, width
 
     def _read(self, i: int, same_size: bool) -> np.ndarray:
         """Sample i decoded, (C, H, W) uint8. A file unlike when its row was checked was replaced
@@ -261,10 +286,21 @@ class CsvImageDataset(Dataset):
 
 
 class Sample(NamedTuple):
-    path: str  # img_dir joined with the file name
+    path: str  # img_dir joined with file_prefix + the file name + file_suffix
     label: int  # class index
-    line: int  # 1-based line of the row in the CSV, for messages
-    file: str  # the file name as the CSV gives it
+    line: int  # 1-based line of the row in the CSV (a DataFrame's: its position), for messages
+    file: str  # the file name (id) as the CSV gives it
+
+
+class FileNames(NamedTuple):
+    """How a table's names become paths: img_dir / (prefix + name + suffix); absolute: names
+    starting at the root are read as written (else refused: they would leave img_dir)."""
+    prefix: str = ""
+    suffix: str = ""
+    absolute: bool = False
+
+
+Column = str | int  # a column's name, or its 0-based position
 
 
 class DatasetError(ValueError):
@@ -279,7 +315,7 @@ class ImageSizeError(ImageLoadError):
     """An image whose size differs from the others', so that it cannot be batched."""
 
 
-Problem = tuple[int, str, str]  # a bad row: (CSV line, file name, what is wrong)
+Problem = tuple[int, str, str]  # a bad row: (CSV line or DataFrame position, file name, what)
 MODES, PIXELS = ("L", "RGB", "RGBA", "auto"), ("float01", "float255", "uint8")
 CHANNELS = {"L": 1, "RGB": 3, "RGBA": 4}  # of each mode a dataset decodes to
 RESIZE_METHODS = ("squish", "crop", "pad")  # how image_size is reached (CsvImageDataset's resize)
@@ -289,6 +325,7 @@ GRAY_MODES = ("1", "L", "LA", "La", *WIDE_GRAY_MODES)
 EXPECTED_INDEX = "(expected a class index >= 0)"
 MAX_LABEL = 2**31  # a class index must fit an int32, as a label tensor on any device
 MAX_LISTED_PROBLEMS = 20
+MAX_NAME_HINTS = 20  # not-found rows looked around for a file of the same stem: the first ones
 SEPARATORS = (",", ";", "\t")  # a spreadsheet's export in much of Europe uses ';'
 SPLIT_SPELLINGS = {"train": ("train", "training"), "valid": ("valid", "val", "validation", "dev"),
                    "test": ("test", "testing")}
@@ -442,21 +479,13 @@ def is_gray(im: Image.Image) -> bool:
 
 
 def auto_mode(rows: Samples) -> tuple[str, str]:
-    """("L" or "RGB", why) for mode="auto", from the files' headers: RGB at the first colour one."""
-    for sample in rows:
-        if colour := _header(sample.path, lambda im: None if is_gray(im) else im.mode):
-            return "RGB", f"mode=auto: RGB, {sample.file!r} is in colour ({colour})"
+    """("L" or "RGB", why) for mode="auto", from the files' headers read at the row check (no file
+    is opened again): RGB at the first colour one."""
+    colour = np.flatnonzero(rows.colours != "")
+    if len(colour):
+        j = int(colour[0])
+        return "RGB", f"mode=auto: RGB, {rows.file(j)!r} is in colour ({rows.colours[j]})"
     return "L", "mode=auto: L, every image is gray"
-
-
-def _header(path: str, read: Callable[[Image.Image], object]):
-    """read(im) of the image at path, header only; None if Pillow cannot open it (the decoder
-    names it, with its line)."""
-    try:
-        with Image.open(path) as im:
-            return read(im)
-    except DECODE_ERRORS:
-        return None
 
 
 @contextlib.contextmanager
@@ -495,23 +524,31 @@ def to_pixels(images: torch.Tensor, pixels: str) -> torch.Tensor:
 
 # ---- checking every row: the CSV -> samples ------------------------------------------------------
 
-def make_dataset(csv_path: Path, img_dir: Path, *, file_column: str, label_column: str | None,
-                 split: tuple[str, str] | None = None, classes: Sequence[str] | None = None,
-                 num_classes: int | None = None,
-                 encoding: str = "utf-8") -> tuple[Samples, list[str], list[Problem]]:
-    """Check every row of the CSV: (the good rows, the class names, the bad rows as (line, file,
-    what is wrong) by line). A DatasetError only when the CSV or folder cannot be read at all."""
-    if not img_dir.is_dir():
+def make_dataset(csv_path: Path | pd.DataFrame, img_dir: Path | None, *, file_column: Column,
+                 label_column: Column | None, split: tuple[Column, str] | None = None,
+                 classes: Sequence[str] | None = None, num_classes: int | None = None,
+                 encoding: str = "utf-8", header: bool = True,
+                 names: FileNames = FileNames()) -> tuple[Samples, list[str], list[Problem]]:
+    """Check every row of the table (a CSV or a DataFrame) and read every listed file's header:
+    (the good rows, the class names, the bad rows as (line, file, what is wrong) by line). A
+    DatasetError only when the table or folder cannot be read at all. img_dir None: the CSV's
+    folder (a DataFrame's: the working directory)."""
+    source = table_name(csv_path)
+    if img_dir is None:
+        img_dir = Path(".") if isinstance(csv_path, pd.DataFrame) else Path(csv_path).parent
+    elif not img_dir.is_dir():
         raise DatasetError(f"image folder not found: {img_dir} "
-                           f"(it should hold the files named in {csv_path})")
+                           f"(it should hold the files named in {source})")
     columns = [file_column] + [c for c in (label_column, split and split[0]) if c is not None]
-    df = read_csv(csv_path, columns, encoding)
+    df = read_csv(csv_path, columns, encoding, header=header)
+    # Names or indices, decided on the whole column: a split of a column of names holds names
+    as_names = label_column is not None and _holds_names(df[label_column], source, label_column)
     if split is not None:
         column, value = split
         found = sorted(df[column].dropna().astype(str).str.strip().unique())
         df = df[split_names(df[column]).isin(split_spellings(value))]
         if len(df) == 0:
-            raise DatasetError(f"{csv_path}: no rows with {column} == {value!r}; "
+            raise DatasetError(f"{source}: no rows with {column} == {value!r}; "
                                f"values found: {found}")
     lines = df.index.to_numpy(dtype=np.int64)
     files = df[file_column].fillna("").astype(str).tolist()
@@ -519,21 +556,90 @@ def make_dataset(csv_path: Path, img_dir: Path, *, file_column: str, label_colum
         labels, class_names = np.full(len(df), -1, dtype=np.int64), [str(c) for c in classes or []]
         what = np.full(len(df), None, dtype=object)
     else:
-        labels, class_names, what = _parse_labels(df[label_column], classes, num_classes)
+        labels, class_names, what = _parse_labels(df[label_column], classes, num_classes,
+                                                  as_names=as_names)
     root = img_dir.resolve()
-    file_what, stats = _check_files(files, root)
+    paths = [names.prefix + f + names.suffix for f in files]  # relative to root, or absolute
+    file_what, stats = _check_files(paths, root, absolute=names.absolute)
     what = np.where(file_what != None, file_what, what)  # noqa: E711  a bad file is named first
-    keys = pd.Series([os.path.normpath(f) for f in files])  # "./a.png" is "a.png"
+    keys = pd.Series([os.path.normpath(f) for f in paths])  # "./a.png" is "a.png"
     repeated = _check_repeats(keys, labels, lines, what == None, what)  # noqa: E711
     if repeated.any():
-        warnings.warn(f"{csv_path}: {int(repeated.sum())} row(s) list a file already listed above "
+        warnings.warn(f"{source}: {int(repeated.sum())} row(s) list a file already listed above "
                       "with the same label; each file is used once", stacklevel=3)
+    # Every file still good: its header (not its pixels), once: mode="auto" and the size use it
+    good = (what == None) & ~repeated  # noqa: E711
+    header_what, sizes, colours = _check_headers(paths, root, good)
+    what = np.where(header_what != None, header_what, what)  # noqa: E711
     bad = what != None  # noqa: E711  (element-wise: the rows with a problem named)
     keep = ~bad & ~repeated
     problems = [(int(lines[j]), files[j], what[j]) for j in np.flatnonzero(bad)]
     samples = Samples(str(root), [f for f, k in zip(files, keep) if k], labels[keep], lines[keep],
-                      stats[keep])
+                      stats[keep], sizes=sizes[keep], colours=colours[keep],
+                      prefix=names.prefix, suffix=names.suffix)
     return samples, class_names, problems
+
+
+def _check_headers(paths: list[str], root: Path,
+                   todo: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each file's header where todo (no pixels decoded): (what is wrong or None; (N, 2) int64
+    size (W, H) upright; (N,) its mode when in colour, "" when gray). A file Pillow cannot open
+    (not an image) is a bad row; a truncated one opens, and is named when it is decoded."""
+    what = np.full(len(paths), None, dtype=object)
+    sizes = np.zeros((len(paths), 2), dtype=np.int64)
+    colours = np.full(len(paths), "", dtype="<U8")  # Pillow's mode names are short
+    for j in np.flatnonzero(todo):
+        try:
+            with Image.open(os.path.join(root, paths[j])) as im:
+                sizes[j] = upright_size(im)
+                colours[j] = "" if is_gray(im) else im.mode
+        except DECODE_ERRORS as e:
+            what[j] = f"cannot read the image's header: {e}"
+    return what, sizes, colours
+
+
+def table_name(table: str | Path | pd.DataFrame) -> str:
+    """The table as messages name it: the CSV's path, or "DataFrame"."""
+    return "DataFrame" if isinstance(table, pd.DataFrame) else str(table)
+
+
+class RowNames:
+    """How messages name a row: "line 7" of a CSV (its 1-based line in the file), or "row index
+    'b'" of a DataFrame, whose rows are kept by position (0-based) and named by index label."""
+
+    def __init__(self, index: pd.Index | None = None) -> None:
+        self.index = index
+
+    @classmethod
+    def of(cls, table: str | Path | pd.DataFrame) -> RowNames:
+        return cls(table.index if isinstance(table, pd.DataFrame) else None)
+
+    def label(self, line: int) -> str:
+        """The row's line number, or the DataFrame's index label as Python writes it."""
+        if self.index is None:
+            return str(line)
+        label = self.index[line]
+        return repr(label.item() if isinstance(label, np.generic) else label)
+
+    def __call__(self, line: int) -> str:
+        return f"{'line' if self.index is None else 'row index'} {self.label(line)}"
+
+    def several(self, lines: Sequence[int]) -> str:
+        """"line 3, 5" or "row index 'a', 'c'"."""
+        return (f"{'line' if self.index is None else 'row index'} "
+                + ", ".join(self.label(line) for line in lines))
+
+
+def names_rule(rows: Samples, names: FileNames) -> str:
+    """Where a table's names were looked up, in one line for the check command."""
+    starts = rows.offsets[:-1][rows.offsets[:-1] < rows.offsets[1:]]  # of the names not empty
+    absolute = len(rows) if os.path.isabs(names.prefix) else int(  # without a Python loop
+        np.isin(rows.names[starts], [ord("/"), ord(os.sep)]).sum())
+    name = f"{names.prefix}<name>{names.suffix}"
+    parts = [f"file names: relative to {rows.root}" + (f", read as {name}" if name != "<name>"
+                                                       else "")] if absolute < len(rows) else []
+    parts += ["absolute paths read as written"] if absolute else []
+    return "; ".join(parts)
 
 
 def split_names(column: pd.Series) -> pd.Series:
@@ -551,18 +657,22 @@ def split_spellings(value: str) -> tuple[str, ...]:
 class Samples(Sequence):
     """The good rows of a CSV: samples[i] is Sample(path, label, line, file). NumPy arrays, not
     Python objects: reading an object writes its reference count, so that each forked DataLoader
-    worker would slowly copy a list of names page by page (pytorch#13246)."""
+    worker would slowly copy a list of names page by page (pytorch#13246). Path i is root /
+    (prefix + file i + suffix); an absolute name is its own path."""
 
     def __init__(self, root: str, files: Sequence[str], labels: np.ndarray, lines: np.ndarray,
-                 stats: np.ndarray) -> None:
+                 stats: np.ndarray, *, sizes: np.ndarray, colours: np.ndarray, prefix: str = "",
+                 suffix: str = "") -> None:
         encoded = [f.encode("utf-8", "surrogateescape") for f in files]
-        self.root = root
+        self.root, self.prefix, self.suffix = root, prefix, suffix
         self.names = np.frombuffer(b"".join(encoded), dtype=np.uint8)  # every name, end to end
         self.offsets = np.zeros(len(encoded) + 1, dtype=np.int64)  # name i: offsets[i]:offsets[i+1]
         np.cumsum([len(e) for e in encoded], out=self.offsets[1:])
         self.labels = np.asarray(labels, dtype=np.int64)  # (N,) class indices, -1 when unlabelled
         self.lines = np.asarray(lines, dtype=np.int64)  # (N,) 1-based CSV lines, for messages
         self.stats = np.asarray(stats, dtype=np.int64)  # (N, 5): file_identity() of each file
+        self.sizes = np.asarray(sizes, dtype=np.int64)  # (N, 2): (W, H) upright, from the header
+        self.colours = np.asarray(colours, dtype="<U8")  # (N,): the mode if in colour, else ""
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -572,7 +682,7 @@ class Samples(Sequence):
         return [self.file(i) for i in range(len(self))]
 
     def file(self, i: int) -> str:
-        """Row i's file name as the CSV gives it."""
+        """Row i's file name as the CSV gives it (without file_prefix and file_suffix)."""
         raw = self.names[self.offsets[i]:self.offsets[i + 1]].tobytes()
         return raw.decode("utf-8", "surrogateescape")
 
@@ -580,7 +690,8 @@ class Samples(Sequence):
         if isinstance(i, slice):
             return [self[j] for j in range(*i.indices(len(self)))]
         file = self.file(range(len(self))[i])  # negative indices, and an IndexError when out
-        return Sample(os.path.join(self.root, file), int(self.labels[i]), int(self.lines[i]), file)
+        return Sample(os.path.join(self.root, self.prefix + file + self.suffix),
+                      int(self.labels[i]), int(self.lines[i]), file)
 
 
 class PathsAndLabels(Sequence):
@@ -598,16 +709,23 @@ class PathsAndLabels(Sequence):
         return self.rows[i][:2]
 
 
-def check_command(csv_path: Path, img_dir: Path, file_column: str, label_column: str | None,
-                  encoding: str) -> str:
+def check_command(csv_path: Path | pd.DataFrame, img_dir: Path | None, file_column: Column,
+                  label_column: Column | None, encoding: str, *, header: bool = True,
+                  names: FileNames = FileNames()) -> str:
     """The check command for every row of the CSV (every split of it), to paste into a shell:
-    `python dataset.py CSV DIR`, with the flags that differ from its defaults, then --all."""
-    words = ["python", "dataset.py", str(csv_path), str(img_dir)]
+    `python dataset.py CSV DIR`, with the flags that differ from its defaults, then --all. For a
+    DataFrame, what lists every bad row in Python."""
+    if isinstance(csv_path, pd.DataFrame):
+        return "CsvImageDataset(df, ..., skip_bad_rows=True).problems"
+    words = ["python", "dataset.py", str(csv_path)] + ([str(img_dir)] if img_dir else [])
     for flag, value, default in (("--file-column", file_column, "File Name"),
                                  ("--label-column", label_column, "Class Label"),
-                                 ("--encoding", encoding, "utf-8")):
+                                 ("--encoding", encoding, "utf-8"),
+                                 ("--file-prefix", names.prefix, ""),
+                                 ("--file-suffix", names.suffix, "")):
         if value is not None and value != default:
-            words += [flag, value]
+            words += [flag, str(value)]
+    words += [] if header else ["--no-header"]
     return shlex.join([*words, "--all"])
 
 
@@ -653,32 +771,32 @@ def _csv_start(csv_path: str | Path, encoding: str) -> tuple[str, int, str]:
     return encoding, above, SEPARATORS[counts.index(max(counts))]
 
 
-def read_csv(csv_path: Path, columns: Sequence[str], encoding: str = "utf-8") -> pd.DataFrame:
-    """The CSV with the given columns as found (separated by ',', ';' or tabs: csv_separator;
-    UTF-16 or UTF-32 by a byte order mark: csv_encoding); the index is each row's 1-based line
-    number in the file."""
+def read_csv(csv_path: Path | pd.DataFrame, columns: Sequence[Column], encoding: str = "utf-8",
+             *, header: bool = True) -> pd.DataFrame:
+    """The table's given columns (column_position: names or 0-based positions), keyed as asked.
+    A CSV (separated by ',', ';' or tabs: csv_separator; UTF-16 or UTF-32 by a byte order mark:
+    csv_encoding): every cell as text, empty ones missing; the index is each row's 1-based line
+    number in the file (header=False: the first line is a row). A DataFrame: its cells as they
+    are; the index is each row's position (its own index names it: RowNames)."""
+    if isinstance(csv_path, pd.DataFrame):
+        positions = column_positions(columns, list(csv_path.columns), "DataFrame", header=True)
+        df = pd.DataFrame({c: csv_path.iloc[:, p].reset_index(drop=True)
+                           for c, p in zip(columns, positions)})
+        if len(df) == 0:
+            raise DatasetError("DataFrame: no rows")
+        return df
     if not csv_path.is_file():
         raise DatasetError(f"CSV file not found: {csv_path}")
     try:
-        header = csv_columns(csv_path, encoding)
+        found = csv_columns(csv_path, encoding)  # header=False: the first row's cells
         encoding, above, sep = _csv_start(csv_path, encoding)
-        missing = [c for c in columns if c not in header]
-        if missing:
-            hint = (" (one column: the header seems to be separated by '|', not commas)"
-                    if len(header) == 1 and "|" in header[0] else
-                    " (a NUL byte beside each letter: UTF-16 without a byte order mark? Pass "
-                    "encoding='utf-16-le' (--encoding utf-16-le), or utf-16-be)"
-                    if any("\0" in name for name in header) else
-                    " (a row of empty cells above the header? Delete it)"
-                    if all(name.startswith("Unnamed: ") for name in header) else "")
-            raise DatasetError(f"{csv_path}: no column(s) {missing}; the columns are "
-                               f"{list(header)}{hint}. Pass file_column= / "
-                               "label_column= / split= (--file-column / --label-column / "
-                               "--split-column) with the right names.")
-        # Only empty cells are missing values: a file called "NA" stays a file name.
-        df = pd.read_csv(csv_path, usecols=list(columns), dtype={columns[0]: str}, sep=sep,
-                         encoding=encoding, skip_blank_lines=False, keep_default_na=False,
-                         na_values=[""], header=above)
+        positions = column_positions(columns, found, str(csv_path), header=header)
+        used = sorted(set(positions))
+        # Only empty cells are missing values: a file called "NA" stays a file name; labels as
+        # text, so that _parse_labels sees "2.5" and "007" as written.
+        df = pd.read_csv(csv_path, usecols=used, dtype=str, sep=sep, encoding=encoding,
+                         skip_blank_lines=False, keep_default_na=False, na_values=[""],
+                         header=above if header else None)
     except pd.errors.EmptyDataError:
         raise DatasetError(f"{csv_path}: the file is empty or blank; expected a header line with "
                            f"columns {list(columns)}") from None
@@ -687,26 +805,95 @@ def read_csv(csv_path: Path, columns: Sequence[str], encoding: str = "utf-8") ->
         raise DatasetError(f"{csv_path}: not {encoding} text ({reason}); pass its encoding, e.g. "
                            "encoding='latin-1' (--encoding latin-1) for a spreadsheet "
                            "export") from None
-    df.index = df.index + above + 2  # the header is line above + 1; blank rows keep their numbers,
+    df = pd.DataFrame({c: df.iloc[:, used.index(p)] for c, p in zip(columns, positions)},
+                      index=df.index)
+    # The header is line above + 1; without one, line 1 is row 0. Blank rows keep their numbers,
+    df.index = df.index + (above + 2 if header else 1)
     df = df[~df.isna().all(axis=1)]  # then are dropped: they hold no row
     if len(df) == 0:
-        raise DatasetError(f"{csv_path}: no data rows below the header")
+        raise DatasetError(f"{csv_path}: no data rows" + (" below the header" if header else ""))
     return df
 
 
-def _parse_labels(values: pd.Series, classes: Sequence[str] | None,
-                  num_classes: int | None) -> tuple[np.ndarray, list[str], np.ndarray]:
+def column_positions(columns: Sequence[Column], found: list, source: str, *,
+                     header: bool) -> list[int]:
+    """The 0-based position of each column among the header's names `found` (without a header:
+    the first row's cells, for their count). A name the header has wins; else an int, or a
+    string of digits (as a flag gives it), is a position: a header cell literally "0" is what
+    --file-column 0 names, wherever it stands; in Python, file_column=0 is always position 0."""
+    positions, missing = [], []
+    for column in columns:
+        text = str(column).strip()
+        if header and column in found:
+            positions.append(found.index(column))
+        elif isinstance(column, (int, np.integer)) or text.isdigit():
+            if not 0 <= int(text) < len(found):
+                raise DatasetError(
+                    f"{source}: no column at position {text} (0-based); the table has "
+                    f"{len(found)} column(s)" + (f": {found}" if header else
+                                                 " (no header line: columns by position only)"))
+            positions.append(int(text))
+        elif not header:
+            raise DatasetError(f"{source}: column {column!r}: without a header line (header=False, "
+                               "--no-header) columns are named by 0-based position (0, 1, ...); "
+                               f"the first row has {len(found)} cells")
+        else:
+            missing.append(column)
+    if missing:
+        hint = (" (one column: the header seems to be separated by '|', not commas)"
+                if len(found) == 1 and "|" in str(found[0]) else
+                " (a NUL byte beside each letter: UTF-16 without a byte order mark? Pass "
+                "encoding='utf-16-le' (--encoding utf-16-le), or utf-16-be)"
+                if any("\0" in str(name) for name in found) else
+                " (a row of empty cells above the header? Delete it)"
+                if all(str(name).startswith("Unnamed: ") for name in found) else "")
+        raise DatasetError(f"{source}: no column(s) {missing}; the columns are "
+                           f"{list(found)}{hint}. Pass file_column= / "
+                           "label_column= / split= (--file-column / --label-column / "
+                           "--split-column) with the right names, or 0-based positions.")
+    return positions
+
+
+def _holds_names(values: pd.Series, source: str, column: Column) -> bool:
+    """Whether a label column holds class names: text (not a numeric column) with a value that
+    is not a whole number ("2019" among "cat", "dog"; "2.5" or "two" among 0 to 9). Whole
+    numbers alone are class indices. Mostly whole numbers and a few others: names, with a
+    warning (a typo would otherwise make a class of its own)."""
+    if pd.api.types.is_bool_dtype(values):
+        return True
+    if pd.api.types.is_numeric_dtype(values):
+        return False
+    text = values.dropna().astype(str).str.strip()
+    distinct = pd.Series(text[text != ""].unique())
+    number = pd.to_numeric(distinct, errors="coerce").to_numpy(dtype=np.float64)
+    with np.errstate(invalid="ignore"):
+        whole = np.isfinite(number) & (number == np.floor(number))
+    if whole.all():
+        return False
+    if whole.sum() > (~whole).sum():
+        others = distinct[~whole].tolist()
+        shown = ", ".join(map(repr, others[:5])) + (", ..." if len(others) > 5 else "")
+        warnings.warn(f"{source}: label column {column!r} holds {int(whole.sum())} distinct whole "
+                      f"numbers and {len(others)} other value(s) ({shown}), so every label is "
+                      "read as a class name, sorted as text ('10' before '2'); if those are "
+                      "typos of class indices, correct them in the table", stacklevel=4)
+    return True
+
+
+def _parse_labels(values: pd.Series, classes: Sequence[str] | None, num_classes: int | None, *,
+                  as_names: bool | None = None) -> tuple[np.ndarray, list[str], np.ndarray]:
     """(labels (N,) int64, -1 where bad; the class names; what is wrong with each row or None):
-    whole-column operations, with a Python loop over the bad rows only."""
+    whole-column operations, with a Python loop over the bad rows only. as_names: whether the
+    column holds class names (_holds_names, decided on the whole column; None: on `values`)."""
     what = np.full(len(values), None, dtype=object)
     original = values.to_numpy(dtype=object)
     texts = None
+    if as_names is None:
+        as_names = _holds_names(values, "", "")
     if not pd.api.types.is_numeric_dtype(values) or pd.api.types.is_bool_dtype(values):
         values = values.where(values.isna(), values.astype(str).str.strip())  # " cat" is "cat"
         values = values.where(values != "", None)
-        as_numbers = pd.to_numeric(values, errors="coerce")
-        # A text column is class names, unless it mostly holds numbers with a few slips.
-        if as_numbers.notna().sum() == 0 or classes is not None:
+        if as_names:  # else whole numbers: class indices, with classes given too
             texts = values
         else:
             original = values.to_numpy(dtype=object)
@@ -786,30 +973,39 @@ def _check_repeats(keys: pd.Series, labels: np.ndarray, lines: np.ndarray, good:
     return repeated
 
 
-def _check_files(files: list[str], root: Path) -> tuple[np.ndarray, np.ndarray]:
+def _check_files(files: list[str], root: Path,
+                 absolute: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """What is wrong with each file name (None: a regular file inside root), and file_identity
-    (N, 5) int64. One lstat per file; only a path through a symbolic link pays for a realpath."""
+    (N, 5) int64. One lstat per file; only a path through a symbolic link pays for a realpath.
+    absolute: a name from the root of the file system is read as written (no check that it
+    stays inside root: it is not below it). A name not found: the first MAX_NAME_HINTS are
+    looked around for the flag that finds them (_name_hint)."""
     what = np.full(len(files), None, dtype=object)
     stats = np.zeros((len(files), 5), dtype=np.int64)
     # Cheap substring tests pick the names that may break a rule; _name_problem decides.
     for j in [j for j, f in enumerate(files)
               if not f or f[0] in "/\\" or f[1:2] == ":" or ".." in f or "\0" in f]:
-        what[j] = _name_problem(files[j])
+        if not (absolute and os.path.isabs(files[j]) and "\0" not in files[j]):
+            what[j] = _name_problem(files[j])
     todo = np.flatnonzero(what == None)  # noqa: E711
     linked_folders = _linked_folders([files[j] for j in todo], root)
-    prefix = str(root) + os.sep
+    prefix, listings, hints = str(root) + os.sep, {}, 0
     for j in todo:
-        path = prefix + files[j]
+        outside = absolute and os.path.isabs(files[j])
+        path = files[j] if outside else prefix + files[j]
         try:
             st = os.lstat(path)
         except (FileNotFoundError, NotADirectoryError):
             what[j] = f"file not found: {path}"
+            if hints < MAX_NAME_HINTS:  # a few: each may list a folder
+                hints += 1
+                what[j] += _name_hint(path, str(root), listings)
             continue
         except OSError as e:  # a name too long for the file system, a folder we may not enter
             what[j] = f"cannot look at the file ({e.strerror}): {path}"
             continue
-        if stat.S_ISLNK(st.st_mode) or (linked_folders
-                                        and files[j].rpartition("/")[0] in linked_folders):
+        if not outside and (stat.S_ISLNK(st.st_mode) or (
+                linked_folders and files[j].rpartition("/")[0] in linked_folders)):
             real = Path(os.path.realpath(path))
             if not real.is_relative_to(root):
                 what[j] = f"resolves outside img_dir (to {real}), through a symbolic link"
@@ -832,13 +1028,48 @@ def file_identity(st: os.stat_result) -> tuple[int, int, int, int, int]:
     return st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_dev, st.st_ino
 
 
+def _name_hint(path: str, root: str, listings: dict[str, list[str]]) -> str:
+    """"; found DIR/abc.jpg: pass --file-suffix .jpg (file_suffix='.jpg')" when exactly one image
+    file is `path` plus an extension, beside it; or, for a name without a folder, exactly one
+    such file or that name is in a subfolder of root (--file-prefix SUB/); else "". listings:
+    each folder's names, listed once per check."""
+    def matches(folder: str, stem: str) -> list[str]:
+        if folder not in listings:
+            try:
+                listings[folder] = sorted(os.listdir(folder))
+            except OSError:
+                listings[folder] = []
+        return [os.path.join(folder, name) for name in listings[folder] if name == stem or (
+            os.path.splitext(name)[0] == stem
+            and os.path.splitext(name)[1].lower() in extensions)]
+
+    extensions = image_extensions()  # what the hint may find beside a name not found
+    folder, stem = os.path.split(path)
+    found, prefix = matches(folder, stem), ""
+    if not found and folder == root:  # in a subfolder that the name leaves out (train/<id>.jpg)?
+        if "\0subfolders" not in listings:  # root's subfolders, the first 50, listed once
+            matches(root, "")
+            listings["\0subfolders"] = [d for d in listings[root]
+                                        if os.path.isdir(os.path.join(root, d))][:50]
+        found = [f for d in listings["\0subfolders"]
+                 for f in matches(os.path.join(root, d), stem)]
+        prefix = os.path.basename(os.path.dirname(found[0])) + "/" if len(found) == 1 else ""
+    if len(found) != 1:
+        return ""
+    suffix = found[0][len(os.path.join(os.path.dirname(found[0]), stem)):]
+    flags = [f"--file-{k} {v}" for k, v in (("prefix", prefix), ("suffix", suffix)) if v]
+    kwargs = [f"file_{k}={v!r}" for k, v in (("prefix", prefix), ("suffix", suffix)) if v]
+    return f"; found {found[0]}: pass {' '.join(flags)} ({', '.join(kwargs)})"
+
+
 def _name_problem(name: str) -> str | None:
     """Empty, absolute ("/a", "\\a", "C:a"), with a ".." part, or with a NUL byte; None if none."""
     if name == "":
         return "empty file name"
     if name.startswith(("/", "\\")) or (name[1:2] == ":" and name[0].isalpha() and (
             os.name == "nt" or name[2:3] in ("/", "\\"))):  # C:\x; on POSIX a:b.png is a name
-        return "absolute path; file names must be relative to img_dir"
+        return ("absolute path; file names must be relative to img_dir (leave img_dir out, "
+                "--img-dir, to read absolute paths as written)")
     if ".." in name.replace("\\", "/").split("/"):
         return "contains '..'; file names must stay inside img_dir"
     if "\0" in name:
@@ -1101,19 +1332,23 @@ def image_extensions() -> set[str]:
 
 # ---- the check command ---------------------------------------------------------------------------
 
-def check_dataset(csv_path: str | Path, img_dir: str | Path,
+def check_dataset(csv_path: str | Path | pd.DataFrame, img_dir: str | Path | None = None,
                   **dataset_kwargs) -> tuple[dict, list[Problem]]:
     """Every row checked and every image decoded: (summary, problems), not an error. dataset_kwargs:
     CsvImageDataset's file_column, label_column, mode, num_classes, split, image_size, encoding,
-    resize."""
+    resize, header, file_prefix, file_suffix."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
             ds = CsvImageDataset(csv_path, img_dir, skip_bad_rows=True, **dataset_kwargs)
         except DatasetError:  # every row is bad: say why, row by row
-            keys = ("file_column", "label_column", "split", "num_classes", "encoding")
-            _, _, problems = make_dataset(Path(csv_path), Path(img_dir),
-                                          **{k: v for k, v in dataset_kwargs.items() if k in keys})
+            keys = ("file_column", "label_column", "split", "num_classes", "encoding", "header")
+            kwargs = {k: v for k, v in dataset_kwargs.items() if k in keys}
+            names = FileNames(dataset_kwargs.get("file_prefix", ""),
+                              dataset_kwargs.get("file_suffix", ""), img_dir is None)
+            table = csv_path if isinstance(csv_path, pd.DataFrame) else Path(csv_path)
+            _, _, problems = make_dataset(table, None if img_dir is None else Path(img_dir),
+                                          names=names, **kwargs)
             if not problems:
                 raise
             return {"rows": len({p[0] for p in problems}), "mode": "-"}, problems
@@ -1141,7 +1376,7 @@ def check_dataset(csv_path: str | Path, img_dir: str | Path,
     return {"rows": len(ds) + len({p[0] for p in ds.problems}), "mode": ds.mode,
             "classes": {name: counts.get(i, 0) for i, name in enumerate(ds.classes)},
             "sizes": dict(sizes), "modes": dict(modes), "mode_decision": ds.mode_decision,
-            "notes": {k: n for k, n in notes.items() if n},
+            "notes": {k: n for k, n in notes.items() if n}, "names_rule": ds.names_rule,
             "warnings": messages + odd_class_warnings([ds])}, problems
 
 
@@ -1175,7 +1410,7 @@ def odd_class_warnings(datasets: Sequence[CsvImageDataset]) -> list[str]:
     median = float(np.median(counts[counts > 0])) if counts.any() else 0.0
     for k, name in enumerate(classes):
         if 0 < counts[k] <= 2 and median >= 20 * counts[k]:
-            rows = [f"{ds.csv_path}, line {line}" for ds in datasets
+            rows = [ds.place(line) for ds in datasets
                     for line in ds.rows.lines[ds.rows.labels == k].tolist()]
             found.append(f"class {name!r} has {counts[k]} image(s) ({'; '.join(rows)}) where the "
                          f"median class has {median:g}: a typo of another label? If so, correct "
@@ -1183,12 +1418,14 @@ def odd_class_warnings(datasets: Sequence[CsvImageDataset]) -> list[str]:
     return found
 
 
-def problems_message(csv_path: Path, problems: list[Problem], n_rows: int, command: str,
+def problems_message(csv_path: str | Path, problems: list[Problem], n_rows: int, command: str,
                      limit: int | None = MAX_LISTED_PROBLEMS, *, by_reason: bool | None = None,
-                     list_rows: bool = True) -> str:
+                     list_rows: bool = True, row_names: RowNames | None = None) -> str:
     """The bad rows as one message. by_reason=True: grouped by reason with counts, each hint once,
     then (with list_rows) the rows without hints; False: a line each; None: True if a reason
-    repeats. `limit` rows at most, then how many more and `command`, which lists them all."""
+    repeats. `limit` rows at most, then how many more and `command`, which lists them all.
+    csv_path: the table's name (table_name); row_names: how rows are named (CSV lines)."""
+    row_names = row_names or RowNames()
     groups = problem_groups(problems)
     if by_reason is None:
         by_reason = any(count > 1 for count, *_ in groups)
@@ -1196,13 +1433,13 @@ def problems_message(csv_path: Path, problems: list[Problem], n_rows: int, comma
              + (", by reason:" if by_reason else ":")]
     for count, reason, hint, first in groups if by_reason else []:
         more = ", ..." if count > len(first) else ""
-        lines.append(f"  {count} row(s) (line {', '.join(map(str, first))}{more}), such as: "
-                     f"{reason}")
+        lines.append(f"  {count} row(s) ({row_names.several(first)}{more}), such as: {reason}")
         lines += [f"      {hint}"] if hint else []
     if list_rows:
         shown = problems if limit is None else problems[:limit]
         lines += ["the rows:"] if by_reason else []
-        lines += [f"  line {line}: {file!r}: {what.partition('; ')[0] if by_reason else what}"
+        lines += [f"  {row_names(line)}: {file!r}: "
+                  f"{what.partition('; ')[0] if by_reason else what}"
                   for line, file, what in shown]
         if len(problems) > len(shown):
             lines.append(f"  ... and {len(problems) - len(shown)} more; `{command}` lists them all")
@@ -1211,12 +1448,13 @@ def problems_message(csv_path: Path, problems: list[Problem], n_rows: int, comma
 
 def problem_groups(problems: list[Problem]) -> list[tuple[int, str, str | None, list[int]]]:
     """The bad rows grouped by what is wrong, commonest first: (count, the first row's reason
-    without its hint, the hint after ';' or None, the first lines)."""
+    without its hint, the first hint after ';' or None, the first lines)."""
     groups: dict[str, list] = {}
     for line, _, what in problems:
         reason, _, hint = what.partition("; ")
         key = re.sub(r"'[^']*'|\d+|/\S*", "#", reason)  # names, numbers and paths aside
         group = groups.setdefault(key, [0, reason, hint or None, []])
+        group[2] = group[2] or hint or None  # a row's hint, where the first has none
         group[0] += 1
         if len(group[3]) < 5:
             group[3].append(line)
@@ -1240,11 +1478,21 @@ def main(argv: list[str] | None = None) -> int:
                                             "A folder alone: its class folders (as train.py "
                                             "--image-folder lists them).")
     p.add_argument("csv_path", help="the CSV; or a folder of class folders, without img_dir")
-    p.add_argument("img_dir", nargs="?", help="the folder the CSV's file names are relative to")
+    p.add_argument("img_dir", nargs="?", default=None,
+                   help="the folder the file names are relative to (default: the CSV's folder, "
+                        "and absolute names are read as written; given, they are refused)")
     p.add_argument("--file-column", default="File Name",
-                   help="column with the file names (default: %(default)s)")
+                   help="column with the file names, or its 0-based position (default: "
+                        "%(default)s)")
     p.add_argument("--label-column", default="Class Label",
-                   help="column with the labels (default: %(default)s)")
+                   help="column with the labels, or its 0-based position (default: %(default)s)")
+    p.add_argument("--no-header", action="store_true",
+                   help="the first line is a row, not column names: columns by position")
+    p.add_argument("--file-prefix", default="",
+                   help="put before each file name, e.g. train/ (the file read: IMG_DIR/"
+                        "PREFIX+NAME+SUFFIX)")
+    p.add_argument("--file-suffix", default="",
+                   help="put after each file name, e.g. .jpg for ids without an extension")
     p.add_argument("--mode", default="auto", choices=MODES,
                    help="image mode: auto is L when every image is gray, else RGB; RGBA keeps "
                         "transparency as a 4th channel (default: %(default)s)")
@@ -1262,10 +1510,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.resize != "squish" and args.image_size is None:
         p.error(f"--resize {args.resize} goes with --image-size (the size to {args.resize} to)")
-    if args.img_dir is None:
-        if not Path(args.csv_path).is_dir():
-            p.error("the following arguments are required: img_dir (or give a folder of class "
-                    "folders alone)")
+    if args.img_dir is None and Path(args.csv_path).is_dir():  # a folder of class folders
         if args.split_column is not None:
             p.error("a folder's split folders are its split: pass --split alone")
         label = None if args.label_column == "Class Label" else args.label_column
@@ -1276,22 +1521,27 @@ def main(argv: list[str] | None = None) -> int:
     if (args.split_column is None) != (args.split is None):
         p.error("--split-column and --split go together")
     split = (args.split_column, args.split) if args.split_column else None
+    img_dir = None if args.img_dir is None else Path(args.img_dir)
+    names = FileNames(args.file_prefix, args.file_suffix, img_dir is None)
     try:
         summary, problems = check_dataset(
-            args.csv_path, args.img_dir, file_column=args.file_column,
+            args.csv_path, img_dir, file_column=args.file_column,
             label_column=args.label_column, mode=args.mode, num_classes=args.num_classes,
             split=split, image_size=args.image_size, encoding=args.encoding,
-            resize=args.resize)
+            resize=args.resize, header=not args.no_header, file_prefix=args.file_prefix,
+            file_suffix=args.file_suffix)
     except DatasetError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    command = check_command(Path(args.csv_path), Path(args.img_dir), args.file_column,
-                            args.label_column, args.encoding)
+    command = check_command(Path(args.csv_path), img_dir, args.file_column, args.label_column,
+                            args.encoding, header=not args.no_header, names=names)
     if summary["mode"] == "-":  # no good row: only the reasons
         print(problems_message(Path(args.csv_path), problems, summary["rows"], command,
                                by_reason=True, list_rows=False))
-        if all(what.startswith("file not found") for _, _, what in problems):
-            print(f"hint: no file was found: the CSV's names are looked up below {args.img_dir}; "
+        if all(what.startswith("file not found") and "; found " not in what  # else the flag
+               for _, _, what in problems):  # to pass is named above
+            folder = args.img_dir or f"{Path(args.csv_path).parent} (the CSV's folder)"
+            print(f"hint: no file was found: the CSV's names are looked up below {folder}; "
                   "is that the folder that holds them?")
         return 1
     return print_check(Path(args.csv_path), summary, problems, command, args.image_size,
@@ -1307,6 +1557,9 @@ def print_check(name: Path, summary: dict, problems: list[Problem], command: str
         print(f"{name}: {summary['rows']} rows without labels (for --predict)")
     else:
         print(f"{name}: {summary['rows']} rows, {len(summary['classes'])} classes")
+    if summary.get("names_rule"):  # a folder's listing: relative to it, as its first line says
+        print(summary["names_rule"])
+    if not unlabelled:
         print("classes: " + ", ".join(f"{name}: {n}" for name, n in summary["classes"].items()))
     sizes = Counter(summary["sizes"]).most_common()
     print("image sizes (HxW): " + ", ".join(f"{s}: {n}" for s, n in sizes[:5])
@@ -1372,6 +1625,7 @@ def check_folder_command(folder: Path, *, label_column: str | None, mode: str,
                 return 1
             summary["warnings"] = [w.replace(str(path), f"{folder} (listed)")
                                    for w in summary["warnings"]]
+            summary["names_rule"] = None
             if summary["mode"] == "-":
                 print(problems_message(folder, problems, summary["rows"], command,
                                        by_reason=True, list_rows=False))

@@ -28,12 +28,12 @@ from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
-import pandas as pd
 import torch
 import torch.distributed as dist
 from PIL import Image
 
-from dataset import CsvImageDataset, DatasetError, csv_columns, make_dataset, read_csv, to_float01
+from dataset import (CsvImageDataset, DatasetError, FileNames, csv_columns, make_dataset, read_csv,
+                     to_float01)
 from loaders import TEMP_TAG, make_loader, write_atomic
 from model import ModelConfig, build_model, non_finite, refuse_beyond_memory
 
@@ -297,7 +297,7 @@ class ToPredict(NamedTuple):
 def predict(path: str, checkpoint: dict, checkpoint_path: Path, results_dir: Path, *,
             columns: tuple[str, str], img_dir: str | None, encoding: str,
             device: torch.device, submission: tuple[str, str] | None = None,
-            file_suffix: str = "") -> Path:
+            file_names: tuple[str, str] = ("", "")) -> Path:
     """--predict: the checkpoint's classes for one image, the images of a folder or those of a
     CSV, read in the checkpoint's mode and size, into results_dir/predictions.csv (written whole,
     or not at all). An image that cannot be read is named in a warning and gets a row with an
@@ -305,8 +305,9 @@ def predict(path: str, checkpoint: dict, checkpoint_path: Path, results_dir: Pat
 
     submission=(ID, LABEL) (--predict-columns): a table's ids are read from its ID column (its
     LABEL column, placeholders in a sample submission, is not read), and predictions.csv holds
-    exactly those two columns: write_predictions. file_suffix (--file-suffix): the files are the
-    ids + suffix; the ids are written without it, for a folder too."""
+    exactly those two columns: write_predictions. file_names: (--file-prefix, --file-suffix): a
+    table's files are prefix + id + suffix and its ids are written as the table has them; a
+    folder's ids are written without the suffix."""
     if "classes" not in checkpoint:
         raise RunError(f"{checkpoint_path} does not say its classes, mode and image size (it "
                        "predates them): train again to use --predict")
@@ -330,7 +331,7 @@ def predict(path: str, checkpoint: dict, checkpoint_path: Path, results_dir: Pat
     with tempfile.TemporaryDirectory(prefix=f"{TEMP_TAG}-") as tmp:
         try:
             found = images_to_predict(Path(path), columns, img_dir, encoding, Path(tmp), options,
-                                      file_suffix=file_suffix)
+                                      file_names)
         except DatasetError as e:  # the ids are in --predict-columns ID, not --file-column
             if submission is None or not str(e).startswith(f"{path}: no column(s) "):
                 raise
@@ -339,7 +340,7 @@ def predict(path: str, checkpoint: dict, checkpoint_path: Path, results_dir: Pat
                                "ID,LABEL with the ids' column first") from None
     return write_predictions(model, found, classes, device, results_dir, source=Path(path),
                              model_path=checkpoint_path, submission=submission,
-                             file_suffix=file_suffix)
+                             file_suffix="" if found.in_csv else file_names[1])
 
 
 @torch.no_grad()
@@ -351,7 +352,7 @@ def write_predictions(model: torch.nn.Module, found: ToPredict, classes: list[st
     report_predictions says; returns its path. Without submission: prediction_table's columns.
     With submission=(ID, LABEL): exactly those two columns, a row for every image (submission_table;
     one that cannot be read is an error, and nothing is written). source and model_path name the
-    images and the model in messages."""
+    images and the model in messages; file_suffix: taken off a file's name to make its id."""
     unreadable = list(found.unreadable)
     model.eval()
     predicted = [] if found.ds is None else predicted_rows(model, found.ds, classes, device,
@@ -484,16 +485,18 @@ def report_predictions(out: Path, rows: list[list], checkpoint_path: Path,
 
 
 def images_to_predict(path: Path, columns: tuple[str, str | None], img_dir: str | None,
-                      encoding: str, tmp: Path, options: dict, *,
-                      file_suffix: str = "") -> ToPredict:
+                      encoding: str, tmp: Path, options: dict,
+                      file_names: tuple[str, str] = ("", "")) -> ToPredict:
     """The images asked for: one image file, every image file in a folder and below it (sorted
     by path), or the rows of a CSV (labelled when it has the label column; columns[1] None: not
-    read). With file_suffix, a CSV's cells are ids and its files are id + suffix."""
+    read; file_names: its (prefix, suffix), the ids staying as the table has them; without
+    img_dir, absolute names are read as written)."""
     file_column, label_column = columns
     if not path.is_dir() and not path.is_file():  # opening a FIFO would wait for a writer
         raise DatasetError(f"{path} is neither a folder nor a regular file (a FIFO, device or "
                            "socket): pass an image, a folder of images or a CSV")
     in_csv = not path.is_dir() and not is_image_file(path)
+    naming = FileNames()
     if not in_csv:  # the listing is ours: its lines and name are not shown
         names = image_files_below(path) if path.is_dir() else [path.name]
         if not names:
@@ -510,43 +513,23 @@ def images_to_predict(path: Path, columns: tuple[str, str | None], img_dir: str 
         table = read_csv(path, [file_column] + ([label_column] if label_column else []), encoding)
         folder, csv_path = Path(img_dir) if img_dir else path.parent, path
         kwargs = {"file_column": file_column, "encoding": encoding, "label_column": label_column}
-        files = table[file_column].fillna("").astype(str)
-        if file_suffix:  # the files are id + suffix: our listing names them, at the same lines
-            files = files + file_suffix
-            csv_path = id_listing(tmp / "images.csv", files, table[label_column]
-                                  if label_column else None)
-            kwargs = {"file_column": "File Name", "encoding": "utf-8",
-                      "label_column": "Class Label" if label_column else None}
-        listed = list(zip(table.index.tolist(), files.tolist()))
-    with warnings.catch_warnings(record=True) as said:  # (a repeated row): the user's file named
-        warnings.simplefilter("always")
-        _, _, problems = make_dataset(csv_path, folder, classes=options["classes"], **kwargs)
-    for warning in said:
-        warnings.warn(str(warning.message).replace(str(csv_path), str(path)), stacklevel=2)
+        naming = FileNames(*file_names, absolute=not img_dir)
+        listed = list(zip(table.index.tolist(), table[file_column].fillna("").astype(str).tolist()))
+    _, _, problems = make_dataset(csv_path, folder, classes=options["classes"], names=naming,
+                                  **kwargs)
     unreadable = [(file, line if in_csv else 0, f"line {line}: {what}" if in_csv else what)
                   for line, file, what in problems]
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the skipped rows are listed by predict instead
-            ds = CsvImageDataset(csv_path, folder, skip_bad_rows=True, **kwargs, **options)
+            ds = CsvImageDataset(csv_path, folder, skip_bad_rows=True, **kwargs, **options,
+                                 file_prefix=naming.prefix, file_suffix=naming.suffix,
+                                 absolute_paths=naming.absolute)
     except DatasetError:
         if len(unreadable) == 0:
             raise
         ds = None
     return ToPredict(ds, unreadable, listed, in_csv)
-
-
-def id_listing(listing: Path, files: pd.Series, labels: pd.Series | None) -> Path:
-    """A CSV of `files` (and labels), each row at the line its index names (the user's table's
-    line: blank lines between, which are no rows), so that messages name the table's lines."""
-    rows, line = [["File Name"] + (["Class Label"] if labels is not None else [])], 1
-    for i, (at, file) in enumerate(files.items()):
-        rows += [[]] * (at - line - 1)  # a blank line: no row
-        label = labels.iat[i] if labels is not None else None
-        rows.append([file] + ([] if labels is None else ["" if pd.isna(label) else str(label)]))
-        line = at
-    listing.write_bytes(csv_bytes(rows))
-    return listing
 
 
 def is_image_file(path: Path) -> bool:

@@ -56,9 +56,10 @@ from PIL import Image
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, Subset, get_worker_info
 from torch.utils.data.distributed import DistributedSampler
 
-from dataset import (SPLIT_SPELLINGS, CsvImageDataset, DatasetError, ImageSizeError,
-                     csv_encoding, csv_separator, empty_classes_message, odd_class_warnings,
-                     read_csv, split_names, split_spellings, to_pixels)
+from dataset import (SPLIT_SPELLINGS, CsvImageDataset, DatasetError, ImageSizeError, RowNames,
+                     column_positions, csv_columns, csv_encoding, csv_separator,
+                     empty_classes_message, odd_class_warnings, read_csv, split_names,
+                     split_spellings, table_name, to_pixels)
 
 try:
     import fcntl
@@ -93,19 +94,21 @@ def get_dataloaders(batch_size: int, data_dir: str | Path = "data", num_workers:
         if options.get("valid_column") is not None:
             raise TypeError("valid_column= goes with csv_path= (one CSV of every image)")
         sources = folder_layout(data_dir)
-    else:
-        folder = Path(csv_path).parent if img_dir is None else Path(img_dir)
+    else:  # img_dir None: the CSV's folder (a DataFrame's: the working directory), where
+        folder = None if img_dir is None else Path(img_dir)  # absolute names are read as written
+        table = csv_path if isinstance(csv_path, pd.DataFrame) else Path(csv_path)
         valid_column = options.get("valid_column")
         if valid_column is not None:
             if options.get("split_column") is not None:
                 raise TypeError("split_column= and valid_column=: pass one (a column naming each "
                                 "row's split, or a True / False column marking the valid rows)")
-            sources = valid_column_sources(Path(csv_path), folder, valid_column,
+            sources = valid_column_sources(table, folder, valid_column,
                                            dataset_kwargs.get("file_column", "File Name"),
-                                           dataset_kwargs.get("encoding", "utf-8"))
+                                           dataset_kwargs.get("encoding", "utf-8"),
+                                           dataset_kwargs.get("header", True))
         else:
             column = options.get("split_column") or "split"
-            sources = [(Path(csv_path), folder, (column, split)) for split in SPLITS]
+            sources = [(table, folder, (column, split)) for split in SPLITS]
     datasets = make_datasets(sources, dataset_kwargs, train_transforms, test_transforms)
     stores = decoded(datasets, options.get("cache_mb", 1024), options.get("cache_dir"))
     return loaders_from_datasets(
@@ -116,8 +119,9 @@ def get_dataloaders(batch_size: int, data_dir: str | Path = "data", num_workers:
 
 class LoaderOptions(TypedDict, total=False):
     """get_dataloaders' other keywords, each optional."""
-    csv_path: str | Path  # one CSV with a split column, instead of data_dir's three
-    img_dir: str | Path  # the folder csv_path's file names are relative to (default: its folder)
+    csv_path: str | Path | pd.DataFrame  # one table with a split column, not data_dir's three
+    img_dir: str | Path  # the folder csv_path's file names are relative to (default: its folder;
+    # then absolute names are read as written)
     split_column: str  # csv_path's column saying train / valid / test (default "split")
     valid_column: str  # or its True / False column marking the valid rows (fastai's is_valid)
     batch_size_factor_eval: int  # valid and test batches hold batch_size * this (default 1)
@@ -128,7 +132,8 @@ class LoaderOptions(TypedDict, total=False):
     loader_kwargs: dict  # to every torch DataLoader (persistent_workers, pin_memory, ...)
 
 
-def get_dataloaders_from_split_csv(csv_path: str | Path, img_dir: str | Path, batch_size: int,
+def get_dataloaders_from_split_csv(csv_path: str | Path | pd.DataFrame, img_dir: str | Path | None,
+                                   batch_size: int,
                                    num_workers: int = 0, seed: int = 123, *,
                                    split_column: str = "split", valid_column: str | None = None,
                                    **options) -> tuple[DataLoader, DataLoader, DataLoader | None]:
@@ -161,12 +166,12 @@ def make_datasets(sources: Sequence[tuple | None], dataset_kwargs: dict | None =
     only), or each with an empty label cell (a Kaggle test set, to predict: unlabelled_test)."""
     kwargs = dict(dataset_kwargs or {})
     file_column, encoding = kwargs.get("file_column", "File Name"), kwargs.get("encoding", "utf-8")
-    label_column = kwargs.get("label_column", "Class Label")
+    label_column, header = kwargs.get("label_column", "Class Label"), kwargs.get("header", True)
     sources = list(sources)
-    _refuse_unknown_splits([s for s in sources if s is not None], file_column, encoding)
-    _refuse_no_valid(sources[1] if len(sources) > 1 else None, file_column, encoding)
+    _refuse_unknown_splits([s for s in sources if s is not None], file_column, encoding, header)
+    _refuse_no_valid(sources[1] if len(sources) > 1 else None, file_column, encoding, header)
     if len(sources) > 2 and sources[2] is not None and sources[2][2] is not None and (
-            split_rows(sources[2], file_column, label_column, encoding)[1] == 0):
+            split_rows(sources[2], file_column, label_column, encoding, header)[1] == 0):
         sources[2] = None  # no test rows, or none with a label: no test split
     transforms = [train_transforms] + [test_transforms] * (len(sources) - 1)
 
@@ -208,32 +213,36 @@ def decoded(datasets: Sequence[CsvImageDataset | None], cache_mb: float = 1024,
             for ds in datasets]
 
 
-def _refuse_unknown_splits(sources: Sequence[tuple], file_column: str, encoding: str) -> None:
-    """Every row of a CSV with a split column must be in one of the splits asked for: a row whose
-    value is none of their spellings (any case) would be left out without a word."""
-    by_csv: dict[tuple[Path, str], set[str]] = {}
+def _refuse_unknown_splits(sources: Sequence[tuple], file_column: str | int, encoding: str,
+                           header: bool = True) -> None:
+    """Every row of a table with a split column must be in one of the splits asked for: a row
+    whose value is none of their spellings (any case) would be left out without a word."""
+    by_csv: dict[tuple, tuple] = {}  # (table's path or id, column) -> (table, spellings)
     for csv, _, split in sources:
         if split is not None:
-            by_csv.setdefault((Path(csv), split[0]), set()).update(split_spellings(split[1]))
-    for (csv, column), known in by_csv.items():
+            table = csv if isinstance(csv, pd.DataFrame) else Path(csv)
+            key = (id(table) if isinstance(table, pd.DataFrame) else table, split[0])
+            by_csv.setdefault(key, (table, set()))[1].update(split_spellings(split[1]))
+    for (_, column), (csv, known) in by_csv.items():
         # With the file column: a row whose split cell alone is empty is not a blank line.
-        values = read_csv(csv, [file_column, column], encoding)[column]
+        values = read_csv(csv, [file_column, column], encoding, header=header)[column]
         unknown = values[~split_names(values).isin(known)].fillna("").astype(str).str.strip()
         if len(unknown):
             raise DatasetError(
-                f"{csv}: column {column!r} has values that are not a split: "
-                f"{_value_counts(unknown)}. Each row "
+                f"{table_name(csv)}: column {column!r} has values that are not a split: "
+                f"{_value_counts(unknown, RowNames.of(csv))}. Each row "
                 "must say train (or training), valid (val, validation, dev) or test (testing), in "
                 "any case; change those cells in the CSV, or drop the rows you do not want")
 
 
-def split_rows(source: tuple, file_column: str, label_column: str | None,
-               encoding: str) -> tuple[int, int, list[str]]:
+def split_rows(source: tuple, file_column: str | int, label_column: str | int | None,
+               encoding: str, header: bool = True) -> tuple[int, int, list[str]]:
     """(rows, rows with a label, the values the column holds) of the split a (csv, folder,
     (column, value)) source names. A label cell empty or blank is no label."""
     csv, _, (column, value) = source
     columns = [file_column, column] + ([label_column] if label_column not in (None, column) else [])
-    df = read_csv(Path(csv), columns, encoding)
+    df = read_csv(csv if isinstance(csv, pd.DataFrame) else Path(csv), columns, encoding,
+                  header=header)
     found = sorted(df[column].dropna().astype(str).str.strip().unique())
     mine = df[split_names(df[column]).isin(split_spellings(value))]
     if label_column is None:
@@ -242,25 +251,26 @@ def split_rows(source: tuple, file_column: str, label_column: str | None,
     return len(mine), int((labels != "").sum()), found
 
 
-def unlabelled_test(source: tuple | None, file_column: str, label_column: str,
-                    encoding: str) -> int:
+def unlabelled_test(source: tuple | None, file_column: str | int, label_column: str | int,
+                    encoding: str, header: bool = True) -> int:
     """How many test rows a (csv, folder, (column, "test")) source's table holds when every one
     has an empty label cell (a Kaggle test set: not trained on, predicted); else 0."""
     if source is None or source[2] is None:
         return 0
-    rows, labelled, _ = split_rows(source, file_column, label_column, encoding)
+    rows, labelled, _ = split_rows(source, file_column, label_column, encoding, header)
     return rows if labelled == 0 else 0
 
 
-def _refuse_no_valid(source: tuple | None, file_column: str, encoding: str) -> None:
+def _refuse_no_valid(source: tuple | None, file_column: str | int, encoding: str,
+                     header: bool = True) -> None:
     """A table whose split column has no valid rows: a DatasetError saying how to draw them."""
     if source is None or source[2] is None or source[2][1] != "valid":
         return
-    rows, _, found = split_rows(source, file_column, None, encoding)
+    rows, _, found = split_rows(source, file_column, None, encoding, header)
     if rows == 0:
         csv, _, (column, _) = source
         raise DatasetError(
-            f"{csv}: no rows with {column} == 'valid' (values found: {found}); a run needs "
+            f"{table_name(csv)}: no rows with {column} == 'valid' (values found: {found}); a run needs "
             "validation rows (they choose the best epoch). Draw them from the train rows with "
             f"--valid-fraction F (in Python: split_csv(..., split_column={column!r}, "
             "valid_fraction=F)), or mark some rows valid in the CSV")
@@ -270,47 +280,51 @@ FLAGS = {"true": True, "yes": True, "1": True, "1.0": True,  # "1.0": pandas' re
          "false": False, "no": False, "0": False, "0.0": False}  # 1 / 0 column with a blank line
 
 
-def valid_flags(csv_path: Path, column: str, other_column: str, encoding: str) -> pd.Series:
+def valid_flags(csv_path: Path | pd.DataFrame, column: str | int, other_column: str | int,
+                encoding: str, header: bool = True) -> pd.Series:
     """A valid column's cells as bool (True: valid), indexed by CSV line: True / False, 1 / 0,
     yes / no, in any case. Any other value is a DatasetError naming the values, their counts and
     first lines. other_column: any column of the table, so that blank lines are told apart."""
-    values = read_csv(csv_path, [column, other_column], encoding)[column]  # as text: first column
+    values = read_csv(csv_path, [column, other_column], encoding, header=header)[column]
     flags = split_names(values).map(FLAGS)
     bad = values[flags.isna()].fillna("").astype(str).str.strip()
+    name = table_name(csv_path)
     if len(bad):
-        raise DatasetError(f"{csv_path}: column {column!r} has values that are not True / False: "
-                           f"{_value_counts(bad)}. Each row must say True, 1 or yes (valid) or "
+        raise DatasetError(f"{name}: column {column!r} has values that are not True / False: "
+                           f"{_value_counts(bad, RowNames.of(csv_path))}. Each row must say True, 1 or yes (valid) or "
                            "False, 0 or no (train), in any case")
     if not flags.any():
-        raise DatasetError(f"{csv_path}: column {column!r} marks no row valid (all {len(flags)} "
+        raise DatasetError(f"{name}: column {column!r} marks no row valid (all {len(flags)} "
                            "are False); mark some True, or leave the column out to draw a split")
     if flags.all():
-        raise DatasetError(f"{csv_path}: column {column!r} marks every row valid (all "
+        raise DatasetError(f"{name}: column {column!r} marks every row valid (all "
                            f"{len(flags)} are True): no row is left to train on")
     return flags.astype(bool)
 
 
-def valid_column_sources(csv_path: Path, folder: Path, column: str, file_column: str,
-                         encoding: str) -> list[tuple | None]:
+def valid_column_sources(csv_path: Path | pd.DataFrame, folder: Path | None, column: str | int,
+                         file_column: str | int, encoding: str,
+                         header: bool = True) -> list[tuple | None]:
     """Train, valid and (none) test sources of a table whose `column` marks the valid rows: the
     split values are the spellings its cells have, as make_dataset reads them (one each)."""
-    flags = valid_flags(csv_path, column, file_column, encoding)
-    seen = split_names(read_csv(csv_path, [file_column, column], encoding)[column])
+    flags = valid_flags(csv_path, column, file_column, encoding, header)
+    seen = split_names(read_csv(csv_path, [file_column, column], encoding, header=header)[column])
     spellings = [sorted(set(seen[flags == value])) for value in (False, True)]
     if any(len(names) > 1 for names in spellings):
         mixed = next(names for names in spellings if len(names) > 1)
-        raise DatasetError(f"{csv_path}: column {column!r} writes one value in several ways "
+        raise DatasetError(f"{table_name(csv_path)}: column {column!r} writes one value in several ways "
                            f"({', '.join(map(repr, mixed))}); write each alike (True / False, "
                            "1 / 0 or yes / no)")
     return [(csv_path, folder, (column, names[0])) for names in spellings] + [None]
 
 
-def _value_counts(values: pd.Series) -> str:
+def _value_counts(values: pd.Series, row_names: RowNames | None = None) -> str:
     """"'x' (3 rows, first on line 5), 'y' (1 row, first on line 9)": commonest first, values
-    indexed by CSV line."""
+    indexed as read_csv indexes them (row_names: a DataFrame's names its rows by index label)."""
     groups = sorted(values.groupby(values, sort=False), key=lambda vg: -len(vg[1]))
-    return ", ".join(f"{v!r} ({len(g)} row{'s' if len(g) > 1 else ''}, first on line "
-                     f"{int(g.index[0])})" for v, g in groups)
+    name = row_names or RowNames()
+    return ", ".join(f"{v!r} ({len(g)} row{'s' if len(g) > 1 else ''}, first on "
+                     f"{name(int(g.index[0]))})" for v, g in groups)
 
 
 def union_of_classes(per_split: Sequence[list[str]]) -> list[str]:
@@ -336,17 +350,18 @@ def _refuse_overlap(datasets: Sequence[CsvImageDataset]) -> None:
         a = datasets[first]
         for other, j in others:
             b = datasets[other]
-            overlaps.append(f"  {b.rows[j].file!r}: in {SPLITS[first]} ({a.csv_path}, line "
-                            f"{a.rows[i].line}) and in {SPLITS[other]} ({b.csv_path}, "
-                            f"line {b.rows[j].line})")
+            overlaps.append(f"  {b.rows[j].file!r}: in {SPLITS[first]} "
+                            f"({a.place(a.rows[i].line)}) and in {SPLITS[other]} "
+                            f"({b.place(b.rows[j].line)})")
     raise DatasetError(f"{len(overlaps)} file(s) in two splits; an image may be in one only:\n"
                        + "\n".join(overlaps[:20]) + ("\n  ..." if len(overlaps) > 20 else ""))
 
 
-def split_csv(csv_path: str | Path, out_path: str | Path, *, label_column: str = "Class Label",
-              valid_fraction: float | None = None, test_fraction: float | None = None,
-              seed: int = 0, encoding: str = "utf-8", file_column: str | None = None,
-              split_column: str | None = None, valid_column: str | None = None) -> Path:
+def split_csv(csv_path: str | Path | pd.DataFrame, out_path: str | Path, *,
+              label_column: str | int = "Class Label", valid_fraction: float | None = None,
+              test_fraction: float | None = None, seed: int = 0, encoding: str = "utf-8",
+              file_column: str | int | None = None, split_column: str | int | None = None,
+              valid_column: str | int | None = None, header: bool = True) -> Path:
     """Write csv_path's rows to out_path with a `split` column, valid and test rows drawn from the
     train rows: every row of a table without a split; those its split_column says train (the
     others keep theirs); or those its valid_column (True / False, 1 / 0, yes / no) marks False,
@@ -358,8 +373,12 @@ def split_csv(csv_path: str | Path, out_path: str | Path, *, label_column: str =
     training row); which rows is drawn from (seed, class), so the same arguments give the same
     bytes. A split asked for that would be empty is an error, before any image is read.
     file_column: checked to exist, and a file listed on several rows drawn once (its first row's
-    class), all its rows in one split."""
-    csv_path, out_path = Path(csv_path), Path(out_path)
+    class), all its rows in one split. csv_path: a CSV or a DataFrame (its index is not written).
+    Columns by name or 0-based position; header=False: the CSV's first line is a row, and
+    out_path's header names the columns by position (0, 1, ..., split), which read_csv reads as
+    the same positions."""
+    table = csv_path if isinstance(csv_path, pd.DataFrame) else Path(csv_path)
+    csv_path, out_path = table_name(table), Path(out_path)
     if split_column is not None and valid_column is not None:
         raise ValueError("split_column and valid_column: pass one (a column naming each row's "
                          "split, or a True / False column marking the valid rows)")
@@ -369,28 +388,37 @@ def split_csv(csv_path: str | Path, out_path: str | Path, *, label_column: str =
     _check_fractions(valid_fraction, test_fraction)
     # named errors: no file, no column, encoding
     columns = [c for c in (file_column, label_column, split_column, valid_column) if c is not None]
-    read_csv(csv_path, columns, encoding)
+    read_csv(table, columns, encoding, header=header)
     if split_column is not None:  # values that are no split: named, with counts and lines
-        _refuse_unknown_splits([(csv_path, None, (split_column, s)) for s in SPLITS],
-                               columns[0], encoding)
-    flags = None if valid_column is None else valid_flags(csv_path, valid_column, columns[0],
-                                                          encoding)
-    encoding = csv_encoding(csv_path, encoding)  # a UTF-16 or UTF-32 byte order mark's
-    try:
-        rows = pd.read_csv(csv_path, dtype=str, keep_default_na=False, encoding=encoding,
-                           sep=csv_separator(csv_path, encoding))
-    except UnicodeDecodeError as e:  # a byte below the header that read_csv's check did not see
-        raise DatasetError(f"{csv_path}: not {encoding} text ({e.reason} at byte {e.start}); pass "
-                           "its encoding, e.g. encoding='latin-1' (--encoding latin-1) for a "
-                           "spreadsheet export") from None
+        _refuse_unknown_splits([(table, None, (split_column, s)) for s in SPLITS], columns[0],
+                               encoding, header)
+    flags = None if valid_column is None else valid_flags(table, valid_column, columns[0],
+                                                          encoding, header)
+    if isinstance(table, pd.DataFrame):
+        rows, found = table.reset_index(drop=True), list(table.columns)
+    else:
+        encoding = csv_encoding(table, encoding)  # a UTF-16 or UTF-32 byte order mark's
+        found = csv_columns(table, encoding)  # header=False: the first row's cells
+        try:
+            rows = pd.read_csv(table, dtype=str, keep_default_na=False, encoding=encoding,
+                               sep=csv_separator(table, encoding), header=0 if header else None)
+        except UnicodeDecodeError as e:  # a byte below the header that read_csv did not see
+            raise DatasetError(f"{csv_path}: not {encoding} text ({e.reason} at byte {e.start}); "
+                               "pass its encoding, e.g. encoding='latin-1' (--encoding latin-1) "
+                               "for a spreadsheet export") from None
     if "split" in rows.columns and split_column != "split":
         raise DatasetError(f"{csv_path} already has a 'split' column: use it (split_column="
                            "'split', --split-column split) instead of drawing a new split")
+    at = dict(zip(columns, column_positions(columns, found, csv_path, header=header)))
+
+    def cells(column) -> pd.Series:
+        return rows.iloc[:, at[column]].fillna("").astype(str)
+
     if split_column is not None:
         name_of = {s: name for name, spellings in SPLIT_SPELLINGS.items() for s in spellings}
-        split = split_names(rows[split_column]).map(name_of).fillna("").to_numpy(dtype=object)
+        split = split_names(cells(split_column)).map(name_of).fillna("").to_numpy(dtype=object)
     elif flags is not None:  # a cell left empty (a blank row's) is train: the dataset drops it
-        split = np.where(split_names(rows[valid_column]).map(FLAGS).fillna(False).astype(bool),
+        split = np.where(split_names(cells(valid_column)).map(FLAGS).fillna(False).astype(bool),
                          "valid", "train").astype(object)
     else:
         split = np.full(len(rows), "train", dtype=object)
@@ -405,8 +433,8 @@ def split_csv(csv_path: str | Path, out_path: str | Path, *, label_column: str =
             0.0 if (split == name).any() else DEFAULT_FRACTION
     _check_fractions(fractions["valid"], fractions["test"])
     pool = split == "train"  # the rows drawn from
-    labels = rows[label_column].str.strip()
-    files = rows[file_column].str.strip() if file_column is not None else None
+    labels = cells(label_column).str.strip()
+    files = cells(file_column).str.strip() if file_column is not None else None
     first = pool.copy()  # of a file listed on several train rows, its first
     if files is not None:
         first &= ~files.where(pool).duplicated().to_numpy()
@@ -890,7 +918,7 @@ class DecodedImages(Dataset):
         rows = hashlib.sha256(settings.digest())
         for array in (self.rows.offsets, self.rows.names, self.rows.stats):
             rows.update(memoryview(np.ascontiguousarray(array)).cast("B"))
-        name = self.csv_path.stem + (f"-{self.split[1]}" if self.split else "")
+        name = Path(self.source).stem + (f"-{self.split[1]}" if self.split else "")
         name = "".join(c if c.isalnum() or c in "._-" else "_" for c in name)[:60]
         return f"{name}-{settings.hexdigest()[:12]}-{rows.hexdigest()[:20]}.npy"
 
@@ -898,7 +926,7 @@ class DecodedImages(Dataset):
         """Decode every image into out, (N, C, H, W) uint8, by chunks: here or in workers."""
         chunks = [range(start, min(start + DECODE_CHUNK, len(self)))
                   for start in range(0, len(self), DECODE_CHUNK)]
-        what = f"Decoding {self.csv_path}" + (" ({} {})".format(*self.split) if self.split else "")
+        what = f"Decoding {self.source}" + (" ({} {})".format(*self.split) if self.split else "")
         report = progress if callable(progress) else DecodeProgress(what) if progress else None
         if num_workers > 0 and len(chunks) > 1:
             # in_order=False: a slowed worker leaves none waiting. Its own generator: the global
@@ -932,7 +960,9 @@ class DecodedImages(Dataset):
     image_size = property(lambda self: self.dataset.image_size)  # (H, W)
     resize = property(lambda self: self.dataset.resize)  # squish, crop or pad
     channels = property(lambda self: self.dataset.channels)
-    csv_path = property(lambda self: self.dataset.csv_path)
+    csv_path = property(lambda self: self.dataset.csv_path)  # None for a DataFrame
+    source = property(lambda self: self.dataset.source)  # the CSV's path or "DataFrame"
+    place = property(lambda self: self.dataset.place)
     split = property(lambda self: self.dataset.split)
     rows = property(lambda self: self.dataset.rows)
     transform = property(lambda self: self.dataset.transform,

@@ -190,9 +190,11 @@ class DataSettings:
     valid_fraction: float | None = None  # None: not given (DEFAULT_FRACTION where a split is drawn)
     test_fraction: float | None = None
     split_seed: int = 0
-    file_column: str = "File Name"
+    file_column: str = "File Name"  # a name, or a 0-based position ("0") no column is named
     label_column: str = "Class Label"
-    file_suffix: str | None = None
+    no_header: bool = False
+    file_prefix: str = ""
+    file_suffix: str = ""
     mode: str = "auto"
     image_size: tuple[int, int] | None = None
     resize: str | None = None  # squish, crop or pad; None: the checkpoint's, else squish
@@ -222,7 +224,18 @@ class DataSettings:
         return {"label_column": self.label_column, "file_column": self.file_column,
                 "seed": self.split_seed, "valid_fraction": self.valid_fraction,
                 "test_fraction": test, "encoding": self.encoding,
-                "split_column": self.split_column, "valid_column": self.valid_column}
+                "split_column": self.split_column, "valid_column": self.valid_column,
+                "header": not self.no_header}
+
+    def table_options(self) -> dict:
+        """How the dataset reads the table's rows and finds each row's file. The split drawn into
+        split.csv has a header line of its own (columns by position, 0, 1, ..., for a CSV without
+        one). Without --img-dir, absolute names are read as written; with it, they are refused."""
+        return {"file_column": self.file_column, "label_column": self.label_column,
+                "header": not (self.no_header and not self.draws_split()),
+                "file_prefix": self.file_prefix, "file_suffix": self.file_suffix,
+                "absolute_paths": self.csv is not None and self.img_dir is None,
+                "encoding": self.encoding}
 
     def listed(self, split_path: Path) -> DataSettings:
         """--image-folder DIR as the run it is: --csv split_path (the folder's listing) --img-dir
@@ -820,7 +833,9 @@ def predict_test_rows(source: tuple, data: DataSettings, session: Session) -> Pa
         listing.write_bytes(csv_bytes([[data.file_column]]) + ("\n".join(lines) + "\n").encode())
         return predict(str(listing), read_checkpoint(checkpoint_path), checkpoint_path,
                        session.results_dir, columns=(data.file_column, data.label_column),
-                       img_dir=str(folder), encoding="utf-8", device=session.device)
+                       img_dir=str(folder if folder is not None else Path(csv).parent),
+                       encoding="utf-8", device=session.device,
+                       file_names=(data.file_prefix, data.file_suffix))
 
 
 def same_split_or_refuse(csv: str, split_path: Path, split_options: dict) -> None:
@@ -901,10 +916,8 @@ def build_datasets(data: DataSettings, sources: list[tuple], device: torch.devic
         print(f"Disk cache of decoded images: {cache_dir} (--no-disk-cache: none)")
     # On a GPU, batches travel as uint8 and are scaled there (to_input): a quarter of the bytes
     dataset_kwargs = {"pixels": "uint8" if device.type == "cuda" else "float01",
-                      "file_column": data.file_column, "label_column": data.label_column,
-                      "mode": data.mode, "image_size": data.image_size,
-                      "encoding": data.encoding, "num_classes": data.num_classes,
-                      "resize": data.resize or "squish"}
+                      **data.table_options(), "mode": data.mode, "image_size": data.image_size,
+                      "num_classes": data.num_classes, "resize": data.resize or "squish"}
     augment = augmentation(data.resize or "squish", data.image_size) if data.augment else None
     datasets = decoded(make_datasets(sources, dataset_kwargs, augment),
                        cache_mb=data.cache_mb, cache_dir=cache_dir)  # each split's decoded images
@@ -1186,7 +1199,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                            f"'{DEFAULT_DATA_DIR}' is built with make_subset.py when missing")
     data.add_argument("--csv", help="CSV listing every image (instead of --data-dir)")
     data.add_argument("--img-dir", help="folder the CSV's file names are relative to "
-                                        "(default: the CSV's folder)")
+                                        "(default: the CSV's folder, and absolute names are "
+                                        "read as written; given, they are refused)")
     data.add_argument("--image-folder", dest="class_folders", metavar="DIR",
                       help="a folder of class folders (DIR/cat/1.png), with split folders above "
                            "them where there are (train; valid or val; test), or Hugging Face's "
@@ -1211,12 +1225,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                       help="seed of the drawn split (apart from --seed: a new seed keeps the "
                            "split)")
     data.add_argument("--file-column", default=DataSettings.file_column,
-                      help="column with the file names")
+                      help="column with the file names, or its 0-based position (a column "
+                           "named so wins)")
     data.add_argument("--label-column", default=DataSettings.label_column,
-                      help="column with the labels")
-    data.add_argument("--file-suffix", metavar="SUFFIX",
-                      help="with --predict: the files are named id + SUFFIX (.png: Kaggle's ids); "
-                           "predictions.csv names them by id, without it")
+                      help="column with the labels, or its 0-based position; whole numbers "
+                           "are class indices, any other text makes every label a class name")
+    data.add_argument("--no-header", action="store_true",
+                      help="the CSV's first line is a row: name columns by position "
+                           "(--file-column 0 --label-column 1)")
+    data.add_argument("--file-prefix", default=DataSettings.file_prefix,
+                      help="put before each file name (the file read is IMG_DIR/PREFIX+NAME+"
+                           "SUFFIX), e.g. train/")
+    data.add_argument("--file-suffix", default=DataSettings.file_suffix,
+                      help="put after each file name, e.g. .jpg for ids without an extension "
+                           "(Kaggle's); --predict writes the ids without it")
     data.add_argument("--mode", default=DataSettings.mode, choices=["auto", "L", "RGB", "RGBA"],
                       help="gray (L, 1 channel) or RGB (3); auto: L when every image is gray, "
                            "else RGB, from the files' headers; RGBA (4) keeps transparency "
@@ -1364,6 +1386,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--valid-fraction 0: a run needs validation rows (they choose the best epoch)")
     if args.img_dir is not None and args.csv is None and args.predict is None:
         p.error("--img-dir goes with --csv or --predict")
+    if args.no_header and args.csv is None:
+        p.error("--no-header goes with --csv")
     own_column = args.split_column is not None or args.valid_column is not None
     fractions = [(0.0 if own else DEFAULT_FRACTION) if f is None else f for f, own in (
         (args.valid_fraction, args.valid_column is not None), (args.test_fraction, own_column))]
@@ -1376,8 +1400,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                 f"python make_subset.py --out-dir {args.data_dir})")
     if args.predict_columns is not None and args.predict is None:
         p.error("--predict-columns goes with --predict")
-    if args.file_suffix and args.predict is None:
-        p.error("--file-suffix goes with --predict")
     if sum((args.resume, args.evaluate, args.predict is not None)) > 1:
         p.error("--resume, --evaluate and --predict: choose one")
     if args.results_dir is None:  # the reports of another folder's model go beside it
@@ -1501,7 +1523,8 @@ def run(settings: Settings, hints: dict) -> History | Path:
             return predict(settings.predict, checkpoint, checkpoint_path, results_dir,
                            columns=(data.file_column, data.label_column), img_dir=data.img_dir,
                            encoding=data.encoding, device=pick_device(settings.device, 0),
-                           submission=settings.predict_columns, file_suffix=data.file_suffix or "")
+                           submission=settings.predict_columns,
+                           file_names=(data.file_prefix, data.file_suffix))
     with process_group(settings.device, data.batch_size, settings.dist_timeout) as (
             rank, world_size, device), \
             results_folder(results_dir, main_process=rank == 0), \

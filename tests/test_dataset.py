@@ -52,10 +52,7 @@ def test_missing_column_lists_the_columns_that_exist(small_folder):
 
 @pytest.mark.parametrize("rows, line, what", [
     ("a.png,1\nb.png,\n", 3, "empty label"),
-    ("a.png,1\nb.png,2.5\n", 3, "not a whole number"),
     ("a.png,1\nb.png,-1\n", 3, "negative"),
-    ("a.png,1\nb.png,two\n", 3, "not a whole number"),
-    ("a.png,1\nb.png,inf\n", 3, "not a whole number"),
     ("a.png,1\nb.png,99999999999999999999\n", 3, "label 99999999999999999999 is too large"),
     ("a.png,1\nb.png,2147483648\n", 3, "too large (expected a class index below 2**31)"),
     ("a.png,1\nzzz.png,1\n", 3, "file not found"),
@@ -69,6 +66,15 @@ def test_each_bad_row_is_named_with_its_line_and_file(small_folder, rows, line, 
     message = error_of(small_folder, "File Name,Class Label\n" + rows)
     assert f"line {line}:" in message and what in message
     assert "labels.csv" in message and "1 bad row(s)" in message
+
+
+@pytest.mark.parametrize("other", ["2.5", "two", "inf"])
+def test_a_text_label_that_is_not_a_whole_number_makes_the_column_class_names(small_folder, other):
+    """Issue 30 reversed the cases `2.5`, `two` and `inf` among integers above (they were refused as
+    'not a whole number'): such a column holds class names, all of them, sorted as text."""
+    ds = CsvImageDataset(write_csv(small_folder / "labels.csv", f"File Name,Class Label\na.png,1\nb.png,{other}\n"),
+                         small_folder / "img")
+    assert ds.classes == ["1", other] and ds.targets == [0, 1]  # "1" sorts first as text
 
 
 def test_labels_at_or_above_num_classes(small_folder):
@@ -179,7 +185,15 @@ def make_broken(tmp_path, damage: str):
     return write_csv(tmp_path / "x.csv", "File Name,Class Label\n" + "\n".join(rows) + "\n")
 
 
-@pytest.mark.parametrize("damage", ["truncated", "corrupt", "size"])
+def test_a_corrupt_header_is_named_at_the_row_check_before_anything_is_decoded(tmp_path):
+    """Issue 30 moved this case of the test below (then found when the cache was filled) to the row check."""
+    csv = make_broken(tmp_path, "corrupt")
+    with pytest.raises(DatasetError, match=r"x.csv: 1 bad row\(s\) out of 9:\n  line 7: 'bad.png': cannot read the "
+                                           r"image's header"):
+        CsvImageDataset(csv, tmp_path / "img")
+
+
+@pytest.mark.parametrize("damage", ["truncated", "size"])  # corrupt: named at the row check (issue 30)
 def test_bad_image_is_named_when_the_cache_is_filled(tmp_path, damage):
     csv = make_broken(tmp_path, damage)
     ds = DecodedImages(CsvImageDataset(csv, tmp_path / "img"))

@@ -113,7 +113,8 @@ def test_resume_works_under_torchrun(data, first_run, tmp_path):
 def test_a_failing_rank_stops_the_whole_job_with_its_error(data, tmp_path):
     broken = shutil.copytree(data, tmp_path / "broken")
     png = broken / "mnist_train" / "00003.png"
-    png.write_bytes(png.read_bytes()[:40])  # truncated: rank 1 fails while decoding
+    whole = png.read_bytes()  # truncated, its header kept (the row check reads it): rank 1 fails while decoding
+    png.write_bytes(whole[: len(whole) // 2])
     run = torchrun(*train_flags(data, tmp_path / "results"), env={"PROBE_RANK1_DATA_DIR": str(broken)})
     assert run.returncode != 0
     assert "mnist_train.csv, line 5: '00003.png': cannot decode the image" in run.stdout + run.stderr

@@ -526,8 +526,8 @@ def test_a_submission_with_an_unreadable_image_is_refused_naming_it_and_nothing_
                        "--predict-columns", "id,label", "--file-suffix", ".png")
     said = str(info.value)
     assert said.startswith(f"{sample}: 2 of 5 images could not be read, so no submission was written (it "
-                           "would lack their rows):\n  'b0.png': line 5: file not found")
-    assert "'t2.png': line 6: " in said and "without --predict-columns, predictions.csv holds every" in said
+                           f"would lack their rows):\n  'b0': line 5: file not found: {test / 'b0.png'}")
+    assert "'t2': line 6: " in said  # each named by its id, as the table has it and "without --predict-columns, predictions.csv holds every" in said
     with pytest.raises(DatasetError, match=r"1 of 4 images could not be read, so no submission(.|\n)*'t2.png'"):
         predict_kaggle(kaggle, tmp_path / "p", "--predict", str(test), "--predict-columns", "id,label")
     assert (tmp_path / "p" / "predictions.csv").read_bytes() == first and not (tmp_path / "p" / "version_1").exists()
@@ -546,8 +546,7 @@ def test_predict_columns_must_be_two_names_and_go_with_predict(kaggle, tmp_path,
     for flags, message in [(["--predict", str(kaggle / "test"), "--predict-columns", "id"],
                             "expected two column names, ID,LABEL (such as id,label from sample_submission.csv)"),
                            (["--predict", str(kaggle / "test"), "--predict-columns", "id,id"], "got 'id,id'"),
-                           (["--predict-columns", "id,label"], "--predict-columns goes with --predict"),
-                           (["--file-suffix", ".png"], "--file-suffix goes with --predict")]:
+                           (["--predict-columns", "id,label"], "--predict-columns goes with --predict")]:
         with pytest.raises(SystemExit) as info:
             predict_kaggle(kaggle, tmp_path / "p", *flags)
         assert info.value.code == 2 and message in capsys.readouterr().err

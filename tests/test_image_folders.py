@@ -213,14 +213,13 @@ def test_the_check_command_lists_and_checks_a_folder_alone(tmp_path, capsys):
     out = capsys.readouterr().out.splitlines()
     assert out[:4] == [f"{root}: train/: 2 class folders; val/: 2 class folders; test/: 2 class folders",
                        f"warning: {root}: skipped 1 file(s) beside the class or split folders (such as 'train/notes.txt')",
-                       f"{root}: 10 rows, 2 classes", "classes: cat: 5, dog: 5"]
-    assert out[-1].startswith("  line 7: 'train/dog/train2.png': cannot decode the image")  # split.csv's line
+                       f"{root}: 10 rows, 2 classes", "classes: cat: 5, dog: 4"]  # the bad row left out
+    assert out[-1].startswith("  line 7: 'train/dog/train2.png': cannot read the image's header")  # split.csv's line
     (root / "train" / "dog" / "train2.png").unlink()
     assert dataset_module.main([str(root), "--split", "val"]) == 0
     assert capsys.readouterr().out.splitlines()[2:4] == [f"{root}: 2 rows, 2 classes", "classes: cat: 1, dog: 1"]
-    with pytest.raises(SystemExit):
-        dataset_module.main([str(tmp_path / "none.csv")])
-    assert "required: img_dir (or give a folder of class folders alone)" in capsys.readouterr().err
+    assert dataset_module.main([str(tmp_path / "none.csv")]) == 1  # a CSV alone: names beside it
+    assert f"CSV file not found: {tmp_path / 'none.csv'}" in capsys.readouterr().err
 
 
 def test_the_check_command_reads_unlabelled_test_images_as_predict_does(tmp_path, capsys):

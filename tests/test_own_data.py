@@ -659,3 +659,222 @@ def test_a_run_refused_by_its_data_or_checkpoint_moves_no_earlier_results(tmp_pa
     with pytest.raises(SystemExit, match="is damaged or not a checkpoint of train.py"):
         own_run(csv, tmp_path / "r", "--evaluate", "--checkpoint", str(tmp_path / "foreign.pt"), epochs=1)
     assert sorted(p.name for p in (tmp_path / "r").iterdir()) == before  # no version_1: nothing went aside
+
+
+# ---- tables as they come (issue 30): names, absolute paths, DataFrames, positions, headers checked --
+
+def tool_images(folder, names, *, ext=".png", size=(8, 8)) -> None:
+    """One small gray image per name in folder: pixel value by position, so rows differ."""
+    for k, name in enumerate(names):
+        Image.fromarray(np.full(size, 10 * k % 250, dtype=np.uint8)).save(folder / f"{name}{ext}")
+
+
+def kaggle_folder(tmp_path, n=12, ext=".jpg"):
+    """Kaggle's layout: train.csv `id,label` (ids without an extension), train/<id>.jpg, test/,
+    sample_submission.csv."""
+    for sub in ("train", "test"):
+        (tmp_path / sub).mkdir(parents=True, exist_ok=True)
+    ids = [f"img{k:03d}" for k in range(n)]
+    tool_images(tmp_path / "train", ids, ext=ext)
+    tool_images(tmp_path / "test", ["t0", "t1"], ext=ext)
+    (tmp_path / "train.csv").write_text("id,label\n" + "".join(f"{i},{['cat', 'dog'][k % 2]}\n"
+                                                                for k, i in enumerate(ids)))
+    (tmp_path / "sample_submission.csv").write_text("id,label\nt0,cat\nt1,cat\n")
+    return tmp_path / "train.csv"
+
+
+def test_kaggle_ids_without_extension_are_read_with_file_suffix_and_the_error_names_the_flag(tmp_path):
+    csv = kaggle_folder(tmp_path)
+    ds = CsvImageDataset(csv, tmp_path / "train", file_column="id", label_column="label", file_suffix=".jpg")
+    assert len(ds) == 12 and ds.classes == ["cat", "dog"]
+    assert ds.rows[0].file == "img000" and ds.rows[0].path == str((tmp_path / "train" / "img000.jpg").resolve())
+    assert ds.rows.file(3) == "img003"  # the id as the table has it, for predictions.csv
+    with pytest.raises(DatasetError) as caught:  # without the flag: every row says which to pass
+        CsvImageDataset(csv, tmp_path / "train", file_column="id", label_column="label")
+    message = str(caught.value)
+    assert "12 bad row(s)" in message and "line 2" in message
+    assert "pass --file-suffix .jpg (file_suffix='.jpg')" in message
+    with pytest.raises(DatasetError, match=r"train/img000\.jpg: pass --file-prefix train/ --file-suffix \.jpg "
+                                           r"\(file_prefix='train/', file_suffix='\.jpg'\)"):
+        CsvImageDataset(csv, file_column="id", label_column="label")  # the CSV's folder: train/ left out
+    ds = CsvImageDataset(csv, file_column="id", label_column="label", file_prefix="train/", file_suffix=".jpg")
+    assert ds.rows.file(0) == "img000" and ds.names_rule.endswith("read as train/<name>.jpg")
+
+
+def test_a_name_hint_needs_exactly_one_image_of_that_stem(tmp_path):
+    (tmp_path / "img").mkdir()
+    tool_images(tmp_path / "img", ["a"], ext=".png")
+    tool_images(tmp_path / "img", ["a"], ext=".jpg")  # two candidates: no guess
+    tool_images(tmp_path / "img", ["b"], ext=".png")
+    (tmp_path / "img" / "c.txt").write_text("not an image extension")
+    csv = write_csv(tmp_path / "labels.csv", "File Name,Class Label\na,0\nb,1\nc,1\n")
+    message = str(pytest.raises(DatasetError, CsvImageDataset, csv, tmp_path / "img").value)
+    assert "img/b.png: pass --file-suffix .png" in message
+    assert message.count("found ") == 1  # 'a' (two files) and 'c' (no image extension): not found, no hint
+
+
+def test_a_keras_dataframe_of_absolute_paths_is_read_as_written_without_img_dir(tmp_path):
+    (tmp_path / "photos").mkdir()
+    tool_images(tmp_path / "photos", ["p0", "p1", "p2", "p3"])
+    df = pd.DataFrame({"filename": [str(tmp_path / "photos" / f"p{k}.png") for k in range(4)],
+                       "class": ["cat", "dog", "cat", "dog"]})  # flow_from_dataframe(directory=None)
+    ds = CsvImageDataset(df, file_column="filename", label_column="class")
+    assert len(ds) == 4 and ds.classes == ["cat", "dog"] and ds.targets == [0, 1, 0, 1]
+    assert ds.rows[2].path == df["filename"][2] and ds.csv_path is None and ds.source == "DataFrame"
+    assert ds.names_rule == "absolute paths read as written"
+    with pytest.raises(DatasetError, match=r"(?s)DataFrame: 4 bad row\(s\).*leave img_dir out.*\n  row index 0: '[^']*p0.png': absolute"):
+        CsvImageDataset(df, tmp_path / "photos", file_column="filename", label_column="class")  # would leave it
+
+
+def test_a_dataframe_with_its_own_index_is_named_by_index_label_in_every_error(tmp_path):
+    (tmp_path / "img").mkdir()
+    tool_images(tmp_path / "img", [f"{k}" for k in range(6)])
+    df = pd.DataFrame({"file": [f"{k}.png" for k in range(6)], "label": [0, 1, 0, 1, 0, 1],
+                       "split": ["train", "train", "valid", "test", "train", "valid"]},
+                      index=pd.Index(["a", "b", "c", "d", "e", "f"], name="key"))
+    ds = CsvImageDataset(df, tmp_path / "img", file_column="file", label_column="label")
+    assert ds.targets == [0, 1, 0, 1, 0, 1] and ds.where(1) == "DataFrame, row index 'b': '1.png'"
+    bad = df.assign(file=df["file"].where(df.index != "e", "ghost.png"))
+    with pytest.raises(DatasetError, match=r"DataFrame: 1 bad row\(s\) out of 6:\n  row index 'e': 'ghost.png': "
+                                           r"file not found"):
+        CsvImageDataset(bad, tmp_path / "img", file_column="file", label_column="label")
+    kwargs = {"dataset_kwargs": {"file_column": "file", "label_column": "label"}, "cache_mb": 0}
+    train_loader, valid_loader, test_loader = get_dataloaders_from_split_csv(df, tmp_path / "img", 2, **kwargs)
+    assert len(valid_loader.dataset) == 2 and len(test_loader.dataset) == 1
+    with pytest.raises(DatasetError, match=r"DataFrame: column 'split' has values that are not a split: "
+                                           r"'tset' \(1 row, first on row index 'd'\)"):
+        get_dataloaders_from_split_csv(df.assign(split=df["split"].replace("test", "tset")), tmp_path / "img", 2,
+                                       **kwargs)
+    twice = df.assign(file=df["file"].where(df.index != "c", "0.png"))  # 0.png in train (a) and valid (c)
+    with pytest.raises(DatasetError, match=r"'0.png': in train \(DataFrame, row index 'a'\) and in valid "
+                                           r"\(DataFrame, row index 'c'\)"):
+        get_dataloaders_from_split_csv(twice, tmp_path / "img", 2, **kwargs)
+    out = split_csv(df.drop(columns="split"), tmp_path / "split.csv", file_column="file", label_column="label",
+                    valid_fraction=0.34, test_fraction=0.0)
+    written = pd.read_csv(out)
+    assert list(written.columns) == ["file", "label", "split"] and len(written) == 6  # the index not written
+
+
+def test_a_fastai_csv_without_header_is_read_by_position(tmp_path):
+    (tmp_path / "img").mkdir()
+    names = [f"f{k}.png" for k in range(6)]
+    tool_images(tmp_path / "img", [n.removesuffix(".png") for n in names])
+    rows = "".join(f"{n},{['bird', 'cat'][k % 2]},{k >= 4}\n" for k, n in enumerate(names))
+    headless = write_csv(tmp_path / "headless.csv", rows)  # fastai: fn_col=0, label_col=1, header=None
+    ds = CsvImageDataset(headless, tmp_path / "img", file_column=0, label_column=1, header=False)
+    assert len(ds) == 6 and ds.classes == ["bird", "cat"] and ds.rows[0].line == 1  # the file's own lines
+    with pytest.raises(DatasetError, match=r"line 3: 'ghost.png': file not found"):
+        CsvImageDataset(write_csv(tmp_path / "h2.csv", rows.replace("f2.png", "ghost.png")), tmp_path / "img",
+                        file_column=0, label_column=1, header=False)
+    with pytest.raises(DatasetError, match="without a header line .* by 0-based position"):
+        CsvImageDataset(headless, tmp_path / "img", file_column="fname", label_column=1, header=False)
+    with pytest.raises(DatasetError, match=r"no column at position 3 \(0-based\); the table has 3 column"):
+        CsvImageDataset(headless, tmp_path / "img", file_column=0, label_column=3, header=False)
+    fastai = write_csv(tmp_path / "labels.csv", "fname,labels,is_valid\n" + rows)  # with its header line
+    by_position = CsvImageDataset(fastai, tmp_path / "img", file_column=0, label_column="1")
+    assert by_position.targets == ds.targets and by_position.rows[0].line == 2
+    # A header cell literally "0" is what the flag's "0" names; Python's int 0 is always position 0.
+    odd = write_csv(tmp_path / "odd.csv", "label,0\n" + "".join(f"{k % 2},{n}\n" for k, n in enumerate(names)))
+    assert CsvImageDataset(odd, tmp_path / "img", file_column="0", label_column=0).targets == [0, 1, 0, 1, 0, 1]
+    split = split_csv(headless, tmp_path / "split.csv", file_column=0, label_column=1, header=False)
+    assert split.read_text().splitlines()[0] == "0,1,2,split"  # its own header: the same positions
+    assert len(CsvImageDataset(split, tmp_path / "img", file_column="0", label_column="1")) == 6
+
+
+def test_a_label_column_with_one_name_that_looks_like_a_number_is_class_names(tmp_path):
+    (tmp_path / "img").mkdir()
+    tool_images(tmp_path / "img", [f"{k}" for k in range(6)])
+    csv = write_csv(tmp_path / "labels.csv", "File Name,Class Label\n" + "".join(
+        f"{k}.png,{['cat', 'dog', '2019'][k % 3]}\n" for k in range(6)))
+    ds = CsvImageDataset(csv, tmp_path / "img")
+    assert ds.classes == ["2019", "cat", "dog"] and ds.targets == [1, 2, 0, 1, 2, 0]
+    mostly = write_csv(tmp_path / "mostly.csv", "File Name,Class Label\n" + "".join(
+        f"{k}.png,{['0', '1', '2', 'x'][k % 4]}\n" for k in range(6)))
+    with pytest.warns(UserWarning, match=r"3 distinct whole numbers and 1 other value\(s\) \('x'\)"):
+        assert CsvImageDataset(mostly, tmp_path / "img").classes == ["0", "1", "2", "x"]
+    for split in ("train", "valid"):  # valid holds only '2019': still a name, decided on the whole column
+        splits = write_csv(tmp_path / "s.csv", "File Name,Class Label,split\n" + "".join(
+            f"{k}.png,{['cat', 'dog', '2019'][k % 3]},{'valid' if k % 3 == 2 else 'train'}\n" for k in range(6)))
+        assert set(CsvImageDataset(splits, tmp_path / "img", split=("split", split)).classes) <= {"2019", "cat", "dog"}
+
+
+def test_a_listed_file_that_is_no_image_is_a_bad_row_before_anything_is_decoded(tmp_path, monkeypatch):
+    (tmp_path / "img").mkdir()
+    tool_images(tmp_path / "img", [f"{k}" for k in range(5)])
+    (tmp_path / "img" / "notes.png").write_text("a text file named like an image")
+    csv = write_csv(tmp_path / "labels.csv", "File Name,Class Label\n0.png,0\n1.png,1\nnotes.png,0\n2.png,1\n"
+                                             "3.png,0\n4.png,1\n")
+    decoded = []
+    monkeypatch.setattr(dataset_module, "decode_image", lambda *a, **k: decoded.append(a) or None)
+    with pytest.raises(DatasetError, match=r"line 4: 'notes.png': cannot read the image's header: cannot identify image file"):
+        CsvImageDataset(csv, tmp_path / "img")
+    with pytest.warns(UserWarning, match=r"skipping bad rows: .*1 bad row\(s\) out of 6"):
+        ds = CsvImageDataset(csv, tmp_path / "img", skip_bad_rows=True, mode="auto")
+    assert len(ds) == 5 and "notes.png" not in ds.rows.files() and decoded == []  # found by its header alone
+
+
+def test_each_listed_files_header_is_read_once_at_the_row_check(tmp_path, monkeypatch):
+    (tmp_path / "img").mkdir()
+    tool_images(tmp_path / "img", [f"{k}" for k in range(7)])
+    Image.new("RGB", (8, 8), (200, 10, 10)).save(tmp_path / "img" / "red.png")
+    Image.fromarray(np.zeros((9, 8), dtype=np.uint8)).save(tmp_path / "img" / "tall.png")
+    csv = write_csv(tmp_path / "labels.csv", "File Name,Class Label\n" + "".join(
+        f"{k}.png,{k % 2}\n" for k in range(7)) + "red.png,0\ntall.png,1\n")
+    opened = []
+    real_open = Image.open
+    monkeypatch.setattr(Image, "open", lambda path, *a, **k: opened.append(str(path)) or real_open(path, *a, **k))
+    ds = CsvImageDataset(csv, tmp_path / "img", mode="auto")
+    assert ds.mode == "RGB" and "'red.png' is in colour (RGB)" in ds.mode_decision and ds.image_size == (8, 8)
+    assert sorted(opened) == sorted(sample.path for sample in ds.rows)  # auto mode and the size: no second read
+    assert [p[1] for p in ds.size_problems()] == ["tall.png"] and len(opened) == 9
+
+
+def test_the_check_command_takes_the_new_flags_and_says_where_names_are_looked_up(tmp_path, capsys):
+    csv = kaggle_folder(tmp_path, ext=".png")
+    flags = ["--file-column", "id", "--label-column", "label"]
+    assert dataset_module.main([str(csv), *flags, "--file-prefix", "train/", "--file-suffix", ".png"]) == 0
+    out = capsys.readouterr().out
+    assert f"file names: relative to {tmp_path.resolve()}, read as train/<name>.png\n" in out
+    assert "12 rows, 2 classes" in out and "OK: no problems found" in out
+    assert dataset_module.main([str(csv), str(tmp_path / "train"), *flags]) == 1  # the flag it needs, named
+    out = capsys.readouterr().out
+    assert "pass --file-suffix .png (file_suffix='.png')" in out
+    headless = write_csv(tmp_path / "headless.csv", "".join(f"{tmp_path / 'train' / f'img{k:03d}.png'},{k % 2}\n"
+                                                           for k in range(12)))
+    assert dataset_module.check_command(  # what an error of a run with these flags tells you to paste
+        csv, None, "0", "1", "utf-8", header=False, names=dataset_module.FileNames("train/", ".png")) == (
+        f"python dataset.py {csv} --file-column 0 --label-column 1 --file-prefix train/ --file-suffix .png "
+        "--no-header --all")
+    assert dataset_module.main([str(headless), "--no-header", "--file-column", "0", "--label-column", "1"]) == 0
+    assert "absolute paths read as written\n" in capsys.readouterr().out
+    assert dataset_module.main([str(headless), str(tmp_path), "--no-header", "--file-column", "0",
+                                "--label-column", "1"]) == 1  # an image folder given: they stay refused
+    out = capsys.readouterr().out
+    assert "12 row(s) (line 1, 2, 3, 4, 5, ...), such as: absolute path\n" in out and "leave img_dir out" in out
+
+
+def test_train_reads_a_kaggle_table_with_file_suffix_for_two_epochs(tmp_path, capsys):
+    csv = kaggle_folder(tmp_path, n=40, ext=".png")
+    history = train.main(["--csv", str(csv), "--img-dir", str(tmp_path / "train"), "--file-column", "id",
+                          "--label-column", "label", "--file-suffix", ".png", "--epochs", "2", "--batch-size", "8",
+                          "--results-dir", str(tmp_path / "r")])
+    assert len(history.train_acc) == 2 and "Data: 32 train, 4 valid, 4 test images" in capsys.readouterr().out
+    assert pd.read_csv(tmp_path / "r" / "split.csv")["id"].tolist()[:2] == ["img000", "img001"]  # ids as written
+    with pytest.raises(DatasetError, match="pass --file-suffix .png"):  # without the flag: the error names it
+        train.main(["--csv", str(csv), "--img-dir", str(tmp_path / "train"), "--file-column", "0",
+                    "--label-column", "1", "--epochs", "1", "--results-dir", str(tmp_path / "r2")])
+
+
+def test_train_reads_a_headerless_table_of_absolute_paths_without_img_dir_and_refuses_them_with_it(tmp_path, capsys):
+    (tmp_path / "train").mkdir()
+    (tmp_path / "list").mkdir()
+    tool_images(tmp_path / "train", [f"{k}" for k in range(24)])
+    csv = write_csv(tmp_path / "list" / "labels.csv", "".join(f"{tmp_path / 'train' / f'{k}.png'},{['a', 'b'][k % 2]}\n"
+                                                              for k in range(24)))  # no header, absolute paths
+    flags = ["--csv", str(csv), "--no-header", "--file-column", "0", "--label-column", "1", "--epochs", "1",
+             "--batch-size", "4"]
+    history = train.main([*flags, "--results-dir", str(tmp_path / "r")])
+    assert len(history.train_acc) == 1 and "Data: 20 train, 2 valid, 2 test images" in capsys.readouterr().out
+    assert (tmp_path / "r" / "split.csv").read_text().splitlines()[0] == "0,1,split"  # its own header: positions
+    with pytest.raises(DatasetError, match=r"such as: absolute path\n.*leave img_dir out, --img-dir"):
+        train.main([*flags, "--img-dir", str(tmp_path), "--results-dir", str(tmp_path / "r2")])

@@ -189,7 +189,6 @@ def test_a_bad_first_row_is_named_with_its_line(tmp_path, capsys, damage, monkey
     from PIL import Image
 
     import dataset as dataset_module
-    from loaders import DecodedImages
     from conftest import write_csv, write_png
 
     for i in range(3):
@@ -202,10 +201,10 @@ def test_a_bad_first_row_is_named_with_its_line(tmp_path, capsys, damage, monkey
     csv = write_csv(tmp_path / "x.csv", "File Name,Class Label\nfirst.png,0\n0.png,1\n1.png,0\n2.png,1\n")
     assert dataset_module.main([str(csv), str(tmp_path / "img")]) == 1
     out = capsys.readouterr().out
-    assert "line 2: 'first.png': cannot decode the image" in out and "1 bad row(s)" in out
-    if damage == "not an image":
-        with pytest.raises(dataset_module.ImageLoadError, match=r"x.csv, line 2: 'first.png'"):
-            DecodedImages(dataset_module.CsvImageDataset(csv, tmp_path / "img")).preload()
+    # Issue 30: named at the row check, by its header, before anything is decoded (was: when decoded)
+    assert "line 2: 'first.png': cannot read the image's header" in out and "1 bad row(s)" in out
+    with pytest.raises(dataset_module.DatasetError, match=r"x.csv: 1 bad row\(s\) out of 4:\n  line 2: 'first.png'"):
+        dataset_module.CsvImageDataset(csv, tmp_path / "img")
 
 
 def test_only_this_projects_temporaries_are_removed_from_shared_folders(tiny_data, tmp_path, photos_like=None):
