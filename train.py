@@ -1566,11 +1566,14 @@ def run(settings: Settings, hints: dict) -> History | Path:
 def checkpoint_resize(data: DataSettings, saved: RunConfig, path: Path,
                       evaluating: bool) -> DataSettings:
     """The data flags with --resize left out taken from the checkpoint (--resume, --evaluate);
-    another --resize is refused before any image is read; crop and pad need --image-size, which
-    is not taken (a data flag, as --csv: the user repeats it)."""
+    another --resize is refused before any image is read. --evaluate reads images at the size the
+    model takes when --image-size is left out; --resume does not take it (a data flag, as --csv:
+    the run's settings must be the same, and it is compared), and crop and pad need it."""
     refuse_other_resize(data.resize, saved.resize, "--evaluate" if evaluating else
                         "--resume from", path)
     resize = data.resize or saved.resize
+    if evaluating and data.image_size is None:
+        return dataclasses.replace(data, resize=resize, image_size=tuple(saved.net.image_size))
     if resize != "squish" and data.image_size is None:
         h, w = saved.net.image_size
         raise RunError(f"{path} was trained with --resize {resize}, which goes with --image-size: "

@@ -347,3 +347,18 @@ def test_augmentation_under_crop_crops_at_random_and_keeps_the_size():
     assert torch.equal(crop(image), outs[0])  # the same seed, the same crop
     torch.manual_seed(0)
     assert not torch.equal(train.augmentation("squish", (16, 16))(image), outs[0])
+
+
+def test_evaluate_reads_images_at_the_checkpoints_size_when_image_size_is_left_out(tmp_path, capsys):
+    """Photos of mixed sizes trained at --image-size 8: --evaluate without it reads them at 8x8, the size
+    the model takes (the checkpoint says it), instead of refusing every image not of the commonest size."""
+    table = keras_table(tmp_path / "keras")
+    keras_run(table, tmp_path / "r")
+    trained = capsys.readouterr().out
+    history = train.main(["--csv", str(table), "--img-dir", str(table.parent / "images"), "--file-column",
+                          "filename", "--label-column", "class", "--mode", "RGB", "--valid-fraction", "0.2",
+                          "--test-fraction", "0.2", "--results-dir", str(tmp_path / "r"), "--evaluate"])
+    said = capsys.readouterr().out
+    assert f"Test accuracy: {history.test_acc:.2f}%" in said
+    assert f"Test accuracy: {history.test_acc:.2f}%" in trained  # the model as trained, on the same images
+    assert (tmp_path / "r" / "per_class.csv").is_file()
