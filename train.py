@@ -242,8 +242,11 @@ class DataSettings:
         DIR --split-column split, the column and encoding flags as given; else self."""
         if self.class_folders is None:
             return self
+        # The disk cache beside split.csv, not in DIR: a .cache folder there would be one more
+        # class to torchvision's ImageFolder and Keras reading the same folder.
         return dataclasses.replace(self, csv=str(split_path), img_dir=self.class_folders,
-                                   split_column="split")
+                                   split_column="split",
+                                   cache_dir=self.cache_dir or str(split_path.parent / ".cache"))
 
     def image_folder(self) -> Path:
         """The folder the images are in: --data-dir, or --img-dir (default: the CSV's folder)."""

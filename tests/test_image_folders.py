@@ -335,3 +335,17 @@ def test_a_kaggle_folder_with_an_unlabelled_test_folder_trains_and_predicts_the_
     with pytest.raises(DatasetError, match="no rows with split == 'valid' .* Draw them from the train rows "
                                            "with --valid-fraction F"):
         run(tmp_path / "again", root)
+
+
+def test_the_disk_cache_of_an_image_folder_run_stays_out_of_the_folder(tmp_path, capsys, without_figures):
+    """A .cache folder inside DIR would be one more class to torchvision's ImageFolder (and Keras) reading the
+    same folder afterwards: the cache goes beside split.csv, and the folder is left as it was."""
+    datasets = pytest.importorskip("torchvision.datasets")
+    root = image_folder_tree(tmp_path / "pets", per_class=5)
+    before = sorted(p.relative_to(root) for p in root.rglob("*"))
+    train.main(["--image-folder", str(root), "--epochs", "1", "--batch-size", "2",
+                "--results-dir", str(tmp_path / "r")])
+    assert f"Disk cache of decoded images: {tmp_path / 'r' / '.cache'}" in capsys.readouterr().out
+    assert any((tmp_path / "r" / ".cache").iterdir())
+    assert sorted(p.relative_to(root) for p in root.rglob("*")) == before
+    assert datasets.ImageFolder(str(root)).classes == ["cat", "dog"]
