@@ -541,6 +541,8 @@ def make_dataset(csv_path: Path | pd.DataFrame, img_dir: Path | None, *, file_co
                            f"(it should hold the files named in {source})")
     columns = [file_column] + [c for c in (label_column, split and split[0]) if c is not None]
     df = read_csv(csv_path, columns, encoding, header=header)
+    if header and not isinstance(csv_path, pd.DataFrame):
+        _warn_of_a_row_as_header(Path(csv_path), encoding)
     # Names or indices, decided on the whole column: a split of a column of names holds names
     as_names = label_column is not None and _holds_names(df[label_column], source, label_column)
     if split is not None:
@@ -813,6 +815,17 @@ def read_csv(csv_path: Path | pd.DataFrame, columns: Sequence[Column], encoding:
     if len(df) == 0:
         raise DatasetError(f"{csv_path}: no data rows" + (" below the header" if header else ""))
     return df
+
+
+def _warn_of_a_row_as_header(csv_path: Path, encoding: str) -> None:
+    """A header line naming an image file ("00001.png,3") is the first row of a table without
+    one (fastai's header=None): read as a header, that row's image is left out without a word."""
+    names = [str(name) for name in csv_columns(csv_path, encoding)]
+    extensions = image_extensions()
+    if looks := [name for name in names if os.path.splitext(name)[1].lower() in extensions]:
+        warnings.warn(f"{csv_path}: its header line names {looks[0]!r}, which looks like an image "
+                      "file: if the first line is a row, pass header=False (--no-header) and name "
+                      "the columns by position, or that row is left out", stacklevel=4)
 
 
 def column_positions(columns: Sequence[Column], found: list, source: str, *,

@@ -32,8 +32,8 @@ import torch
 import torch.distributed as dist
 from PIL import Image
 
-from dataset import (CsvImageDataset, DatasetError, FileNames, csv_columns, make_dataset, read_csv,
-                     to_float01)
+from dataset import (CsvImageDataset, DatasetError, FileNames, column_positions, csv_columns,
+                     make_dataset, read_csv, to_float01)
 from loaders import TEMP_TAG, make_loader, write_atomic
 from model import ModelConfig, build_model, non_finite, refuse_beyond_memory
 
@@ -297,7 +297,7 @@ class ToPredict(NamedTuple):
 def predict(path: str, checkpoint: dict, checkpoint_path: Path, results_dir: Path, *,
             columns: tuple[str, str], img_dir: str | None, encoding: str,
             device: torch.device, submission: tuple[str, str] | None = None,
-            file_names: tuple[str, str] = ("", "")) -> Path:
+            file_names: tuple[str, str] = ("", ""), header: bool = True) -> Path:
     """--predict: the checkpoint's classes for one image, the images of a folder or those of a
     CSV, read in the checkpoint's mode and size, into results_dir/predictions.csv (written whole,
     or not at all). An image that cannot be read is named in a warning and gets a row with an
@@ -331,7 +331,7 @@ def predict(path: str, checkpoint: dict, checkpoint_path: Path, results_dir: Pat
     with tempfile.TemporaryDirectory(prefix=f"{TEMP_TAG}-") as tmp:
         try:
             found = images_to_predict(Path(path), columns, img_dir, encoding, Path(tmp), options,
-                                      file_names)
+                                      file_names, header)
         except DatasetError as e:  # the ids are in --predict-columns ID, not --file-column
             if submission is None or not str(e).startswith(f"{path}: no column(s) "):
                 raise
@@ -486,11 +486,11 @@ def report_predictions(out: Path, rows: list[list], checkpoint_path: Path,
 
 def images_to_predict(path: Path, columns: tuple[str, str | None], img_dir: str | None,
                       encoding: str, tmp: Path, options: dict,
-                      file_names: tuple[str, str] = ("", "")) -> ToPredict:
+                      file_names: tuple[str, str] = ("", ""), header: bool = True) -> ToPredict:
     """The images asked for: one image file, every image file in a folder and below it (sorted
     by path), or the rows of a CSV (labelled when it has the label column; columns[1] None: not
     read; file_names: its (prefix, suffix), the ids staying as the table has them; without
-    img_dir, absolute names are read as written)."""
+    img_dir, absolute names are read as written; header=False: its first line is a row)."""
     file_column, label_column = columns
     if not path.is_dir() and not path.is_file():  # opening a FIFO would wait for a writer
         raise DatasetError(f"{path} is neither a folder nor a regular file (a FIFO, device or "
@@ -507,12 +507,13 @@ def images_to_predict(path: Path, columns: tuple[str, str | None], img_dir: str 
                                      "encoding": "utf-8"}
         listed = [(0, n) for n in names]
     else:
-        read_csv(path, [file_column], encoding)  # a missing file or column: named errors
-        header = csv_columns(path, encoding)  # below blank lines; UTF-16 by its byte order mark
-        label_column = label_column if label_column in header else None
-        table = read_csv(path, [file_column] + ([label_column] if label_column else []), encoding)
+        read_csv(path, [file_column], encoding, header=header)  # no file or column: named errors
+        label_column = _label_to_read(path, label_column, encoding, header)
+        table = read_csv(path, [file_column] + ([label_column] if label_column is not None else []),
+                         encoding, header=header)
         folder, csv_path = Path(img_dir) if img_dir else path.parent, path
-        kwargs = {"file_column": file_column, "encoding": encoding, "label_column": label_column}
+        kwargs = {"file_column": file_column, "encoding": encoding, "label_column": label_column,
+                  "header": header}
         naming = FileNames(*file_names, absolute=not img_dir)
         listed = list(zip(table.index.tolist(), table[file_column].fillna("").astype(str).tolist()))
     _, _, problems = make_dataset(csv_path, folder, classes=options["classes"], names=naming,
@@ -530,6 +531,24 @@ def images_to_predict(path: Path, columns: tuple[str, str | None], img_dir: str 
             raise
         ds = None
     return ToPredict(ds, unreadable, listed, in_csv)
+
+
+def _label_to_read(path: Path, label_column: str | None, encoding: str,
+                   header: bool) -> str | None:
+    """The label column a --predict table is scored against: the one --label-column names (by
+    name or position; one it lacks is an error, not a silent run without scores), or the default
+    'Class Label' where the table has it; None: predictions alone."""
+    if label_column is None:
+        return None
+    found = csv_columns(path, encoding)  # below blank lines; UTF-16 by its byte order mark
+    try:
+        column_positions([label_column], found, str(path), header=header)
+        return label_column
+    except DatasetError as e:
+        if label_column == "Class Label":  # not asked for: a table of images alone
+            return None
+        raise DatasetError(f"{e}; --label-column names the true classes to score the "
+                           "predictions against: leave it out to predict without them") from None
 
 
 def is_image_file(path: Path) -> bool:

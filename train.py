@@ -1389,8 +1389,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--valid-fraction 0: a run needs validation rows (they choose the best epoch)")
     if args.img_dir is not None and args.csv is None and args.predict is None:
         p.error("--img-dir goes with --csv or --predict")
-    if args.no_header and args.csv is None:
-        p.error("--no-header goes with --csv")
+    if args.no_header and args.csv is None and args.predict is None:
+        p.error("--no-header goes with --csv or --predict (a table without a header line)")
     own_column = args.split_column is not None or args.valid_column is not None
     fractions = [(0.0 if own else DEFAULT_FRACTION) if f is None else f for f, own in (
         (args.valid_fraction, args.valid_column is not None), (args.test_fraction, own_column))]
@@ -1527,7 +1527,8 @@ def run(settings: Settings, hints: dict) -> History | Path:
                            columns=(data.file_column, data.label_column), img_dir=data.img_dir,
                            encoding=data.encoding, device=pick_device(settings.device, 0),
                            submission=settings.predict_columns,
-                           file_names=(data.file_prefix, data.file_suffix))
+                           file_names=(data.file_prefix, data.file_suffix),
+                           header=not data.no_header)
     with process_group(settings.device, data.batch_size, settings.dist_timeout) as (
             rank, world_size, device), \
             results_folder(results_dir, main_process=rank == 0), \

@@ -608,3 +608,27 @@ def test_a_submission_past_one_prediction_batch_has_every_image(kaggle, tmp_path
     rows = read_rows(predict_kaggle(kaggle, tmp_path / "p", "--predict", str(tmp_path / "test"), "--predict-columns",
                                     "id,label", "--file-suffix", ".png"))
     assert [row[0] for row in rows[1:]] == ids and {row[1] for row in rows[1:]} <= {"cat", "dog"}
+
+
+def test_predict_reads_a_headerless_table_and_warns_when_a_first_row_is_read_as_a_header(kaggle, tmp_path, capsys):
+    """fastai's header=None table: --no-header goes with --predict; without it, the first row (an image's
+    name) would be taken for a header and its image left out: a warning names it."""
+    table = write_csv(tmp_path / "t.csv", "t1.png,cat\nt3.png,dog\n")
+    rows = read_rows(predict_kaggle(kaggle, tmp_path / "p", "--predict", str(table), "--img-dir",
+                                    str(kaggle / "test"), "--no-header", "--file-column", "0"))
+    assert [row[0] for row in rows[1:]] == ["t1.png", "t3.png"]
+    with pytest.warns(UserWarning, match="its header line names 't1.png', which looks like an image file: if the "
+                                         "first line is a row, pass header=False \\(--no-header\\)"):
+        rows = read_rows(predict_kaggle(kaggle, tmp_path / "p", "--predict", str(table), "--img-dir",
+                                        str(kaggle / "test"), "--file-column", "0"))
+    assert [row[0] for row in rows[1:]] == ["t3.png"]
+
+
+def test_predict_refuses_a_label_column_the_table_lacks_rather_than_score_nothing(kaggle, tmp_path):
+    table = write_csv(tmp_path / "t.csv", "file,label\nt1.png,cat\nt3.png,dog\n")
+    with pytest.raises(DatasetError, match="no column\\(s\\) \\['lables'\\].*leave it out to predict without them"):
+        predict_kaggle(kaggle, tmp_path / "p", "--predict", str(table), "--img-dir", str(kaggle / "test"),
+                       "--file-column", "file", "--label-column", "lables")
+    rows = read_rows(predict_kaggle(kaggle, tmp_path / "p", "--predict", str(table), "--img-dir",
+                                    str(kaggle / "test"), "--file-column", "file", "--label-column", "1"))
+    assert rows[0][-2] == "true" and [row[-2] for row in rows[1:]] == ["cat", "dog"]  # by position, scored
