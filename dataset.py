@@ -327,6 +327,8 @@ MAX_LABEL = 2**31  # a class index must fit an int32, as a label tensor on any d
 MAX_LISTED_PROBLEMS = 20
 MAX_NAME_HINTS = 20  # not-found rows looked around for a file of the same stem: the first ones
 SEPARATORS = (",", ";", "\t")  # a spreadsheet's export in much of Europe uses ';'
+FLAGS = {"true": True, "yes": True, "1": True, "1.0": True,  # "1.0": pandas' reading of a
+         "false": False, "no": False, "0": False, "0.0": False}  # 1 / 0 column with a blank line
 SPLIT_SPELLINGS = {"train": ("train", "training"), "valid": ("valid", "val", "validation", "dev"),
                    "test": ("test", "testing")}
 # What Pillow raises for a file it cannot decode: truncated, corrupt, unknown format, too large.
@@ -1512,6 +1514,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--num-classes", type=int, default=None, help="labels must be below this")
     p.add_argument("--split-column", default=None, help="column naming each row's split")
     p.add_argument("--split", default=None, help="check only rows of this split")
+    p.add_argument("--valid-column", default=None,
+                   help="a True / False column marking the valid rows (fastai's is_valid): its "
+                        "cells are checked and counted")
     p.add_argument("--image-size", type=parse_image_size, default=None,
                    help="resize every image to N x N or HxW as it is read")
     p.add_argument("--resize", default="squish", choices=RESIZE_METHODS,
@@ -1557,8 +1562,34 @@ def main(argv: list[str] | None = None) -> int:
             print(f"hint: no file was found: the CSV's names are looked up below {folder}; "
                   "is that the folder that holds them?")
         return 1
-    return print_check(Path(args.csv_path), summary, problems, command, args.image_size,
-                       args.all, resize=args.resize)
+    status = print_check(Path(args.csv_path), summary, problems, command, args.image_size,
+                         args.all, resize=args.resize)
+    if args.valid_column is not None:
+        status |= check_valid_column(Path(args.csv_path), args.valid_column, args.file_column,
+                                     args.encoding, not args.no_header)
+    return status
+
+
+def check_valid_column(csv_path: Path, column: Column, file_column: Column, encoding: str,
+                       header: bool) -> int:
+    """The check command's lines for --valid-column: its counts, or each value that is not True /
+    False (1 / 0, yes / no, any case) with its count and first line; 1 when there is one."""
+    try:
+        values = read_csv(csv_path, [file_column, column], encoding, header=header)[column]
+    except DatasetError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    flags = split_names(values).map(FLAGS)
+    bad = values[flags.isna()].fillna("").astype(str).str.strip()
+    if len(bad):
+        counts = bad.groupby(bad, sort=False).size().sort_values(ascending=False, kind="stable")
+        print(f"valid column {column!r}: values that are not True / False: " + ", ".join(
+            f"{value!r} ({n} row{'s' if n > 1 else ''}, first on line "
+            f"{int(bad.index[bad == value][0])})" for value, n in counts.items()))
+        return 1
+    valid = int(flags.astype(bool).sum())
+    print(f"valid column {column!r}: {valid} valid, {len(flags) - valid} train rows")
+    return 0
 
 
 def print_check(name: Path, summary: dict, problems: list[Problem], command: str,

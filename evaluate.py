@@ -222,7 +222,8 @@ def saved_model_config(checkpoint: dict, path: Path) -> ModelConfig:
         return ModelConfig.from_checkpoint(checkpoint["config"])
     except (KeyError, TypeError, ValueError) as e:
         raise RunError(f"{path}'s settings (its 'config') are not those train.py writes "
-                       f"({type(e).__name__}: {e}); pass the --checkpoint of a train.py run") from None
+                       f"({type(e).__name__}: {e}); pass the --checkpoint of a train.py "
+                       "run") from None
 
 
 def model_from_checkpoint(checkpoint: dict, path: Path, device: torch.device) -> torch.nn.Module:
@@ -474,7 +475,8 @@ def report_predictions(out: Path, rows: list[list], checkpoint_path: Path,
         warnings.warn(f"{len(unreadable)} of {len(done) + len(unreadable)} images could not be "
                       "read; they have rows with an empty prediction and the reason in "
                       f"{out}:\n" + "\n".join(f"  {f!r}: {why}" for f, _, why in unreadable[:10])
-                      + (f"\n  ... and {len(unreadable) - 10} more" if len(unreadable) > 10 else ""))
+                      + (f"\n  ... and {len(unreadable) - 10} more" if len(unreadable) > 10
+                         else ""))
     if labelled:
         correct = sum(row[1] == row[-2] for row in done)
         print(f"Accuracy: {100.0 * correct / len(done):.2f}% ({correct} of {len(done)})")
@@ -547,8 +549,8 @@ def _label_to_read(path: Path, label_column: str | None, encoding: str,
     except DatasetError as e:
         if label_column == "Class Label":  # not asked for: a table of images alone
             return None
-        raise DatasetError(f"{e}; --label-column names the true classes to score the "
-                           "predictions against: leave it out to predict without them") from None
+        raise DatasetError(f"{e} (--label-column names the true classes the predictions are "
+                           "scored against: leave it out to predict without them)") from None
 
 
 def is_image_file(path: Path) -> bool:

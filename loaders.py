@@ -56,8 +56,8 @@ from PIL import Image
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, Subset, get_worker_info
 from torch.utils.data.distributed import DistributedSampler
 
-from dataset import (SPLIT_SPELLINGS, CsvImageDataset, DatasetError, ImageSizeError, RowNames,
-                     column_positions, csv_columns, csv_encoding, csv_separator,
+from dataset import (FLAGS, SPLIT_SPELLINGS, CsvImageDataset, DatasetError, ImageSizeError,
+                     RowNames, column_positions, csv_columns, csv_encoding, csv_separator,
                      empty_classes_message, odd_class_warnings, read_csv, split_names,
                      split_spellings, table_name, to_pixels)
 
@@ -270,14 +270,11 @@ def _refuse_no_valid(source: tuple | None, file_column: str | int, encoding: str
     if rows == 0:
         csv, _, (column, _) = source
         raise DatasetError(
-            f"{table_name(csv)}: no rows with {column} == 'valid' (values found: {found}); a run needs "
+            f"{table_name(csv)}: no rows with {column} == 'valid' (values found: {found}); a run "
+            "needs "
             "validation rows (they choose the best epoch). Draw them from the train rows with "
             f"--valid-fraction F (in Python: split_csv(..., split_column={column!r}, "
             "valid_fraction=F)), or mark some rows valid in the CSV")
-
-
-FLAGS = {"true": True, "yes": True, "1": True, "1.0": True,  # "1.0": pandas' reading of a
-         "false": False, "no": False, "0": False, "0.0": False}  # 1 / 0 column with a blank line
 
 
 def valid_flags(csv_path: Path | pd.DataFrame, column: str | int, other_column: str | int,
@@ -291,7 +288,8 @@ def valid_flags(csv_path: Path | pd.DataFrame, column: str | int, other_column: 
     name = table_name(csv_path)
     if len(bad):
         raise DatasetError(f"{name}: column {column!r} has values that are not True / False: "
-                           f"{_value_counts(bad, RowNames.of(csv_path))}. Each row must say True, 1 or yes (valid) or "
+                           f"{_value_counts(bad, RowNames.of(csv_path))}. Each row must say "
+                           "True, 1 or yes (valid) or "
                            "False, 0 or no (train), in any case")
     if not flags.any():
         raise DatasetError(f"{name}: column {column!r} marks no row valid (all {len(flags)} "
@@ -312,7 +310,8 @@ def valid_column_sources(csv_path: Path | pd.DataFrame, folder: Path | None, col
     spellings = [sorted(set(seen[flags == value])) for value in (False, True)]
     if any(len(names) > 1 for names in spellings):
         mixed = next(names for names in spellings if len(names) > 1)
-        raise DatasetError(f"{table_name(csv_path)}: column {column!r} writes one value in several ways "
+        raise DatasetError(f"{table_name(csv_path)}: column {column!r} writes one value in "
+                           "several ways "
                            f"({', '.join(map(repr, mixed))}); write each alike (True / False, "
                            "1 / 0 or yes / no)")
     return [(csv_path, folder, (column, names[0])) for names in spellings] + [None]

@@ -835,7 +835,7 @@ def predict_test_rows(source: tuple, data: DataSettings, session: Session) -> Pa
         listing = Path(tmp) / Path(csv).name
         listing.write_bytes(csv_bytes([[data.file_column]]) + ("\n".join(lines) + "\n").encode())
         return predict(str(listing), read_checkpoint(checkpoint_path), checkpoint_path,
-                       session.results_dir, columns=(data.file_column, data.label_column),
+                       session.results_dir, columns=(data.file_column, None),  # unlabelled
                        img_dir=str(folder if folder is not None else Path(csv).parent),
                        encoding="utf-8", device=session.device,
                        file_names=(data.file_prefix, data.file_suffix))

@@ -224,3 +224,21 @@ def test_a_file_listed_twice_among_the_train_rows_is_drawn_once(tmp_path):
                                   valid_fraction=0.2, test_fraction=0.2))
     assert (drawn.groupby("File Name")["split"].nunique() == 1).all()
     assert drawn.drop_duplicates("File Name")["split"].value_counts().to_dict() == {"train": 12, "valid": 4, "test": 4}
+
+
+def test_the_check_command_checks_a_valid_column(tmp_path, capsys):
+    """python dataset.py CSV DIR --valid-column is_valid: counts, or each value that is not True / False."""
+
+    root = tmp_path / "fastai"
+    rows = []
+    for i in range(6):
+        write_png(root / f"{i}.png", np.full((4, 4), 40 * i, dtype=np.uint8))
+        rows.append(f"{i}.png,{'ab'[i % 2]},{'True' if i < 2 else 'false'}")
+    table = write_csv(root / "labels.csv", "fname,labels,is_valid\n" + "\n".join(rows) + "\n")
+    argv = [str(table), str(root), "--file-column", "fname", "--label-column", "labels", "--valid-column", "is_valid"]
+    assert dataset_module.main(argv) == 0
+    assert "valid column 'is_valid': 2 valid, 4 train rows" in capsys.readouterr().out
+    table.write_text(table.read_text().replace("5.png,b,false", "5.png,b,maybe"))
+    assert dataset_module.main(argv) == 1
+    assert "valid column 'is_valid': values that are not True / False: 'maybe' (1 row, first on line 7)" \
+        in capsys.readouterr().out
