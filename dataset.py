@@ -546,7 +546,12 @@ def make_dataset(csv_path: Path | pd.DataFrame, img_dir: Path | None, *, file_co
     if header and not isinstance(csv_path, pd.DataFrame):
         _warn_of_a_row_as_header(Path(csv_path), encoding)
     # Names or indices, decided on the whole column: a split of a column of names holds names
-    as_names = label_column is not None and _holds_names(df[label_column], source, label_column)
+    # ... and where the run's classes are names (not 0 to K-1), every table's labels are names:
+    # "2019" or "10" are then that class, not an index into the names (a valid table of whole
+    # numbers beside a train table with one text label; class folders named 101, 205, 310)
+    as_names = label_column is not None and (
+        (classes is not None and [str(c) for c in classes] != [str(i) for i in range(len(classes))])
+        or _holds_names(df[label_column], source, label_column))
     if split is not None:
         column, value = split
         found = sorted(df[column].dropna().astype(str).str.strip().unique())
@@ -565,9 +570,11 @@ def make_dataset(csv_path: Path | pd.DataFrame, img_dir: Path | None, *, file_co
     root = img_dir.resolve()
     paths = [names.prefix + f + names.suffix for f in files]  # relative to root, or absolute
     file_what, stats = _check_files(paths, root, absolute=names.absolute)
+    file_what[[not f.strip() for f in files]] = "empty file name"  # whatever prefix and suffix
     what = np.where(file_what != None, file_what, what)  # noqa: E711  a bad file is named first
     keys = pd.Series([os.path.normpath(f) for f in paths])  # "./a.png" is "a.png"
-    repeated = _check_repeats(keys, labels, lines, what == None, what)  # noqa: E711
+    repeated = _check_repeats(keys, labels, lines, what == None, what,  # noqa: E711
+                              RowNames.of(csv_path))
     if repeated.any():
         warnings.warn(f"{source}: {int(repeated.sum())} row(s) list a file already listed above "
                       "with the same label; each file is used once", stacklevel=3)
@@ -784,7 +791,8 @@ def read_csv(csv_path: Path | pd.DataFrame, columns: Sequence[Column], encoding:
     are; the index is each row's position (its own index names it: RowNames)."""
     if isinstance(csv_path, pd.DataFrame):
         positions = column_positions(columns, list(csv_path.columns), "DataFrame", header=True)
-        df = pd.DataFrame({c: csv_path.iloc[:, p].reset_index(drop=True)
+        # A categorical column as its values (pandas' categories refuse a cell set to another)
+        df = pd.DataFrame({c: _plain(csv_path.iloc[:, p]).reset_index(drop=True)
                            for c, p in zip(columns, positions)})
         if len(df) == 0:
             raise DatasetError("DataFrame: no rows")
@@ -817,6 +825,11 @@ def read_csv(csv_path: Path | pd.DataFrame, columns: Sequence[Column], encoding:
     if len(df) == 0:
         raise DatasetError(f"{csv_path}: no data rows" + (" below the header" if header else ""))
     return df
+
+
+def _plain(column: pd.Series) -> pd.Series:
+    """A DataFrame's column with a categorical dtype as plain values (object), else as it is."""
+    return column.astype(object) if isinstance(column.dtype, pd.CategoricalDtype) else column
 
 
 def _warn_of_a_row_as_header(csv_path: Path, encoding: str) -> None:
@@ -874,8 +887,9 @@ def _holds_names(values: pd.Series, source: str, column: Column) -> bool:
     is not a whole number ("2019" among "cat", "dog"; "2.5" or "two" among 0 to 9). Whole
     numbers alone are class indices. Mostly whole numbers and a few others: names, with a
     warning (a typo would otherwise make a class of its own)."""
-    if pd.api.types.is_bool_dtype(values):
-        return True
+    if pd.api.types.is_bool_dtype(values) or (isinstance(values.dtype, pd.StringDtype)
+                                               and values.dtype.na_value is pd.NA):
+        return True  # pandas' nullable "string" dtype, asked for by name: list_image_folder's
     if pd.api.types.is_numeric_dtype(values):
         return False
     text = values.dropna().astype(str).str.strip()
@@ -968,7 +982,7 @@ def _reject_far_labels(labels: np.ndarray, what: np.ndarray) -> None:
 
 
 def _check_repeats(keys: pd.Series, labels: np.ndarray, lines: np.ndarray, good: np.ndarray,
-                   what: np.ndarray) -> np.ndarray:
+                   what: np.ndarray, row_names: RowNames | None = None) -> np.ndarray:
     """One file, one label: of the good rows, a later row of a file listed above gets a problem in
     `what` for another label, or for the same one is marked in the mask returned (to drop)."""
     listed = keys[good]
@@ -984,7 +998,8 @@ def _check_repeats(keys: pd.Series, labels: np.ndarray, lines: np.ndarray, good:
         if labels[j] == labels[k]:
             repeated[j] = True
         else:
-            what[j] = f"the same file as line {lines[k]}, with another label"
+            first_row = (row_names or RowNames())(int(lines[k]))  # "line 3", "row index 'a'"
+            what[j] = f"the same file as {first_row}, with another label"
     return repeated
 
 
@@ -1029,6 +1044,12 @@ def _check_files(files: list[str], root: Path,
                 what[j] = f"file not found: {path} (a broken symbolic link)"
                 continue
             st = os.stat(real)
+        elif outside and stat.S_ISLNK(st.st_mode):  # read as written: where the link leads
+            try:
+                st = os.stat(path)
+            except OSError:
+                what[j] = f"file not found: {path} (a broken symbolic link)"
+                continue
         if not stat.S_ISREG(st.st_mode):
             what[j] = f"not a regular file: {path}"
         elif st.st_size == 0:  # Pillow would say "cannot identify image file"
@@ -1117,14 +1138,18 @@ CACHE_FOLDER = ".cache"  # the disk cache's default place in the image folder: n
 
 
 class FolderListing(NamedTuple):
-    table: pd.DataFrame  # file (relative, '/'), label (None: unlabelled), split (with split folders)
+    table: pd.DataFrame  # file (relative, '/'), label (None: unlabelled), split (split folders)
     layout: str  # the layout recognised, in words
     skipped: dict[str, list[str]]  # why (a key of SKIP_REASONS) -> the names skipped for it
 
 
 SKIP_REASONS = {"not images": "file(s) not images by their extension",
                 "hidden": "hidden file(s) or folder(s)",
-                "beside": "file(s) beside the class or split folders", "links": "linked folder(s)"}
+                "beside": "file(s) beside the class or split folders",
+                "odd names": "file(s) whose names are not UTF-8 text or hold a line break "
+                             "(split.csv could not name them; rename them to be read)",
+                "results": "folder(s) of this run's results",
+                "links": "linked folder(s)"}
 
 
 def list_image_folder(folder: str | Path, *, label_column: str | None = None,
@@ -1140,22 +1165,24 @@ def list_image_folder(folder: str | Path, *, label_column: str | None = None,
 
     label_column: metadata.csv's label column (default: 'label' when it has one, else the class
     folders the files are in). Skipped files (not images by extension, hidden, beside the class
-    folders) and linked folders already listed are counted in one warning. Use it as a CSV:
-    table.to_csv(path, index=False), then CsvImageDataset(path, folder, file_column="file",
-    label_column="label", split=("split", "train"))."""
+    folders) and linked folders already listed are counted in one warning. CsvImageDataset(table,
+    folder, file_column="file", label_column="label", split=("split", "train")) reads it. The
+    label column has pandas' "string" dtype, so that folders named 1, 2, 3 are class names, as in
+    ImageFolder (a CSV of it, written with to_csv, reads them as class indices)."""
     listing = scan_image_folder(folder, label_column=label_column, encoding=encoding)
     if message := skipped_message(Path(folder), listing.skipped):
         warnings.warn(message, stacklevel=2)
-    return listing.table
+    return listing.table.astype({"label": "string"})
 
 
 def scan_image_folder(folder: str | Path, *, label_column: str | None = None,
-                      encoding: str = "utf-8") -> FolderListing:
-    """list_image_folder's table, with the layout recognised and what was skipped (no warning)."""
+                      encoding: str = "utf-8", exclude: Sequence[Path] = ()) -> FolderListing:
+    """list_image_folder's table, with the layout recognised and what was skipped (no warning).
+    exclude: folders inside it that are not the user's images (train.py's results folder)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise DatasetError(f"image folder not found: {folder}")
-    walker = _FolderWalker(folder)
+    walker = _FolderWalker(folder, exclude)
     dirs, files = walker.entries("")
     splits: dict[str, str] = {}  # split folder -> train / valid / test
     for name in dirs:
@@ -1213,8 +1240,15 @@ def skipped_message(folder: Path, skipped: dict[str, list[str]]) -> str | None:
     return f"{folder}: skipped " + "; ".join(parts) if parts else None
 
 
+def folder_classes(labels: pd.Series) -> list[str]:
+    """A listing's classes: its class folders' (or metadata.csv's) names, sorted as text, as
+    torchvision's ImageFolder has them: folders 101, 205, 310 are three classes, not indices."""
+    return sorted(set(labels.dropna().astype(str)) - {""})
+
+
 def _split_of(file: str) -> str | None:
-    """The split a metadata.csv at the top names by the file's first folder (train/1.png), if any."""
+    """The split a metadata.csv at the top names by the file's first folder (train/1.png), if
+    any."""
     first = file.partition("/")[0].lower() if "/" in file else ""
     return next((s for s, names in SPLIT_SPELLINGS.items() if first in names), None)
 
@@ -1224,8 +1258,9 @@ class _FolderWalker:
     (a linked subfolder is followed after every real one, so that a link to a folder listed
     anyway is skipped, and a loop of links ends)."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, exclude: Sequence[Path] = ()) -> None:
         self.folder, self.root = folder, os.path.realpath(folder)
+        self.exclude = {os.path.realpath(path) for path in exclude}
         self.extensions = image_extensions()
         self.seen = {self.root}  # real paths of the folders listed
         self.skipped: dict[str, list[str]] = {why: [] for why in SKIP_REASONS}
@@ -1243,6 +1278,8 @@ class _FolderWalker:
             if entry.name.startswith("."):
                 if not (rel == "" and entry.name == CACHE_FOLDER):
                     self.skipped["hidden"].append(_join(rel, entry.name))
+            elif entry.is_dir() and os.path.realpath(entry.path) in self.exclude:
+                self.skipped["results"].append(_join(rel, entry.name))
             elif entry.is_dir():
                 dirs.append(entry.name)
             elif entry.name != METADATA_FILE:
@@ -1272,7 +1309,13 @@ class _FolderWalker:
         return rows
 
     def _add_file(self, file: str, label: str | None, split: str | None, rows: list) -> None:
-        if Path(file).suffix.lower() in self.extensions and (self.folder / file).is_file():
+        try:
+            plain = "\r" not in file and "\n" not in file and bool(file.encode("utf-8"))
+        except UnicodeEncodeError:  # a byte that is no UTF-8 character: a surrogate escape
+            plain = False
+        if not plain:
+            self.skipped["odd names"].append(file.encode("utf-8", "backslashreplace").decode())
+        elif Path(file).suffix.lower() in self.extensions and (self.folder / file).is_file():
             rows.append((file, label, split))
         else:
             self.skipped["not images"].append(file)
@@ -1663,12 +1706,12 @@ def check_folder_command(folder: Path, *, label_column: str | None, mode: str,
                 summary, problems = check_dataset(
                     path, folder, file_column="file", label_column=label, mode=mode,
                     num_classes=num_classes, split=("checked", kind), image_size=image_size,
-                    resize=resize)
+                    resize=resize, classes=folder_classes(table["label"]))
             except DatasetError as e:
                 print(f"error: {str(e).replace(str(path), f'{folder} (listed)')}", file=sys.stderr)
                 return 1
             summary["warnings"] = [w.replace(str(path), f"{folder} (listed)")
-                                   for w in summary["warnings"]]
+                                   for w in summary.get("warnings", [])]  # none: no good row
             summary["names_rule"] = None
             if summary["mode"] == "-":
                 print(problems_message(folder, problems, summary["rows"], command,

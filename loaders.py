@@ -45,6 +45,7 @@ import warnings
 import weakref
 import zlib
 from collections.abc import Callable, Sequence
+from csv import QUOTE_ALL, QUOTE_MINIMAL
 from pathlib import Path
 from typing import NamedTuple, TypedDict, Unpack
 
@@ -458,7 +459,10 @@ def split_csv(csv_path: str | Path | pd.DataFrame, out_path: str | Path, *,
         drawn = dict(zip(files[first], split[first]))  # row went: never in two splits
         split[pool] = files[pool].map(drawn).to_numpy()
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    text = rows.assign(split=split).to_csv(index=False, lineterminator="\n")
+    # csv quotes a cell holding "\n" but not "\r" (not in the line end): quote all when one does
+    carriage = any(rows[c].astype(str).str.contains("\r", regex=False).any() for c in rows.columns)
+    text = rows.assign(split=split).to_csv(index=False, lineterminator="\n",
+                                           quoting=QUOTE_ALL if carriage else QUOTE_MINIMAL)
     write_atomic(out_path, text.encode(encoding))
     return out_path
 

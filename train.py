@@ -63,7 +63,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
-from dataset import (RESIZE_METHODS, DatasetError, parse_image_size, read_csv,
+from dataset import (RESIZE_METHODS, DatasetError, folder_classes, parse_image_size, read_csv,
                      scan_image_folder, skipped_message, split_names, split_spellings)
 from evaluate import (REPORT_FILES, RunError, compute_accuracy, compute_confusion_matrix,
                       csv_bytes, distributed, evaluate_model, global_settings_kept,
@@ -796,7 +796,7 @@ def data_sources(data: DataSettings, split_path: Path, main_process: bool,
         return sources
     if data.class_folders is not None and main_process and not (keep_split
                                                                 and split_path.is_file()):
-        listed, layout = folder_listing(data)  # what --csv split_path reads
+        listed, layout = folder_listing(data, split_path.parent)  # what --csv split_path reads
         write_atomic(split_path, listed)
         print(f"Image folder {data.class_folders}: {layout}; listed into {split_path}")
     csv, split_column = data.csv, data.split_column
@@ -814,8 +814,8 @@ def unlabelled_source(data: DataSettings, split_path: Path) -> tuple | None:
         return None
     csv, column = (split_path, "split") if data.draws_split() else (data.csv, data.split_column)
     source = (Path(csv), data.image_folder(), (column, "test"))
-    return source if unlabelled_test(source, data.file_column, data.label_column,
-                                     data.encoding) else None
+    return source if unlabelled_test(source, data.file_column, data.label_column, data.encoding,
+                                     data.table_options()["header"]) else None
 
 
 def predict_test_rows(source: tuple, data: DataSettings, session: Session) -> Path:
@@ -823,22 +823,25 @@ def predict_test_rows(source: tuple, data: DataSettings, session: Session) -> Pa
     model into predictions.csv as --predict writes it: a listing of them alone, each on its line
     of the table (blank lines between), so that a message names the table's line."""
     csv, folder, (column, _) = source
-    table = read_csv(csv, [data.file_column, column], data.encoding)
+    header = data.table_options()["header"]  # a table without one: line 1 is a row
+    table = read_csv(csv, [data.file_column, column], data.encoding, header=header)
     files = table[data.file_column][split_names(table[column]).isin(split_spellings("test"))]
-    lines = [""] * (int(files.index.max()) - 1)  # the table's lines 2 to the last test row's
+    first = 2 if header else 1  # the table's first row's line
+    lines = [""] * (int(files.index.max()) - first + 1)  # its lines up to the last test row's
     for line, name in files.items():
-        lines[line - 2] = csv_bytes([[name]]).decode().rstrip("\n")
+        lines[line - first] = csv_bytes([[name]]).decode().rstrip("\n")
     checkpoint_path = session.results_dir / "checkpoint.pt"
     print(f"The {len(files)} test rows of {data.csv} have no labels: not trained on or scored, but "
           f"predicted by the last epoch's model ({checkpoint_path}) into predictions.csv")
     with tempfile.TemporaryDirectory(prefix=f"{TEMP_TAG}-") as tmp:
         listing = Path(tmp) / Path(csv).name
-        listing.write_bytes(csv_bytes([[data.file_column]]) + ("\n".join(lines) + "\n").encode())
+        listing.write_bytes((csv_bytes([[data.file_column]]) if header else b"")
+                            + ("\n".join(lines) + "\n").encode())
         return predict(str(listing), read_checkpoint(checkpoint_path), checkpoint_path,
-                       session.results_dir, columns=(data.file_column, None),  # unlabelled
+                       session.results_dir, columns=(data.file_column if header else "0", None),
                        img_dir=str(folder if folder is not None else Path(csv).parent),
                        encoding="utf-8", device=session.device,
-                       file_names=(data.file_prefix, data.file_suffix))
+                       file_names=(data.file_prefix, data.file_suffix), header=header)
 
 
 def same_split_or_refuse(csv: str, split_path: Path, split_options: dict) -> None:
@@ -853,12 +856,14 @@ def same_split_or_refuse(csv: str, split_path: Path, split_options: dict) -> Non
                        "--evaluate.")
 
 
-def folder_listing(data: DataSettings) -> tuple[bytes, str]:
+def folder_listing(data: DataSettings, results_dir: Path) -> tuple[bytes, str]:
     """--image-folder's split.csv (bytes) and the layout found, in words: the folder's listing,
     its columns named as --file-column and --label-column say, and where it has no split folders,
-    a split drawn as for a CSV without a split column. Skipped files: one warning."""
+    a split drawn as for a CSV without a split column. Skipped files: one warning. results_dir
+    (where split.csv goes), inside the folder (--image-folder .), is not a class of it."""
     label = None if data.label_column == DataSettings.label_column else data.label_column
-    listing = scan_image_folder(data.class_folders, label_column=label, encoding=data.encoding)
+    listing = scan_image_folder(data.class_folders, label_column=label, encoding=data.encoding,
+                                exclude=[results_dir])
     if message := skipped_message(Path(data.class_folders), listing.skipped):
         warnings.warn(message, stacklevel=2)
     table = listing.table.rename(columns={"file": data.file_column, "label": data.label_column})
@@ -880,7 +885,7 @@ def folder_listing(data: DataSettings) -> tuple[bytes, str]:
 
 def same_listing_or_refuse(data: DataSettings, split_path: Path) -> None:
     """The folder's listing now must be split_path, the one the checkpoint was trained on."""
-    if folder_listing(data)[0] != split_path.read_bytes():
+    if folder_listing(data, split_path.parent)[0] != split_path.read_bytes():
         raise RunError(f"the listing of --image-folder {data.class_folders} with these flags "
                        f"differs from {split_path}, the one the checkpoint's run was trained on "
                        "(images added, removed or renamed, or --split-seed, --valid-fraction or "
@@ -921,6 +926,9 @@ def build_datasets(data: DataSettings, sources: list[tuple], device: torch.devic
     dataset_kwargs = {"pixels": "uint8" if device.type == "cuda" else "float01",
                       **data.table_options(), "mode": data.mode, "image_size": data.image_size,
                       "num_classes": data.num_classes, "resize": data.resize or "squish"}
+    if data.class_folders is not None:  # folder names are class names, whatever they look like
+        labels = read_csv(Path(data.csv), [data.label_column], data.encoding)[data.label_column]
+        dataset_kwargs["classes"] = folder_classes(labels)
     augment = augmentation(data.resize or "squish", data.image_size) if data.augment else None
     datasets = decoded(make_datasets(sources, dataset_kwargs, augment),
                        cache_mb=data.cache_mb, cache_dir=cache_dir)  # each split's decoded images

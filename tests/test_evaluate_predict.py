@@ -503,10 +503,15 @@ def test_predict_without_predict_columns_names_rows_by_id_and_says_when_labels_l
     assert [row[0] for row in rows[1:]] == sorted(KAGGLE_TEST_IDS)
     flags = ["--img-dir", str(kaggle / "test"), "--file-column", "id", "--label-column", "label", "--file-suffix",
              ".png"]  # the label column asked for: read as the truth, as today
+    # the classes are names (cat, dog): the placeholder 0 is none of them (not index 0: a silent 'cat')
+    with pytest.raises(DatasetError, match=r"line 2: label '0' is not one of the classes(.|\n)*"
+                                           r"placeholder labels\? --predict-columns ID,LABEL does not read"):
+        predict_kaggle(kaggle, tmp_path / "p", "--predict", str(kaggle / "sample_submission.csv"), *flags)
+    same = write_csv(tmp_path / "same.csv", "id,label\nt1,cat\nt3,cat\n")
     with pytest.warns(UserWarning, match="every image's true class is 'cat': if the label column holds a sample "
                                          "submission's placeholders, this accuracy means nothing"):
-        predict_kaggle(kaggle, tmp_path / "p", "--predict", str(kaggle / "sample_submission.csv"), *flags)
-    assert "Accuracy: " in capsys.readouterr().out  # 0 is class index 0, cat
+        predict_kaggle(kaggle, tmp_path / "p", "--predict", str(same), *flags)
+    assert "Accuracy: " in capsys.readouterr().out
     text = write_csv(tmp_path / "s.csv", "id,label\nt1,?\nt3,?\n")
     with pytest.raises(DatasetError, match=r"line 2: label '\?' is not one of the classes(.|\n)*"
                                            r"placeholder labels\? --predict-columns ID,LABEL does not read"):
