@@ -275,7 +275,8 @@ def _refuse_no_valid(source: tuple | None, file_column: str | int, encoding: str
             "needs "
             "validation rows (they choose the best epoch). Draw them from the train rows with "
             f"--valid-fraction F (in Python: split_csv(..., split_column={column!r}, "
-            "valid_fraction=F)), or mark some rows valid in the CSV")
+            "valid_fraction=F)), or mark some rows valid in the table (for --image-folder: a "
+            "valid/ folder beside train/)")
 
 
 def valid_flags(csv_path: Path | pd.DataFrame, column: str | int, other_column: str | int,
