@@ -122,7 +122,9 @@ class CsvImageDataset(Dataset):
             table, self.img_dir, file_column=file_column, label_column=label_column,
             split=split, classes=classes, num_classes=num_classes, encoding=encoding,
             header=header, names=names)
-        self.names_rule = names_rule(self.rows, names)
+        folder = self.img_dir if self.img_dir is not None else (  # as the user wrote it
+            Path(".") if isinstance(table, pd.DataFrame) else table.parent)
+        self.names_rule = names_rule(self.rows, names, str(folder))
         self._check_command = check_command(table, self.img_dir, file_column, label_column,
                                             encoding, header=header, names=names)
         if self.problems:
@@ -641,14 +643,16 @@ class RowNames:
                 + ", ".join(self.label(line) for line in lines))
 
 
-def names_rule(rows: Samples, names: FileNames) -> str:
-    """Where a table's names were looked up, in one line for the check command."""
+def names_rule(rows: Samples, names: FileNames, folder: str | None = None) -> str:
+    """Where a table's names were looked up, in one line for the check command; folder: the
+    image folder as the user gave it (default: the resolved one)."""
     starts = rows.offsets[:-1][rows.offsets[:-1] < rows.offsets[1:]]  # of the names not empty
     absolute = len(rows) if os.path.isabs(names.prefix) else int(  # without a Python loop
         np.isin(rows.names[starts], [ord("/"), ord(os.sep)]).sum())
     name = f"{names.prefix}<name>{names.suffix}"
-    parts = [f"file names: relative to {rows.root}" + (f", read as {name}" if name != "<name>"
-                                                       else "")] if absolute < len(rows) else []
+    read_as = f", read as {name}" if name != "<name>" else ""
+    parts = [f"file names: relative to {folder or rows.root}{read_as}"] if absolute < len(rows) \
+        else []
     parts += ["absolute paths read as written"] if absolute else []
     return "; ".join(parts)
 
@@ -1128,8 +1132,9 @@ def _linked_folders(files: list[str], root: Path) -> set[str]:
 
 # ---- a folder of class folders: the same table a CSV gives ---------------------------------------
 
-FOLDER_LAYOUTS = ("expected class folders (DIR/cat/1.png, DIR/dog/2.png: torchvision's ImageFolder, "
-                  "Keras's image_dataset_from_directory, fastai's from_folder), split folders "
+FOLDER_LAYOUTS = ("expected class folders (DIR/cat/1.png, DIR/dog/2.png: torchvision's "
+                  "ImageFolder, Keras's image_dataset_from_directory, fastai's from_folder), split "
+                  "folders "
                   "above them (DIR/train/cat/1.png, DIR/valid/... or DIR/val/..., DIR/test/...; a "
                   "test folder may hold its images directly, unlabelled), or a metadata.csv with "
                   "a file_name column (Hugging Face's imagefolder)")
