@@ -1609,8 +1609,8 @@ def refuse_evaluate_without_data(data: DataSettings, saved: RunConfig, path: Pat
             csv.is_file() for csv, _, _ in folder_layout(DEFAULT_DATA_DIR)):
         raise RunError(f"--evaluate reads the test split of the data flags given, and none were: "
                        f"{path} was trained on {describe_data(saved.data_files)}. Pass the data "
-                       "flags of that run (--csv and its column, encoding and --image-size flags, "
-                       "or --data-dir)")
+                       "flags of that run (--csv and its column and encoding flags, --image-folder "
+                       "DIR, or --data-dir)")
 
 
 def refuse_other_data(checkpoint: dict, saved: RunConfig, config: RunConfig, classes: list[str],
