@@ -1535,7 +1535,8 @@ def parse_image_size(text: str) -> tuple[int, int]:
     return (sizes[0], sizes[-1])
 
 
-def main(argv: list[str] | None = None) -> int:
+def check_parser() -> argparse.ArgumentParser:
+    """The check command's flags: the table's, as train.py names them."""
     p = argparse.ArgumentParser(description="Check a CSV + image folder without training: every "
                                             "row, every image. Exit status 0 when clean, else 1. "
                                             "A folder alone: its class folders (as train.py "
@@ -1573,6 +1574,11 @@ def main(argv: list[str] | None = None) -> int:
                         "and centred on black (default: %(default)s)")
     p.add_argument("--encoding", default="utf-8", help="the CSV's text encoding (default: utf-8)")
     p.add_argument("--all", action="store_true", help="list every bad row, not the first 20")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = check_parser()
     args = p.parse_args(argv)
     if args.resize != "squish" and args.image_size is None:
         p.error(f"--resize {args.resize} goes with --image-size (the size to {args.resize} to)")

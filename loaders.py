@@ -395,18 +395,7 @@ def split_csv(csv_path: str | Path | pd.DataFrame, out_path: str | Path, *,
                                encoding, header)
     flags = None if valid_column is None else valid_flags(table, valid_column, columns[0],
                                                           encoding, header)
-    if isinstance(table, pd.DataFrame):
-        rows, found = table.reset_index(drop=True), list(table.columns)
-    else:
-        encoding = csv_encoding(table, encoding)  # a UTF-16 or UTF-32 byte order mark's
-        found = csv_columns(table, encoding)  # header=False: the first row's cells
-        try:
-            rows = pd.read_csv(table, dtype=str, keep_default_na=False, encoding=encoding,
-                               sep=csv_separator(table, encoding), header=0 if header else None)
-        except UnicodeDecodeError as e:  # a byte below the header that read_csv did not see
-            raise DatasetError(f"{csv_path}: not {encoding} text ({e.reason} at byte {e.start}); "
-                               "pass its encoding, e.g. encoding='latin-1' (--encoding latin-1) "
-                               "for a spreadsheet export") from None
+    rows, found, encoding = _table_rows(table, encoding, header)
     if "split" in rows.columns and split_column != "split":
         raise DatasetError(f"{csv_path} already has a 'split' column: use it (split_column="
                            "'split', --split-column split) instead of drawing a new split")
@@ -423,19 +412,58 @@ def split_csv(csv_path: str | Path | pd.DataFrame, out_path: str | Path, *,
                          "valid", "train").astype(object)
     else:
         split = np.full(len(rows), "train", dtype=object)
+    fractions = _fractions_to_draw(split, {"test": test_fraction, "valid": valid_fraction},
+                                   f"{csv_path}: column {split_column or valid_column!r}")
+    _draw(split, cells(label_column).str.strip(),
+          cells(file_column).str.strip() if file_column is not None else None,
+          fractions, seed, csv_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    # csv quotes a cell holding "\n" but not "\r" (not in the line end): quote all when one does
+    carriage = any(rows[c].astype(str).str.contains("\r", regex=False).any() for c in rows.columns)
+    text = rows.assign(split=split).to_csv(index=False, lineterminator="\n",
+                                           quoting=QUOTE_ALL if carriage else QUOTE_MINIMAL)
+    write_atomic(out_path, text.encode(encoding))
+    return out_path
+
+
+def _fractions_to_draw(split: np.ndarray, given: dict, column: str) -> dict:
+    """Each split's fraction to draw: as given (a number for a split the column has already is
+    an error), else none for a split the column has and DEFAULT_FRACTION for one it lacks."""
     fractions = {}
-    for name, fraction in (("test", test_fraction), ("valid", valid_fraction)):
+    for name, fraction in given.items():
         if fraction is not None and fraction > 0 and (split == name).any():
             flag = f"{name}_fraction (--{name}-fraction)"
-            raise DatasetError(f"{csv_path}: column {split_column or valid_column!r} has {name} "
-                               f"rows already: leave {flag} out to keep them, or drop the column "
-                               "to draw every split")
+            raise DatasetError(f"{column} has {name} rows already: leave {flag} out to keep "
+                               "them, or drop the column to draw every split")
         fractions[name] = fraction if fraction is not None else \
             0.0 if (split == name).any() else DEFAULT_FRACTION
     _check_fractions(fractions["valid"], fractions["test"])
+    return fractions
+
+
+def _table_rows(table: Path | pd.DataFrame, encoding: str,
+                header: bool) -> tuple[pd.DataFrame, list, str]:
+    """(every row as text, the header's names or the first row's cells, the encoding read):
+    split_csv's table, written back whole with its split."""
+    if isinstance(table, pd.DataFrame):
+        rows, found = table.reset_index(drop=True), list(table.columns)
+    else:
+        encoding = csv_encoding(table, encoding)  # a UTF-16 or UTF-32 byte order mark's
+        found = csv_columns(table, encoding)  # header=False: the first row's cells
+        try:
+            rows = pd.read_csv(table, dtype=str, keep_default_na=False, encoding=encoding,
+                               sep=csv_separator(table, encoding), header=0 if header else None)
+        except UnicodeDecodeError as e:  # a byte below the header that read_csv did not see
+            raise DatasetError(f"{table}: not {encoding} text ({e.reason} at byte {e.start}); "
+                               "pass its encoding, e.g. encoding='latin-1' (--encoding latin-1) "
+                               "for a spreadsheet export") from None
+    return rows, found, encoding
+
+
+def _draw(split: np.ndarray, labels: pd.Series, files: pd.Series | None, fractions: dict,
+          seed: int, csv_path: str) -> None:
+    """Draw valid and test rows from split's train rows, in place (split_csv's rule)."""
     pool = split == "train"  # the rows drawn from
-    labels = cells(label_column).str.strip()
-    files = cells(file_column).str.strip() if file_column is not None else None
     first = pool.copy()  # of a file listed on several train rows, its first
     if files is not None:
         first &= ~files.where(pool).duplicated().to_numpy()
@@ -459,13 +487,6 @@ def split_csv(csv_path: str | Path | pd.DataFrame, out_path: str | Path, *,
     if files is not None and not first[pool].all():  # a file listed twice goes where its first
         drawn = dict(zip(files[first], split[first]))  # row went: never in two splits
         split[pool] = files[pool].map(drawn).to_numpy()
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    # csv quotes a cell holding "\n" but not "\r" (not in the line end): quote all when one does
-    carriage = any(rows[c].astype(str).str.contains("\r", regex=False).any() for c in rows.columns)
-    text = rows.assign(split=split).to_csv(index=False, lineterminator="\n",
-                                           quoting=QUOTE_ALL if carriage else QUOTE_MINIMAL)
-    write_atomic(out_path, text.encode(encoding))
-    return out_path
 
 
 DEFAULT_FRACTION = 0.1  # of the rows to draw from, for valid and for test (split_csv)
