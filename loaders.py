@@ -620,10 +620,11 @@ def plan_workers(dataset: Dataset, loader_kwargs: dict) -> tuple[dict, str]:
     return kwargs, f"{workers} workers run {' and '.join(work)} on the images in memory, {kept}"
 
 
-def _collate_samples(collate_fn: Callable, batch: tuple[torch.Tensor, torch.Tensor]):
-    """Your collate_fn on a fetched batch as a plain DataLoader gives it: [(image, label int)]."""
-    images, labels = batch
-    return collate_fn(list(zip(images.unbind(0), labels.tolist())))
+def _collate_samples(collate_fn: Callable, batch: tuple[torch.Tensor, ...]):
+    """Your collate_fn on a fetched batch as a plain DataLoader gives it: [(image, label int)]
+    (or [(image, label, weight float)] with a weight column)."""
+    images, *rest = batch
+    return collate_fn(list(zip(images.unbind(0), *(t.tolist() for t in rest))))
 
 
 class PicklableGenerator(torch.Generator):
@@ -709,19 +710,22 @@ class DatasetView(Dataset):
         batch = index if isinstance(index, Batch) else None
         indices = np.asarray(batch.indices if batch else index, dtype=np.int64)  # (B,)
         parts, rows = self.part_of[indices], self.row_of[indices]
-        images = labels = None
+        out = None  # images, labels (and weights, with a weight column)
         for k in np.unique(parts):
             mine = np.flatnonzero(parts == k)
             # Parts number their rows from 0 each: a seed per part keeps their transforms apart.
             ask = (Batch(rows[mine], batch.seed + (int(k) << 32), batch.epoch) if batch
                    else rows[mine])
-            part_images, part_labels = self.parts[k][ask]
-            if images is None:
-                images = part_images.new_empty((len(indices), *part_images.shape[1:]))
-                labels = part_labels.new_empty(len(indices))
+            got = self.parts[k][ask]
+            if out is None:
+                out = tuple(t.new_empty((len(indices), *t.shape[1:])) for t in got)
+            if len(got) != len(out):
+                raise ValueError("the datasets joined in this ConcatDataset differ in having a "
+                                 "weight column; pass the same weight_column= to each")
             at = torch.from_numpy(mine)
-            images[at], labels[at] = part_images, part_labels
-        return images, labels
+            for whole, part in zip(out, got):
+                whole[at] = part
+        return out
 
 
 def _leaves_of(dataset: Dataset) -> list[DecodedImages]:
@@ -782,7 +786,7 @@ class DecodedImages(Dataset):
             images = torch.from_numpy(np.take(self._cache.numpy(), rows.numpy(), axis=0))
         else:
             images = self.dataset.load_images(rows.tolist())
-        return to_pixels(images, self.pixels), labels
+        return self.dataset.batch_of(to_pixels(images, self.pixels), rows, labels)  # (+ weights)
 
     def preload(self, num_workers: int = 0,
                 progress: bool | Callable[[int, int], None] = True) -> torch.Tensor | None:

@@ -352,7 +352,7 @@ class DataSettings:
                 "header": not (self.no_header and not self.draws_split()),
                 "file_prefix": self.file_prefix, "file_suffix": self.file_suffix,
                 "absolute_paths": self.csv is not None and self.img_dir is None,
-                "encoding": self.encoding}
+                "encoding": self.encoding, "weight_column": self.weight_column}
 
     def listed(self, split_path: Path) -> DataSettings:
         """--image-folder DIR as the run it is: --csv split_path (the folder's listing) --img-dir
@@ -1540,6 +1540,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--img-dir goes with --csv or --predict")
     if args.no_header and args.csv is None:
         p.error("--no-header goes with --csv")
+    if args.weight_column is not None and args.csv is None:
+        p.error("--weight-column goes with --csv (a column of your table)")
     own_column = args.split_column is not None or args.valid_column is not None
     fractions = [(0.0 if own else DEFAULT_FRACTION) if f is None else f for f, own in (
         (args.valid_fraction, args.valid_column is not None), (args.test_fraction, own_column))]
