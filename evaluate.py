@@ -8,6 +8,7 @@ images (train.py --evaluate, --predict).
     print(f"Test accuracy: {compute_accuracy(model, test_loader, device):.2f}%")
 
 Under torchrun every rank passes its share of the batches and gets the accuracy over all of them.
+compute_scores adds balanced accuracy, macro F1 and the loss, from the same confusion matrix.
 Needs loaders.py, dataset.py and model.py beside it (for --predict's images and the model).
 """
 

@@ -22,7 +22,8 @@ one uint8 image (C, H, W), as torchvision's v2 transforms do. For your own DataL
 The train loader reshuffles every epoch and drops the last partial batch; valid and test keep
 their order and every sample; no file may be in two splits. Epoch e's order depends only on
 (seed, e) (set_epoch(e) on loader.sampler picks e), each sample's random transform on (seed, e,
-index): exact for any num_workers, after a resume, and under torchrun or Lightning.
+index): exact for any num_workers, after a resume, and under torchrun or Lightning. With
+balance="sampler" the train order is a class-balanced draw with replacement, from (seed, e) too.
 
 Also here, for every file of this project's that must be whole or absent: write_atomic, and a
 folder's lock (open_lock, lock_or_holder). Needs dataset.py beside it.

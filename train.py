@@ -8,6 +8,7 @@ checkpoints, plots.
         --mode RGB --image-size 32 --augment                # your own images, any size and format
     torchrun --standalone --nproc_per_node=2 train.py --epochs 3 --seed 123
     python train.py --image-folder photos/ --image-size 32  # class folders: photos/cat/1.jpg
+    python train.py --csv labels.csv --balance sampler --monitor balanced_accuracy  # a rare class
     python train.py --evaluate                              # the saved model, on the test split
     python train.py --predict new-images/                   # a folder or CSV: predictions.csv
 

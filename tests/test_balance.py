@@ -290,3 +290,19 @@ def test_train_py_refuses_bad_weights_and_trains_with_good_ones(tmp_path, capsys
     bad = keras_table(tmp_path / "bad", rows=40, weights=["x" if i == 9 else 1 for i in range(40)])
     with pytest.raises(DatasetError, match="line 11: 'images/009.png': weight 'x' is not a number"):
         run(bad, tmp_path / "bad" / "r", "--weight-column", "weight", epochs=1)
+
+
+def test_a_checkpoint_of_an_earlier_version_resumes_and_its_epochs_get_empty_new_columns(tiny_data, tmp_path):
+    flags = ["--seed", "1", "--batch-size", "8", "--data-dir", str(tiny_data), "--results-dir", str(tmp_path / "r")]
+    train.main(["--epochs", "1", *flags])
+    path = tmp_path / "r" / "checkpoint.pt"
+    checkpoint = torch.load(path, weights_only=True)
+    for key in ("train_scores", "valid_scores", "monitor"):  # as the main branch wrote them
+        del checkpoint["history"][key]
+    for key in ("monitor", "balance", "class_weights", "weight_column"):
+        del checkpoint["config"][key]
+    torch.save(checkpoint, path)
+    history = train.main(["--epochs", "2", "--resume", *flags])
+    assert history.valid_scores[0] == {} and set(history.valid_scores[1]) == {"balanced_accuracy", "macro_f1", "loss"}
+    rows = (tmp_path / "r" / "metrics.csv").read_text().splitlines()
+    assert rows[1].endswith(",,,,,,") and not rows[2].endswith(",")
