@@ -7,7 +7,8 @@
 ds[i] decodes image i as a viewer shows it. Every row is checked when the dataset is built, and a
 bad row is named with its CSV line; `python dataset.py CSV IMG_DIR` checks one without training.
 A folder of class folders (DIR/cat/1.png) becomes the same table: list_image_folder, and
-`python dataset.py DIR` checks it.
+`python dataset.py DIR` checks it. weight_column="w" (Keras's weight_col): items are
+(image, label, weight), batches (images, labels, weights), each weight a number >= 0.
 Works alone (copy this file); each image decoded once, and fast batches: loaders.DecodedImages.
 """
 
