@@ -191,12 +191,12 @@ def test_balanced_order_is_exact_for_any_workers_and_after_resume(tmp_path, caps
 
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch built without distributed")
 def test_balance_and_weights_under_torchrun_match_one_process(tmp_path):
-    """Two ranks, each a disjoint share of the balanced draw, with row and class weights
-    normalised over both shares: the weights one process learns, to float rounding."""
+    """Two ranks, each a disjoint share of the balanced draw, with row weights normalised over
+    both shares: the weights one process learns, to float rounding."""
     table = keras_table(tmp_path, weights=[1 + (i % 7) for i in range(100)])
     flags = ["--csv", str(table), "--file-column", "filename", "--label-column", "class",
              "--weight-column", "weight", "--epochs", "2", "--seed", "3", "--batch-size", "8",
-             "--no-disk-cache", "--balance", "loss", "--lr", "0.5"]
+             "--no-disk-cache", "--balance", "sampler", "--lr", "0.5"]
     probe = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
              str(ROOT / "tests" / "ddp_probe.py"), "train"]
     done = subprocess.run([*probe, *flags, "--results-dir", str(tmp_path / "ddp")], capture_output=True,
