@@ -3,6 +3,7 @@
     python bench.py                       # docs/performance.md's tables (about 35 minutes on 2 cores)
     python bench.py --size 5000 --batch-size 64 --repeats 3 --json bench.json
     python bench.py --smoke               # seconds; what the test suite runs
+    python bench.py --sections rare       # issue 31: rare classes, with and without --balance
 
 Loaders compared on the same PNG files and batch size, one process, no workers:
     lecture      pandas Dataset, PIL Image.open + ToTensor per item (the lecture's helper_dataset.py)
@@ -607,7 +608,76 @@ def bench_worker_memory(folder: Path, size: int, batch_size: int) -> dict:
     return results
 
 
-SECTIONS = "loaders,scaling,end_to_end,startup,decode,rows,workers,plain,models,photos,busy,cached_workers"
+# ---- issue 31: a rare class, with and without --balance ------------------------------------------
+
+RARE_DIGITS = (4, 9)  # (common, rare): a pair the small conv net can confuse
+RARE_COUNTS = {"train": (380, 20), "valid": (40, 40), "test": (60, 60)}  # (common, rare) images
+
+
+def make_rare_table(folder: Path, counts: dict, pool: int) -> Path:
+    """One CSV with a split column over the bundled digits RARE_DIGITS, labelled 0 (common) and 1
+    (rare): train 95 / 5, valid and test even, so that each class's recall on test is measured on
+    as many images (60 each)."""
+    base = folder / "rare-base"
+    if not base.exists():
+        make_subset.main(["--out-dir", str(base), "--train-size", str(pool), "--valid-size", "10",
+                          "--test-size", "10"])
+    digits = pd.read_csv(base / "mnist_train.csv")
+    rows = []
+    for digit, k in zip(RARE_DIGITS, (0, 1)):
+        files = digits[digits["Class Label"] == digit]["File Name"].tolist()
+        start = 0
+        for split, wanted in counts.items():
+            rows += [(f"mnist_train/{f}", k, split) for f in files[start:start + wanted[k]]]  # 0: common
+            start += wanted[k]
+    table = base / "rare.csv"
+    pd.DataFrame(rows, columns=["File Name", "Class Label", "split"]).to_csv(table, index=False)
+    return table
+
+
+def bench_rare(folder: Path, epochs: int, seeds: int, smoke: bool = False) -> dict:
+    """--model cnn on a 95 / 5 train split of two digits: each way's last-epoch model on the even
+    test split (its confusion_matrix.csv): the recall of each class, balanced accuracy, macro F1,
+    and the accuracy a 95 / 5 test split would show (0.95 x common recall + 0.05 x rare recall);
+    the mean over seeds 1 to `seeds`."""
+    import contextlib
+    import io
+
+    import torch as _torch
+
+    from evaluate import balanced_accuracy_of, macro_f1_of
+
+    counts = {"train": (19, 1), "valid": (4, 4), "test": (4, 4)} if smoke else RARE_COUNTS
+    table = make_rare_table(folder, counts, 400 if smoke else BUNDLED)
+    ways = {"plain": [], "--balance sampler": ["--balance", "sampler"],
+            "--balance loss": ["--balance", "loss"]}
+    report = {"digits": list(RARE_DIGITS), "counts": counts, "epochs": epochs, "seeds": seeds, "ways": {}}
+    for name, flags in ways.items():
+        figures = []
+        for seed in range(1, seeds + 1):
+            results = folder / f"rare-{len(report['ways'])}-{seed}"
+            with contextlib.redirect_stdout(io.StringIO()):
+                train_main(["--csv", str(table), "--split-column", "split", "--model", "cnn", "--epochs", str(epochs),
+                            "--seed", str(seed), "--batch-size", "20" if smoke else "64", "--no-disk-cache",
+                            "--results-dir", str(results), *flags])
+            cm = _torch.tensor(pd.read_csv(results / "confusion_matrix.csv", index_col=0).to_numpy())  # [true, pred]
+            recall = (cm.diagonal() / cm.sum(dim=1)).tolist()
+            figures.append({"common_recall": 100 * recall[0], "rare_recall": 100 * recall[1],
+                            "accuracy": 100 * cm.diagonal().sum().item() / cm.sum().item(),
+                            "balanced_accuracy": balanced_accuracy_of(cm), "macro_f1": macro_f1_of(cm),
+                            "accuracy_at_95_5": 95 * recall[0] + 5 * recall[1]})
+        report["ways"][name] = {key: statistics.mean(f[key] for f in figures) for key in figures[0]}
+    return report
+
+
+def train_main(argv: list[str]):
+    import train
+
+    return train.main(argv)
+
+
+SECTIONS = ("loaders,scaling,end_to_end,startup,decode,rows,workers,plain,models,photos,busy,cached_workers,"
+            "rare")
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -626,6 +696,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--rows", default="30000,300000", help="CSV sizes for the row-checking rows (comma separated)")
     p.add_argument("--model-epochs", type=int, default=3, help="epochs per model in the models rows")
     p.add_argument("--photos", type=int, default=40, help="generated 3000x2000 JPEGs in the photos rows")
+    p.add_argument("--rare-epochs", type=int, default=30, help="epochs of each run in the rare-class rows")
+    p.add_argument("--rare-seeds", type=int, default=3, help="seeds averaged in the rare-class rows")
     p.add_argument("--sections", default=SECTIONS,
                    help="which parts to run (comma separated)")
     p.add_argument("--memory-of", help=argparse.SUPPRESS)  # internal: measure one loader in this process
@@ -659,6 +731,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.smoke:
         args.size, args.scaling, args.repeats, args.short_repeats, args.epochs = 200, "200", 1, 1, 2
         args.decode_size, args.rows, args.model_epochs, args.photos = 600, "2000", 1, 4
+        args.rare_epochs, args.rare_seeds = 1, 1
     sections = set(args.sections.split(","))
     warnings.filterwarnings("ignore")  # ToTensor's deprecation notice, for the peers
     torch.set_num_threads(max(torch.get_num_threads(), 1))
@@ -698,6 +771,8 @@ def main(argv: list[str] | None = None) -> dict:
             report["cached_workers"] = bench_cached_workers(folder, 2 if args.smoke else 20, 64 if args.smoke else 1056,
                                                             1 if args.smoke else args.short_repeats,
                                                             warmup=0 if args.smoke else 1)
+        if "rare" in sections:
+            report["rare"] = bench_rare(folder, args.rare_epochs, args.rare_seeds, smoke=args.smoke)
         if "photos" in sections:
             report["photos"] = bench_photos(folder, args.photos, args.short_repeats if not args.smoke else 1,
                                             600 if args.smoke else 4000)
@@ -805,6 +880,17 @@ def format_report(r: dict) -> str:
             n = {"PNG digits: ": P["digits"], "PNG photos: ": P["pngs"]}.get(group, P["count"])
             ours = t[group + "ours, 0 workers"]
             lines.append(f"| {name} | {sec:.2f} | {n / sec:,.0f} | {ours / sec:.2f}x |")
+    if "rare" in r:
+        R = r["rare"]
+        (common, rare), train_counts = R["digits"], R["counts"]["train"]
+        lines += ["", f"A rare class: digits {common} (common) and {rare} (rare), train {train_counts[0]} / "
+                  f"{train_counts[1]}, test {' / '.join(map(str, R['counts']['test']))}; `train.py --model cnn "
+                  f"--epochs {R['epochs']}`, the last epoch's model on test, mean of seeds 1 to {R['seeds']}:", "",
+                  "| way | common recall % | rare recall % | balanced accuracy % | macro F1 | test accuracy % "
+                  "| accuracy on a 95 / 5 test % |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+        lines += [f"| {name} | {m['common_recall']:.1f} | {m['rare_recall']:.1f} | {m['balanced_accuracy']:.1f} | "
+                  f"{m['macro_f1']:.3f} | {m['accuracy']:.1f} | {m['accuracy_at_95_5']:.1f} |"
+                  for name, m in R["ways"].items()]
     return "\n".join(lines)
 
 

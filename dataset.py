@@ -7,7 +7,8 @@
 ds[i] decodes image i as a viewer shows it. Every row is checked when the dataset is built, and a
 bad row is named with its CSV line; `python dataset.py CSV IMG_DIR` checks one without training.
 A folder of class folders (DIR/cat/1.png) becomes the same table: list_image_folder, and
-`python dataset.py DIR` checks it.
+`python dataset.py DIR` checks it. weight_column="w" (Keras's weight_col): items are
+(image, label, weight), batches (images, labels, weights), each weight a number >= 0.
 Works alone (copy this file); each image decoded once, and fast batches: loaders.DecodedImages.
 """
 
@@ -67,6 +68,10 @@ class CsvImageDataset(Dataset):
             test share one mapping; by default the sorted names found.
         num_classes: labels must be below this, when given.
         split: (column, value): keep only the rows whose column holds value (one CSV, all splits).
+        weight_column: a column of numbers >= 0, each weighting its row's loss (Keras's
+            weight_col): items become (image, label, weight), batches (images, labels, weights
+            (B,) float32). A weight that is empty, not a number, NaN, infinite or negative is a
+            bad row.
         skip_bad_rows: drop bad rows with a warning that counts them, instead of raising.
         image_size: resize every image to (H, W), or N x N for an int, as it is decoded
             (antialiased); without it, images must share one size.
@@ -94,7 +99,7 @@ class CsvImageDataset(Dataset):
                  encoding: str = "utf-8", background: tuple[int, int, int] = (255, 255, 255),
                  header: bool = True, file_prefix: str = "", file_suffix: str = "",
                  absolute_paths: bool | None = None, resize: str = "squish",
-                 **removed) -> None:
+                 weight_column: Column | None = None, **removed) -> None:
         for name, value in removed.items():  # the cache's get a sentence, the rest Python's
             if name not in ("cache_mb", "cache_dir"):
                 raise TypeError(f"CsvImageDataset() got an unexpected keyword argument {name!r}")
@@ -121,12 +126,13 @@ class CsvImageDataset(Dataset):
         self.rows, self.classes, self.problems = make_dataset(
             table, self.img_dir, file_column=file_column, label_column=label_column,
             split=split, classes=classes, num_classes=num_classes, encoding=encoding,
-            header=header, names=names)
+            header=header, names=names, weight_column=weight_column)
         folder = self.img_dir if self.img_dir is not None else (  # as the user wrote it
             Path(".") if isinstance(table, pd.DataFrame) else table.parent)
         self.names_rule = names_rule(self.rows, names, str(folder))
         self._check_command = check_command(table, self.img_dir, file_column, label_column,
-                                            encoding, header=header, names=names)
+                                            encoding, header=header, names=names,
+                                            weight_column=weight_column)
         if self.problems:
             rows = len(self.rows) + len({line for line, _, _ in self.problems})
             message = problems_message(self.source, self.problems, rows, self._check_command,
@@ -143,10 +149,12 @@ class CsvImageDataset(Dataset):
         self.channels = CHANNELS[self.mode]
         self.image_size = self.resize_to or self._first_size()  # (H, W) every image must have
         self._labels = torch.from_numpy(self.rows.labels)  # (N,) int64: for a batch's labels
+        self._weights = None if self.rows.weights is None else torch.from_numpy(self.rows.weights)
         self._transformed_shape: torch.Size | None = None  # of image 0, to name an odd one
 
     def __getitem__(self, index):
-        """ds[i] -> (image (C, H, W), label int); ds[list or array of i] -> a batch (get_batch)."""
+        """ds[i] -> (image (C, H, W), label int) (and weight float, with weight_column);
+        ds[list or array of i] -> a batch (get_batch)."""
         if np.ndim(index) != 0:
             return self.get_batch(index)
         image = self.load_image(index)  # (C, H, W) uint8, decoded now
@@ -165,6 +173,8 @@ class CsvImageDataset(Dataset):
         dtype `pixels` asks for. A store of decoded pixels passes its own."""
         if self.transform is not None:
             image = self.apply_transform(i, image)
+        if self._weights is not None:
+            return to_pixels(image, self.pixels), self.rows[i].label, float(self._weights[i])
         return to_pixels(image, self.pixels), self.rows[i].label
 
     @property
@@ -184,9 +194,16 @@ class CsvImageDataset(Dataset):
         tensor), as collate stacks B items; the transform draws from the global RNG as ds[i]."""
         rows, labels = self.batch_rows(indices)
         if self.transform is None:
-            return to_pixels(self.load_images(rows.tolist()), self.pixels), labels
+            return self.batch_of(to_pixels(self.load_images(rows.tolist()), self.pixels), rows,
+                                 labels)
         images = [self.apply_transform(i, self.load_image(i)) for i in rows.tolist()]
-        return to_pixels(torch.stack(images), self.pixels), labels
+        return self.batch_of(to_pixels(torch.stack(images), self.pixels), rows, labels)
+
+    def batch_of(self, images: torch.Tensor, rows: torch.Tensor, labels: torch.Tensor) -> tuple:
+        """(images, labels), or (images, labels, weights (B,) float32) with a weight column."""
+        if self._weights is None:
+            return images, labels
+        return images, labels, self._weights.index_select(0, rows)
 
     def batch_rows(self, indices) -> tuple[torch.Tensor, torch.Tensor]:
         """(indices, their labels), both (B,) int64; an IndexError naming the range for anything
@@ -531,8 +548,8 @@ def to_pixels(images: torch.Tensor, pixels: str) -> torch.Tensor:
 def make_dataset(csv_path: Path | pd.DataFrame, img_dir: Path | None, *, file_column: Column,
                  label_column: Column | None, split: tuple[Column, str] | None = None,
                  classes: Sequence[str] | None = None, num_classes: int | None = None,
-                 encoding: str = "utf-8", header: bool = True,
-                 names: FileNames = FileNames()) -> tuple[Samples, list[str], list[Problem]]:
+                 encoding: str = "utf-8", header: bool = True, names: FileNames = FileNames(),
+                 weight_column: Column | None = None) -> tuple[Samples, list[str], list[Problem]]:
     """Check every row of the table (a CSV or a DataFrame) and read every listed file's header:
     (the good rows, the class names, the bad rows as (line, file, what is wrong) by line). A
     DatasetError only when the table or folder cannot be read at all. img_dir None: the CSV's
@@ -543,7 +560,9 @@ def make_dataset(csv_path: Path | pd.DataFrame, img_dir: Path | None, *, file_co
     elif not img_dir.is_dir():
         raise DatasetError(f"image folder not found: {img_dir} "
                            f"(it should hold the files named in {source})")
-    columns = [file_column] + [c for c in (label_column, split and split[0]) if c is not None]
+    weight_column = None if label_column is None else weight_column  # rows to predict: unread
+    columns = [file_column] + [c for c in (label_column, split and split[0], weight_column)
+                               if c is not None]
     df = read_csv(csv_path, columns, encoding, header=header)
     if header and not isinstance(csv_path, pd.DataFrame):
         _warn_of_a_row_as_header(Path(csv_path), encoding)
@@ -569,6 +588,10 @@ def make_dataset(csv_path: Path | pd.DataFrame, img_dir: Path | None, *, file_co
     else:
         labels, class_names, what = _parse_labels(df[label_column], classes, num_classes,
                                                   as_names=as_names)
+    weights = None
+    if weight_column is not None:
+        weights, weight_what = _parse_weights(df[weight_column])
+        what = np.where(what != None, what, weight_what)  # noqa: E711  the label named first
     root = img_dir.resolve()
     paths = [names.prefix + f + names.suffix for f in files]  # relative to root, or absolute
     file_what, stats = _check_files(paths, root, absolute=names.absolute)
@@ -589,8 +612,34 @@ def make_dataset(csv_path: Path | pd.DataFrame, img_dir: Path | None, *, file_co
     problems = [(int(lines[j]), files[j], what[j]) for j in np.flatnonzero(bad)]
     samples = Samples(str(root), [f for f, k in zip(files, keep) if k], labels[keep], lines[keep],
                       stats[keep], sizes=sizes[keep], colours=colours[keep],
-                      prefix=names.prefix, suffix=names.suffix)
+                      prefix=names.prefix, suffix=names.suffix,
+                      weights=None if weights is None else weights[keep])
     return samples, class_names, problems
+
+
+def _parse_weights(values: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    """(weights (N,) float32, 0 where bad; what is wrong with each row or None): a number >= 0
+    that float32 holds; empty, text, NaN, infinite or negative is wrong."""
+    what = np.full(len(values), None, dtype=object)
+    original = values.to_numpy(dtype=object)
+    if not pd.api.types.is_numeric_dtype(values) or pd.api.types.is_bool_dtype(values):
+        values = values.where(values.isna(), values.astype(str).str.strip())
+        values = values.where(values != "", None)
+    empty = values.isna().to_numpy() & pd.isna(original)  # a cell "nan" is text, not empty
+    number = pd.to_numeric(values, errors="coerce").to_numpy(dtype=np.float64)
+    expected = "(expected a number >= 0)"
+    for j in np.flatnonzero(~np.isfinite(number)):
+        what[j] = ("empty weight" if empty[j] or str(original[j]).strip() == "" else
+                   f"weight {str(original[j]).strip()!r} is not a number {expected}"
+                   if np.isnan(number[j]) else f"weight {original[j]} is not finite {expected}")
+    with np.errstate(invalid="ignore"):
+        for j in np.flatnonzero(number < 0):
+            what[j] = f"weight {original[j]} is negative {expected}"
+        for j in np.flatnonzero(np.isfinite(number) & (number > np.finfo(np.float32).max)):
+            what[j] = f"weight {original[j]} is too large for float32 {expected}"
+    good = what == None  # noqa: E711
+    return np.where(good, number, 0.0).astype(np.float32), what
+
 
 
 def _check_headers(paths: list[str], root: Path,
@@ -677,7 +726,7 @@ class Samples(Sequence):
 
     def __init__(self, root: str, files: Sequence[str], labels: np.ndarray, lines: np.ndarray,
                  stats: np.ndarray, *, sizes: np.ndarray, colours: np.ndarray, prefix: str = "",
-                 suffix: str = "") -> None:
+                 suffix: str = "", weights: np.ndarray | None = None) -> None:
         encoded = [f.encode("utf-8", "surrogateescape") for f in files]
         self.root, self.prefix, self.suffix = root, prefix, suffix
         self.names = np.frombuffer(b"".join(encoded), dtype=np.uint8)  # every name, end to end
@@ -688,6 +737,8 @@ class Samples(Sequence):
         self.stats = np.asarray(stats, dtype=np.int64)  # (N, 5): file_identity() of each file
         self.sizes = np.asarray(sizes, dtype=np.int64)  # (N, 2): (W, H) upright, from the header
         self.colours = np.asarray(colours, dtype="<U8")  # (N,): the mode if in colour, else ""
+        # (N,) float32 weights of a weight column, else None
+        self.weights = None if weights is None else np.asarray(weights, dtype=np.float32)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -726,7 +777,7 @@ class PathsAndLabels(Sequence):
 
 def check_command(csv_path: Path | pd.DataFrame, img_dir: Path | None, file_column: Column,
                   label_column: Column | None, encoding: str, *, header: bool = True,
-                  names: FileNames = FileNames()) -> str:
+                  names: FileNames = FileNames(), weight_column: Column | None = None) -> str:
     """The check command for every row of the CSV (every split of it), to paste into a shell:
     `python dataset.py CSV DIR`, with the flags that differ from its defaults, then --all. For a
     DataFrame, what lists every bad row in Python."""
@@ -737,7 +788,8 @@ def check_command(csv_path: Path | pd.DataFrame, img_dir: Path | None, file_colu
                                  ("--label-column", label_column, "Class Label"),
                                  ("--encoding", encoding, "utf-8"),
                                  ("--file-prefix", names.prefix, ""),
-                                 ("--file-suffix", names.suffix, "")):
+                                 ("--file-suffix", names.suffix, ""),
+                                 ("--weight-column", weight_column, None)):
         if value is not None and value != default:
             words += [flag, str(value)]
     words += [] if header else ["--no-header"]
@@ -1405,7 +1457,8 @@ def check_dataset(csv_path: str | Path | pd.DataFrame, img_dir: str | Path | Non
         try:
             ds = CsvImageDataset(csv_path, img_dir, skip_bad_rows=True, **dataset_kwargs)
         except DatasetError:  # every row is bad: say why, row by row
-            keys = ("file_column", "label_column", "split", "num_classes", "encoding", "header")
+            keys = ("file_column", "label_column", "split", "num_classes", "encoding", "header",
+                    "weight_column")
             kwargs = {k: v for k, v in dataset_kwargs.items() if k in keys}
             names = FileNames(dataset_kwargs.get("file_prefix", ""),
                               dataset_kwargs.get("file_suffix", ""), img_dir is None)
@@ -1440,7 +1493,15 @@ def check_dataset(csv_path: str | Path | pd.DataFrame, img_dir: str | Path | Non
             "classes": {name: counts.get(i, 0) for i, name in enumerate(ds.classes)},
             "sizes": dict(sizes), "modes": dict(modes), "mode_decision": ds.mode_decision,
             "notes": {k: n for k, n in notes.items() if n}, "names_rule": ds.names_rule,
+            **({} if ds.rows.weights is None else {"weights": weight_summary(ds.rows.weights)}),
             "warnings": messages + odd_class_warnings([ds])}, problems
+
+
+def weight_summary(weights: np.ndarray) -> str:
+    """The check command's line on a weight column's good rows: "0 to 2.5, mean 1.1 (3 rows 0)"."""
+    zeros = int((weights == 0).sum())
+    return (f"{weights.min():g} to {weights.max():g}, mean {weights.astype(np.float64).mean():g}"
+            + (f" ({zeros} row{'s' if zeros != 1 else ''} weigh 0)" if zeros else ""))
 
 
 def empty_classes_message(empty: Sequence[str], classes: Sequence[str]) -> str:
@@ -1550,6 +1611,9 @@ def check_parser() -> argparse.ArgumentParser:
                         "%(default)s)")
     p.add_argument("--label-column", default="Class Label",
                    help="column with the labels, or its 0-based position (default: %(default)s)")
+    p.add_argument("--weight-column", default=None,
+                   help="column of a number >= 0 per row weighting its loss: each checked, "
+                        "and their range reported")
     p.add_argument("--no-header", action="store_true",
                    help="the first line is a row, not column names: columns by position")
     p.add_argument("--file-prefix", default="",
@@ -1601,12 +1665,13 @@ def main(argv: list[str] | None = None) -> int:
             label_column=args.label_column, mode=args.mode, num_classes=args.num_classes,
             split=split, image_size=args.image_size, encoding=args.encoding,
             resize=args.resize, header=not args.no_header, file_prefix=args.file_prefix,
-            file_suffix=args.file_suffix)
+            file_suffix=args.file_suffix, weight_column=args.weight_column)
     except DatasetError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     command = check_command(Path(args.csv_path), img_dir, args.file_column, args.label_column,
-                            args.encoding, header=not args.no_header, names=names)
+                            args.encoding, header=not args.no_header, names=names,
+                            weight_column=args.weight_column)
     if summary["mode"] == "-":  # no good row: only the reasons
         print(problems_message(Path(args.csv_path), problems, summary["rows"], command,
                                by_reason=True, list_rows=False))
@@ -1659,6 +1724,8 @@ def print_check(name: Path, summary: dict, problems: list[Problem], command: str
         print(summary["names_rule"])
     if not unlabelled:
         print("classes: " + ", ".join(f"{name}: {n}" for name, n in summary["classes"].items()))
+    if summary.get("weights"):
+        print(f"weights: {summary['weights']}")
     sizes = Counter(summary["sizes"]).most_common()
     print("image sizes (HxW): " + ", ".join(f"{s}: {n}" for s, n in sizes[:5])
           + (f", and {len(sizes) - 5} other sizes" if len(sizes) > 5 else ""))

@@ -8,6 +8,7 @@ images (train.py --evaluate, --predict).
     print(f"Test accuracy: {compute_accuracy(model, test_loader, device):.2f}%")
 
 Under torchrun every rank passes its share of the batches and gets the accuracy over all of them.
+compute_scores adds balanced accuracy, macro F1 and the loss, from the same confusion matrix.
 Needs loaders.py, dataset.py and model.py beside it (for --predict's images and the model).
 """
 
@@ -43,7 +44,7 @@ def compute_accuracy(model: torch.nn.Module, data_loader, device: torch.device |
     """Accuracy in % over every batch of data_loader (over all ranks' shares under torchrun)."""
     model.eval()
     counts = torch.zeros(2, dtype=torch.int64, device=device)  # correct, total
-    for images, labels in data_loader:
+    for images, labels, *_ in data_loader:  # (images, labels) or (images, labels, weights)
         labels = labels.to(device, non_blocking=True)
         predictions = model(to_input(images, device)).argmax(dim=1)  # (B,)
         counts[0] += (predictions == labels).sum()
@@ -111,7 +112,7 @@ def compute_confusion_matrix(model: torch.nn.Module, data_loader, device: torch.
     data_loader (and every rank's share under torchrun). Its accuracy: accuracy_of(cm)."""
     model.eval()
     cm = torch.zeros(num_classes * num_classes, dtype=torch.int64, device=device)
-    for images, labels in data_loader:
+    for images, labels, *_ in data_loader:
         predictions = model(to_input(images, device)).argmax(dim=1)  # (B,)
         cm += torch.bincount(labels.to(device) * num_classes + predictions, minlength=cm.numel())
     return sum_over_ranks(cm).view(num_classes, num_classes).cpu()
@@ -120,6 +121,42 @@ def compute_confusion_matrix(model: torch.nn.Module, data_loader, device: torch.
 def accuracy_of(cm: torch.Tensor) -> float:
     """Accuracy in % from a confusion matrix: the same integers as compute_accuracy counts."""
     return 100.0 * cm.diagonal().sum().item() / cm.sum().item()
+
+
+def balanced_accuracy_of(cm: torch.Tensor) -> float:
+    """Balanced accuracy in %: the mean recall (share of its images found) of the classes present
+    (those with images in cm's split: a true row that is not all 0), each class counting alike."""
+    support = cm.sum(dim=1)  # (K,) images of each true class
+    present = support > 0
+    recall = cm.diagonal()[present].double() / support[present].double()
+    return 100.0 * recall.mean().item()
+
+
+def macro_f1_of(cm: torch.Tensor) -> float:
+    """Macro F1 in [0, 1]: the mean over classes of 2TP / (2TP + FP + FN), of the classes that are
+    true or predicted at least once in cm (scikit-learn's f1_score(average="macro"))."""
+    both = (cm.sum(dim=1) + cm.sum(dim=0)).double()  # (K,) 2TP + FP + FN: true + predicted
+    seen = both > 0
+    return (2 * cm.diagonal()[seen].double() / both[seen]).mean().item()
+
+
+@torch.no_grad()
+def compute_scores(model: torch.nn.Module, data_loader, device: torch.device | str,
+                   num_classes: int) -> dict[str, float]:
+    """One pass over data_loader (all ranks' shares under torchrun): accuracy and balanced
+    accuracy in %, macro F1 in [0, 1] (from one confusion matrix), and loss, the mean
+    cross-entropy per image (unweighted)."""
+    model.eval()
+    cm = torch.zeros(num_classes * num_classes, dtype=torch.int64, device=device)
+    loss = torch.zeros((), dtype=torch.float64, device=device)  # summed per image
+    for images, labels, *_ in data_loader:  # (images, labels) or (images, labels, weights)
+        labels = labels.to(device, non_blocking=True)
+        logits = model(to_input(images, device))  # (B, num_classes)
+        cm += torch.bincount(labels * num_classes + logits.argmax(dim=1), minlength=cm.numel())
+        loss += torch.nn.functional.cross_entropy(logits, labels, reduction="sum").double()
+    cm = sum_over_ranks(cm).view(num_classes, num_classes).cpu()
+    return {"accuracy": accuracy_of(cm), "balanced_accuracy": balanced_accuracy_of(cm),
+            "macro_f1": macro_f1_of(cm), "loss": sum_over_ranks(loss).item() / cm.sum().item()}
 
 
 class RunError(Exception):

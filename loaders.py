@@ -22,7 +22,8 @@ one uint8 image (C, H, W), as torchvision's v2 transforms do. For your own DataL
 The train loader reshuffles every epoch and drops the last partial batch; valid and test keep
 their order and every sample; no file may be in two splits. Epoch e's order depends only on
 (seed, e) (set_epoch(e) on loader.sampler picks e), each sample's random transform on (seed, e,
-index): exact for any num_workers, after a resume, and under torchrun or Lightning.
+index): exact for any num_workers, after a resume, and under torchrun or Lightning. With
+balance="sampler" the train order is a class-balanced draw with replacement, from (seed, e) too.
 
 Also here, for every file of this project's that must be whole or absent: write_atomic, and a
 folder's lock (open_lock, lock_or_holder). Needs dataset.py beside it.
@@ -115,7 +116,8 @@ def get_dataloaders(batch_size: int, data_dir: str | Path = "data", num_workers:
     return loaders_from_datasets(
         *stores, batch_size=batch_size,
         eval_batch_size=batch_size * options.get("batch_size_factor_eval", 1), seed=seed,
-        loader_kwargs={"num_workers": num_workers, **(options.get("loader_kwargs") or {})})
+        loader_kwargs={"num_workers": num_workers, **(options.get("loader_kwargs") or {})},
+        balance=options.get("balance"))
 
 
 class LoaderOptions(TypedDict, total=False):
@@ -131,6 +133,7 @@ class LoaderOptions(TypedDict, total=False):
     cache_dir: str | Path  # and folder of the disk cache (default: none)
     dataset_kwargs: dict  # to every CsvImageDataset (mode, pixels, file_column, resize, ...)
     loader_kwargs: dict  # to every torch DataLoader (persistent_workers, pin_memory, ...)
+    balance: str  # "sampler": the train order drawn class-balanced, with replacement
 
 
 def get_dataloaders_from_split_csv(csv_path: str | Path | pd.DataFrame, img_dir: str | Path | None,
@@ -540,10 +543,13 @@ def _largest_remainder(total: int, sizes: np.ndarray, caps: np.ndarray) -> np.nd
 def loaders_from_datasets(
         train: Dataset, valid: Dataset, test: Dataset | None, *, batch_size: int,
         eval_batch_size: int | None = None, seed: int = 123,
-        loader_kwargs: dict | None = None) -> tuple[DataLoader, DataLoader, DataLoader | None]:
+        loader_kwargs: dict | None = None,
+        balance: str | None = None) -> tuple[DataLoader, DataLoader, DataLoader | None]:
     """Train loader (reshuffled, drop_last) and valid / test loaders (fixed order, every sample) of
     DecodedImages or CsvImageDatasets (one store each, however often it comes), or Subsets /
-    ConcatDatasets of them (what random_split gives). test None: the test loader is None."""
+    ConcatDatasets of them (what random_split gives). test None: the test loader is None.
+    balance="sampler": the train loader draws each epoch's order with replacement, each class
+    equally likely, from (seed, epoch) alone (make_loader)."""
     views = [as_batch_dataset(ds) for ds in (train, valid, test) if ds is not None]
     leaves = {id(leaf): leaf for view in views for leaf in _leaves_of(view)}
     for store in leaves.values():  # decode once, before the loaders' workers start
@@ -557,7 +563,8 @@ def loaders_from_datasets(
                       "(Subset(ds, idx)).", stacklevel=2)
     eval_batch_size = eval_batch_size or batch_size
     options = {"seed": seed, "loader_kwargs": loader_kwargs}
-    return (make_loader(views[0], batch_size, shuffle=True, drop_last=True, **options),
+    return (make_loader(views[0], batch_size, shuffle=True, drop_last=True, balance=balance,
+                        **options),
             make_loader(views[1], eval_batch_size, shuffle=False, drop_last=False, **options),
             None if test is None else
             make_loader(views[2], eval_batch_size, shuffle=False, drop_last=False, **options))
@@ -569,10 +576,15 @@ OWN_OPTIONS = ("batch_size", "shuffle", "sampler", "batch_sampler", "drop_last",
 
 def make_loader(dataset: Dataset, batch_size: int, *, shuffle: bool, drop_last: bool, seed: int,
                 loader_kwargs: dict | None = None, rank: int | None = None,
-                world_size: int | None = None) -> DataLoader:
+                world_size: int | None = None, balance: str | None = None) -> DataLoader:
     """A DataLoader that fetches whole batches with dataset[Batch of indices] (dataset: as
     loaders_from_datasets takes them). loader_kwargs, but OWN_OPTIONS, go to torch's DataLoader;
-    a collate_fn gets [(image, label)] as in a plain one. rank / world_size: the group's if None."""
+    a collate_fn gets [(image, label)] as in a plain one. rank / world_size: the group's if None.
+    balance="sampler": each epoch len(dataset) samples drawn with replacement, each class equally
+    likely (balanced_order), instead of a permutation."""
+    if balance not in (None, "sampler"):
+        raise ValueError(f"balance must be None or 'sampler', got {balance!r} (a loss weighted by "
+                         "class is the loss's business: train.Classification(class_weights=...))")
     kwargs = dict(loader_kwargs or {})
     own = [key for key in OWN_OPTIONS if key in kwargs]
     if own:
@@ -587,8 +599,10 @@ def make_loader(dataset: Dataset, batch_size: int, *, shuffle: bool, drop_last: 
         kwargs["collate_fn"] = functools.partial(_collate_samples, kwargs["collate_fn"])
     dataset = as_batch_dataset(dataset)
     kwargs, decision = plan_workers(dataset, kwargs)
+    labels = np.asarray(dataset.targets, dtype=np.int64) if balance == "sampler" else None
     sampler = EpochBatchSampler(len(dataset), batch_size, shuffle=shuffle, drop_last=drop_last,
-                                seed=seed, rank=rank, world_size=world_size)
+                                seed=seed, rank=rank, world_size=world_size,
+                                balance_labels=labels)
     # batch_size=None: the sampler yields batches; its own generator leaves the global RNG be.
     loader = DataLoader(dataset, batch_size=None, sampler=sampler,
                         generator=PicklableGenerator().manual_seed(seed), **kwargs)
@@ -632,10 +646,11 @@ def plan_workers(dataset: Dataset, loader_kwargs: dict) -> tuple[dict, str]:
     return kwargs, f"{workers} workers run {' and '.join(work)} on the images in memory, {kept}"
 
 
-def _collate_samples(collate_fn: Callable, batch: tuple[torch.Tensor, torch.Tensor]):
-    """Your collate_fn on a fetched batch as a plain DataLoader gives it: [(image, label int)]."""
-    images, labels = batch
-    return collate_fn(list(zip(images.unbind(0), labels.tolist())))
+def _collate_samples(collate_fn: Callable, batch: tuple[torch.Tensor, ...]):
+    """Your collate_fn on a fetched batch as a plain DataLoader gives it: [(image, label int)]
+    (or [(image, label, weight float)] with a weight column)."""
+    images, *rest = batch
+    return collate_fn(list(zip(images.unbind(0), *(t.tolist() for t in rest))))
 
 
 class PicklableGenerator(torch.Generator):
@@ -721,19 +736,22 @@ class DatasetView(Dataset):
         batch = index if isinstance(index, Batch) else None
         indices = np.asarray(batch.indices if batch else index, dtype=np.int64)  # (B,)
         parts, rows = self.part_of[indices], self.row_of[indices]
-        images = labels = None
+        out = None  # images, labels (and weights, with a weight column)
         for k in np.unique(parts):
             mine = np.flatnonzero(parts == k)
             # Parts number their rows from 0 each: a seed per part keeps their transforms apart.
             ask = (Batch(rows[mine], batch.seed + (int(k) << 32), batch.epoch) if batch
                    else rows[mine])
-            part_images, part_labels = self.parts[k][ask]
-            if images is None:
-                images = part_images.new_empty((len(indices), *part_images.shape[1:]))
-                labels = part_labels.new_empty(len(indices))
+            got = self.parts[k][ask]
+            if out is None:
+                out = tuple(t.new_empty((len(indices), *t.shape[1:])) for t in got)
+            if len(got) != len(out):
+                raise ValueError("the datasets joined in this ConcatDataset differ in having a "
+                                 "weight column; pass the same weight_column= to each")
             at = torch.from_numpy(mine)
-            images[at], labels[at] = part_images, part_labels
-        return images, labels
+            for whole, part in zip(out, got):
+                whole[at] = part
+        return out
 
 
 def _leaves_of(dataset: Dataset) -> list[DecodedImages]:
@@ -794,7 +812,7 @@ class DecodedImages(Dataset):
             images = torch.from_numpy(np.take(self._cache.numpy(), rows.numpy(), axis=0))
         else:
             images = self.dataset.load_images(rows.tolist())
-        return to_pixels(images, self.pixels), labels
+        return self.dataset.batch_of(to_pixels(images, self.pixels), rows, labels)  # (+ weights)
 
     def preload(self, num_workers: int = 0,
                 progress: bool | Callable[[int, int], None] = True) -> torch.Tensor | None:
@@ -1126,6 +1144,17 @@ def epoch_order(num_samples: int, seed: int, epoch: int) -> np.ndarray:
     return np.random.default_rng([seed, epoch]).permutation(num_samples)
 
 
+def balanced_order(labels: np.ndarray, seed: int, epoch: int) -> np.ndarray:
+    """len(labels) indices drawn with replacement, each class present equally likely and each
+    sample equally likely within its class (balance="sampler"); from (labels, seed, epoch) alone,
+    as epoch_order is. labels: (N,) int class indices."""
+    rng = np.random.default_rng([seed, epoch])
+    by_class = np.argsort(labels, kind="stable")  # (N,) sample indices grouped by class
+    present, starts, counts = np.unique(labels[by_class], return_index=True, return_counts=True)
+    drawn = rng.integers(len(present), size=len(labels))  # (N,) which class, uniform
+    return by_class[starts[drawn] + rng.integers(counts[drawn])]  # (N,) a sample of that class
+
+
 class EpochBatchSampler(DistributedSampler):
     """Yields one Batch per batch: int64 NumPy indices (a tensor without a copy, cheap to pickle),
     and the seed and epoch that key their random transforms. Each iter() plays the next epoch,
@@ -1135,7 +1164,8 @@ class EpochBatchSampler(DistributedSampler):
     that Lightning does not split the data twice; its __init__ (needing a group) is not called."""
 
     def __init__(self, num_samples: int, batch_size: int, *, shuffle: bool, drop_last: bool,
-                 seed: int = 0, rank: int | None = None, world_size: int | None = None) -> None:
+                 seed: int = 0, rank: int | None = None, world_size: int | None = None,
+                 balance_labels: np.ndarray | None = None) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         if drop_last and num_samples < batch_size:
@@ -1146,6 +1176,11 @@ class EpochBatchSampler(DistributedSampler):
         self.dataset_size, self.batch_size = num_samples, batch_size
         self.shuffle, self.drop_last, self.seed = shuffle, drop_last, seed
         self._rank, self._world_size, self.epoch = rank, world_size, 0
+        # (N,) class indices: each epoch a class-balanced draw with replacement (balanced_order)
+        self.balance_labels = None if balance_labels is None else np.asarray(balance_labels)
+        if self.balance_labels is not None and len(self.balance_labels) != num_samples:
+            raise ValueError(f"balance_labels has {len(self.balance_labels)} labels for "
+                             f"{num_samples} samples")
         self._check_divisible()  # now, where the process group is known already
 
     @property
@@ -1174,8 +1209,10 @@ class EpochBatchSampler(DistributedSampler):
         self._check_divisible()
         rank, world_size = self.rank, self.world_size
         epoch, self.epoch = self.epoch, self.epoch + 1
-        order = (epoch_order(self.dataset_size, self.seed, epoch) if self.shuffle
-                 else np.arange(self.dataset_size))
+        order = (balanced_order(self.balance_labels, self.seed, epoch)
+                 if self.balance_labels is not None else
+                 epoch_order(self.dataset_size, self.seed, epoch) if self.shuffle
+                 else np.arange(self.dataset_size))  # rank r: every world_size-th of each batch
         for start in range(0, self.dataset_size, self.batch_size):
             batch = order[start:start + self.batch_size]
             if self.drop_last and len(batch) < self.batch_size:

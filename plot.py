@@ -99,7 +99,7 @@ def _spread_over_classes(data_loader, num_examples: int,
     max_images images."""
     by_class: dict[int, list] = {}  # label -> [(position in the loader, image)]
     seen = 0
-    for images, labels in data_loader:
+    for images, labels, *_ in data_loader:  # weights, with a weight column, unused
         for image, label in zip(images, labels.tolist()):
             if label in by_class or len(by_class) < num_examples:
                 bucket = by_class.setdefault(label, [])
@@ -125,7 +125,7 @@ def show_mistakes(model: torch.nn.Module, data_loader, results_dir: str | Path |
     titled "P: <predicted> (<its probability>) | T: <true>"."""
     model.eval()
     worst = []  # (loss, image, predicted, probability, true) of the wrong ones; the worst kept
-    for images, labels in data_loader:
+    for images, labels, *_ in data_loader:  # weights, with a weight column, unused
         probs = torch.softmax(model(_model_input(model, images)).float(), dim=1).cpu()  # (B, C)
         confidence, predicted = probs.max(dim=1)
         losses = -probs.gather(1, labels.view(-1, 1)).clamp(min=1e-12).log().flatten()

@@ -8,6 +8,7 @@ checkpoints, plots.
         --mode RGB --image-size 32 --augment                # your own images, any size and format
     torchrun --standalone --nproc_per_node=2 train.py --epochs 3 --seed 123
     python train.py --image-folder photos/ --image-size 32  # class folders: photos/cat/1.jpg
+    python train.py --csv labels.csv --balance sampler --monitor balanced_accuracy  # a rare class
     python train.py --evaluate                              # the saved model, on the test split
     python train.py --predict new-images/                   # a folder or CSV: predictions.csv
 
@@ -66,7 +67,7 @@ from torch.nn.parallel import DistributedDataParallel
 from dataset import (RESIZE_METHODS, DatasetError, folder_classes, parse_image_size, read_csv,
                      scan_image_folder, skipped_message, split_names, split_spellings)
 from evaluate import (REPORT_FILES, RunError, compute_accuracy, compute_confusion_matrix,
-                      csv_bytes, distributed, evaluate_model, global_settings_kept,
+                      compute_scores, csv_bytes, distributed, evaluate_model, global_settings_kept,
                       model_from_checkpoint, move_aside, predict, read_checkpoint,
                       saved_model_accuracy, saved_model_config, set_all_seeds, set_deterministic,
                       sum_over_ranks, to_input, write_reports)
@@ -89,6 +90,11 @@ class History:
     epoch_seconds: list[float] = dataclasses.field(default_factory=list)
     test_acc: float | None = None  # after the last epoch, when a test loader was given
     best_test_acc: float | None = None  # of best.pt's model (train.py)
+    # The task's other figures per epoch (Classification: balanced_accuracy, macro_f1, loss), a
+    # dict each; and the validation figure that picks the best epoch (best_epoch).
+    train_scores: list[dict] = dataclasses.field(default_factory=list)
+    valid_scores: list[dict] = dataclasses.field(default_factory=list)
+    monitor: str = "accuracy"
 
     def __iter__(self):
         return iter((self.minibatch_loss, self.train_acc, self.valid_acc))
@@ -98,7 +104,7 @@ def train_model(model: torch.nn.Module, num_epochs: int, train_loader, valid_loa
                 test_loader=None, *, optimizer: torch.optim.Optimizer, device: torch.device | str,
                 history: History | None = None, train_eval_loader=None, logging_interval: int = 50,
                 on_epoch_end: Callable[[History], None] | None = None, scheduler=None,
-                early_stopping: int | None = None) -> History:
+                early_stopping: int | None = None, task: Classification | None = None) -> History:
     """The lecture's loop: train for num_epochs, printing the loss every logging_interval batches
     and the train / validation accuracy after each epoch, then the test accuracy if test_loader
     is given.
@@ -107,24 +113,32 @@ def train_model(model: torch.nn.Module, num_epochs: int, train_loader, valid_loa
     Each loader's sampler.set_epoch(e) fixes epoch e's order, whatever the loaders did before.
     train_eval_loader (default: train_loader) measures train accuracy. on_epoch_end(history)
     runs after each epoch (train.py saves there); scheduler is stepped after every batch;
-    early_stopping=N stops after N epochs without a better validation accuracy.
+    early_stopping=N stops after N epochs without a better validation figure (task.monitor).
+    task (default Classification(): the lecture's loss) decides each batch's loss and what each
+    epoch measures. Batches are (images, labels) or (images, labels, weights).
     """
     history = history if history is not None else History()
+    task = task if task is not None else Classification()
+    history.monitor = task.monitor
+    for scores in (history.train_scores, history.valid_scores):  # a history of an earlier version
+        scores += [{}] * (len(history.train_acc) - len(scores))
     start = time.perf_counter()
     for epoch in range(len(history.train_acc), num_epochs):
         if early_stopping is not None and epoch - best_epoch(history) >= early_stopping:
-            print(f"Early stopping: no better validation accuracy in the {early_stopping} "
-                  f"epoch{'s' if early_stopping > 1 else ''} after epoch {best_epoch(history)}")
+            print(f"Early stopping: no better validation {MONITORS[task.monitor]} in the "
+                  f"{early_stopping} epoch{'s' if early_stopping > 1 else ''} after epoch "
+                  f"{best_epoch(history)}")
             break
         epoch_start = time.perf_counter()
         model.train()
         for loader in (train_loader, train_eval_loader, valid_loader):  # epoch: order, augmentation
             if hasattr(getattr(loader, "sampler", None), "set_epoch"):
                 loader.sampler.set_epoch(epoch)
-        for batch_idx, (images, labels) in enumerate(train_loader):
+        for batch_idx, (images, labels, *weights) in enumerate(train_loader):
             images, labels = to_input(images, device), labels.to(device, non_blocking=True)
+            weights = weights[0].to(device, non_blocking=True) if weights else None  # (B,)
             logits = model(images)  # (B, num_classes)
-            loss = F.cross_entropy(logits, labels)
+            loss = task.loss(logits, labels, weights)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -139,12 +153,17 @@ def train_model(model: torch.nn.Module, num_epochs: int, train_loader, valid_loa
                       f"| Batch {batch_idx:04d}/{len(train_loader):04d} "
                       f"| Loss: {history.minibatch_loss[-1]:.4f}")
         with ctrl_c_deferred():  # the epoch's weights are final: a Ctrl-C waits until they're saved
-            train_acc = compute_accuracy(model, train_eval_loader or train_loader, device)
-            history.train_acc.append(train_acc)
-            history.valid_acc.append(compute_accuracy(model, valid_loader, device))
+            for loader, acc, scores in ((train_eval_loader or train_loader, history.train_acc,
+                                         history.train_scores),
+                                        (valid_loader, history.valid_acc, history.valid_scores)):
+                measured = task.scores(model, loader, device, logits.shape[1])
+                acc.append(measured.pop("accuracy"))
+                scores.append(measured)
             history.epoch_seconds.append(time.perf_counter() - epoch_start)
             print(f"Epoch: {epoch + 1:03d}/{num_epochs:03d} | Train: {history.train_acc[-1]:.2f}% "
                   f"| Validation: {history.valid_acc[-1]:.2f}%")
+            if task.report:
+                print(f"Epoch: {epoch + 1:03d}/{num_epochs:03d} | {task.summary(history)}")
             print(f"Time elapsed: {sum(history.epoch_seconds) / 60:.2f} min")
             if on_epoch_end is not None:
                 on_epoch_end(history)
@@ -159,10 +178,108 @@ class LossNotFinite(ArithmeticError):
     """The loss became NaN or infinite: the weights are lost, so train_model stops there."""
 
 
+# ---- the task: the loss and what each epoch measures, decided in one place ----------------------
+
+# The validation figures that can pick the best epoch (--monitor), as sentences name them.
+MONITORS = {"accuracy": "accuracy", "balanced_accuracy": "balanced accuracy",
+            "macro_f1": "macro F1", "loss": "loss"}
+LOWER_IS_BETTER = ("loss",)
+UNEVEN = 1.5  # a train split whose largest class has this many times its smallest's images
+
+
+@dataclasses.dataclass
+class Classification:
+    """One class per image, the lecture's task: the one place that decides, from the run's
+    settings, each batch's loss (loss) and what each epoch measures (scores, summary); train_model
+    asks nothing else of it. Another kind of target would be another class answering these.
+
+    class_weights: (num_classes,) each class's weight in the loss (--balance loss:
+        inverse_frequency), or None. monitor: the validation figure that picks the best epoch
+        and drives early stopping (MONITORS; loss: lower is better). report: print a second line
+        per epoch with balanced accuracy, macro F1 and the validation loss."""
+    class_weights: torch.Tensor | None = None
+    monitor: str = "accuracy"
+    report: bool = False
+
+    def __post_init__(self) -> None:
+        if self.monitor not in MONITORS:
+            raise ValueError(f"monitor must be one of {list(MONITORS)}, got {self.monitor!r}")
+        if self.class_weights is not None:
+            self.class_weights = torch.as_tensor(self.class_weights, dtype=torch.float32)
+
+    def loss(self, logits: torch.Tensor, labels: torch.Tensor,
+             weights: torch.Tensor | None = None) -> torch.Tensor:
+        """The batch's cross-entropy: the lecture's mean over its images; with row weights (B,)
+        or class weights, sum(w_i * loss_i) / sum(w_i), w_i = the row's weight times its class's
+        (0 when every w_i is 0). Under torchrun sum(w_i) is over every rank's share, so that the
+        ranks' averaged gradients are one process's."""
+        if weights is None and self.class_weights is None:
+            return F.cross_entropy(logits, labels)  # the lecture's, bit for bit
+        w = torch.ones_like(logits[:, 0]) if weights is None else weights.to(logits.dtype)  # (B,)
+        if self.class_weights is not None:
+            w = w * self.class_weights.to(logits.device, logits.dtype)[labels]
+        total = w.sum().detach()
+        if distributed():  # DDP averages the ranks' gradients: divide by the ranks' mean total
+            total = sum_over_ranks(total.clone()) / dist.get_world_size()
+        per_image = F.cross_entropy(logits, labels, reduction="none")  # (B,)
+        return (w * per_image).sum() / total.clamp_min(torch.finfo(total.dtype).tiny)
+
+    def scores(self, model: torch.nn.Module, loader, device: torch.device | str,
+               num_classes: int) -> dict[str, float]:
+        """accuracy, balanced_accuracy (%), macro_f1 and loss of loader's split, in one pass."""
+        return compute_scores(model, loader, device, num_classes)
+
+    def summary(self, history: History) -> str:
+        """The epoch's second line: "Balanced accuracy: train 50.00%, validation 50.00% | ..."."""
+        train, valid = history.train_scores[-1], history.valid_scores[-1]
+        return (f"Balanced accuracy: train {train['balanced_accuracy']:.2f}%, validation "
+                f"{valid['balanced_accuracy']:.2f}% | Macro F1: train {train['macro_f1']:.4f}, "
+                f"validation {valid['macro_f1']:.4f} | Validation loss: {valid['loss']:.4f}")
+
+
+def inverse_frequency(labels: np.ndarray, num_classes: int) -> list[float]:
+    """--balance loss: class c weighs N / (K * n_c), N images of K classes present, n_c of class
+    c (each class's images then weigh N / K in all, as many as in an even split); 0 for a class
+    with no images. From the labels' integer counts alone: exact."""
+    counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=num_classes)
+    present = int((counts > 0).sum())
+    return [len(labels) / (present * int(n)) if n else 0.0 for n in counts]
+
+
+def make_task(train: TrainConfig, labels: np.ndarray, num_classes: int) -> Classification:
+    """The run's task from its settings: class weights (--balance loss), the monitored figure,
+    and a second line per epoch when the run asks for the figures (--balance, --monitor,
+    --weight-column) or the train split is uneven (its largest class UNEVEN times its smallest)."""
+    counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=num_classes)
+    uneven = counts.max() >= UNEVEN * counts.min()
+    report = (train.balance != "none" or train.monitor != "accuracy"
+              or train.weight_column is not None or bool(uneven))
+    return Classification(class_weights=train.class_weights, monitor=train.monitor, report=report)
+
+
+def monitored(history: History) -> list[float]:
+    """The validation figure history.monitor names, one per epoch."""
+    if history.monitor == "accuracy":
+        return history.valid_acc
+    return [scores[history.monitor] for scores in history.valid_scores]
+
+
 def best_epoch(history: History) -> int:
-    """The first epoch (from 1) with the highest validation accuracy; 0 before the first."""
-    valid = history.valid_acc
-    return valid.index(max(valid)) + 1 if valid else 0
+    """The first epoch (from 1) with the best validation figure history.monitor names (the
+    highest accuracy, by default; the lowest loss); 0 before the first."""
+    values = monitored(history)
+    if not values:
+        return 0
+    return values.index(min(values) if history.monitor in LOWER_IS_BETTER else max(values)) + 1
+
+
+def monitored_text(history: History, epoch: int) -> str:
+    """Epoch's (from 1) monitored validation figure: "77.73%", or "balanced accuracy 50.00%"."""
+    value = monitored(history)[epoch - 1]
+    if history.monitor == "accuracy":
+        return f"{value:.2f}%"
+    unit = "%" if history.monitor == "balanced_accuracy" else ""
+    return f"{MONITORS[history.monitor]} {value:.{2 if unit else 4}f}{unit}"
 
 
 def _mean_over_ranks(loss: torch.Tensor) -> float:
@@ -192,6 +309,7 @@ class DataSettings:
     split_seed: int = 0
     file_column: str = "File Name"  # a name, or a 0-based position ("0") no column is named
     label_column: str = "Class Label"
+    weight_column: str | None = None  # a number per row weighting its loss (Keras's weight_col)
     no_header: bool = False
     file_prefix: str = ""
     file_suffix: str = ""
@@ -235,7 +353,7 @@ class DataSettings:
                 "header": not (self.no_header and not self.draws_split()),
                 "file_prefix": self.file_prefix, "file_suffix": self.file_suffix,
                 "absolute_paths": self.csv is not None and self.img_dir is None,
-                "encoding": self.encoding}
+                "encoding": self.encoding, "weight_column": self.weight_column}
 
     def listed(self, split_path: Path) -> DataSettings:
         """--image-folder DIR as the run it is: --csv split_path (the folder's listing) --img-dir
@@ -274,6 +392,10 @@ class TrainConfig:
     batch_size: int = 64
     seed: int = 123
     augment: bool = False
+    monitor: str = "accuracy"  # the validation figure that picks best.pt (MONITORS)
+    balance: str = "none"  # sampler: a class-balanced order; loss: class_weights
+    class_weights: list[float] | None = None  # --balance loss: inverse_frequency of train
+    weight_column: str | None = None  # the table's column weighting each row's loss
 
     def resolved(self) -> TrainConfig:
         """lr from DEFAULT_LR; weight_decay 0.01 for adamw (torch's), else 0."""
@@ -288,7 +410,8 @@ class TrainConfig:
 # ModelConfig and TrainConfig is a flag that --resume, --evaluate and --predict take from the
 # checkpoint when it is left out.
 FROM_DATA = {ModelConfig: ("image_size", "channels", "num_classes", "mean", "std"),
-             TrainConfig: ("schedule_epochs", "batch_size", "seed", "augment")}
+             TrainConfig: ("schedule_epochs", "batch_size", "seed", "augment", "class_weights",
+                           "weight_column")}
 INHERITED = {cls: tuple(f.name for f in dataclasses.fields(cls) if f.name not in FROM_DATA[cls])
              for cls in FROM_DATA}
 
@@ -400,7 +523,10 @@ def run_config(settings: Settings, datasets: list[DecodedImages],
     train_ds, data = datasets[0], settings.data
     train = inherit(TrainConfig, settings.given, saved and saved.train,
                     batch_size=data.batch_size, seed=settings.seed, augment=data.augment,
-                    schedule_epochs=None).resolved()
+                    schedule_epochs=None, class_weights=None,
+                    weight_column=data.weight_column).resolved()
+    if train.balance == "loss":
+        train.class_weights = inverse_frequency(train_ds.targets, len(train_ds.classes))
     if train.lr_schedule != "constant":
         train.schedule_epochs = settings.epochs
     if train.momentum and train.optimizer != "sgd":
@@ -459,7 +585,7 @@ def save_run(results_dir: Path, model: torch.nn.Module, optimizer: torch.optim.O
              scheduler, config: RunConfig, classes: list[str], history: History) -> None:
     """checkpoint.pt and metrics.csv after an epoch: everything --resume needs, and what a
     checkpoint alone needs to read new images (classes, mode, resize, image_size); the same
-    checkpoint as best.pt too when the epoch's validation accuracy is the best so far."""
+    checkpoint as best.pt too when the epoch's monitored validation figure is the best so far."""
     saved = config.as_checkpoint()
     checkpoint = {
         "model": model.state_dict(), "optimizer": optimizer.state_dict(),
@@ -502,10 +628,19 @@ def write_together(files: list[tuple[Path, bytes]]) -> None:
 
 
 def metrics_csv(history: History) -> bytes:
-    rows = ["epoch,train_acc,valid_acc,epoch_seconds"]
+    """One row per epoch; the task's other figures (train_balanced_accuracy, valid_..., ...)
+    after the lecture's columns, empty for epochs of an earlier version that did not have them."""
+    names = next((list(scores) for scores in history.valid_scores if scores), [])
+    rows = [",".join(["epoch,train_acc,valid_acc,epoch_seconds",
+                      *(f"{split}_{name}" for name in names for split in ("train", "valid"))])]
     epochs = zip(history.train_acc, history.valid_acc, history.epoch_seconds)
     for i, (tr, va, sec) in enumerate(epochs):
-        rows.append(f"{i + 1},{tr!r},{va!r},{sec:.4f}")  # repr: exact floats, comparable
+        row = f"{i + 1},{tr!r},{va!r},{sec:.4f}"  # repr: exact floats, comparable
+        for name in names:
+            row += "".join("," + (repr(scores[i][name]) if i < len(scores) and name in scores[i]
+                                  else "")
+                           for scores in (history.train_scores, history.valid_scores))
+        rows.append(row)
     return ("\n".join(rows) + "\n").encode()
 
 
@@ -948,9 +1083,10 @@ def build_datasets(data: DataSettings, sources: list[tuple], device: torch.devic
 
 
 def prepare_data(data: DataSettings, *, split_path: Path, seed: int, evaluating: bool,
-                 keep_split: bool, rank: int, world_size: int,
-                 device: torch.device) -> tuple[list[DecodedImages], tuple]:
-    """The train, valid and test datasets, and the loaders (train, valid, test, train_eval)."""
+                 keep_split: bool, rank: int, world_size: int, device: torch.device,
+                 balance: str = "none") -> tuple[list[DecodedImages], tuple]:
+    """The train, valid and test datasets, and the loaders (train, valid, test, train_eval);
+    balance "sampler": the train loader's order drawn class-balanced (--balance sampler)."""
     ddp = world_size > 1 or distributed()
     sources = data_sources(data, split_path, main_process=rank == 0, keep_split=keep_split)
     if ddp:
@@ -970,7 +1106,7 @@ def prepare_data(data: DataSettings, *, split_path: Path, seed: int, evaluating:
     batch_size = min(data.batch_size, len(train_ds)) if evaluating else data.batch_size
     loaders = loaders_from_datasets(  # --evaluate: test only
         *datasets, batch_size=batch_size, eval_batch_size=data.eval_batch_size, seed=seed,
-        loader_kwargs=loader_kwargs)
+        loader_kwargs=loader_kwargs, balance="sampler" if balance == "sampler" else None)
     train_eval_loader = make_loader(train_ds, data.eval_batch_size, shuffle=False,
                                     drop_last=False, seed=seed, loader_kwargs=loader_kwargs)
     test = "no test" if datasets[2] is None else f"{len(datasets[2])} test"
@@ -980,6 +1116,10 @@ def prepare_data(data: DataSettings, *, split_path: Path, seed: int, evaluating:
               *train_ds.image_size, train_ds.resize) if train_ds.resize != "squish" else "")
           + f"; {train_ds.cache_decision}; "
           f"device {device}" + (f"; {world_size} processes" if world_size > 1 else ""))
+    if balance == "sampler" and not evaluating:
+        print(f"Train order (--balance sampler): {len(train_ds)} images drawn per epoch with "
+              f"replacement, each of the {len(set(train_ds.targets))} classes in train equally "
+              "likely")
     if data.class_folders is not None:  # the listing is the data: a CSV run reads it alike
         flags = [f for flag, value, default in (
             ("--file-column", data.file_column, DataSettings.file_column),
@@ -1056,8 +1196,8 @@ class Session:
 
 
 def fit(settings: Settings, config: RunConfig, classes: list[str], loaders: tuple,
-        session: Session, checkpoint: dict | None) -> tuple[torch.nn.Module, torch.nn.Module,
-                                                               History]:
+        session: Session, checkpoint: dict | None,
+        task: Classification) -> tuple[torch.nn.Module, torch.nn.Module, History]:
     """Build the model, optimizer and schedule (or restore them, --resume), then train; returns
     (model, the model as trained (DDP's wrapper under torchrun), history)."""
     train_loader, valid_loader, test_loader, train_eval_loader = loaders
@@ -1082,7 +1222,7 @@ def fit(settings: Settings, config: RunConfig, classes: list[str], loaders: tupl
                     optimizer=optimizer, device=session.device, history=history,
                     train_eval_loader=train_eval_loader,
                     logging_interval=settings.logging_interval, on_epoch_end=save,
-                    scheduler=scheduler, early_stopping=settings.early_stopping)
+                    scheduler=scheduler, early_stopping=settings.early_stopping, task=task)
     except ValueError as e:
         if "Expected more than 1 value per channel" not in str(e):
             raise
@@ -1118,10 +1258,10 @@ def finish(model: torch.nn.Module, net: torch.nn.Module, history: History, test_
             history.best_test_acc = history.test_acc if best == epochs else saved_model_accuracy(
                 model, results_dir / "best.pt", test_loader, session.device, session.rank)
         if best == epochs:
-            print(f"Best epoch: the last, {best}, validation {history.valid_acc[-1]:.2f}% "
+            print(f"Best epoch: the last, {best}, validation {monitored_text(history, best)} "
                   f"({results_dir / 'best.pt'} holds it too)")
         elif history.best_test_acc is not None:
-            print(f"Best epoch: {best} of {epochs}, validation {history.valid_acc[best - 1]:.2f}%; "
+            print(f"Best epoch: {best} of {epochs}, validation {monitored_text(history, best)}; "
                   f"its model ({results_dir / 'best.pt'}) scores {history.best_test_acc:.2f}% on "
                   f"test, the last epoch's {history.test_acc:.2f}%")
         cm = compute_confusion_matrix(net, test_loader, session.device, len(classes))  # all ranks
@@ -1241,6 +1381,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     data.add_argument("--label-column", default=DataSettings.label_column,
                       help="column with the labels, or its 0-based position; whole numbers "
                            "are class indices, any other text makes every label a class name")
+    data.add_argument("--weight-column", default=None,
+                      help="column of a number >= 0 per row weighting its loss (Keras's "
+                           "weight_col): each batch's loss is sum(w * loss) / sum(w) (default: "
+                           "none, every row alike)")
     data.add_argument("--no-header", action="store_true",
                       help="the CSV's first line is a row: name columns by position "
                            "(--file-column 0 --label-column 1)")
@@ -1326,8 +1470,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                             "decays to 0; onecycle warms up for 30%% of the batches to --lr, "
                             "then anneals" + inherited % TrainConfig.lr_schedule)
     optim.add_argument("--early-stopping", type=_at_least(1, int), default=None, metavar="N",
-                       help="stop after N epochs without a better validation accuracy "
+                       help="stop after N epochs without a better validation figure (--monitor) "
                             "(default: train every epoch)")
+    optim.add_argument("--monitor", choices=list(MONITORS), default=None,
+                       help="the validation figure that picks the best epoch (best.pt) and drives "
+                            "--early-stopping; loss: lower is better"
+                            + inherited % TrainConfig.monitor)
+    optim.add_argument("--balance", choices=("sampler", "loss"), default=None,
+                       help="rare classes: sampler draws each epoch's order with replacement, "
+                            "each class equally likely; loss weighs each class by its inverse "
+                            "frequency in train (default: neither; with --resume: the "
+                            "checkpoint's)")
 
     outputs = p.add_argument_group("outputs, and using a saved model (which trains nothing)")
     outputs.add_argument("--results-dir", default=None,
@@ -1399,6 +1552,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--img-dir goes with --csv or --predict")
     if args.no_header and args.csv is None and args.predict is None:
         p.error("--no-header goes with --csv or --predict (a table without a header line)")
+    if args.weight_column is not None and args.csv is None:
+        p.error("--weight-column goes with --csv (a column of your table)")
     own_column = args.split_column is not None or args.valid_column is not None
     fractions = [(0.0 if own else DEFAULT_FRACTION) if f is None else f for f, own in (
         (args.valid_fraction, args.valid_column is not None), (args.test_fraction, own_column))]
@@ -1553,10 +1708,11 @@ def run(settings: Settings, hints: dict) -> History | Path:
                 refuse_evaluate_without_data(data, saved, checkpoint_path)
             data = checkpoint_resize(data, saved, checkpoint_path, settings.evaluate)
         moved_into = move_aside(results_dir, first) if rank == 0 else None
+        balance = inherit(TrainConfig, settings.given, saved and saved.train).balance
         datasets, loaders = prepare_data(
             data, split_path=results_dir / "split.csv", seed=settings.seed,
             evaluating=settings.evaluate, keep_split=reads_checkpoint,
-            rank=rank, world_size=world_size, device=device)
+            rank=rank, world_size=world_size, device=device, balance=balance)
         config, classes = run_config(settings, datasets, saved), datasets[0].classes
         session = Session(rank, device, results_dir, checkpoint_path, hints)
         if settings.evaluate:
@@ -1567,7 +1723,12 @@ def run(settings: Settings, hints: dict) -> History | Path:
             move_aside(results_dir, tuple(n for n in move if n not in first), into=moved_into)
         if settings.evaluate:
             return evaluate(checkpoint, classes, loaders[2], session)
-        model, net, history = fit(settings, config, classes, loaders, session, checkpoint)
+        task = make_task(config.train, np.asarray(datasets[0].targets), len(classes))
+        if config.train.class_weights is not None:
+            print("Loss weighted by class (--balance loss, inverse frequency in train): "
+                  + ", ".join(f"{name} {w:.4g}" for name, w in zip(classes,
+                                                                     config.train.class_weights)))
+        model, net, history = fit(settings, config, classes, loaders, session, checkpoint, task)
         finish(model, net, history, loaders[2], classes, session)
         to_predict = unlabelled_source(data, results_dir / "split.csv")
         if to_predict is not None and rank == 0:

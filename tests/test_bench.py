@@ -11,7 +11,7 @@ from conftest import ROOT
 
 # Two halves of bench.py's sections, run side by side: most of the smoke's time is processes
 # starting, which the two cores overlap (bench.py --smoke alone runs them all in one process).
-HALVES = ("startup,models,rows,loaders,scaling,photos", "decode,end_to_end,workers,plain,busy,cached_workers")
+HALVES = ("startup,models,rows,loaders,scaling,photos", "decode,end_to_end,workers,plain,busy,cached_workers,rare")
 
 
 def test_bench_smoke_writes_a_complete_report(tmp_path):
@@ -70,6 +70,10 @@ def test_bench_smoke_writes_a_complete_report(tmp_path):
                                                         "--num-workers 2 --augment"}
     assert all(seconds > 0 for seconds in report["cached_workers"]["seconds"].values())
     assert "| `--num-workers 2 --augment` |" in out
+    # Issue 31's rows: a rare class, plain and with --balance sampler and loss.
+    assert set(report["rare"]["ways"]) == {"plain", "--balance sampler", "--balance loss"}
+    assert all(0 <= m["balanced_accuracy"] <= 100 for m in report["rare"]["ways"].values())
+    assert "| --balance sampler |" in out
 
 
 def _int_keys(d: dict) -> dict:
