@@ -1233,13 +1233,17 @@ def list_image_folder(folder: str | Path, *, label_column: str | None = None,
 
 
 def scan_image_folder(folder: str | Path, *, label_column: str | None = None,
-                      encoding: str = "utf-8", exclude: Sequence[Path] = ()) -> FolderListing:
+                      encoding: str = "utf-8", exclude: Sequence[Path] = (),
+                      images_alone: bool = False) -> FolderListing:
     """list_image_folder's table, with the layout recognised and what was skipped (no warning).
-    exclude: folders inside it that are not the user's images (train.py's results folder)."""
+    exclude: folders inside it that are not the user's images (train.py's results folder).
+    images_alone: a folder of images without class folders is unlabelled rows (the check
+    command's, for a Kaggle test/ folder), not an error."""
     folder = Path(folder)
     if not folder.is_dir():
         raise DatasetError(f"image folder not found: {folder}")
     walker = _FolderWalker(folder, exclude)
+    walker.images_alone = images_alone
     dirs, files = walker.entries("")
     splits: dict[str, str] = {}  # split folder -> train / valid / test
     for name in dirs:
@@ -1318,6 +1322,7 @@ class _FolderWalker:
     def __init__(self, folder: Path, exclude: Sequence[Path] = ()) -> None:
         self.folder, self.root = folder, os.path.realpath(folder)
         self.exclude = {os.path.realpath(path) for path in exclude}
+        self.images_alone = False  # a folder of images alone: unlabelled rows (scan_image_folder)
         self.extensions = image_extensions()
         self.seen = {self.root}  # real paths of the folders listed
         self.skipped: dict[str, list[str]] = {why: [] for why in SKIP_REASONS}
@@ -1390,7 +1395,7 @@ class _FolderWalker:
         linked class folder is followed last (follow_links)."""
         (dirs, files), here = entries, self.folder / rel
         if not dirs:
-            if split == "test" and files:  # Kaggle's test/ folder: images to predict
+            if (split == "test" or self.images_alone and rel == "") and files:  # Kaggle's test/
                 rows: list[tuple] = []
                 for name in files:
                     self._add_file(_join(rel, name), None, split, rows)
@@ -1753,7 +1758,8 @@ def check_folder_command(folder: Path, *, label_column: str | None, mode: str,
     checked as a CSV's and its unlabelled ones (a test folder without classes) as --predict's.
     Lines are those of the listing, as train.py --image-folder writes it to split.csv."""
     try:
-        listing = scan_image_folder(folder, label_column=label_column, encoding=encoding)
+        listing = scan_image_folder(folder, label_column=label_column, encoding=encoding,
+                                    images_alone=True)
     except DatasetError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -196,7 +196,8 @@ def test_folders_without_the_layout_are_errors_that_say_what_was_expected(tmp_pa
     make(root)
     with pytest.raises(DatasetError, match=match):
         list_image_folder(root)
-    assert dataset_module.main([str(root)]) == 1
+    images_alone = (root / "a.png").exists()  # the check command reads those as --predict does
+    assert dataset_module.main([str(root)]) == (0 if images_alone else 1)
 
 
 def test_the_extensions_are_those_predict_reads(tmp_path):
@@ -349,3 +350,18 @@ def test_the_disk_cache_of_an_image_folder_run_stays_out_of_the_folder(tmp_path,
     assert any((tmp_path / "r" / ".cache").iterdir())
     assert sorted(p.relative_to(root) for p in root.rglob("*")) == before
     assert datasets.ImageFolder(str(root)).classes == ["cat", "dog"]
+
+
+def test_the_check_command_checks_a_folder_of_images_alone_as_predict_reads_them(tmp_path, capsys):
+    """Kaggle's test/ folder on its own: `python dataset.py test/` checks its images as --predict reads them;
+    train.py --image-folder still needs class folders (there is nothing to learn from)."""
+    for i in range(3):
+        image(tmp_path / "test" / f"t{i}.png", 40 * i)
+    (tmp_path / "test" / "t2.png").write_bytes(b"not a png")
+    assert dataset_module.main([str(tmp_path / "test")]) == 1
+    out = capsys.readouterr().out
+    assert out.startswith(f"{tmp_path / 'test'}: 3 image(s) without class folders (unlabelled)\n")
+    assert f"{tmp_path / 'test'}: 3 rows without labels (for --predict)" in out
+    assert "'t2.png': cannot read the image's header" in out
+    with pytest.raises(DatasetError, match="no class folders"):
+        list_image_folder(tmp_path / "test")
