@@ -83,3 +83,78 @@ def test_check_command_prints_tags_per_class(tmp_path, capsys):
     counts = ds.rows.multi_hot.sum(0).tolist()
     assert "4 classes" in out
     assert "tags per class: " + ", ".join(f"{t}: {n}" for t, n in zip(TAGS, counts)) in out
+
+
+# ---- the task: loss and figures ------------------------------------------------------------------
+
+def test_bce_loss_is_torchs():
+    from train import MultiLabel
+    torch.manual_seed(0)
+    logits, targets = torch.randn(5, 3), (torch.rand(5, 3) > 0.5).float()
+    expected = torch.nn.BCEWithLogitsLoss()(logits, targets)
+    assert torch.equal(MultiLabel().loss(logits, targets), expected)
+    w = torch.tensor([1.0, 0.0, 2.0, 1.0, 0.0])
+    per_image = torch.nn.BCEWithLogitsLoss(reduction="none")(logits, targets).mean(1)
+    assert torch.allclose(MultiLabel().loss(logits, targets, w), (w * per_image).sum() / w.sum())
+
+
+def test_mean_average_precision_by_hand():
+    from train import example_f1, mean_average_precision
+    probs = torch.tensor([[0.9, 0.2], [0.8, 0.7], [0.3, 0.6], [0.1, 0.1]])
+    targets = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0], [0.0, 0.0]])
+    # class 0: ranks 1 (pos), 2 (neg), 3 (pos): AP = (1/1 + 2/3) / 2 = 5/6
+    # class 1: ranks 1 (pos): AP = 1
+    assert mean_average_precision(probs, targets) == pytest.approx((5 / 6 + 1) / 2)
+    # a class without positives is left out of the mean
+    assert mean_average_precision(probs[:, :1], targets[:, :1]) == pytest.approx(5 / 6)
+    # F1 per image at 0.5: {0} vs {0}: 1; {0,1} vs {1}: 2/3; {1} vs {0}: 0; {} vs {}: 1
+    assert example_f1(probs >= 0.5, targets) == pytest.approx((1 + 2 / 3 + 0 + 1) / 4)
+
+
+# ---- train.py ------------------------------------------------------------------------------------
+
+def planet_args(tmp_path, csv, results, *extra):
+    return ["--csv", str(csv), "--img-dir", str(tmp_path / "train-jpg"), "--file-column",
+            "image_name", "--label-column", "tags", "--file-suffix", ".jpg", "--label-delim", " ",
+            "--epochs", "3", "--batch-size", "8", "--model", "cnn", "--optimizer", "adam",
+            "--results-dir", str(results), "--no-disk-cache", "--logging-interval", "1000",
+            *extra]
+
+
+def test_train_main_multi_label(tmp_path, capsys):
+    import train
+    csv = planet(tmp_path, n=80)
+    history = train.main(planet_args(tmp_path, csv, tmp_path / "r"))
+    out = capsys.readouterr().out
+    assert "Train mAP: " in out and "Validation mAP: " in out and "Test mAP: " in out
+    assert "Example F1 (threshold 0.5)" in out and "Train: " not in out
+    assert history.monitor == "mean_ap" and len(history.valid_acc) == 3
+    assert history.valid_acc == [s["mean_ap"] for s in history.valid_scores]
+    assert all(0 <= m <= 1 for m in history.valid_acc)
+    checkpoint = torch.load(tmp_path / "r" / "checkpoint.pt", weights_only=True)
+    assert checkpoint["config"]["task"] == "multi_label"
+    assert checkpoint["config"]["label_delim"] == " " and checkpoint["classes"] == TAGS
+    report = (tmp_path / "r" / "multi_label_report.csv").read_text().splitlines()
+    assert report[0] == "class,support,precision,recall,f1,average_precision"
+    assert [line.split(",")[0] for line in report[1:]] == TAGS
+
+
+def test_multi_label_weights_bit_identical_for_any_num_workers(tmp_path):
+    import train
+    csv = planet(tmp_path, n=48)
+    for workers in ("0", "2"):
+        train.main(planet_args(tmp_path, csv, tmp_path / workers, "--num-workers", workers,
+                               "--epochs", "2"))
+    a = torch.load(tmp_path / "0" / "checkpoint.pt", weights_only=True)["model"]
+    b = torch.load(tmp_path / "2" / "checkpoint.pt", weights_only=True)["model"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_multi_label_refuses_balance(tmp_path, capsys):
+    import train
+    csv = planet(tmp_path, n=48)
+    with pytest.raises(SystemExit) as e:
+        train.main(planet_args(tmp_path, csv, tmp_path / "r", "--balance", "sampler"))
+    assert e.value.code == 2
+    assert "--balance is for one class per image" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()  # refused before any image is read
