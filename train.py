@@ -66,9 +66,11 @@ from torch.nn.parallel import DistributedDataParallel
 
 from dataset import (RESIZE_METHODS, DatasetError, folder_classes, parse_image_size, read_csv,
                      scan_image_folder, skipped_message, split_names, split_spellings)
-from evaluate import (REPORT_FILES, RunError, compute_accuracy, compute_confusion_matrix,
-                      compute_scores, csv_bytes, distributed, evaluate_model, global_settings_kept,
-                      model_from_checkpoint, move_aside, predict, read_checkpoint,
+from evaluate import (MULTI_LABEL_REPORT, REPORT_FILES, RunError, compute_accuracy,
+                      compute_confusion_matrix, compute_scores, csv_bytes, distributed,
+                      evaluate_model, example_f1, global_settings_kept, mean_average_precision,
+                      model_from_checkpoint, move_aside, multi_label_report, predict,
+                      read_checkpoint,
                       saved_model_accuracy, saved_model_config, set_all_seeds, set_deterministic,
                       sum_over_ranks, to_input, write_reports)
 from loaders import (DEFAULT_FRACTION, SPLITS, TEMP_TAG, DecodedImages, LockFileError,
@@ -320,34 +322,6 @@ def multi_label_outputs(model: torch.nn.Module, loader,
         probs.append(torch.sigmoid(model(to_input(images, device)).float()).cpu())
         targets.append(labels.float().cpu())
     return torch.cat(probs), torch.cat(targets)
-
-
-def average_precision(scores: torch.Tensor, positives: torch.Tensor) -> float:
-    """One class's average precision: the mean, over its positives, of the precision among the
-    images ranked at or above each (scores (N,) descending; ties in input order); nan without a
-    positive."""
-    order = torch.sort(scores, descending=True, stable=True).indices
-    hits = positives[order].double()  # (N,) 1 where the image at that rank is a positive
-    if hits.sum() == 0:
-        return float("nan")
-    precision = hits.cumsum(0) / torch.arange(1, len(hits) + 1, dtype=torch.float64)
-    return (precision * hits).sum().item() / hits.sum().item()
-
-
-def mean_average_precision(probs: torch.Tensor, targets: torch.Tensor) -> float:
-    """The mean of average_precision over the classes with a positive (0 when none has)."""
-    aps = [average_precision(probs[:, k], targets[:, k] > 0.5) for k in range(probs.shape[1])]
-    aps = [a for a in aps if a == a]
-    return sum(aps) / len(aps) if aps else 0.0
-
-
-def example_f1(predicted: torch.Tensor, targets: torch.Tensor) -> float:
-    """Example-based F1: per image 2|P and T| / (|P| + |T|) (1 when both are empty), averaged."""
-    p, t = predicted.bool(), targets > 0.5  # (N, C)
-    both = (p & t).sum(1).double()
-    size = (p.sum(1) + t.sum(1)).double()
-    per_image = torch.where(size > 0, 2 * both / size.clamp_min(1), torch.ones_like(size))
-    return per_image.mean().item() if len(per_image) else 0.0
 
 
 def inverse_frequency(labels: np.ndarray, num_classes: int) -> list[float]:
@@ -1431,28 +1405,6 @@ def finish_multi_label(model: torch.nn.Module, history: History, test_loader, cl
         print(f"Per-class report of the test split: {path}")
 
 
-MULTI_LABEL_REPORT = "multi_label_report.csv"
-
-
-def multi_label_report(probs: torch.Tensor, targets: torch.Tensor, classes: list[str],
-                       threshold: float) -> str:
-    """A CSV: per class its support (images tagged), precision, recall and F1 at threshold, and
-    average precision (empty without a positive); probs, targets (N, C)."""
-    rows = ["class,support,precision,recall,f1,average_precision"]
-    predicted, truth = probs >= threshold, targets > 0.5
-    for k, name in enumerate(classes):
-        tp = int((predicted[:, k] & truth[:, k]).sum())
-        said, support = int(predicted[:, k].sum()), int(truth[:, k].sum())
-        precision = tp / said if said else 0.0
-        recall = tp / support if support else 0.0
-        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-        ap = average_precision(probs[:, k], truth[:, k])
-        quoted = '"' + name.replace('"', '""') + '"' if any(c in name for c in ',"\n') else name
-        rows.append(f"{quoted},{support},{precision:.4f},{recall:.4f},{f1:.4f},"
-                    + ("" if ap != ap else f"{ap:.4f}"))
-    return "\n".join(rows) + "\n"
-
-
 def write_figures(history: History, model: torch.nn.Module, test_loader, results_dir: Path,
                   class_names: list[str]) -> None:
     """loss.png, accuracy.png and examples.png in results_dir; each figure closed once written."""
@@ -1988,6 +1940,16 @@ def evaluate(checkpoint: dict, classes: list[str], test_loader, session: Session
     checkpoint and metrics.csv are left as they are."""
     path = session.checkpoint_path
     model = model_from_checkpoint(checkpoint, path, session.device)
+    if checkpoint["config"].get("task") == "multi_label":  # --label-delim: its own report
+        probs, targets = multi_label_outputs(model, test_loader, session.device)
+        test_map = mean_average_precision(probs, targets)
+        print(f"Test mAP: {test_map:.4f}")
+        if session.rank == 0:
+            out = session.results_dir / MULTI_LABEL_REPORT
+            out.write_text(multi_label_report(probs, targets, classes,
+                                              checkpoint["config"].get("threshold", 0.5)))
+            print(f"Per-class report of the test split: {out}")
+        return History(test_acc=test_map)
     test_acc = evaluate_model(model, test_loader, classes, session.results_dir, session.device,
                               session.rank)
     if session.rank == 0:

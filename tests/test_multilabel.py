@@ -99,7 +99,7 @@ def test_bce_loss_is_torchs():
 
 
 def test_mean_average_precision_by_hand():
-    from train import example_f1, mean_average_precision
+    from evaluate import example_f1, mean_average_precision
     probs = torch.tensor([[0.9, 0.2], [0.8, 0.7], [0.3, 0.6], [0.1, 0.1]])
     targets = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0], [0.0, 0.0]])
     # class 0: ranks 1 (pos), 2 (neg), 3 (pos): AP = (1/1 + 2/3) / 2 = 5/6
@@ -137,6 +137,26 @@ def test_train_main_multi_label(tmp_path, capsys):
     report = (tmp_path / "r" / "multi_label_report.csv").read_text().splitlines()
     assert report[0] == "class,support,precision,recall,f1,average_precision"
     assert [line.split(",")[0] for line in report[1:]] == TAGS
+    # --evaluate and --predict read the task and the delimiter from the checkpoint: no flag
+    capsys.readouterr()
+    evaluated = train.main(["--csv", str(csv), "--img-dir", str(tmp_path / "train-jpg"),
+                            "--file-column", "image_name", "--label-column", "tags",
+                            "--file-suffix", ".jpg", "--evaluate", "--results-dir",
+                            str(tmp_path / "r"), "--no-disk-cache"])
+    assert evaluated.test_acc == pytest.approx(history.test_acc)
+    assert f"Test mAP: {history.test_acc:.4f}" in capsys.readouterr().out
+    train.main(["--predict", str(csv), "--img-dir", str(tmp_path / "train-jpg"), "--file-column",
+                "image_name", "--label-column", "tags", "--file-suffix", ".jpg",
+                "--results-dir", str(tmp_path / "r")])
+    assert "Mean average precision: " in capsys.readouterr().out
+    lines = (tmp_path / "r" / "predictions.csv").read_text().splitlines()
+    assert lines[0] == "file,predicted," + ",".join(TAGS) + ",true,problem"
+    truth = dict(line.split(",") for line in csv.read_text().splitlines()[1:])
+    for line in lines[1:]:
+        cells = line.split(",")
+        probs = [float(p) for p in cells[2:6]]
+        assert cells[1].split() == [t for t, p in zip(TAGS, probs) if p >= 0.5]
+        assert cells[6] == truth[cells[0]]  # the true tags, joined by the delimiter
 
 
 def test_multi_label_weights_bit_identical_for_any_num_workers(tmp_path):
