@@ -346,6 +346,9 @@ def make_task(train: TrainConfig, labels: np.ndarray,
         if train.monitor not in ("accuracy", "loss"):
             raise RunError(f"--monitor {train.monitor} is for one class per image; a "
                            "--label-delim run follows mean average precision (the default) or loss")
+        if distributed():  # average precision ranks every image: one process's share is not it
+            raise RunError("--label-delim runs in one process for now: its mean average "
+                           "precision needs every image's scores together; run without torchrun")
         return MultiLabel(threshold=train.threshold,
                           monitor="loss" if train.monitor == "loss" else "mean_ap")
     counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=num_classes)
