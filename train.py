@@ -628,11 +628,14 @@ def run_config(settings: Settings, datasets: list[DecodedImages],
     """The run's settings from the flags and the data; a model or optimisation flag left out
     takes the checkpoint's value (saved: --resume, --evaluate), else its default."""
     train_ds, data = datasets[0], settings.data
+    # --label-delim left out on --resume: main read the data with the checkpoint's
+    label_delim = data.label_delim if data.label_delim is not None or saved is None else \
+        saved.train.label_delim
     train = inherit(TrainConfig, settings.given, saved and saved.train,
                     batch_size=data.batch_size, seed=settings.seed, augment=data.augment,
                     schedule_epochs=None, class_weights=None,
-                    weight_column=data.weight_column, label_delim=data.label_delim,
-                    task="classification" if data.label_delim is None else "multi_label").resolved()
+                    weight_column=data.weight_column, label_delim=label_delim,
+                    task="classification" if label_delim is None else "multi_label").resolved()
     if train.balance == "loss":
         train.class_weights = inverse_frequency(train_ds.targets, len(train_ds.classes))
     if train.lr_schedule != "constant":

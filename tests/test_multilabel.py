@@ -178,3 +178,16 @@ def test_multi_label_refuses_balance(tmp_path, capsys):
     assert e.value.code == 2
     assert "--balance is for one class per image" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()  # refused before any image is read
+
+
+def test_multi_label_resume_is_the_uninterrupted_run(tmp_path):
+    import train
+    csv = planet(tmp_path, n=48)
+    train.main(planet_args(tmp_path, csv, tmp_path / "whole"))
+    train.main(planet_args(tmp_path, csv, tmp_path / "parts", "--epochs", "2"))
+    args = planet_args(tmp_path, csv, tmp_path / "parts", "--resume")
+    at = args.index("--label-delim")
+    train.main(args[:at] + args[at + 2:])  # the delimiter comes from the checkpoint
+    a = torch.load(tmp_path / "whole" / "checkpoint.pt", weights_only=True)["model"]
+    b = torch.load(tmp_path / "parts" / "checkpoint.pt", weights_only=True)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
