@@ -70,9 +70,8 @@ from evaluate import (MULTI_LABEL_REPORT, REPORT_FILES, RunError, compute_accura
                       compute_confusion_matrix, compute_scores, csv_bytes, distributed,
                       evaluate_model, example_f1, global_settings_kept, mean_average_precision,
                       model_from_checkpoint, move_aside, multi_label_report, predict,
-                      read_checkpoint,
-                      saved_model_accuracy, saved_model_config, set_all_seeds, set_deterministic,
-                      sum_over_ranks, to_input, write_reports)
+                      read_checkpoint, saved_model_accuracy, saved_model_config, set_all_seeds,
+                      set_deterministic, sum_over_ranks, to_input, write_reports)
 from loaders import (DEFAULT_FRACTION, SPLITS, TEMP_TAG, DecodedImages, LockFileError,
                      atomic_file, decoded, folder_layout, lock_or_holder, loaders_from_datasets,
                      make_datasets, make_loader, open_lock, split_csv, unlabelled_test,
@@ -186,7 +185,7 @@ class LossNotFinite(ArithmeticError):
 # The validation figures that can pick the best epoch (--monitor), as sentences name them.
 MONITORS = {"accuracy": "accuracy", "balanced_accuracy": "balanced accuracy",
             "macro_f1": "macro F1", "loss": "loss"}
-# A --label-delim run's (MultiLabel): --monitor takes neither, "accuracy" (the default) is mean_ap
+# A --label-delim run's (MultiLabel): --monitor accuracy (the default) follows mean_ap there
 MULTI_LABEL_MONITORS = {"mean_ap": "mean average precision", "loss": "loss"}
 LOWER_IS_BETTER = ("loss",)
 UNEVEN = 1.5  # a train split whose largest class has this many times its smallest's images
