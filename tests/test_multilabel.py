@@ -47,6 +47,19 @@ def test_multi_hot_targets_and_classes(tmp_path):
     assert targets[1].tolist() == [1.0, 1.0, 0.0]
 
 
+def test_tags_with_a_weight_column(tmp_path):
+    for name in "ab":
+        Image.new("L", (2, 2)).save(tmp_path / f"{name}.png")
+    csv = tmp_path / "t.csv"
+    csv.write_text("file,tags,w\na.png,cat;dog,2\nb.png,dog,0.5\n")
+    ds = CsvImageDataset(csv, file_column="file", label_column="tags", label_delim=";",
+                         weight_column="w")
+    image, target, weight = ds[0]
+    assert target.tolist() == [1.0, 1.0] and weight == 2.0
+    images, targets, weights = ds[[1, 0]]
+    assert targets.tolist() == [[0.0, 1.0], [1.0, 1.0]] and weights.tolist() == [0.5, 2.0]
+
+
 def test_planet_layout(tmp_path):
     csv = planet(tmp_path)
     ds = CsvImageDataset(csv, tmp_path / "train-jpg", file_column="image_name",
