@@ -4,6 +4,7 @@
     python bench.py --size 5000 --batch-size 64 --repeats 3 --json bench.json
     python bench.py --smoke               # seconds; what the test suite runs
     python bench.py --sections rare       # issue 31: rare classes, with and without --balance
+    python bench.py --sections pairs      # issue 31: several labels per image, pairs of digits
 
 Loaders compared on the same PNG files and batch size, one process, no workers:
     lecture      pandas Dataset, PIL Image.open + ToTensor per item (the lecture's helper_dataset.py)
@@ -670,6 +671,56 @@ def bench_rare(folder: Path, epochs: int, seeds: int, smoke: bool = False) -> di
     return report
 
 
+# ---- issue 31: several labels per image: two real digits side by side -----------------------------
+
+PAIR_COUNTS = {"train": 4000, "valid": 500, "test": 1000}  # pair images per split
+PAIR_POOLS = {"train": 4000, "valid": 500, "test": 500}  # of the 5,000 bundled digits, disjoint
+
+
+def make_pairs_table(folder: Path, counts: dict) -> Path:
+    """pairs/pairs.csv (file,tags,split) and 28x56 images: two real digits of one split's pool
+    side by side, tagged with the digits present ("3 7", or "5" for two fives). The pools are
+    disjoint, so that no test digit was seen in training; drawn with seed 0."""
+    import numpy as np
+
+    images, labels = make_subset.load_idx_pair(make_subset.BUNDLED_IMAGES, make_subset.BUNDLED_LABELS)
+    order = np.random.default_rng(0).permutation(len(labels))  # the file is sorted by class
+    out, rows, start = folder / "pairs", [], 0
+    out.mkdir(parents=True, exist_ok=True)
+    for split, n in counts.items():
+        pool = order[start:start + PAIR_POOLS[split]]
+        start += PAIR_POOLS[split]
+        pick = np.random.default_rng(len(rows)).choice(pool, size=(n, 2))  # (n, 2) digit indices
+        for j, (a, c) in enumerate(pick.tolist()):
+            name = f"{split}_{j:05d}.png"
+            Image.fromarray(np.concatenate([images[a], images[c]], axis=1)).save(out / name)
+            rows.append((name, " ".join(sorted({str(labels[a]), str(labels[c])})), split))
+    table = out / "pairs.csv"
+    pd.DataFrame(rows, columns=["file", "tags", "split"]).to_csv(table, index=False)
+    return table
+
+
+def bench_pairs(folder: Path, epochs: int, smoke: bool = False) -> dict:
+    """--model cnn --label-delim ' ' on pairs of digits: the last epoch's test mean average
+    precision (as train.py prints it) and each tag's average precision (multi_label_report.csv)."""
+    import contextlib
+    import io
+
+    counts = {"train": 64, "valid": 32, "test": 32} if smoke else PAIR_COUNTS
+    table = make_pairs_table(folder, counts)
+    results = folder / "pairs-run"
+    start = time.perf_counter()
+    with contextlib.redirect_stdout(io.StringIO()):
+        history = train_main(["--csv", str(table), "--split-column", "split", "--file-column", "file",
+                              "--label-column", "tags", "--label-delim", " ", "--model", "cnn",
+                              "--optimizer", "adam", "--epochs", str(epochs), "--batch-size", "32" if smoke else "64",
+                              "--no-disk-cache", "--results-dir", str(results)])
+    report = pd.read_csv(results / "multi_label_report.csv", dtype={"class": str})
+    return {"counts": counts, "epochs": epochs, "test_map": history.test_acc,
+            "valid_map": history.valid_acc, "seconds": time.perf_counter() - start,
+            "ap": dict(zip(report["class"], report["average_precision"]))}
+
+
 def train_main(argv: list[str]):
     import train
 
@@ -677,7 +728,7 @@ def train_main(argv: list[str]):
 
 
 SECTIONS = ("loaders,scaling,end_to_end,startup,decode,rows,workers,plain,models,photos,busy,cached_workers,"
-            "rare")
+            "rare,pairs")
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -698,6 +749,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--photos", type=int, default=40, help="generated 3000x2000 JPEGs in the photos rows")
     p.add_argument("--rare-epochs", type=int, default=30, help="epochs of each run in the rare-class rows")
     p.add_argument("--rare-seeds", type=int, default=3, help="seeds averaged in the rare-class rows")
+    p.add_argument("--pair-epochs", type=int, default=10, help="epochs of the digit-pairs run (several labels)")
     p.add_argument("--sections", default=SECTIONS,
                    help="which parts to run (comma separated)")
     p.add_argument("--memory-of", help=argparse.SUPPRESS)  # internal: measure one loader in this process
@@ -773,6 +825,8 @@ def main(argv: list[str] | None = None) -> dict:
                                                             warmup=0 if args.smoke else 1)
         if "rare" in sections:
             report["rare"] = bench_rare(folder, args.rare_epochs, args.rare_seeds, smoke=args.smoke)
+        if "pairs" in sections:
+            report["pairs"] = bench_pairs(folder, 2 if args.smoke else args.pair_epochs, smoke=args.smoke)
         if "photos" in sections:
             report["photos"] = bench_photos(folder, args.photos, args.short_repeats if not args.smoke else 1,
                                             600 if args.smoke else 4000)
@@ -891,6 +945,13 @@ def format_report(r: dict) -> str:
         lines += [f"| {name} | {m['common_recall']:.1f} | {m['rare_recall']:.1f} | {m['balanced_accuracy']:.1f} | "
                   f"{m['macro_f1']:.3f} | {m['accuracy']:.1f} | {m['accuracy_at_95_5']:.1f} |"
                   for name, m in R["ways"].items()]
+    if "pairs" in r:
+        R = r["pairs"]
+        lines += ["", f"Several labels per image: two real digits side by side, tagged with the digits present "
+                  f"({R['counts']['train']} train, {R['counts']['test']} test pairs, disjoint digits); `train.py --model "
+                  f"cnn --optimizer adam --label-delim ' ' --epochs {R['epochs']}`: test mean average precision "
+                  f"{R['test_map']:.4f} ({R['seconds']:.0f} s); per tag: "
+                  + ", ".join(f"{k} {v:.3f}" for k, v in R["ap"].items())]
     return "\n".join(lines)
 
 

@@ -68,6 +68,10 @@ class CsvImageDataset(Dataset):
             test share one mapping; by default the sorted names found.
         num_classes: labels must be below this, when given.
         split: (column, value): keep only the rows whose column holds value (one CSV, all splits).
+        label_delim: several labels per image (fastai's label_delim): each label cell is split
+            on it (" ", "|", ";"; spaces round each tag stripped), the classes are the sorted
+            union of tags, and the target is a multi-hot float32 vector (num_classes,): items
+            (image, target (C,)), batches (images, targets (B, C)). An empty cell: no tags.
         weight_column: a column of numbers >= 0, each weighting its row's loss (Keras's
             weight_col): items become (image, label, weight), batches (images, labels, weights
             (B,) float32). A weight that is empty, not a number, NaN, infinite or negative is a
@@ -99,7 +103,8 @@ class CsvImageDataset(Dataset):
                  encoding: str = "utf-8", background: tuple[int, int, int] = (255, 255, 255),
                  header: bool = True, file_prefix: str = "", file_suffix: str = "",
                  absolute_paths: bool | None = None, resize: str = "squish",
-                 weight_column: Column | None = None, **removed) -> None:
+                 weight_column: Column | None = None, label_delim: str | None = None,
+                 **removed) -> None:
         for name, value in removed.items():  # the cache's get a sentence, the rest Python's
             if name not in ("cache_mb", "cache_dir"):
                 raise TypeError(f"CsvImageDataset() got an unexpected keyword argument {name!r}")
@@ -126,13 +131,15 @@ class CsvImageDataset(Dataset):
         self.rows, self.classes, self.problems = make_dataset(
             table, self.img_dir, file_column=file_column, label_column=label_column,
             split=split, classes=classes, num_classes=num_classes, encoding=encoding,
-            header=header, names=names, weight_column=weight_column)
+            header=header, names=names, weight_column=weight_column, label_delim=label_delim)
+        self.label_delim = label_delim
         folder = self.img_dir if self.img_dir is not None else (  # as the user wrote it
             Path(".") if isinstance(table, pd.DataFrame) else table.parent)
         self.names_rule = names_rule(self.rows, names, str(folder))
         self._check_command = check_command(table, self.img_dir, file_column, label_column,
                                             encoding, header=header, names=names,
-                                            weight_column=weight_column)
+                                            weight_column=weight_column,
+                                            label_delim=label_delim)
         if self.problems:
             rows = len(self.rows) + len({line for line, _, _ in self.problems})
             message = problems_message(self.source, self.problems, rows, self._check_command,
@@ -148,7 +155,9 @@ class CsvImageDataset(Dataset):
             self.mode, self.mode_decision = auto_mode(self.rows)
         self.channels = CHANNELS[self.mode]
         self.image_size = self.resize_to or self._first_size()  # (H, W) every image must have
-        self._labels = torch.from_numpy(self.rows.labels)  # (N,) int64: for a batch's labels
+        # (N,) int64 class indices; with label_delim (N, C) float32 multi-hot: a batch's targets
+        self._labels = torch.from_numpy(self.rows.labels if self.rows.multi_hot is None else
+                                        self.rows.multi_hot.astype(np.float32))
         self._weights = None if self.rows.weights is None else torch.from_numpy(self.rows.weights)
         self._transformed_shape: torch.Size | None = None  # of image 0, to name an odd one
 
@@ -173,9 +182,11 @@ class CsvImageDataset(Dataset):
         dtype `pixels` asks for. A store of decoded pixels passes its own."""
         if self.transform is not None:
             image = self.apply_transform(i, image)
+        # a multi-hot row is copied: a view would carry the whole (N, C) table through pickling
+        label = self.rows[i].label if self.label_delim is None else self._labels[i].clone()
         if self._weights is not None:
-            return to_pixels(image, self.pixels), self.rows[i].label, float(self._weights[i])
-        return to_pixels(image, self.pixels), self.rows[i].label
+            return to_pixels(image, self.pixels), label, float(self._weights[i])
+        return to_pixels(image, self.pixels), label
 
     @property
     def targets(self) -> list[int]:
@@ -549,7 +560,8 @@ def make_dataset(csv_path: Path | pd.DataFrame, img_dir: Path | None, *, file_co
                  label_column: Column | None, split: tuple[Column, str] | None = None,
                  classes: Sequence[str] | None = None, num_classes: int | None = None,
                  encoding: str = "utf-8", header: bool = True, names: FileNames = FileNames(),
-                 weight_column: Column | None = None) -> tuple[Samples, list[str], list[Problem]]:
+                 weight_column: Column | None = None,
+                 label_delim: str | None = None) -> tuple[Samples, list[str], list[Problem]]:
     """Check every row of the table (a CSV or a DataFrame) and read every listed file's header:
     (the good rows, the class names, the bad rows as (line, file, what is wrong) by line). A
     DatasetError only when the table or folder cannot be read at all. img_dir None: the CSV's
@@ -570,7 +582,7 @@ def make_dataset(csv_path: Path | pd.DataFrame, img_dir: Path | None, *, file_co
     # ... and where the run's classes are names (not 0 to K-1), every table's labels are names:
     # "2019" or "10" are then that class, not an index into the names (a valid table of whole
     # numbers beside a train table with one text label; class folders named 101, 205, 310)
-    as_names = label_column is not None and (
+    as_names = label_column is not None and label_delim is None and (
         (classes is not None and [str(c) for c in classes] != [str(i) for i in range(len(classes))])
         or _holds_names(df[label_column], source, label_column))
     if split is not None:
@@ -582,9 +594,13 @@ def make_dataset(csv_path: Path | pd.DataFrame, img_dir: Path | None, *, file_co
                                f"values found: {found}")
     lines = df.index.to_numpy(dtype=np.int64)
     files = df[file_column].fillna("").astype(str).tolist()
+    multi_hot = None
     if label_column is None:  # images to predict: no labels, the classes given
         labels, class_names = np.full(len(df), -1, dtype=np.int64), [str(c) for c in classes or []]
         what = np.full(len(df), None, dtype=object)
+    elif label_delim is not None:  # several tags per row: a multi-hot row each
+        multi_hot, class_names, what = _parse_tags(df[label_column], label_delim, classes)
+        labels = np.zeros(len(df), dtype=np.int64)  # one file, one tag set: no class index
     else:
         labels, class_names, what = _parse_labels(df[label_column], classes, num_classes,
                                                   as_names=as_names)
@@ -613,8 +629,30 @@ def make_dataset(csv_path: Path | pd.DataFrame, img_dir: Path | None, *, file_co
     samples = Samples(str(root), [f for f, k in zip(files, keep) if k], labels[keep], lines[keep],
                       stats[keep], sizes=sizes[keep], colours=colours[keep],
                       prefix=names.prefix, suffix=names.suffix,
-                      weights=None if weights is None else weights[keep])
+                      weights=None if weights is None else weights[keep],
+                      multi_hot=None if multi_hot is None else multi_hot[keep])
     return samples, class_names, problems
+
+
+def _parse_tags(values: pd.Series, delim: str,
+                classes: Sequence[str] | None) -> tuple[np.ndarray, list[str], np.ndarray]:
+    """(multi-hot (N, C) uint8; the class names, given or the sorted union of tags; what is wrong
+    with each row or None). Each cell split on delim, spaces round each tag stripped; an empty
+    cell is an image with no tags. With classes given, a tag not among them is a bad row."""
+    what = np.full(len(values), None, dtype=object)
+    tags = [[t.strip() for t in str(v).split(delim) if t.strip()] if not pd.isna(v) else []
+            for v in values.to_numpy(dtype=object)]
+    names = ([str(c) for c in classes] if classes is not None else
+             sorted({t for row in tags for t in row}))
+    index = {name: k for k, name in enumerate(names)}
+    multi_hot = np.zeros((len(tags), len(names)), dtype=np.uint8)
+    for j, row in enumerate(tags):
+        unknown = [t for t in row if t not in index]
+        if unknown:
+            what[j] = f"tag(s) {unknown} not among the classes {names}"
+            continue
+        multi_hot[j, [index[t] for t in row]] = 1
+    return multi_hot, names, what
 
 
 def _parse_weights(values: pd.Series) -> tuple[np.ndarray, np.ndarray]:
@@ -726,7 +764,8 @@ class Samples(Sequence):
 
     def __init__(self, root: str, files: Sequence[str], labels: np.ndarray, lines: np.ndarray,
                  stats: np.ndarray, *, sizes: np.ndarray, colours: np.ndarray, prefix: str = "",
-                 suffix: str = "", weights: np.ndarray | None = None) -> None:
+                 suffix: str = "", weights: np.ndarray | None = None,
+                 multi_hot: np.ndarray | None = None) -> None:
         encoded = [f.encode("utf-8", "surrogateescape") for f in files]
         self.root, self.prefix, self.suffix = root, prefix, suffix
         self.names = np.frombuffer(b"".join(encoded), dtype=np.uint8)  # every name, end to end
@@ -739,6 +778,8 @@ class Samples(Sequence):
         self.colours = np.asarray(colours, dtype="<U8")  # (N,): the mode if in colour, else ""
         # (N,) float32 weights of a weight column, else None
         self.weights = None if weights is None else np.asarray(weights, dtype=np.float32)
+        # (N, C) uint8 multi-hot tags with label_delim (labels then 0), else None
+        self.multi_hot = None if multi_hot is None else np.asarray(multi_hot, dtype=np.uint8)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -777,7 +818,8 @@ class PathsAndLabels(Sequence):
 
 def check_command(csv_path: Path | pd.DataFrame, img_dir: Path | None, file_column: Column,
                   label_column: Column | None, encoding: str, *, header: bool = True,
-                  names: FileNames = FileNames(), weight_column: Column | None = None) -> str:
+                  names: FileNames = FileNames(), weight_column: Column | None = None,
+                  label_delim: str | None = None) -> str:
     """The check command for every row of the CSV (every split of it), to paste into a shell:
     `python dataset.py CSV DIR`, with the flags that differ from its defaults, then --all. For a
     DataFrame, what lists every bad row in Python."""
@@ -789,7 +831,8 @@ def check_command(csv_path: Path | pd.DataFrame, img_dir: Path | None, file_colu
                                  ("--encoding", encoding, "utf-8"),
                                  ("--file-prefix", names.prefix, ""),
                                  ("--file-suffix", names.suffix, ""),
-                                 ("--weight-column", weight_column, None)):
+                                 ("--weight-column", weight_column, None),
+                                 ("--label-delim", label_delim, None)):
         if value is not None and value != default:
             words += [flag, str(value)]
     words += [] if header else ["--no-header"]
@@ -1463,7 +1506,7 @@ def check_dataset(csv_path: str | Path | pd.DataFrame, img_dir: str | Path | Non
             ds = CsvImageDataset(csv_path, img_dir, skip_bad_rows=True, **dataset_kwargs)
         except DatasetError:  # every row is bad: say why, row by row
             keys = ("file_column", "label_column", "split", "num_classes", "encoding", "header",
-                    "weight_column")
+                    "weight_column", "label_delim")
             kwargs = {k: v for k, v in dataset_kwargs.items() if k in keys}
             names = FileNames(dataset_kwargs.get("file_prefix", ""),
                               dataset_kwargs.get("file_suffix", ""), img_dir is None)
@@ -1490,7 +1533,8 @@ def check_dataset(csv_path: str | Path | pd.DataFrame, img_dir: str | Path | Non
             problems.append((sample.line, sample.file, f"cannot decode the image: {e}"))
     # The commonest size is the reference, not the first row's.
     problems = sorted(problems + ds.size_problems(), key=lambda p: p[0])
-    counts = Counter(ds.targets)
+    counts = Counter(ds.targets) if ds.rows.multi_hot is None else \
+        Counter(dict(enumerate(ds.rows.multi_hot.sum(0).tolist())))  # tags per class
     empty = [name for i, name in enumerate(ds.classes) if not counts.get(i)]
     messages = [str(w.message) for w in caught if not str(w.message).startswith("skipping")]
     messages += [empty_classes_message(empty, ds.classes)] if empty else []
@@ -1499,6 +1543,7 @@ def check_dataset(csv_path: str | Path | pd.DataFrame, img_dir: str | Path | Non
             "sizes": dict(sizes), "modes": dict(modes), "mode_decision": ds.mode_decision,
             "notes": {k: n for k, n in notes.items() if n}, "names_rule": ds.names_rule,
             **({} if ds.rows.weights is None else {"weights": weight_summary(ds.rows.weights)}),
+            **({} if ds.rows.multi_hot is None else {"multi_label": True}),
             "warnings": messages + odd_class_warnings([ds])}, problems
 
 
@@ -1534,6 +1579,8 @@ def odd_class_warnings(datasets: Sequence[CsvImageDataset]) -> list[str]:
             found.append(f"classes {', '.join(map(repr, names))} differ only in case, spaces or "
                          "punctuation: one class written two ways? Each is a class of its own; "
                          "write them alike in the CSV if they are one")
+    if any(ds.rows.multi_hot is not None for ds in datasets):
+        return found  # tags: a rare tag is no typo of a class index
     counts = sum(np.bincount(ds.rows.labels[ds.rows.labels >= 0], minlength=len(classes))
                  for ds in datasets)
     median = float(np.median(counts[counts > 0])) if counts.any() else 0.0
@@ -1619,6 +1666,9 @@ def check_parser() -> argparse.ArgumentParser:
     p.add_argument("--weight-column", default=None,
                    help="column of a number >= 0 per row weighting its loss: each checked, "
                         "and their range reported")
+    p.add_argument("--label-delim", default=None,
+                   help="several labels per image, split on this (' ', '|', ';'): the check "
+                        "reports tags per class")
     p.add_argument("--no-header", action="store_true",
                    help="the first line is a row, not column names: columns by position")
     p.add_argument("--file-prefix", default="",
@@ -1670,13 +1720,14 @@ def main(argv: list[str] | None = None) -> int:
             label_column=args.label_column, mode=args.mode, num_classes=args.num_classes,
             split=split, image_size=args.image_size, encoding=args.encoding,
             resize=args.resize, header=not args.no_header, file_prefix=args.file_prefix,
-            file_suffix=args.file_suffix, weight_column=args.weight_column)
+            file_suffix=args.file_suffix, weight_column=args.weight_column,
+            label_delim=args.label_delim)
     except DatasetError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     command = check_command(Path(args.csv_path), img_dir, args.file_column, args.label_column,
                             args.encoding, header=not args.no_header, names=names,
-                            weight_column=args.weight_column)
+                            weight_column=args.weight_column, label_delim=args.label_delim)
     if summary["mode"] == "-":  # no good row: only the reasons
         print(problems_message(Path(args.csv_path), problems, summary["rows"], command,
                                by_reason=True, list_rows=False))
@@ -1728,7 +1779,8 @@ def print_check(name: Path, summary: dict, problems: list[Problem], command: str
     if summary.get("names_rule"):  # a folder's listing: relative to it, as its first line says
         print(summary["names_rule"])
     if not unlabelled:
-        print("classes: " + ", ".join(f"{name}: {n}" for name, n in summary["classes"].items()))
+        print(("tags per class: " if summary.get("multi_label") else "classes: ")
+              + ", ".join(f"{name}: {n}" for name, n in summary["classes"].items()))
     if summary.get("weights"):
         print(f"weights: {summary['weights']}")
     sizes = Counter(summary["sizes"]).most_common()

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import csv
+import functools
 import io
 import math
 import os
@@ -159,6 +160,56 @@ def compute_scores(model: torch.nn.Module, data_loader, device: torch.device | s
     cm = sum_over_ranks(cm).view(num_classes, num_classes).cpu()
     return {"accuracy": accuracy_of(cm), "balanced_accuracy": balanced_accuracy_of(cm),
             "macro_f1": macro_f1_of(cm), "loss": sum_over_ranks(loss).item() / cm.sum().item()}
+
+
+def average_precision(scores: torch.Tensor, positives: torch.Tensor) -> float:
+    """One class's average precision: the mean, over its positives, of the precision among the
+    images ranked at or above each (scores (N,) descending; ties in input order); nan without a
+    positive."""
+    order = torch.sort(scores, descending=True, stable=True).indices
+    hits = positives[order].double()  # (N,) 1 where the image at that rank is a positive
+    if hits.sum() == 0:
+        return float("nan")
+    precision = hits.cumsum(0) / torch.arange(1, len(hits) + 1, dtype=torch.float64)
+    return (precision * hits).sum().item() / hits.sum().item()
+
+
+def mean_average_precision(probs: torch.Tensor, targets: torch.Tensor) -> float:
+    """The mean of average_precision over the classes with a positive (0 when none has)."""
+    aps = [average_precision(probs[:, k], targets[:, k] > 0.5) for k in range(probs.shape[1])]
+    aps = [a for a in aps if a == a]
+    return sum(aps) / len(aps) if aps else 0.0
+
+
+def example_f1(predicted: torch.Tensor, targets: torch.Tensor) -> float:
+    """Example-based F1: per image 2|P and T| / (|P| + |T|) (1 when both are empty), averaged."""
+    p, t = predicted.bool(), targets > 0.5  # (N, C)
+    both = (p & t).sum(1).double()
+    size = (p.sum(1) + t.sum(1)).double()
+    per_image = torch.where(size > 0, 2 * both / size.clamp_min(1), torch.ones_like(size))
+    return per_image.mean().item() if len(per_image) else 0.0
+
+
+MULTI_LABEL_REPORT = "multi_label_report.csv"
+
+
+def multi_label_report(probs: torch.Tensor, targets: torch.Tensor, classes: list[str],
+                       threshold: float) -> str:
+    """A CSV: per class its support (images tagged), precision, recall and F1 at threshold, and
+    average precision (empty without a positive); probs, targets (N, C)."""
+    rows = ["class,support,precision,recall,f1,average_precision"]
+    predicted, truth = probs >= threshold, targets > 0.5
+    for k, name in enumerate(classes):
+        tp = int((predicted[:, k] & truth[:, k]).sum())
+        said, support = int(predicted[:, k].sum()), int(truth[:, k].sum())
+        precision = tp / said if said else 0.0
+        recall = tp / support if support else 0.0
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        ap = average_precision(probs[:, k], truth[:, k])
+        quoted = '"' + name.replace('"', '""') + '"' if any(c in name for c in ',"\n') else name
+        rows.append(f"{quoted},{support},{precision:.4f},{recall:.4f},{f1:.4f},"
+                    + ("" if ap != ap else f"{ap:.4f}"))
+    return "\n".join(rows) + "\n"
 
 
 class RunError(Exception):
@@ -366,6 +417,9 @@ def predict(path: str, checkpoint: dict, checkpoint_path: Path, results_dir: Pat
     model = model_from_checkpoint(checkpoint, checkpoint_path, device).eval()
     options = {"mode": checkpoint["mode"], "image_size": tuple(checkpoint["image_size"]),
                "classes": classes, "resize": checkpoint.get("resize", "squish")}  # old: squish
+    delim = checkpoint["config"].get("label_delim")  # a --label-delim run's: tags, not a class
+    if delim is not None:
+        options["label_delim"] = delim
     if submission is not None:  # the LABEL column is what we fill in, not a truth
         columns = (submission[0], None)
     with tempfile.TemporaryDirectory(prefix=f"{TEMP_TAG}-") as tmp:
@@ -380,23 +434,29 @@ def predict(path: str, checkpoint: dict, checkpoint_path: Path, results_dir: Pat
                                "ID,LABEL with the ids' column first") from None
     return write_predictions(model, found, classes, device, results_dir, source=Path(path),
                              model_path=checkpoint_path, submission=submission,
-                             file_suffix="" if found.in_csv else file_names[1])
+                             file_suffix="" if found.in_csv else file_names[1],
+                             multi_label=None if delim is None else
+                             (delim, checkpoint["config"].get("threshold", 0.5)))
 
 
 @torch.no_grad()
 def write_predictions(model: torch.nn.Module, found: ToPredict, classes: list[str],
                       device: torch.device, results_dir: Path, *, source: Path, model_path: Path,
-                      submission: tuple[str, str] | None = None, file_suffix: str = "") -> Path:
+                      submission: tuple[str, str] | None = None, file_suffix: str = "",
+                      multi_label: tuple[str, float] | None = None) -> Path:
     """Predict found's images (ToPredict.of(ds) for a dataset of your own) and write
     results_dir/predictions.csv (an earlier one moves to version_N), printing what
     report_predictions says; returns its path. Without submission: prediction_table's columns.
     With submission=(ID, LABEL): exactly those two columns, a row for every image (submission_table;
     one that cannot be read is an error, and nothing is written). source and model_path name the
-    images and the model in messages; file_suffix: taken off a file's name to make its id."""
+    images and the model in messages; file_suffix: taken off a file's name to make its id.
+    multi_label=(delimiter, threshold) of a --label-delim model: multi_label_rows' columns."""
     unreadable = list(found.unreadable)
     model.eval()
-    predicted = [] if found.ds is None else predicted_rows(model, found.ds, classes, device,
-                                                           unreadable, found.in_csv)
+    rows_of = predicted_rows if multi_label is None else functools.partial(
+        multi_label_rows, delim=multi_label[0], threshold=multi_label[1])
+    predicted = [] if found.ds is None else rows_of(model, found.ds, classes, device,
+                                                    unreadable, found.in_csv)
     if not predicted:
         reasons = {why.partition(": ")[2] for _, _, why in unreadable}  # without "line N"
         placeholders = len(unreadable) > 1 and len(reasons) == 1 and \
@@ -407,7 +467,11 @@ def write_predictions(model: torch.nn.Module, found: ToPredict, classes: list[st
                               "ID,LABEL does not read the LABEL column, and writes a submission"
                               if placeholders else ""))
     labelled = submission is None and found.ds.targets[0] >= 0
-    if submission is None:
+    if submission is None and multi_label is not None:
+        head = ["file", "predicted", *classes] + (["true"] if labelled else [])
+        rows = prediction_table(predicted, unreadable, len(classes), found.in_csv, labelled,
+                                file_suffix, head=head)
+    elif submission is None:
         rows = prediction_table(predicted, unreadable, len(classes), found.in_csv, labelled,
                                 file_suffix)
     else:
@@ -417,7 +481,17 @@ def write_predictions(model: torch.nn.Module, found: ToPredict, classes: list[st
     out = results_dir / "predictions.csv"
     move_aside(results_dir, ("predictions.csv",))  # only now: a refused --predict moves nothing
     write_atomic(out, csv_bytes(rows))
-    report_predictions(out, rows, model_path, unreadable, labelled, classes)
+    report_predictions(out, rows, model_path, unreadable, labelled and multi_label is None,
+                       classes)
+    if labelled and multi_label is not None:
+        probs = torch.tensor([[float(p) for p in cells[2:2 + len(classes)]]
+                              for _, _, cells in predicted])  # (N, C)
+        truth = [set(filter(None, cells[-1].split(multi_label[0]))) for _, _, cells in predicted]
+        targets = torch.tensor([[float(c in tags) for c in classes] for tags in truth])  # (N, C)
+        exact = sum(set(filter(None, cells[1].split(multi_label[0]))) == tags
+                    for (_, _, cells), tags in zip(predicted, truth))
+        print(f"Mean average precision: {mean_average_precision(probs, targets):.4f}; exact tag "
+              f"sets: {100.0 * exact / len(predicted):.2f}% ({exact} of {len(predicted)})")
     endings = {Path(file).suffix for _, file in found.listed}  # a folder's: ".png", say
     if submission and not found.in_csv and not file_suffix and len(endings) == 1:
         ending = endings.pop()
@@ -457,15 +531,51 @@ def predicted_rows(model: torch.nn.Module, ds: CsvImageDataset, classes: list[st
     return out
 
 
+@torch.no_grad()
+def multi_label_rows(model: torch.nn.Module, ds: CsvImageDataset, classes: list[str],
+                     device: torch.device, unreadable: list[Unreadable], in_csv: bool, *,
+                     delim: str, threshold: float) -> list[tuple]:
+    """predicted_rows of a --label-delim model: (file, CSV line, cells), the cells: file, the
+    tags whose probability reaches threshold joined by delim, each class's probability (a
+    sigmoid each), and the true tags when labelled."""
+    labelled, out = ds.targets[0] >= 0, []
+    join = delim if delim.strip() else " "
+    for start in range(0, len(ds), PREDICT_BATCH):
+        good, images = [], []
+        for i in range(start, min(start + PREDICT_BATCH, len(ds))):
+            row = ds.rows[i]
+            try:
+                images.append(ds.load_image(i))  # (C, H, W) uint8
+                good.append(i)
+            except DatasetError as e:
+                why = str(e).removeprefix(ds.where(i) + ": ")
+                unreadable.append((row.file, row.line, f"line {row.line}: {why}" if in_csv
+                                   else why))
+        if not good:
+            continue
+        probs = torch.sigmoid(model(to_input(torch.stack(images), device)).float()).cpu()  # (B, C)
+        for j, i in enumerate(good):
+            row = ds.rows[i]
+            cells = [row.file, join.join(c for c, p in zip(classes, probs[j].tolist())
+                                         if p >= threshold)]
+            cells += [f"{p:.4f}" for p in probs[j].tolist()]
+            cells += [join.join(c for c, t in zip(classes, ds.rows.multi_hot[i].tolist()) if t)] \
+                if labelled else []
+            out.append((row.file, row.line, cells))
+    return out
+
+
 def prediction_table(predicted: list[tuple], unreadable: list[Unreadable], num_classes: int,
-                     in_csv: bool, labelled: bool, file_suffix: str = "") -> list[list]:
+                     in_csv: bool, labelled: bool, file_suffix: str = "",
+                     head: list[str] | None = None) -> list[list]:
     """predictions.csv's rows, header first: file (the id: as the table has it, a folder's path
     without file_suffix), predicted, probability, the top 3 with theirs, true (when labelled) and
     problem. By CSV line for a CSV (its order), by name for a folder; unreadable rows among them."""
-    k = min(3, num_classes)
-    head = ["file", "predicted", "probability"]
-    head += [f"top{j}{suffix}" for j in range(1, k + 1) for suffix in ("", "_probability")]
-    head += ["true"] if labelled else []
+    if head is None:  # else the columns given (multi_label_rows')
+        k = min(3, num_classes)
+        head = ["file", "predicted", "probability"]
+        head += [f"top{j}{suffix}" for j in range(1, k + 1) for suffix in ("", "_probability")]
+        head += ["true"] if labelled else []
     rows = [(line if in_csv else file, [without_suffix(file, file_suffix)] + cells[1:] + [""])
             for file, line, cells in predicted]
     rows += [(line if in_csv else file,
@@ -558,7 +668,7 @@ def images_to_predict(path: Path, columns: tuple[str, str | None], img_dir: str 
         naming = FileNames(*file_names, absolute=not img_dir)
         listed = list(zip(table.index.tolist(), table[file_column].fillna("").astype(str).tolist()))
     _, _, problems = make_dataset(csv_path, folder, classes=options["classes"], names=naming,
-                                  **kwargs)
+                                  label_delim=options.get("label_delim"), **kwargs)
     unreadable = [(file, line if in_csv else 0, f"line {line}: {what}" if in_csv else what)
                   for line, file, what in problems]
     try:

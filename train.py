@@ -66,11 +66,12 @@ from torch.nn.parallel import DistributedDataParallel
 
 from dataset import (RESIZE_METHODS, DatasetError, folder_classes, parse_image_size, read_csv,
                      scan_image_folder, skipped_message, split_names, split_spellings)
-from evaluate import (REPORT_FILES, RunError, compute_accuracy, compute_confusion_matrix,
-                      compute_scores, csv_bytes, distributed, evaluate_model, global_settings_kept,
-                      model_from_checkpoint, move_aside, predict, read_checkpoint,
-                      saved_model_accuracy, saved_model_config, set_all_seeds, set_deterministic,
-                      sum_over_ranks, to_input, write_reports)
+from evaluate import (MULTI_LABEL_REPORT, REPORT_FILES, RunError, compute_accuracy,
+                      compute_confusion_matrix, compute_scores, csv_bytes, distributed,
+                      evaluate_model, example_f1, global_settings_kept, mean_average_precision,
+                      model_from_checkpoint, move_aside, multi_label_report, predict,
+                      read_checkpoint, saved_model_accuracy, saved_model_config, set_all_seeds,
+                      set_deterministic, sum_over_ranks, to_input, write_reports)
 from loaders import (DEFAULT_FRACTION, SPLITS, TEMP_TAG, DecodedImages, LockFileError,
                      atomic_file, decoded, folder_layout, lock_or_holder, loaders_from_datasets,
                      make_datasets, make_loader, open_lock, split_csv, unlabelled_test,
@@ -104,7 +105,8 @@ def train_model(model: torch.nn.Module, num_epochs: int, train_loader, valid_loa
                 test_loader=None, *, optimizer: torch.optim.Optimizer, device: torch.device | str,
                 history: History | None = None, train_eval_loader=None, logging_interval: int = 50,
                 on_epoch_end: Callable[[History], None] | None = None, scheduler=None,
-                early_stopping: int | None = None, task: Classification | None = None) -> History:
+                early_stopping: int | None = None,
+                task: Classification | MultiLabel | None = None) -> History:
     """The lecture's loop: train for num_epochs, printing the loss every logging_interval batches
     and the train / validation accuracy after each epoch, then the test accuracy if test_loader
     is given.
@@ -125,7 +127,7 @@ def train_model(model: torch.nn.Module, num_epochs: int, train_loader, valid_loa
     start = time.perf_counter()
     for epoch in range(len(history.train_acc), num_epochs):
         if early_stopping is not None and epoch - best_epoch(history) >= early_stopping:
-            print(f"Early stopping: no better validation {MONITORS[task.monitor]} in the "
+            print(f"Early stopping: no better validation {task.names[task.monitor]} in the "
                   f"{early_stopping} epoch{'s' if early_stopping > 1 else ''} after epoch "
                   f"{best_epoch(history)}")
             break
@@ -160,8 +162,8 @@ def train_model(model: torch.nn.Module, num_epochs: int, train_loader, valid_loa
                 acc.append(measured.pop("accuracy"))
                 scores.append(measured)
             history.epoch_seconds.append(time.perf_counter() - epoch_start)
-            print(f"Epoch: {epoch + 1:03d}/{num_epochs:03d} | Train: {history.train_acc[-1]:.2f}% "
-                  f"| Validation: {history.valid_acc[-1]:.2f}%")
+            print(f"Epoch: {epoch + 1:03d}/{num_epochs:03d} | "
+                  f"{task.line(history.train_acc[-1], history.valid_acc[-1])}")
             if task.report:
                 print(f"Epoch: {epoch + 1:03d}/{num_epochs:03d} | {task.summary(history)}")
             print(f"Time elapsed: {sum(history.epoch_seconds) / 60:.2f} min")
@@ -169,8 +171,8 @@ def train_model(model: torch.nn.Module, num_epochs: int, train_loader, valid_loa
                 on_epoch_end(history)
     print(f"Total Training Time: {(time.perf_counter() - start) / 60:.2f} min")
     if test_loader is not None:
-        history.test_acc = compute_accuracy(model, test_loader, device)
-        print(f"Test accuracy: {history.test_acc:.2f}%")
+        history.test_acc = task.test_figure(model, test_loader, device)
+        print(task.test_line(history.test_acc))
     return history
 
 
@@ -183,6 +185,8 @@ class LossNotFinite(ArithmeticError):
 # The validation figures that can pick the best epoch (--monitor), as sentences name them.
 MONITORS = {"accuracy": "accuracy", "balanced_accuracy": "balanced accuracy",
             "macro_f1": "macro F1", "loss": "loss"}
+# A --label-delim run's (MultiLabel): --monitor accuracy (the default) follows mean_ap there
+MULTI_LABEL_MONITORS = {"mean_ap": "mean average precision", "loss": "loss"}
 LOWER_IS_BETTER = ("loss",)
 UNEVEN = 1.5  # a train split whose largest class has this many times its smallest's images
 
@@ -204,6 +208,7 @@ class Classification:
     def __post_init__(self) -> None:
         if self.monitor not in MONITORS:
             raise ValueError(f"monitor must be one of {list(MONITORS)}, got {self.monitor!r}")
+        self.names = MONITORS
         if self.class_weights is not None:
             self.class_weights = torch.as_tensor(self.class_weights, dtype=torch.float32)
 
@@ -229,12 +234,93 @@ class Classification:
         """accuracy, balanced_accuracy (%), macro_f1 and loss of loader's split, in one pass."""
         return compute_scores(model, loader, device, num_classes)
 
+    def line(self, train: float, valid: float) -> str:
+        """The epoch's line after "Epoch: 001/100 | ": the lecture's accuracies."""
+        return f"Train: {train:.2f}% | Validation: {valid:.2f}%"
+
+    def test_figure(self, model: torch.nn.Module, loader, device: torch.device | str) -> float:
+        """The test split's figure after the last epoch: accuracy in %."""
+        return compute_accuracy(model, loader, device)
+
+    def test_line(self, value: float) -> str:
+        return f"Test accuracy: {value:.2f}%"
+
     def summary(self, history: History) -> str:
         """The epoch's second line: "Balanced accuracy: train 50.00%, validation 50.00% | ..."."""
         train, valid = history.train_scores[-1], history.valid_scores[-1]
         return (f"Balanced accuracy: train {train['balanced_accuracy']:.2f}%, validation "
                 f"{valid['balanced_accuracy']:.2f}% | Macro F1: train {train['macro_f1']:.4f}, "
                 f"validation {valid['macro_f1']:.4f} | Validation loss: {valid['loss']:.4f}")
+
+
+@dataclasses.dataclass
+class MultiLabel:
+    """Several labels per image (--label-delim): targets (B, C) multi-hot float32, one sigmoid
+    per class. The same questions as Classification: loss (BCEWithLogitsLoss), scores (the mean
+    average precision over classes, the primary figure, in "accuracy"; example-based F1 at
+    threshold; loss), summary. monitor: mean_ap (higher is better) or loss."""
+    threshold: float = 0.5
+    monitor: str = "mean_ap"
+    report: bool = True
+
+    def __post_init__(self) -> None:
+        if self.monitor not in MULTI_LABEL_MONITORS:
+            raise ValueError(f"monitor must be one of {list(MULTI_LABEL_MONITORS)}, "
+                             f"got {self.monitor!r}")
+        self.names = MULTI_LABEL_MONITORS
+
+    def loss(self, logits: torch.Tensor, targets: torch.Tensor,
+             weights: torch.Tensor | None = None) -> torch.Tensor:
+        """Binary cross-entropy of each (image, class), averaged; with row weights (B,), each
+        image's mean over classes weighed: sum(w_i * loss_i) / sum(w_i)."""
+        if weights is None:
+            return F.binary_cross_entropy_with_logits(logits, targets)
+        per_image = F.binary_cross_entropy_with_logits(logits, targets,
+                                                       reduction="none").mean(dim=1)  # (B,)
+        w = weights.to(logits.dtype)
+        total = w.sum().detach()
+        if distributed():
+            total = sum_over_ranks(total.clone()) / dist.get_world_size()
+        return (w * per_image).sum() / total.clamp_min(torch.finfo(total.dtype).tiny)
+
+    def scores(self, model: torch.nn.Module, loader, device: torch.device | str,
+               num_classes: int) -> dict[str, float]:
+        """accuracy: the mean average precision (the primary figure, as train_model keeps it),
+        mean_ap (the same), example_f1 at threshold and loss (mean BCE), in one pass."""
+        probs, targets = multi_label_outputs(model, loader, device)
+        loss = F.binary_cross_entropy(probs.double(), targets.double()).item() if len(probs) \
+            else float("nan")
+        m = mean_average_precision(probs, targets)
+        return {"accuracy": m, "mean_ap": m,
+                "example_f1": example_f1(probs >= self.threshold, targets), "loss": loss}
+
+    def line(self, train: float, valid: float) -> str:
+        return f"Train mAP: {train:.4f} | Validation mAP: {valid:.4f}"
+
+    def test_figure(self, model: torch.nn.Module, loader, device: torch.device | str) -> float:
+        probs, targets = multi_label_outputs(model, loader, device)
+        return mean_average_precision(probs, targets)
+
+    def test_line(self, value: float) -> str:
+        return f"Test mAP: {value:.4f}"
+
+    def summary(self, history: History) -> str:
+        train, valid = history.train_scores[-1], history.valid_scores[-1]
+        return (f"Example F1 (threshold {self.threshold:g}): train {train['example_f1']:.4f}, "
+                f"validation {valid['example_f1']:.4f} | Validation loss: {valid['loss']:.4f}")
+
+
+@torch.no_grad()
+def multi_label_outputs(model: torch.nn.Module, loader,
+                        device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(probabilities (N, C) float32, targets (N, C) float32) of every batch, on the CPU. One
+    process's share: under torchrun each rank measures its own."""
+    model.eval()
+    probs, targets = [], []
+    for images, labels, *_ in loader:
+        probs.append(torch.sigmoid(model(to_input(images, device)).float()).cpu())
+        targets.append(labels.float().cpu())
+    return torch.cat(probs), torch.cat(targets)
 
 
 def inverse_frequency(labels: np.ndarray, num_classes: int) -> list[float]:
@@ -246,10 +332,24 @@ def inverse_frequency(labels: np.ndarray, num_classes: int) -> list[float]:
     return [len(labels) / (present * int(n)) if n else 0.0 for n in counts]
 
 
-def make_task(train: TrainConfig, labels: np.ndarray, num_classes: int) -> Classification:
-    """The run's task from its settings: class weights (--balance loss), the monitored figure,
+def make_task(train: TrainConfig, labels: np.ndarray,
+              num_classes: int) -> Classification | MultiLabel:
+    """The run's task from its settings: MultiLabel with --label-delim (monitoring mean_ap, or
+    loss); else Classification with class weights (--balance loss), the monitored figure,
     and a second line per epoch when the run asks for the figures (--balance, --monitor,
     --weight-column) or the train split is uneven (its largest class UNEVEN times its smallest)."""
+    if train.label_delim is not None:
+        if train.balance != "none":
+            raise RunError("--balance is for one class per image; a --label-delim run has no "
+                           "class per image to balance")
+        if train.monitor not in ("accuracy", "loss"):
+            raise RunError(f"--monitor {train.monitor} is for one class per image; a "
+                           "--label-delim run follows mean average precision (the default) or loss")
+        if distributed():  # average precision ranks every image: one process's share is not it
+            raise RunError("--label-delim runs in one process for now: its mean average "
+                           "precision needs every image's scores together; run without torchrun")
+        return MultiLabel(threshold=train.threshold,
+                          monitor="loss" if train.monitor == "loss" else "mean_ap")
     counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=num_classes)
     uneven = counts.max() >= UNEVEN * counts.min()
     report = (train.balance != "none" or train.monitor != "accuracy"
@@ -279,7 +379,8 @@ def monitored_text(history: History, epoch: int) -> str:
     if history.monitor == "accuracy":
         return f"{value:.2f}%"
     unit = "%" if history.monitor == "balanced_accuracy" else ""
-    return f"{MONITORS[history.monitor]} {value:.{2 if unit else 4}f}{unit}"
+    name = {**MONITORS, **MULTI_LABEL_MONITORS}[history.monitor]
+    return f"{name} {value:.{2 if unit else 4}f}{unit}"
 
 
 def _mean_over_ranks(loss: torch.Tensor) -> float:
@@ -310,6 +411,7 @@ class DataSettings:
     file_column: str = "File Name"  # a name, or a 0-based position ("0") no column is named
     label_column: str = "Class Label"
     weight_column: str | None = None  # a number per row weighting its loss (Keras's weight_col)
+    label_delim: str | None = None  # several labels per cell, split on it: multi-label
     no_header: bool = False
     file_prefix: str = ""
     file_suffix: str = ""
@@ -353,7 +455,8 @@ class DataSettings:
                 "header": not (self.no_header and not self.draws_split()),
                 "file_prefix": self.file_prefix, "file_suffix": self.file_suffix,
                 "absolute_paths": self.csv is not None and self.img_dir is None,
-                "encoding": self.encoding, "weight_column": self.weight_column}
+                "encoding": self.encoding, "weight_column": self.weight_column,
+                **({} if self.label_delim is None else {"label_delim": self.label_delim})}
 
     def listed(self, split_path: Path) -> DataSettings:
         """--image-folder DIR as the run it is: --csv split_path (the folder's listing) --img-dir
@@ -396,6 +499,9 @@ class TrainConfig:
     balance: str = "none"  # sampler: a class-balanced order; loss: class_weights
     class_weights: list[float] | None = None  # --balance loss: inverse_frequency of train
     weight_column: str | None = None  # the table's column weighting each row's loss
+    task: str = "classification"  # or "multi_label" (--label-delim)
+    label_delim: str | None = None  # the tags' delimiter of a multi_label run
+    threshold: float = 0.5  # multi_label: a class is predicted from this probability
 
     def resolved(self) -> TrainConfig:
         """lr from DEFAULT_LR; weight_decay 0.01 for adamw (torch's), else 0."""
@@ -411,7 +517,7 @@ class TrainConfig:
 # checkpoint when it is left out.
 FROM_DATA = {ModelConfig: ("image_size", "channels", "num_classes", "mean", "std"),
              TrainConfig: ("schedule_epochs", "batch_size", "seed", "augment", "class_weights",
-                           "weight_column")}
+                           "weight_column", "task", "label_delim")}
 INHERITED = {cls: tuple(f.name for f in dataclasses.fields(cls) if f.name not in FROM_DATA[cls])
              for cls in FROM_DATA}
 
@@ -521,10 +627,14 @@ def run_config(settings: Settings, datasets: list[DecodedImages],
     """The run's settings from the flags and the data; a model or optimisation flag left out
     takes the checkpoint's value (saved: --resume, --evaluate), else its default."""
     train_ds, data = datasets[0], settings.data
+    # --label-delim left out on --resume: main read the data with the checkpoint's
+    label_delim = data.label_delim if data.label_delim is not None or saved is None else \
+        saved.train.label_delim
     train = inherit(TrainConfig, settings.given, saved and saved.train,
                     batch_size=data.batch_size, seed=settings.seed, augment=data.augment,
                     schedule_epochs=None, class_weights=None,
-                    weight_column=data.weight_column).resolved()
+                    weight_column=data.weight_column, label_delim=label_delim,
+                    task="classification" if label_delim is None else "multi_label").resolved()
     if train.balance == "loss":
         train.class_weights = inverse_frequency(train_ds.targets, len(train_ds.classes))
     if train.lr_schedule != "constant":
@@ -1276,6 +1386,30 @@ def finish(model: torch.nn.Module, net: torch.nn.Module, history: History, test_
         raise RunError(None, status=exit_status(e)) from None
 
 
+def finish_multi_label(model: torch.nn.Module, history: History, test_loader, classes: list[str],
+                       session: Session, task: MultiLabel) -> None:
+    """After a --label-delim run: the best epoch, loss.png, and the test split's per-class report
+    (multi_label_report.csv) of the last epoch's model."""
+    import matplotlib.pyplot as plt
+
+    from plot import plot_training_loss
+
+    best, epochs = best_epoch(history), len(history.valid_acc)
+    if best:
+        print(f"Best epoch: {best} of {epochs}, validation {monitored_text(history, best)} "
+              f"({session.results_dir / 'best.pt'} holds it)")
+    if session.rank != 0:
+        return
+    plt.close(plot_training_loss(history.minibatch_loss, epochs,
+                                 len(history.minibatch_loss) // max(epochs, 1),
+                                 session.results_dir))
+    if test_loader is not None:
+        probs, targets = multi_label_outputs(model, test_loader, session.device)
+        path = session.results_dir / MULTI_LABEL_REPORT
+        path.write_text(multi_label_report(probs, targets, classes, task.threshold))
+        print(f"Per-class report of the test split: {path}")
+
+
 def write_figures(history: History, model: torch.nn.Module, test_loader, results_dir: Path,
                   class_names: list[str]) -> None:
     """loss.png, accuracy.png and examples.png in results_dir; each figure closed once written."""
@@ -1385,6 +1519,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                       help="column of a number >= 0 per row weighting its loss (Keras's "
                            "weight_col): each batch's loss is sum(w * loss) / sum(w) (default: "
                            "none, every row alike)")
+    data.add_argument("--label-delim", default=None, metavar="DELIM",
+                      help="several labels per image, split on DELIM (' ', '|', ';'): one "
+                           "sigmoid per class, BCE loss, mean average precision (default: one "
+                           "class per image; with --evaluate or --predict: the checkpoint's)")
     data.add_argument("--no-header", action="store_true",
                       help="the CSV's first line is a row: name columns by position "
                            "(--file-column 0 --label-column 1)")
@@ -1476,6 +1614,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                        help="the validation figure that picks the best epoch (best.pt) and drives "
                             "--early-stopping; loss: lower is better"
                             + inherited % TrainConfig.monitor)
+    optim.add_argument("--threshold", type=_at_least(0.0, float, (lambda v: 0 < v < 1,
+                                                                  "must be between 0 and 1")),
+                       default=None, help="with --label-delim, a class is predicted when its "
+                       "probability reaches this" + inherited % TrainConfig.threshold)
     optim.add_argument("--balance", choices=("sampler", "loss"), default=None,
                        help="rare classes: sampler draws each epoch's order with replacement, "
                             "each class equally likely; loss weighs each class by its inverse "
@@ -1554,6 +1696,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--no-header goes with --csv or --predict (a table without a header line)")
     if args.weight_column is not None and args.csv is None:
         p.error("--weight-column goes with --csv (a column of your table)")
+    if args.label_delim is not None and args.balance is not None:
+        p.error("--balance is for one class per image; a --label-delim run has no class per "
+                "image to balance")
+    if args.label_delim is not None and args.monitor not in (None, "accuracy", "loss"):
+        p.error(f"--monitor {args.monitor} is for one class per image; a --label-delim run "
+                "follows mean average precision (the default) or loss")
+    if args.label_delim == "" or args.label_delim is not None and args.csv is None:
+        p.error("--label-delim goes with --csv (a column of tags), and is one or more characters")
     own_column = args.split_column is not None or args.valid_column is not None
     fractions = [(0.0 if own else DEFAULT_FRACTION) if f is None else f for f, own in (
         (args.valid_fraction, args.valid_column is not None), (args.test_fraction, own_column))]
@@ -1707,6 +1857,8 @@ def run(settings: Settings, hints: dict) -> History | Path:
             if settings.evaluate:
                 refuse_evaluate_without_data(data, saved, checkpoint_path)
             data = checkpoint_resize(data, saved, checkpoint_path, settings.evaluate)
+            if data.label_delim is None and saved.train.label_delim is not None:
+                data = dataclasses.replace(data, label_delim=saved.train.label_delim)
         moved_into = move_aside(results_dir, first) if rank == 0 else None
         balance = inherit(TrainConfig, settings.given, saved and saved.train).balance
         datasets, loaders = prepare_data(
@@ -1729,6 +1881,9 @@ def run(settings: Settings, hints: dict) -> History | Path:
                   + ", ".join(f"{name} {w:.4g}" for name, w in zip(classes,
                                                                      config.train.class_weights)))
         model, net, history = fit(settings, config, classes, loaders, session, checkpoint, task)
+        if isinstance(task, MultiLabel):
+            finish_multi_label(model, history, loaders[2], classes, session, task)
+            return history
         finish(model, net, history, loaders[2], classes, session)
         to_predict = unlabelled_source(data, results_dir / "split.csv")
         if to_predict is not None and rank == 0:
@@ -1790,6 +1945,16 @@ def evaluate(checkpoint: dict, classes: list[str], test_loader, session: Session
     checkpoint and metrics.csv are left as they are."""
     path = session.checkpoint_path
     model = model_from_checkpoint(checkpoint, path, session.device)
+    if checkpoint["config"].get("task") == "multi_label":  # --label-delim: its own report
+        probs, targets = multi_label_outputs(model, test_loader, session.device)
+        test_map = mean_average_precision(probs, targets)
+        print(f"Test mAP: {test_map:.4f}")
+        if session.rank == 0:
+            out = session.results_dir / MULTI_LABEL_REPORT
+            out.write_text(multi_label_report(probs, targets, classes,
+                                              checkpoint["config"].get("threshold", 0.5)))
+            print(f"Per-class report of the test split: {out}")
+        return History(test_acc=test_map)
     test_acc = evaluate_model(model, test_loader, classes, session.results_dir, session.device,
                               session.rank)
     if session.rank == 0:
