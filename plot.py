@@ -82,9 +82,10 @@ def plot_accuracy(train_acc_list: Sequence[float], valid_acc_list: Sequence[floa
     ax.plot(epochs, list(train_acc_list), label="Training")
     ax.plot(epochs, list(valid_acc_list), label="Validation")
     if best_epoch:
+        value = (f": validation {valid_acc_list[best_epoch - 1]:.2f}%"
+                 if 1 <= best_epoch <= len(valid_acc_list) else "")
         ax.axvline(best_epoch, color=BEST_COLOUR, linestyle="--",
-                   label=f"Best epoch ({best_epoch}): validation "
-                         f"{valid_acc_list[best_epoch - 1]:.2f}%")
+                   label=f"Best epoch ({best_epoch}){value}")
     if baseline is not None:
         ax.axhline(baseline, color="gray", linestyle=":",
                    label=baseline_label or f"Majority-class baseline: {baseline:.2f}%")
