@@ -62,6 +62,7 @@ def drawn(monkeypatch) -> dict[str, dict]:
 
 # ---- the console ---------------------------------------------------------------------------------
 
+@pytest.mark.figures
 def test_an_uneven_run_prints_the_baseline_once_and_marks_what_does_not_beat_it(tmp_path, capsys,
                                                                                monkeypatch):
     table = fastai_table(tmp_path / "t", {"cat": (24, 10), "dog": (3, 1)})  # ~90 / 10
@@ -94,6 +95,7 @@ def test_an_uneven_run_prints_the_baseline_once_and_marks_what_does_not_beat_it(
     assert figures["plot_accuracy"]["baseline_label"] == "Always 'cat' (validation): 90.91%"
 
 
+@pytest.mark.figures
 def test_an_even_run_prints_the_lectures_lines_and_no_baseline(tmp_path, capsys, monkeypatch):
     table = fastai_table(tmp_path / "t", {"cat": (8, 4), "dog": (8, 4)})
     figures = drawn(monkeypatch)
@@ -237,6 +239,7 @@ def test_loss_png_marks_the_best_epoch_where_its_iterations_end(tmp_path):
     plt.close(lecture)
 
 
+@pytest.mark.figures
 def test_a_multi_label_run_marks_the_best_epoch_on_loss_png(tmp_path, monkeypatch):
     # fastai's Planet layout: image_name,tags and train-jpg/<image_name>.jpg
     rng = np.random.default_rng(0)
