@@ -28,9 +28,12 @@ from matplotlib.ticker import MaxNLocator
 
 def plot_training_loss(minibatch_loss_list: Sequence[float], num_epochs: int,
                        iter_per_epoch: int | None = None, results_dir: str | Path | None = None,
-                       averaging_iterations: int = 20) -> plt.Figure:
-    """Loss of every minibatch, its running average, and a second x-axis in epochs."""
+                       averaging_iterations: int = 20, *,
+                       best_epoch: int | None = None) -> plt.Figure:
+    """Loss of every minibatch, its running average, and a second x-axis in epochs; best_epoch
+    (from 1, the one best.pt holds): a dashed vertical line where that epoch's iterations end."""
     losses = torch.tensor(minibatch_loss_list, dtype=torch.float64)
+    iter_per_epoch = iter_per_epoch or max(len(losses) // max(num_epochs, 1), 1)
     fig, ax1 = plt.subplots(figsize=(7, 4))
     ax1.plot(range(1, len(losses) + 1), losses.tolist(), label="Minibatch loss", alpha=0.5)
     if len(losses) >= averaging_iterations:
@@ -44,14 +47,16 @@ def plot_training_loss(minibatch_loss_list: Sequence[float], num_epochs: int,
     finite = losses[torch.isfinite(losses)]  # a run that diverged has inf or nan losses
     if len(finite) and float(finite.max()) > 0:
         ax1.set_ylim(0, float(finite.max()) * 1.05)
+    if best_epoch:
+        ax1.axvline(best_epoch * iter_per_epoch, color=BEST_COLOUR, linestyle="--",
+                    label=f"Best epoch ({best_epoch})")
     ax1.legend()
     # Second x-axis below the first, in epochs.
     ax2 = ax1.twiny()
-    iter_per_epoch = iter_per_epoch or max(len(losses) // max(num_epochs, 1), 1)
-    ax2.set_xlim(ax1.get_xlim())
     ticks = [e * iter_per_epoch for e in range(0, num_epochs + 1, max(num_epochs // 5, 1))]
     ax2.set_xticks(ticks)
     ax2.set_xticklabels([str(t // iter_per_epoch) for t in ticks])
+    ax2.set_xlim(ax1.get_xlim())  # after the ticks, which would widen it to 0: epochs line up
     ax2.xaxis.set_ticks_position("bottom")
     ax2.xaxis.set_label_position("bottom")
     ax2.spines["bottom"].set_position(("outward", 45))
@@ -60,19 +65,48 @@ def plot_training_loss(minibatch_loss_list: Sequence[float], num_epochs: int,
     return _maybe_save(fig, results_dir, "loss.png")
 
 
+BEST_COLOUR = "tab:green"  # the best epoch's line, on loss.png and accuracy.png alike
+MIN_SPAN = 10.0  # accuracy.png's y-axis spans at least this many percentage points
+
+
 def plot_accuracy(train_acc_list: Sequence[float], valid_acc_list: Sequence[float],
-                  results_dir: str | Path | None = None) -> plt.Figure:
-    """Train and validation accuracy (in %) per epoch."""
+                  results_dir: str | Path | None = None, *, best_epoch: int | None = None,
+                  baseline: float | None = None,
+                  baseline_label: str | None = None) -> plt.Figure:
+    """Train and validation accuracy (in %) per epoch. best_epoch (from 1, the one best.pt
+    holds): a dashed vertical line there. baseline: the accuracy (in %) of always saying the
+    majority class, a dotted horizontal line named baseline_label. The y-axis spans at least
+    MIN_SPAN points, so that a flat line does not look like learning."""
     epochs = range(1, len(train_acc_list) + 1)
     fig, ax = plt.subplots(figsize=(7, 4))
     ax.plot(epochs, list(train_acc_list), label="Training")
     ax.plot(epochs, list(valid_acc_list), label="Validation")
+    if best_epoch:
+        value = (f": validation {valid_acc_list[best_epoch - 1]:.2f}%"
+                 if 1 <= best_epoch <= len(valid_acc_list) else "")
+        ax.axvline(best_epoch, color=BEST_COLOUR, linestyle="--",
+                   label=f"Best epoch ({best_epoch}){value}")
+    if baseline is not None:
+        ax.axhline(baseline, color="gray", linestyle=":",
+                   label=baseline_label or f"Majority-class baseline: {baseline:.2f}%")
     ax.set_xlabel("Epoch")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole: no tick at 2.5
     ax.set_ylabel("Accuracy (%)")
+    ax.set_ylim(*_at_least_span(*ax.get_ylim(), MIN_SPAN))
     ax.legend()
     fig.tight_layout()
     return _maybe_save(fig, results_dir, "accuracy.png")
+
+
+def _at_least_span(low: float, high: float, span: float) -> tuple[float, float]:
+    """(low, high) widened about its middle to span, kept within -1..101 (accuracies in %, and
+    a little room for a line at 0 or 100) where the wider window allows."""
+    if high - low >= span:
+        return low, high
+    middle = (low + high) / 2
+    low, high = middle - span / 2, middle + span / 2
+    shift = max(0.0, -1.0 - low) - max(0.0, high - 101.0)  # at most one of them is not 0
+    return low + shift, high + shift
 
 
 @torch.no_grad()

@@ -66,12 +66,12 @@ from torch.nn.parallel import DistributedDataParallel
 
 from dataset import (RESIZE_METHODS, DatasetError, folder_classes, parse_image_size, read_csv,
                      scan_image_folder, skipped_message, split_names, split_spellings)
-from evaluate import (MULTI_LABEL_REPORT, REPORT_FILES, RunError, compute_accuracy,
+from evaluate import (FAR_BELOW, MULTI_LABEL_REPORT, REPORT_FILES, RunError, compute_accuracy,
                       compute_confusion_matrix, compute_scores, csv_bytes, distributed,
                       evaluate_model, example_f1, global_settings_kept, mean_average_precision,
-                      model_from_checkpoint, move_aside, multi_label_report, predict,
-                      read_checkpoint, saved_model_accuracy, saved_model_config, set_all_seeds,
-                      set_deterministic, sum_over_ranks, to_input, write_reports)
+                      missed_classes, model_from_checkpoint, move_aside, multi_label_report,
+                      predict, read_checkpoint, saved_model_accuracy, saved_model_config,
+                      set_all_seeds, set_deterministic, sum_over_ranks, to_input, write_reports)
 from loaders import (DEFAULT_FRACTION, SPLITS, TEMP_TAG, DecodedImages, LockFileError,
                      atomic_file, decoded, folder_layout, lock_or_holder, loaders_from_datasets,
                      make_datasets, make_loader, open_lock, split_csv, unlabelled_test,
@@ -200,10 +200,13 @@ class Classification:
     class_weights: (num_classes,) each class's weight in the loss (--balance loss:
         inverse_frequency), or None. monitor: the validation figure that picks the best epoch
         and drives early stopping (MONITORS; loss: lower is better). report: print a second line
-        per epoch with balanced accuracy, macro F1 and the validation loss."""
+        per epoch with balanced accuracy, macro F1 and the validation loss. baseline: the
+        majority-class baseline (majority_baseline); a validation or test accuracy not above it
+        is marked on its line. None (classes even): lines as the lecture's."""
     class_weights: torch.Tensor | None = None
     monitor: str = "accuracy"
     report: bool = False
+    baseline: Baseline | None = None
 
     def __post_init__(self) -> None:
         if self.monitor not in MONITORS:
@@ -235,15 +238,18 @@ class Classification:
         return compute_scores(model, loader, device, num_classes)
 
     def line(self, train: float, valid: float) -> str:
-        """The epoch's line after "Epoch: 001/100 | ": the lecture's accuracies."""
-        return f"Train: {train:.2f}% | Validation: {valid:.2f}%"
+        """The epoch's line after "Epoch: 001/100 | ": the lecture's accuracies (and, when they
+        are no better than the majority-class baseline, a note saying so)."""
+        return (f"Train: {train:.2f}% | Validation: {valid:.2f}%"
+                + (self.baseline.note(valid, self.baseline.valid) if self.baseline else ""))
 
     def test_figure(self, model: torch.nn.Module, loader, device: torch.device | str) -> float:
         """The test split's figure after the last epoch: accuracy in %."""
         return compute_accuracy(model, loader, device)
 
     def test_line(self, value: float) -> str:
-        return f"Test accuracy: {value:.2f}%"
+        return (f"Test accuracy: {value:.2f}%"
+                + (self.baseline.note(value, self.baseline.test) if self.baseline else ""))
 
     def summary(self, history: History) -> str:
         """The epoch's second line: "Balanced accuracy: train 50.00%, validation 50.00% | ..."."""
@@ -332,12 +338,13 @@ def inverse_frequency(labels: np.ndarray, num_classes: int) -> list[float]:
     return [len(labels) / (present * int(n)) if n else 0.0 for n in counts]
 
 
-def make_task(train: TrainConfig, labels: np.ndarray,
-              num_classes: int) -> Classification | MultiLabel:
+def make_task(train: TrainConfig, labels: np.ndarray, num_classes: int, *,
+              baseline: Baseline | None = None) -> Classification | MultiLabel:
     """The run's task from its settings: MultiLabel with --label-delim (monitoring mean_ap, or
     loss); else Classification with class weights (--balance loss), the monitored figure,
     and a second line per epoch when the run asks for the figures (--balance, --monitor,
-    --weight-column) or the train split is uneven (its largest class UNEVEN times its smallest)."""
+    --weight-column) or the train split is uneven (its largest class UNEVEN times its smallest),
+    and the majority-class baseline its lines are compared with (majority_baseline)."""
     if train.label_delim is not None:
         if train.balance != "none":
             raise RunError("--balance is for one class per image; a --label-delim run has no "
@@ -354,7 +361,71 @@ def make_task(train: TrainConfig, labels: np.ndarray,
     uneven = counts.max() >= UNEVEN * counts.min()
     report = (train.balance != "none" or train.monitor != "accuracy"
               or train.weight_column is not None or bool(uneven))
-    return Classification(class_weights=train.class_weights, monitor=train.monitor, report=report)
+    return Classification(class_weights=train.class_weights, monitor=train.monitor, report=report,
+                          baseline=baseline)
+
+
+@dataclasses.dataclass(frozen=True)
+class Baseline:
+    """The majority-class baseline of an uneven run: the accuracy in % that a model always saying
+    train's most common class (name) scores on each split, counted from the labels. test: of the
+    split that train_model's test_loader reads (the validation split when there is no test
+    split); has_test: whether there is one."""
+    name: str
+    train: float
+    valid: float
+    test: float
+    has_test: bool = True
+
+    def note(self, accuracy: float, baseline: float) -> str:
+        """" (no better than always 'cat': 94.59%)" when accuracy, as printed, is not above
+        baseline; else ""."""
+        if round(accuracy, 2) > round(baseline, 2):
+            return ""
+        return f" (no better than always {self.name!r}: {baseline:.2f}%)"
+
+    def line(self) -> str:
+        """The line printed once before training."""
+        test = f", test {self.test:.2f}%" if self.has_test else ""
+        return (f"Majority-class baseline (train's classes are uneven): always saying "
+                f"{self.name!r} scores train {self.train:.2f}%, validation {self.valid:.2f}%"
+                f"{test}; a validation or test accuracy not above it is marked \"no better\"")
+
+
+def majority_baseline(labels: list[np.ndarray | None], classes: list[str]) -> Baseline | None:
+    """The Baseline of the train, valid and test labels (class indices; test None: no test
+    split), or None when train's classes are even (its largest class under UNEVEN times its
+    smallest, the notion make_task uses): then the lecture's lines stay as they were."""
+    counts = np.bincount(np.asarray(labels[0], dtype=np.int64), minlength=len(classes))
+    if counts.max() < UNEVEN * counts.min():
+        return None
+    majority = int(counts.argmax())  # the first of the most common, on a tie
+
+    def share(split: np.ndarray) -> float:
+        split = np.asarray(split, dtype=np.int64)
+        return 100.0 * int((split == majority).sum()) / len(split) if len(split) else 0.0
+
+    test = labels[2] if labels[2] is not None else labels[1]
+    return Baseline(str(classes[majority]), share(labels[0]), share(labels[1]), share(test),
+                    has_test=labels[2] is not None)
+
+
+def missed_lines(cm: torch.Tensor, classes: list[str], *, most: int = 10) -> list[str]:
+    """The lines naming the classes the model misses on the test split (missed_classes: recall 0
+    or under FAR_BELOW times the median recall), each with its images found, up to `most` of
+    them, and what helps; [] when it misses none."""
+    missed, median = missed_classes(cm)
+    if not missed:
+        return []
+    support, found = cm.sum(dim=1).tolist(), cm.diagonal().tolist()
+    named = ", ".join(f"{str(classes[k])!r} ({found[k]} of {support[k]} images found)"
+                      for k in missed[:most])
+    more = (f", and {len(missed) - most} more (per_class.csv lists every class)"
+            if len(missed) > most else "")
+    return [f"Classes the model misses on test (recall 0, or below {FAR_BELOW:g} x the median "
+            f"recall of {100 * median:.2f}%): {named}{more}",
+            "  What helps: more images of them; --balance sampler or --balance loss; "
+            "--weight-column (docs/rare-classes.md)"]
 
 
 def monitored(history: History) -> list[float]:
@@ -1358,9 +1429,10 @@ def fit(settings: Settings, config: RunConfig, classes: list[str], loaders: tupl
 
 
 def finish(model: torch.nn.Module, net: torch.nn.Module, history: History, test_loader,
-           classes: list[str], session: Session) -> None:
+           classes: list[str], session: Session, *, baseline: Baseline | None = None) -> None:
     """After training: the best epoch's model on the test split beside the last one's, then the
-    figures and reports (of the last epoch's model, as checkpoint.pt holds it)."""
+    figures and reports (of the last epoch's model, as checkpoint.pt holds it), and the classes
+    it misses on test (missed_lines). baseline: drawn on accuracy.png."""
     results_dir = session.results_dir
     try:
         best, epochs, history.best_test_acc = best_epoch(history), len(history.valid_acc), None
@@ -1376,8 +1448,10 @@ def finish(model: torch.nn.Module, net: torch.nn.Module, history: History, test_
                   f"test, the last epoch's {history.test_acc:.2f}%")
         cm = compute_confusion_matrix(net, test_loader, session.device, len(classes))  # all ranks
         if session.rank == 0:
-            write_figures(history, model, test_loader, results_dir, classes)
+            write_figures(history, model, test_loader, results_dir, classes, baseline=baseline)
             write_reports(model, cm, test_loader, results_dir, classes)
+            for line in missed_lines(cm, classes):
+                print(line)
     except KeyboardInterrupt as e:
         how = "Terminated (SIGTERM)" if isinstance(e, Terminated) else "Interrupted"
         print(f"\n{how} after training: the checkpoint of epoch {len(history.train_acc)} "
@@ -1402,7 +1476,7 @@ def finish_multi_label(model: torch.nn.Module, history: History, test_loader, cl
         return
     plt.close(plot_training_loss(history.minibatch_loss, epochs,
                                  len(history.minibatch_loss) // max(epochs, 1),
-                                 session.results_dir))
+                                 session.results_dir, best_epoch=best or None))
     if test_loader is not None:
         probs, targets = multi_label_outputs(model, test_loader, session.device)
         path = session.results_dir / MULTI_LABEL_REPORT
@@ -1411,17 +1485,22 @@ def finish_multi_label(model: torch.nn.Module, history: History, test_loader, cl
 
 
 def write_figures(history: History, model: torch.nn.Module, test_loader, results_dir: Path,
-                  class_names: list[str]) -> None:
-    """loss.png, accuracy.png and examples.png in results_dir; each figure closed once written."""
+                  class_names: list[str], *, baseline: Baseline | None = None) -> None:
+    """loss.png, accuracy.png and examples.png in results_dir; each figure closed once written.
+    Both curves mark the best epoch (best.pt's); accuracy.png draws the baseline's validation
+    accuracy when there is one."""
     import matplotlib.pyplot as plt  # here, not at the top: --help and --predict start faster
 
     from plot import plot_accuracy, plot_training_loss, show_examples
 
-    epochs = len(history.train_acc)
+    epochs, best = len(history.train_acc), best_epoch(history) or None
     for figure in (
         plot_training_loss(history.minibatch_loss, epochs, len(history.minibatch_loss) // epochs,
-                           results_dir),
-        plot_accuracy(history.train_acc, history.valid_acc, results_dir),
+                           results_dir, best_epoch=best),
+        plot_accuracy(history.train_acc, history.valid_acc, results_dir, best_epoch=best,
+                      baseline=None if baseline is None else baseline.valid,
+                      baseline_label=None if baseline is None else
+                      f"Always {baseline.name!r} (validation): {baseline.valid:.2f}%"),
         show_examples(model, test_loader, results_dir, class_names=class_names),
     ):
         plt.close(figure)
@@ -1875,7 +1954,12 @@ def run(settings: Settings, hints: dict) -> History | Path:
             move_aside(results_dir, tuple(n for n in move if n not in first), into=moved_into)
         if settings.evaluate:
             return evaluate(checkpoint, classes, loaders[2], session)
-        task = make_task(config.train, np.asarray(datasets[0].targets), len(classes))
+        baseline = None if config.train.label_delim is not None else majority_baseline(
+            [None if ds is None else np.asarray(ds.targets) for ds in datasets], classes)
+        task = make_task(config.train, np.asarray(datasets[0].targets), len(classes),
+                         baseline=baseline)
+        if baseline is not None:
+            print(baseline.line())
         if config.train.class_weights is not None:
             print("Loss weighted by class (--balance loss, inverse frequency in train): "
                   + ", ".join(f"{name} {w:.4g}" for name, w in zip(classes,
@@ -1884,7 +1968,7 @@ def run(settings: Settings, hints: dict) -> History | Path:
         if isinstance(task, MultiLabel):
             finish_multi_label(model, history, loaders[2], classes, session, task)
             return history
-        finish(model, net, history, loaders[2], classes, session)
+        finish(model, net, history, loaders[2], classes, session, baseline=baseline)
         to_predict = unlabelled_source(data, results_dir / "split.csv")
         if to_predict is not None and rank == 0:
             predict_test_rows(to_predict, data, session)

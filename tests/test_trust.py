@@ -1,0 +1,259 @@
+"""Figures a person can trust and a console that says when a model is no better than guessing
+(issue 32 points 1 and 2): the majority-class baseline, the classes a model misses, the best
+epoch on accuracy.png and loss.png. Figures are checked through what they draw (lines, limits,
+legend texts), not pixels."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+import pytest
+import torch
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+import plot  # noqa: E402
+import train  # noqa: E402
+from conftest import write_png  # noqa: E402
+from evaluate import FAR_BELOW, missed_classes  # noqa: E402
+
+EPOCH_LINE = re.compile(r"^Epoch: \d{3}/\d{3} \| Train: \d+\.\d\d% \| Validation: (\d+\.\d\d)%(.*)$")
+
+
+def fastai_table(folder: Path, counts: dict[str, tuple[int, int]]) -> Path:
+    """fastai's layout: labels.csv `fname,labels,is_valid` and the images beside it; counts:
+    class -> (train images, valid images). Every image is the same kind of noise, so no model can
+    tell the classes apart: the uneven table's model can only say its common class."""
+    rng = np.random.default_rng(0)
+    lines, i = ["fname,labels,is_valid"], 0
+    for label, (n_train, n_valid) in counts.items():
+        for j in range(n_train + n_valid):
+            write_png(folder / "images" / f"{i:03d}.png", rng.integers(0, 255, (4, 4), dtype=np.uint8))
+            lines.append(f"images/{i:03d}.png,{label},{j >= n_train}")
+            i += 1
+    (folder / "labels.csv").write_text("\n".join(lines) + "\n")
+    return folder / "labels.csv"
+
+
+def run_fastai(table: Path, results: Path, epochs: int = 2):
+    return train.main(["--csv", str(table), "--file-column", "fname", "--label-column", "labels",
+                       "--valid-column", "is_valid", "--epochs", str(epochs), "--seed", "1",
+                       "--batch-size", "8", "--no-disk-cache", "--results-dir", str(results)])
+
+
+def drawn(monkeypatch) -> dict[str, dict]:
+    """The keyword arguments train.py's figures are drawn with, by function name; the figures are
+    still drawn (and written) by plot.py."""
+    seen: dict[str, dict] = {}
+    for name in ("plot_accuracy", "plot_training_loss"):
+        real = getattr(plot, name)
+
+        def record(*args, _real=real, _name=name, **kwargs):
+            seen[_name] = kwargs
+            return _real(*args, **kwargs)
+
+        monkeypatch.setattr(plot, name, record)
+    return seen
+
+
+# ---- the console ---------------------------------------------------------------------------------
+
+@pytest.mark.figures
+def test_an_uneven_run_prints_the_baseline_once_and_marks_what_does_not_beat_it(tmp_path, capsys,
+                                                                               monkeypatch):
+    table = fastai_table(tmp_path / "t", {"cat": (24, 10), "dog": (3, 1)})  # ~90 / 10
+    figures = drawn(monkeypatch)
+    history = run_fastai(table, tmp_path / "r")
+    lines = capsys.readouterr().out.splitlines()
+    # 24 of 27 train images and 10 of 11 valid are cats; no test split: valid stands in
+    baseline = [line for line in lines if line.startswith("Majority-class baseline")]
+    assert baseline == ["Majority-class baseline (train's classes are uneven): always saying 'cat' "
+                        "scores train 88.89%, validation 90.91%; a validation or test accuracy not "
+                        "above it is marked \"no better\""]
+    epochs = [EPOCH_LINE.match(line) for line in lines if EPOCH_LINE.match(line)]
+    assert len(epochs) == 2
+    for m in epochs:  # marked exactly when not above the baseline, as printed
+        marked = m.group(2) == " (no better than always 'cat': 90.91%)"
+        assert marked == (float(m.group(1)) <= 90.91) and (marked or m.group(2) == "")
+    # noise images: the model says "cat" to all, 10 of the 11 valid images
+    assert f"Test accuracy: {history.test_acc:.2f}% (no better than always 'cat': 90.91%)" in lines
+    assert history.test_acc == pytest.approx(100 * 10 / 11)
+    # the rare class, never found, is named with its support and what helps
+    assert ("Classes the model misses on test (recall 0, or below 0.25 x the median recall of "
+            "50.00%): 'dog' (0 of 1 images found)") in lines
+    assert lines[-1] == ("  What helps: more images of them; --balance sampler or --balance loss; "
+                         "--weight-column (docs/rare-classes.md)")
+    assert "dog,1,0,0.0000," in (tmp_path / "r" / "per_class.csv").read_text()  # the same class
+    # the figures: best.pt's epoch on both, the baseline of validation on accuracy.png
+    assert figures["plot_accuracy"]["best_epoch"] == train.best_epoch(history) >= 1
+    assert figures["plot_training_loss"]["best_epoch"] == train.best_epoch(history)
+    assert figures["plot_accuracy"]["baseline"] == pytest.approx(100 * 10 / 11)
+    assert figures["plot_accuracy"]["baseline_label"] == "Always 'cat' (validation): 90.91%"
+
+
+@pytest.mark.figures
+def test_an_even_run_prints_the_lectures_lines_and_no_baseline(tmp_path, capsys, monkeypatch):
+    table = fastai_table(tmp_path / "t", {"cat": (8, 4), "dog": (8, 4)})
+    figures = drawn(monkeypatch)
+    run_fastai(table, tmp_path / "r")
+    out = capsys.readouterr().out
+    assert "Majority-class baseline" not in out and "no better" not in out
+    assert [m.group(2) for m in map(EPOCH_LINE.match, out.splitlines()) if m] == ["", ""]
+    assert re.search(r"^Test accuracy: \d+\.\d\d%$", out, re.MULTILINE)
+    assert figures["plot_accuracy"]["baseline"] is None
+
+
+def test_majority_baseline_from_label_counts_is_none_when_train_is_even():
+    classes = ["cat", "dog"]
+    b = train.majority_baseline([np.array([0] * 19 + [1]), np.array([0] * 9 + [1]),
+                                 np.array([0] * 3 + [1] * 5)], classes)
+    assert (b.name, b.train, b.valid, b.test, b.has_test) == ("cat", 95.0, 90.0, 37.5, True)
+    assert "test 37.50%" in b.line()
+    # train.UNEVEN: largest / smallest of 1.5 is uneven, just under it even (the lecture's 26 / 25)
+    assert train.majority_baseline([np.array([0] * 3 + [1] * 2), np.array([0]), None], classes)
+    assert train.majority_baseline([np.array([0] * 26 + [1] * 25), np.array([0]), None],
+                                   classes) is None
+    # no test split: the validation split stands in for it and the line names none
+    b = train.majority_baseline([np.array([1] * 6 + [0] * 2), np.array([1, 0, 0, 0]), None], classes)
+    assert (b.name, b.valid, b.test, b.has_test) == ("dog", 25.0, 25.0, False)
+    assert "test" not in b.line().split(";")[0]
+
+
+def test_the_note_compares_accuracies_as_printed():
+    b = train.Baseline("cat", 95.0, 94.59, 94.59)
+    assert b.note(94.59, b.valid) == " (no better than always 'cat': 94.59%)"
+    assert b.note(94.5912, b.valid) != ""  # printed as 94.59%: no better
+    assert b.note(50.0, b.valid) != ""
+    assert b.note(94.6, b.valid) == ""
+    task = train.Classification(baseline=b)
+    assert task.line(95.1, 94.59) == "Train: 95.10% | Validation: 94.59% (no better than always 'cat': 94.59%)"
+    assert task.test_line(99.0) == "Test accuracy: 99.00%"
+    assert train.Classification().line(95.1, 94.59) == "Train: 95.10% | Validation: 94.59%"
+
+
+def confusion_of(support: list[int], correct: list[int]) -> torch.Tensor:
+    """A confusion matrix whose rows have these supports and diagonals (the misses in column 0,
+    or 1 for class 0)."""
+    k = len(support)
+    cm = torch.zeros(k, k, dtype=torch.int64)
+    for i, (n, ok) in enumerate(zip(support, correct)):
+        cm[i, i] = ok
+        cm[i, 1 if i == 0 else 0] += n - ok
+    return cm
+
+
+def test_missed_classes_are_those_at_recall_0_or_far_below_the_median():
+    # recalls 1.0, 0.9, 0.2, 0.0 and a class with no image: median 0.55, a quarter of it 0.1375
+    missed, median = missed_classes(confusion_of([10, 10, 10, 5, 0], [10, 9, 2, 0, 0]))
+    assert missed == [3] and median == pytest.approx(0.55)
+    # recalls 1.0, 1.0, 0.2 (under a quarter of the median 1.0), 0.0, 0.0, 1.0, 1.0: worst first,
+    # then the class with more images
+    missed, median = missed_classes(confusion_of([4, 4, 10, 3, 6, 5, 5], [4, 4, 2, 0, 0, 5, 5]))
+    assert FAR_BELOW == 0.25 and missed == [4, 3, 2] and median == pytest.approx(1.0)
+    assert missed_classes(torch.zeros(3, 3, dtype=torch.int64)) == ([], 0.0)
+
+
+def test_the_lectures_default_run_misses_no_class():
+    # its per_class.csv (python train.py --epochs 100 --seed 123): recalls 0.64 to 1.00
+    cm = confusion_of([26, 26, 25, 26, 26, 26, 26, 25, 25, 25], [23, 26, 16, 21, 19, 19, 22, 19, 16, 19])
+    assert missed_classes(cm)[0] == []
+    assert train.missed_lines(cm, [str(d) for d in range(10)]) == []
+
+
+def test_missed_lines_name_support_and_stop_after_ten_classes():
+    classes = [f"c{k}" for k in range(14)]
+    cm = confusion_of([5] * 2 + [3] * 12, [5] * 2 + [0] * 12)  # 12 classes never found
+    first, helps = train.missed_lines(cm, classes)
+    assert first.startswith("Classes the model misses on test (recall 0, or below 0.25 x the median "
+                            "recall of 0.00%): 'c2' (0 of 3 images found), 'c3' (0 of 3 images found)")
+    assert first.count("images found") == 10 and first.endswith(
+        ", and 2 more (per_class.csv lists every class)")
+    assert "--balance sampler" in helps and "--weight-column" in helps
+
+
+# ---- accuracy.png and loss.png -------------------------------------------------------------------
+
+def legend_texts(ax) -> list[str]:
+    return [t.get_text() for t in ax.get_legend().get_texts()]
+
+
+def test_accuracy_png_marks_the_best_epoch_and_the_baseline_on_ten_points_at_least(tmp_path):
+    train_acc, valid_acc = [95.1, 95.1, 95.1], [94.59, 94.6, 94.59]  # flat: the issue's 95 / 5
+    fig = plot.plot_accuracy(train_acc, valid_acc, tmp_path, best_epoch=2, baseline=94.59,
+                             baseline_label="Always 'cat' (validation): 94.59%")
+    ax = fig.axes[0]
+    low, high = ax.get_ylim()
+    assert high - low >= plot.MIN_SPAN and -1 <= low and high <= 101
+    assert low < 94.59 and 95.1 < high
+    assert (high - low) == pytest.approx(10.0)
+    lines = {line.get_label(): line for line in ax.get_lines()}
+    best = lines["Best epoch (2): validation 94.60%"]
+    assert list(best.get_xdata()) == [2, 2]
+    assert list(lines["Always 'cat' (validation): 94.59%"].get_ydata()) == [94.59, 94.59]
+    assert legend_texts(ax) == ["Training", "Validation", "Best epoch (2): validation 94.60%",
+                                "Always 'cat' (validation): 94.59%"]
+    assert ax.get_xlabel() == "Epoch" and ax.get_ylabel() == "Accuracy (%)"
+    assert (tmp_path / "accuracy.png").stat().st_size > 0
+    plt.close(fig)
+
+
+@pytest.mark.parametrize("values, window", [([99.5, 100.0], (91.0, 101.0)), ([0.0, 1.0], (-1.0, 9.0)),
+                                            ([50.0, 52.0], (46.0, 56.0))])
+def test_accuracy_axis_widens_a_narrow_span_within_0_to_100(values, window):
+    fig = plot.plot_accuracy(values, values)
+    low, high = fig.axes[0].get_ylim()
+    assert (low, high) == pytest.approx(window) and low <= min(values) and max(values) <= high
+    plt.close(fig)
+
+
+def test_the_lectures_accuracy_call_draws_its_two_curves_on_its_own_axis():
+    train_acc, valid_acc = [10.0, 40.0, 85.0], [9.0, 35.0, 80.0]
+    fig = plot.plot_accuracy(train_acc, valid_acc, None)  # the lecture's positional call
+    ax = fig.axes[0]
+    assert legend_texts(ax) == ["Training", "Validation"] and len(ax.get_lines()) == 2
+    low, high = ax.get_ylim()
+    assert low < 9 and 85 < high < 90  # matplotlib's own limits: wide already, left alone
+    plt.close(fig)
+
+
+def test_loss_png_marks_the_best_epoch_where_its_iterations_end(tmp_path):
+    losses = [2.0 - 0.04 * i for i in range(40)]  # 4 epochs of 10 iterations
+    fig = plot.plot_training_loss(losses, 4, 10, tmp_path, averaging_iterations=5, best_epoch=3)
+    iterations, epochs = fig.axes
+    best = [line for line in iterations.get_lines() if line.get_label() == "Best epoch (3)"]
+    assert len(best) == 1 and list(best[0].get_xdata()) == [30, 30]
+    assert legend_texts(iterations) == ["Minibatch loss", "Running average (5 iterations)",
+                                        "Best epoch (3)"]
+    # the epoch axis lines up with the iterations: its tick 3 sits at iteration 30
+    assert epochs.get_xlim() == pytest.approx(iterations.get_xlim())
+    assert list(epochs.get_xticks()) == [0, 10, 20, 30, 40]
+    assert iterations.get_xlabel() == "Iterations" and epochs.get_xlabel() == "Epochs"
+    assert (tmp_path / "loss.png").stat().st_size > 0
+    plt.close(fig)
+    lecture = plot.plot_training_loss(losses, 4, 10, None, averaging_iterations=5)  # as it was
+    assert legend_texts(lecture.axes[0]) == ["Minibatch loss", "Running average (5 iterations)"]
+    plt.close(lecture)
+
+
+@pytest.mark.figures
+def test_a_multi_label_run_marks_the_best_epoch_on_loss_png(tmp_path, monkeypatch):
+    # fastai's Planet layout: image_name,tags and train-jpg/<image_name>.jpg
+    rng = np.random.default_rng(0)
+    lines = ["image_name,tags"]
+    for i in range(24):
+        tags = [t for t in ("clear", "road") if rng.random() < 0.5]
+        write_png(tmp_path / "train-jpg" / f"train_{i}.png", rng.integers(0, 255, (4, 4), dtype=np.uint8))
+        lines.append(f"train_{i},{' '.join(tags)}")
+    (tmp_path / "train_v2.csv").write_text("\n".join(lines) + "\n")
+    figures = drawn(monkeypatch)
+    history = train.main(["--csv", str(tmp_path / "train_v2.csv"), "--img-dir",
+                          str(tmp_path / "train-jpg"), "--file-column", "image_name",
+                          "--label-column", "tags", "--file-suffix", ".png", "--label-delim", " ",
+                          "--epochs", "2", "--batch-size", "8", "--no-disk-cache",
+                          "--results-dir", str(tmp_path / "r")])
+    assert figures["plot_training_loss"]["best_epoch"] == train.best_epoch(history) >= 1
+    assert (tmp_path / "r" / "loss.png").is_file()
