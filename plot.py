@@ -343,13 +343,15 @@ def _image_grid(images: torch.Tensor, titles: list[str], colors: list[str | None
             ax.imshow(pixels[:, :, 0].numpy(), cmap="gray", vmin=0.0, vmax=1.0)
         else:
             ax.imshow(pixels.numpy())
+        if "\n" not in title and len(title) > 30:  # long class names: one part a line
+            title = title.replace(" | ", "\n", 1)
         # A fixed y skips matplotlib's title placement, which measures every axis (slow).
         ax.set_title(title, fontsize=9 if len(title) <= 22 else 7, y=1.02,
                      **({"color": color} if color else {}))
     if line:
         fig.suptitle(line, fontsize=9, y=1 - 0.1 / (rows * 2.0 + extra))
     top = 1 - (0.16 * rows + extra) / (rows * 2.0 + extra)  # 0.92 without the line, as before
-    lines = max((t.count("\n") + 1 for t in titles), default=1)  # room for titles of 2-3 lines
+    lines = max((t.count("\n") + 1 + (len(t) > 30) for t in titles), default=1)  # 2-3 lines
     fig.subplots_adjust(left=0.02, right=0.98, bottom=0.02, top=top, wspace=0.1,
                         hspace=0.15 + 0.2 * lines)  # 0.35 for one line, as before
     return fig

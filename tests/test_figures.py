@@ -110,6 +110,14 @@ def test_mistakes_keep_the_most_confident_across_batches_and_the_first_on_a_tie(
     plt.close(fig)
 
 
+def test_a_title_too_long_for_its_image_puts_the_true_class_on_a_line_of_its_own():
+    labels = torch.tensor([0, 1])
+    fig = plot.show_mistakes(Fixed(torch.tensor([[0.0, 2.0], [0.0, 3.0]])), [(images_indexing(2), labels)],
+                             class_names=["species_00", "species_01"])
+    assert [t for t, _ in titled(fig)] == ["P: species_01 (p=0.88)\nT: species_00"]
+    plt.close(fig)
+
+
 def test_the_docs_name_the_order_mistakes_png_has():
     from conftest import ROOT
     text = (ROOT / "README.md").read_text() + (ROOT / "docs" / "evaluate-predict.md").read_text()
