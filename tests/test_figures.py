@@ -55,7 +55,7 @@ def test_examples_show_wrong_predictions_first_with_a_red_title_and_the_true_cla
     assert shown[:2] == [("P: cat | T: dog", RED), ("P: fox | T: cat", RED)]  # the loader's order
     assert all(title.split(" | T: ")[0][3:] == title.split(" | T: ")[1] and colour != RED
                for title, colour in shown[2:])  # then right ones, in the usual colour
-    assert len(shown) == 6 and fig._suptitle.get_text() == (
+    assert len(shown) == 6 and fig.get_suptitle() == (
         "2 of 12 images predicted wrong: 2 shown first, in red")
     plt.close(fig)
 
@@ -67,7 +67,7 @@ def test_examples_keep_wrong_ones_to_a_third_of_the_grid_when_enough_are_right()
     fig = plot.show_examples(model, [(images_indexing(30), labels)])
     colours = [colour for _, colour in titled(fig)]
     assert colours[:5] == [RED] * 5 and RED not in colours[5:] and len(colours) == 15
-    assert fig._suptitle.get_text().startswith("20 of 30 images predicted wrong: 5 shown first")
+    assert fig.get_suptitle().startswith("20 of 30 images predicted wrong: 5 shown first")
     plt.close(fig)
 
 
@@ -77,7 +77,7 @@ def test_examples_with_no_mistake_say_so_and_draw_no_red_title():
                              [(images_indexing(4), labels)])
     assert [t for t, _ in titled(fig)] == ["P: 0 | T: 0", "P: 1 | T: 1", "P: 1 | T: 1", "P: 0 | T: 0"]
     assert RED not in [c for _, c in titled(fig)]
-    assert fig._suptitle.get_text() == "All 4 images predicted right"
+    assert fig.get_suptitle() == "All 4 images predicted right"
     plt.close(fig)
 
 
@@ -91,7 +91,7 @@ def test_mistakes_are_the_most_confidently_wrong_titled_with_that_probability(tm
                              class_names=["cat", "dog"])
     assert titled(fig) == [("P: dog (p=0.95) | T: cat", RED), ("P: dog (p=0.73) | T: cat", RED),
                            ("P: dog (p=0.55) | T: cat", RED)]
-    assert fig._suptitle.get_text() == ("Most confidently wrong: 3 of the 3 mistakes in 5 images, "
+    assert fig.get_suptitle() == ("Most confidently wrong: 3 of the 3 mistakes in 5 images, "
                                         "highest predicted probability p first")
     assert (tmp_path / "mistakes.png").stat().st_size > 0
     plt.close(fig)
@@ -106,7 +106,7 @@ def test_mistakes_keep_the_most_confident_across_batches_and_the_first_on_a_tie(
                              [(x[:3], labels[:3]), (x[3:], labels[3:])], num_examples=4)
     assert [t for t, _ in titled(fig)] == ["P: 1 (p=0.99) | T: 0", "P: 1 (p=0.90) | T: 0",
                                            "P: 1 (p=0.90) | T: 2", "P: 1 (p=0.80) | T: 0"]
-    assert fig._suptitle.get_text().startswith("Most confidently wrong: 4 of the 7 mistakes in 8")
+    assert fig.get_suptitle().startswith("Most confidently wrong: 4 of the 7 mistakes in 8")
     plt.close(fig)
 
 
@@ -238,7 +238,7 @@ def test_tag_examples_title_predicted_and_true_tag_sets_red_when_they_differ():
                            ("pred: cat | true: cat", titled(fig)[2][1]),
                            ("pred: (none) | true: (none)", titled(fig)[3][1])]
     assert RED not in (titled(fig)[2][1], titled(fig)[3][1])
-    assert fig._suptitle.get_text() == ("2 of 4 images with a wrong tag (threshold 0.5): "
+    assert fig.get_suptitle() == ("2 of 4 images with a wrong tag (threshold 0.5): "
                                         "2 shown first, in red")
     plt.close(fig)
 
@@ -256,7 +256,7 @@ def test_tag_mistakes_are_ordered_by_the_images_loss_and_titled_with_it():
         f"pred: dog|fox | true: cat\nBCE {bce[0]:.3f}",
         f"pred: cat|dog | true: dog\nBCE {bce[3]:.3f}"]
     assert all(colour == RED for _, colour in titled(fig))
-    assert "by the image's BCE averaged over its 3 tags" in fig._suptitle.get_text()
+    assert "by the image's BCE averaged over its 3 tags" in fig.get_suptitle()
     plt.close(fig)
 
 
@@ -299,4 +299,4 @@ def test_a_label_delim_run_writes_tag_examples_and_mistakes(tmp_path, monkeypatc
             predicted, true = re.fullmatch(r"pred: (.*?)(?: \| |\n)true: (.*?)(\nBCE .*)?", title,
                                            re.S).group(1, 2)
             assert true in truth and (colour == RED) == (predicted != true)
-    assert "tags" in drawn["show_tag_mistakes"]._suptitle.get_text()
+    assert "tags" in drawn["show_tag_mistakes"].get_suptitle()
