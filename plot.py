@@ -282,8 +282,8 @@ def plot_confusion_matrix(cm: torch.Tensor, class_names: Sequence[str],
     ax.set_yticks(range(k), names, fontsize=font)
     ax.set_xlabel("Predicted")
     ax.set_ylabel("True")
-    ax.set_title("Colour: share of the true class's images (each row sums to 1); "
-                 "number: count", fontsize=10)
+    ax.set_title("Colour: share of the true class's images (each row sums to 1)\n"
+                 "Number: count", fontsize=10)
     for (i, j), count in zip(torch.cartesian_prod(torch.arange(k), torch.arange(cols)).tolist(),
                              counts.flatten().tolist()):
         if count:
