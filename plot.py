@@ -236,7 +236,7 @@ def show_tag_mistakes(model: torch.nn.Module, data_loader, results_dir: str | Pa
     averaged over its tags; the first in the loader's order on a tie), each titled "pred: <tags>
     | true: <tags>" and "BCE <loss>" in red."""
     items = _tagged(model, data_loader, class_names, delim, threshold)
-    worst = sorted((payload for _, wrong, payload in items if wrong), key=lambda w: -w[3])
+    worst = sorted((payload for _, bad, payload in items if bad), key=lambda w: -w[3])
     wrong = len(worst)
     worst = worst[:num_examples]
     titles = [f"{_tag_title(p, t)}\nBCE {loss:.3f}" for _, p, t, loss in worst]
@@ -251,7 +251,7 @@ def plot_confusion_matrix(cm: torch.Tensor, class_names: Sequence[str],
                           results_dir: str | Path | None = None, *,
                           max_classes: int = 30) -> plt.Figure:
     """cm[true, predicted] counts as a heat map: each cell coloured by its share of the true
-    class's images (each row sums to 1; a class with no images stays white), its count written
+    class's images (each row sums to 1; a class with no images gets the lightest colour), its count written
     in it (none for 0), class names on both axes. The figure grows with the classes up to
     max_classes; beyond, it shows the max_classes classes with the most confusions (images of
     the class predicted as another, plus images of others predicted as it; the first on a tie),
@@ -287,7 +287,7 @@ def plot_confusion_matrix(cm: torch.Tensor, class_names: Sequence[str],
     for (i, j), count in zip(torch.cartesian_prod(torch.arange(k), torch.arange(cols)).tolist(),
                              counts.flatten().tolist()):
         if count:
-            ax.text(j, i, str(count), ha="center", va="center", fontsize=font - 1,
+            ax.text(j, i, str(count), ha="center", va="center", fontsize=font,
                     color="white" if share[i, j] > 0.5 else "black")
     if left_out:
         fig.text(0.01, 0.01, f"{left_out} of {n} classes left out (those with the fewest "
@@ -337,21 +337,21 @@ def _image_grid(images: torch.Tensor, titles: list[str], colors: list[str | None
     for ax in axes.flat:
         ax.axis("off")
     colors = colors or [None] * len(titles)
+    # A title too long for its image (long class names): the part after " | " on a line of its own
+    titles = [t.replace(" | ", "\n", 1) if "\n" not in t and len(t) > 30 else t for t in titles]
     for ax, image, title, color in zip(axes.flat, images, titles, colors):
         pixels = image.float().permute(1, 2, 0)  # (H, W, C)
         if pixels.shape[2] == 1:
             ax.imshow(pixels[:, :, 0].numpy(), cmap="gray", vmin=0.0, vmax=1.0)
         else:
             ax.imshow(pixels.numpy())
-        if "\n" not in title and len(title) > 30:  # long class names: one part a line
-            title = title.replace(" | ", "\n", 1)
         # A fixed y skips matplotlib's title placement, which measures every axis (slow).
         ax.set_title(title, fontsize=9 if len(title) <= 22 else 7, y=1.02,
                      **({"color": color} if color else {}))
     if line:
         fig.suptitle(line, fontsize=9, y=1 - 0.1 / (rows * 2.0 + extra))
     top = 1 - (0.16 * rows + extra) / (rows * 2.0 + extra)  # 0.92 without the line, as before
-    lines = max((t.count("\n") + 1 + (len(t) > 30) for t in titles), default=1)  # 2-3 lines
+    lines = max((t.count("\n") + 1 for t in titles), default=1)  # titles of 1 to 3 lines
     fig.subplots_adjust(left=0.02, right=0.98, bottom=0.02, top=top, wspace=0.1,
                         hspace=0.15 + 0.2 * lines)  # 0.35 for one line, as before
     return fig
