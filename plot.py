@@ -1,6 +1,8 @@
 """Figures of a training run, as the lecture's helper_plotting.py draws them: the loss of every
-minibatch, the accuracy per epoch, and example predictions; and what the model gets wrong: the
-confusion matrix and the most confident mistakes.
+minibatch, the accuracy per epoch, and example predictions (the wrong ones first, titled in red);
+and what the model gets wrong: the confusion matrix (row-normalised colours, counts) and the most
+confident mistakes. With several labels per image (train.py --label-delim), show_tag_examples and
+show_tag_mistakes draw the predicted and true tag sets.
 
 In a notebook, call them and then plt.show(), as the lecture does:
 
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import io
 import os
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -109,92 +112,222 @@ def _at_least_span(low: float, high: float, span: float) -> tuple[float, float]:
     return low + shift, high + shift
 
 
+WRONG = "red"  # the colour of a wrong prediction's title, in examples.png and mistakes.png
+
+
 @torch.no_grad()
 def show_examples(model: torch.nn.Module, data_loader, results_dir: str | Path | None = None, *,
                   class_names: Sequence[str] | None = None, num_examples: int = 15) -> plt.Figure:
-    """A grid of images of `data_loader`, each titled "P: <predicted> | T: <true>": up to
-    num_examples, spread over the classes (as many of each as can be), in the loader's order.
+    """A grid of up to num_examples images of data_loader, each titled "P: <predicted> | T:
+    <true>", a wrong prediction's title in red.
 
-    The batch goes to the model's device; uint8 batches are scaled to [0, 1] first, as in train.py.
+    How they are chosen, from the loader's first 10,000 images: the wrong ones first, up to a third
+    of the grid (more when too few are right), then right ones; each part spread over the true
+    classes (as many of each as can be) and in the loader's order. A line above says how many
+    were wrong. The batch goes to the model's device; uint8 batches are scaled to [0, 1] first, as
+    in train.py.
     """
     model.eval()
-    images, labels = _spread_over_classes(data_loader, num_examples)  # (B, C, H, W), (B,)
-    predictions = model(_model_input(model, images)).argmax(dim=1).cpu()
-    titles = [f"P: {_name(p, class_names)} | T: {_name(t, class_names)}"
-              for p, t in zip(predictions.tolist(), labels.tolist())]
-    return _maybe_save(_image_grid(_for_display(images, data_loader), titles), results_dir,
-                       "examples.png")
-
-
-def _spread_over_classes(data_loader, num_examples: int,
-                         max_images: int = 10_000) -> tuple[torch.Tensor, torch.Tensor]:
-    """Up to num_examples images of data_loader, round-robin over its classes (in the order they
-    first appear, num_examples classes at most), kept in the loader's order; reads at most
-    max_images images."""
-    by_class: dict[int, list] = {}  # label -> [(position in the loader, image)]
-    seen = 0
+    items, seen = [], 0  # (true class, wrong?, (image, predicted, true)) in the loader's order
     for images, labels, *_ in data_loader:  # weights, with a weight column, unused
-        for image, label in zip(images, labels.tolist()):
-            if label in by_class or len(by_class) < num_examples:
-                bucket = by_class.setdefault(label, [])
-                if len(bucket) < num_examples:
-                    bucket.append((seen, image, label))
-            seen += 1
-        if seen >= max_images:
+        predicted = model(_model_input(model, images)).argmax(dim=1).cpu()  # (B,)
+        items += [(t, p != t, (image, p, t))
+                  for image, p, t in zip(images, predicted.tolist(), labels.tolist())]
+        seen += len(images)
+        if seen >= 10_000:
             break
+    picked, wrong = _wrong_first(items, num_examples)
+    titles = [f"P: {_name(p, class_names)} | T: {_name(t, class_names)}" for _, p, t in picked]
+    shown_wrong = sum(p != t for _, p, t in picked)
+    line = (f"{wrong} of {len(items)} images predicted wrong: {shown_wrong} shown first, in red"
+            if wrong else f"All {len(items)} images predicted right")
+    return _maybe_save(_image_grid(_for_display(_stack(picked), data_loader), titles,
+                                   [WRONG if p != t else None for _, p, t in picked], line),
+                       results_dir, "examples.png")
+
+
+def _wrong_first(items: list, num_examples: int) -> tuple[list, int]:
+    """(up to num_examples payloads, how many items are wrong) of items (group, wrong?, payload):
+    the wrong ones first, up to a third of num_examples (all of them when too few are right),
+    then the right ones; each part round-robin over its groups (num_examples groups at most, in
+    the order they first appear) and kept in the items' order."""
+    by_group: tuple[dict, dict] = ({}, {})  # right, wrong: group -> [(position, payload)]
+    for position, (group, wrong, payload) in enumerate(items):
+        groups = by_group[bool(wrong)]
+        if group in groups or len(groups) < num_examples:
+            bucket = groups.setdefault(group, [])
+            if len(bucket) < num_examples:
+                bucket.append((position, payload))
+    wrong = _round_robin(by_group[1], max(num_examples // 3, 1) if num_examples else 0)
+    right = _round_robin(by_group[0], num_examples - len(wrong))
+    wrong = _round_robin(by_group[1], num_examples - len(right))
+    return wrong + right, sum(bool(w) for _, w, _ in items)
+
+
+def _round_robin(by_group: dict, count: int) -> list:
+    """Up to count payloads of by_group (group -> [(position, payload)]): the first of each group,
+    then the second, ...; returned in position order."""
     picked, depth = [], 0
-    while len(picked) < num_examples and any(len(b) > depth for b in by_class.values()):
-        picked += [b[depth] for b in by_class.values() if len(b) > depth]
+    while len(picked) < count and any(len(b) > depth for b in by_group.values()):
+        picked += [b[depth] for b in by_group.values() if len(b) > depth]
         depth += 1
-    picked = sorted(picked[:num_examples], key=lambda p: p[0])
-    if not picked:
-        return torch.zeros(0, 1, 1, 1), torch.zeros(0, dtype=torch.int64)
-    return torch.stack([p[1] for p in picked]), torch.tensor([p[2] for p in picked])
+    return [payload for _, payload in sorted(picked[:count], key=lambda p: p[0])]
+
+
+def _stack(picked: list) -> torch.Tensor:
+    """The images (each payload's first element) as one (B, C, H, W) batch."""
+    return torch.stack([p[0] for p in picked]) if picked else torch.zeros(0, 1, 1, 1)
 
 
 @torch.no_grad()
 def show_mistakes(model: torch.nn.Module, data_loader, results_dir: str | Path | None = None, *,
                   class_names: Sequence[str] | None = None, num_examples: int = 15) -> plt.Figure:
-    """The images of data_loader the model got most confidently wrong (highest loss), each
-    titled "P: <predicted> (<its probability>) | T: <true>"."""
+    """The images of data_loader the model got most confidently wrong: of those predicted wrong,
+    the num_examples whose predicted class has the highest probability p (the first in the
+    loader's order on a tie), each titled "P: <predicted> (p=<p>) | T: <true>" in red."""
     model.eval()
-    worst = []  # (loss, image, predicted, probability, true) of the wrong ones; the worst kept
+    worst, wrong, seen = [], 0, 0  # (p, image, predicted, true) of the wrong ones; the worst kept
     for images, labels, *_ in data_loader:  # weights, with a weight column, unused
         probs = torch.softmax(model(_model_input(model, images)).float(), dim=1).cpu()  # (B, C)
-        confidence, predicted = probs.max(dim=1)
-        losses = -probs.gather(1, labels.view(-1, 1)).clamp(min=1e-12).log().flatten()
+        confidence, predicted = probs.max(dim=1)  # (B,), (B,)
         for j in torch.nonzero(predicted != labels).flatten().tolist():
-            worst.append((losses[j].item(), images[j], predicted[j].item(), confidence[j].item(),
-                          labels[j].item()))
-        worst = sorted(worst, key=lambda w: -w[0])[:num_examples]
-    titles = [f"P: {_name(p, class_names)} ({c:.2f}) | T: {_name(t, class_names)}"
-              for _, _, p, c, t in worst]
-    images = torch.stack([w[1] for w in worst]) if worst else torch.zeros(0, 1, 1, 1)
-    return _maybe_save(_image_grid(_for_display(images, data_loader), titles), results_dir,
-                       "mistakes.png")
+            worst.append((confidence[j].item(), images[j], predicted[j].item(), labels[j].item()))
+            wrong += 1
+        worst = sorted(worst, key=lambda w: -w[0])[:num_examples]  # stable: earlier first on ties
+        seen += len(images)
+    titles = [f"P: {_name(p, class_names)} (p={c:.2f}) | T: {_name(t, class_names)}"
+              for c, _, p, t in worst]
+    line = (f"Most confidently wrong: {len(worst)} of the {wrong} mistakes in {seen} images, "
+            "highest predicted probability p first" if wrong else f"No mistakes in {seen} images")
+    return _maybe_save(_image_grid(_for_display(_stack([w[1:] for w in worst]), data_loader),
+                                   titles, [WRONG] * len(worst), line),
+                       results_dir, "mistakes.png")
+
+
+@torch.no_grad()
+def _tagged(model: torch.nn.Module, data_loader, class_names: Sequence[str], delim: str,
+            threshold: float, max_images: int = 10_000) -> list:
+    """(true tags, wrong?, (image, predicted tags, true tags, loss)) of each image of data_loader
+    (its first max_images), with several labels per image: targets (B, C) multi-hot; a tag is
+    predicted from probability threshold; loss is the image's binary cross-entropy, averaged
+    over the C tags; tags are joined by delim, "(none)" for no tag."""
+    model.eval()
+    items, seen = [], 0
+    for images, targets, *_ in data_loader:  # weights, with a weight column, unused
+        logits = model(_model_input(model, images)).float().cpu()  # (B, C)
+        targets = targets.float().cpu()  # (B, C) multi-hot
+        losses = torch.nn.functional.binary_cross_entropy_with_logits(
+            logits, targets, reduction="none").mean(dim=1)  # (B,)
+        predicted = torch.sigmoid(logits) >= threshold  # (B, C)
+        for image, p, t, loss in zip(images, predicted, targets.bool(), losses.tolist()):
+            pred, true = _tags(p, class_names, delim), _tags(t, class_names, delim)
+            items.append((true, bool((p != t).any()), (image, pred, true, loss)))
+        seen += len(images)
+        if seen >= max_images:
+            break
+    return items
+
+
+def _tags(row: torch.Tensor, class_names: Sequence[str], delim: str) -> str:
+    """The names of a (C,) bool row's tags joined by delim; "(none)" when it has none."""
+    return delim.join(str(class_names[i]) for i in torch.nonzero(row).flatten().tolist()) \
+        or "(none)"
+
+
+def _tag_title(predicted: str, true: str, width: int = 30) -> str:
+    """ "pred: <tags> | true: <tags>" on one line when it fits in width characters, else each
+    part on lines of its own (wrapped at width)."""
+    title = f"pred: {predicted} | true: {true}"
+    if len(title) <= width:
+        return title
+    return "\n".join(textwrap.wrap(f"pred: {predicted}", width) + textwrap.wrap(f"true: {true}", width))
+
+
+def show_tag_examples(model: torch.nn.Module, data_loader, results_dir: str | Path | None = None,
+                      *, class_names: Sequence[str], delim: str = " ", threshold: float = 0.5,
+                      num_examples: int = 15) -> plt.Figure:
+    """show_examples for several labels per image (train.py --label-delim): each image titled
+    "pred: <predicted tags> | true: <true tags>" (joined by delim, "(none)" for no tag), in red
+    when the two sets differ. Chosen as show_examples chooses: those with a wrong tag first (up
+    to a third of the grid), each part spread over the true tag sets, in the loader's order."""
+    items = _tagged(model, data_loader, class_names, delim, threshold)
+    picked, wrong = _wrong_first(items, num_examples)
+    titles = [_tag_title(p, t) for _, p, t, _ in picked]
+    shown_wrong = sum(p != t for _, p, t, _ in picked)
+    line = (f"{wrong} of {len(items)} images with a wrong tag (threshold {threshold:g}): "
+            f"{shown_wrong} shown first, in red" if wrong else
+            f"All {len(items)} images tagged right (threshold {threshold:g})")
+    return _maybe_save(_image_grid(_for_display(_stack(picked), data_loader), titles,
+                                   [WRONG if p != t else None for _, p, t, _ in picked], line),
+                       results_dir, "examples.png")
+
+
+def show_tag_mistakes(model: torch.nn.Module, data_loader, results_dir: str | Path | None = None,
+                      *, class_names: Sequence[str], delim: str = " ", threshold: float = 0.5,
+                      num_examples: int = 15) -> plt.Figure:
+    """show_mistakes for several labels per image: of the images whose predicted tags differ
+    from the true ones, the num_examples of highest loss (the image's binary cross-entropy,
+    averaged over its tags; the first in the loader's order on a tie), each titled "pred: <tags>
+    | true: <tags>" and "BCE <loss>" in red."""
+    items = _tagged(model, data_loader, class_names, delim, threshold)
+    worst = sorted((payload for _, bad, payload in items if bad), key=lambda w: -w[3])
+    wrong = len(worst)
+    worst = worst[:num_examples]
+    titles = [f"{_tag_title(p, t)}\nBCE {loss:.3f}" for _, p, t, loss in worst]
+    line = (f"Highest loss first: {len(worst)} of the {wrong} images with a wrong tag in "
+            f"{len(items)}, by the image's BCE averaged over its {len(class_names)} tags"
+            if wrong else f"No image with a wrong tag in {len(items)} (threshold {threshold:g})")
+    return _maybe_save(_image_grid(_for_display(_stack(worst), data_loader), titles,
+                                   [WRONG] * len(worst), line), results_dir, "mistakes.png")
 
 
 def plot_confusion_matrix(cm: torch.Tensor, class_names: Sequence[str],
-                          results_dir: str | Path | None = None) -> plt.Figure:
-    """cm[true, predicted] counts as a heat map, class names on both axes; the count in each cell
-    for up to 30 classes (beyond that, colour only)."""
+                          results_dir: str | Path | None = None, *,
+                          max_classes: int = 30) -> plt.Figure:
+    """cm[true, predicted] counts as a heat map: each cell coloured by its share of the true
+    class's images (each row sums to 1; a class with no images gets the lightest colour), its count written
+    in it (none for 0), class names on both axes. The figure grows with the classes up to
+    max_classes; beyond, it shows the max_classes classes with the most confusions (images of
+    the class predicted as another, plus images of others predicted as it; the first on a tie),
+    in class order, with a last column "other" for predictions of the classes left out, and a
+    line below saying how many were left out (confusion_matrix.csv keeps them all)."""
     n = len(class_names)
-    size = min(max(5.0, 0.45 * n + 2), 24.0)
-    fig, ax = plt.subplots(figsize=(size, size))
-    ax.imshow(cm.numpy(), cmap="Blues")
-    font = 10 if n <= 12 else 7 if n <= 30 else 5
-    ax.set_xticks(range(n), [str(c) for c in class_names], rotation=90 if n > 10 else 0,
-                  fontsize=font)
-    ax.set_yticks(range(n), [str(c) for c in class_names], fontsize=font)
+    cm = cm.to(torch.int64)
+    shown = torch.arange(n)
+    if n > max_classes:
+        confusions = cm.sum(dim=1) + cm.sum(dim=0) - 2 * cm.diagonal()  # (n,)
+        shown = torch.argsort(-confusions, stable=True)[:max_classes].sort().values
+    counts = cm[shown][:, shown]  # (k, k)
+    names = [str(class_names[i]) for i in shown.tolist()]
+    left_out = n - len(shown)
+    if left_out:  # predictions of a class left out: one column, so that each row still sums
+        counts = torch.cat([counts, cm[shown].sum(dim=1, keepdim=True)
+                            - counts.sum(dim=1, keepdim=True)], dim=1)  # (k, k + 1)
+    share = counts.double() / cm[shown].sum(dim=1, keepdim=True).clamp(min=1)  # rows sum to 1
+    k, cols = counts.shape
+    size = min(max(5.0, 0.42 * cols + 2.5), 16.0)  # 0.42 inch a cell, 16 inches at most
+    fig, ax = plt.subplots(figsize=(size + 1.0, size))  # + 1 inch for the colour bar
+    image = ax.imshow(share.numpy(), cmap="Blues", vmin=0.0, vmax=1.0)
+    fig.colorbar(image, ax=ax, fraction=0.04, pad=0.02, label="share of the true class's images")
+    font = 10 if cols <= 12 else 8
+    long_names = cols > 10 or max((len(s) for s in names), default=0) > 4
+    ax.set_xticks(range(cols), names + ([f"other ({left_out})"] if left_out else []),
+                  rotation=90 if long_names else 0, fontsize=font)
+    ax.set_yticks(range(k), names, fontsize=font)
     ax.set_xlabel("Predicted")
     ax.set_ylabel("True")
-    if n <= 30:
-        top = float(cm.max()) if cm.numel() else 0.0
-        for (i, j), count in zip(torch.cartesian_prod(torch.arange(n), torch.arange(n)).tolist(),
-                                 cm.flatten().tolist()):
+    ax.set_title("Colour: share of the true class's images (each row sums to 1)\n"
+                 "Number: count", fontsize=10)
+    for (i, j), count in zip(torch.cartesian_prod(torch.arange(k), torch.arange(cols)).tolist(),
+                             counts.flatten().tolist()):
+        if count:
             ax.text(j, i, str(count), ha="center", va="center", fontsize=font,
-                    color="white" if count > top / 2 else "black")
-    fig.tight_layout()
+                    color="white" if share[i, j] > 0.5 else "black")
+    if left_out:
+        fig.text(0.01, 0.01, f"{left_out} of {n} classes left out (those with the fewest "
+                 f"confusions); \"other ({left_out})\" counts predictions of them. "
+                 f"confusion_matrix.csv keeps all {n}.", fontsize=10)
+    fig.tight_layout(rect=(0, 0.03 if left_out else 0, 1, 1))
     return _maybe_save(fig, results_dir, "confusion_matrix.png")
 
 
@@ -226,23 +359,35 @@ def _name(index: int, class_names: Sequence[str] | None) -> str:
     return str(class_names[index]) if class_names is not None else str(index)
 
 
-def _image_grid(images: torch.Tensor, titles: list[str]) -> plt.Figure:
-    """Up to 5 images a row, each with its title: images in [0, 1], one channel drawn in gray
-    (0 black, 1 white, as a viewer shows the file), three in colour."""
+def _image_grid(images: torch.Tensor, titles: list[str], colors: list[str | None] | None = None,
+                line: str | None = None) -> plt.Figure:
+    """Up to 5 images a row, each with its title (in colors[i] where given): images in [0, 1], one
+    channel drawn in gray (0 black, 1 white, as a viewer shows the file), three in colour; line,
+    if any, above them all."""
     cols = 5
     rows = max((len(images) + cols - 1) // cols, 1)
-    fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.8, rows * 2.0), squeeze=False)
+    extra = 0.4 if line else 0.0  # inches for the line above
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.8, rows * 2.0 + extra), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
-    for ax, image, title in zip(axes.flat, images, titles):
+    colors = colors or [None] * len(titles)
+    # A title too long for its image (long class names): the part after " | " on a line of its own
+    titles = [t.replace(" | ", "\n", 1) if "\n" not in t and len(t) > 30 else t for t in titles]
+    for ax, image, title, color in zip(axes.flat, images, titles, colors):
         pixels = image.float().permute(1, 2, 0)  # (H, W, C)
         if pixels.shape[2] == 1:
             ax.imshow(pixels[:, :, 0].numpy(), cmap="gray", vmin=0.0, vmax=1.0)
         else:
             ax.imshow(pixels.numpy())
         # A fixed y skips matplotlib's title placement, which measures every axis (slow).
-        ax.set_title(title, fontsize=9 if len(title) <= 22 else 7, y=1.02)
-    fig.subplots_adjust(left=0.02, right=0.98, bottom=0.02, top=0.92, wspace=0.1, hspace=0.35)
+        ax.set_title(title, fontsize=9 if len(title) <= 22 else 7, y=1.02,
+                     **({"color": color} if color else {}))
+    if line:
+        fig.suptitle(line, fontsize=9, y=1 - 0.1 / (rows * 2.0 + extra))
+    top = 1 - (0.16 * rows + extra) / (rows * 2.0 + extra)  # 0.92 without the line, as before
+    lines = max((t.count("\n") + 1 for t in titles), default=1)  # titles of 1 to 3 lines
+    fig.subplots_adjust(left=0.02, right=0.98, bottom=0.02, top=top, wspace=0.1,
+                        hspace=0.15 + 0.2 * lines)  # 0.35 for one line, as before
     return fig
 
 

@@ -1462,11 +1462,12 @@ def finish(model: torch.nn.Module, net: torch.nn.Module, history: History, test_
 
 def finish_multi_label(model: torch.nn.Module, history: History, test_loader, classes: list[str],
                        session: Session, task: MultiLabel) -> None:
-    """After a --label-delim run: the best epoch, loss.png, and the test split's per-class report
-    (multi_label_report.csv) of the last epoch's model."""
+    """After a --label-delim run: the best epoch, loss.png, and of the last epoch's model on the
+    test split: the per-class report (multi_label_report.csv), examples.png and mistakes.png
+    (predicted and true tag sets, joined by the run's delimiter)."""
     import matplotlib.pyplot as plt
 
-    from plot import plot_training_loss
+    from plot import plot_training_loss, show_tag_examples, show_tag_mistakes
 
     best, epochs = best_epoch(history), len(history.valid_acc)
     if best:
@@ -1482,6 +1483,14 @@ def finish_multi_label(model: torch.nn.Module, history: History, test_loader, cl
         path = session.results_dir / MULTI_LABEL_REPORT
         path.write_text(multi_label_report(probs, targets, classes, task.threshold))
         print(f"Per-class report of the test split: {path}")
+        dataset = test_loader.dataset  # the delimiter: the CsvImageDataset's, under any wrapper
+        while not hasattr(dataset, "label_delim") and hasattr(dataset, "dataset"):
+            dataset = dataset.dataset
+        tags = dict(class_names=classes, delim=getattr(dataset, "label_delim", None) or " ",
+                    threshold=task.threshold)
+        for figure in (show_tag_examples(model, test_loader, session.results_dir, **tags),
+                       show_tag_mistakes(model, test_loader, session.results_dir, **tags)):
+            plt.close(figure)
 
 
 def write_figures(history: History, model: torch.nn.Module, test_loader, results_dir: Path,
