@@ -87,3 +87,28 @@ def test_tag_figures_with_dollar_signs_in_tags_are_drawn_as_written(tmp_path):
         assert titled and all("a$^$|b$_$" in t.get_text() for t in titled)
         assert all(not t.get_parse_math() for t in titled)
         plt.close(fig)
+
+
+# ---- --evaluate of an uneven run prints what the training run printed -----------------------------
+# It printed "Test accuracy: 95.00%" alone: the symptom again (a model that only says the
+# common class looks fine), though the training run marked that line and named the missed class.
+
+@pytest.mark.figures
+def test_evaluate_of_an_uneven_run_marks_the_test_line_and_names_the_missed_classes(tmp_path,
+                                                                                 capsys):
+    import train
+    from test_trust import fastai_table, run_fastai
+
+    table = fastai_table(tmp_path / "t", {"cat": (24, 10), "dog": (3, 1)})
+    run_fastai(table, tmp_path / "r")
+    trained = capsys.readouterr().out.splitlines()
+    wanted = [line for line in trained if line.startswith(("Test accuracy", "Classes the model",
+                                                           "  What helps"))]
+    assert wanted[0].startswith("Test accuracy: ") and "(no better than always 'cat'" in wanted[0]
+    assert len(wanted) == 3 and "'dog' (0 of 1 images found)" in wanted[1]
+    train.main(["--csv", str(table), "--file-column", "fname", "--label-column", "labels",
+                "--valid-column", "is_valid", "--no-disk-cache", "--results-dir",
+                str(tmp_path / "r"), "--evaluate"])
+    evaluated = capsys.readouterr().out.splitlines()
+    assert [line for line in evaluated if line.startswith(("Test accuracy", "Classes the model",
+                                                           "  What helps"))] == wanted
