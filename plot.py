@@ -103,14 +103,18 @@ def plot_accuracy(train_acc_list: Sequence[float], valid_acc_list: Sequence[floa
 
 
 def _at_least_span(low: float, high: float, span: float) -> tuple[float, float]:
-    """(low, high) widened about its middle to span, kept within -1..101 (accuracies in %, and
-    a little room for a line at 0 or 100) where the wider window allows."""
-    if high - low >= span:
-        return low, high
-    middle = (low + high) / 2
-    low, high = middle - span / 2, middle + span / 2
-    shift = max(0.0, -1.0 - low) - max(0.0, high - 101.0)  # at most one of them is not 0
-    return low + shift, high + shift
+    """(low, high) widened about its middle to span, then kept within -1..101 (accuracies in %,
+    and a little room for a line at 0 or 100): slid inside, the span kept, and cut to that window
+    only when wider. matplotlib's own margins can pass 100: a flat line at 100% got
+    (94.5, 105.5), the line in the middle under a "105" tick; it gets (90, 101)."""
+    if high - low < span:
+        middle = (low + high) / 2
+        low, high = middle - span / 2, middle + span / 2
+    if high > 101.0:
+        low, high = low - (high - 101.0), 101.0
+    if low < -1.0:
+        low, high = -1.0, min(high + (-1.0 - low), 101.0)
+    return low, high
 
 
 WRONG = "red"  # the colour of a wrong prediction's title, in examples.png and mistakes.png

@@ -112,3 +112,26 @@ def test_evaluate_of_an_uneven_run_marks_the_test_line_and_names_the_missed_clas
     evaluated = capsys.readouterr().out.splitlines()
     assert [line for line in evaluated if line.startswith(("Test accuracy", "Classes the model",
                                                            "  What helps"))] == wanted
+
+
+# ---- accuracy.png's y-axis stays within -1..101 -------------------------------------------------
+# A flat line at 100% (a perfect run, a 1-epoch run on easy data) got matplotlib's own (94.5, 105.5):
+# the line in the middle of the axis, under a "105" tick; the widening alone was kept in -1..101.
+
+@pytest.mark.parametrize("train_acc, valid_acc, window", [
+    ([100.0, 100.0], [100.0, 100.0], (90.0, 101.0)),  # was (94.5, 105.5)
+    ([100.0], [100.0], (90.0, 101.0)),                # a 1-epoch run
+    ([70.0, 100.0], [70.0, 100.0], (68.0, 101.0)),    # was (68.5, 101.5)
+])
+def test_accuracy_axis_never_passes_101(train_acc, valid_acc, window):
+    fig = plot.plot_accuracy(train_acc, valid_acc, None, best_epoch=1)
+    low, high = fig.axes[0].get_ylim()
+    assert (low, high) == pytest.approx(window)
+    assert high - low >= plot.MIN_SPAN and -1 <= low and high <= 101
+    plt.close(fig)
+
+
+def test_accuracy_axis_with_a_baseline_at_0_and_accuracy_at_100_is_the_whole_range():
+    fig = plot.plot_accuracy([99.0, 100.0], [99.0, 100.0], None, baseline=0.0)
+    assert fig.axes[0].get_ylim() == pytest.approx((-1.0, 101.0))  # was (-5, 105)
+    plt.close(fig)
