@@ -12,7 +12,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 import plot  # noqa: E402
 
-# ---- class names with "$" are drawn as written, not as matplotlib's mathtext ----------------------
+# ---- class names with "$" are drawn as written, not as matplotlib's mathtext ---------------------
 # A pair of "$" in a figure's text is mathtext to matplotlib: "P: US$_low | T: US$_high" was drawn
 # as "P: US" + subscript "low|T:US" + "_high", and a name such as "$^$" made savefig raise
 # ValueError after training (so the run ended in a traceback, its reports unwritten).
@@ -89,7 +89,7 @@ def test_tag_figures_with_dollar_signs_in_tags_are_drawn_as_written(tmp_path):
         plt.close(fig)
 
 
-# ---- --evaluate of an uneven run prints what the training run printed -----------------------------
+# ---- --evaluate of an uneven run prints what the training run printed ----------------------------
 # It printed "Test accuracy: 95.00%" alone: the symptom again (a model that only says the
 # common class looks fine), though the training run marked that line and named the missed class.
 
@@ -115,8 +115,9 @@ def test_evaluate_of_an_uneven_run_marks_the_test_line_and_names_the_missed_clas
 
 
 # ---- accuracy.png's y-axis stays within -1..101 -------------------------------------------------
-# A flat line at 100% (a perfect run, a 1-epoch run on easy data) got matplotlib's own (94.5, 105.5):
-# the line in the middle of the axis, under a "105" tick; the widening alone was kept in -1..101.
+# A flat line at 100% (a perfect run, a 1-epoch run on easy data) got matplotlib's own
+# (94.5, 105.5): the line in the middle of the axis, under a "105" tick; the widening alone was
+# kept in -1..101.
 
 @pytest.mark.parametrize("train_acc, valid_acc, window", [
     ([100.0, 100.0], [100.0, 100.0], (90.0, 101.0)),  # was (94.5, 105.5)
