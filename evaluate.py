@@ -26,6 +26,7 @@ import stat
 import sys
 import tempfile
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
 
@@ -283,15 +284,21 @@ def write_reports(model: torch.nn.Module, cm: torch.Tensor, test_loader, results
 
 
 def evaluate_model(model: torch.nn.Module, test_loader, classes: list[str], results_dir: Path,
-                   device: torch.device, rank: int) -> float:
+                   device: torch.device, rank: int, *,
+                   test_line: Callable[[float], str] | None = None,
+                   missed: Callable[[torch.Tensor], list[str]] | None = None) -> float:
     """--evaluate: the test accuracy (printed and returned) and, on rank 0, the reports; one pass
-    over the test split, the accuracy read from the confusion matrix."""
+    over the test split, the accuracy read from the confusion matrix. test_line(accuracy): the
+    printed line (default "Test accuracy: 78.12%"); missed(cm): lines printed on rank 0 after
+    the reports (train.py: the classes the model misses), as a training run prints them."""
     cm = compute_confusion_matrix(model, test_loader, device, len(classes))
     test_acc = accuracy_of(cm)
-    print(f"Test accuracy: {test_acc:.2f}%")
+    print(test_line(test_acc) if test_line is not None else f"Test accuracy: {test_acc:.2f}%")
     if rank == 0:
         results_dir.mkdir(parents=True, exist_ok=True)
         write_reports(model, cm, test_loader, results_dir, classes)
+        for line in missed(cm) if missed is not None else []:
+            print(line)
     return test_acc
 
 

@@ -96,20 +96,25 @@ def plot_accuracy(train_acc_list: Sequence[float], valid_acc_list: Sequence[floa
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole: no tick at 2.5
     ax.set_ylabel("Accuracy (%)")
     ax.set_ylim(*_at_least_span(*ax.get_ylim(), MIN_SPAN))
-    ax.legend()
+    for text in ax.legend().get_texts():  # the baseline's label holds a class name, as written
+        text.set_parse_math(False)
     fig.tight_layout()
     return _maybe_save(fig, results_dir, "accuracy.png")
 
 
 def _at_least_span(low: float, high: float, span: float) -> tuple[float, float]:
-    """(low, high) widened about its middle to span, kept within -1..101 (accuracies in %, and
-    a little room for a line at 0 or 100) where the wider window allows."""
-    if high - low >= span:
-        return low, high
-    middle = (low + high) / 2
-    low, high = middle - span / 2, middle + span / 2
-    shift = max(0.0, -1.0 - low) - max(0.0, high - 101.0)  # at most one of them is not 0
-    return low + shift, high + shift
+    """(low, high) widened about its middle to span, then kept within -1..101 (accuracies in %,
+    and a little room for a line at 0 or 100): slid inside, the span kept, and cut to that window
+    only when wider. matplotlib's own margins can pass 100: a flat line at 100% got
+    (94.5, 105.5), the line in the middle under a "105" tick; it gets (90, 101)."""
+    if high - low < span:
+        middle = (low + high) / 2
+        low, high = middle - span / 2, middle + span / 2
+    if high > 101.0:
+        low, high = low - (high - 101.0), 101.0
+    if low < -1.0:
+        low, high = -1.0, min(high + (-1.0 - low), 101.0)
+    return low, high
 
 
 WRONG = "red"  # the colour of a wrong prediction's title, in examples.png and mistakes.png
@@ -285,12 +290,13 @@ def plot_confusion_matrix(cm: torch.Tensor, class_names: Sequence[str],
                           results_dir: str | Path | None = None, *,
                           max_classes: int = 30) -> plt.Figure:
     """cm[true, predicted] counts as a heat map: each cell coloured by its share of the true
-    class's images (each row sums to 1; a class with no images gets the lightest colour), its count written
-    in it (none for 0), class names on both axes. The figure grows with the classes up to
-    max_classes; beyond, it shows the max_classes classes with the most confusions (images of
-    the class predicted as another, plus images of others predicted as it; the first on a tie),
-    in class order, with a last column "other" for predictions of the classes left out, and a
-    line below saying how many were left out (confusion_matrix.csv keeps them all)."""
+    class's images (each row sums to 1; a class with no images gets the lightest colour), its
+    count written in it (none for 0), class names on both axes (as written: a "$" starts no
+    mathtext). The figure grows with the classes up to max_classes; beyond, it shows the
+    max_classes classes with the most confusions (images of the class predicted as another,
+    plus images of others predicted as it; the first on a tie), in class order, with a last
+    column "other" for predictions of the classes left out, and a line below saying how many
+    were left out (confusion_matrix.csv keeps them all)."""
     n = len(class_names)
     cm = cm.to(torch.int64)
     shown = torch.arange(n)
@@ -312,8 +318,8 @@ def plot_confusion_matrix(cm: torch.Tensor, class_names: Sequence[str],
     font = 10 if cols <= 12 else 8
     long_names = cols > 10 or max((len(s) for s in names), default=0) > 4
     ax.set_xticks(range(cols), names + ([f"other ({left_out})"] if left_out else []),
-                  rotation=90 if long_names else 0, fontsize=font)
-    ax.set_yticks(range(k), names, fontsize=font)
+                  rotation=90 if long_names else 0, fontsize=font, parse_math=False)
+    ax.set_yticks(range(k), names, fontsize=font, parse_math=False)
     ax.set_xlabel("Predicted")
     ax.set_ylabel("True")
     ax.set_title("Colour: share of the true class's images (each row sums to 1)\n"
@@ -363,7 +369,8 @@ def _image_grid(images: torch.Tensor, titles: list[str], colors: list[str | None
                 line: str | None = None) -> plt.Figure:
     """Up to 5 images a row, each with its title (in colors[i] where given): images in [0, 1], one
     channel drawn in gray (0 black, 1 white, as a viewer shows the file), three in colour; line,
-    if any, above them all."""
+    if any, above them all. Titles are drawn as written: class names are never read as
+    matplotlib's $...$ mathtext (which garbles "US$_low | T: US$_high" and fails on "$^$")."""
     cols = 5
     rows = max((len(images) + cols - 1) // cols, 1)
     extra = 0.4 if line else 0.0  # inches for the line above
@@ -380,7 +387,7 @@ def _image_grid(images: torch.Tensor, titles: list[str], colors: list[str | None
         else:
             ax.imshow(pixels.numpy())
         # A fixed y skips matplotlib's title placement, which measures every axis (slow).
-        ax.set_title(title, fontsize=9 if len(title) <= 22 else 7, y=1.02,
+        ax.set_title(title, fontsize=9 if len(title) <= 22 else 7, y=1.02, parse_math=False,
                      **({"color": color} if color else {}))
     if line:
         fig.suptitle(line, fontsize=9, y=1 - 0.1 / (rows * 2.0 + extra))

@@ -1961,10 +1961,10 @@ def run(settings: Settings, hints: dict) -> History | Path:
             check_resume(saved, config, checkpoint_path)
         if rank == 0:
             move_aside(results_dir, tuple(n for n in move if n not in first), into=moved_into)
-        if settings.evaluate:
-            return evaluate(checkpoint, classes, loaders[2], session)
         baseline = None if config.train.label_delim is not None else majority_baseline(
             [None if ds is None else np.asarray(ds.targets) for ds in datasets], classes)
+        if settings.evaluate:
+            return evaluate(checkpoint, classes, loaders[2], session, baseline=baseline)
         task = make_task(config.train, np.asarray(datasets[0].targets), len(classes),
                          baseline=baseline)
         if baseline is not None:
@@ -2033,9 +2033,12 @@ def refuse_other_data(checkpoint: dict, saved: RunConfig, config: RunConfig, cla
                        + "\n  ".join(differences) + "\nUse the data flags of the training run.")
 
 
-def evaluate(checkpoint: dict, classes: list[str], test_loader, session: Session) -> History:
-    """--evaluate: the saved model on the test split, with the reports of a training run; the
-    checkpoint and metrics.csv are left as they are."""
+def evaluate(checkpoint: dict, classes: list[str], test_loader, session: Session, *,
+             baseline: Baseline | None = None) -> History:
+    """--evaluate: the saved model on the test split, with the reports of a training run and its
+    lines: the test accuracy marked when it is no better than the majority-class baseline, and
+    the classes the model misses (missed_lines); the checkpoint and metrics.csv are left as they
+    are."""
     path = session.checkpoint_path
     model = model_from_checkpoint(checkpoint, path, session.device)
     if checkpoint["config"].get("task") == "multi_label":  # --label-delim: its own report
@@ -2049,7 +2052,8 @@ def evaluate(checkpoint: dict, classes: list[str], test_loader, session: Session
             print(f"Per-class report of the test split: {out}")
         return History(test_acc=test_map)
     test_acc = evaluate_model(model, test_loader, classes, session.results_dir, session.device,
-                              session.rank)
+                              session.rank, test_line=Classification(baseline=baseline).test_line,
+                              missed=lambda cm: missed_lines(cm, classes))
     if session.rank == 0:
         print(f"Reports of {path} written to {session.results_dir}/")
     return History(test_acc=test_acc)
