@@ -410,10 +410,11 @@ def majority_baseline(labels: list[np.ndarray | None], classes: list[str]) -> Ba
                     has_test=labels[2] is not None)
 
 
-def missed_lines(cm: torch.Tensor, classes: list[str], *, most: int = 10) -> list[str]:
-    """The lines naming the classes the model misses on the test split (missed_classes: recall 0
-    or under FAR_BELOW times the median recall), each with its images found, up to `most` of
-    them, and what helps; [] when it misses none."""
+def missed_lines(cm: torch.Tensor, classes: list[str], *, most: int = 10, split: str = "test",
+                 helps: str | None = None) -> list[str]:
+    """The lines naming the classes the model misses on `split` (missed_classes: recall 0 or
+    under FAR_BELOW times the median recall), each with its images found, up to `most` of them,
+    and what helps (what_helps(); by default that of an uneven run); [] when it misses none."""
     missed, median = missed_classes(cm)
     if not missed:
         return []
@@ -422,10 +423,22 @@ def missed_lines(cm: torch.Tensor, classes: list[str], *, most: int = 10) -> lis
                       for k in missed[:most])
     more = (f", and {len(missed) - most} more (per_class.csv lists every class)"
             if len(missed) > most else "")
-    return [f"Classes the model misses on test (recall 0, or below {FAR_BELOW:g} x the median "
+    return [f"Classes the model misses on {split} (recall 0, or below {FAR_BELOW:g} x the median "
             f"recall of {100 * median:.2f}%): {named}{more}",
-            "  What helps: more images of them; --balance sampler or --balance loss; "
-            "--weight-column (docs/rare-classes.md)"]
+            "  What helps: " + (what_helps(True, "none") if helps is None else helps)]
+
+
+def what_helps(uneven: bool, balance: str) -> str:
+    """The advice after missed classes, for the run as it was: balancing is offered only to a run
+    whose train classes are uneven and that did not balance them already."""
+    if not uneven:
+        return ("more images, more epochs or a larger model (--model cnn, docs/models.md); "
+                "train's classes are even, so balancing them will not help")
+    if balance != "none":
+        return (f"more images of them (this run already balanced its classes: --balance "
+                f"{balance}); a larger model (docs/models.md)")
+    return ("more images of them; --balance sampler or --balance loss; --weight-column "
+            "(docs/rare-classes.md)")
 
 
 def monitored(history: History) -> list[float]:
@@ -1429,10 +1442,12 @@ def fit(settings: Settings, config: RunConfig, classes: list[str], loaders: tupl
 
 
 def finish(model: torch.nn.Module, net: torch.nn.Module, history: History, test_loader,
-           classes: list[str], session: Session, *, baseline: Baseline | None = None) -> None:
+           classes: list[str], session: Session, *, baseline: Baseline | None = None,
+           missed: Callable | None = None) -> None:
     """After training: the best epoch's model on the test split beside the last one's, then the
     figures and reports (of the last epoch's model, as checkpoint.pt holds it), and the classes
-    it misses on test (missed_lines). baseline: drawn on accuracy.png."""
+    it misses on test (missed(cm): missed_lines, by default). baseline: drawn on accuracy.png,
+    and a best epoch's test accuracy no better than it is marked."""
     results_dir = session.results_dir
     try:
         best, epochs, history.best_test_acc = best_epoch(history), len(history.valid_acc), None
@@ -1445,12 +1460,13 @@ def finish(model: torch.nn.Module, net: torch.nn.Module, history: History, test_
         elif history.best_test_acc is not None:
             print(f"Best epoch: {best} of {epochs}, validation {monitored_text(history, best)}; "
                   f"its model ({results_dir / 'best.pt'}) scores {history.best_test_acc:.2f}% on "
-                  f"test, the last epoch's {history.test_acc:.2f}%")
+                  f"test, the last epoch's {history.test_acc:.2f}%"
+                  + (baseline.note(history.best_test_acc, baseline.test) if baseline else ""))
         cm = compute_confusion_matrix(net, test_loader, session.device, len(classes))  # all ranks
         if session.rank == 0:
             write_figures(history, model, test_loader, results_dir, classes, baseline=baseline)
             write_reports(model, cm, test_loader, results_dir, classes)
-            for line in missed_lines(cm, classes):
+            for line in (missed or functools.partial(missed_lines, classes=classes))(cm):
                 print(line)
     except KeyboardInterrupt as e:
         how = "Terminated (SIGTERM)" if isinstance(e, Terminated) else "Interrupted"
@@ -1963,8 +1979,13 @@ def run(settings: Settings, hints: dict) -> History | Path:
             move_aside(results_dir, tuple(n for n in move if n not in first), into=moved_into)
         baseline = None if config.train.label_delim is not None else majority_baseline(
             [None if ds is None else np.asarray(ds.targets) for ds in datasets], classes)
+        missed = functools.partial(  # the missed classes' lines, named by the split they are of
+            missed_lines, classes=classes, split="test" if datasets[2] is not None else
+            "validation (no test split)", helps=what_helps(baseline is not None,
+                                                          config.train.balance))
         if settings.evaluate:
-            return evaluate(checkpoint, classes, loaders[2], session, baseline=baseline)
+            return evaluate(checkpoint, classes, loaders[2], session, baseline=baseline,
+                            missed=missed)
         task = make_task(config.train, np.asarray(datasets[0].targets), len(classes),
                          baseline=baseline)
         if baseline is not None:
@@ -1977,7 +1998,8 @@ def run(settings: Settings, hints: dict) -> History | Path:
         if isinstance(task, MultiLabel):
             finish_multi_label(model, history, loaders[2], classes, session, task)
             return history
-        finish(model, net, history, loaders[2], classes, session, baseline=baseline)
+        finish(model, net, history, loaders[2], classes, session, baseline=baseline,
+               missed=missed)
         to_predict = unlabelled_source(data, results_dir / "split.csv")
         if to_predict is not None and rank == 0:
             predict_test_rows(to_predict, data, session)
@@ -2034,7 +2056,7 @@ def refuse_other_data(checkpoint: dict, saved: RunConfig, config: RunConfig, cla
 
 
 def evaluate(checkpoint: dict, classes: list[str], test_loader, session: Session, *,
-             baseline: Baseline | None = None) -> History:
+             baseline: Baseline | None = None, missed: Callable | None = None) -> History:
     """--evaluate: the saved model on the test split, with the reports of a training run and its
     lines: the test accuracy marked when it is no better than the majority-class baseline, and
     the classes the model misses (missed_lines); the checkpoint and metrics.csv are left as they
@@ -2053,7 +2075,7 @@ def evaluate(checkpoint: dict, classes: list[str], test_loader, session: Session
         return History(test_acc=test_map)
     test_acc = evaluate_model(model, test_loader, classes, session.results_dir, session.device,
                               session.rank, test_line=Classification(baseline=baseline).test_line,
-                              missed=lambda cm: missed_lines(cm, classes))
+                              missed=missed or functools.partial(missed_lines, classes=classes))
     if session.rank == 0:
         print(f"Reports of {path} written to {session.results_dir}/")
     return History(test_acc=test_acc)

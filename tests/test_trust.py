@@ -83,8 +83,12 @@ def test_an_uneven_run_prints_the_baseline_once_and_marks_what_does_not_beat_it(
     assert f"Test accuracy: {history.test_acc:.2f}% (no better than always 'cat': 90.91%)" in lines
     assert history.test_acc == pytest.approx(100 * 10 / 11)
     # the rare class, never found, is named with its support and what helps
-    assert ("Classes the model misses on test (recall 0, or below 0.25 x the median recall of "
-            "50.00%): 'dog' (0 of 1 images found)") in lines
+    # named by the split it is of: valid stands in for the missing test split
+    assert ("Classes the model misses on validation (no test split) (recall 0, or below 0.25 x "
+            "the median recall of 50.00%): 'dog' (0 of 1 images found)") in lines
+    # best.pt's model, no better either, is marked on its line too
+    best = [line for line in lines if line.startswith("Best epoch: ")]
+    assert len(best) == 1 and best[0].endswith("(no better than always 'cat': 90.91%)")
     assert lines[-1] == ("  What helps: more images of them; --balance sampler or --balance loss; "
                          "--weight-column (docs/rare-classes.md)")
     assert "dog,1,0,0.0000," in (tmp_path / "r" / "per_class.csv").read_text()  # the same class
@@ -93,6 +97,30 @@ def test_an_uneven_run_prints_the_baseline_once_and_marks_what_does_not_beat_it(
     assert figures["plot_training_loss"]["best_epoch"] == train.best_epoch(history)
     assert figures["plot_accuracy"]["baseline"] == pytest.approx(100 * 10 / 11)
     assert figures["plot_accuracy"]["baseline_label"] == "Always 'cat' (validation): 90.91%"
+
+
+def test_what_helps_fits_the_run_it_follows():
+    cm = torch.tensor([[5, 0], [3, 0]])  # class 1 never found
+    uneven, balanced, even = (train.what_helps(True, "none"), train.what_helps(True, "sampler"),
+                              train.what_helps(False, "none"))
+    assert "--balance sampler or --balance loss" in uneven
+    assert "already balanced its classes: --balance sampler" in balanced
+    assert "--balance sampler or" not in balanced and "--balance" not in even
+    assert "train's classes are even, so balancing them will not help" in even
+    assert train.missed_lines(cm, ["a", "b"], split="test", helps=even)[1] == "  What helps: " + even
+    assert train.missed_lines(cm, ["a", "b"])[1] == "  What helps: " + uneven  # the default
+
+
+@pytest.mark.figures
+def test_a_balanced_run_is_not_told_to_balance(tmp_path, capsys):
+    table = fastai_table(tmp_path / "t", {"cat": (24, 10), "dog": (3, 1)})
+    train.main(["--csv", str(table), "--file-column", "fname", "--label-column", "labels",
+                "--valid-column", "is_valid", "--epochs", "1", "--seed", "1", "--batch-size", "8",
+                "--no-disk-cache", "--results-dir", str(tmp_path / "r"), "--balance", "loss",
+                "--lr", "1e-30"])  # no learning: the untrained model says one class to all
+    lines = capsys.readouterr().out.splitlines()
+    helps = [line for line in lines if line.startswith("  What helps: ")]
+    assert helps == ["  What helps: " + train.what_helps(True, "loss")]
 
 
 @pytest.mark.figures
