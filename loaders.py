@@ -196,7 +196,8 @@ def make_datasets(sources: Sequence[tuple | None], dataset_kwargs: dict | None =
         if mixed:
             for ds in present:
                 ds.mode_decision = colour[0].mode_decision  # the split that made it RGB says why
-    seen = [set(ds.targets) if ds.rows.multi_hot is None else  # the class indices of each split
+    seen = [set(range(len(classes))) if ds.rows.values is not None else  # regression: all
+            set(ds.targets) if ds.rows.multi_hot is None else  # the class indices of each split
             set(np.flatnonzero(ds.rows.multi_hot.any(0)).tolist()) for ds in present]
     empty = [name for i, name in enumerate(classes) if not any(i in s for s in seen)]
     messages = [empty_classes_message(empty, classes)] if empty else []
