@@ -61,7 +61,7 @@ from torch.utils.data.distributed import DistributedSampler
 from dataset import (FLAGS, SPLIT_SPELLINGS, CsvImageDataset, DatasetError, ImageSizeError,
                      RowNames, column_positions, csv_columns, csv_encoding, csv_separator,
                      empty_classes_message, odd_class_warnings, read_csv, split_names,
-                     split_spellings, table_name, to_pixels)
+                     split_spellings, table_name, target_columns, to_pixels)
 
 try:
     import fcntl
@@ -171,6 +171,8 @@ def make_datasets(sources: Sequence[tuple | None], dataset_kwargs: dict | None =
     kwargs = dict(dataset_kwargs or {})
     file_column, encoding = kwargs.get("file_column", "File Name"), kwargs.get("encoding", "utf-8")
     label_column, header = kwargs.get("label_column", "Class Label"), kwargs.get("header", True)
+    if kwargs.get("task") == "regression":  # a test row is labelled by its first target
+        label_column = target_columns(label_column)[0]
     sources = list(sources)
     _refuse_unknown_splits([s for s in sources if s is not None], file_column, encoding, header)
     _refuse_no_valid(sources[1] if len(sources) > 1 else None, file_column, encoding, header)
