@@ -745,12 +745,15 @@ def run_config(settings: Settings, datasets: list[DecodedImages],
     # --label-delim left out on --resume: main read the data with the checkpoint's
     label_delim = data.label_delim if data.label_delim is not None or saved is None else \
         saved.train.label_delim
+    # --task left out on --resume: main read the data as the checkpoint's task says
+    regression = data.task == "regression" or data.task is None and saved is not None and \
+        saved.train.task == "regression"
     train = inherit(TrainConfig, settings.given, saved and saved.train,
                     batch_size=data.batch_size, seed=settings.seed, augment=data.augment,
                     schedule_epochs=None, class_weights=None,
                     weight_column=data.weight_column, label_delim=label_delim,
                     task="multi_label" if label_delim is not None else
-                    "regression" if data.task == "regression" else "classification",
+                    "regression" if regression else "classification",
                     target_mean=None, target_std=None).resolved()
     if train.task == "regression":  # from the train rows alone: the same for any run of them
         train.target_mean, train.target_std = target_standardisation(train_ds.rows.values)
