@@ -127,7 +127,7 @@ def test_check_command_prints_each_targets_range_and_names_bad_rows(tmp_path, ca
                        ".jpg", "--task", "regression", "--label-column", "angle"]) == 0
     out = capsys.readouterr().out
     angles = np.array([float(line.split(",")[1]) for line in csv.read_text().splitlines()[1:]])
-    assert f"10 rows, 1 target(s)" in out
+    assert "10 rows, 1 target(s)" in out
     assert (f"target 'angle': min {angles.min():g}, max {angles.max():g}, "
             f"mean {angles.mean():g}") in out
     with csv.open("a") as f:
