@@ -9,6 +9,7 @@ checkpoints, plots.
     torchrun --standalone --nproc_per_node=2 train.py --epochs 3 --seed 123
     python train.py --image-folder photos/ --image-size 32  # class folders: photos/cat/1.jpg
     python train.py --csv labels.csv --balance sampler --monitor balanced_accuracy  # a rare class
+    python train.py --csv t.csv --split-column split --task regression --label-column angle
     python train.py --evaluate                              # the saved model, on the test split
     python train.py --predict new-images/                   # a folder or CSV: predictions.csv
 
@@ -1884,7 +1885,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                 "(the default), mae, r2 or loss")
     if not regression and args.monitor in ("rmse", "mae", "r2") and not resuming:
         p.error(f"--monitor {args.monitor} goes with --task regression")
-    if args.loss is not None and args.task == "classification":
+    if args.loss is not None and not regression and not resuming:
         p.error("--loss goes with --task regression")
     if regression and args.csv is None and args.predict is None:
         p.error("--task regression goes with --csv (a table with columns of numbers)")
