@@ -703,9 +703,17 @@ def _refuse_measurements(values: pd.Series, source: str, column: Column,
     issue 30 pinned them."""
     if pd.api.types.is_bool_dtype(values):
         return
-    text = values.dropna().astype(str).str.strip()
-    text = text[text != ""]
-    number = pd.to_numeric(text, errors="coerce").to_numpy(dtype=np.float64)
+    if pd.api.types.is_integer_dtype(values):
+        return  # whole numbers alone: class indices (the lecture's column), nothing to parse
+    if pd.api.types.is_numeric_dtype(values):  # a DataFrame's floats
+        text = values.dropna()
+        number = text.to_numpy(dtype=np.float64)
+    else:
+        text = values.dropna().astype(str).str.strip()
+        text = text[text != ""]
+        distinct = text.unique()  # parsed once each: a column of a few classes is quick
+        parsed = dict(zip(distinct, pd.to_numeric(pd.Series(distinct), errors="coerce")))
+        number = text.map(parsed).to_numpy(dtype=np.float64)
     if len(text) == 0 or not np.isfinite(number).all():
         return  # a text value: class names (or a bad row), as before
     distinct = np.unique(number)
