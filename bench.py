@@ -725,13 +725,16 @@ def bench_pairs(folder: Path, epochs: int, smoke: bool = False) -> dict:
 # ---- issue 31: regression: real digits turned by a known angle -------------------------------------
 
 ROTATE_COUNTS = {"train": 4000, "valid": 500, "test": 500}  # digits per split, disjoint, of the 5,000
+ROTATE_TURNS = {"train": 3, "valid": 1, "test": 1}  # images per digit, each turned by its own angle
 ROTATE_DEGREES = 45.0  # each digit turned by an angle uniform in [-45, 45] degrees
 
 
-def make_rotate_table(folder: Path, counts: dict) -> Path:
+def make_rotate_table(folder: Path, counts: dict, turns: dict = ROTATE_TURNS) -> Path:
     """rotate/rotate.csv (file,angle,split) and 28x28 images: each real digit of a split's pool turned
-    counter-clockwise by its angle (PIL's rotate, bilinear, the corners filled black), the angle to
-    four decimals as the target. The pools are disjoint; drawn with seed 0."""
+    counter-clockwise by an angle (PIL's rotate, bilinear, the corners filled black), the angle to
+    four decimals as the target; each train digit `turns` times, by angles of its own (with 4,000
+    digits once each, the conv net's test RMSE stays at 0.39 of the mean's). The pools are
+    disjoint; drawn with seed 0."""
     import numpy as np
 
     images, _ = make_subset.load_idx_pair(make_subset.BUNDLED_IMAGES, make_subset.BUNDLED_LABELS)
@@ -739,9 +742,9 @@ def make_rotate_table(folder: Path, counts: dict) -> Path:
     out, rows, start = folder / "rotate", [], 0
     out.mkdir(parents=True, exist_ok=True)
     for k, (split, n) in enumerate(counts.items()):
-        pool = order[start:start + n]
+        pool = np.repeat(order[start:start + n], turns[split])  # each digit turns[split] times
         start += n
-        angles = np.random.default_rng([1, k]).uniform(-ROTATE_DEGREES, ROTATE_DEGREES, size=n)
+        angles = np.random.default_rng([1, k]).uniform(-ROTATE_DEGREES, ROTATE_DEGREES, size=len(pool))
         for j, (i, angle) in enumerate(zip(pool.tolist(), angles.tolist())):
             name = f"{split}_{j:05d}.png"
             Image.fromarray(images[i]).rotate(angle, resample=Image.BILINEAR, fillcolor=0).save(out / name)
@@ -775,7 +778,7 @@ def bench_rotate(folder: Path, epochs: int, smoke: bool = False) -> dict:
     train_mean = rows[rows["split"] == "train"]["angle"].mean()
     valid = rows[rows["split"] == "valid"]["angle"]
     report = pd.read_csv(results / "regression_report.csv").iloc[0]
-    return {"counts": counts, "epochs": epochs, "seconds": seconds,
+    return {"counts": counts, "turns": ROTATE_TURNS, "epochs": epochs, "seconds": seconds,
             "valid_rmse": history.valid_acc[-1], "test_rmse": history.test_acc,
             "valid_mean_rmse": float(((valid - train_mean) ** 2).mean() ** 0.5),
             "test_mean_rmse": float(report["rmse_of_train_mean"]), "test_mae": float(report["mae"]),
@@ -1019,8 +1022,9 @@ def format_report(r: dict) -> str:
     if "rotate" in r:
         R = r["rotate"]
         lines += ["", f"Regression: real digits turned by an angle uniform in [-{ROTATE_DEGREES:g}, {ROTATE_DEGREES:g}] "
-                  f"degrees, the angle as target ({R['counts']['train']} train, {R['counts']['valid']} valid, "
-                  f"{R['counts']['test']} test digits, disjoint); `train.py --model cnn --optimizer adam --task "
+                  f"degrees, the angle as target ({R['counts']['train']} train digits turned "
+                  f"{R['turns']['train']} ways each, {R['counts']['valid']} valid and {R['counts']['test']} test "
+                  f"digits, disjoint); `train.py --model cnn --optimizer adam --task "
                   f"regression --label-column angle --lr-schedule cosine --epochs {R['epochs']}` ({R['seconds']:.0f} s), the last "
                   "epoch:",
                   "", "| split | RMSE (degrees) | RMSE of the train mean | ratio |", "| --- | ---: | ---: | ---: |",
