@@ -9,6 +9,7 @@ bad row is named with its CSV line; `python dataset.py CSV IMG_DIR` checks one w
 A folder of class folders (DIR/cat/1.png) becomes the same table: list_image_folder, and
 `python dataset.py DIR` checks it. weight_column="w" (Keras's weight_col): items are
 (image, label, weight), batches (images, labels, weights), each weight a number >= 0.
+task="regression": one or more number columns are the targets, (T,) float32 an item.
 Works alone (copy this file); each image decoded once, and fast batches: loaders.DecodedImages.
 """
 
@@ -72,6 +73,10 @@ class CsvImageDataset(Dataset):
             on it (" ", "|", ";"; spaces round each tag stripped), the classes are the sorted
             union of tags, and the target is a multi-hot float32 vector (num_classes,): items
             (image, target (C,)), batches (images, targets (B, C)). An empty cell: no tags.
+        task: "classification" (the default: a class per image, or tags with label_delim) or
+            "regression": label_column names one or more columns of numbers (a list, or
+            "angle,scale"), the target is (T,) float32 (batches (B, T)), `classes` the target
+            names; an empty, NaN, infinite or text cell is a bad row naming its column.
         weight_column: a column of numbers >= 0, each weighting its row's loss (Keras's
             weight_col): items become (image, label, weight), batches (images, labels, weights
             (B,) float32). A weight that is empty, not a number, NaN, infinite or negative is a
@@ -104,7 +109,7 @@ class CsvImageDataset(Dataset):
                  header: bool = True, file_prefix: str = "", file_suffix: str = "",
                  absolute_paths: bool | None = None, resize: str = "squish",
                  weight_column: Column | None = None, label_delim: str | None = None,
-                 **removed) -> None:
+                 task: str = "classification", **removed) -> None:
         for name, value in removed.items():  # the cache's get a sentence, the rest Python's
             if name not in ("cache_mb", "cache_dir"):
                 raise TypeError(f"CsvImageDataset() got an unexpected keyword argument {name!r}")
@@ -119,6 +124,10 @@ class CsvImageDataset(Dataset):
             raise ValueError(f"resize must be one of {RESIZE_METHODS}, got {resize!r}")
         if resize != "squish" and image_size is None:
             raise ValueError(f"resize={resize!r} goes with image_size= (the size to {resize} to)")
+        if task not in TASKS:
+            raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+        if task == "regression" and label_delim is not None:
+            raise ValueError("label_delim= is for tags; task='regression' reads numbers")
         table = csv_path if isinstance(csv_path, pd.DataFrame) else Path(csv_path)
         self.csv_path = None if isinstance(table, pd.DataFrame) else table  # None: a DataFrame
         self.source, self.row_names = table_name(table), RowNames.of(table)
@@ -131,15 +140,16 @@ class CsvImageDataset(Dataset):
         self.rows, self.classes, self.problems = make_dataset(
             table, self.img_dir, file_column=file_column, label_column=label_column,
             split=split, classes=classes, num_classes=num_classes, encoding=encoding,
-            header=header, names=names, weight_column=weight_column, label_delim=label_delim)
-        self.label_delim = label_delim
+            header=header, names=names, weight_column=weight_column, label_delim=label_delim,
+            task=task)
+        self.label_delim, self.task = label_delim, task
         folder = self.img_dir if self.img_dir is not None else (  # as the user wrote it
             Path(".") if isinstance(table, pd.DataFrame) else table.parent)
         self.names_rule = names_rule(self.rows, names, str(folder))
         self._check_command = check_command(table, self.img_dir, file_column, label_column,
                                             encoding, header=header, names=names,
                                             weight_column=weight_column,
-                                            label_delim=label_delim)
+                                            label_delim=label_delim, task=task)
         if self.problems:
             rows = len(self.rows) + len({line for line, _, _ in self.problems})
             message = problems_message(self.source, self.problems, rows, self._check_command,
@@ -155,9 +165,12 @@ class CsvImageDataset(Dataset):
             self.mode, self.mode_decision = auto_mode(self.rows)
         self.channels = CHANNELS[self.mode]
         self.image_size = self.resize_to or self._first_size()  # (H, W) every image must have
-        # (N,) int64 class indices; with label_delim (N, C) float32 multi-hot: a batch's targets
-        self._labels = torch.from_numpy(self.rows.labels if self.rows.multi_hot is None else
-                                        self.rows.multi_hot.astype(np.float32))
+        # (N,) int64 class indices; with label_delim (N, C) float32 multi-hot; with
+        # task="regression" (N, T) float32 targets: a batch's targets
+        self._labels = torch.from_numpy(
+            self.rows.values.astype(np.float32) if self.rows.values is not None else
+            self.rows.labels if self.rows.multi_hot is None else
+            self.rows.multi_hot.astype(np.float32))
         self._weights = None if self.rows.weights is None else torch.from_numpy(self.rows.weights)
         self._transformed_shape: torch.Size | None = None  # of image 0, to name an odd one
 
@@ -182,8 +195,8 @@ class CsvImageDataset(Dataset):
         dtype `pixels` asks for. A store of decoded pixels passes its own."""
         if self.transform is not None:
             image = self.apply_transform(i, image)
-        # a multi-hot row is copied: a view would carry the whole (N, C) table through pickling
-        label = self.rows[i].label if self.label_delim is None else self._labels[i].clone()
+        # a multi-hot or target row is copied: a view would carry the whole table through pickling
+        label = self.rows[i].label if self._labels.ndim == 1 else self._labels[i].clone()
         if self._weights is not None:
             return to_pixels(image, self.pixels), label, float(self._weights[i])
         return to_pixels(image, self.pixels), label
@@ -560,8 +573,8 @@ def make_dataset(csv_path: Path | pd.DataFrame, img_dir: Path | None, *, file_co
                  label_column: Column | None, split: tuple[Column, str] | None = None,
                  classes: Sequence[str] | None = None, num_classes: int | None = None,
                  encoding: str = "utf-8", header: bool = True, names: FileNames = FileNames(),
-                 weight_column: Column | None = None,
-                 label_delim: str | None = None) -> tuple[Samples, list[str], list[Problem]]:
+                 weight_column: Column | None = None, label_delim: str | None = None,
+                 task: str = "classification") -> tuple[Samples, list[str], list[Problem]]:
     """Check every row of the table (a CSV or a DataFrame) and read every listed file's header:
     (the good rows, the class names, the bad rows as (line, file, what is wrong) by line). A
     DatasetError only when the table or folder cannot be read at all. img_dir None: the CSV's
@@ -573,7 +586,9 @@ def make_dataset(csv_path: Path | pd.DataFrame, img_dir: Path | None, *, file_co
         raise DatasetError(f"image folder not found: {img_dir} "
                            f"(it should hold the files named in {source})")
     weight_column = None if label_column is None else weight_column  # rows to predict: unread
-    columns = [file_column] + [c for c in (label_column, split and split[0], weight_column)
+    targets = target_columns(label_column) if task == "regression" and label_column is not None \
+        else [label_column]  # regression: one or more columns of numbers
+    columns = [file_column] + [c for c in (*targets, split and split[0], weight_column)
                                if c is not None]
     df = read_csv(csv_path, columns, encoding, header=header)
     if header and not isinstance(csv_path, pd.DataFrame):
@@ -582,9 +597,12 @@ def make_dataset(csv_path: Path | pd.DataFrame, img_dir: Path | None, *, file_co
     # ... and where the run's classes are names (not 0 to K-1), every table's labels are names:
     # "2019" or "10" are then that class, not an index into the names (a valid table of whole
     # numbers beside a train table with one text label; class folders named 101, 205, 310)
-    as_names = label_column is not None and label_delim is None and (
-        (classes is not None and [str(c) for c in classes] != [str(i) for i in range(len(classes))])
-        or _holds_names(df[label_column], source, label_column))
+    named = classes is not None and [str(c) for c in classes] != [str(i) for i in
+                                                                    range(len(classes))]
+    if label_column is not None and label_delim is None and task == "classification" and not named:
+        _refuse_measurements(df[label_column], source, label_column, RowNames.of(csv_path))
+    as_names = label_column is not None and label_delim is None and task == "classification" and (
+        named or _holds_names(df[label_column], source, label_column))
     if split is not None:
         column, value = split
         found = sorted(df[column].dropna().astype(str).str.strip().unique())
@@ -594,13 +612,16 @@ def make_dataset(csv_path: Path | pd.DataFrame, img_dir: Path | None, *, file_co
                                f"values found: {found}")
     lines = df.index.to_numpy(dtype=np.int64)
     files = df[file_column].fillna("").astype(str).tolist()
-    multi_hot = None
+    multi_hot = values = None
     if label_column is None:  # images to predict: no labels, the classes given
         labels, class_names = np.full(len(df), -1, dtype=np.int64), [str(c) for c in classes or []]
         what = np.full(len(df), None, dtype=object)
     elif label_delim is not None:  # several tags per row: a multi-hot row each
         multi_hot, class_names, what = _parse_tags(df[label_column], label_delim, classes)
         labels = np.zeros(len(df), dtype=np.int64)  # one file, one tag set: no class index
+    elif task == "regression":  # numbers: (N, T) float64, as the table writes them
+        values, class_names, what = _parse_targets(df, targets)
+        labels = np.zeros(len(df), dtype=np.int64)
     else:
         labels, class_names, what = _parse_labels(df[label_column], classes, num_classes,
                                                   as_names=as_names)
@@ -630,8 +651,79 @@ def make_dataset(csv_path: Path | pd.DataFrame, img_dir: Path | None, *, file_co
                       stats[keep], sizes=sizes[keep], colours=colours[keep],
                       prefix=names.prefix, suffix=names.suffix,
                       weights=None if weights is None else weights[keep],
-                      multi_hot=None if multi_hot is None else multi_hot[keep])
+                      multi_hot=None if multi_hot is None else multi_hot[keep],
+                      values=None if values is None else values[keep])
     return samples, class_names, problems
+
+
+TASKS = ("classification", "regression")
+
+
+def target_columns(label_column: Column | Sequence[Column]) -> list[Column]:
+    """A regression's target columns: a list as given, "angle,scale" split on commas, or one."""
+    if isinstance(label_column, (list, tuple)):
+        return list(label_column)
+    if isinstance(label_column, str):
+        return [c.strip() for c in label_column.split(",")]
+    return [label_column]
+
+
+def _parse_targets(df: pd.DataFrame,
+                   columns: list[Column]) -> tuple[np.ndarray, list[str], np.ndarray]:
+    """(targets (N, T) float64, NaN where bad; the target names; what is wrong with each row or
+    None): each cell a finite number; empty, text, NaN or infinite is a bad row naming its column."""
+    what = np.full(len(df), None, dtype=object)
+    values = np.full((len(df), len(columns)), np.nan, dtype=np.float64)
+    for t, column in enumerate(columns):
+        cells = df[column]
+        original = cells.to_numpy(dtype=object)
+        if not pd.api.types.is_numeric_dtype(cells) or pd.api.types.is_bool_dtype(cells):
+            cells = cells.where(cells.isna(), cells.astype(str).str.strip())
+            cells = cells.where(cells != "", None)
+        number = pd.to_numeric(cells, errors="coerce").to_numpy(dtype=np.float64)
+        empty = cells.isna().to_numpy() & pd.isna(original) | np.array(
+            [str(o).strip() == "" for o in original])
+        for j in np.flatnonzero(~np.isfinite(number)):
+            text = str(original[j]).strip()
+            what[j] = what[j] or (
+                f"empty target in column {column!r}" if empty[j] else
+                f"target {text!r} in column {column!r} is not a number" if np.isnan(number[j])
+                and text.lower() != "nan" else
+                f"target {text} in column {column!r} is "
+                f"{'NaN' if np.isnan(number[j]) else 'not finite'} (expected a number)")
+        values[:, t] = number
+    return values, [str(c) for c in columns], what
+
+
+def _refuse_measurements(values: pd.Series, source: str, column: Column,
+                         row_names: RowNames) -> None:
+    """A label column of measurements (an angle, an age) is not classes: every value a finite
+    number, two or more of the distinct ones not whole and at least as many as the whole ones,
+    is a DatasetError naming --task regression. Fewer (1, 2, 2.5; 1, 2.5) stay class names, as
+    issue 30 pinned them."""
+    if pd.api.types.is_bool_dtype(values):
+        return
+    if pd.api.types.is_integer_dtype(values):
+        return  # whole numbers alone: class indices (the lecture's column), nothing to parse
+    if pd.api.types.is_numeric_dtype(values):  # a DataFrame's floats
+        text = values.dropna()
+        number = text.to_numpy(dtype=np.float64)
+    else:
+        text = values.dropna().astype(str).str.strip()
+        text = text[text != ""]
+        distinct = text.unique()  # parsed once each: a column of a few classes is quick
+        parsed = dict(zip(distinct, pd.to_numeric(pd.Series(distinct), errors="coerce")))
+        number = text.map(parsed).to_numpy(dtype=np.float64)
+    if len(text) == 0 or not np.isfinite(number).all():
+        return  # a text value: class names (or a bad row), as before
+    distinct = np.unique(number)
+    whole = distinct == np.floor(distinct)
+    if (~whole).sum() < max(2, whole.sum()):  # one odd value among classes: a name, or a typo
+        return
+    first = int(np.flatnonzero(number != np.floor(number))[0])
+    raise DatasetError(f"{source}: column {column!r} holds numbers that are not whole "
+                       f"({row_names(int(text.index[first]))}: {text.iloc[first]}): pass --task "
+                       "regression (task=\"regression\") to predict them")
 
 
 def _parse_tags(values: pd.Series, delim: str,
@@ -765,7 +857,7 @@ class Samples(Sequence):
     def __init__(self, root: str, files: Sequence[str], labels: np.ndarray, lines: np.ndarray,
                  stats: np.ndarray, *, sizes: np.ndarray, colours: np.ndarray, prefix: str = "",
                  suffix: str = "", weights: np.ndarray | None = None,
-                 multi_hot: np.ndarray | None = None) -> None:
+                 multi_hot: np.ndarray | None = None, values: np.ndarray | None = None) -> None:
         encoded = [f.encode("utf-8", "surrogateescape") for f in files]
         self.root, self.prefix, self.suffix = root, prefix, suffix
         self.names = np.frombuffer(b"".join(encoded), dtype=np.uint8)  # every name, end to end
@@ -780,6 +872,8 @@ class Samples(Sequence):
         self.weights = None if weights is None else np.asarray(weights, dtype=np.float32)
         # (N, C) uint8 multi-hot tags with label_delim (labels then 0), else None
         self.multi_hot = None if multi_hot is None else np.asarray(multi_hot, dtype=np.uint8)
+        # (N, T) float64 targets with task="regression" (labels then 0), else None
+        self.values = None if values is None else np.asarray(values, dtype=np.float64)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -819,20 +913,23 @@ class PathsAndLabels(Sequence):
 def check_command(csv_path: Path | pd.DataFrame, img_dir: Path | None, file_column: Column,
                   label_column: Column | None, encoding: str, *, header: bool = True,
                   names: FileNames = FileNames(), weight_column: Column | None = None,
-                  label_delim: str | None = None) -> str:
+                  label_delim: str | None = None, task: str = "classification") -> str:
     """The check command for every row of the CSV (every split of it), to paste into a shell:
     `python dataset.py CSV DIR`, with the flags that differ from its defaults, then --all. For a
     DataFrame, what lists every bad row in Python."""
     if isinstance(csv_path, pd.DataFrame):
         return "CsvImageDataset(df, ..., skip_bad_rows=True).problems"
     words = ["python", "dataset.py", str(csv_path)] + ([str(img_dir)] if img_dir else [])
+    if isinstance(label_column, (list, tuple)):
+        label_column = ",".join(map(str, label_column))
     for flag, value, default in (("--file-column", file_column, "File Name"),
                                  ("--label-column", label_column, "Class Label"),
                                  ("--encoding", encoding, "utf-8"),
                                  ("--file-prefix", names.prefix, ""),
                                  ("--file-suffix", names.suffix, ""),
                                  ("--weight-column", weight_column, None),
-                                 ("--label-delim", label_delim, None)):
+                                 ("--label-delim", label_delim, None),
+                                 ("--task", task, "classification")):
         if value is not None and value != default:
             words += [flag, str(value)]
     words += [] if header else ["--no-header"]
@@ -1506,7 +1603,7 @@ def check_dataset(csv_path: str | Path | pd.DataFrame, img_dir: str | Path | Non
             ds = CsvImageDataset(csv_path, img_dir, skip_bad_rows=True, **dataset_kwargs)
         except DatasetError:  # every row is bad: say why, row by row
             keys = ("file_column", "label_column", "split", "num_classes", "encoding", "header",
-                    "weight_column", "label_delim")
+                    "weight_column", "label_delim", "task")
             kwargs = {k: v for k, v in dataset_kwargs.items() if k in keys}
             names = FileNames(dataset_kwargs.get("file_prefix", ""),
                               dataset_kwargs.get("file_suffix", ""), img_dir is None)
@@ -1535,6 +1632,8 @@ def check_dataset(csv_path: str | Path | pd.DataFrame, img_dir: str | Path | Non
     problems = sorted(problems + ds.size_problems(), key=lambda p: p[0])
     counts = Counter(ds.targets) if ds.rows.multi_hot is None else \
         Counter(dict(enumerate(ds.rows.multi_hot.sum(0).tolist())))  # tags per class
+    if ds.rows.values is not None:  # targets: every one on every good row
+        counts = Counter(dict.fromkeys(range(len(ds.classes)), len(ds)))
     empty = [name for i, name in enumerate(ds.classes) if not counts.get(i)]
     messages = [str(w.message) for w in caught if not str(w.message).startswith("skipping")]
     messages += [empty_classes_message(empty, ds.classes)] if empty else []
@@ -1544,7 +1643,14 @@ def check_dataset(csv_path: str | Path | pd.DataFrame, img_dir: str | Path | Non
             "notes": {k: n for k, n in notes.items() if n}, "names_rule": ds.names_rule,
             **({} if ds.rows.weights is None else {"weights": weight_summary(ds.rows.weights)}),
             **({} if ds.rows.multi_hot is None else {"multi_label": True}),
+            **({} if ds.rows.values is None else {"targets": target_ranges(ds)}),
             "warnings": messages + odd_class_warnings([ds])}, problems
+
+
+def target_ranges(ds: CsvImageDataset) -> dict[str, str]:
+    """The check command's line per regression target: "min -45, max 44.9, mean 0.12"."""
+    return {name: f"min {column.min():g}, max {column.max():g}, mean {column.mean():g}"
+            for name, column in zip(ds.classes, ds.rows.values.T)}
 
 
 def weight_summary(weights: np.ndarray) -> str:
@@ -1581,6 +1687,8 @@ def odd_class_warnings(datasets: Sequence[CsvImageDataset]) -> list[str]:
                          "write them alike in the CSV if they are one")
     if any(ds.rows.multi_hot is not None for ds in datasets):
         return found  # tags: a rare tag is no typo of a class index
+    if any(ds.rows.values is not None for ds in datasets):
+        return []  # regression: the names are the target columns
     counts = sum(np.bincount(ds.rows.labels[ds.rows.labels >= 0], minlength=len(classes))
                  for ds in datasets)
     median = float(np.median(counts[counts > 0])) if counts.any() else 0.0
@@ -1669,6 +1777,10 @@ def check_parser() -> argparse.ArgumentParser:
     p.add_argument("--label-delim", default=None,
                    help="several labels per image, split on this (' ', '|', ';'): the check "
                         "reports tags per class")
+    p.add_argument("--task", default="classification", choices=TASKS,
+                   help="regression: --label-column names one or more columns of numbers "
+                        "(angle,scale); the check reports each one's range (default: "
+                        "%(default)s)")
     p.add_argument("--no-header", action="store_true",
                    help="the first line is a row, not column names: columns by position")
     p.add_argument("--file-prefix", default="",
@@ -1721,13 +1833,15 @@ def main(argv: list[str] | None = None) -> int:
             split=split, image_size=args.image_size, encoding=args.encoding,
             resize=args.resize, header=not args.no_header, file_prefix=args.file_prefix,
             file_suffix=args.file_suffix, weight_column=args.weight_column,
-            label_delim=args.label_delim)
+            label_delim=args.label_delim, **({} if args.task == "classification" else
+                                             {"task": args.task}))
     except DatasetError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     command = check_command(Path(args.csv_path), img_dir, args.file_column, args.label_column,
                             args.encoding, header=not args.no_header, names=names,
-                            weight_column=args.weight_column, label_delim=args.label_delim)
+                            weight_column=args.weight_column, label_delim=args.label_delim,
+                            task=args.task)
     if summary["mode"] == "-":  # no good row: only the reasons
         print(problems_message(Path(args.csv_path), problems, summary["rows"], command,
                                by_reason=True, list_rows=False))
@@ -1774,11 +1888,15 @@ def print_check(name: Path, summary: dict, problems: list[Problem], command: str
     unlabelled: rows without labels (a folder's test images, for --predict)."""
     if unlabelled:
         print(f"{name}: {summary['rows']} rows without labels (for --predict)")
+    elif summary.get("targets"):
+        print(f"{name}: {summary['rows']} rows, {len(summary['targets'])} target(s)")
     else:
         print(f"{name}: {summary['rows']} rows, {len(summary['classes'])} classes")
     if summary.get("names_rule"):  # a folder's listing: relative to it, as its first line says
         print(summary["names_rule"])
-    if not unlabelled:
+    for target, text in summary.get("targets", {}).items():
+        print(f"target {target!r}: {text}")
+    if not unlabelled and not summary.get("targets"):
         print(("tags per class: " if summary.get("multi_label") else "classes: ")
               + ", ".join(f"{name}: {n}" for name, n in summary["classes"].items()))
     if summary.get("weights"):

@@ -232,6 +232,55 @@ def multi_label_report(probs: torch.Tensor, targets: torch.Tensor, classes: list
     return "\n".join(rows) + "\n"
 
 
+# ---- regression (--task regression): figures in the targets' own units ------------------------
+
+REGRESSION_REPORT = "regression_report.csv"
+
+
+@torch.no_grad()
+def regression_outputs(model: torch.nn.Module, loader, device: torch.device | str,
+                       mean: list[float], std: list[float]) -> tuple[np.ndarray, np.ndarray]:
+    """(predictions (N, T), targets (N, T)) of every batch, float64 NumPy in the targets' own
+    units: the model's standardised outputs times std plus mean (the train split's). One
+    process's share: under torchrun each rank measures its own."""
+    model.eval()
+    predicted, targets = [], []
+    for images, labels, *_ in loader:
+        predicted.append(model(to_input(images, device)).double().cpu().numpy())  # (B, T)
+        targets.append(labels.double().cpu().numpy().reshape(len(labels), -1))
+    if not predicted:
+        return np.zeros((0, len(mean))), np.zeros((0, len(mean)))
+    return (np.concatenate(predicted) * np.asarray(std) + np.asarray(mean),
+            np.concatenate(targets))
+
+
+def regression_scores(predicted: np.ndarray, targets: np.ndarray) -> dict[str, np.ndarray]:
+    """Per target (arrays (T,)), float64: rmse and mae in the target's units, and r2, one minus
+    the squared error over the squared spread round the split's own mean (NaN where the targets
+    do not vary); predicted, targets (N, T)."""
+    error = predicted - targets
+    spread = ((targets - targets.mean(axis=0)) ** 2).sum(axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        r2 = np.where(spread > 0, 1.0 - (error ** 2).sum(axis=0) / spread, np.nan)
+    return {"rmse": np.sqrt((error ** 2).mean(axis=0)), "mae": np.abs(error).mean(axis=0),
+            "r2": r2}
+
+
+def regression_report(predicted: np.ndarray, targets: np.ndarray, names: list[str],
+                      train_mean: list[float]) -> str:
+    """A CSV: per target its count, RMSE, MAE and R2, and the RMSE of predicting the train
+    split's mean for every image (the figure a model must beat); predicted, targets (N, T)."""
+    scores = regression_scores(predicted, targets)
+    baseline = np.sqrt(((targets - np.asarray(train_mean)) ** 2).mean(axis=0))
+    rows = ["target,count,rmse,mae,r2,rmse_of_train_mean"]
+    for t, name in enumerate(names):
+        quoted = '"' + name.replace('"', '""') + '"' if any(c in name for c in ',"\n') else name
+        r2 = scores["r2"][t]
+        rows.append(f"{quoted},{len(targets)},{scores['rmse'][t]:.6g},{scores['mae'][t]:.6g},"
+                    + ("" if r2 != r2 else f"{r2:.4f}") + f",{baseline[t]:.6g}")
+    return "\n".join(rows) + "\n"
+
+
 class RunError(Exception):
     """What stops a train.py run with a sentence: train.main turns it into "train.py: error:
     <message>" and the exit status (1, or 2 for a flag), once; None: printed already, or none."""
@@ -446,6 +495,10 @@ def predict(path: str, checkpoint: dict, checkpoint_path: Path, results_dir: Pat
     delim = checkpoint["config"].get("label_delim")  # a --label-delim run's: tags, not a class
     if delim is not None:
         options["label_delim"] = delim
+    regression = None  # a --task regression run's: numbers, not a class
+    if checkpoint["config"].get("task") == "regression":
+        options["task"] = "regression"
+        regression = (checkpoint["config"]["target_mean"], checkpoint["config"]["target_std"])
     if submission is not None:  # the LABEL column is what we fill in, not a truth
         columns = (submission[0], None)
     with tempfile.TemporaryDirectory(prefix=f"{TEMP_TAG}-") as tmp:
@@ -462,25 +515,30 @@ def predict(path: str, checkpoint: dict, checkpoint_path: Path, results_dir: Pat
                              model_path=checkpoint_path, submission=submission,
                              file_suffix="" if found.in_csv else file_names[1],
                              multi_label=None if delim is None else
-                             (delim, checkpoint["config"].get("threshold", 0.5)))
+                             (delim, checkpoint["config"].get("threshold", 0.5)),
+                             regression=regression)
 
 
 @torch.no_grad()
 def write_predictions(model: torch.nn.Module, found: ToPredict, classes: list[str],
                       device: torch.device, results_dir: Path, *, source: Path, model_path: Path,
                       submission: tuple[str, str] | None = None, file_suffix: str = "",
-                      multi_label: tuple[str, float] | None = None) -> Path:
+                      multi_label: tuple[str, float] | None = None,
+                      regression: tuple[list[float], list[float]] | None = None) -> Path:
     """Predict found's images (ToPredict.of(ds) for a dataset of your own) and write
     results_dir/predictions.csv (an earlier one moves to version_N), printing what
     report_predictions says; returns its path. Without submission: prediction_table's columns.
     With submission=(ID, LABEL): exactly those two columns, a row for every image (submission_table;
     one that cannot be read is an error, and nothing is written). source and model_path name the
     images and the model in messages; file_suffix: taken off a file's name to make its id.
-    multi_label=(delimiter, threshold) of a --label-delim model: multi_label_rows' columns."""
+    multi_label=(delimiter, threshold) of a --label-delim model: multi_label_rows' columns.
+    regression=(mean, std) of a --task regression model: regression_rows' columns."""
     unreadable = list(found.unreadable)
     model.eval()
     rows_of = predicted_rows if multi_label is None else functools.partial(
         multi_label_rows, delim=multi_label[0], threshold=multi_label[1])
+    if regression is not None:
+        rows_of = functools.partial(regression_rows, mean=regression[0], std=regression[1])
     predicted = [] if found.ds is None else rows_of(model, found.ds, classes, device,
                                                     unreadable, found.in_csv)
     if not predicted:
@@ -493,7 +551,11 @@ def write_predictions(model: torch.nn.Module, found: ToPredict, classes: list[st
                               "ID,LABEL does not read the LABEL column, and writes a submission"
                               if placeholders else ""))
     labelled = submission is None and found.ds.targets[0] >= 0
-    if submission is None and multi_label is not None:
+    if submission is None and regression is not None:  # each target's value, by its name
+        head = ["file", *classes] + ([f"true_{c}" for c in classes] if labelled else [])
+        rows = prediction_table(predicted, unreadable, len(classes), found.in_csv, labelled,
+                                file_suffix, head=head)
+    elif submission is None and multi_label is not None:
         head = ["file", "predicted", *classes] + (["true"] if labelled else [])
         rows = prediction_table(predicted, unreadable, len(classes), found.in_csv, labelled,
                                 file_suffix, head=head)
@@ -507,8 +569,13 @@ def write_predictions(model: torch.nn.Module, found: ToPredict, classes: list[st
     out = results_dir / "predictions.csv"
     move_aside(results_dir, ("predictions.csv",))  # only now: a refused --predict moves nothing
     write_atomic(out, csv_bytes(rows))
-    report_predictions(out, rows, model_path, unreadable, labelled and multi_label is None,
-                       classes)
+    report_predictions(out, rows, model_path, unreadable,
+                       labelled and multi_label is None and regression is None, classes)
+    if labelled and regression is not None:
+        values = np.array([[float(v) for v in cells[1:]] for _, _, cells in predicted])  # (N, 2T)
+        scores = regression_scores(values[:, :len(classes)], values[:, len(classes):])
+        print("; ".join(f"{name}: RMSE {scores['rmse'][t]:.4g}, MAE {scores['mae'][t]:.4g}"
+                        for t, name in enumerate(classes)) + f" ({len(predicted)} images)")
     if labelled and multi_label is not None:
         probs = torch.tensor([[float(p) for p in cells[2:2 + len(classes)]]
                               for _, _, cells in predicted])  # (N, C)
@@ -587,6 +654,37 @@ def multi_label_rows(model: torch.nn.Module, ds: CsvImageDataset, classes: list[
             cells += [f"{p:.4f}" for p in probs[j].tolist()]
             cells += [join.join(c for c, t in zip(classes, ds.rows.multi_hot[i].tolist()) if t)] \
                 if labelled else []
+            out.append((row.file, row.line, cells))
+    return out
+
+
+@torch.no_grad()
+def regression_rows(model: torch.nn.Module, ds: CsvImageDataset, classes: list[str],
+                    device: torch.device, unreadable: list[Unreadable], in_csv: bool, *,
+                    mean: list[float], std: list[float]) -> list[tuple]:
+    """predicted_rows of a --task regression model: (file, CSV line, cells), the cells: file,
+    each target's predicted value in its own units (the standardised output times the train
+    split's std plus its mean), and the true values when labelled."""
+    labelled, out = ds.targets[0] >= 0, []
+    for start in range(0, len(ds), PREDICT_BATCH):
+        good, images = [], []
+        for i in range(start, min(start + PREDICT_BATCH, len(ds))):
+            row = ds.rows[i]
+            try:
+                images.append(ds.load_image(i))  # (C, H, W) uint8
+                good.append(i)
+            except DatasetError as e:
+                why = str(e).removeprefix(ds.where(i) + ": ")
+                unreadable.append((row.file, row.line, f"line {row.line}: {why}" if in_csv
+                                   else why))
+        if not good:
+            continue
+        outputs = model(to_input(torch.stack(images), device)).double().cpu().numpy()  # (B, T)
+        values = outputs * np.asarray(std) + np.asarray(mean)
+        for j, i in enumerate(good):
+            row = ds.rows[i]
+            cells = [row.file] + [repr(float(v)) for v in values[j]]
+            cells += [repr(float(v)) for v in ds.rows.values[i]] if labelled else []
             out.append((row.file, row.line, cells))
     return out
 
@@ -685,16 +783,23 @@ def images_to_predict(path: Path, columns: tuple[str, str | None], img_dir: str 
         listed = [(0, n) for n in names]
     else:
         read_csv(path, [file_column], encoding, header=header)  # no file or column: named errors
-        label_column = _label_to_read(path, label_column, encoding, header)
-        table = read_csv(path, [file_column] + ([label_column] if label_column is not None else []),
-                         encoding, header=header)
+        if options.get("task") == "regression":  # scored when the table has every target column
+            found = csv_columns(path, encoding) if header else []
+            label_column = list(options["classes"]) if all(
+                c in found for c in options["classes"]) else None
+        else:
+            label_column = _label_to_read(path, label_column, encoding, header)
+        labels = [] if label_column is None else \
+            label_column if isinstance(label_column, list) else [label_column]
+        table = read_csv(path, [file_column] + labels, encoding, header=header)
         folder, csv_path = Path(img_dir) if img_dir else path.parent, path
         kwargs = {"file_column": file_column, "encoding": encoding, "label_column": label_column,
                   "header": header}
         naming = FileNames(*file_names, absolute=not img_dir)
         listed = list(zip(table.index.tolist(), table[file_column].fillna("").astype(str).tolist()))
     _, _, problems = make_dataset(csv_path, folder, classes=options["classes"], names=naming,
-                                  label_delim=options.get("label_delim"), **kwargs)
+                                  label_delim=options.get("label_delim"),
+                                  task=options.get("task", "classification"), **kwargs)
     unreadable = [(file, line if in_csv else 0, f"line {line}: {what}" if in_csv else what)
                   for line, file, what in problems]
     try:

@@ -61,7 +61,7 @@ from torch.utils.data.distributed import DistributedSampler
 from dataset import (FLAGS, SPLIT_SPELLINGS, CsvImageDataset, DatasetError, ImageSizeError,
                      RowNames, column_positions, csv_columns, csv_encoding, csv_separator,
                      empty_classes_message, odd_class_warnings, read_csv, split_names,
-                     split_spellings, table_name, to_pixels)
+                     split_spellings, table_name, target_columns, to_pixels)
 
 try:
     import fcntl
@@ -171,6 +171,8 @@ def make_datasets(sources: Sequence[tuple | None], dataset_kwargs: dict | None =
     kwargs = dict(dataset_kwargs or {})
     file_column, encoding = kwargs.get("file_column", "File Name"), kwargs.get("encoding", "utf-8")
     label_column, header = kwargs.get("label_column", "Class Label"), kwargs.get("header", True)
+    if kwargs.get("task") == "regression":  # a test row is labelled by its first target
+        label_column = target_columns(label_column)[0]
     sources = list(sources)
     _refuse_unknown_splits([s for s in sources if s is not None], file_column, encoding, header)
     _refuse_no_valid(sources[1] if len(sources) > 1 else None, file_column, encoding, header)
@@ -196,7 +198,8 @@ def make_datasets(sources: Sequence[tuple | None], dataset_kwargs: dict | None =
         if mixed:
             for ds in present:
                 ds.mode_decision = colour[0].mode_decision  # the split that made it RGB says why
-    seen = [set(ds.targets) if ds.rows.multi_hot is None else  # the class indices of each split
+    seen = [set(range(len(classes))) if ds.rows.values is not None else  # regression: all
+            set(ds.targets) if ds.rows.multi_hot is None else  # the class indices of each split
             set(np.flatnonzero(ds.rows.multi_hot.any(0)).tolist()) for ds in present]
     empty = [name for i, name in enumerate(classes) if not any(i in s for s in seen)]
     messages = [empty_classes_message(empty, classes)] if empty else []

@@ -2,7 +2,8 @@
 minibatch, the accuracy per epoch, and example predictions (the wrong ones first, titled in red);
 and what the model gets wrong: the confusion matrix (row-normalised colours, counts) and the most
 confident mistakes. With several labels per image (train.py --label-delim), show_tag_examples and
-show_tag_mistakes draw the predicted and true tag sets.
+show_tag_mistakes draw the predicted and true tag sets; with numbers (--task regression),
+plot_regression_scatter and show_worst_errors draw predicted against true and the worst errors.
 
 In a notebook, call them and then plt.show(), as the lecture does:
 
@@ -11,7 +12,8 @@ In a notebook, call them and then plt.show(), as the lecture does:
     plt.show()
 
 Each function draws one new figure and returns it; with results_dir it also writes the figure
-there as a PNG file (loss.png, accuracy.png, examples.png, confusion_matrix.png, mistakes.png).
+there as a PNG file (loss.png, accuracy.png, examples.png, confusion_matrix.png, mistakes.png,
+scatter.png, worst_errors.png).
 Importing this file leaves matplotlib's backend alone, so figures show inline in a notebook;
 train.py picks the file-only Agg backend.
 """
@@ -284,6 +286,55 @@ def show_tag_mistakes(model: torch.nn.Module, data_loader, results_dir: str | Pa
             if wrong else f"No image with a wrong tag in {len(items)} (threshold {threshold:g})")
     return _maybe_save(_image_grid(_for_display(_stack(worst), data_loader), titles,
                                    [WRONG] * len(worst), line), results_dir, "mistakes.png")
+
+
+def plot_regression_scatter(predicted: torch.Tensor, targets: torch.Tensor,
+                            target_names: Sequence[str],
+                            results_dir: str | Path | None = None) -> plt.Figure:
+    """A regression's predictions (N, T) against the true targets (N, T), in their own units: one
+    panel per target, with the y = x line a perfect model's points lie on (scatter.png)."""
+    predicted, targets = torch.as_tensor(predicted).double(), torch.as_tensor(targets).double()
+    n = len(target_names)
+    fig, axes = plt.subplots(1, n, figsize=(4.2 * n, 4.0), squeeze=False)
+    for t, (ax, name) in enumerate(zip(axes[0], target_names)):
+        x, y = targets[:, t].numpy(), predicted[:, t].numpy()
+        ax.scatter(x, y, s=8, alpha=0.5)
+        both = [v for v in (*x.tolist(), *y.tolist())] or [0.0, 1.0]
+        low, high = min(both), max(both)
+        ax.plot([low, high], [low, high], color="black", linewidth=1, label="y = x")
+        ax.set_xlabel(f"true {name}")
+        ax.set_ylabel(f"predicted {name}")
+        ax.legend(loc="upper left")
+    fig.tight_layout()
+    return _maybe_save(fig, results_dir, "scatter.png")
+
+
+@torch.no_grad()
+def show_worst_errors(model: torch.nn.Module, data_loader, mean: Sequence[float],
+                      std: Sequence[float], results_dir: str | Path | None = None, *,
+                      target_names: Sequence[str] | None = None,
+                      num_examples: int = 15) -> plt.Figure:
+    """The images of data_loader a regression model is furthest off on (the largest squared
+    error over the targets, each in units of its std), titled "true 12.3, predicted 40.1" (a
+    line per target, named, when there are several). mean, std (T,): the train split's, which
+    turn the model's standardised outputs back into the targets' units."""
+    model.eval()
+    mean_t = torch.as_tensor(list(mean), dtype=torch.float64)
+    std_t = torch.as_tensor(list(std), dtype=torch.float64)
+    worst = []  # (error, image, predicted (T,), true (T,)); the worst kept
+    for images, labels, *_ in data_loader:
+        predicted = model(_model_input(model, images)).double().cpu() * std_t + mean_t  # (B, T)
+        truth = labels.double().reshape(len(labels), -1)  # (B, T)
+        errors = (((predicted - truth) / std_t) ** 2).sum(dim=1)  # (B,)
+        worst += [(errors[j].item(), images[j], predicted[j], truth[j]) for j in range(len(images))]
+        worst = sorted(worst, key=lambda w: -w[0])[:num_examples]
+    names = list(target_names) if target_names is not None and len(target_names) > 1 else None
+    titles = ["\n".join((f"{names[t]}: " if names else "") + f"true {tv:.3g}, predicted {pv:.3g}"
+                        for t, (tv, pv) in enumerate(zip(truth.tolist(), pred.tolist())))
+              for _, _, pred, truth in worst]
+    images = torch.stack([w[1] for w in worst]) if worst else torch.zeros(0, 1, 1, 1)
+    return _maybe_save(_image_grid(_for_display(images, data_loader), titles), results_dir,
+                       "worst_errors.png")
 
 
 def plot_confusion_matrix(cm: torch.Tensor, class_names: Sequence[str],

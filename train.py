@@ -9,6 +9,7 @@ checkpoints, plots.
     torchrun --standalone --nproc_per_node=2 train.py --epochs 3 --seed 123
     python train.py --image-folder photos/ --image-size 32  # class folders: photos/cat/1.jpg
     python train.py --csv labels.csv --balance sampler --monitor balanced_accuracy  # a rare class
+    python train.py --csv t.csv --split-column split --task regression --label-column angle
     python train.py --evaluate                              # the saved model, on the test split
     python train.py --predict new-images/                   # a folder or CSV: predictions.csv
 
@@ -64,9 +65,11 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
-from dataset import (RESIZE_METHODS, DatasetError, folder_classes, parse_image_size, read_csv,
-                     scan_image_folder, skipped_message, split_names, split_spellings)
-from evaluate import (FAR_BELOW, MULTI_LABEL_REPORT, REPORT_FILES, RunError, compute_accuracy,
+from dataset import (RESIZE_METHODS, TASKS, DatasetError, folder_classes, parse_image_size,
+                     read_csv, scan_image_folder, skipped_message, split_names, split_spellings,
+                     target_columns)
+from evaluate import (FAR_BELOW, MULTI_LABEL_REPORT, REGRESSION_REPORT, REPORT_FILES, RunError,
+                      compute_accuracy, regression_outputs, regression_report, regression_scores,
                       compute_confusion_matrix, compute_scores, csv_bytes, distributed,
                       evaluate_model, example_f1, global_settings_kept, mean_average_precision,
                       missed_classes, model_from_checkpoint, move_aside, multi_label_report,
@@ -106,7 +109,7 @@ def train_model(model: torch.nn.Module, num_epochs: int, train_loader, valid_loa
                 history: History | None = None, train_eval_loader=None, logging_interval: int = 50,
                 on_epoch_end: Callable[[History], None] | None = None, scheduler=None,
                 early_stopping: int | None = None,
-                task: Classification | MultiLabel | None = None) -> History:
+                task: Classification | MultiLabel | Regression | None = None) -> History:
     """The lecture's loop: train for num_epochs, printing the loss every logging_interval batches
     and the train / validation accuracy after each epoch, then the test accuracy if test_loader
     is given.
@@ -187,7 +190,9 @@ MONITORS = {"accuracy": "accuracy", "balanced_accuracy": "balanced accuracy",
             "macro_f1": "macro F1", "loss": "loss"}
 # A --label-delim run's (MultiLabel): --monitor accuracy (the default) follows mean_ap there
 MULTI_LABEL_MONITORS = {"mean_ap": "mean average precision", "loss": "loss"}
-LOWER_IS_BETTER = ("loss",)
+# A --task regression run's: --monitor accuracy (the default) follows rmse there
+REGRESSION_MONITORS = {"rmse": "RMSE", "mae": "MAE", "r2": "R²", "loss": "loss"}
+LOWER_IS_BETTER = ("loss", "rmse", "mae")
 UNEVEN = 1.5  # a train split whose largest class has this many times its smallest's images
 
 
@@ -329,6 +334,90 @@ def multi_label_outputs(model: torch.nn.Module, loader,
     return torch.cat(probs), torch.cat(targets)
 
 
+REGRESSION_LOSSES = {"mse": F.mse_loss, "l1": F.l1_loss, "huber": F.huber_loss}
+
+
+@dataclasses.dataclass
+class Regression:
+    """Numbers per image (--task regression): targets (B, T) float32 in their own units, one
+    output per target. The model learns the targets standardised with the train split's mean
+    and std (T,) (float64, from the rows alone: exact); every figure is in the targets' own
+    units. The same questions as Classification: loss (--loss mse, l1 or huber, on the
+    standardised targets), scores (RMSE, the primary figure, in "accuracy"; MAE; R²; loss; each
+    the mean over targets), summary. monitor: rmse, mae, loss (lower is better) or r2."""
+    mean: list[float]
+    std: list[float]
+    loss_name: str = "mse"
+    monitor: str = "rmse"
+    report: bool = True
+
+    def __post_init__(self) -> None:
+        if self.monitor not in REGRESSION_MONITORS:
+            raise ValueError(f"monitor must be one of {list(REGRESSION_MONITORS)}, "
+                             f"got {self.monitor!r}")
+        if self.loss_name not in REGRESSION_LOSSES:
+            raise ValueError(f"loss must be one of {list(REGRESSION_LOSSES)}, "
+                             f"got {self.loss_name!r}")
+        self.names = REGRESSION_MONITORS
+
+    def standardise(self, targets: torch.Tensor) -> torch.Tensor:
+        """(B, T) targets in their units -> (B, T) float32 standardised, the sums in float64."""
+        mean = torch.tensor(self.mean, dtype=torch.float64, device=targets.device)
+        std = torch.tensor(self.std, dtype=torch.float64, device=targets.device)
+        return ((targets.double() - mean) / std).float()
+
+    def loss(self, outputs: torch.Tensor, targets: torch.Tensor,
+             weights: torch.Tensor | None = None) -> torch.Tensor:
+        """The loss of the outputs (B, T) against the standardised targets, averaged; with row
+        weights (B,), each image's mean over targets weighed: sum(w_i * loss_i) / sum(w_i)."""
+        z = self.standardise(targets).to(outputs.dtype)
+        if weights is None:
+            return REGRESSION_LOSSES[self.loss_name](outputs, z)
+        per_image = REGRESSION_LOSSES[self.loss_name](outputs, z, reduction="none").mean(dim=1)
+        w = weights.to(outputs.dtype)
+        total = w.sum().detach()
+        if distributed():
+            total = sum_over_ranks(total.clone()) / dist.get_world_size()
+        return (w * per_image).sum() / total.clamp_min(torch.finfo(total.dtype).tiny)
+
+    def scores(self, model: torch.nn.Module, loader, device: torch.device | str,
+               num_classes: int) -> dict[str, float]:
+        """accuracy: the RMSE (the primary figure, as train_model keeps it), rmse (the same), mae
+        and r2, each the mean over targets, and loss (unweighted, standardised), in one pass."""
+        predicted, targets = regression_outputs(model, loader, device, self.mean, self.std)
+        figures = {name: float(np.mean(v)) for name, v in
+                   regression_scores(predicted, targets).items()}
+        z = self.standardise(torch.from_numpy(targets))
+        z_predicted = self.standardise(torch.from_numpy(predicted))
+        loss = REGRESSION_LOSSES[self.loss_name](z_predicted.double(), z.double()).item() \
+            if len(targets) else float("nan")
+        return {"accuracy": figures["rmse"], **figures, "loss": loss}
+
+    def line(self, train: float, valid: float) -> str:
+        return f"Train RMSE: {train:.4f} | Validation RMSE: {valid:.4f}"
+
+    def test_figure(self, model: torch.nn.Module, loader, device: torch.device | str) -> float:
+        predicted, targets = regression_outputs(model, loader, device, self.mean, self.std)
+        return float(np.mean(regression_scores(predicted, targets)["rmse"]))
+
+    def test_line(self, value: float) -> str:
+        return f"Test RMSE: {value:.4f}"
+
+    def summary(self, history: History) -> str:
+        train, valid = history.train_scores[-1], history.valid_scores[-1]
+        return (f"MAE: train {train['mae']:.4f}, validation {valid['mae']:.4f} | R²: train "
+                f"{train['r2']:.4f}, validation {valid['r2']:.4f} | Validation loss: "
+                f"{valid['loss']:.4f}")
+
+
+def target_standardisation(values: np.ndarray) -> tuple[list[float], list[float]]:
+    """The train split's targets (N, T) -> (mean, std), T floats each, in float64 (population
+    std; 1.0 for a target that never varies: nothing to divide)."""
+    values = np.asarray(values, dtype=np.float64)
+    mean, std = values.mean(axis=0), values.std(axis=0)
+    return mean.tolist(), [float(s) if s > 0 else 1.0 for s in std.tolist()]
+
+
 def inverse_frequency(labels: np.ndarray, num_classes: int) -> list[float]:
     """--balance loss: class c weighs N / (K * n_c), N images of K classes present, n_c of class
     c (each class's images then weigh N / K in all, as many as in an even split); 0 for a class
@@ -339,12 +428,27 @@ def inverse_frequency(labels: np.ndarray, num_classes: int) -> list[float]:
 
 
 def make_task(train: TrainConfig, labels: np.ndarray, num_classes: int, *,
-              baseline: Baseline | None = None) -> Classification | MultiLabel:
-    """The run's task from its settings: MultiLabel with --label-delim (monitoring mean_ap, or
-    loss); else Classification with class weights (--balance loss), the monitored figure,
-    and a second line per epoch when the run asks for the figures (--balance, --monitor,
-    --weight-column) or the train split is uneven (its largest class UNEVEN times its smallest),
-    and the majority-class baseline its lines are compared with (majority_baseline)."""
+              baseline: Baseline | None = None) -> Classification | MultiLabel | Regression:
+    """The run's task from its settings: Regression with --task regression (monitoring rmse, mae,
+    r2 or loss); MultiLabel with --label-delim (monitoring mean_ap, or loss); else Classification
+    with class weights (--balance loss), the monitored figure, and a second line per epoch when the
+    run asks for the figures (--balance, --monitor, --weight-column) or the train split is uneven
+    (its largest class UNEVEN times its smallest), and the majority-class baseline its lines are
+    compared with (majority_baseline)."""
+    if train.task == "regression":
+        if train.balance != "none":
+            raise RunError("--balance is for classes; a --task regression run has none")
+        if train.monitor not in ("accuracy", *REGRESSION_MONITORS):
+            raise RunError(f"--monitor {train.monitor} is for classes; a --task regression run "
+                           "follows rmse (the default), mae, r2 or loss")
+        if distributed():  # the reports and figures need every image's prediction together
+            raise RunError("--task regression runs in one process for now: its reports and "
+                           "figures need every image's prediction together; run without "
+                           "torchrun")
+        return Regression(mean=train.target_mean, std=train.target_std, loss_name=train.loss,
+                          monitor="rmse" if train.monitor == "accuracy" else train.monitor)
+    if train.monitor in REGRESSION_MONITORS and train.monitor != "loss":
+        raise RunError(f"--monitor {train.monitor} is for --task regression")
     if train.label_delim is not None:
         if train.balance != "none":
             raise RunError("--balance is for one class per image; a --label-delim run has no "
@@ -463,7 +567,7 @@ def monitored_text(history: History, epoch: int) -> str:
     if history.monitor == "accuracy":
         return f"{value:.2f}%"
     unit = "%" if history.monitor == "balanced_accuracy" else ""
-    name = {**MONITORS, **MULTI_LABEL_MONITORS}[history.monitor]
+    name = {**MONITORS, **MULTI_LABEL_MONITORS, **REGRESSION_MONITORS}[history.monitor]
     return f"{name} {value:.{2 if unit else 4}f}{unit}"
 
 
@@ -496,6 +600,7 @@ class DataSettings:
     label_column: str = "Class Label"
     weight_column: str | None = None  # a number per row weighting its loss (Keras's weight_col)
     label_delim: str | None = None  # several labels per cell, split on it: multi-label
+    task: str | None = None  # regression: label_column names columns of numbers; None: classes
     no_header: bool = False
     file_prefix: str = ""
     file_suffix: str = ""
@@ -540,7 +645,14 @@ class DataSettings:
                 "file_prefix": self.file_prefix, "file_suffix": self.file_suffix,
                 "absolute_paths": self.csv is not None and self.img_dir is None,
                 "encoding": self.encoding, "weight_column": self.weight_column,
-                **({} if self.label_delim is None else {"label_delim": self.label_delim})}
+                **({} if self.label_delim is None else {"label_delim": self.label_delim}),
+                **({} if self.task in (None, "classification") else {"task": self.task})}
+
+    def label_columns(self) -> str:
+        """The label column, or a regression's first target column: whether a row is labelled."""
+        if self.task == "regression":
+            return target_columns(self.label_column)[0]
+        return self.label_column
 
     def listed(self, split_path: Path) -> DataSettings:
         """--image-folder DIR as the run it is: --csv split_path (the folder's listing) --img-dir
@@ -583,9 +695,14 @@ class TrainConfig:
     balance: str = "none"  # sampler: a class-balanced order; loss: class_weights
     class_weights: list[float] | None = None  # --balance loss: inverse_frequency of train
     weight_column: str | None = None  # the table's column weighting each row's loss
-    task: str = "classification"  # or "multi_label" (--label-delim)
+    task: str = "classification"  # or "multi_label" (--label-delim), "regression" (--task)
     label_delim: str | None = None  # the tags' delimiter of a multi_label run
     threshold: float = 0.5  # multi_label: a class is predicted from this probability
+    loss: str = "mse"  # regression: mse, l1 or huber, on the standardised targets
+    # regression: the train split's mean and std per target (target_standardisation), which
+    # standardise the targets for the loss and turn the outputs back into the targets' units
+    target_mean: list[float] | None = None
+    target_std: list[float] | None = None
 
     def resolved(self) -> TrainConfig:
         """lr from DEFAULT_LR; weight_decay 0.01 for adamw (torch's), else 0."""
@@ -601,7 +718,7 @@ class TrainConfig:
 # checkpoint when it is left out.
 FROM_DATA = {ModelConfig: ("image_size", "channels", "num_classes", "mean", "std"),
              TrainConfig: ("schedule_epochs", "batch_size", "seed", "augment", "class_weights",
-                           "weight_column", "task", "label_delim")}
+                           "weight_column", "task", "label_delim", "target_mean", "target_std")}
 INHERITED = {cls: tuple(f.name for f in dataclasses.fields(cls) if f.name not in FROM_DATA[cls])
              for cls in FROM_DATA}
 
@@ -714,11 +831,18 @@ def run_config(settings: Settings, datasets: list[DecodedImages],
     # --label-delim left out on --resume: main read the data with the checkpoint's
     label_delim = data.label_delim if data.label_delim is not None or saved is None else \
         saved.train.label_delim
+    # --task left out on --resume: main read the data as the checkpoint's task says
+    regression = data.task == "regression" or data.task is None and saved is not None and \
+        saved.train.task == "regression"
     train = inherit(TrainConfig, settings.given, saved and saved.train,
                     batch_size=data.batch_size, seed=settings.seed, augment=data.augment,
                     schedule_epochs=None, class_weights=None,
                     weight_column=data.weight_column, label_delim=label_delim,
-                    task="classification" if label_delim is None else "multi_label").resolved()
+                    task="multi_label" if label_delim is not None else
+                    "regression" if regression else "classification",
+                    target_mean=None, target_std=None).resolved()
+    if train.task == "regression":  # from the train rows alone: the same for any run of them
+        train.target_mean, train.target_std = target_standardisation(train_ds.rows.values)
     if train.balance == "loss":
         train.class_weights = inverse_frequency(train_ds.targets, len(train_ds.classes))
     if train.lr_schedule != "constant":
@@ -1143,8 +1267,8 @@ def unlabelled_source(data: DataSettings, split_path: Path) -> tuple | None:
         return None
     csv, column = (split_path, "split") if data.draws_split() else (data.csv, data.split_column)
     source = (Path(csv), data.image_folder(), (column, "test"))
-    return source if unlabelled_test(source, data.file_column, data.label_column, data.encoding,
-                                     data.table_options()["header"]) else None
+    return source if unlabelled_test(source, data.file_column, data.label_columns(),
+                                     data.encoding, data.table_options()["header"]) else None
 
 
 def predict_test_rows(source: tuple, data: DataSettings, session: Session) -> Path:
@@ -1509,6 +1633,47 @@ def finish_multi_label(model: torch.nn.Module, history: History, test_loader, cl
             plt.close(figure)
 
 
+def finish_regression(model: torch.nn.Module, history: History, test_loader,
+                      targets: list[str], session: Session, task: Regression) -> None:
+    """After a --task regression run: the best epoch, loss.png, and of the test split with the
+    last epoch's model: regression_report.csv, scatter.png and worst_errors.png."""
+    best, epochs = best_epoch(history), len(history.valid_acc)
+    if best:
+        print(f"Best epoch: {best} of {epochs}, validation {monitored_text(history, best)} "
+              f"({session.results_dir / 'best.pt'} holds it)")
+    if session.rank != 0:
+        return
+    import matplotlib.pyplot as plt
+
+    from plot import plot_training_loss
+
+    plt.close(plot_training_loss(history.minibatch_loss, epochs,
+                                 len(history.minibatch_loss) // max(epochs, 1),
+                                 session.results_dir))
+    write_regression_reports(model, test_loader, targets, task, session.results_dir,
+                             session.device)
+
+
+def write_regression_reports(model: torch.nn.Module, test_loader, targets: list[str],
+                             task: Regression, results_dir: Path,
+                             device: torch.device | str) -> None:
+    """regression_report.csv (per target: count, RMSE, MAE, R², the RMSE of the train mean),
+    scatter.png and worst_errors.png of test_loader's images, each written whole."""
+    import matplotlib.pyplot as plt
+
+    from plot import plot_regression_scatter, show_worst_errors
+
+    predicted, truth = regression_outputs(model, test_loader, device, task.mean, task.std)
+    path = results_dir / REGRESSION_REPORT
+    write_atomic(path, regression_report(predicted, truth, targets, task.mean).encode())
+    plt.close(plot_regression_scatter(torch.from_numpy(predicted), torch.from_numpy(truth),
+                                      targets, results_dir))
+    plt.close(show_worst_errors(model, test_loader, task.mean, task.std, results_dir,
+                                target_names=targets))
+    print(f"Per-target report of the test split: {path}; figures: scatter.png, "
+          "worst_errors.png")
+
+
 def write_figures(history: History, model: torch.nn.Module, test_loader, results_dir: Path,
                   class_names: list[str], *, baseline: Baseline | None = None) -> None:
     """loss.png, accuracy.png and examples.png in results_dir; each figure closed once written.
@@ -1627,6 +1792,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                       help="several labels per image, split on DELIM (' ', '|', ';'): one "
                            "sigmoid per class, BCE loss, mean average precision (default: one "
                            "class per image; with --evaluate or --predict: the checkpoint's)")
+    data.add_argument("--task", choices=TASKS, default=None,
+                      help="regression: --label-column names one or more columns of numbers "
+                           "(angle, or angle,scale) to predict, standardised with the train "
+                           "split's mean and std; RMSE, MAE and R² per epoch (default: "
+                           "classification; with --resume, --evaluate or --predict: the "
+                           "checkpoint's)")
     data.add_argument("--no-header", action="store_true",
                       help="the CSV's first line is a row: name columns by position "
                            "(--file-column 0 --label-column 1)")
@@ -1714,14 +1885,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     optim.add_argument("--early-stopping", type=_at_least(1, int), default=None, metavar="N",
                        help="stop after N epochs without a better validation figure (--monitor) "
                             "(default: train every epoch)")
-    optim.add_argument("--monitor", choices=list(MONITORS), default=None,
+    optim.add_argument("--monitor", choices=[*MONITORS, *(m for m in REGRESSION_MONITORS
+                                                           if m not in MONITORS)], default=None,
                        help="the validation figure that picks the best epoch (best.pt) and drives "
-                            "--early-stopping; loss: lower is better"
+                            "--early-stopping; loss: lower is better; rmse (the default), mae "
+                            "or r2 with --task regression"
                             + inherited % TrainConfig.monitor)
     optim.add_argument("--threshold", type=_at_least(0.0, float, (lambda v: 0 < v < 1,
                                                                   "must be between 0 and 1")),
                        default=None, help="with --label-delim, a class is predicted when its "
                        "probability reaches this" + inherited % TrainConfig.threshold)
+    optim.add_argument("--loss", choices=list(REGRESSION_LOSSES), default=None,
+                       help="with --task regression, the loss on the standardised targets"
+                            + inherited % TrainConfig.loss)
     optim.add_argument("--balance", choices=("sampler", "loss"), default=None,
                        help="rare classes: sampler draws each epoch's order with replacement, "
                             "each class equally likely; loss weighs each class by its inverse "
@@ -1806,6 +1982,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.label_delim is not None and args.monitor not in (None, "accuracy", "loss"):
         p.error(f"--monitor {args.monitor} is for one class per image; a --label-delim run "
                 "follows mean average precision (the default) or loss")
+    regression = args.task == "regression"
+    if regression and (args.label_delim is not None or args.balance is not None):
+        p.error("--task regression predicts numbers: --label-delim and --balance are for classes")
+    if regression and args.monitor in ("balanced_accuracy", "macro_f1"):
+        p.error(f"--monitor {args.monitor} is for classes; a --task regression run follows rmse "
+                "(the default), mae, r2 or loss")
+    if not regression and args.monitor in ("rmse", "mae", "r2") and not resuming:
+        p.error(f"--monitor {args.monitor} goes with --task regression")
+    if args.loss is not None and not regression and not resuming:
+        p.error("--loss goes with --task regression")
+    if regression and args.csv is None and args.predict is None:
+        p.error("--task regression goes with --csv (a table with columns of numbers)")
+    if regression and args.csv is not None and (args.split_column is None or
+                                                args.valid_fraction is not None or
+                                                args.test_fraction is not None):
+        p.error("--task regression reads the split from the table: pass --split-column "
+                "(train, valid or test on each row); a drawn split is drawn by class")
     if args.label_delim == "" or args.label_delim is not None and args.csv is None:
         p.error("--label-delim goes with --csv (a column of tags), and is one or more characters")
     own_column = args.split_column is not None or args.valid_column is not None
@@ -1963,6 +2156,10 @@ def run(settings: Settings, hints: dict) -> History | Path:
             data = checkpoint_resize(data, saved, checkpoint_path, settings.evaluate)
             if data.label_delim is None and saved.train.label_delim is not None:
                 data = dataclasses.replace(data, label_delim=saved.train.label_delim)
+            if data.task is None and saved.train.task == "regression":  # its target columns
+                data = dataclasses.replace(data, task="regression", **(
+                    {"label_column": ",".join(checkpoint["classes"])}
+                    if data.label_column == DataSettings.label_column else {}))
         moved_into = move_aside(results_dir, first) if rank == 0 else None
         balance = inherit(TrainConfig, settings.given, saved and saved.train).balance
         datasets, loaders = prepare_data(
@@ -1977,7 +2174,8 @@ def run(settings: Settings, hints: dict) -> History | Path:
             check_resume(saved, config, checkpoint_path)
         if rank == 0:
             move_aside(results_dir, tuple(n for n in move if n not in first), into=moved_into)
-        baseline = None if config.train.label_delim is not None else majority_baseline(
+        baseline = None if (config.train.label_delim is not None  # classes alone have one
+                            or config.train.task == "regression") else majority_baseline(
             [None if ds is None else np.asarray(ds.targets) for ds in datasets], classes)
         missed = functools.partial(  # the missed classes' lines, named by the split they are of
             missed_lines, classes=classes, split="test" if datasets[2] is not None else
@@ -1997,6 +2195,9 @@ def run(settings: Settings, hints: dict) -> History | Path:
         model, net, history = fit(settings, config, classes, loaders, session, checkpoint, task)
         if isinstance(task, MultiLabel):
             finish_multi_label(model, history, loaders[2], classes, session, task)
+            return history
+        if isinstance(task, Regression):
+            finish_regression(model, history, loaders[2], classes, session, task)
             return history
         finish(model, net, history, loaders[2], classes, session, baseline=baseline,
                missed=missed)
@@ -2073,6 +2274,16 @@ def evaluate(checkpoint: dict, classes: list[str], test_loader, session: Session
                                               checkpoint["config"].get("threshold", 0.5)))
             print(f"Per-class report of the test split: {out}")
         return History(test_acc=test_map)
+    if checkpoint["config"].get("task") == "regression":  # --task regression: its own reports
+        task = Regression(mean=checkpoint["config"]["target_mean"],
+                          std=checkpoint["config"]["target_std"],
+                          loss_name=checkpoint["config"].get("loss", "mse"))
+        test_rmse = task.test_figure(model, test_loader, session.device)
+        print(task.test_line(test_rmse))
+        if session.rank == 0:
+            write_regression_reports(model, test_loader, classes, task, session.results_dir,
+                                     session.device)
+        return History(test_acc=test_rmse)
     test_acc = evaluate_model(model, test_loader, classes, session.results_dir, session.device,
                               session.rank, test_line=Classification(baseline=baseline).test_line,
                               missed=missed or functools.partial(missed_lines, classes=classes))
