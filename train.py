@@ -1607,7 +1607,7 @@ def finish_multi_label(model: torch.nn.Module, history: History, test_loader, cl
     (predicted and true tag sets, joined by the run's delimiter)."""
     import matplotlib.pyplot as plt
 
-    from plot import plot_training_loss, show_tag_examples, show_tag_mistakes
+    from plot import plot_training_loss
 
     best, epochs = best_epoch(history), len(history.valid_acc)
     if best:
@@ -1619,18 +1619,31 @@ def finish_multi_label(model: torch.nn.Module, history: History, test_loader, cl
                                  len(history.minibatch_loss) // max(epochs, 1),
                                  session.results_dir, best_epoch=best or None))
     if test_loader is not None:
-        probs, targets = multi_label_outputs(model, test_loader, session.device)
-        path = session.results_dir / MULTI_LABEL_REPORT
-        path.write_text(multi_label_report(probs, targets, classes, task.threshold))
-        print(f"Per-class report of the test split: {path}")
-        dataset = test_loader.dataset  # the delimiter: the CsvImageDataset's, under any wrapper
-        while not hasattr(dataset, "label_delim") and hasattr(dataset, "dataset"):
-            dataset = dataset.dataset
-        tags = dict(class_names=classes, delim=getattr(dataset, "label_delim", None) or " ",
-                    threshold=task.threshold)
-        for figure in (show_tag_examples(model, test_loader, session.results_dir, **tags),
-                       show_tag_mistakes(model, test_loader, session.results_dir, **tags)):
-            plt.close(figure)
+        write_tag_reports(model, test_loader, classes, task.threshold, session.results_dir,
+                          session.device)
+
+
+def write_tag_reports(model: torch.nn.Module, test_loader, classes: list[str], threshold: float,
+                      results_dir: Path, device: torch.device | str) -> None:
+    """Of test_loader's images (a --label-delim run's test split): multi_label_report.csv,
+    examples.png and mistakes.png (predicted and true tag sets, joined by the run's delimiter),
+    each written whole."""
+    import matplotlib.pyplot as plt
+
+    from plot import show_tag_examples, show_tag_mistakes
+
+    probs, targets = multi_label_outputs(model, test_loader, device)
+    path = results_dir / MULTI_LABEL_REPORT
+    write_atomic(path, multi_label_report(probs, targets, classes, threshold).encode())
+    print(f"Per-class report of the test split: {path}")
+    dataset = test_loader.dataset  # the delimiter: the CsvImageDataset's, under any wrapper
+    while not hasattr(dataset, "label_delim") and hasattr(dataset, "dataset"):
+        dataset = dataset.dataset
+    tags = dict(class_names=classes, delim=getattr(dataset, "label_delim", None) or " ",
+                threshold=threshold)
+    for figure in (show_tag_examples(model, test_loader, results_dir, **tags),
+                   show_tag_mistakes(model, test_loader, results_dir, **tags)):
+        plt.close(figure)
 
 
 def finish_regression(model: torch.nn.Module, history: History, test_loader,
@@ -2264,15 +2277,14 @@ def evaluate(checkpoint: dict, classes: list[str], test_loader, session: Session
     are."""
     path = session.checkpoint_path
     model = model_from_checkpoint(checkpoint, path, session.device)
-    if checkpoint["config"].get("task") == "multi_label":  # --label-delim: its own report
-        probs, targets = multi_label_outputs(model, test_loader, session.device)
-        test_map = mean_average_precision(probs, targets)
+    if checkpoint["config"].get("task") == "multi_label":  # --label-delim: its own reports
+        test_map = mean_average_precision(*multi_label_outputs(model, test_loader,
+                                                               session.device))
         print(f"Test mAP: {test_map:.4f}")
         if session.rank == 0:
-            out = session.results_dir / MULTI_LABEL_REPORT
-            out.write_text(multi_label_report(probs, targets, classes,
-                                              checkpoint["config"].get("threshold", 0.5)))
-            print(f"Per-class report of the test split: {out}")
+            write_tag_reports(model, test_loader, classes,
+                              checkpoint["config"].get("threshold", 0.5), session.results_dir,
+                              session.device)
         return History(test_acc=test_map)
     if checkpoint["config"].get("task") == "regression":  # --task regression: its own reports
         task = Regression(mean=checkpoint["config"]["target_mean"],

@@ -152,12 +152,17 @@ def test_train_main_multi_label(tmp_path, capsys):
     assert [line.split(",")[0] for line in report[1:]] == TAGS
     # --evaluate and --predict read the task and the delimiter from the checkpoint: no flag
     capsys.readouterr()
+    written = ("multi_label_report.csv", "examples.png", "mistakes.png")
+    for name in written:  # --evaluate writes the test split's report and tag figures again
+        (tmp_path / "r" / name).unlink()
     evaluated = train.main(["--csv", str(csv), "--img-dir", str(tmp_path / "train-jpg"),
                             "--file-column", "image_name", "--label-column", "tags",
                             "--file-suffix", ".jpg", "--evaluate", "--results-dir",
                             str(tmp_path / "r"), "--no-disk-cache"])
     assert evaluated.test_acc == pytest.approx(history.test_acc)
     assert f"Test mAP: {history.test_acc:.4f}" in capsys.readouterr().out
+    assert [(tmp_path / "r" / name).exists() for name in written] == [True] * 3
+    assert (tmp_path / "r" / "multi_label_report.csv").read_text().splitlines() == report
     train.main(["--predict", str(csv), "--img-dir", str(tmp_path / "train-jpg"), "--file-column",
                 "image_name", "--label-column", "tags", "--file-suffix", ".jpg",
                 "--results-dir", str(tmp_path / "r")])
