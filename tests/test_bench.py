@@ -11,7 +11,7 @@ from conftest import ROOT
 
 # Two halves of bench.py's sections, run side by side: most of the smoke's time is processes
 # starting, which the two cores overlap (bench.py --smoke alone runs them all in one process).
-HALVES = ("startup,models,rows,loaders,scaling,photos,pairs", "decode,end_to_end,workers,plain,busy,cached_workers,rare")
+HALVES = ("startup,models,rows,loaders,scaling,photos,pairs", "decode,end_to_end,workers,plain,busy,cached_workers,rare,rotate")
 
 
 def test_bench_smoke_writes_a_complete_report(tmp_path):
@@ -76,6 +76,10 @@ def test_bench_smoke_writes_a_complete_report(tmp_path):
     # Issue 31's several labels: pairs of digits, the test mean average precision and each tag's AP
     # (the tags, digits, read back as ints)
     assert 0 <= report["pairs"]["test_map"] <= 1 and sorted(report["pairs"]["ap"]) == list(range(10))
+    # Issue 31's regression: turned digits, RMSE in degrees beside predicting the train mean.
+    rotate = report["rotate"]
+    assert rotate["test_rmse"] > 0 and rotate["test_mean_rmse"] > 0 and rotate["valid_mean_rmse"] > 0
+    assert rotate["test_r2"] <= 1 and rotate["epochs"] == 2
     assert "Several labels per image: two real digits side by side" in out
     assert "| --balance sampler |" in out
 
