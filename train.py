@@ -428,11 +428,13 @@ def missed_lines(cm: torch.Tensor, classes: list[str], *, most: int = 10, split:
             "  What helps: " + (what_helps(True, "none") if helps is None else helps)]
 
 
-def what_helps(uneven: bool, balance: str) -> str:
+def what_helps(uneven: bool, balance: str, model: str = "mlp") -> str:
     """The advice after missed classes, for the run as it was: balancing is offered only to a run
-    whose train classes are uneven and that did not balance them already."""
+    whose train classes are uneven and that did not balance them already; --model cnn only to a
+    run of the MLP (model: --model's name)."""
     if not uneven:
-        return ("more images, more epochs or a larger model (--model cnn, docs/models.md); "
+        larger = "--model cnn, docs/models.md" if model == "mlp" else "docs/models.md"
+        return (f"more images, more epochs or a larger model ({larger}); "
                 "train's classes are even, so balancing them will not help")
     if balance != "none":
         return (f"more images of them (this run already balanced its classes: --balance "
@@ -1460,8 +1462,8 @@ def finish(model: torch.nn.Module, net: torch.nn.Module, history: History, test_
         elif history.best_test_acc is not None:
             print(f"Best epoch: {best} of {epochs}, validation {monitored_text(history, best)}; "
                   f"its model ({results_dir / 'best.pt'}) scores {history.best_test_acc:.2f}% on "
-                  f"test, the last epoch's {history.test_acc:.2f}%"
-                  + (baseline.note(history.best_test_acc, baseline.test) if baseline else ""))
+                  f"test{baseline.note(history.best_test_acc, baseline.test) if baseline else ''}, "
+                  f"the last epoch's {history.test_acc:.2f}%")  # the mark beside the figure it is of
         cm = compute_confusion_matrix(net, test_loader, session.device, len(classes))  # all ranks
         if session.rank == 0:
             write_figures(history, model, test_loader, results_dir, classes, baseline=baseline)
@@ -1982,7 +1984,7 @@ def run(settings: Settings, hints: dict) -> History | Path:
         missed = functools.partial(  # the missed classes' lines, named by the split they are of
             missed_lines, classes=classes, split="test" if datasets[2] is not None else
             "validation (no test split)", helps=what_helps(baseline is not None,
-                                                          config.train.balance))
+                                                          config.train.balance, config.net.model))
         if settings.evaluate:
             return evaluate(checkpoint, classes, loaders[2], session, baseline=baseline,
                             missed=missed)

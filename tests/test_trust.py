@@ -88,7 +88,10 @@ def test_an_uneven_run_prints_the_baseline_once_and_marks_what_does_not_beat_it(
             "the median recall of 50.00%): 'dog' (0 of 1 images found)") in lines
     # best.pt's model, no better either, is marked on its line too
     best = [line for line in lines if line.startswith("Best epoch: ")]
-    assert len(best) == 1 and best[0].endswith("(no better than always 'cat': 90.91%)")
+    # beside best.pt's figure, not after the last epoch's, which it is not about
+    assert len(best) == 1 and re.fullmatch(
+        r"Best epoch: 1 of 2, .* scores \d+\.\d\d% on test \(no better than always 'cat': "
+        r"90\.91%\), the last epoch's \d+\.\d\d%", best[0]), best
     assert lines[-1] == ("  What helps: more images of them; --balance sampler or --balance loss; "
                          "--weight-column (docs/rare-classes.md)")
     assert "dog,1,0,0.0000," in (tmp_path / "r" / "per_class.csv").read_text()  # the same class
@@ -107,6 +110,9 @@ def test_what_helps_fits_the_run_it_follows():
     assert "already balanced its classes: --balance sampler" in balanced
     assert "--balance sampler or" not in balanced and "--balance" not in even
     assert "train's classes are even, so balancing them will not help" in even
+    assert "--model cnn" in even  # the MLP is told of the conv net; the conv net is not
+    assert "--model cnn" not in train.what_helps(False, "none", "cnn")
+    assert "a larger model (docs/models.md)" in train.what_helps(False, "none", "cnn")
     assert train.missed_lines(cm, ["a", "b"], split="test", helps=even)[1] == "  What helps: " + even
     assert train.missed_lines(cm, ["a", "b"])[1] == "  What helps: " + uneven  # the default
 
