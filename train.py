@@ -423,8 +423,10 @@ def missed_lines(cm: torch.Tensor, classes: list[str], *, most: int = 10, split:
                       for k in missed[:most])
     more = (f", and {len(missed) - most} more (per_class.csv lists every class)"
             if len(missed) > most else "")
-    return [f"Classes the model misses on {split} (recall 0, or below {FAR_BELOW:g} x the median "
-            f"recall of {100 * median:.2f}%): {named}{more}",
+    why = (f"recall 0, or below {FAR_BELOW:g} x the median recall of {100 * median:.2f}%"
+           if median > 0 else  # no figure is below 0 x 0: say what a median of 0 means instead
+           "recall 0; at least half the classes have it, the median recall being 0")
+    return [f"Classes the model misses on {split} ({why}): {named}{more}",
             "  What helps: " + (what_helps(True, "none") if helps is None else helps)]
 
 

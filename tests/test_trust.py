@@ -102,6 +102,14 @@ def test_an_uneven_run_prints_the_baseline_once_and_marks_what_does_not_beat_it(
     assert figures["plot_accuracy"]["baseline_label"] == "Always 'cat' (validation): 90.91%"
 
 
+def test_missed_lines_say_what_a_median_recall_of_0_means():
+    cm = torch.tensor([[0, 4, 0], [0, 4, 0], [0, 4, 0]])  # only class 1 is ever said
+    line = train.missed_lines(cm, ["a", "b", "c"], split="test", helps="x")[0]
+    assert line == ("Classes the model misses on test (recall 0; at least half the classes have "
+                    "it, the median recall being 0): 'a' (0 of 4 images found), "
+                    "'c' (0 of 4 images found)")
+
+
 def test_what_helps_fits_the_run_it_follows():
     cm = torch.tensor([[5, 0], [3, 0]])  # class 1 never found
     uneven, balanced, even = (train.what_helps(True, "none"), train.what_helps(True, "sampler"),
@@ -202,8 +210,9 @@ def test_missed_lines_name_support_and_stop_after_ten_classes():
     classes = [f"c{k}" for k in range(14)]
     cm = confusion_of([5] * 2 + [3] * 12, [5] * 2 + [0] * 12)  # 12 classes never found
     first, helps = train.missed_lines(cm, classes)
-    assert first.startswith("Classes the model misses on test (recall 0, or below 0.25 x the median "
-                            "recall of 0.00%): 'c2' (0 of 3 images found), 'c3' (0 of 3 images found)")
+    assert first.startswith("Classes the model misses on test (recall 0; at least half the classes "
+                            "have it, the median recall being 0): 'c2' (0 of 3 images found), "
+                            "'c3' (0 of 3 images found)")
     assert first.count("images found") == 10 and first.endswith(
         ", and 2 more (per_class.csv lists every class)")
     assert "--balance sampler" in helps and "--weight-column" in helps
