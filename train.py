@@ -441,8 +441,9 @@ def what_helps(uneven: bool, balance: str, model: str = "mlp") -> str:
     if balance != "none":
         return (f"more images of them (this run already balanced its classes: --balance "
                 f"{balance}); a larger model (docs/models.md)")
-    return ("more images of them; --balance sampler or --balance loss; --weight-column "
-            "(docs/rare-classes.md)")
+    return ("more images of them; --balance sampler or --balance loss, with --monitor "
+            "balanced_accuracy so that best.pt is not picked by accuracy (which favours always "
+            "saying the common class); --weight-column (docs/rare-classes.md)")
 
 
 def monitored(history: History) -> list[float]:

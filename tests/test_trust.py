@@ -92,7 +92,9 @@ def test_an_uneven_run_prints_the_baseline_once_and_marks_what_does_not_beat_it(
     assert len(best) == 1 and re.fullmatch(
         r"Best epoch: 1 of 2, .* scores \d+\.\d\d% on test \(no better than always 'cat': "
         r"90\.91%\), the last epoch's \d+\.\d\d%", best[0]), best
-    assert lines[-1] == ("  What helps: more images of them; --balance sampler or --balance loss; "
+    assert lines[-1] == ("  What helps: more images of them; --balance sampler or --balance loss, "
+                         "with --monitor balanced_accuracy so that best.pt is not picked by "
+                         "accuracy (which favours always saying the common class); "
                          "--weight-column (docs/rare-classes.md)")
     assert "dog,1,0,0.0000," in (tmp_path / "r" / "per_class.csv").read_text()  # the same class
     # the figures: best.pt's epoch on both, the baseline of validation on accuracy.png
