@@ -347,13 +347,17 @@ def plot_confusion_matrix(cm: torch.Tensor, class_names: Sequence[str],
     max_classes classes with the most confusions (images of the class predicted as another,
     plus images of others predicted as it; the first on a tie), in class order, with a last
     column "other" for predictions of the classes left out, and a line below saying how many
-    were left out (confusion_matrix.csv keeps them all)."""
+    were left out, and how many of those only by class order, on a tie (confusion_matrix.csv
+    keeps them all)."""
     n = len(class_names)
     cm = cm.to(torch.int64)
-    shown = torch.arange(n)
+    shown, tied = torch.arange(n), 0
     if n > max_classes:
         confusions = cm.sum(dim=1) + cm.sum(dim=0) - 2 * cm.diagonal()  # (n,)
-        shown = torch.argsort(-confusions, stable=True)[:max_classes].sort().values
+        order = torch.argsort(-confusions, stable=True)
+        shown = order[:max_classes].sort().values
+        # left out only by class order: as many confusions as the least confused class shown
+        tied = int((confusions[order[max_classes:]] == confusions[order[max_classes - 1]]).sum())
     counts = cm[shown][:, shown]  # (k, k)
     names = [str(class_names[i]) for i in shown.tolist()]
     left_out = n - len(shown)
@@ -381,8 +385,10 @@ def plot_confusion_matrix(cm: torch.Tensor, class_names: Sequence[str],
             ax.text(j, i, str(count), ha="center", va="center", fontsize=font,
                     color="white" if share[i, j] > 0.5 else "black")
     if left_out:
+        ties = (f", {tied} of them only by class order: as many as a class shown" if tied
+                else "")
         fig.text(0.01, 0.01, f"{left_out} of {n} classes left out (those with the fewest "
-                 f"confusions); \"other ({left_out})\" counts predictions of them. "
+                 f"confusions{ties}); \"other ({left_out})\" counts predictions of them. "
                  f"confusion_matrix.csv keeps all {n}.", fontsize=10)
     fig.tight_layout(rect=(0, 0.03 if left_out else 0, 1, 1))
     return _maybe_save(fig, results_dir, "confusion_matrix.png")

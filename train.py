@@ -527,22 +527,27 @@ def missed_lines(cm: torch.Tensor, classes: list[str], *, most: int = 10, split:
                       for k in missed[:most])
     more = (f", and {len(missed) - most} more (per_class.csv lists every class)"
             if len(missed) > most else "")
-    return [f"Classes the model misses on {split} (recall 0, or below {FAR_BELOW:g} x the median "
-            f"recall of {100 * median:.2f}%): {named}{more}",
+    why = (f"recall 0, or below {FAR_BELOW:g} x the median recall of {100 * median:.2f}%"
+           if median > 0 else  # no figure is below 0 x 0: say what a median of 0 means instead
+           "recall 0; at least half the classes have it, the median recall being 0")
+    return [f"Classes the model misses on {split} ({why}): {named}{more}",
             "  What helps: " + (what_helps(True, "none") if helps is None else helps)]
 
 
-def what_helps(uneven: bool, balance: str) -> str:
+def what_helps(uneven: bool, balance: str, model: str = "mlp") -> str:
     """The advice after missed classes, for the run as it was: balancing is offered only to a run
-    whose train classes are uneven and that did not balance them already."""
+    whose train classes are uneven and that did not balance them already; --model cnn only to a
+    run of the MLP (model: --model's name)."""
     if not uneven:
-        return ("more images, more epochs or a larger model (--model cnn, docs/models.md); "
+        larger = "--model cnn, docs/models.md" if model == "mlp" else "docs/models.md"
+        return (f"more images, more epochs or a larger model ({larger}); "
                 "train's classes are even, so balancing them will not help")
     if balance != "none":
         return (f"more images of them (this run already balanced its classes: --balance "
                 f"{balance}); a larger model (docs/models.md)")
-    return ("more images of them; --balance sampler or --balance loss; --weight-column "
-            "(docs/rare-classes.md)")
+    return ("more images of them; --balance sampler or --balance loss, with --monitor "
+            "balanced_accuracy so that best.pt is not picked by accuracy (which favours always "
+            "saying the common class); --weight-column (docs/rare-classes.md)")
 
 
 def monitored(history: History) -> list[float]:
@@ -1584,8 +1589,8 @@ def finish(model: torch.nn.Module, net: torch.nn.Module, history: History, test_
         elif history.best_test_acc is not None:
             print(f"Best epoch: {best} of {epochs}, validation {monitored_text(history, best)}; "
                   f"its model ({results_dir / 'best.pt'}) scores {history.best_test_acc:.2f}% on "
-                  f"test, the last epoch's {history.test_acc:.2f}%"
-                  + (baseline.note(history.best_test_acc, baseline.test) if baseline else ""))
+                  f"test{baseline.note(history.best_test_acc, baseline.test) if baseline else ''}, "
+                  f"the last epoch's {history.test_acc:.2f}%")  # the mark beside the figure it is of
         cm = compute_confusion_matrix(net, test_loader, session.device, len(classes))  # all ranks
         if session.rank == 0:
             write_figures(history, model, test_loader, results_dir, classes, baseline=baseline)
@@ -2193,7 +2198,7 @@ def run(settings: Settings, hints: dict) -> History | Path:
         missed = functools.partial(  # the missed classes' lines, named by the split they are of
             missed_lines, classes=classes, split="test" if datasets[2] is not None else
             "validation (no test split)", helps=what_helps(baseline is not None,
-                                                          config.train.balance))
+                                                          config.train.balance, config.net.model))
         if settings.evaluate:
             return evaluate(checkpoint, classes, loaders[2], session, baseline=baseline,
                             missed=missed)

@@ -194,11 +194,37 @@ def test_confusion_matrix_of_55_classes_shows_the_30_most_confused_and_says_so(t
     assert shares.shape == (30, 31)
     assert torch.allclose(shares.sum(dim=1), torch.ones(30, dtype=shares.dtype))  # with "other"
     assert [t.get_text() for t in fig.texts] == [
-        '25 of 55 classes left out (those with the fewest confusions); "other (25)" counts '
-        'predictions of them. confusion_matrix.csv keeps all 55.']
+        '25 of 55 classes left out (those with the fewest confusions, 22 of them only by class '
+        'order: as many as a class shown); "other (25)" counts predictions of them. '
+        'confusion_matrix.csv keeps all 55.']
     assert fig.get_size_inches()[1] <= 16
     assert min(t.get_fontsize() for t in ax.texts + ax.get_xticklabels()) >= 7  # readable
     assert (tmp_path / "confusion_matrix.png").stat().st_size > 0
+    plt.close(fig)
+
+
+def test_the_confusion_matrix_line_says_when_a_tie_and_not_fewer_confusions_left_a_class_out():
+    """Classes cut only by class order (as confused as one shown) are counted; a clean cut says
+    nothing of ties."""
+    n = 35
+    clean = torch.diag(torch.full((n,), 50))
+    for i in range(n):  # class i: n - i images predicted as the next class, a strict order
+        clean[i, (i + 1) % n] = n - i
+    clean[n - 1, 0] = 0  # ... and no class is predicted as class 0 from the last
+    fig = plot.plot_confusion_matrix(clean, [f"c{i}" for i in range(n)])
+    text = fig.texts[0].get_text()
+    assert text.startswith("5 of 35 classes left out (those with the fewest confusions); ")
+    plt.close(fig)
+    tied = torch.diag(torch.full((n,), 5))
+    tied[:, 0] = 0
+    tied[:, 1] = 5  # every class's images predicted as class 1: each has 5 confusions (1: 170)
+    tied[1, 1] = 5
+    fig = plot.plot_confusion_matrix(tied, [f"c{i}" for i in range(n)])
+    rows = [t.get_text() for t in fig.axes[0].get_yticklabels()]
+    assert rows[:3] == ["c0", "c1", "c2"] and "c34" not in rows  # the cut: class order
+    assert fig.texts[0].get_text().startswith(
+        "5 of 35 classes left out (those with the fewest confusions, 5 of them only by class "
+        "order: as many as a class shown); ")
     plt.close(fig)
 
 

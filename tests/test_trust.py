@@ -88,8 +88,13 @@ def test_an_uneven_run_prints_the_baseline_once_and_marks_what_does_not_beat_it(
             "the median recall of 50.00%): 'dog' (0 of 1 images found)") in lines
     # best.pt's model, no better either, is marked on its line too
     best = [line for line in lines if line.startswith("Best epoch: ")]
-    assert len(best) == 1 and best[0].endswith("(no better than always 'cat': 90.91%)")
-    assert lines[-1] == ("  What helps: more images of them; --balance sampler or --balance loss; "
+    # beside best.pt's figure, not after the last epoch's, which it is not about
+    assert len(best) == 1 and re.fullmatch(
+        r"Best epoch: 1 of 2, .* scores \d+\.\d\d% on test \(no better than always 'cat': "
+        r"90\.91%\), the last epoch's \d+\.\d\d%", best[0]), best
+    assert lines[-1] == ("  What helps: more images of them; --balance sampler or --balance loss, "
+                         "with --monitor balanced_accuracy so that best.pt is not picked by "
+                         "accuracy (which favours always saying the common class); "
                          "--weight-column (docs/rare-classes.md)")
     assert "dog,1,0,0.0000," in (tmp_path / "r" / "per_class.csv").read_text()  # the same class
     # the figures: best.pt's epoch on both, the baseline of validation on accuracy.png
@@ -97,6 +102,14 @@ def test_an_uneven_run_prints_the_baseline_once_and_marks_what_does_not_beat_it(
     assert figures["plot_training_loss"]["best_epoch"] == train.best_epoch(history)
     assert figures["plot_accuracy"]["baseline"] == pytest.approx(100 * 10 / 11)
     assert figures["plot_accuracy"]["baseline_label"] == "Always 'cat' (validation): 90.91%"
+
+
+def test_missed_lines_say_what_a_median_recall_of_0_means():
+    cm = torch.tensor([[0, 4, 0], [0, 4, 0], [0, 4, 0]])  # only class 1 is ever said
+    line = train.missed_lines(cm, ["a", "b", "c"], split="test", helps="x")[0]
+    assert line == ("Classes the model misses on test (recall 0; at least half the classes have "
+                    "it, the median recall being 0): 'a' (0 of 4 images found), "
+                    "'c' (0 of 4 images found)")
 
 
 def test_what_helps_fits_the_run_it_follows():
@@ -107,6 +120,9 @@ def test_what_helps_fits_the_run_it_follows():
     assert "already balanced its classes: --balance sampler" in balanced
     assert "--balance sampler or" not in balanced and "--balance" not in even
     assert "train's classes are even, so balancing them will not help" in even
+    assert "--model cnn" in even  # the MLP is told of the conv net; the conv net is not
+    assert "--model cnn" not in train.what_helps(False, "none", "cnn")
+    assert "a larger model (docs/models.md)" in train.what_helps(False, "none", "cnn")
     assert train.missed_lines(cm, ["a", "b"], split="test", helps=even)[1] == "  What helps: " + even
     assert train.missed_lines(cm, ["a", "b"])[1] == "  What helps: " + uneven  # the default
 
@@ -196,8 +212,9 @@ def test_missed_lines_name_support_and_stop_after_ten_classes():
     classes = [f"c{k}" for k in range(14)]
     cm = confusion_of([5] * 2 + [3] * 12, [5] * 2 + [0] * 12)  # 12 classes never found
     first, helps = train.missed_lines(cm, classes)
-    assert first.startswith("Classes the model misses on test (recall 0, or below 0.25 x the median "
-                            "recall of 0.00%): 'c2' (0 of 3 images found), 'c3' (0 of 3 images found)")
+    assert first.startswith("Classes the model misses on test (recall 0; at least half the classes "
+                            "have it, the median recall being 0): 'c2' (0 of 3 images found), "
+                            "'c3' (0 of 3 images found)")
     assert first.count("images found") == 10 and first.endswith(
         ", and 2 more (per_class.csv lists every class)")
     assert "--balance sampler" in helps and "--weight-column" in helps
