@@ -334,7 +334,7 @@ def write_reports(model: torch.nn.Module, cm: torch.Tensor, test_loader, results
 
 def evaluate_model(model: torch.nn.Module, test_loader, classes: list[str], results_dir: Path,
                    device: torch.device, rank: int, *,
-                   test_line: Callable[[float], str] | None = None,
+                   test_line: Callable[[float, float], str] | None = None,
                    missed: Callable[[torch.Tensor], list[str]] | None = None) -> float:
     """--evaluate: the test accuracy (printed and returned) and, on rank 0, the reports; one pass
     over the test split, the accuracy read from the confusion matrix. test_line(accuracy,
