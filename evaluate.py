@@ -334,15 +334,17 @@ def write_reports(model: torch.nn.Module, cm: torch.Tensor, test_loader, results
 
 def evaluate_model(model: torch.nn.Module, test_loader, classes: list[str], results_dir: Path,
                    device: torch.device, rank: int, *,
-                   test_line: Callable[[float], str] | None = None,
+                   test_line: Callable[[float, float], str] | None = None,
                    missed: Callable[[torch.Tensor], list[str]] | None = None) -> float:
     """--evaluate: the test accuracy (printed and returned) and, on rank 0, the reports; one pass
-    over the test split, the accuracy read from the confusion matrix. test_line(accuracy): the
-    printed line (default "Test accuracy: 78.12%"); missed(cm): lines printed on rank 0 after
-    the reports (train.py: the classes the model misses), as a training run prints them."""
+    over the test split, the accuracy read from the confusion matrix. test_line(accuracy,
+    balanced_accuracy): the printed line (default "Test accuracy: 78.12%"); missed(cm): lines
+    printed on rank 0 after the reports (train.py: the classes the model misses), as a training
+    run prints them."""
     cm = compute_confusion_matrix(model, test_loader, device, len(classes))
     test_acc = accuracy_of(cm)
-    print(test_line(test_acc) if test_line is not None else f"Test accuracy: {test_acc:.2f}%")
+    print(test_line(test_acc, balanced_accuracy_of(cm)) if test_line is not None
+          else f"Test accuracy: {test_acc:.2f}%")
     if rank == 0:
         results_dir.mkdir(parents=True, exist_ok=True)
         write_reports(model, cm, test_loader, results_dir, classes)
@@ -413,6 +415,15 @@ def saved_model_accuracy(model: torch.nn.Module, path: Path, test_loader,
                          device: torch.device, rank: int) -> float | None:
     """Test accuracy of the weights in `path` (best.pt) put into a copy of model; read by rank 0
     (which wrote it) and sent to the others under torchrun. None when it cannot be read."""
+    best_model = saved_model(model, path, device, rank)
+    return None if best_model is None else compute_accuracy(best_model, test_loader, device)
+
+
+@torch.no_grad()
+def saved_model(model: torch.nn.Module, path: Path, device: torch.device,
+                rank: int) -> torch.nn.Module | None:
+    """A copy of model holding the weights in `path` (best.pt); read by rank 0 (which wrote it)
+    and sent to the others under torchrun. None, on every rank, when it cannot be read."""
     best_model, state = copy.deepcopy(model), None
     if rank == 0 and path.is_file():
         try:
@@ -430,7 +441,7 @@ def saved_model_accuracy(model: torch.nn.Module, path: Path, test_loader,
     if distributed():
         for tensor in best_model.state_dict().values():
             dist.broadcast(tensor, src=0)
-    return compute_accuracy(best_model, test_loader, device)
+    return best_model
 
 
 # ---- --predict: the classes of new images ------------------------------------------------------

@@ -73,7 +73,8 @@ from evaluate import (FAR_BELOW, MULTI_LABEL_REPORT, REGRESSION_REPORT, REPORT_F
                       compute_confusion_matrix, compute_scores, csv_bytes, distributed,
                       evaluate_model, example_f1, global_settings_kept, mean_average_precision,
                       missed_classes, model_from_checkpoint, move_aside, multi_label_report,
-                      predict, read_checkpoint, saved_model_accuracy, saved_model_config,
+                      predict, read_checkpoint, saved_model, saved_model_accuracy,
+                      saved_model_config,
                       set_all_seeds, set_deterministic, sum_over_ranks, to_input, write_reports)
 from loaders import (DEFAULT_FRACTION, SPLITS, TEMP_TAG, DecodedImages, LockFileError,
                      atomic_file, decoded, folder_layout, lock_or_holder, loaders_from_datasets,
@@ -165,8 +166,9 @@ def train_model(model: torch.nn.Module, num_epochs: int, train_loader, valid_loa
                 acc.append(measured.pop("accuracy"))
                 scores.append(measured)
             history.epoch_seconds.append(time.perf_counter() - epoch_start)
-            print(f"Epoch: {epoch + 1:03d}/{num_epochs:03d} | "
-                  f"{task.line(history.train_acc[-1], history.valid_acc[-1])}")
+            line = task.line(history.train_acc[-1], history.valid_acc[-1],
+                             history.valid_scores[-1].get("balanced_accuracy"))
+            print(f"Epoch: {epoch + 1:03d}/{num_epochs:03d} | {line}")
             if task.report:
                 print(f"Epoch: {epoch + 1:03d}/{num_epochs:03d} | {task.summary(history)}")
             print(f"Time elapsed: {sum(history.epoch_seconds) / 60:.2f} min")
@@ -206,8 +208,9 @@ class Classification:
         inverse_frequency), or None. monitor: the validation figure that picks the best epoch
         and drives early stopping (MONITORS; loss: lower is better). report: print a second line
         per epoch with balanced accuracy, macro F1 and the validation loss. baseline: the
-        majority-class baseline (majority_baseline); a validation or test accuracy not above it
-        is marked on its line. None (classes even): lines as the lecture's."""
+        majority-class baseline (majority_baseline); a validation or test figure no better than
+        it on both counts, accuracy and balanced accuracy (Baseline.no_better), is marked on its
+        line. None (classes even): lines as the lecture's."""
     class_weights: torch.Tensor | None = None
     monitor: str = "accuracy"
     report: bool = False
@@ -217,6 +220,7 @@ class Classification:
         if self.monitor not in MONITORS:
             raise ValueError(f"monitor must be one of {list(MONITORS)}, got {self.monitor!r}")
         self.names = MONITORS
+        self.test_balanced = None  # test_figure's balanced accuracy, for test_line (a baseline)
         if self.class_weights is not None:
             self.class_weights = torch.as_tensor(self.class_weights, dtype=torch.float32)
 
@@ -242,19 +246,33 @@ class Classification:
         """accuracy, balanced_accuracy (%), macro_f1 and loss of loader's split, in one pass."""
         return compute_scores(model, loader, device, num_classes)
 
-    def line(self, train: float, valid: float) -> str:
-        """The epoch's line after "Epoch: 001/100 | ": the lecture's accuracies (and, when they
-        are no better than the majority-class baseline, a note saying so)."""
+    def line(self, train: float, valid: float, balanced: float | None = None) -> str:
+        """The epoch's line after "Epoch: 001/100 | ": the lecture's accuracies (and, when the
+        validation split's are no better than the majority-class baseline on both counts, a note
+        saying so; balanced: its balanced accuracy, which the second line prints)."""
         return (f"Train: {train:.2f}% | Validation: {valid:.2f}%"
-                + (self.baseline.note(valid, self.baseline.valid) if self.baseline else ""))
+                + (self.baseline.note(valid, self.baseline.valid, balanced,
+                                      self.baseline.valid_balanced) if self.baseline else ""))
 
     def test_figure(self, model: torch.nn.Module, loader, device: torch.device | str) -> float:
-        """The test split's figure after the last epoch: accuracy in %."""
-        return compute_accuracy(model, loader, device)
+        """The test split's figure after the last epoch: accuracy in %. With a baseline, from
+        the same pass its balanced accuracy too, kept for test_line (self.test_balanced)."""
+        if self.baseline is None or not self.baseline.num_classes:
+            return compute_accuracy(model, loader, device)  # the lecture's
+        # one pass; its accuracy counts the same integers as compute_accuracy: the same figure
+        scores = compute_scores(model, loader, device, self.baseline.num_classes)
+        self.test_balanced = scores["balanced_accuracy"]
+        return scores["accuracy"]
 
-    def test_line(self, value: float) -> str:
+    def test_line(self, value: float, balanced: float | None = None) -> str:
+        """"Test accuracy: 78.12%", marked when no better than the baseline on both counts, with
+        the balanced accuracy that beats it when the accuracy does not. balanced: the test
+        balanced accuracy (default: test_figure's)."""
+        balanced = self.test_balanced if balanced is None else balanced
         return (f"Test accuracy: {value:.2f}%"
-                + (self.baseline.note(value, self.baseline.test) if self.baseline else ""))
+                + (self.baseline.note(value, self.baseline.test, balanced,
+                                      self.baseline.test_balanced, explain=True)
+                   if self.baseline else ""))
 
     def summary(self, history: History) -> str:
         """The epoch's second line: "Balanced accuracy: train 50.00%, validation 50.00% | ..."."""
@@ -305,8 +323,8 @@ class MultiLabel:
         return {"accuracy": m, "mean_ap": m,
                 "example_f1": example_f1(probs >= self.threshold, targets), "loss": loss}
 
-    def line(self, train: float, valid: float) -> str:
-        return f"Train mAP: {train:.4f} | Validation mAP: {valid:.4f}"
+    def line(self, train: float, valid: float, balanced: float | None = None) -> str:
+        return f"Train mAP: {train:.4f} | Validation mAP: {valid:.4f}"  # balanced: not one's
 
     def test_figure(self, model: torch.nn.Module, loader, device: torch.device | str) -> float:
         probs, targets = multi_label_outputs(model, loader, device)
@@ -393,8 +411,8 @@ class Regression:
             if len(targets) else float("nan")
         return {"accuracy": figures["rmse"], **figures, "loss": loss}
 
-    def line(self, train: float, valid: float) -> str:
-        return f"Train RMSE: {train:.4f} | Validation RMSE: {valid:.4f}"
+    def line(self, train: float, valid: float, balanced: float | None = None) -> str:
+        return f"Train RMSE: {train:.4f} | Validation RMSE: {valid:.4f}"  # balanced: not one's
 
     def test_figure(self, model: torch.nn.Module, loader, device: torch.device | str) -> float:
         predicted, targets = regression_outputs(model, loader, device, self.mean, self.std)
@@ -472,28 +490,65 @@ def make_task(train: TrainConfig, labels: np.ndarray, num_classes: int, *,
 @dataclasses.dataclass(frozen=True)
 class Baseline:
     """The majority-class baseline of an uneven run: the accuracy in % that a model always saying
-    train's most common class (name) scores on each split, counted from the labels. test: of the
-    split that train_model's test_loader reads (the validation split when there is no test
-    split); has_test: whether there is one."""
+    train's most common class (name) scores on each split, counted from the labels, and its
+    balanced accuracy there (*_balanced: 100 / K, K the classes with images in that split; 0
+    when name has none there; None: not known, the accuracy alone decides). test: of the split
+    that train_model's test_loader reads (the validation split when there is no test split);
+    has_test: whether there is one. num_classes: the run's classes (its model's outputs; 0: not
+    known), for measuring a balanced accuracy."""
     name: str
     train: float
     valid: float
     test: float
     has_test: bool = True
+    train_balanced: float | None = None
+    valid_balanced: float | None = None
+    test_balanced: float | None = None
+    num_classes: int = 0
 
-    def note(self, accuracy: float, baseline: float) -> str:
-        """" (no better than always 'cat': 94.59%)" when accuracy, as printed, is not above
-        baseline; else ""."""
+    def no_better(self, accuracy: float, baseline: float, balanced: float | None = None,
+                  balanced_baseline: float | None = None) -> bool:
+        """The rule: a model is no better than always saying name when, as printed (two
+        decimals), its accuracy is not above baseline AND its balanced accuracy is not above
+        balanced_baseline (the same split's). One that finds the rare classes (balanced accuracy
+        above) is not useless, even with an accuracy under the majority's share."""
         if round(accuracy, 2) > round(baseline, 2):
-            return ""
-        return f" (no better than always {self.name!r}: {baseline:.2f}%)"
+            return False
+        return (balanced is None or balanced_baseline is None
+                or round(balanced, 2) <= round(balanced_baseline, 2))
+
+    def note(self, accuracy: float, baseline: float, balanced: float | None = None,
+             balanced_baseline: float | None = None, *, explain: bool = False) -> str:
+        """" (no better than always 'cat': 94.59%)" when no_better(...); else "", or with
+        explain, for an accuracy not above baseline whose balanced accuracy is, the figure that
+        beats it: " (balanced accuracy 88.16%, above the 50.00% of always 'cat')" (for a line
+        with no balanced-accuracy line beside it)."""
+        if self.no_better(accuracy, baseline, balanced, balanced_baseline):
+            return f" (no better than always {self.name!r}: {baseline:.2f}%)"
+        if explain and balanced is not None and round(accuracy, 2) <= round(baseline, 2):
+            return (f" (balanced accuracy {balanced:.2f}%, above the {balanced_baseline:.2f}% of "
+                    f"always {self.name!r})")
+        return ""
 
     def line(self) -> str:
         """The line printed once before training."""
         test = f", test {self.test:.2f}%" if self.has_test else ""
+        balanced = [b for b in (self.train_balanced, self.valid_balanced,
+                                self.test_balanced if self.has_test else None) if b is not None]
+        if not balanced:
+            return (f"Majority-class baseline (train's classes are uneven): always saying "
+                    f"{self.name!r} scores train {self.train:.2f}%, validation {self.valid:.2f}%"
+                    f"{test}; a validation or test accuracy not above it is marked \"no better\"")
+        if len({f"{b:.2f}" for b in balanced}) == 1:  # as usual: every split has the same classes
+            balanced_text = f"{balanced[0]:.2f}%"
+        else:
+            balanced_text = (f"train {self.train_balanced:.2f}%, validation "
+                             f"{self.valid_balanced:.2f}%"
+                             + (f", test {self.test_balanced:.2f}%" if self.has_test else ""))
         return (f"Majority-class baseline (train's classes are uneven): always saying "
                 f"{self.name!r} scores train {self.train:.2f}%, validation {self.valid:.2f}%"
-                f"{test}; a validation or test accuracy not above it is marked \"no better\"")
+                f"{test} (balanced accuracy {balanced_text}); a validation or test result above "
+                f"neither is marked \"no better\"")
 
 
 def majority_baseline(labels: list[np.ndarray | None], classes: list[str]) -> Baseline | None:
@@ -509,9 +564,15 @@ def majority_baseline(labels: list[np.ndarray | None], classes: list[str]) -> Ba
         split = np.asarray(split, dtype=np.int64)
         return 100.0 * int((split == majority).sum()) / len(split) if len(split) else 0.0
 
+    def balanced(split: np.ndarray) -> float:  # the mean recall: 1 for majority, 0 for the rest
+        split = np.asarray(split, dtype=np.int64)
+        return 100.0 / len(np.unique(split)) if (split == majority).any() else 0.0
+
     test = labels[2] if labels[2] is not None else labels[1]
     return Baseline(str(classes[majority]), share(labels[0]), share(labels[1]), share(test),
-                    has_test=labels[2] is not None)
+                    has_test=labels[2] is not None, train_balanced=balanced(labels[0]),
+                    valid_balanced=balanced(labels[1]), test_balanced=balanced(test),
+                    num_classes=len(classes))
 
 
 def missed_lines(cm: torch.Tensor, classes: list[str], *, most: int = 10, split: str = "test",
@@ -1576,20 +1637,23 @@ def finish(model: torch.nn.Module, net: torch.nn.Module, history: History, test_
     """After training: the best epoch's model on the test split beside the last one's, then the
     figures and reports (of the last epoch's model, as checkpoint.pt holds it), and the classes
     it misses on test (missed(cm): missed_lines, by default). baseline: drawn on accuracy.png,
-    and a best epoch's test accuracy no better than it is marked."""
+    and a best epoch's test figure no better than it on both counts (accuracy and balanced
+    accuracy) is marked."""
     results_dir = session.results_dir
     try:
         best, epochs, history.best_test_acc = best_epoch(history), len(history.valid_acc), None
+        best_balanced = None  # best.pt's test balanced accuracy (with a baseline, for its mark)
         if best and history.test_acc is not None:  # best.pt's model: the last one's, or read
-            history.best_test_acc = history.test_acc if best == epochs else saved_model_accuracy(
-                model, results_dir / "best.pt", test_loader, session.device, session.rank)
+            history.best_test_acc, best_balanced = (history.test_acc, None) if best == epochs \
+                else best_test_figures(model, results_dir / "best.pt", test_loader, session,
+                                       baseline)
         if best == epochs:
             print(f"Best epoch: the last, {best}, validation {monitored_text(history, best)} "
                   f"({results_dir / 'best.pt'} holds it too)")
         elif history.best_test_acc is not None:
             print(f"Best epoch: {best} of {epochs}, validation {monitored_text(history, best)}; "
                   f"its model ({results_dir / 'best.pt'}) scores {history.best_test_acc:.2f}% on "
-                  f"test{baseline.note(history.best_test_acc, baseline.test) if baseline else ''}, "
+                  f"test{best_note(history.best_test_acc, best_balanced, baseline)}, "
                   f"the last epoch's {history.test_acc:.2f}%")  # the mark beside the figure it is of
         cm = compute_confusion_matrix(net, test_loader, session.device, len(classes))  # all ranks
         if session.rank == 0:
@@ -1603,6 +1667,28 @@ def finish(model: torch.nn.Module, net: torch.nn.Module, history: History, test_
               f"in {session.checkpoint_path} is complete; some figures or reports may be missing. "
               f"Write the reports with: {session.hints['evaluate']}")
         raise RunError(None, status=exit_status(e)) from None
+
+
+def best_test_figures(model: torch.nn.Module, path: Path, test_loader, session: Session,
+                      baseline: Baseline | None) -> tuple[float | None, float | None]:
+    """(test accuracy, test balanced accuracy) in % of the weights in path (best.pt) in a copy of
+    model; the balanced accuracy only with a baseline (for the mark), else None, the accuracy
+    measured as it always was; (None, None) when path cannot be read."""
+    if baseline is None or not baseline.num_classes:
+        return saved_model_accuracy(model, path, test_loader, session.device, session.rank), None
+    best_model = saved_model(model, path, session.device, session.rank)  # all ranks, or none
+    if best_model is None:
+        return None, None
+    scores = compute_scores(best_model, test_loader, session.device, baseline.num_classes)
+    return scores["accuracy"], scores["balanced_accuracy"]
+
+
+def best_note(accuracy: float, balanced: float | None, baseline: Baseline | None) -> str:
+    """The note beside best.pt's test accuracy on the "Best epoch" line: Baseline.note's, with
+    the balanced accuracy that beats the baseline when the accuracy does not; "" without one."""
+    if baseline is None:
+        return ""
+    return baseline.note(accuracy, baseline.test, balanced, baseline.test_balanced, explain=True)
 
 
 def finish_multi_label(model: torch.nn.Module, history: History, test_loader, classes: list[str],

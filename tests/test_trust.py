@@ -22,6 +22,8 @@ from conftest import write_png  # noqa: E402
 from evaluate import FAR_BELOW, missed_classes  # noqa: E402
 
 EPOCH_LINE = re.compile(r"^Epoch: \d{3}/\d{3} \| Train: \d+\.\d\d% \| Validation: (\d+\.\d\d)%(.*)$")
+BALANCED_LINE = re.compile(r"^Epoch: \d{3}/\d{3} \| Balanced accuracy: train \d+\.\d\d%, "
+                           r"validation (\d+\.\d\d)%")
 
 
 def fastai_table(folder: Path, counts: dict[str, tuple[int, int]]) -> Path:
@@ -71,14 +73,17 @@ def test_an_uneven_run_prints_the_baseline_once_and_marks_what_does_not_beat_it(
     lines = capsys.readouterr().out.splitlines()
     # 24 of 27 train images and 10 of 11 valid are cats; no test split: valid stands in
     baseline = [line for line in lines if line.startswith("Majority-class baseline")]
+    # (issue 32's new-user pass: the line states the rule on both counts; it said "a validation
+    # or test accuracy not above it is marked", untrue once balanced accuracy counts too)
     assert baseline == ["Majority-class baseline (train's classes are uneven): always saying 'cat' "
-                        "scores train 88.89%, validation 90.91%; a validation or test accuracy not "
-                        "above it is marked \"no better\""]
+                        "scores train 88.89%, validation 90.91% (balanced accuracy 50.00%); a "
+                        "validation or test result above neither is marked \"no better\""]
     epochs = [EPOCH_LINE.match(line) for line in lines if EPOCH_LINE.match(line)]
-    assert len(epochs) == 2
-    for m in epochs:  # marked exactly when not above the baseline, as printed
+    balanced = [float(m.group(1)) for m in map(BALANCED_LINE.match, lines) if m]
+    assert len(epochs) == 2 and len(balanced) == 2
+    for m, b in zip(epochs, balanced):  # marked exactly when above neither, as printed
         marked = m.group(2) == " (no better than always 'cat': 90.91%)"
-        assert marked == (float(m.group(1)) <= 90.91) and (marked or m.group(2) == "")
+        assert marked == (float(m.group(1)) <= 90.91 and b <= 50.0) and (marked or m.group(2) == "")
     # noise images: the model says "cat" to all, 10 of the 11 valid images
     assert f"Test accuracy: {history.test_acc:.2f}% (no better than always 'cat': 90.91%)" in lines
     assert history.test_acc == pytest.approx(100 * 10 / 11)
@@ -302,3 +307,96 @@ def test_a_multi_label_run_marks_the_best_epoch_on_loss_png(tmp_path, monkeypatc
                           "--results-dir", str(tmp_path / "r")])
     assert figures["plot_training_loss"]["best_epoch"] == train.best_epoch(history) >= 1
     assert (tmp_path / "r" / "loss.png").is_file()
+
+
+# ---- the rule: no better on BOTH counts, accuracy and balanced accuracy --------------------------
+# A --balance model that finds the rare class (balanced accuracy 92%) often scores an accuracy
+# under the majority's 95%: marked "no better than always 'four'" on every line, it read as useless.
+
+def test_a_model_is_no_better_only_when_neither_accuracy_nor_balanced_accuracy_is_above():
+    b = train.Baseline("four", 95.0, 95.0, 95.0, train_balanced=50.0, valid_balanced=50.0,
+                       test_balanced=50.0, num_classes=2)
+    assert not b.no_better(85.0, b.valid, 92.0, b.valid_balanced)  # finds the rare class
+    assert b.no_better(95.0, b.valid, 50.0, b.valid_balanced)  # always 'four': both at baseline
+    assert b.no_better(5.0, b.valid, 50.0, b.valid_balanced)  # always the rare class: useless too
+    assert not b.no_better(95.01, b.valid, 50.0, b.valid_balanced)  # accuracy above: as before
+    assert b.no_better(94.0, b.valid, 50.004, b.valid_balanced)  # printed 50.00%: not above
+    assert not b.no_better(94.0, b.valid, 50.006, b.valid_balanced)  # printed 50.01%
+    assert b.no_better(85.0, b.valid)  # no balanced accuracy given: the accuracy alone, as before
+    task = train.Classification(baseline=b)
+    # the epoch line: no mark, and no note (its second line prints the balanced accuracy)
+    assert task.line(90.0, 85.0, 92.0) == "Train: 90.00% | Validation: 85.00%"
+    assert task.line(95.0, 95.0, 50.0) == ("Train: 95.00% | Validation: 95.00% (no better than "
+                                           "always 'four': 95.00%)")
+    # the test line has no such second line: it says which figure beats the baseline
+    assert task.test_line(85.0, 92.0) == ("Test accuracy: 85.00% (balanced accuracy 92.00%, above "
+                                          "the 50.00% of always 'four')")
+    assert task.test_line(95.0, 50.0) == "Test accuracy: 95.00% (no better than always 'four': 95.00%)"
+    assert task.test_line(97.5, 60.0) == "Test accuracy: 97.50%"  # above on accuracy: as before
+    assert train.best_note(85.0, 92.0, b) == " (balanced accuracy 92.00%, above the 50.00% of always 'four')"
+    assert train.best_note(85.0, 92.0, None) == ""
+
+
+def test_always_saying_one_class_scores_100_over_k_balanced_accuracy_on_each_split():
+    classes = ["a", "b", "c"]
+    # train: a, b, c present (K=3); valid: a and b (K=2); test: b and c only, no 'a' (0)
+    b = train.majority_baseline([np.array([0] * 10 + [1] * 2 + [2]), np.array([0, 0, 1]),
+                                 np.array([1, 2, 2])], classes)
+    assert (b.name, b.num_classes) == ("a", 3)
+    assert (b.train_balanced, b.valid_balanced, b.test_balanced) == pytest.approx((100 / 3, 50.0, 0.0))
+    assert "(balanced accuracy train 33.33%, validation 50.00%, test 0.00%)" in b.line()
+    # the balanced accuracy a model of always 'a' really scores there, as evaluate measures it
+    from evaluate import balanced_accuracy_of
+    for labels, figure in (([0] * 10 + [1] * 2 + [2], b.train_balanced), ([0, 0, 1], b.valid_balanced),
+                           ([1, 2, 2], b.test_balanced)):
+        cm = torch.zeros(3, 3, dtype=torch.int64)
+        for k in labels:
+            cm[k, 0] += 1
+        assert balanced_accuracy_of(cm) == pytest.approx(figure)
+
+
+def two_tone_table(folder: Path) -> Path:
+    """fastai's layout, 95 / 5 in train and valid: bright cats, dark dogs; two of valid's 19 cats
+    are dark. A model that learns the tone finds the dog (balanced accuracy above 50%) yet says
+    "dog" to the dark cats too: 18 of 20, under always-'cat''s 95% in accuracy."""
+    rng = np.random.default_rng(0)
+    lines, i = ["fname,labels,is_valid"], 0
+    rows = ([("cat", True, False)] * 38 + [("dog", False, False)] * 2 + [("cat", True, True)] * 17
+            + [("cat", False, True)] * 2 + [("dog", False, True)])
+    for label, bright, valid in rows:
+        low = 200 if bright else 0
+        write_png(folder / "images" / f"{i:03d}.png", rng.integers(low, low + 56, (4, 4), dtype=np.uint8))
+        lines.append(f"images/{i:03d}.png,{label},{valid}")
+        i += 1
+    (folder / "labels.csv").write_text("\n".join(lines) + "\n")
+    return folder / "labels.csv"
+
+
+@pytest.mark.figures
+def test_a_balanced_model_that_finds_the_rare_class_is_not_marked_no_better(tmp_path, capsys):
+    table = two_tone_table(tmp_path / "t")
+    flags = ["--csv", str(table), "--file-column", "fname", "--label-column", "labels",
+             "--valid-column", "is_valid", "--no-disk-cache", "--results-dir", str(tmp_path / "r")]
+    history = train.main(flags + ["--epochs", "6", "--seed", "1", "--batch-size", "8",
+                                  "--balance", "sampler", "--monitor", "balanced_accuracy"])
+    lines = capsys.readouterr().out.splitlines()
+    epochs = [EPOCH_LINE.match(line) for line in lines if EPOCH_LINE.match(line)]
+    balanced = [float(m.group(1)) for m in map(BALANCED_LINE.match, lines) if m]
+    # the last epoch's model found the dog but said "dog" to a dark cat: the case at issue
+    assert history.valid_acc[-1] < 95.0 and balanced[-1] > 50.0
+    for m, b in zip(epochs, balanced):  # the rule on every epoch line
+        assert (m.group(2) != "") == (float(m.group(1)) <= 95.0 and b <= 50.0)
+    assert epochs[-1].group(2) == ""
+    test = [line for line in lines if line.startswith("Test accuracy: ")]
+    assert test == [f"Test accuracy: {history.valid_acc[-1]:.2f}% (balanced accuracy "
+                    f"{balanced[-1]:.2f}%, above the 50.00% of always 'cat')"]
+    best = [line for line in lines if line.startswith("Best epoch: ")]
+    # best.pt (an earlier epoch of the same figures) is told apart from the useless the same way
+    assert len(best) == 1 and re.fullmatch(
+        r"Best epoch: \d of 6, validation balanced accuracy 94\.74%; its model \(.*best\.pt\) "
+        r"scores 90\.00% on test \(balanced accuracy 94\.74%, above the 50\.00% of always "
+        r"'cat'\), the last epoch's 90\.00%", best[0]), best
+    # --evaluate of the saved model (checkpoint.pt, the last epoch's) prints the same test line
+    train.main(flags + ["--evaluate"])
+    assert [line for line in capsys.readouterr().out.splitlines()
+            if line.startswith("Test accuracy: ")] == test
