@@ -1687,6 +1687,7 @@ def odd_class_warnings(datasets: Sequence[CsvImageDataset]) -> list[str]:
                          "write them alike in the CSV if they are one")
     if any(ds.rows.multi_hot is not None for ds in datasets):
         return found  # tags: a rare tag is no typo of a class index
+    found += tag_set_warnings(classes) if all(ds.rows.values is None for ds in datasets) else []
     if any(ds.rows.values is not None for ds in datasets):
         return []  # regression: the names are the target columns
     counts = sum(np.bincount(ds.rows.labels[ds.rows.labels >= 0], minlength=len(classes))
@@ -1700,6 +1701,27 @@ def odd_class_warnings(datasets: Sequence[CsvImageDataset]) -> list[str]:
                          f"median class has {median:g}: a typo of another label? If so, correct "
                          "it in the CSV")
     return found
+
+
+TAG_DELIMS = (" ", "|", ";", ",")  # the usual joints of a cell of tags (Planet's, Pascal's, ...)
+
+
+def tag_set_warnings(classes: Sequence[str]) -> list[str]:
+    """Classes that are other classes joined by one delimiter ('cat dog' beside 'cat' and 'dog';
+    'eight|five'): a column of tags read without --label-delim, each combination a class of its
+    own. One warning naming the delimiter, for the first that joins any."""
+    names = set(classes)
+    for delim in TAG_DELIMS:
+        pieces = {name: [p.strip() for p in name.split(delim) if p.strip()] for name in classes}
+        joined = [name for name in classes
+                  if len(pieces[name]) > 1 and all(p in names for p in pieces[name])]
+        if joined:
+            shown = ", ".join(map(repr, joined[:3])) + (" ..." if len(joined) > 3 else "")
+            return [f"{len(joined)} of the {len(classes)} classes ({shown}) are other classes "
+                    f"joined by {delim!r}: several labels per image? Pass --label-delim "
+                    f"{delim!r} (label_delim={delim!r}) to read each cell as tags; as read, each "
+                    "combination is a class of its own"]
+    return []
 
 
 def problems_message(csv_path: str | Path, problems: list[Problem], n_rows: int, command: str,

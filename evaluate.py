@@ -554,8 +554,10 @@ def write_predictions(model: torch.nn.Module, found: ToPredict, classes: list[st
                                                     unreadable, found.in_csv)
     if not predicted:
         reasons = {why.partition(": ")[2] for _, _, why in unreadable}  # without "line N"
-        placeholders = len(unreadable) > 1 and len(reasons) == 1 and \
-            "is not one of the classes" in reasons.pop()  # one label on every row
+        reason = reasons.pop() if len(reasons) == 1 else ""
+        placeholders = len(unreadable) > 1 and ("is not one of the classes" in reason
+                                                or "not among the classes" in reason)  # one
+        # label (a class, or a --label-delim model's tags) on every row
         raise DatasetError(f"{source}: no image could be read, so nothing was predicted:\n"
                            + "\n".join(f"  {f!r}: {why}" for f, _, why in unreadable[:10])
                            + ("\nA sample submission's placeholder labels? --predict-columns "
@@ -587,6 +589,14 @@ def write_predictions(model: torch.nn.Module, found: ToPredict, classes: list[st
         scores = regression_scores(values[:, :len(classes)], values[:, len(classes):])
         print("; ".join(f"{name}: RMSE {scores['rmse'][t]:.4g}, MAE {scores['mae'][t]:.4g}"
                         for t, name in enumerate(classes)) + f" ({len(predicted)} images)")
+        truth = values[:, len(classes):]
+        same = [t for t in range(len(classes))
+                if len(truth) > 1 and (truth[:, t] == truth[0, t]).all()]
+        if same:  # a sample submission's placeholders (0.0 on every row) scored as the truth
+            warnings.warn("every image's true " + " and ".join(
+                f"{classes[t]!r} is {truth[0, t]:g}" for t in same) + ": if the table holds a "
+                "sample submission's placeholders, these RMSE and MAE mean nothing "
+                "(--predict-columns ID,TARGET does not read them, and writes a submission)")
     if labelled and multi_label is not None:
         probs = torch.tensor([[float(p) for p in cells[2:2 + len(classes)]]
                               for _, _, cells in predicted])  # (N, C)
@@ -596,6 +606,11 @@ def write_predictions(model: torch.nn.Module, found: ToPredict, classes: list[st
                     for (_, _, cells), tags in zip(predicted, truth))
         print(f"Mean average precision: {mean_average_precision(probs, targets):.4f}; exact tag "
               f"sets: {100.0 * exact / len(predicted):.2f}% ({exact} of {len(predicted)})")
+        if len(truth) > 1 and all(tags == truth[0] for tags in truth):  # Planet's "clear primary"
+            warnings.warn(f"every image's true tags are {multi_label[0].join(sorted(truth[0]))!r}: "
+                          "if the label column holds a sample submission's placeholders, these "
+                          "figures mean nothing (--predict-columns ID,LABEL does not read it, and "
+                          "writes a submission)")
     endings = {Path(file).suffix for _, file in found.listed}  # a folder's: ".png", say
     if submission and not found.in_csv and not file_suffix and len(endings) == 1:
         ending = endings.pop()

@@ -59,9 +59,9 @@ from torch.utils.data import ConcatDataset, DataLoader, Dataset, Subset, get_wor
 from torch.utils.data.distributed import DistributedSampler
 
 from dataset import (FLAGS, SPLIT_SPELLINGS, CsvImageDataset, DatasetError, ImageSizeError,
-                     RowNames, column_positions, csv_columns, csv_encoding, csv_separator,
-                     empty_classes_message, odd_class_warnings, read_csv, split_names,
-                     split_spellings, table_name, target_columns, to_pixels)
+                     RowNames, _refuse_measurements, column_positions, csv_columns, csv_encoding,
+                     csv_separator, empty_classes_message, odd_class_warnings, read_csv,
+                     split_names, split_spellings, table_name, target_columns, to_pixels)
 
 try:
     import fcntl
@@ -396,7 +396,10 @@ def split_csv(csv_path: str | Path | pd.DataFrame, out_path: str | Path, *,
     _check_fractions(valid_fraction, test_fraction)
     # named errors: no file, no column, encoding
     columns = [c for c in (file_column, label_column, split_column, valid_column) if c is not None]
-    read_csv(table, columns, encoding, header=header)
+    cells_read = read_csv(table, columns, encoding, header=header)
+    # a column of measurements (an angle) is no classes to draw by: the dataset's sentence, which
+    # names --task regression, rather than "no class has one to spare" from the draw below
+    _refuse_measurements(cells_read[label_column], csv_path, label_column, RowNames.of(table))
     if split_column is not None:  # values that are no split: named, with counts and lines
         _refuse_unknown_splits([(table, None, (split_column, s)) for s in SPLITS], columns[0],
                                encoding, header)

@@ -595,10 +595,11 @@ def missed_lines(cm: torch.Tensor, classes: list[str], *, most: int = 10, split:
             "  What helps: " + (what_helps(True, "none") if helps is None else helps)]
 
 
-def what_helps(uneven: bool, balance: str, model: str = "mlp") -> str:
+def what_helps(uneven: bool, balance: str, model: str = "mlp", weighted: bool = False) -> str:
     """The advice after missed classes, for the run as it was: balancing is offered only to a run
     whose train classes are uneven and that did not balance them already; --model cnn only to a
-    run of the MLP (model: --model's name)."""
+    run of the MLP (model: --model's name); --weight-column only to a run without one
+    (weighted: the run had one, and is told to weigh the missed classes' rows more instead)."""
     if not uneven:
         larger = "--model cnn, docs/models.md" if model == "mlp" else "docs/models.md"
         return (f"more images, more epochs or a larger model ({larger}); "
@@ -606,9 +607,11 @@ def what_helps(uneven: bool, balance: str, model: str = "mlp") -> str:
     if balance != "none":
         return (f"more images of them (this run already balanced its classes: --balance "
                 f"{balance}); a larger model (docs/models.md)")
+    weights = ("larger weights for their rows (this run already weighed its rows: "
+               "--weight-column)" if weighted else "--weight-column")
     return ("more images of them; --balance sampler or --balance loss, with --monitor "
             "balanced_accuracy so that best.pt is not picked by accuracy (which favours always "
-            "saying the common class); --weight-column (docs/rare-classes.md)")
+            f"saying the common class); {weights} (docs/rare-classes.md)")
 
 
 def monitored(history: History) -> list[float]:
@@ -2283,8 +2286,10 @@ def run(settings: Settings, hints: dict) -> History | Path:
             [None if ds is None else np.asarray(ds.targets) for ds in datasets], classes)
         missed = functools.partial(  # the missed classes' lines, named by the split they are of
             missed_lines, classes=classes, split="test" if datasets[2] is not None else
-            "validation (no test split)", helps=what_helps(baseline is not None,
-                                                          config.train.balance, config.net.model))
+            "validation (no test split)", helps=what_helps(
+                baseline is not None, config.train.balance, config.net.model,
+                weighted=config.train.weight_column is not None  # --evaluate: the run's
+                or (saved is not None and saved.train.weight_column is not None)))
         if settings.evaluate:
             return evaluate(checkpoint, classes, loaders[2], session, baseline=baseline,
                             missed=missed)

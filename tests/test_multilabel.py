@@ -209,3 +209,52 @@ def test_multi_label_resume_is_the_uninterrupted_run(tmp_path):
     a = torch.load(tmp_path / "whole" / "checkpoint.pt", weights_only=True)["model"]
     b = torch.load(tmp_path / "parts" / "checkpoint.pt", weights_only=True)["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_predict_of_a_planet_sample_submission_names_its_placeholders(tmp_path, capsys):
+    """Planet's sample_submission_v2.csv gives every row the same tags ('clear primary'). Read as
+    the truth (no --predict-columns): tags that are classes are scored with a warning that the
+    figures may mean nothing; tags that are none of the classes leave no image to predict, and
+    the error asks whether they are placeholders, as for one class per image."""
+    import train
+    csv = planet(tmp_path, n=24)
+    train.main(planet_args(tmp_path, csv, tmp_path / "r", "--epochs", "1"))
+    capsys.readouterr()
+    ids = [line.split(",")[0] for line in csv.read_text().splitlines()[1:5]]
+    flags = ["--img-dir", str(tmp_path / "train-jpg"), "--file-column", "image_name",
+             "--label-column", "tags", "--file-suffix", ".jpg", "--results-dir", str(tmp_path / "r")]
+    known = tmp_path / "known.csv"
+    known.write_text("image_name,tags\n" + "".join(f"{i},haze clear\n" for i in ids))
+    with pytest.warns(UserWarning, match="every image's true tags are 'clear haze': if the label "
+                      "column holds a sample submission's placeholders, these figures mean "
+                      "nothing"):
+        train.main(["--predict", str(known), *flags])
+    assert "Mean average precision: " in capsys.readouterr().out
+    unknown = tmp_path / "sample_submission_v2.csv"
+    unknown.write_text("image_name,tags\n" + "".join(f"{i},clear primary\n" for i in ids))
+    from dataset import DatasetError
+    with pytest.raises(DatasetError, match=r"not among the classes(.|\n)*A sample submission's "
+                       "placeholder labels\\? --predict-columns ID,LABEL does not read"):
+        train.main(["--predict", str(unknown), *flags])
+
+
+def test_a_column_of_tags_without_label_delim_is_warned_of(tmp_path, capsys):
+    """Issue 31's first finding: a `tags` column read without --label-delim makes a class of each
+    combination ('clear haze' beside 'clear' and 'haze'). Still allowed, but the check command
+    (and a run's loaders) name the delimiter to pass; class names with spaces that are not other
+    classes joined ('golden retriever') are not warned of."""
+    from dataset import tag_set_warnings
+    csv = planet(tmp_path, n=40)
+    check_main([str(csv), str(tmp_path / "train-jpg"), "--file-column", "image_name",
+                "--label-column", "tags", "--file-suffix", ".jpg"])  # 1: an empty cell, no tag
+    out = capsys.readouterr().out
+    assert "are other classes joined by ' ': several labels per image? Pass --label-delim ' '" in out
+    assert check_main([str(csv), str(tmp_path / "train-jpg"), "--file-column", "image_name",
+                       "--label-column", "tags", "--file-suffix", ".jpg", "--label-delim", " "]) == 0
+    assert "joined by" not in capsys.readouterr().out
+    assert tag_set_warnings(["cat", "dog", "cat|dog"]) == [
+        "1 of the 3 classes ('cat|dog') are other classes joined by '|': several labels per image? "
+        "Pass --label-delim '|' (label_delim='|') to read each cell as tags; as read, each "
+        "combination is a class of its own"]
+    assert tag_set_warnings(["golden retriever", "labrador retriever", "pug"]) == []
+    assert tag_set_warnings(["circle", "square", "triangle"]) == []

@@ -301,3 +301,44 @@ def test_regression_refuses_balance_and_a_drawn_split(tmp_path, capsys):
         train.main(args[:at] + args[at + 2:])
     assert "reads the split from the table: pass --split-column" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
+
+
+def test_a_float_column_and_a_drawn_split_still_name_the_flag(tmp_path):
+    """A Kaggle regression table (id,angle, no split column) trained without --task regression:
+    the split drawn by class must not answer first with "no class has one to spare" (each angle
+    its own class), but with the sentence that names --task regression."""
+    import train
+    from loaders import split_csv
+    csv = kaggle(tmp_path, n=12)
+    lines = csv.read_text().splitlines()
+    csv.write_text("\n".join(",".join(line.split(",")[:2]) for line in lines) + "\n")
+    first = lines[1].split(",")[1]
+    with pytest.raises(DatasetError, match=rf"line 2: {first}\): pass --task regression"):
+        split_csv(csv, tmp_path / "split.csv", file_column="id", label_column="angle")
+    with pytest.raises(DatasetError, match=r"line 2: [^)]*\): pass --task regression"):
+        train.main(["--csv", str(csv), "--img-dir", str(tmp_path / "train"), "--file-column",
+                    "id", "--file-suffix", ".jpg", "--label-column", "angle", "--epochs", "1",
+                    "--results-dir", str(tmp_path / "r"), "--no-disk-cache"])
+
+
+def test_predict_warns_when_every_true_target_is_one_value(tmp_path, capsys):
+    """A sample submission (id,angle with 0.0 on every row) predicted without --predict-columns
+    is scored against its placeholders: the RMSE is printed with a warning that it may mean
+    nothing, as --predict of a classification table does; real targets bring no warning."""
+    import train
+    csv = kaggle(tmp_path)
+    train.main(regress_args(tmp_path, tmp_path / "r", "--epochs", "1", targets="angle"))
+    capsys.readouterr()
+    ids = [line.split(",")[0] for line in csv.read_text().splitlines()[1:6]]
+    sample = tmp_path / "sample_submission.csv"
+    sample.write_text("id,angle\n" + "".join(f"{i},0.0\n" for i in ids))
+    predict = ["--img-dir", str(tmp_path / "train"), "--file-column", "id", "--file-suffix",
+               ".jpg", "--results-dir", str(tmp_path / "r")]
+    with pytest.warns(UserWarning, match=r"every image's true 'angle' is 0: if the table holds "
+                      "a sample submission's placeholders, these RMSE and MAE mean nothing"):
+        train.main(["--predict", str(sample), *predict])
+    assert "angle: RMSE " in capsys.readouterr().out
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the real angles: no warning
+        train.main(["--predict", str(csv), *predict])

@@ -130,6 +130,11 @@ def test_what_helps_fits_the_run_it_follows():
     assert "a larger model (docs/models.md)" in train.what_helps(False, "none", "cnn")
     assert train.missed_lines(cm, ["a", "b"], split="test", helps=even)[1] == "  What helps: " + even
     assert train.missed_lines(cm, ["a", "b"])[1] == "  What helps: " + uneven  # the default
+    assert uneven.endswith("; --weight-column (docs/rare-classes.md)")
+    weighted = train.what_helps(True, "none", weighted=True)  # a --weight-column run: not told
+    assert "; --weight-column (docs" not in weighted  # to add the column it has
+    assert weighted.endswith("larger weights for their rows (this run already weighed its rows: "
+                             "--weight-column) (docs/rare-classes.md)")
 
 
 @pytest.mark.figures
