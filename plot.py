@@ -76,10 +76,11 @@ MIN_SPAN = 10.0  # accuracy.png's y-axis spans at least this many percentage poi
 
 def plot_accuracy(train_acc_list: Sequence[float], valid_acc_list: Sequence[float],
                   results_dir: str | Path | None = None, *, best_epoch: int | None = None,
-                  baseline: float | None = None,
-                  baseline_label: str | None = None) -> plt.Figure:
+                  baseline: float | None = None, baseline_label: str | None = None,
+                  best_label: str | None = None) -> plt.Figure:
     """Train and validation accuracy (in %) per epoch. best_epoch (from 1, the one best.pt
-    holds): a dashed vertical line there. baseline: the accuracy (in %) of always saying the
+    holds): a dashed vertical line there, named best_label (default: its validation accuracy;
+    train.py names the figure that chose it, --monitor's). baseline: the accuracy (in %) of always saying the
     majority class, a dotted horizontal line named baseline_label. The y-axis spans at least
     MIN_SPAN points, so that a flat line does not look like learning."""
     epochs = range(1, len(train_acc_list) + 1)
@@ -90,7 +91,7 @@ def plot_accuracy(train_acc_list: Sequence[float], valid_acc_list: Sequence[floa
         value = (f": validation {valid_acc_list[best_epoch - 1]:.2f}%"
                  if 1 <= best_epoch <= len(valid_acc_list) else "")
         ax.axvline(best_epoch, color=BEST_COLOUR, linestyle="--",
-                   label=f"Best epoch ({best_epoch}){value}")
+                   label=best_label or f"Best epoch ({best_epoch}){value}")
     if baseline is not None:
         ax.axhline(baseline, color="gray", linestyle=":",
                    label=baseline_label or f"Majority-class baseline: {baseline:.2f}%")

@@ -1784,8 +1784,8 @@ def write_regression_reports(model: torch.nn.Module, test_loader, targets: list[
 def write_figures(history: History, model: torch.nn.Module, test_loader, results_dir: Path,
                   class_names: list[str], *, baseline: Baseline | None = None) -> None:
     """loss.png, accuracy.png and examples.png in results_dir; each figure closed once written.
-    Both curves mark the best epoch (best.pt's); accuracy.png draws the baseline's validation
-    accuracy when there is one."""
+    Both curves mark the best epoch (best.pt's; on accuracy.png named by the figure that chose
+    it); accuracy.png draws the baseline's validation accuracy when there is one."""
     import matplotlib.pyplot as plt  # here, not at the top: --help and --predict start faster
 
     from plot import plot_accuracy, plot_training_loss, show_examples
@@ -1795,6 +1795,8 @@ def write_figures(history: History, model: torch.nn.Module, test_loader, results
         plot_training_loss(history.minibatch_loss, epochs, len(history.minibatch_loss) // epochs,
                            results_dir, best_epoch=best),
         plot_accuracy(history.train_acc, history.valid_acc, results_dir, best_epoch=best,
+                      best_label=None if not best or history.monitor == "accuracy" else
+                      f"Best epoch ({best}): validation {monitored_text(history, best)}",
                       baseline=None if baseline is None else baseline.valid,
                       baseline_label=None if baseline is None else
                       f"Always {baseline.name!r} (validation): {baseline.valid:.2f}%"),

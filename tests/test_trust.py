@@ -405,3 +405,25 @@ def test_a_balanced_model_that_finds_the_rare_class_is_not_marked_no_better(tmp_
     train.main(flags + ["--evaluate"])
     assert [line for line in capsys.readouterr().out.splitlines()
             if line.startswith("Test accuracy: ")] == test
+
+
+@pytest.mark.figures
+def test_accuracy_png_names_the_best_epoch_by_the_figure_that_chose_it(tmp_path, monkeypatch):
+    # --monitor balanced_accuracy picks best.pt: the dashed line's label says so, not the accuracy
+    table = fastai_table(tmp_path / "t", {"cat": (24, 10), "dog": (3, 1)})
+    figures = drawn(monkeypatch)
+    history = train.main(["--csv", str(table), "--file-column", "fname", "--label-column", "labels",
+                          "--valid-column", "is_valid", "--epochs", "2", "--seed", "1",
+                          "--batch-size", "8", "--no-disk-cache", "--results-dir",
+                          str(tmp_path / "r"), "--monitor", "balanced_accuracy"])
+    best = train.best_epoch(history)
+    value = history.valid_scores[best - 1]["balanced_accuracy"]
+    assert figures["plot_accuracy"]["best_label"] == \
+        f"Best epoch ({best}): validation balanced accuracy {value:.2f}%"
+    fig = plot.plot_accuracy(history.train_acc, history.valid_acc, best_epoch=best,
+                             best_label=figures["plot_accuracy"]["best_label"])
+    assert f"Best epoch ({best}): validation balanced accuracy {value:.2f}%" in legend_texts(fig.axes[0])
+    plt.close(fig)
+    # the default --monitor accuracy keeps plot_accuracy's own label (the lecture's run's figure)
+    run_fastai(table, tmp_path / "r2")
+    assert figures["plot_accuracy"]["best_label"] is None
