@@ -415,11 +415,23 @@ class Regression:
         return f"Train RMSE: {train:.4f} | Validation RMSE: {valid:.4f}"  # balanced: not one's
 
     def test_figure(self, model: torch.nn.Module, loader, device: torch.device | str) -> float:
+        """The test RMSE (mean over targets); keeps that of predicting the train mean for every
+        image, what the model must beat, for test_line."""
         predicted, targets = regression_outputs(model, loader, device, self.mean, self.std)
+        self.mean_rmse = float(np.mean(np.sqrt(np.mean(
+            (targets - np.asarray(self.mean)) ** 2, axis=0)))) if len(targets) else None
         return float(np.mean(regression_scores(predicted, targets)["rmse"]))
 
     def test_line(self, value: float) -> str:
-        return f"Test RMSE: {value:.4f}"
+        """"Test RMSE: 7.7800 (predicting the train mean: 25.5700)", or "(no better than
+        predicting the train mean for every image: ...)" when it is not below that."""
+        mean_rmse = getattr(self, "mean_rmse", None)
+        if mean_rmse is None:
+            return f"Test RMSE: {value:.4f}"
+        if round(value, 4) >= round(mean_rmse, 4):
+            return (f"Test RMSE: {value:.4f} (no better than predicting the train mean for "
+                    f"every image: {mean_rmse:.4f})")
+        return f"Test RMSE: {value:.4f} (predicting the train mean: {mean_rmse:.4f})"
 
     def summary(self, history: History) -> str:
         train, valid = history.train_scores[-1], history.valid_scores[-1]

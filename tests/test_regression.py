@@ -247,6 +247,11 @@ def test_train_evaluate_and_predict_two_targets(tmp_path, capsys):
     assert report[0] == "target,count,rmse,mae,r2,rmse_of_train_mean"
     n_test = str(sum(r[3] == "test" for r in table))
     assert [r.split(",")[:2] for r in report[1:]] == [["angle", n_test], ["scale", n_test]]
+    # the test line gives what the model must beat: predicting the train mean for every image
+    mean_rmse = np.mean([float(r.split(",")[5]) for r in report[1:]])
+    test_lines = [line for line in out.splitlines() if line.startswith("Test RMSE: ")]
+    assert len(test_lines) == 1 and test_lines[0].startswith(f"Test RMSE: {history.test_acc:.4f} (")
+    assert test_lines[0].endswith(f"{mean_rmse:.4f})")
     assert (tmp_path / "r" / "scatter.png").exists()
     assert (tmp_path / "r" / "worst_errors.png").exists()
     metrics = (tmp_path / "r" / "metrics.csv").read_text().splitlines()
@@ -342,3 +347,14 @@ def test_predict_warns_when_every_true_target_is_one_value(tmp_path, capsys):
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the real angles: no warning
         train.main(["--predict", str(csv), *predict])
+
+
+def test_the_test_line_says_when_rmse_is_no_better_than_predicting_the_train_mean():
+    import train
+    task = train.Regression(mean=[0.0], std=[1.0])
+    assert task.test_line(3.0) == "Test RMSE: 3.0000"  # no test figure measured: the RMSE alone
+    task.mean_rmse = 5.0
+    assert task.test_line(3.0) == "Test RMSE: 3.0000 (predicting the train mean: 5.0000)"
+    for worse in (5.0, 7.5):  # as printed: equal is no better
+        assert task.test_line(worse) == (f"Test RMSE: {worse:.4f} (no better than predicting the "
+                                         "train mean for every image: 5.0000)")
