@@ -634,7 +634,8 @@ class DataSettings:
                 "seed": self.split_seed, "valid_fraction": self.valid_fraction,
                 "test_fraction": test, "encoding": self.encoding,
                 "split_column": self.split_column, "valid_column": self.valid_column,
-                "header": not self.no_header}
+                "header": not self.no_header,  # a regression's rows: drawn at random, not by class
+                **({"task": "regression"} if self.task == "regression" else {})}
 
     def table_options(self) -> dict:
         """How the dataset reads the table's rows and finds each row's file. The split drawn into
@@ -1761,7 +1762,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                            "metadata.csv, instead of --csv: listed into RESULTS_DIR/split.csv, "
                            "which the run then reads as a CSV")
     data.add_argument("--split-column", help="column saying train, valid or test for each row "
-                                             "(default: none; a split is drawn by class); with "
+                                             "(default: none; a split is drawn by class, at "
+                                             "random with --task regression); with "
                                              "no test rows, or only unlabelled ones, the reports "
                                              "are of valid")
     data.add_argument("--valid-column", help="a True / False (1 / 0, yes / no) column marking "
@@ -1994,11 +1996,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--loss goes with --task regression")
     if regression and args.csv is None and args.predict is None:
         p.error("--task regression goes with --csv (a table with columns of numbers)")
-    if regression and args.csv is not None and (args.split_column is None or
-                                                args.valid_fraction is not None or
-                                                args.test_fraction is not None):
-        p.error("--task regression reads the split from the table: pass --split-column "
-                "(train, valid or test on each row); a drawn split is drawn by class")
     if args.label_delim == "" or args.label_delim is not None and args.csv is None:
         p.error("--label-delim goes with --csv (a column of tags), and is one or more characters")
     own_column = args.split_column is not None or args.valid_column is not None
@@ -2097,6 +2094,29 @@ def outside_cause(e: Exception, settings: Settings, hints: dict) -> str | None:
     return None
 
 
+def regression_data(data: DataSettings, targets: list[str]) -> DataSettings:
+    """--task left out on --resume / --evaluate of a regression checkpoint: its task, and its
+    target columns unless --label-column names them."""
+    return dataclasses.replace(data, task="regression", **(
+        {"label_column": ",".join(targets)}
+        if data.label_column == DataSettings.label_column else {}))
+
+
+def checkpoint_task(data: DataSettings, checkpoint_path: Path) -> DataSettings:
+    """data with a regression checkpoint's task and target columns when --task is left out (a
+    drawn split is compared before the checkpoint is read in full); else data. A checkpoint that
+    cannot be read is left to the reading that names why."""
+    if data.task is not None or not checkpoint_path.is_file():
+        return data
+    try:
+        checkpoint = read_checkpoint(checkpoint_path)
+        regression = checkpoint["config"].get("task") == "regression"
+        targets = list(checkpoint["classes"])
+    except Exception:  # noqa: BLE001 - named by the full read that follows
+        return data
+    return regression_data(data, targets) if regression else data
+
+
 def hints_for(argv: list[str] | None, resuming: bool) -> dict:
     """The commands to print after an interrupt, as the user ran this one (script path included)."""
     command = ["python", *(sys.argv if argv is None else ["train.py", *argv])]
@@ -2118,6 +2138,8 @@ def run(settings: Settings, hints: dict) -> History | Path:
     trained_split = checkpoint_path.resolve().parent / "split.csv"  # the checkpoint run's split
     # a different split: refused before anything is moved or written
     if reads_checkpoint and data.draws_split() and trained_split.is_file():
+        # a regression's split is drawn at random from its target columns: the checkpoint's task
+        data = checkpoint_task(data, checkpoint_path)
         same_split_or_refuse(data.csv, trained_split, data.split_options())
     if reads_checkpoint and data.class_folders and trained_split.is_file():
         same_listing_or_refuse(data, trained_split)
@@ -2157,9 +2179,7 @@ def run(settings: Settings, hints: dict) -> History | Path:
             if data.label_delim is None and saved.train.label_delim is not None:
                 data = dataclasses.replace(data, label_delim=saved.train.label_delim)
             if data.task is None and saved.train.task == "regression":  # its target columns
-                data = dataclasses.replace(data, task="regression", **(
-                    {"label_column": ",".join(checkpoint["classes"])}
-                    if data.label_column == DataSettings.label_column else {}))
+                data = regression_data(data, checkpoint["classes"])
         moved_into = move_aside(results_dir, first) if rank == 0 else None
         balance = inherit(TrainConfig, settings.given, saved and saved.train).balance
         datasets, loaders = prepare_data(

@@ -1,0 +1,96 @@
+"""Red team of issue 31 (several labels, numbers, weights and rare classes): each test failed
+before the fix it names, or pins a limit."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from loaders import draw_counts, split_csv
+
+
+def angles_table(folder, n=40, seed=0, header="file,angle", extra=None):
+    """folder/t.csv (file,angle: a plain table, no split column) and folder/img/img<i>.png, each
+    8x8 image as bright as its angle (uniform in [-45, 45], two decimals)."""
+    (folder / "img").mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    lines = [header]
+    for i in range(n):
+        angle = round(float(rng.uniform(-45, 45)), 2)
+        pixels = np.full((8, 8), int((angle + 45) / 90 * 255), dtype=np.uint8)
+        pixels[::2, ::2] = 255 - pixels[0, 0]
+        Image.fromarray(pixels).save(folder / "img" / f"img{i}.png")
+        lines.append(f"img{i}.png,{angle}" + ("" if extra is None else f",{extra(i, angle)}"))
+    (folder / "t.csv").write_text("\n".join(lines) + "\n")
+    return folder / "t.csv"
+
+
+def run_args(folder, results, *extra):
+    return ["--csv", str(folder / "t.csv"), "--img-dir", str(folder / "img"), "--file-column",
+            "file", "--batch-size", "8", "--optimizer", "adam", "--seed", "7", "--results-dir",
+            str(results), "--no-disk-cache", "--logging-interval", "1000", *extra]
+
+
+def same_weights(a_path, b_path) -> bool:
+    a = torch.load(a_path, weights_only=True)["model"]
+    b = torch.load(b_path, weights_only=True)["model"]
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+# ---- 1. a plain regression table draws its split at random (the owner's known gap) --------------
+
+def test_split_csv_draws_a_regression_table_at_random_with_draw_counts_rounding(tmp_path):
+    """Before: split_csv stratified a regression table by its target's text (every angle its own
+    'class' of one row, so nothing could be drawn), and train.py refused the drawn split."""
+    csv = angles_table(tmp_path, n=37, extra=lambda i, a: f"{1 + a / 90:.4f}",
+                       header="file,angle,scale")
+    out = split_csv(csv, tmp_path / "s.csv", label_column="angle,scale", file_column="file",
+                    valid_fraction=0.2, test_fraction=0.15, seed=3, task="regression")
+    split = pd.read_csv(out)["split"]
+    n_test, n_valid = draw_counts(np.array([37]), 0.15, 0.2)
+    assert (split == "test").sum() == n_test[0] == 6 and (split == "valid").sum() == n_valid[0] == 7
+    again = split_csv(csv, tmp_path / "s2.csv", label_column="angle,scale", file_column="file",
+                      valid_fraction=0.2, test_fraction=0.15, seed=3, task="regression")
+    assert again.read_bytes() == out.read_bytes()  # from (seed, rows) alone
+    other = split_csv(csv, tmp_path / "s3.csv", label_column="angle", file_column="file",
+                      valid_fraction=0.2, test_fraction=0.15, seed=4, task="regression")
+    assert not pd.read_csv(other)["split"].equals(split)  # the seed draws
+    # not by value: the valid rows are not the lowest or highest angles
+    angles = pd.read_csv(out)["angle"]
+    assert not set(angles[split == "valid"]) <= set(angles.nsmallest(7)) | set(angles.nlargest(7))
+    with pytest.raises(Exception, match="one row stays for training"):
+        tiny = angles_table(tmp_path / "tiny", n=1)
+        split_csv(tiny, tmp_path / "t.csv", label_column="angle", file_column="file",
+                  valid_fraction=0.5, task="regression")
+
+
+def test_train_draws_a_regression_split_and_resume_needs_no_task(tmp_path, capsys):
+    """A plain `file,angle` table trains with --task regression and no split flag; --resume and
+    --evaluate without --task compare the split they redraw with the checkpoint's."""
+    import train
+    angles_table(tmp_path, n=44)
+    regress = ["--task", "regression", "--label-column", "angle"]
+    train.main(run_args(tmp_path, tmp_path / "whole", *regress, "--epochs", "3"))
+    split = pd.read_csv(tmp_path / "whole" / "split.csv")["split"]
+    assert split.value_counts().to_dict() == {"train": 36, "valid": 4, "test": 4}
+    train.main(run_args(tmp_path, tmp_path / "parts", *regress, "--epochs", "2"))
+    train.main(run_args(tmp_path, tmp_path / "parts", "--epochs", "3", "--resume"))
+    assert same_weights(tmp_path / "whole" / "checkpoint.pt", tmp_path / "parts" / "checkpoint.pt")
+    capsys.readouterr()
+    train.main(run_args(tmp_path, tmp_path / "parts", "--evaluate"))
+    assert "Test RMSE: " in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="differs from"):  # another split: refused as for classes
+        train.main(run_args(tmp_path, tmp_path / "parts", "--evaluate", "--split-seed", "5"))
+
+
+def test_train_regression_with_a_valid_column_and_a_test_fraction(tmp_path):
+    import train
+    angles_table(tmp_path, n=30, header="file,angle,is_valid",
+                 extra=lambda i, a: "True" if i % 5 == 0 else "False")
+    train.main(run_args(tmp_path, tmp_path / "r", "--task", "regression", "--label-column",
+                        "angle", "--valid-column", "is_valid", "--test-fraction", "0.2",
+                        "--epochs", "1"))
+    split = pd.read_csv(tmp_path / "r" / "split.csv")
+    assert (split["split"] == "valid").sum() == 6 and (split["split"] == "test").sum() == 5
