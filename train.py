@@ -2218,9 +2218,10 @@ def run(settings: Settings, hints: dict) -> History | Path:
             return history
         if isinstance(task, Regression):
             finish_regression(model, history, loaders[2], classes, session, task)
-            return history
-        finish(model, net, history, loaders[2], classes, session, baseline=baseline,
-               missed=missed)
+        else:
+            finish(model, net, history, loaders[2], classes, session, baseline=baseline,
+                   missed=missed)
+        # the table's unlabelled test rows (a Kaggle test set): predicted, a number or a class
         to_predict = unlabelled_source(data, results_dir / "split.csv")
         if to_predict is not None and rank == 0:
             predict_test_rows(to_predict, data, session)

@@ -94,3 +94,24 @@ def test_train_regression_with_a_valid_column_and_a_test_fraction(tmp_path):
                         "--epochs", "1"))
     split = pd.read_csv(tmp_path / "r" / "split.csv")
     assert (split["split"] == "valid").sum() == 6 and (split["split"] == "test").sum() == 5
+
+
+# ---- 2. a regression table's unlabelled test rows are predicted, as a classification's are -----
+
+def test_regression_predicts_the_tables_unlabelled_test_rows(tmp_path, capsys):
+    """Before: test rows with empty targets (a Kaggle test set in the table) vanished without a
+    word from a --task regression run; a classification run predicts them into predictions.csv."""
+    import train
+    angles_table(tmp_path, n=30, header="file,angle,split",
+                 extra=lambda i, a: "train" if i < 20 else "valid" if i < 25 else "test")
+    lines = (tmp_path / "t.csv").read_text().splitlines()
+    lines[26:] = [f"img{i}.png,,test" for i in range(25, 30)]
+    (tmp_path / "t.csv").write_text("\n".join(lines) + "\n")
+    train.main(run_args(tmp_path, tmp_path / "r", "--task", "regression", "--label-column",
+                        "angle", "--split-column", "split", "--epochs", "1"))
+    assert "The 5 test rows of" in capsys.readouterr().out
+    table = pd.read_csv(tmp_path / "r" / "predictions.csv")
+    assert list(table.columns) == ["file", "angle", "problem"]
+    assert table["file"].tolist() == [f"img{i}.png" for i in range(25, 30)]
+    assert table["angle"].notna().all()
+
