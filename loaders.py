@@ -176,8 +176,11 @@ def make_datasets(sources: Sequence[tuple | None], dataset_kwargs: dict | None =
     sources = list(sources)
     _refuse_unknown_splits([s for s in sources if s is not None], file_column, encoding, header)
     _refuse_no_valid(sources[1] if len(sources) > 1 else None, file_column, encoding, header)
+    # tags (label_delim): an empty cell is an image with no tags, labelled all the same
+    tagged = kwargs.get("label_delim") is not None
     if len(sources) > 2 and sources[2] is not None and sources[2][2] is not None and (
-            split_rows(sources[2], file_column, label_column, encoding, header)[1] == 0):
+            split_rows(sources[2], file_column, label_column, encoding, header)[int(
+                not tagged)] == 0):
         sources[2] = None  # no test rows, or none with a label: no test split
     transforms = [train_transforms] + [test_transforms] * (len(sources) - 1)
 

@@ -1264,7 +1264,7 @@ def data_sources(data: DataSettings, split_path: Path, main_process: bool,
 def unlabelled_source(data: DataSettings, split_path: Path) -> tuple | None:
     """The (csv, folder, (column, "test")) of the table's test rows when they have no labels (a
     Kaggle test set in the table), else None."""
-    if data.csv is None:
+    if data.csv is None or data.label_delim is not None:  # tags: an empty cell is no tags
         return None
     csv, column = (split_path, "split") if data.draws_split() else (data.csv, data.split_column)
     source = (Path(csv), data.image_folder(), (column, "test"))

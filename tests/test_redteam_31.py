@@ -115,3 +115,22 @@ def test_regression_predicts_the_tables_unlabelled_test_rows(tmp_path, capsys):
     assert table["file"].tolist() == [f"img{i}.png" for i in range(25, 30)]
     assert table["angle"].notna().all()
 
+
+# ---- 3. tags: a test split whose cells are all empty is a test split of untagged images --------
+
+def test_multi_label_test_rows_without_tags_stay_the_test_split(tmp_path, capsys):
+    """Before: a --label-delim table whose test rows have no tags (an empty cell: no tags, not an
+    error) lost its test split without a word, as if the rows were unlabelled."""
+    import train
+    angles_table(tmp_path, n=30, header="file,angle,tags,split",
+                 extra=lambda i, a: ("cat" if i % 2 else "dog") + ",train" if i < 20 else
+                 ("cat,valid" if i < 25 else ",test"))
+    train.main(run_args(tmp_path, tmp_path / "r", "--label-column", "tags", "--label-delim",
+                        " ", "--split-column", "split", "--epochs", "1"))
+    out = capsys.readouterr().out
+    assert "20 train, 5 valid, 5 test images" in out and "No test split" not in out
+    from loaders import get_dataloaders_from_split_csv
+    *_, test = get_dataloaders_from_split_csv(
+        tmp_path / "t.csv", tmp_path / "img", batch_size=4,
+        dataset_kwargs={"file_column": "file", "label_column": "tags", "label_delim": " "})
+    assert test is not None and len(test.dataset) == 5
