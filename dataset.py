@@ -671,7 +671,8 @@ def target_columns(label_column: Column | Sequence[Column]) -> list[Column]:
 def _parse_targets(df: pd.DataFrame,
                    columns: list[Column]) -> tuple[np.ndarray, list[str], np.ndarray]:
     """(targets (N, T) float64, NaN where bad; the target names; what is wrong with each row or
-    None): each cell a finite number; empty, text, NaN or infinite is a bad row naming its column."""
+    None): each cell a finite number that float32 holds; empty, text, NaN, infinite or beyond
+    float32 is a bad row naming its column."""
     what = np.full(len(df), None, dtype=object)
     values = np.full((len(df), len(columns)), np.nan, dtype=np.float64)
     for t, column in enumerate(columns):
@@ -691,6 +692,11 @@ def _parse_targets(df: pd.DataFrame,
                 and text.lower() != "nan" else
                 f"target {text} in column {column!r} is "
                 f"{'NaN' if np.isnan(number[j]) else 'not finite'} (expected a number)")
+        # items and batches hold float32: a larger number would be inf there (the loss too)
+        for j in np.flatnonzero(np.isfinite(number) &
+                                (np.abs(number) > np.finfo(np.float32).max)):
+            what[j] = what[j] or (f"target {str(original[j]).strip()} in column {column!r} is "
+                                  "too large for float32 (at most 3.4e38 either way)")
         values[:, t] = number
     return values, [str(c) for c in columns], what
 

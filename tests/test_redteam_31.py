@@ -134,3 +134,24 @@ def test_multi_label_test_rows_without_tags_stay_the_test_split(tmp_path, capsys
         tmp_path / "t.csv", tmp_path / "img", batch_size=4,
         dataset_kwargs={"file_column": "file", "label_column": "tags", "label_delim": " "})
     assert test is not None and len(test.dataset) == 5
+
+
+# ---- 4. a target beyond float32 is a bad row, not an inf that makes the loss "diverge" --------
+
+def test_a_target_float32_cannot_hold_is_a_bad_row_named_by_line(tmp_path):
+    """Before: 1e39 passed the check (finite in float64), became inf in the float32 items, and
+    train.py stopped with 'the loss is inf ... a learning rate too high'."""
+    from dataset import CsvImageDataset, DatasetError
+    csv = angles_table(tmp_path, n=4)
+    with csv.open("a") as f:
+        f.write("img0.png,1e39\nimg1.png,-4e38\n")
+    with pytest.raises(DatasetError) as info:
+        CsvImageDataset(csv, tmp_path / "img", file_column="file", label_column="angle",
+                        task="regression")
+    message = str(info.value)
+    assert "line 6: 'img0.png': target 1e39 in column 'angle' is too large for float32" in message
+    assert "line 7: 'img1.png': target -4e38 in column 'angle' is too large" in message
+    with pytest.warns(UserWarning, match="2 bad row"):
+        ds = CsvImageDataset(csv, tmp_path / "img", file_column="file", label_column="angle",
+                             task="regression", skip_bad_rows=True)
+    assert len(ds) == 4 and torch.isfinite(ds[[0, 1, 2, 3]][1]).all()
