@@ -842,6 +842,11 @@ def run_config(settings: Settings, datasets: list[DecodedImages],
                     task="multi_label" if label_delim is not None else
                     "regression" if regression else "classification",
                     target_mean=None, target_std=None).resolved()
+    weights = train_ds.rows.weights  # a weight column: some train row must weigh something
+    if weights is not None and len(weights) and not (weights > 0).any() and saved is None:
+        raise RunError(f"every one of the {len(weights)} train rows weighs 0 in --weight-column "
+                       f"{data.weight_column}: the loss would be 0 and nothing learned; give "
+                       "the rows to learn from a weight above 0")
     if train.task == "regression":  # from the train rows alone: the same for any run of them
         train.target_mean, train.target_std = target_standardisation(train_ds.rows.values)
     if train.balance == "loss":

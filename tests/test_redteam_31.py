@@ -155,3 +155,20 @@ def test_a_target_float32_cannot_hold_is_a_bad_row_named_by_line(tmp_path):
         ds = CsvImageDataset(csv, tmp_path / "img", file_column="file", label_column="angle",
                              task="regression", skip_bad_rows=True)
     assert len(ds) == 4 and torch.isfinite(ds[[0, 1, 2, 3]][1]).all()
+
+
+# ---- 5. weights: every train row weighing 0 is refused, not a run that learns nothing ----------
+
+@pytest.mark.parametrize("task", [["--task", "regression", "--label-column", "angle"],
+                                  ["--label-column", "cls", "--balance", "sampler"]])
+def test_every_train_weight_zero_is_refused(tmp_path, task):
+    """Before: the loss was 0 / tiny = 0 every batch, the weights never moved, and the run ended
+    as if trained (--balance sampler or not)."""
+    import train
+    angles_table(tmp_path, n=20, header="file,angle,cls,w,split",
+                 extra=lambda i, a: f"{'rare' if i % 5 == 0 else 'common'},"
+                 f"{0 if i < 12 else 1},{'train' if i < 12 else 'valid' if i < 16 else 'test'}")
+    with pytest.raises(SystemExit, match="every one of the 12 train rows weighs 0"):
+        train.main(run_args(tmp_path, tmp_path / "r", *task, "--weight-column", "w",
+                            "--split-column", "split", "--epochs", "1", "--batch-size", "4"))
+    assert not (tmp_path / "r" / "checkpoint.pt").exists()
