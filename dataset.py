@@ -171,6 +171,9 @@ class CsvImageDataset(Dataset):
             self.rows.values.astype(np.float32) if self.rows.values is not None else
             self.rows.labels if self.rows.multi_hot is None else
             self.rows.multi_hot.astype(np.float32))
+        if self.rows.values is not None and (message := float32_precision_warning(
+                self.rows.values, self.classes, self.source)):
+            warnings.warn(message, stacklevel=2)
         self._weights = None if self.rows.weights is None else torch.from_numpy(self.rows.weights)
         self._transformed_shape: torch.Size | None = None  # of image 0, to name an odd one
 
@@ -699,6 +702,24 @@ def _parse_targets(df: pd.DataFrame,
                                   "too large for float32 (at most 3.4e38 either way)")
         values[:, t] = number
     return values, [str(c) for c in columns], what
+
+
+def float32_precision_warning(values: np.ndarray, names: list[str], source: str) -> str | None:
+    """A sentence when float32 (items, batches) moves a target column's numbers by more than a
+    thousandth of their spread (values (N, T) float64): 1e9 + an angle keeps no angle. None
+    when it holds them well enough."""
+    out = []
+    for name, column in zip(names, np.asarray(values, dtype=np.float64).T):
+        error = float(np.abs(column.astype(np.float32).astype(np.float64) - column).max(initial=0))
+        spread = float(column.std()) if len(column) else 0.0
+        if spread > 0 and error > 1e-3 * spread:
+            out.append(f"column {name!r}: float32 moves its numbers (up to "
+                       f"{np.abs(column).max():g}) by up to {error:g}, against a spread (std) of "
+                       f"{spread:g}; subtract an offset from the column first (such as "
+                       f"{float(np.median(column).astype(np.float32)):.10g}) and add it back to the "
+                       "predictions")
+    return (f"{source}: the targets are float32 in the items and batches, which loses them: "
+            + "; ".join(out)) if out else None
 
 
 def _refuse_measurements(values: pd.Series, source: str, column: Column,

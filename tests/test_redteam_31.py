@@ -172,3 +172,23 @@ def test_every_train_weight_zero_is_refused(tmp_path, task):
         train.main(run_args(tmp_path, tmp_path / "r", *task, "--weight-column", "w",
                             "--split-column", "split", "--epochs", "1", "--batch-size", "4"))
     assert not (tmp_path / "r" / "checkpoint.pt").exists()
+
+
+# ---- 6. targets float32 rounds away (1e9 + an angle) are named, not trained on silently ------
+
+def test_targets_that_float32_rounds_away_are_named_in_a_warning(tmp_path):
+    """Before: 1e9 + i (i < 20) became 1e9 for every row in the float32 batches: the model learned
+    a constant and the RMSE was measured against it, without a word."""
+    from dataset import CsvImageDataset
+    csv = angles_table(tmp_path, n=20)
+    lines = csv.read_text().splitlines()
+    csv.write_text("\n".join([lines[0]] + [f"img{i}.png,{1e9 + i:.1f}" for i in range(20)]) + "\n")
+    with pytest.warns(UserWarning, match=r"column 'angle': float32 moves its numbers .* subtract "
+                                         "an offset"):
+        CsvImageDataset(csv, tmp_path / "img", file_column="file", label_column="angle",
+                        task="regression")
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # angles to two decimals: float32 holds them
+        CsvImageDataset(angles_table(tmp_path / "fine", n=20), tmp_path / "fine" / "img",
+                        file_column="file", label_column="angle", task="regression")
