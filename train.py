@@ -387,6 +387,9 @@ class Regression:
         predicted, targets = regression_outputs(model, loader, device, self.mean, self.std)
         figures = {name: float(np.mean(v)) for name, v in
                    regression_scores(predicted, targets).items()}
+        r2 = regression_scores(predicted, targets)["r2"]  # NaN for a target that does not vary:
+        if np.isnan(r2).any() and not np.isnan(r2).all():  # the mean over those that do
+            figures["r2"] = float(np.mean(r2[~np.isnan(r2)]))
         z = self.standardise(torch.from_numpy(targets))
         z_predicted = self.standardise(torch.from_numpy(predicted))
         loss = REGRESSION_LOSSES[self.loss_name](z_predicted.double(), z.double()).item() \

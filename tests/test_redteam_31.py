@@ -192,3 +192,21 @@ def test_targets_that_float32_rounds_away_are_named_in_a_warning(tmp_path):
         warnings.simplefilter("error")  # angles to two decimals: float32 holds them
         CsvImageDataset(angles_table(tmp_path / "fine", n=20), tmp_path / "fine" / "img",
                         file_column="file", label_column="angle", task="regression")
+
+
+# ---- 7. several targets, one constant: R² is the mean over the targets that vary --------------
+
+def test_r2_of_several_targets_one_constant_is_the_mean_over_those_that_vary(tmp_path):
+    """Before: the constant target's R² (NaN) made the mean NaN every epoch, so --monitor r2 kept
+    epoch 1 ('validation R² nan') whatever the model learned."""
+    import train
+    angles_table(tmp_path, n=30, header="file,angle,const,split",
+                 extra=lambda i, a: "7," + ("train" if i < 18 else "valid" if i < 24 else "test"))
+    history = train.main(run_args(tmp_path, tmp_path / "r", "--task", "regression",
+                                  "--label-column", "angle,const", "--split-column", "split",
+                                  "--monitor", "r2", "--epochs", "3"))
+    metrics = pd.read_csv(tmp_path / "r" / "metrics.csv")
+    assert metrics["valid_r2"].notna().all() and metrics["train_r2"].notna().all()
+    assert history.valid_scores[-1]["r2"] == metrics["valid_r2"].iloc[-1]
+    best = torch.load(tmp_path / "r" / "best.pt", weights_only=True)["epoch"]
+    assert best == int(metrics["valid_r2"].idxmax()) + 1  # --monitor r2 follows it
