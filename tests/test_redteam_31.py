@@ -227,3 +227,30 @@ def test_a_drawn_split_of_tags_all_different_is_drawn(tmp_path):
     out = split_csv(tmp_path / "t.csv", tmp_path / "s.csv", label_column="tags",
                     file_column="file")
     assert (pd.read_csv(out)["split"] == "valid").sum() == 4
+
+
+# ---- point 4 on the new drawn split: past a decode chunk, any workers and cache state ---------
+
+def test_a_drawn_regression_split_is_exact_past_a_decode_chunk_for_any_workers_and_cache(tmp_path):
+    """340 rows, 272 drawn to train (more than DECODE_CHUNK, 256), batches of 7 (not dividing
+    it: drop_last), row weights: the same weights with 0 or 2 workers, no cache, --cache-mb 0,
+    and a disk cache cold then warm. Passed before and after the fixes here: kept as a guard."""
+    import loaders
+    import train
+    assert 272 > loaders.DECODE_CHUNK
+    angles_table(tmp_path, n=340, header="file,angle,w", extra=lambda i, a: 1 + i % 3)
+    flags = ["--task", "regression", "--label-column", "angle", "--weight-column", "w",
+             "--epochs", "2", "--batch-size", "7", "--eval-batch-size", "9"]
+    runs = {"plain": ["--no-disk-cache"],  # run_args has --no-disk-cache: the others drop it
+            "workers": ["--num-workers", "2", "--cache-mb", "0"],
+            "cold": ["--cache-dir", str(tmp_path / "cache")],
+            "warm": ["--cache-dir", str(tmp_path / "cache"), "--num-workers", "2"]}
+    for name, extra in runs.items():
+        args = [a for a in run_args(tmp_path, tmp_path / name, *flags, *extra)
+                if a != "--no-disk-cache" or name == "plain"]
+        train.main(args)
+    split = pd.read_csv(tmp_path / "plain" / "split.csv")["split"]
+    assert (split == "train").sum() == 272
+    for name in ("workers", "cold", "warm"):
+        assert same_weights(tmp_path / "plain" / "checkpoint.pt",
+                            tmp_path / name / "checkpoint.pt"), name
