@@ -2102,6 +2102,15 @@ def outside_cause(e: Exception, settings: Settings, hints: dict) -> str | None:
     return None
 
 
+def with_threshold(checkpoint: dict, given: dict) -> dict:
+    """The checkpoint as --evaluate and --predict read it: with --threshold given, a --label-delim
+    model's tags are those whose probability reaches it (a choice made when predicting, not a
+    part of the model), else the checkpoint's."""
+    if "threshold" not in given or checkpoint["config"].get("task") != "multi_label":
+        return checkpoint
+    return {**checkpoint, "config": {**checkpoint["config"], "threshold": given["threshold"]}}
+
+
 def regression_data(data: DataSettings, targets: list[str]) -> DataSettings:
     """--task left out on --resume / --evaluate of a regression checkpoint: its task, and its
     target columns unless --label-column names them."""
@@ -2163,7 +2172,8 @@ def run(settings: Settings, hints: dict) -> History | Path:
                                      "--predict with", checkpoint_path)
             refuse_other_resize(data.resize, checkpoint.get("resize", "squish"), "--predict with",
                                 checkpoint_path)
-            return predict(settings.predict, checkpoint, checkpoint_path, results_dir,
+            return predict(settings.predict, with_threshold(checkpoint, settings.given),
+                           checkpoint_path, results_dir,
                            columns=(data.file_column, data.label_column), img_dir=data.img_dir,
                            encoding=data.encoding, device=pick_device(settings.device, 0),
                            submission=settings.predict_columns,
@@ -2210,7 +2220,8 @@ def run(settings: Settings, hints: dict) -> History | Path:
             "validation (no test split)", helps=what_helps(baseline is not None,
                                                           config.train.balance))
         if settings.evaluate:
-            return evaluate(checkpoint, classes, loaders[2], session, baseline=baseline,
+            return evaluate(with_threshold(checkpoint, settings.given), classes, loaders[2],
+                            session, baseline=baseline,
                             missed=missed)
         task = make_task(config.train, np.asarray(datasets[0].targets), len(classes),
                          baseline=baseline)

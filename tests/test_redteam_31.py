@@ -254,3 +254,32 @@ def test_a_drawn_regression_split_is_exact_past_a_decode_chunk_for_any_workers_a
     for name in ("workers", "cold", "warm"):
         assert same_weights(tmp_path / "plain" / "checkpoint.pt",
                             tmp_path / name / "checkpoint.pt"), name
+
+
+# ---- 8. --threshold given to --predict / --evaluate of a tags model is used, not ignored ------
+
+def test_threshold_given_to_predict_and_evaluate_is_used(tmp_path):
+    """Before: --predict ... --threshold 0.3 wrote the checkpoint's 0.5 tag sets without a word
+    (the help says the checkpoint's is the default, so a flag given is what the user asked)."""
+    import train
+    angles_table(tmp_path, n=30, header="file,angle,tags,split",
+                 extra=lambda i, a: ("cat dog" if i % 3 == 0 else "cat" if i % 2 else "") + ","
+                 + ("train" if i < 18 else "valid" if i < 24 else "test"))
+    base = ["--label-column", "tags", "--split-column", "split"]
+    train.main(run_args(tmp_path, tmp_path / "r", *base, "--label-delim", " ", "--epochs", "2"))
+    listing = tmp_path / "p.csv"
+    listing.write_text("file\n" + "".join(f"img{i}.png\n" for i in range(6)))
+    predicted = {}
+    for threshold in ("0.01", "0.99"):
+        train.main(["--predict", str(listing), "--img-dir", str(tmp_path / "img"),
+                    "--file-column", "file", "--results-dir", str(tmp_path / "r"),
+                    "--threshold", threshold])
+        table = pd.read_csv(tmp_path / "r" / "predictions.csv", keep_default_na=False)
+        predicted[threshold] = table["predicted"].tolist()
+    assert predicted["0.01"] == ["cat dog"] * 6 and predicted["0.99"] == [""] * 6
+    reports = {}
+    for threshold in ("0.01", "0.99"):
+        train.main(run_args(tmp_path, tmp_path / "r", *base, "--evaluate", "--threshold",
+                            threshold))
+        reports[threshold] = pd.read_csv(tmp_path / "r" / "multi_label_report.csv")
+    assert (reports["0.01"]["recall"] == 1).all() and (reports["0.99"]["recall"] == 0).all()
