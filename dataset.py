@@ -591,6 +591,10 @@ def make_dataset(csv_path: Path | pd.DataFrame, img_dir: Path | None, *, file_co
     weight_column = None if label_column is None else weight_column  # rows to predict: unread
     targets = target_columns(label_column) if task == "regression" and label_column is not None \
         else [label_column]  # regression: one or more columns of numbers
+    twice = sorted({str(c) for c in targets if [str(t) for t in targets].count(str(c)) > 1})
+    if task == "regression" and twice:  # predictions.csv would have two columns of one name
+        raise DatasetError(f"{source}: target column(s) {twice} named twice in the label column "
+                           f"{targets}; name each target once")
     columns = [file_column] + [c for c in (*targets, split and split[0], weight_column)
                                if c is not None]
     df = read_csv(csv_path, columns, encoding, header=header)

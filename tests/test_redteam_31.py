@@ -283,3 +283,15 @@ def test_threshold_given_to_predict_and_evaluate_is_used(tmp_path):
                             threshold))
         reports[threshold] = pd.read_csv(tmp_path / "r" / "multi_label_report.csv")
     assert (reports["0.01"]["recall"] == 1).all() and (reports["0.99"]["recall"] == 0).all()
+
+
+# ---- 9. a target named twice is refused -------------------------------------------------------
+
+def test_a_target_column_named_twice_is_refused(tmp_path):
+    """Before: --label-column angle,angle trained two outputs on one column and wrote
+    predictions.csv with two columns named angle."""
+    from dataset import CsvImageDataset, DatasetError
+    csv = angles_table(tmp_path, n=4)
+    with pytest.raises(DatasetError, match=r"target column\(s\) \['angle'\] named twice"):
+        CsvImageDataset(csv, tmp_path / "img", file_column="file", label_column="angle, angle",
+                        task="regression")
