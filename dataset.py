@@ -171,6 +171,9 @@ class CsvImageDataset(Dataset):
             self.rows.values.astype(np.float32) if self.rows.values is not None else
             self.rows.labels if self.rows.multi_hot is None else
             self.rows.multi_hot.astype(np.float32))
+        if self.rows.values is not None and (message := float32_precision_warning(
+                self.rows.values, self.classes, self.source)):
+            warnings.warn(message, stacklevel=2)
         self._weights = None if self.rows.weights is None else torch.from_numpy(self.rows.weights)
         self._transformed_shape: torch.Size | None = None  # of image 0, to name an odd one
 
@@ -588,6 +591,10 @@ def make_dataset(csv_path: Path | pd.DataFrame, img_dir: Path | None, *, file_co
     weight_column = None if label_column is None else weight_column  # rows to predict: unread
     targets = target_columns(label_column) if task == "regression" and label_column is not None \
         else [label_column]  # regression: one or more columns of numbers
+    twice = sorted({str(c) for c in targets if [str(t) for t in targets].count(str(c)) > 1})
+    if task == "regression" and twice:  # predictions.csv would have two columns of one name
+        raise DatasetError(f"{source}: target column(s) {twice} named twice in the label column "
+                           f"{targets}; name each target once")
     columns = [file_column] + [c for c in (*targets, split and split[0], weight_column)
                                if c is not None]
     df = read_csv(csv_path, columns, encoding, header=header)
@@ -671,7 +678,8 @@ def target_columns(label_column: Column | Sequence[Column]) -> list[Column]:
 def _parse_targets(df: pd.DataFrame,
                    columns: list[Column]) -> tuple[np.ndarray, list[str], np.ndarray]:
     """(targets (N, T) float64, NaN where bad; the target names; what is wrong with each row or
-    None): each cell a finite number; empty, text, NaN or infinite is a bad row naming its column."""
+    None): each cell a finite number that float32 holds; empty, text, NaN, infinite or beyond
+    float32 is a bad row naming its column."""
     what = np.full(len(df), None, dtype=object)
     values = np.full((len(df), len(columns)), np.nan, dtype=np.float64)
     for t, column in enumerate(columns):
@@ -691,8 +699,31 @@ def _parse_targets(df: pd.DataFrame,
                 and text.lower() != "nan" else
                 f"target {text} in column {column!r} is "
                 f"{'NaN' if np.isnan(number[j]) else 'not finite'} (expected a number)")
+        # items and batches hold float32: a larger number would be inf there (the loss too)
+        for j in np.flatnonzero(np.isfinite(number) &
+                                (np.abs(number) > np.finfo(np.float32).max)):
+            what[j] = what[j] or (f"target {str(original[j]).strip()} in column {column!r} is "
+                                  "too large for float32 (at most 3.4e38 either way)")
         values[:, t] = number
     return values, [str(c) for c in columns], what
+
+
+def float32_precision_warning(values: np.ndarray, names: list[str], source: str) -> str | None:
+    """A sentence when float32 (items, batches) moves a target column's numbers by more than a
+    thousandth of their spread (values (N, T) float64): 1e9 + an angle keeps no angle. None
+    when it holds them well enough."""
+    out = []
+    for name, column in zip(names, np.asarray(values, dtype=np.float64).T):
+        error = float(np.abs(column.astype(np.float32).astype(np.float64) - column).max(initial=0))
+        spread = float(column.std()) if len(column) else 0.0
+        if spread > 0 and error > 1e-3 * spread:
+            out.append(f"column {name!r}: float32 moves its numbers (up to "
+                       f"{np.abs(column).max():g}) by up to {error:g}, against a spread (std) of "
+                       f"{spread:g}; subtract an offset from the column first (such as "
+                       f"{float(np.median(column).astype(np.float32)):.10g}) and add it back to the "
+                       "predictions")
+    return (f"{source}: the targets are float32 in the items and batches, which loses them: "
+            + "; ".join(out)) if out else None
 
 
 def _refuse_measurements(values: pd.Series, source: str, column: Column,

@@ -176,8 +176,11 @@ def make_datasets(sources: Sequence[tuple | None], dataset_kwargs: dict | None =
     sources = list(sources)
     _refuse_unknown_splits([s for s in sources if s is not None], file_column, encoding, header)
     _refuse_no_valid(sources[1] if len(sources) > 1 else None, file_column, encoding, header)
+    # tags (label_delim): an empty cell is an image with no tags, labelled all the same
+    tagged = kwargs.get("label_delim") is not None
     if len(sources) > 2 and sources[2] is not None and sources[2][2] is not None and (
-            split_rows(sources[2], file_column, label_column, encoding, header)[1] == 0):
+            split_rows(sources[2], file_column, label_column, encoding, header)[int(
+                not tagged)] == 0):
         sources[2] = None  # no test rows, or none with a label: no test split
     transforms = [train_transforms] + [test_transforms] * (len(sources) - 1)
 
@@ -369,7 +372,8 @@ def split_csv(csv_path: str | Path | pd.DataFrame, out_path: str | Path, *,
               label_column: str | int = "Class Label", valid_fraction: float | None = None,
               test_fraction: float | None = None, seed: int = 0, encoding: str = "utf-8",
               file_column: str | int | None = None, split_column: str | int | None = None,
-              valid_column: str | int | None = None, header: bool = True) -> Path:
+              valid_column: str | int | None = None, header: bool = True,
+              task: str | None = None) -> Path:
     """Write csv_path's rows to out_path with a `split` column, valid and test rows drawn from the
     train rows: every row of a table without a split; those its split_column says train (the
     others keep theirs); or those its valid_column (True / False, 1 / 0, yes / no) marks False,
@@ -384,7 +388,13 @@ def split_csv(csv_path: str | Path | pd.DataFrame, out_path: str | Path, *,
     class), all its rows in one split. csv_path: a CSV or a DataFrame (its index is not written).
     Columns by name or 0-based position; header=False: the CSV's first line is a row, and
     out_path's header names the columns by position (0, 1, ..., split), which read_csv reads as
-    the same positions."""
+    the same positions.
+
+    task="regression": label_column names the target columns (checked to exist) and the rows are
+    drawn as one pool, at random (draw_counts of a single class: round(N * fraction) each, one row
+    kept for training, and one for valid when test takes too), from (seed, rows) alone."""
+    if task not in (None, "classification", "regression"):
+        raise ValueError(f"task must be 'classification' or 'regression', got {task!r}")
     table = csv_path if isinstance(csv_path, pd.DataFrame) else Path(csv_path)
     csv_path, out_path = table_name(table), Path(out_path)
     if split_column is not None and valid_column is not None:
@@ -395,11 +405,14 @@ def split_csv(csv_path: str | Path | pd.DataFrame, out_path: str | Path, *,
                          "valid_fraction out (--valid-fraction)")
     _check_fractions(valid_fraction, test_fraction)
     # named errors: no file, no column, encoding
-    columns = [c for c in (file_column, label_column, split_column, valid_column) if c is not None]
+    regression = task == "regression"
+    labels = target_columns(label_column) if regression else [label_column]
+    columns = [c for c in (file_column, *labels, split_column, valid_column) if c is not None]
     cells_read = read_csv(table, columns, encoding, header=header)
-    # a column of measurements (an angle) is no classes to draw by: the dataset's sentence, which
-    # names --task regression, rather than "no class has one to spare" from the draw below
-    _refuse_measurements(cells_read[label_column], csv_path, label_column, RowNames.of(table))
+    if not regression:  # a column of measurements (an angle) is no classes to draw by: the
+        # dataset's sentence, which names --task regression, rather than "no class has one to
+        # spare" from the draw below
+        _refuse_measurements(cells_read[label_column], csv_path, label_column, RowNames.of(table))
     if split_column is not None:  # values that are no split: named, with counts and lines
         _refuse_unknown_splits([(table, None, (split_column, s)) for s in SPLITS], columns[0],
                                encoding, header)
@@ -424,9 +437,10 @@ def split_csv(csv_path: str | Path | pd.DataFrame, out_path: str | Path, *,
         split = np.full(len(rows), "train", dtype=object)
     fractions = _fractions_to_draw(split, {"test": test_fraction, "valid": valid_fraction},
                                    f"{csv_path}: column {split_column or valid_column!r}")
-    _draw(split, cells(label_column).str.strip(),
+    # a regression's rows: one pool (the same label each), drawn at random, not by class
+    _draw(split, pd.Series("", index=rows.index) if regression else cells(label_column).str.strip(),
           cells(file_column).str.strip() if file_column is not None else None,
-          fractions, seed, csv_path)
+          fractions, seed, csv_path, pooled=regression)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     # csv quotes a cell holding "\n" but not "\r" (not in the line end): quote all when one does
     carriage = any(rows[c].astype(str).str.contains("\r", regex=False).any() for c in rows.columns)
@@ -471,8 +485,9 @@ def _table_rows(table: Path | pd.DataFrame, encoding: str,
 
 
 def _draw(split: np.ndarray, labels: pd.Series, files: pd.Series | None, fractions: dict,
-          seed: int, csv_path: str) -> None:
-    """Draw valid and test rows from split's train rows, in place (split_csv's rule)."""
+          seed: int, csv_path: str, pooled: bool = False) -> None:
+    """Draw valid and test rows from split's train rows, in place (split_csv's rule). pooled: the
+    labels are one (a regression's rows), so the words say rows, not classes."""
     pool = split == "train"  # the rows drawn from
     first = pool.copy()  # of a file listed on several train rows, its first
     if files is not None:
@@ -486,8 +501,9 @@ def _draw(split: np.ndarray, labels: pd.Series, files: pd.Series | None, fractio
             n, f = int(sizes.sum()), fractions[name]
             why = (f"{f:g} x {n} rounds to 0; pass a larger --{name}-fraction ({name}_fraction), "
                    f"at least {0.5 / max(n, 1):.3g}, or list more images" if _rounded(n * f) == 0
-                   else "every class keeps one image for training, and no class has one to "
-                   "spare; list more images of each class")
+                   else "one row stays for training, and none is left to spare; list more "
+                   "images" if pooled else "every class keeps one image for training, and no "
+                   "class has one to spare; list more images of each class")
             raise DatasetError(f"{csv_path}: the {name} split would be empty: {name}_fraction "
                                f"{f:g} of the {n} rows to draw from gives no {name} row ({why})")
     for k, label in enumerate(classes):

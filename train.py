@@ -405,6 +405,9 @@ class Regression:
         predicted, targets = regression_outputs(model, loader, device, self.mean, self.std)
         figures = {name: float(np.mean(v)) for name, v in
                    regression_scores(predicted, targets).items()}
+        r2 = regression_scores(predicted, targets)["r2"]  # NaN for a target that does not vary:
+        if np.isnan(r2).any() and not np.isnan(r2).all():  # the mean over those that do
+            figures["r2"] = float(np.mean(r2[~np.isnan(r2)]))
         z = self.standardise(torch.from_numpy(targets))
         z_predicted = self.standardise(torch.from_numpy(predicted))
         loss = REGRESSION_LOSSES[self.loss_name](z_predicted.double(), z.double()).item() \
@@ -715,7 +718,8 @@ class DataSettings:
                 "seed": self.split_seed, "valid_fraction": self.valid_fraction,
                 "test_fraction": test, "encoding": self.encoding,
                 "split_column": self.split_column, "valid_column": self.valid_column,
-                "header": not self.no_header}
+                "header": not self.no_header,  # a regression's rows: drawn at random, not by class
+                **({"task": "regression"} if self.task == "regression" else {})}
 
     def table_options(self) -> dict:
         """How the dataset reads the table's rows and finds each row's file. The split drawn into
@@ -922,6 +926,11 @@ def run_config(settings: Settings, datasets: list[DecodedImages],
                     task="multi_label" if label_delim is not None else
                     "regression" if regression else "classification",
                     target_mean=None, target_std=None).resolved()
+    weights = train_ds.rows.weights  # a weight column: some train row must weigh something
+    if weights is not None and len(weights) and not (weights > 0).any() and saved is None:
+        raise RunError(f"every one of the {len(weights)} train rows weighs 0 in --weight-column "
+                       f"{data.weight_column}: the loss would be 0 and nothing learned; give "
+                       "the rows to learn from a weight above 0")
     if train.task == "regression":  # from the train rows alone: the same for any run of them
         train.target_mean, train.target_std = target_standardisation(train_ds.rows.values)
     if train.balance == "loss":
@@ -1344,7 +1353,7 @@ def data_sources(data: DataSettings, split_path: Path, main_process: bool,
 def unlabelled_source(data: DataSettings, split_path: Path) -> tuple | None:
     """The (csv, folder, (column, "test")) of the table's test rows when they have no labels (a
     Kaggle test set in the table), else None."""
-    if data.csv is None:
+    if data.csv is None or data.label_delim is not None:  # tags: an empty cell is no tags
         return None
     csv, column = (split_path, "split") if data.draws_split() else (data.csv, data.split_column)
     source = (Path(csv), data.image_folder(), (column, "test"))
@@ -1882,7 +1891,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                            "metadata.csv, instead of --csv: listed into RESULTS_DIR/split.csv, "
                            "which the run then reads as a CSV")
     data.add_argument("--split-column", help="column saying train, valid or test for each row "
-                                             "(default: none; a split is drawn by class); with "
+                                             "(default: none; a split is drawn by class, at "
+                                             "random with --task regression); with "
                                              "no test rows, or only unlabelled ones, the reports "
                                              "are of valid")
     data.add_argument("--valid-column", help="a True / False (1 / 0, yes / no) column marking "
@@ -2115,11 +2125,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--loss goes with --task regression")
     if regression and args.csv is None and args.predict is None:
         p.error("--task regression goes with --csv (a table with columns of numbers)")
-    if regression and args.csv is not None and (args.split_column is None or
-                                                args.valid_fraction is not None or
-                                                args.test_fraction is not None):
-        p.error("--task regression reads the split from the table: pass --split-column "
-                "(train, valid or test on each row); a drawn split is drawn by class")
     if args.label_delim == "" or args.label_delim is not None and args.csv is None:
         p.error("--label-delim goes with --csv (a column of tags), and is one or more characters")
     own_column = args.split_column is not None or args.valid_column is not None
@@ -2218,6 +2223,38 @@ def outside_cause(e: Exception, settings: Settings, hints: dict) -> str | None:
     return None
 
 
+def with_threshold(checkpoint: dict, given: dict) -> dict:
+    """The checkpoint as --evaluate and --predict read it: with --threshold given, a --label-delim
+    model's tags are those whose probability reaches it (a choice made when predicting, not a
+    part of the model), else the checkpoint's."""
+    if "threshold" not in given or checkpoint["config"].get("task") != "multi_label":
+        return checkpoint
+    return {**checkpoint, "config": {**checkpoint["config"], "threshold": given["threshold"]}}
+
+
+def regression_data(data: DataSettings, targets: list[str]) -> DataSettings:
+    """--task left out on --resume / --evaluate of a regression checkpoint: its task, and its
+    target columns unless --label-column names them."""
+    return dataclasses.replace(data, task="regression", **(
+        {"label_column": ",".join(targets)}
+        if data.label_column == DataSettings.label_column else {}))
+
+
+def checkpoint_task(data: DataSettings, checkpoint_path: Path) -> DataSettings:
+    """data with a regression checkpoint's task and target columns when --task is left out (a
+    drawn split is compared before the checkpoint is read in full); else data. A checkpoint that
+    cannot be read is left to the reading that names why."""
+    if data.task is not None or not checkpoint_path.is_file():
+        return data
+    try:
+        checkpoint = read_checkpoint(checkpoint_path)
+        regression = checkpoint["config"].get("task") == "regression"
+        targets = list(checkpoint["classes"])
+    except Exception:  # noqa: BLE001 - named by the full read that follows
+        return data
+    return regression_data(data, targets) if regression else data
+
+
 def hints_for(argv: list[str] | None, resuming: bool) -> dict:
     """The commands to print after an interrupt, as the user ran this one (script path included)."""
     command = ["python", *(sys.argv if argv is None else ["train.py", *argv])]
@@ -2239,6 +2276,8 @@ def run(settings: Settings, hints: dict) -> History | Path:
     trained_split = checkpoint_path.resolve().parent / "split.csv"  # the checkpoint run's split
     # a different split: refused before anything is moved or written
     if reads_checkpoint and data.draws_split() and trained_split.is_file():
+        # a regression's split is drawn at random from its target columns: the checkpoint's task
+        data = checkpoint_task(data, checkpoint_path)
         same_split_or_refuse(data.csv, trained_split, data.split_options())
     if reads_checkpoint and data.class_folders and trained_split.is_file():
         same_listing_or_refuse(data, trained_split)
@@ -2254,7 +2293,8 @@ def run(settings: Settings, hints: dict) -> History | Path:
                                      "--predict with", checkpoint_path)
             refuse_other_resize(data.resize, checkpoint.get("resize", "squish"), "--predict with",
                                 checkpoint_path)
-            return predict(settings.predict, checkpoint, checkpoint_path, results_dir,
+            return predict(settings.predict, with_threshold(checkpoint, settings.given),
+                           checkpoint_path, results_dir,
                            columns=(data.file_column, data.label_column), img_dir=data.img_dir,
                            encoding=data.encoding, device=pick_device(settings.device, 0),
                            submission=settings.predict_columns,
@@ -2278,9 +2318,7 @@ def run(settings: Settings, hints: dict) -> History | Path:
             if data.label_delim is None and saved.train.label_delim is not None:
                 data = dataclasses.replace(data, label_delim=saved.train.label_delim)
             if data.task is None and saved.train.task == "regression":  # its target columns
-                data = dataclasses.replace(data, task="regression", **(
-                    {"label_column": ",".join(checkpoint["classes"])}
-                    if data.label_column == DataSettings.label_column else {}))
+                data = regression_data(data, checkpoint["classes"])
         moved_into = move_aside(results_dir, first) if rank == 0 else None
         balance = inherit(TrainConfig, settings.given, saved and saved.train).balance
         datasets, loaders = prepare_data(
@@ -2305,7 +2343,8 @@ def run(settings: Settings, hints: dict) -> History | Path:
                 weighted=config.train.weight_column is not None  # --evaluate: the run's
                 or (saved is not None and saved.train.weight_column is not None)))
         if settings.evaluate:
-            return evaluate(checkpoint, classes, loaders[2], session, baseline=baseline,
+            return evaluate(with_threshold(checkpoint, settings.given), classes, loaders[2],
+                            session, baseline=baseline,
                             missed=missed)
         task = make_task(config.train, np.asarray(datasets[0].targets), len(classes),
                          baseline=baseline)
@@ -2321,9 +2360,10 @@ def run(settings: Settings, hints: dict) -> History | Path:
             return history
         if isinstance(task, Regression):
             finish_regression(model, history, loaders[2], classes, session, task)
-            return history
-        finish(model, net, history, loaders[2], classes, session, baseline=baseline,
-               missed=missed)
+        else:
+            finish(model, net, history, loaders[2], classes, session, baseline=baseline,
+                   missed=missed)
+        # the table's unlabelled test rows (a Kaggle test set): predicted, a number or a class
         to_predict = unlabelled_source(data, results_dir / "split.csv")
         if to_predict is not None and rank == 0:
             predict_test_rows(to_predict, data, session)

@@ -294,17 +294,13 @@ def test_regression_resume_is_the_uninterrupted_run(tmp_path):
     assert same_weights(tmp_path / "whole" / "checkpoint.pt", tmp_path / "parts" / "checkpoint.pt")
 
 
-def test_regression_refuses_balance_and_a_drawn_split(tmp_path, capsys):
+def test_regression_refuses_balance(tmp_path, capsys):
+    """A drawn split is no longer refused: it is drawn at random (tests/test_redteam_31.py)."""
     import train
     kaggle(tmp_path, n=10)
     with pytest.raises(SystemExit):
         train.main(regress_args(tmp_path, tmp_path / "r", "--balance", "loss"))
     assert "--label-delim and --balance are for classes" in capsys.readouterr().err
-    args = regress_args(tmp_path, tmp_path / "r")
-    at = args.index("--split-column")
-    with pytest.raises(SystemExit):
-        train.main(args[:at] + args[at + 2:])
-    assert "reads the split from the table: pass --split-column" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
 
 
