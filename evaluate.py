@@ -107,6 +107,28 @@ def sum_over_ranks(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
+def gather_over_ranks(share: torch.Tensor | np.ndarray) -> torch.Tensor | np.ndarray:
+    """Under torchrun, every rank's share (n_r, ...) of a split's outputs, on the CPU, joined in
+    rank order (sum n_r, ...) on every rank, so that each computes the same figure from all of
+    them; share itself in one process. A rank's empty share (a split with fewer images in its
+    last batch than ranks) is left out. Every rank must call it (a collective)."""
+    if not distributed():
+        return share
+    shares = [None] * dist.get_world_size()
+    dist.all_gather_object(shares, share)  # pickled: the same bits, any backend (gloo, nccl)
+    shares = [s for s in shares if len(s)] or shares[:1]
+    return np.concatenate(shares) if isinstance(share, np.ndarray) else torch.cat(shares)
+
+
+def whole_split_loader(loader):
+    """A loader of every image of loader's split, in one process's order (rank 0 of 1), for a
+    figure that rank 0 draws alone under torchrun; loader itself in one process."""
+    if not distributed():
+        return loader
+    return make_loader(loader.dataset, loader.sampler.batch_size, shuffle=False, drop_last=False,
+                       seed=loader.sampler.seed, rank=0, world_size=1)
+
+
 @torch.no_grad()
 def compute_confusion_matrix(model: torch.nn.Module, data_loader, device: torch.device | str,
                              num_classes: int) -> torch.Tensor:
@@ -241,17 +263,20 @@ REGRESSION_REPORT = "regression_report.csv"
 def regression_outputs(model: torch.nn.Module, loader, device: torch.device | str,
                        mean: list[float], std: list[float]) -> tuple[np.ndarray, np.ndarray]:
     """(predictions (N, T), targets (N, T)) of every batch, float64 NumPy in the targets' own
-    units: the model's standardised outputs times std plus mean (the train split's). One
-    process's share: under torchrun each rank measures its own."""
+    units: the model's standardised outputs times std plus mean (the train split's). Under
+    torchrun each rank measures its own share and gets every rank's (gather_over_ranks), in rank
+    order: every rank must call it."""
     model.eval()
     predicted, targets = [], []
     for images, labels, *_ in loader:
         predicted.append(model(to_input(images, device)).double().cpu().numpy())  # (B, T)
         targets.append(labels.double().cpu().numpy().reshape(len(labels), -1))
     if not predicted:
-        return np.zeros((0, len(mean))), np.zeros((0, len(mean)))
-    return (np.concatenate(predicted) * np.asarray(std) + np.asarray(mean),
-            np.concatenate(targets))
+        predicted, targets = np.zeros((0, len(mean))), np.zeros((0, len(mean)))
+    else:
+        predicted = np.concatenate(predicted) * np.asarray(std) + np.asarray(mean)
+        targets = np.concatenate(targets)
+    return gather_over_ranks(predicted), gather_over_ranks(targets)
 
 
 def regression_scores(predicted: np.ndarray, targets: np.ndarray) -> dict[str, np.ndarray]:

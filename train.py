@@ -71,6 +71,7 @@ from dataset import (RESIZE_METHODS, TASKS, DatasetError, folder_classes, parse_
 from evaluate import (FAR_BELOW, MULTI_LABEL_REPORT, REGRESSION_REPORT, REPORT_FILES, RunError,
                       compute_accuracy, regression_outputs, regression_report, regression_scores,
                       compute_confusion_matrix, compute_scores, csv_bytes, distributed,
+                      gather_over_ranks, whole_split_loader,
                       evaluate_model, example_f1, global_settings_kept, mean_average_precision,
                       missed_classes, model_from_checkpoint, move_aside, multi_label_report,
                       predict, read_checkpoint, saved_model, saved_model_accuracy,
@@ -327,8 +328,10 @@ class MultiLabel:
         return f"Train mAP: {train:.4f} | Validation mAP: {valid:.4f}"  # balanced: not one's
 
     def test_figure(self, model: torch.nn.Module, loader, device: torch.device | str) -> float:
-        probs, targets = multi_label_outputs(model, loader, device)
-        return mean_average_precision(probs, targets)
+        """The test mAP; keeps the outputs (every rank's under torchrun) for the reports
+        (self.test_outputs: probabilities, targets (N, C))."""
+        self.test_outputs = multi_label_outputs(model, loader, device)
+        return mean_average_precision(*self.test_outputs)
 
     def test_line(self, value: float) -> str:
         return f"Test mAP: {value:.4f}"
@@ -342,14 +345,17 @@ class MultiLabel:
 @torch.no_grad()
 def multi_label_outputs(model: torch.nn.Module, loader,
                         device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
-    """(probabilities (N, C) float32, targets (N, C) float32) of every batch, on the CPU. One
-    process's share: under torchrun each rank measures its own."""
+    """(probabilities (N, C) float32, targets (N, C) float32) of every batch, on the CPU. Under
+    torchrun each rank measures its own share and gets every rank's (gather_over_ranks), in
+    rank order, so that average precision ranks every image: every rank must call it."""
     model.eval()
     probs, targets = [], []
     for images, labels, *_ in loader:
         probs.append(torch.sigmoid(model(to_input(images, device)).float()).cpu())
         targets.append(labels.float().cpu())
-    return torch.cat(probs), torch.cat(targets)
+    if not probs:  # under torchrun, a rank whose share of a small split is empty
+        probs, targets = [torch.zeros(0, 0)], [torch.zeros(0, 0)]
+    return gather_over_ranks(torch.cat(probs)), gather_over_ranks(torch.cat(targets))
 
 
 REGRESSION_LOSSES = {"mse": F.mse_loss, "l1": F.l1_loss, "huber": F.huber_loss}
@@ -421,6 +427,7 @@ class Regression:
         """The test RMSE (mean over targets); keeps that of predicting the train mean for every
         image, what the model must beat, for test_line."""
         predicted, targets = regression_outputs(model, loader, device, self.mean, self.std)
+        self.test_outputs = predicted, targets  # for the reports (every rank's under torchrun)
         self.mean_rmse = float(np.mean(np.sqrt(np.mean(
             (targets - np.asarray(self.mean)) ** 2, axis=0)))) if len(targets) else None
         return float(np.mean(regression_scores(predicted, targets)["rmse"]))
@@ -474,10 +481,6 @@ def make_task(train: TrainConfig, labels: np.ndarray, num_classes: int, *,
         if train.monitor not in ("accuracy", *REGRESSION_MONITORS):
             raise RunError(f"--monitor {train.monitor} is for classes; a --task regression run "
                            "follows rmse (the default), mae, r2 or loss")
-        if distributed():  # the reports and figures need every image's prediction together
-            raise RunError("--task regression runs in one process for now: its reports and "
-                           "figures need every image's prediction together; run without "
-                           "torchrun")
         return Regression(mean=train.target_mean, std=train.target_std, loss_name=train.loss,
                           monitor="rmse" if train.monitor == "accuracy" else train.monitor)
     if train.monitor in REGRESSION_MONITORS and train.monitor != "loss":
@@ -489,9 +492,6 @@ def make_task(train: TrainConfig, labels: np.ndarray, num_classes: int, *,
         if train.monitor not in ("accuracy", "loss"):
             raise RunError(f"--monitor {train.monitor} is for one class per image; a "
                            "--label-delim run follows mean average precision (the default) or loss")
-        if distributed():  # average precision ranks every image: one process's share is not it
-            raise RunError("--label-delim runs in one process for now: its mean average "
-                           "precision needs every image's scores together; run without torchrun")
         return MultiLabel(threshold=train.threshold,
                           monitor="loss" if train.monitor == "loss" else "mean_ap")
     counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=num_classes)
@@ -1719,7 +1719,8 @@ def finish_multi_label(model: torch.nn.Module, history: History, test_loader, cl
                        session: Session, task: MultiLabel) -> None:
     """After a --label-delim run: the best epoch, loss.png, and of the last epoch's model on the
     test split: the per-class report (multi_label_report.csv), examples.png and mistakes.png
-    (predicted and true tag sets, joined by the run's delimiter)."""
+    (predicted and true tag sets, joined by the run's delimiter). Under torchrun the report is
+    of every rank's outputs (test_figure's, gathered), written by rank 0."""
     import matplotlib.pyplot as plt
 
     from plot import plot_training_loss
@@ -1735,19 +1736,23 @@ def finish_multi_label(model: torch.nn.Module, history: History, test_loader, cl
                                  session.results_dir, best_epoch=best or None))
     if test_loader is not None:
         write_tag_reports(model, test_loader, classes, task.threshold, session.results_dir,
-                          session.device)
+                          session.device, outputs=getattr(task, "test_outputs", None))
 
 
 def write_tag_reports(model: torch.nn.Module, test_loader, classes: list[str], threshold: float,
-                      results_dir: Path, device: torch.device | str) -> None:
+                      results_dir: Path, device: torch.device | str, *,
+                      outputs: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
     """Of test_loader's images (a --label-delim run's test split): multi_label_report.csv,
     examples.png and mistakes.png (predicted and true tag sets, joined by the run's delimiter),
-    each written whole."""
+    each written whole. outputs: multi_label_outputs of the split, measured already (under
+    torchrun: by every rank, gathered; this runs on rank 0 alone). Under torchrun examples.png
+    shows rank 0's share, mistakes.png looks at every image (on rank 0 alone)."""
     import matplotlib.pyplot as plt
 
     from plot import show_tag_examples, show_tag_mistakes
 
-    probs, targets = multi_label_outputs(model, test_loader, device)
+    probs, targets = multi_label_outputs(model, test_loader, device) if outputs is None \
+        else outputs
     path = results_dir / MULTI_LABEL_REPORT
     write_atomic(path, multi_label_report(probs, targets, classes, threshold).encode())
     print(f"Per-class report of the test split: {path}")
@@ -1757,14 +1762,17 @@ def write_tag_reports(model: torch.nn.Module, test_loader, classes: list[str], t
     tags = dict(class_names=classes, delim=getattr(dataset, "label_delim", None) or " ",
                 threshold=threshold)
     for figure in (show_tag_examples(model, test_loader, results_dir, **tags),
-                   show_tag_mistakes(model, test_loader, results_dir, **tags)):
+                   show_tag_mistakes(model, whole_split_loader(test_loader), results_dir,
+                                     **tags)):
         plt.close(figure)
 
 
 def finish_regression(model: torch.nn.Module, history: History, test_loader,
                       targets: list[str], session: Session, task: Regression) -> None:
     """After a --task regression run: the best epoch, loss.png, and of the test split with the
-    last epoch's model: regression_report.csv, scatter.png and worst_errors.png."""
+    last epoch's model: regression_report.csv, scatter.png and worst_errors.png. Under
+    torchrun the report and scatter.png are of every rank's outputs (test_figure's, gathered),
+    written by rank 0."""
     best, epochs = best_epoch(history), len(history.valid_acc)
     if best:
         print(f"Best epoch: {best} of {epochs}, validation {monitored_text(history, best)} "
@@ -1779,25 +1787,29 @@ def finish_regression(model: torch.nn.Module, history: History, test_loader,
                                  len(history.minibatch_loss) // max(epochs, 1),
                                  session.results_dir))
     write_regression_reports(model, test_loader, targets, task, session.results_dir,
-                             session.device)
+                             session.device, outputs=getattr(task, "test_outputs", None))
 
 
 def write_regression_reports(model: torch.nn.Module, test_loader, targets: list[str],
                              task: Regression, results_dir: Path,
-                             device: torch.device | str) -> None:
+                             device: torch.device | str, *,
+                             outputs: tuple[np.ndarray, np.ndarray] | None = None) -> None:
     """regression_report.csv (per target: count, RMSE, MAE, R², the RMSE of the train mean),
-    scatter.png and worst_errors.png of test_loader's images, each written whole."""
+    scatter.png and worst_errors.png of test_loader's images, each written whole. outputs:
+    regression_outputs of the split, measured already (under torchrun: by every rank, gathered;
+    this runs on rank 0 alone); worst_errors.png looks at every image (on rank 0 alone)."""
     import matplotlib.pyplot as plt
 
     from plot import plot_regression_scatter, show_worst_errors
 
-    predicted, truth = regression_outputs(model, test_loader, device, task.mean, task.std)
+    predicted, truth = regression_outputs(model, test_loader, device, task.mean, task.std) \
+        if outputs is None else outputs
     path = results_dir / REGRESSION_REPORT
     write_atomic(path, regression_report(predicted, truth, targets, task.mean).encode())
     plt.close(plot_regression_scatter(torch.from_numpy(predicted), torch.from_numpy(truth),
                                       targets, results_dir))
-    plt.close(show_worst_errors(model, test_loader, task.mean, task.std, results_dir,
-                                target_names=targets))
+    plt.close(show_worst_errors(model, whole_split_loader(test_loader), task.mean, task.std,
+                                results_dir, target_names=targets))
     print(f"Per-target report of the test split: {path}; figures: scatter.png, "
           "worst_errors.png")
 
@@ -2428,13 +2440,13 @@ def evaluate(checkpoint: dict, classes: list[str], test_loader, session: Session
     path = session.checkpoint_path
     model = model_from_checkpoint(checkpoint, path, session.device)
     if checkpoint["config"].get("task") == "multi_label":  # --label-delim: its own reports
-        test_map = mean_average_precision(*multi_label_outputs(model, test_loader,
-                                                               session.device))
+        outputs = multi_label_outputs(model, test_loader, session.device)  # every rank's
+        test_map = mean_average_precision(*outputs)
         print(f"Test mAP: {test_map:.4f}")
         if session.rank == 0:
             write_tag_reports(model, test_loader, classes,
                               checkpoint["config"].get("threshold", 0.5), session.results_dir,
-                              session.device)
+                              session.device, outputs=outputs)
         return History(test_acc=test_map)
     if checkpoint["config"].get("task") == "regression":  # --task regression: its own reports
         task = Regression(mean=checkpoint["config"]["target_mean"],
@@ -2444,7 +2456,7 @@ def evaluate(checkpoint: dict, classes: list[str], test_loader, session: Session
         print(task.test_line(test_rmse))
         if session.rank == 0:
             write_regression_reports(model, test_loader, classes, task, session.results_dir,
-                                     session.device)
+                                     session.device, outputs=task.test_outputs)
         return History(test_acc=test_rmse)
     test_acc = evaluate_model(model, test_loader, classes, session.results_dir, session.device,
                               session.rank, test_line=Classification(baseline=baseline).test_line,

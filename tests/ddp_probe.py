@@ -5,7 +5,8 @@
     ddp_probe.py train [train.py flags]    train.main, with rank 1 reading the --data-dir named by
                                            PROBE_RANK1_DATA_DIR (a damaged copy: one rank fails);
                                            with PROBE_RANK1_HANG set, rank 1 stops answering (sleeps)
-                                           at its second batch
+                                           at its second batch; with PROBE_TEST_FIGURE set,
+                                           rank 0 writes the returned test figure (repr) there
 """
 
 import json
@@ -43,4 +44,6 @@ else:
             return mean_loss(loss)
 
         train._mean_over_ranks = hang_at_second_batch
-    train.main(argv)
+    history = train.main(argv)
+    if rank == 0 and "PROBE_TEST_FIGURE" in os.environ:  # the exact figure, not the printed one
+        Path(os.environ["PROBE_TEST_FIGURE"]).write_text(repr(history.test_acc))

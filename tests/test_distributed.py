@@ -147,3 +147,67 @@ def test_a_batch_size_the_ranks_cannot_share_is_one_sentence(data, tmp_path):
     assert run.stderr.count("train.py: error: --batch-size 7 is the global batch, split between the 2 "
                             "processes: pass a multiple of 2, such as 6") == 1
     assert "train.py\", line" not in run.stderr  # torchrun's own report of the exit aside, no traceback of ours
+
+
+# ---- several labels and numbers per image: every rank's outputs gathered before the figures -----
+
+def one_task_under_torchrun(tmp_path, flags, evaluate_flags, report: str) -> str:
+    """The same torchrun command twice (2 CPU ranks, an eval batch of 3 so that the ranks' test
+    shares differ: 7 and 3 of 10 images), then --evaluate of its checkpoint in one process;
+    asserts bit-identical weights, the exact test figure of one process and a report of every
+    test image. Returns the first run's stdout."""
+    runs = []
+    for name in ("a", "b"):
+        figure = tmp_path / f"figure_{name}.txt"
+        run = torchrun("train", *flags(tmp_path / name), "--eval-batch-size", "3",
+                       "--device", "cpu", env={"PROBE_TEST_FIGURE": str(figure)})
+        assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+        runs.append((run, float(figure.read_text())))
+    a = torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=True)["model"]
+    b = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=True)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert runs[0][1] == runs[1][1]
+    lines = (tmp_path / "a" / report).read_text().splitlines()
+    shutil.copytree(tmp_path / "a", tmp_path / "one")
+    evaluated = train.main([*evaluate_flags, "--evaluate", "--results-dir", str(tmp_path / "one"),
+                            "--no-disk-cache"])
+    assert runs[0][1] == pytest.approx(evaluated.test_acc, rel=1e-6)  # every rank's share
+    one = (tmp_path / "one" / report).read_text().splitlines()
+    assert [line.split(",")[:2] for line in lines] == [line.split(",")[:2] for line in one]
+    for mine, its in zip(lines[1:], one[1:]):  # the figures of every test image, in one process
+        assert [float(v) for v in mine.split(",")[2:] if v] == pytest.approx(
+            [float(v) for v in its.split(",")[2:] if v], rel=1e-5)  # as written: 4 to 6 digits
+    return runs[0][0].stdout
+
+
+def test_regression_under_torchrun_measures_every_ranks_share(tmp_path):
+    from test_regression import kaggle, regress_args
+    csv = kaggle(tmp_path, n=50)  # 30 train, 10 valid, 10 test
+    data = ["--csv", str(csv), "--img-dir", str(tmp_path / "train"), "--file-column", "id",
+            "--file-suffix", ".jpg", "--split-column", "split"]
+    out = one_task_under_torchrun(tmp_path, lambda r: regress_args(tmp_path, r), data,
+                                  "regression_report.csv")
+    report = (tmp_path / "a" / "regression_report.csv").read_text().splitlines()
+    assert [r.split(",")[:2] for r in report[1:]] == [["angle", "10"], ["scale", "10"]]
+    assert out.count("Test RMSE: ") == 1 and "Best epoch: " in out
+    assert all((tmp_path / "a" / n).is_file() for n in ("scatter.png", "worst_errors.png"))
+
+
+def test_tags_under_torchrun_are_measured_over_every_ranks_share(tmp_path):
+    from test_multilabel import TAGS, planet, planet_args
+    csv = planet(tmp_path, n=50)
+    split = ["--split-column", "split"]
+    rows = csv.read_text().splitlines()  # 30 train, 10 valid, 10 test, as the rows come
+    csv.write_text("\n".join([rows[0] + ",split"] + [
+        f"{r},{'train' if i < 30 else 'valid' if i < 40 else 'test'}"
+        for i, r in enumerate(rows[1:])]) + "\n")
+    data = ["--csv", str(csv), "--img-dir", str(tmp_path / "train-jpg"), "--file-column",
+            "image_name", "--label-column", "tags", "--file-suffix", ".jpg", *split]
+    out = one_task_under_torchrun(tmp_path, lambda r: planet_args(tmp_path, csv, r, *split), data,
+                                  "multi_label_report.csv")
+    report = (tmp_path / "a" / "multi_label_report.csv").read_text().splitlines()
+    truth = [row.split(",")[1].split() for row in rows[41:51]]  # the test rows' tags
+    assert [int(r.split(",")[1]) for r in report[1:]] == [
+        sum(t in tags for tags in truth) for t in TAGS]  # every test image counted, once
+    assert out.count("Test mAP: ") == 1 and "Best epoch: " in out
+    assert all((tmp_path / "a" / n).is_file() for n in ("examples.png", "mistakes.png"))
