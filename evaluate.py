@@ -223,6 +223,15 @@ def mean_average_precision(probs: torch.Tensor, targets: torch.Tensor) -> float:
     return sum(aps) / len(aps) if aps else 0.0
 
 
+def alike_average_precision(targets: torch.Tensor) -> float:
+    """The mean average precision a model that scores every image alike can expect: each class's
+    share of positives (its average precision over a random order), averaged over the classes with
+    a positive, as mean_average_precision averages; targets (N, C). 0 when none has."""
+    positives = (targets > 0.5).double().mean(dim=0) if len(targets) else torch.zeros(0)  # (C,)
+    present = positives[positives > 0]
+    return present.mean().item() if len(present) else 0.0
+
+
 def example_f1(predicted: torch.Tensor, targets: torch.Tensor) -> float:
     """Example-based F1: per image 2|P and T| / (|P| + |T|) (1 when both are empty), averaged."""
     p, t = predicted.bool(), targets > 0.5  # (N, C)

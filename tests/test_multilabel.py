@@ -1,6 +1,7 @@
 """Several labels per image (issue 31 point 1): fastai's Planet layout, a CSV `image_name,tags`
 with space-separated tags and the images in train-jpg/<image_name>.jpg."""
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from PIL import Image
@@ -160,7 +161,16 @@ def test_train_main_multi_label(tmp_path, capsys):
                             "--file-suffix", ".jpg", "--evaluate", "--results-dir",
                             str(tmp_path / "r"), "--no-disk-cache"])
     assert evaluated.test_acc == pytest.approx(history.test_acc)
-    assert f"Test mAP: {history.test_acc:.4f}" in capsys.readouterr().out
+    evaluated_out = capsys.readouterr().out
+    # beside it, what scoring every image alike can expect: each tag's share of the test images
+    split = pd.read_csv(tmp_path / "r" / "split.csv", keep_default_na=False)
+    n_test = int((split["split"] == "test").sum())
+    support = [int(line.split(",")[1]) for line in report[1:]]  # each tag's test images
+    alike = np.mean([k / n_test for k in support if k])
+    test_line = [line for line in evaluated_out.splitlines() if line.startswith("Test mAP: ")]
+    assert test_line == [f"Test mAP: {history.test_acc:.4f} (scoring every image alike: "
+                         f"{alike:.4f})"]
+    assert test_line[0] in out  # training printed the same line
     assert [(tmp_path / "r" / name).exists() for name in written] == [True] * 3
     assert (tmp_path / "r" / "multi_label_report.csv").read_text().splitlines() == report
     train.main(["--predict", str(csv), "--img-dir", str(tmp_path / "train-jpg"), "--file-column",
@@ -258,3 +268,20 @@ def test_a_column_of_tags_without_label_delim_is_warned_of(tmp_path, capsys):
         "combination is a class of its own"]
     assert tag_set_warnings(["golden retriever", "labrador retriever", "pug"]) == []
     assert tag_set_warnings(["circle", "square", "triangle"]) == []
+
+
+def test_a_tags_model_no_better_than_scoring_every_image_alike_is_told_so():
+    import train
+    from evaluate import alike_average_precision, mean_average_precision
+    targets = torch.tensor([[0, 0, 0], [0, 1, 0], [1, 0, 0], [1, 1, 0]], dtype=torch.float32)
+    assert alike_average_precision(targets) == pytest.approx((2 / 4 + 2 / 4) / 2)  # c: no positive
+    task = train.MultiLabel()
+    assert task.test_line(0.75) == "Test mAP: 0.7500"  # no outputs measured: the figure alone
+    alike = torch.full((4, 3), 0.5)  # every image scored alike: ranked in input order, the
+    task.test_outputs = (alike, targets)  # positives last: APs 0.4167 and 0.5000
+    value = mean_average_precision(alike, targets)
+    assert value == pytest.approx(((1 / 3 + 2 / 4) / 2 + (1 / 2 + 2 / 4) / 2) / 2)
+    assert task.test_line(value) == (f"Test mAP: {value:.4f} (no better than scoring every image "
+                                     "alike: 0.5000)")
+    task.test_outputs = (targets, targets)  # a perfect ranking
+    assert task.test_line(1.0) == "Test mAP: 1.0000 (scoring every image alike: 0.5000)"
