@@ -653,26 +653,32 @@ def write_predictions(model: torch.nn.Module, found: ToPredict, classes: list[st
     return out
 
 
+def readable_batches(ds: CsvImageDataset, unreadable: list[Unreadable], in_csv: bool):
+    """Yields (indices, images (B, C, H, W) uint8 at the checkpoint's size) of ds's images that
+    decode, PREDICT_BATCH rows at a time; an image that does not decode is added to `unreadable`
+    with its reason (the image, not the row: named, and the others go on)."""
+    for start in range(0, len(ds), PREDICT_BATCH):
+        good, images = [], []
+        for i in range(start, min(start + PREDICT_BATCH, len(ds))):
+            try:
+                images.append(ds.load_image(i))  # (C, H, W) uint8
+                good.append(i)
+            except DatasetError as e:
+                row, why = ds.rows[i], str(e).removeprefix(ds.where(i) + ": ")
+                unreadable.append((row.file, row.line, f"line {row.line}: {why}" if in_csv
+                                   else why))
+        if good:
+            yield good, torch.stack(images)
+
+
 def predicted_rows(model: torch.nn.Module, ds: CsvImageDataset, classes: list[str],
                    device: torch.device, unreadable: list[Unreadable], in_csv: bool) -> list[tuple]:
     """(file, CSV line, cells) of every image of ds that decodes: the top-k classes and their
     probabilities (and the true class when labelled). An image that does not decode is added to
     `unreadable` with its reason, and the others go on."""
     k, labelled, out = min(3, len(classes)), ds.targets[0] >= 0, []
-    for start in range(0, len(ds), PREDICT_BATCH):
-        good, images = [], []
-        for i in range(start, min(start + PREDICT_BATCH, len(ds))):
-            row = ds.rows[i]
-            try:
-                images.append(ds.load_image(i))  # (C, H, W) uint8, at the checkpoint's size
-                good.append(i)
-            except DatasetError as e:  # the image, not the row: named, and the others go on
-                why = str(e).removeprefix(ds.where(i) + ": ")
-                unreadable.append((row.file, row.line, f"line {row.line}: {why}" if in_csv
-                                   else why))
-        if not good:
-            continue
-        probs = torch.softmax(model(to_input(torch.stack(images), device)), dim=1).cpu()  # (B, C)
+    for good, images in readable_batches(ds, unreadable, in_csv):
+        probs = torch.softmax(model(to_input(images, device)), dim=1).cpu()  # (B, C)
         top_p, top_i = probs.topk(k, dim=1)  # (B, k)
         for j, i in enumerate(good):
             row = ds.rows[i]
@@ -693,20 +699,8 @@ def multi_label_rows(model: torch.nn.Module, ds: CsvImageDataset, classes: list[
     sigmoid each), and the true tags when labelled."""
     labelled, out = ds.targets[0] >= 0, []
     join = delim if delim.strip() else " "
-    for start in range(0, len(ds), PREDICT_BATCH):
-        good, images = [], []
-        for i in range(start, min(start + PREDICT_BATCH, len(ds))):
-            row = ds.rows[i]
-            try:
-                images.append(ds.load_image(i))  # (C, H, W) uint8
-                good.append(i)
-            except DatasetError as e:
-                why = str(e).removeprefix(ds.where(i) + ": ")
-                unreadable.append((row.file, row.line, f"line {row.line}: {why}" if in_csv
-                                   else why))
-        if not good:
-            continue
-        probs = torch.sigmoid(model(to_input(torch.stack(images), device)).float()).cpu()  # (B, C)
+    for good, images in readable_batches(ds, unreadable, in_csv):
+        probs = torch.sigmoid(model(to_input(images, device)).float()).cpu()  # (B, C)
         for j, i in enumerate(good):
             row = ds.rows[i]
             cells = [row.file, join.join(c for c, p in zip(classes, probs[j].tolist())
@@ -726,20 +720,8 @@ def regression_rows(model: torch.nn.Module, ds: CsvImageDataset, classes: list[s
     each target's predicted value in its own units (the standardised output times the train
     split's std plus its mean), and the true values when labelled."""
     labelled, out = ds.targets[0] >= 0, []
-    for start in range(0, len(ds), PREDICT_BATCH):
-        good, images = [], []
-        for i in range(start, min(start + PREDICT_BATCH, len(ds))):
-            row = ds.rows[i]
-            try:
-                images.append(ds.load_image(i))  # (C, H, W) uint8
-                good.append(i)
-            except DatasetError as e:
-                why = str(e).removeprefix(ds.where(i) + ": ")
-                unreadable.append((row.file, row.line, f"line {row.line}: {why}" if in_csv
-                                   else why))
-        if not good:
-            continue
-        outputs = model(to_input(torch.stack(images), device)).double().cpu().numpy()  # (B, T)
+    for good, images in readable_batches(ds, unreadable, in_csv):
+        outputs = model(to_input(images, device)).double().cpu().numpy()  # (B, T)
         values = outputs * np.asarray(std) + np.asarray(mean)
         for j, i in enumerate(good):
             row = ds.rows[i]

@@ -199,6 +199,17 @@ LOWER_IS_BETTER = ("loss", "rmse", "mae")
 UNEVEN = 1.5  # a train split whose largest class has this many times its smallest's images
 
 
+def weighted_mean(per_image: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """sum(w_i * loss_i) / sum(w_i) of a batch's losses (B,) and row weights (B,), every task's
+    weighted loss (0 when every w_i is 0). Under torchrun sum(w_i) is the ranks' mean total: DDP
+    averages the ranks' gradients, so that they are one process's."""
+    w = weights.to(per_image.dtype)
+    total = w.sum().detach()
+    if distributed():
+        total = sum_over_ranks(total.clone()) / dist.get_world_size()
+    return (w * per_image).sum() / total.clamp_min(torch.finfo(total.dtype).tiny)
+
+
 @dataclasses.dataclass
 class Classification:
     """One class per image, the lecture's task: the one place that decides, from the run's
@@ -236,11 +247,7 @@ class Classification:
         w = torch.ones_like(logits[:, 0]) if weights is None else weights.to(logits.dtype)  # (B,)
         if self.class_weights is not None:
             w = w * self.class_weights.to(logits.device, logits.dtype)[labels]
-        total = w.sum().detach()
-        if distributed():  # DDP averages the ranks' gradients: divide by the ranks' mean total
-            total = sum_over_ranks(total.clone()) / dist.get_world_size()
-        per_image = F.cross_entropy(logits, labels, reduction="none")  # (B,)
-        return (w * per_image).sum() / total.clamp_min(torch.finfo(total.dtype).tiny)
+        return weighted_mean(F.cross_entropy(logits, labels, reduction="none"), w)  # (B,)
 
     def scores(self, model: torch.nn.Module, loader, device: torch.device | str,
                num_classes: int) -> dict[str, float]:
@@ -307,11 +314,7 @@ class MultiLabel:
             return F.binary_cross_entropy_with_logits(logits, targets)
         per_image = F.binary_cross_entropy_with_logits(logits, targets,
                                                        reduction="none").mean(dim=1)  # (B,)
-        w = weights.to(logits.dtype)
-        total = w.sum().detach()
-        if distributed():
-            total = sum_over_ranks(total.clone()) / dist.get_world_size()
-        return (w * per_image).sum() / total.clamp_min(torch.finfo(total.dtype).tiny)
+        return weighted_mean(per_image, weights)
 
     def scores(self, model: torch.nn.Module, loader, device: torch.device | str,
                num_classes: int) -> dict[str, float]:
@@ -406,11 +409,7 @@ class Regression:
         if weights is None:
             return REGRESSION_LOSSES[self.loss_name](outputs, z)
         per_image = REGRESSION_LOSSES[self.loss_name](outputs, z, reduction="none").mean(dim=1)
-        w = weights.to(outputs.dtype)
-        total = w.sum().detach()
-        if distributed():
-            total = sum_over_ranks(total.clone()) / dist.get_world_size()
-        return (w * per_image).sum() / total.clamp_min(torch.finfo(total.dtype).tiny)
+        return weighted_mean(per_image, weights)
 
     def scores(self, model: torch.nn.Module, loader, device: torch.device | str,
                num_classes: int) -> dict[str, float]:
