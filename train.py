@@ -1722,12 +1722,10 @@ def best_note(accuracy: float, balanced: float | None, baseline: Baseline | None
     return baseline.note(accuracy, baseline.test, balanced, baseline.test_balanced, explain=True)
 
 
-def finish_multi_label(model: torch.nn.Module, history: History, test_loader, classes: list[str],
-                       session: Session, task: MultiLabel) -> None:
-    """After a --label-delim run: the best epoch, loss.png, and of the last epoch's model on the
-    test split: the per-class report (multi_label_report.csv), examples.png and mistakes.png
-    (predicted and true tag sets, joined by the run's delimiter). Under torchrun the report is
-    of every rank's outputs (test_figure's, gathered), written by rank 0."""
+def best_epoch_and_loss(history: History, session: Session) -> bool:
+    """The start of a --label-delim or --task regression run's finish: the best epoch's line
+    (every rank) and, on rank 0, loss.png with the best epoch marked; whether this rank goes on
+    to write the reports (rank 0)."""
     import matplotlib.pyplot as plt
 
     from plot import plot_training_loss
@@ -1737,10 +1735,21 @@ def finish_multi_label(model: torch.nn.Module, history: History, test_loader, cl
         print(f"Best epoch: {best} of {epochs}, validation {monitored_text(history, best)} "
               f"({session.results_dir / 'best.pt'} holds it)")
     if session.rank != 0:
-        return
+        return False
     plt.close(plot_training_loss(history.minibatch_loss, epochs,
                                  len(history.minibatch_loss) // max(epochs, 1),
                                  session.results_dir, best_epoch=best or None))
+    return True
+
+
+def finish_multi_label(model: torch.nn.Module, history: History, test_loader, classes: list[str],
+                       session: Session, task: MultiLabel) -> None:
+    """After a --label-delim run: the best epoch, loss.png, and of the last epoch's model on the
+    test split: the per-class report (multi_label_report.csv), examples.png and mistakes.png
+    (predicted and true tag sets, joined by the run's delimiter). Under torchrun the report is
+    of every rank's outputs (test_figure's, gathered), written by rank 0."""
+    if not best_epoch_and_loss(history, session):
+        return
     if test_loader is not None:
         write_tag_reports(model, test_loader, classes, task.threshold, session.results_dir,
                           session.device, outputs=getattr(task, "test_outputs", None))
@@ -1780,19 +1789,8 @@ def finish_regression(model: torch.nn.Module, history: History, test_loader,
     last epoch's model: regression_report.csv, scatter.png and worst_errors.png. Under
     torchrun the report and scatter.png are of every rank's outputs (test_figure's, gathered),
     written by rank 0."""
-    best, epochs = best_epoch(history), len(history.valid_acc)
-    if best:
-        print(f"Best epoch: {best} of {epochs}, validation {monitored_text(history, best)} "
-              f"({session.results_dir / 'best.pt'} holds it)")
-    if session.rank != 0:
+    if not best_epoch_and_loss(history, session):
         return
-    import matplotlib.pyplot as plt
-
-    from plot import plot_training_loss
-
-    plt.close(plot_training_loss(history.minibatch_loss, epochs,
-                                 len(history.minibatch_loss) // max(epochs, 1),
-                                 session.results_dir))
     write_regression_reports(model, test_loader, targets, task, session.results_dir,
                              session.device, outputs=getattr(task, "test_outputs", None))
 

@@ -427,3 +427,23 @@ def test_accuracy_png_names_the_best_epoch_by_the_figure_that_chose_it(tmp_path,
     # the default --monitor accuracy keeps plot_accuracy's own label (the lecture's run's figure)
     run_fastai(table, tmp_path / "r2")
     assert figures["plot_accuracy"]["best_label"] is None
+
+
+@pytest.mark.figures
+def test_a_regression_run_marks_the_best_epoch_on_loss_png(tmp_path, monkeypatch):
+    # a Kaggle-style regression table: id,angle,split and train/<id>.png
+    rng = np.random.default_rng(0)
+    lines = ["id,angle,split"]
+    for i in range(30):
+        angle = round(float(rng.uniform(-45, 45)), 1)
+        write_png(tmp_path / "train" / f"img{i}.png", np.full((4, 4), int((angle + 45) * 2.8), dtype=np.uint8))
+        lines.append(f"img{i},{angle},{'train' if i < 20 else 'valid' if i < 25 else 'test'}")
+    (tmp_path / "train.csv").write_text("\n".join(lines) + "\n")
+    figures = drawn(monkeypatch)
+    history = train.main(["--csv", str(tmp_path / "train.csv"), "--img-dir", str(tmp_path / "train"),
+                          "--file-column", "id", "--file-suffix", ".png", "--split-column", "split",
+                          "--task", "regression", "--label-column", "angle", "--epochs", "3",
+                          "--batch-size", "8", "--seed", "1", "--no-disk-cache",
+                          "--results-dir", str(tmp_path / "r")])
+    assert figures["plot_training_loss"]["best_epoch"] == train.best_epoch(history) >= 1
+    assert (tmp_path / "r" / "loss.png").is_file()
